@@ -1,0 +1,134 @@
+//! The canonical encoding of an audit row: the exact bytes the chain HMAC covers.
+//!
+//! Version 1, byte for byte (all integers big-endian; see docs/audit-chain.md):
+//!
+//! ```text
+//! "GOVAUDIT" (8 bytes)  version = 0x01 (1 byte)
+//! then each field in this order, as u32 length + bytes:
+//!   chain_id (UTF-8)  seq (i64, 8 bytes)  event_id (16 bytes)  occurred_at (i64 µs since epoch)
+//!   agent_id  [session_id]  kind  [actor]  [parent_event_id (16 bytes)]  payload (stored text)
+//!   prev_hmac (32 bytes)  key_id
+//! an optional field [x] is one byte 0x00 when absent, or 0x01 followed by u32 length + bytes
+//! ```
+//!
+//! Every field is length-prefixed and optional fields carry a presence byte, so no two different
+//! rows encode alike. The payload is the stored canonical JSON text, never a re-serialisation.
+
+use gov_core::AuditRecord;
+
+/// The magic prefix of every encoding.
+pub const MAGIC: &[u8; 8] = b"GOVAUDIT";
+/// The encoding version this build writes.
+pub const VERSION: u8 = 1;
+
+fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
+    // Fields are bounded far below 4 GiB (ids 128 chars, payload 64 KiB), so this never saturates
+    // in practice; saturating keeps the function total.
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+fn optional(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => buf.push(0),
+        Some(b) => {
+            buf.push(1);
+            field(buf, b);
+        }
+    }
+}
+
+/// Appends the canonical bytes of `r` to `buf`.
+pub fn encode_into(r: &AuditRecord, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(MAGIC);
+    buf.push(VERSION);
+    field(buf, r.chain_id.as_bytes());
+    field(buf, &r.seq.to_be_bytes());
+    field(buf, r.event_id.as_uuid().as_bytes());
+    let micros = i64::try_from(r.occurred_at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+    field(buf, &micros.to_be_bytes());
+    field(buf, r.agent_id.as_bytes());
+    optional(buf, r.session_id.as_deref().map(str::as_bytes));
+    field(buf, r.kind.as_bytes());
+    optional(buf, r.actor.as_deref().map(str::as_bytes));
+    let parent = r.parent_event_id.map(|p| *p.as_uuid().as_bytes());
+    optional(buf, parent.as_ref().map(|p| &p[..]));
+    field(buf, r.payload.as_bytes());
+    field(buf, &r.prev_hmac);
+    field(buf, r.key_id.as_bytes());
+}
+
+/// The canonical bytes of `r`.
+pub fn encode(r: &AuditRecord) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256 + r.payload.len());
+    encode_into(r, &mut buf);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gov_core::{AuditEvent, ZERO_HMAC};
+    use proptest::prelude::*;
+
+    fn record(session: Option<&str>, actor: Option<&str>, payload: serde_json::Value) -> AuditRecord {
+        let mut b = AuditEvent::builder("agent-1", "tool.call").payload(payload);
+        if let Some(s) = session {
+            b = b.session(s);
+        }
+        if let Some(a) = actor {
+            b = b.actor(a);
+        }
+        AuditRecord::unsealed(&b.build().unwrap(), 1, &ZERO_HMAC, "hk1_x")
+    }
+
+    #[test]
+    fn absent_and_empty_differ() {
+        let mut a = record(None, None, serde_json::json!({}));
+        let mut b = a.clone();
+        a.session_id = None;
+        b.session_id = Some(String::new());
+        assert_ne!(encode(&a), encode(&b));
+    }
+
+    #[test]
+    fn field_boundaries_cannot_shift() {
+        // "ab" + "c" must not encode like "a" + "bc".
+        let mut a = record(None, None, serde_json::json!({}));
+        let mut b = a.clone();
+        a.agent_id = "ab".into();
+        a.kind = "c.x".into();
+        b.agent_id = "a".into();
+        b.kind = "bc.x".into();
+        assert_ne!(encode(&a), encode(&b));
+    }
+
+    #[test]
+    fn starts_with_magic_and_version() {
+        let e = encode(&record(Some("s"), Some("op"), serde_json::json!({"a": 1})));
+        assert_eq!(&e[..8], MAGIC);
+        assert_eq!(e[8], VERSION);
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_field_change_changes_the_bytes(
+            agent in "[a-z]{1,12}", other in "[a-z]{1,12}", seq in 1i64..1_000_000, n in -(1i64 << 53)..(1i64 << 53) - 1
+        ) {
+            let mut a = record(Some("s1"), None, serde_json::json!({ "n": n }));
+            a.agent_id = agent.clone();
+            a.seq = seq;
+            let base = encode(&a);
+            let mut b = a.clone();
+            b.seq = seq + 1;
+            prop_assert_ne!(&base, &encode(&b));
+            let mut c = a.clone();
+            c.agent_id = other.clone();
+            prop_assert_eq!(agent == other, base == encode(&c));
+            let mut d = a.clone();
+            d.payload = serde_json_canonicalizer::to_string(&serde_json::json!({ "n": n.wrapping_add(1) })).unwrap();
+            prop_assert_ne!(&base, &encode(&d));
+        }
+    }
+}

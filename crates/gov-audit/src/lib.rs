@@ -1,0 +1,61 @@
+//! The governance audit chain.
+//!
+//! - [`canonical`]: the versioned, length-prefixed bytes each row's HMAC covers (pure).
+//! - [`keys`]: the audit secret, HKDF-derived per-use keys, the salted key fingerprint (pure).
+//! - [`verify`]: the streaming verifier and its findings.
+//! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
+//!   and only through `gov_store::Store`'s typed methods.
+
+pub mod canonical;
+mod chain;
+pub mod keys;
+pub mod verify;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use chain::{Appended, AuditLog, AuditLogOptions};
+pub use keys::{AuditSecret, ChainKey, DerivedKey, KeyError, KeyRing};
+pub use verify::{ChainCheck, ChainReport, Finding, Reason, VerifyReport};
+
+/// An audit failure.
+#[derive(Debug, Clone, Error)]
+pub enum AuditError {
+    /// The secret or a key was refused.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Storage failed (shared by every caller of a failed batch).
+    #[error(transparent)]
+    Store(Arc<gov_store::StoreError>),
+    /// A read with `verify_chain_on_read` met a broken link.
+    #[error("the audit chain is broken at {0}")]
+    ChainBroken(Finding),
+    /// The named chain does not exist.
+    #[error("no audit chain named {0:?} exists")]
+    NoSuchChain(String),
+    /// There is nothing to verify: the database holds no audit rows at all.
+    #[error(
+        "the database holds no audit events, so nothing was verified; check that the database URL points at the service's database"
+    )]
+    NothingToVerify,
+    /// An internal task stopped (the runtime is shutting down).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// The background writer for a chain stopped (the runtime is shutting down).
+    #[error("the audit writer stopped; the event was not recorded")]
+    WriterStopped,
+}
+
+impl From<gov_store::StoreError> for AuditError {
+    fn from(e: gov_store::StoreError) -> Self {
+        Self::Store(Arc::new(e))
+    }
+}
+
+impl AuditError {
+    /// Whether storage is out of reach (as opposed to a refusal or a broken chain).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_unavailable())
+    }
+}

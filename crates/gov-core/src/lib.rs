@@ -1,0 +1,15 @@
+//! Core types of governance: typed ids, audit events and their validation, the stored audit
+//! record, and the error enums that say what is wrong.
+//!
+//! This crate does no I/O: no database, no network, no clock other than `now()` when an event is
+//! built. Everything here is unit-tested without a database.
+
+mod error;
+mod event;
+mod ids;
+mod record;
+
+pub use error::{EventError, IdError};
+pub use event::{AuditEvent, AuditEventBuilder, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
+pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
+pub use record::{AuditRecord, ChainHead, EventFilter, HMAC_LEN, SignatureStatus, ZERO_HMAC};

@@ -1,0 +1,4 @@
+//! Rebuilds the crate when a migration changes, so the embedded migrator stays current.
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations");
+}

@@ -1,0 +1,123 @@
+//! The store's error enum. sqlx errors are mapped here, at the boundary; their text, which can
+//! hold SQL, is never shown.
+
+use thiserror::Error;
+
+/// A storage failure, classified so callers can act on it (exit codes, fail-closed decisions).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database URL could not be used.
+    #[error("the database URL is not valid: {0}")]
+    InvalidUrl(String),
+    /// The server could not be reached (refused, timed out, closed, shutting down).
+    #[error("the database is unreachable ({0}); check that it is running and the URL's host and port")]
+    Unavailable(String),
+    /// The server refused the credentials.
+    #[error(
+        "the database refused the credentials in the URL; check the user name and password"
+    )]
+    AuthFailed,
+    /// The database named in the URL does not exist.
+    #[error("the database named in the URL does not exist; create it or fix the URL")]
+    NoSuchDatabase,
+    /// The schema is missing or older than this build.
+    #[error("the database is not migrated for this version ({0}); run `governance migrate`")]
+    NotMigrated(String),
+    /// The connected role lacks a privilege it needs.
+    #[error("the database role lacks a privilege: {0}")]
+    PermissionDenied(String),
+    /// A write conflicted with the chain's constraints (a fork or a duplicate).
+    #[error("the write conflicts with the audit chain: {0}")]
+    Conflict(String),
+    /// An argument was refused before it reached the database.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A stored value could not be read back.
+    #[error("a stored value could not be decoded: {0}")]
+    Corrupt(String),
+    /// Any other database error (its text is kept out of messages; see `source()` in logs).
+    #[error("database error{}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Database {
+        /// The SQLSTATE, when the server gave one.
+        code: Option<String>,
+        /// The underlying error, for logs only.
+        #[source]
+        source: Box<sqlx::Error>,
+    },
+}
+
+impl StoreError {
+    /// Whether the failure means storage is (for now) out of reach, as opposed to a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// `Result` with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Configuration(src) => {
+                let msg = src.to_string();
+                // Never echo anything that could be the URL or hold a password.
+                if msg.contains("://") || msg.contains('@') {
+                    Self::InvalidUrl("it could not be parsed".into())
+                } else {
+                    Self::InvalidUrl(msg)
+                }
+            }
+            sqlx::Error::Io(io) => Self::Unavailable(io.kind().to_string()),
+            sqlx::Error::Tls(_) => Self::Unavailable("TLS handshake failed".into()),
+            sqlx::Error::PoolTimedOut => Self::Unavailable("timed out waiting for a connection".into()),
+            sqlx::Error::PoolClosed => Self::Unavailable("the connection pool is closed".into()),
+            sqlx::Error::WorkerCrashed => Self::Unavailable("the connection worker stopped".into()),
+            sqlx::Error::Protocol(_) => Self::Unavailable("the connection broke".into()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                Self::Corrupt("a column had an unexpected type or value".into())
+            }
+            sqlx::Error::Database(ref db) => {
+                let code = db.code().map(|c| c.into_owned());
+                match code.as_deref() {
+                    Some("28P01" | "28000") => Self::AuthFailed,
+                    Some("3D000") => Self::NoSuchDatabase,
+                    Some("42P01") => Self::NotMigrated("a governance table is missing".into()),
+                    Some("42501") => Self::PermissionDenied(
+                        "the statement needs a privilege this role does not have".into(),
+                    ),
+                    // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+                    Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") => {
+                        Self::Unavailable(format!("SQLSTATE {c}"))
+                    }
+                    Some("23505") => Self::Conflict(
+                        "a row with this seq, predecessor or event id already exists".into(),
+                    ),
+                    _ => Self::Database {
+                        code,
+                        source: Box::new(e),
+                    },
+                }
+            }
+            e => Self::Database {
+                code: None,
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
+            sqlx::migrate::MigrateError::VersionMissing(v) => Self::NotMigrated(format!(
+                "the database has migration {v}, which this build does not know; use a newer governance"
+            )),
+            sqlx::migrate::MigrateError::VersionMismatch(v) => Self::NotMigrated(format!(
+                "migration {v} was changed after it was applied"
+            )),
+            other => Self::NotMigrated(other.to_string()),
+        }
+    }
+}

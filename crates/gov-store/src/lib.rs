@@ -1,0 +1,167 @@
+//! Storage for governance. Only this crate knows SQL.
+//!
+//! [`Store`] is the one handle the layers above use; it dispatches to a backend (Postgres today;
+//! an embedded SQLite backend can be added as another variant without changing `gov-audit` or
+//! `gov-sdk`, which only call the typed methods here). Errors never carry SQL, URLs or secrets.
+
+mod error;
+mod postgres;
+
+use std::time::Duration;
+
+use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
+
+pub use error::{Result, StoreError};
+pub use postgres::{PgStore, Privileges};
+
+/// Notification channel on which every committed append batch is announced
+/// (payload: `<chain_id>:<last seq>`).
+pub const AUDIT_CHANNEL: &str = "gov_audit";
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Maximum pooled connections (default 10).
+    pub max_connections: u32,
+    /// How long to wait for a connection before reporting storage unavailable (default 5 s).
+    pub acquire_timeout: Duration,
+    /// Reported to the server as `application_name`.
+    pub application_name: String,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            application_name: "governance".to_owned(),
+        }
+    }
+}
+
+/// Computes the seal (`row_hmac`) of a row whose other fields are set. Pure and synchronous;
+/// supplied by `gov-audit`, called by the store inside the appending transaction.
+pub type Sealer<'a> = &'a (dyn Fn(&AuditRecord) -> [u8; 32] + Send + Sync);
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Migrations applied by this run (0 when already current).
+    pub applied: usize,
+    /// Migrations known to this build.
+    pub known: usize,
+}
+
+/// The storage handle: cheap to clone, shared by every part of the SDK.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Connects to the database named by `url` (`postgres://` or `postgresql://`).
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "postgres" | "postgresql" => Ok(Self::Postgres(PgStore::connect(url, opts).await?)),
+            "" => Err(StoreError::InvalidUrl(
+                "it has no scheme; expected postgres://user:password@host:5432/database".into(),
+            )),
+            other => Err(StoreError::InvalidUrl(format!(
+                "the scheme `{}` is not supported; expected postgres://user:password@host:5432/database",
+                other.chars().take(16).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Applies the embedded migrations (idempotent).
+    pub async fn migrate(&self) -> Result<MigrateReport> {
+        match self {
+            Self::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// Fails with [`StoreError::NotMigrated`] when the schema is missing or older than this build.
+    pub async fn check_schema(&self) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.check_schema().await,
+        }
+    }
+
+    /// Creates the least-privilege application role if missing and grants it what the SDK
+    /// needs and nothing more. `password` (if any) is set on the role.
+    pub async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.ensure_app_role(role, password).await,
+        }
+    }
+
+    /// What the connected role may do to the audit tables.
+    pub async fn privileges(&self) -> Result<Privileges> {
+        match self {
+            Self::Postgres(s) => s.privileges().await,
+        }
+    }
+
+    /// Appends `events` (all of one chain, in order) in one transaction, holding the chain's
+    /// head row lock; returns the seq given to each. Durable when it returns.
+    pub async fn append_batch(
+        &self,
+        chain_id: &str,
+        key_id: &str,
+        events: &[AuditEvent],
+        seal: Sealer<'_>,
+    ) -> Result<Vec<i64>> {
+        match self {
+            Self::Postgres(s) => s.append_batch(chain_id, key_id, events, seal).await,
+        }
+    }
+
+    /// The head row of one chain, if the chain exists.
+    pub async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
+        match self {
+            Self::Postgres(s) => s.chain_head(chain_id).await,
+        }
+    }
+
+    /// The head rows of every chain, ordered by chain id.
+    pub async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
+        match self {
+            Self::Postgres(s) => s.chain_heads().await,
+        }
+    }
+
+    /// Up to `limit` rows of a chain with seq greater than `after_seq`, in seq order.
+    pub async fn read_chain_page(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        match self {
+            Self::Postgres(s) => s.read_chain_page(chain_id, after_seq, limit).await,
+        }
+    }
+
+    /// Rows matching `filter`, in seq order, paged by seq.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
+        match self {
+            Self::Postgres(s) => s.events(filter).await,
+        }
+    }
+
+    /// One bare round trip (`SELECT 1`): the reference latency for benchmarks and health.
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Audit chain queries: the batched, head-locked append and keyset-paged reads.
+
+use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter, EventId, ZERO_HMAC};
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::PgStore;
+use crate::{AUDIT_CHANNEL, Result, Sealer, StoreError};
+
+const COLUMNS: &str = "chain_id, seq, event_id, occurred_at, agent_id, session_id, kind, actor, \
+     parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, signer_key_id, signature_status";
+
+#[derive(FromRow)]
+struct RecordRow {
+    chain_id: String,
+    seq: i64,
+    event_id: Uuid,
+    occurred_at: OffsetDateTime,
+    agent_id: String,
+    session_id: Option<String>,
+    kind: String,
+    actor: Option<String>,
+    parent_event_id: Option<Uuid>,
+    payload: String,
+    prev_hmac: Vec<u8>,
+    key_id: String,
+    row_hmac: Vec<u8>,
+    signature: Option<Vec<u8>>,
+    signer_key_id: Option<String>,
+    signature_status: String,
+}
+
+impl From<RecordRow> for AuditRecord {
+    fn from(r: RecordRow) -> Self {
+        AuditRecord {
+            chain_id: r.chain_id,
+            seq: r.seq,
+            event_id: EventId::from_uuid(r.event_id),
+            occurred_at: r.occurred_at,
+            agent_id: r.agent_id,
+            session_id: r.session_id,
+            kind: r.kind,
+            actor: r.actor,
+            parent_event_id: r.parent_event_id.map(EventId::from_uuid),
+            payload: r.payload,
+            prev_hmac: r.prev_hmac,
+            key_id: r.key_id,
+            row_hmac: r.row_hmac,
+            signature: r.signature,
+            signer_key_id: r.signer_key_id,
+            signature_status: r.signature_status,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct HeadRow {
+    chain_id: String,
+    seq: i64,
+    head_hmac: Vec<u8>,
+}
+
+impl From<HeadRow> for ChainHead {
+    fn from(h: HeadRow) -> Self {
+        ChainHead {
+            chain_id: h.chain_id,
+            seq: h.seq,
+            head_hmac: h.head_hmac,
+        }
+    }
+}
+
+/// Column arrays for one `UNNEST` insert.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    event_id: Vec<Uuid>,
+    occurred_at: Vec<OffsetDateTime>,
+    agent_id: Vec<String>,
+    session_id: Vec<Option<String>>,
+    kind: Vec<String>,
+    actor: Vec<Option<String>>,
+    parent: Vec<Option<Uuid>>,
+    payload: Vec<String>,
+    prev_hmac: Vec<Vec<u8>>,
+    row_hmac: Vec<Vec<u8>>,
+}
+
+impl PgStore {
+    pub(crate) async fn append_batch(
+        &self,
+        chain_id: &str,
+        key_id: &str,
+        events: &[AuditEvent],
+        seal: Sealer<'_>,
+    ) -> Result<Vec<i64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(e) = events.iter().find(|e| e.chain_id.as_str() != chain_id) {
+            return Err(StoreError::InvalidArgument(format!(
+                "batch for chain {chain_id} holds an event of chain {}",
+                e.chain_id
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        // language=PostgreSQL
+        let lock = "SELECT seq, head_hmac FROM chain_heads WHERE chain_id = $1 FOR UPDATE";
+        let head: Option<(i64, Vec<u8>)> = sqlx::query_as(lock)
+            .bind(chain_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev) = match head {
+            Some(h) => h,
+            None => {
+                // language=PostgreSQL
+                sqlx::query(
+                    "INSERT INTO chain_heads (chain_id, seq, head_hmac) VALUES ($1, 0, $2) \
+                     ON CONFLICT (chain_id) DO NOTHING",
+                )
+                .bind(chain_id)
+                .bind(&ZERO_HMAC[..])
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query_as(lock)
+                    .bind(chain_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
+
+        let mut cols = Columns::default();
+        let mut seqs = Vec::with_capacity(events.len());
+        for ev in events {
+            seq += 1;
+            let record = AuditRecord::unsealed(ev, seq, &prev, key_id);
+            let hmac = seal(&record).to_vec();
+            cols.seq.push(seq);
+            cols.event_id.push(ev.event_id.as_uuid());
+            cols.occurred_at.push(ev.occurred_at);
+            cols.agent_id.push(record.agent_id);
+            cols.session_id.push(record.session_id);
+            cols.kind.push(record.kind);
+            cols.actor.push(record.actor);
+            cols.parent.push(ev.parent_event_id.map(|p| p.as_uuid()));
+            cols.payload.push(record.payload);
+            cols.prev_hmac.push(record.prev_hmac);
+            cols.row_hmac.push(hmac.clone());
+            seqs.push(seq);
+            prev = hmac;
+        }
+
+        // One statement inserts the rows, moves the head and announces the batch; the
+        // notification is delivered only if the transaction commits.
+        // language=PostgreSQL
+        sqlx::query(
+            "WITH ins AS ( \
+               INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
+                   kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature_status) \
+               SELECT $1, u.seq, u.event_id, u.occurred_at, u.agent_id, u.session_id, u.kind, u.actor, \
+                   u.parent, u.payload, u.prev_hmac, $12, u.row_hmac, 'unsigned' \
+               FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[], \
+                   $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], $13::bytea[]) \
+                 AS u(seq, event_id, occurred_at, agent_id, session_id, kind, actor, parent, payload, \
+                   prev_hmac, row_hmac) \
+             ), upd AS ( \
+               UPDATE chain_heads SET seq = $14, head_hmac = $15, updated_at = now() WHERE chain_id = $1 \
+             ) \
+             SELECT pg_notify($16, $1 || ':' || $14::text)",
+        )
+        .bind(chain_id)
+        .bind(&cols.seq)
+        .bind(&cols.event_id)
+        .bind(&cols.occurred_at)
+        .bind(&cols.agent_id)
+        .bind(&cols.session_id)
+        .bind(&cols.kind)
+        .bind(&cols.actor)
+        .bind(&cols.parent)
+        .bind(&cols.payload)
+        .bind(&cols.prev_hmac)
+        .bind(key_id)
+        .bind(&cols.row_hmac)
+        .bind(seq)
+        .bind(&prev)
+        .bind(AUDIT_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    pub(crate) async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
+        // language=PostgreSQL
+        let head: Option<HeadRow> =
+            sqlx::query_as("SELECT chain_id, seq, head_hmac FROM chain_heads WHERE chain_id = $1")
+                .bind(chain_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(head.map(Into::into))
+    }
+
+    pub(crate) async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
+        // language=PostgreSQL
+        let heads: Vec<HeadRow> =
+            sqlx::query_as("SELECT chain_id, seq, head_hmac FROM chain_heads ORDER BY chain_id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(heads.into_iter().map(Into::into).collect())
+    }
+
+    pub(crate) async fn read_chain_page(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let rows: Vec<RecordRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(chain_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub(crate) async fn events(&self, f: &EventFilter) -> Result<Vec<AuditRecord>> {
+        let chain = f
+            .chain_id
+            .as_ref()
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_else(|| "default".to_owned());
+        let limit = i64::from(f.limit.unwrap_or(100).clamp(1, 10_000));
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE chain_id = "));
+        q.push_bind(chain);
+        q.push(" AND seq > ").push_bind(f.after_seq.unwrap_or(0));
+        if let Some(a) = &f.agent_id {
+            q.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
+        }
+        if let Some(s) = &f.session_id {
+            q.push(" AND session_id = ").push_bind(s.as_str().to_owned());
+        }
+        if let Some(k) = &f.kind {
+            q.push(" AND kind = ").push_bind(k.clone());
+        }
+        if let Some(t) = f.since {
+            q.push(" AND occurred_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.until {
+            q.push(" AND occurred_at < ").push_bind(t);
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        let rows: Vec<RecordRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+}

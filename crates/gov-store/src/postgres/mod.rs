@@ -1,0 +1,198 @@
+//! The PostgreSQL backend: pool, migrations, the application role, and the audit queries.
+
+mod audit;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use std::str::FromStr;
+
+use crate::{MigrateReport, Result, StoreError, StoreOptions};
+
+/// Migrations for PostgreSQL, embedded from `migrations/postgres`.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// What the connected role may do to the audit tables (for health and for `migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privileges {
+    /// The role the connection acts as.
+    pub role: String,
+    /// Whether it is a superuser (it can bypass every trigger).
+    pub superuser: bool,
+    /// Whether it owns `audit_events` (it could disable the append-only triggers).
+    pub owns_audit_table: bool,
+    /// Whether it holds UPDATE on `audit_events`.
+    pub can_update: bool,
+    /// Whether it holds DELETE on `audit_events`.
+    pub can_delete: bool,
+    /// Whether it holds TRUNCATE on `audit_events`.
+    pub can_truncate: bool,
+}
+
+impl Privileges {
+    /// True when the role can do no more than append and read the audit rows.
+    pub fn is_least_privilege(&self) -> bool {
+        !(self.superuser || self.owns_audit_table || self.can_update || self.can_delete || self.can_truncate)
+    }
+}
+
+fn valid_role_name(role: &str) -> bool {
+    let mut chars = role.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && role.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PgStore {
+    /// Connects (one connection is opened at once, so an unreachable server fails here).
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
+        let connect = PgConnectOptions::from_str(url)?.application_name(&opts.application_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .min_connections(0)
+            .acquire_timeout(opts.acquire_timeout)
+            // A ping before every checkout would double the cost of each check.
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool (tests and embedding services).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<MigrateReport> {
+        let before = self.applied_versions().await.unwrap_or_default();
+        MIGRATOR.run(&self.pool).await?;
+        let after = self.applied_versions().await?;
+        Ok(MigrateReport {
+            applied: after.len().saturating_sub(before.len()),
+            known: MIGRATOR.iter().count(),
+        })
+    }
+
+    async fn applied_versions(&self) -> Result<Vec<i64>> {
+        // language=PostgreSQL
+        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    pub(crate) async fn check_schema(&self) -> Result<()> {
+        let applied = match self.applied_versions().await {
+            Ok(v) => v,
+            Err(StoreError::NotMigrated(_)) => {
+                return Err(StoreError::NotMigrated("it has no governance schema".into()));
+            }
+            Err(e) => return Err(e),
+        };
+        let latest_known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let latest_applied = applied.last().copied().unwrap_or(0);
+        if latest_applied < latest_known {
+            return Err(StoreError::NotMigrated(format!(
+                "schema version {latest_applied}, this build needs {latest_known}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
+        if !valid_role_name(role) {
+            return Err(StoreError::InvalidArgument(format!(
+                "role name {:?} must be 1 to 63 characters of a-z, 0-9 and _, starting with a letter or _",
+                role.chars().take(64).collect::<String>()
+            )));
+        }
+        // The name is validated above, so it is safe to place in the statement.
+        let create = format!(
+            "DO $$ BEGIN \
+               CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+             END $$"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&self.pool).await?;
+        let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&self.pool)
+            .await?;
+        if row.try_get::<bool, _>(0)? || row.try_get::<bool, _>(1)? {
+            return Err(StoreError::InvalidArgument(format!(
+                "role {role} exists and is a superuser or bypasses row security; pick another name for the application role"
+            )));
+        }
+        if let Some(pw) = password {
+            let stmt: String = sqlx::query_scalar("SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)")
+                .bind(role)
+                .bind(pw)
+                .fetch_one(&self.pool)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&self.pool).await?;
+        }
+        sqlx::query("SELECT governance_grant_app_role($1)")
+            .bind(role)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn privileges(&self) -> Result<Privileges> {
+        // language=PostgreSQL
+        let row = sqlx::query(
+            "SELECT current_user::text, \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    pg_has_role(current_user, (SELECT tableowner FROM pg_tables \
+                        WHERE schemaname = current_schema() AND tablename = 'audit_events'), 'USAGE'), \
+                    has_table_privilege('audit_events', 'UPDATE'), \
+                    has_table_privilege('audit_events', 'DELETE'), \
+                    has_table_privilege('audit_events', 'TRUNCATE')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Privileges {
+            role: row.try_get(0)?,
+            superuser: row.try_get::<Option<bool>, _>(1)?.unwrap_or(false),
+            owns_audit_table: row.try_get::<Option<bool>, _>(2)?.unwrap_or(false),
+            can_update: row.try_get(3)?,
+            can_delete: row.try_get(4)?,
+            can_truncate: row.try_get(5)?,
+        })
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_role_name;
+
+    #[test]
+    fn role_names_are_plain_identifiers() {
+        assert!(valid_role_name("governance_app"));
+        assert!(valid_role_name("_x1"));
+        for bad in ["", "1abc", "App", "a-b", "a;drop role x", &"a".repeat(64)] {
+            assert!(!valid_role_name(bad), "{bad}");
+        }
+    }
+}
