@@ -1,1 +1,101 @@
-//! placeholder
+//! Enforcement gates for AI agents: the one [`Governance`] handle a Rust service links.
+//!
+//! This crate is the API boundary: the CLI, the console and host services use only what it
+//! exports. Today it carries the audit chain ([`Governance::audit`]) and the administration
+//! a deployment needs ([`admin`]); the enforcement modules build on the same handle.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), gov_sdk::Error> {
+//! use gov_sdk::{AuditEvent, Governance};
+//!
+//! let gov = Governance::builder()
+//!     .database_url("postgres://governance_app@127.0.0.1/app")
+//!     .audit_secret_from_env()
+//!     .connect()
+//!     .await?;
+//! let event = AuditEvent::builder("billing-agent", "invoice.read")
+//!     .session("s-42")
+//!     .payload(serde_json::json!({ "invoice": "INV-7" }))
+//!     .build()?;
+//! let at = gov.audit().log(event).await?;
+//! println!("logged at seq {}", at.seq);
+//! assert!(gov.audit().verify_chain().await?.is_clean());
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+mod audit;
+mod config;
+mod error;
+
+pub use audit::Audit;
+pub use config::{Config, GovernanceBuilder};
+pub use error::{Error, Result};
+
+pub use gov_audit::{
+    Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport,
+};
+pub use gov_core::{
+    AgentId, AuditEvent, AuditEventBuilder, AuditRecord, ChainHead, ChainId, EventError, EventFilter,
+    EventId, IdError, MAX_PAYLOAD_BYTES, SessionId,
+};
+pub use gov_store::{MigrateReport, Privileges};
+
+use std::sync::Arc;
+
+use gov_audit::AuditLog;
+use gov_store::Store;
+
+/// Environment variable holding the database URL.
+pub const ENV_DATABASE_URL: &str = "GOVERNANCE_DATABASE_URL";
+/// Environment variable holding the audit secret (hex or base64, at least 32 bytes).
+pub const ENV_AUDIT_SECRET: &str = "GOVERNANCE_AUDIT_SECRET";
+
+/// The governance handle: cheap to clone, shared by every task of a service.
+#[derive(Clone, Debug)]
+pub struct Governance {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    audit: AuditLog,
+    config: Config,
+}
+
+impl Governance {
+    /// Starts configuring a handle.
+    pub fn builder() -> GovernanceBuilder {
+        GovernanceBuilder::default()
+    }
+
+    /// Connects with `GOVERNANCE_DATABASE_URL` and `GOVERNANCE_AUDIT_SECRET` from the environment.
+    pub async fn from_env() -> Result<Self> {
+        Self::builder()
+            .database_url_from_env()
+            .audit_secret_from_env()
+            .connect()
+            .await
+    }
+
+    /// The audit chain.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(self)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// One bare round trip to the database (`SELECT 1`): the reference latency.
+    pub async fn ping(&self) -> Result<()> {
+        Ok(self.inner.store.ping().await?)
+    }
+
+    /// Closes the connection pool.
+    pub async fn close(&self) {
+        self.inner.store.close().await;
+    }
+}

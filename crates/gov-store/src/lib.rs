@@ -18,6 +18,16 @@ pub use postgres::{PgStore, Privileges};
 /// (payload: `<chain_id>:<last seq>`).
 pub const AUDIT_CHANNEL: &str = "gov_audit";
 
+/// A fingerprint of the embedded migrations (versions and checksums): equal fingerprints mean
+/// equal schemas. Test tooling names its template databases with it.
+pub fn schema_fingerprint() -> String {
+    postgres::MIGRATOR
+        .iter()
+        .map(|m| format!("{}:{}", m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {

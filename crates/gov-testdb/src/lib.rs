@@ -1,1 +1,217 @@
-//! placeholder
+//! Test support: each test gets its own fresh Postgres database, cloned from a migrated template.
+//!
+//! The server is `GOVERNANCE_TEST_DATABASE_URL` when set (`cargo xtask test` sets it, starting a
+//! throwaway cluster when no server answers), else the local server at 127.0.0.1:5432 as
+//! `postgres`. The template `gov_tpl_<hash of the migrations>` is built once per schema, under
+//! an advisory lock so parallel test processes build it only once; each [`TestDb`] is a
+//! `CREATE DATABASE … TEMPLATE` clone (milliseconds), dropped with `WITH (FORCE)` when the
+//! `TestDb` is dropped.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+/// Where the tests find Postgres when nothing is configured.
+pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The environment variable that names the test server.
+pub const ENV_TEST_DATABASE_URL: &str = "GOVERNANCE_TEST_DATABASE_URL";
+/// The least-privilege application role created in the template.
+pub const APP_ROLE: &str = "governance_app";
+
+/// The server URL tests use.
+pub fn server_url() -> String {
+    std::env::var(ENV_TEST_DATABASE_URL).unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{db}?{q}"),
+        None => format!("{root}/{db}"),
+    }
+}
+
+fn template_name() -> String {
+    let digest = Sha256::digest(gov_store::schema_fingerprint().as_bytes());
+    format!("gov_tpl_{}", &hex::encode(digest)[..16])
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+async fn admin_conn() -> PgConnection {
+    let url = server_url();
+    match PgConnection::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "cannot reach the test Postgres ({e}); run the suite with `cargo xtask test`, which finds or starts one, or set {ENV_TEST_DATABASE_URL}"
+        ),
+    }
+}
+
+/// Builds the migrated template once per schema version (idempotent, safe across processes).
+pub async fn ensure_template() -> String {
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = template_name();
+            let mut conn = admin_conn().await;
+            sqlx::query("SELECT pg_advisory_lock(7243001)")
+                .execute(&mut conn)
+                .await
+                .expect("advisory lock");
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("look up template");
+            if !exists {
+                let building = format!("{name}_building");
+                let drop = format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await.expect("drop stale");
+                let create = format!("CREATE DATABASE {building}");
+                sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.expect("create template");
+                let url = with_database(&server_url(), &building);
+                let store = gov_store::Store::connect(&url, &gov_store::StoreOptions::default())
+                    .await
+                    .expect("connect to template");
+                store.migrate().await.expect("migrate template");
+                store.ensure_app_role(APP_ROLE, None).await.expect("create app role");
+                store.close().await;
+                let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+                sqlx::query(sqlx::AssertSqlSafe(rename)).execute(&mut conn).await.expect("rename template");
+                let mark = format!("ALTER DATABASE {name} IS_TEMPLATE true");
+                sqlx::query(sqlx::AssertSqlSafe(mark)).execute(&mut conn).await.expect("mark template");
+            }
+            sqlx::query("SELECT pg_advisory_unlock(7243001)")
+                .execute(&mut conn)
+                .await
+                .expect("advisory unlock");
+            let _ = conn.close().await;
+            name
+        })
+        .await
+        .clone()
+}
+
+/// A fresh, migrated database for one test; dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// Clones the template into a new database.
+    pub async fn new() -> Self {
+        let template = ensure_template().await;
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).expect("random name");
+        let name = format!("gov_t_{}", hex::encode(rnd));
+        let mut conn = admin_conn().await;
+        let create = format!("CREATE DATABASE {name} TEMPLATE {template}");
+        // A clone fails if another session is briefly connected to the template; retry.
+        let mut tries = 0;
+        loop {
+            match sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(&mut conn).await {
+                Ok(_) => break,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot create the test database: {e}"),
+            }
+        }
+        let _ = conn.close().await;
+        Self {
+            url: with_database(&server_url(), &name),
+            name,
+        }
+    }
+
+    /// The superuser URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A superuser pool on this database (for tampering and inspection).
+    pub async fn admin_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// An empty database (no migrations), for testing `migrate` itself.
+    pub async fn empty() -> Self {
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).expect("random name");
+        let name = format!("gov_e_{}", hex::encode(rnd));
+        let mut conn = admin_conn().await;
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+            .expect("create empty database");
+        let _ = conn.close().await;
+        Self {
+            url: with_database(&server_url(), &name),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; do the blocking work on a thread of its own.
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&server_url()).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_only_the_database() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            with_database("postgres://h/db?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
+    }
+}

@@ -1,1 +1,5 @@
+//! Integration tests of gov-sdk against a real Postgres (one fresh database per test).
 
+mod chain;
+mod privileges;
+mod support;

@@ -1,0 +1,140 @@
+//! Configuration of the [`Governance`](crate::Governance) handle: one builder, every option
+//! documented in docs/configuration.md.
+
+use std::time::Duration;
+
+use gov_audit::{AuditLog, AuditLogOptions, AuditSecret, KeyRing};
+use gov_store::{Store, StoreOptions};
+
+use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
+
+/// Options in force for a handle.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Verify every row that `audit().events()` returns, and fail the read at a broken link.
+    pub verify_chain_on_read: bool,
+    /// Pool and timeouts.
+    pub store: StoreOptions,
+    /// Group-commit tuning.
+    pub audit: AuditLogOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            verify_chain_on_read: false,
+            store: StoreOptions::default(),
+            audit: AuditLogOptions::default(),
+        }
+    }
+}
+
+/// Builds a [`Governance`] handle.
+#[derive(Default)]
+#[must_use]
+pub struct GovernanceBuilder {
+    database_url: Option<String>,
+    secret: Option<std::result::Result<AuditSecret, gov_audit::KeyError>>,
+    secret_from_env: bool,
+    url_from_env: bool,
+    config: Config,
+}
+
+impl std::fmt::Debug for GovernanceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GovernanceBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GovernanceBuilder {
+    /// The database URL (`postgres://user:password@host:5432/db`).
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// Reads the database URL from `GOVERNANCE_DATABASE_URL` when none was given.
+    pub fn database_url_from_env(mut self) -> Self {
+        self.url_from_env = true;
+        self
+    }
+
+    /// The audit secret, hex or base64, at least 32 bytes.
+    pub fn audit_secret(mut self, secret: &str) -> Self {
+        self.secret = Some(AuditSecret::parse(secret));
+        self
+    }
+
+    /// An already parsed audit secret.
+    pub fn audit_secret_parsed(mut self, secret: AuditSecret) -> Self {
+        self.secret = Some(Ok(secret));
+        self
+    }
+
+    /// Reads the audit secret from `GOVERNANCE_AUDIT_SECRET` when none was given.
+    pub fn audit_secret_from_env(mut self) -> Self {
+        self.secret_from_env = true;
+        self
+    }
+
+    /// Verify what `audit().events()` returns (default off).
+    pub fn verify_chain_on_read(mut self, on: bool) -> Self {
+        self.config.verify_chain_on_read = on;
+        self
+    }
+
+    /// Maximum pooled connections (default 10).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.config.store.max_connections = n.max(1);
+        self
+    }
+
+    /// How long to wait for a connection before storage counts as unavailable (default 5 s).
+    pub fn acquire_timeout(mut self, d: Duration) -> Self {
+        self.config.store.acquire_timeout = d;
+        self
+    }
+
+    /// Most events per group-commit transaction (default 1,000).
+    pub fn max_batch_events(mut self, n: usize) -> Self {
+        self.config.audit.max_batch_events = n.max(1);
+        self
+    }
+
+    /// Connects, checks that the schema is migrated, and returns the handle.
+    pub async fn connect(self) -> Result<Governance> {
+        let url = match self.database_url {
+            Some(u) => u,
+            None if self.url_from_env => std::env::var(ENV_DATABASE_URL).map_err(|_| {
+                Error::Config(format!(
+                    "no database URL: set {ENV_DATABASE_URL}=postgres://user:password@host:5432/database or pass one"
+                ))
+            })?,
+            None => {
+                return Err(Error::Config(
+                    "no database URL: call .database_url(..) or .database_url_from_env()".into(),
+                ));
+            }
+        };
+        let secret = match self.secret {
+            Some(s) => s?,
+            None if self.secret_from_env => match std::env::var(ENV_AUDIT_SECRET) {
+                Ok(s) => AuditSecret::parse(&s)?,
+                Err(_) => return Err(gov_audit::KeyError::Missing.into()),
+            },
+            None => return Err(gov_audit::KeyError::Missing.into()),
+        };
+        let store = Store::connect(&url, &self.config.store).await?;
+        store.check_schema().await?;
+        let audit = AuditLog::new(store.clone(), KeyRing::new(secret.chain_key()), self.config.audit.clone());
+        Ok(Governance {
+            inner: std::sync::Arc::new(Inner {
+                store,
+                audit,
+                config: self.config,
+            }),
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! The SDK's error enum. Messages say what is wrong and what to do; none carries a URL, SQL or
+//! a secret.
+
+use std::sync::Arc;
+
+use gov_audit::{AuditError, Finding, KeyError};
+use gov_core::EventError;
+use gov_store::StoreError;
+use thiserror::Error;
+
+/// Everything that can go wrong in the SDK.
+#[derive(Debug, Clone, Error)]
+pub enum Error {
+    /// Configuration is missing or invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The audit secret was refused.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// An event was refused before it was written.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The audit chain is broken (a read with `verify_chain_on_read`).
+    #[error("the audit chain is broken at {0}")]
+    ChainBroken(Finding),
+    /// Any other audit failure.
+    #[error(transparent)]
+    Audit(AuditError),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(Arc::new(e))
+    }
+}
+
+impl From<AuditError> for Error {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Key(k) => Self::Key(k),
+            AuditError::Store(s) => Self::Store(s),
+            AuditError::ChainBroken(f) => Self::ChainBroken(f),
+            other => Self::Audit(other),
+        }
+    }
+}
+
+impl Error {
+    /// Storage is out of reach (connection refused, timed out, server shutting down).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_unavailable())
+    }
+
+    /// The failure is one of configuration or usage (bad URL, credentials, secret, missing
+    /// schema, unknown chain, nothing to verify), which the operator must fix.
+    pub fn is_config(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Key(_) | Self::Event(_) => true,
+            Self::Store(e) => matches!(
+                **e,
+                StoreError::InvalidUrl(_)
+                    | StoreError::AuthFailed
+                    | StoreError::NoSuchDatabase
+                    | StoreError::NotMigrated(_)
+                    | StoreError::PermissionDenied(_)
+                    | StoreError::InvalidArgument(_)
+            ),
+            Self::Audit(a) => matches!(a, AuditError::NoSuchChain(_) | AuditError::NothingToVerify),
+            Self::ChainBroken(_) => false,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared helpers.
+
+use gov_sdk::{AuditEvent, Governance};
+use gov_testdb::TestDb;
+
+/// A strong test secret (hex, 32 bytes).
+pub(crate) const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+
+pub(crate) async fn connect(db: &TestDb) -> Governance {
+    Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub(crate) fn event(agent: &str, kind: &str, n: u64) -> AuditEvent {
+    AuditEvent::builder(agent, kind)
+        .session("s-1")
+        .payload(serde_json::json!({ "n": n }))
+        .build()
+        .expect("valid event")
+}
