@@ -1,1 +1,8 @@
+//! End-to-end tests: the `governance` binary run as a process against real Postgres, each test
+//! with its own database.
 
+mod migrate;
+mod processes;
+mod support;
+mod tamper;
+mod verify;

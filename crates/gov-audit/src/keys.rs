@@ -85,6 +85,14 @@ impl AuditSecret {
         Ok(Self(bytes.to_vec()))
     }
 
+    /// A fresh random secret from the operating system, and its hex form (to show once).
+    pub fn generate() -> Result<(Self, zeroize::Zeroizing<String>), KeyError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|_| KeyError::Weak("the system random source failed"))?;
+        let text = Zeroizing::new(hex::encode(bytes.as_ref()));
+        Ok((Self(bytes.to_vec()), text))
+    }
+
     /// Wraps raw key bytes (at least 32, checked for entropy).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         if bytes.len() < MIN_SECRET_BYTES {

@@ -1,1 +1,72 @@
-fn main() {}
+//! `governance`: the operator's command-line tool.
+//!
+//! Parses with clap, validates, then runs one SDK call per command and renders the result
+//! (human text on a terminal, JSON with `--json`). Exit codes: 0 success, 1 tampered chain,
+//! 2 usage or configuration error, 3 storage unreachable or failing.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::output::Out;
+
+/// Exit code: a chain failed verification.
+pub(crate) const EXIT_TAMPERED: u8 = 1;
+/// Exit code: bad usage or configuration.
+pub(crate) const EXIT_CONFIG: u8 = 2;
+/// Exit code: storage unreachable or failing.
+pub(crate) const EXIT_STORAGE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let out = Out::new(cli.global.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error(&anyhow::anyhow!("cannot start the async runtime: {e}"), EXIT_STORAGE);
+            return ExitCode::from(EXIT_STORAGE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Migrate(args) => commands::migrate::run(args, &cli.global, &out).await,
+            Command::Verify(args) => commands::verify::run(args, &cli.global, &out).await,
+            Command::Demo(args) => commands::demo::run(args, &cli.global, &out).await,
+            Command::Completions(args) => commands::completions::run(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let code = exit_code(&err);
+            out.error(&err, code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Maps an error to the documented exit code.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<gov_sdk::Error>() {
+        Some(e) if e.is_config() => EXIT_CONFIG,
+        Some(gov_sdk::Error::ChainBroken(_)) => EXIT_TAMPERED,
+        Some(gov_sdk::Error::Store(_)) => EXIT_STORAGE,
+        Some(_) => EXIT_CONFIG,
+        None => EXIT_CONFIG,
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GOVERNANCE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -26,9 +26,24 @@ impl Admin {
         })
     }
 
+    /// Creates the database named in `url` if it does not exist (first runs, demos). Returns
+    /// whether it was created.
+    pub async fn ensure_database(url: &str) -> Result<bool> {
+        Ok(Store::ensure_database(url).await?)
+    }
+
     /// Applies pending migrations (idempotent).
     pub async fn migrate(&self) -> Result<MigrateReport> {
         Ok(self.store.migrate().await?)
+    }
+
+    /// Whether the schema is current for this build (nothing to migrate).
+    pub async fn schema_is_current(&self) -> Result<bool> {
+        match self.store.check_schema().await {
+            Ok(()) => Ok(true),
+            Err(gov_store::StoreError::NotMigrated(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates the application role if needed and grants it INSERT and SELECT on the audit

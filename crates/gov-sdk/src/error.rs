@@ -34,6 +34,12 @@ pub enum Error {
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<gov_core::IdError> for Error {
+    fn from(e: gov_core::IdError) -> Self {
+        Self::Event(EventError::Id(e))
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         Self::Store(Arc::new(e))

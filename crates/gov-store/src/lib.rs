@@ -85,6 +85,16 @@ impl Store {
         }
     }
 
+    /// Creates the database named in `url` when it does not exist yet (for first runs and
+    /// demos; production databases are created by their owners). Returns whether it was created.
+    pub async fn ensure_database(url: &str) -> Result<bool> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "postgres" | "postgresql" => postgres::ensure_database(url).await,
+            _ => Err(StoreError::InvalidUrl("expected postgres://user:password@host:5432/database".into())),
+        }
+    }
+
     /// Applies the embedded migrations (idempotent).
     pub async fn migrate(&self) -> Result<MigrateReport> {
         match self {

@@ -48,10 +48,42 @@ fn valid_role_name(role: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// Creates the database named in `url` if it does not exist, connecting to the server's
+/// `postgres` database to do so. Returns whether it was created.
+pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
+    use sqlx::Connection;
+    let opts = PgConnectOptions::from_str(url)?;
+    let name = opts
+        .get_database()
+        .ok_or_else(|| StoreError::InvalidUrl("it names no database".into()))?
+        .to_owned();
+    let mut conn = sqlx::PgConnection::connect_with(&opts.clone().database("postgres")).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let stmt: String = sqlx::query_scalar("SELECT format('CREATE DATABASE %I', $1::text)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut conn).await?;
+    }
+    let _ = conn.close().await;
+    Ok(!exists)
+}
+
 impl PgStore {
     /// Connects (one connection is opened at once, so an unreachable server fails here).
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
+        use sqlx::Connection;
         let connect = PgConnectOptions::from_str(url)?.application_name(&opts.application_name);
+        // One direct attempt first: the pool would retry a refused connection until its
+        // timeout and then report only the timeout, hiding the cause.
+        let probe = tokio::time::timeout(opts.acquire_timeout, sqlx::PgConnection::connect_with(&connect))
+            .await
+            .map_err(|_| StoreError::Unavailable("timed out connecting".into()))??;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .min_connections(0)
@@ -75,7 +107,12 @@ impl PgStore {
 
     pub(crate) async fn migrate(&self) -> Result<MigrateReport> {
         let before = self.applied_versions().await.unwrap_or_default();
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await.map_err(|e| match StoreError::from(e) {
+            StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
+                "this role may not change the schema; run `governance migrate` as the role that owns the database, not the application role".into(),
+            ),
+            other => other,
+        })?;
         let after = self.applied_versions().await?;
         Ok(MigrateReport {
             applied: after.len().saturating_sub(before.len()),

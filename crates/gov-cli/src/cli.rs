@@ -1,0 +1,95 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Enforcement gates for AI agents: migrate the schema, verify the audit chain, run a demo.
+#[derive(Debug, Parser)]
+#[command(
+    name = "governance",
+    version,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success, 1 audit chain tampered, 2 usage or configuration error, 3 storage unreachable.\nConfiguration: flags, then GOVERNANCE_* environment variables (see docs/configuration.md)."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Database URL, e.g. postgres://user:password@host:5432/db
+    #[arg(long, global = true, env = "GOVERNANCE_DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Apply the database migrations (idempotent) and optionally create the application role
+    #[command(after_help = "Examples:\n  governance migrate --database-url postgres://owner@db/app\n  GOVERNANCE_APP_ROLE_PASSWORD=… governance migrate --app-role governance_app")]
+    Migrate(MigrateArgs),
+    /// Verify the audit chain: every chain, or the one named
+    #[command(after_help = "Examples:\n  governance verify\n  governance verify --chain billing --json\n\nExit codes: 0 clean, 1 tampered (seq and reason on stderr), 2 configuration, 3 storage unreachable.")]
+    Verify(VerifyArgs),
+    /// Run a small simulated agent: migrate, log events, verify, print what happened
+    #[command(after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8")]
+    Demo(DemoArgs),
+    /// Print shell completions
+    #[command(after_help = "Example:\n  governance completions bash > /etc/bash_completion.d/governance")]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Also create (or update) this least-privilege application role: INSERT and SELECT on the
+    /// audit rows, nothing more. Its password, if any, comes from GOVERNANCE_APP_ROLE_PASSWORD.
+    #[arg(long, value_name = "ROLE", num_args = 0..=1, default_missing_value = "governance_app")]
+    pub(crate) app_role: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SecretArgs {
+    /// Read the audit secret from this file instead of GOVERNANCE_AUDIT_SECRET
+    #[arg(long, value_name = "PATH")]
+    pub(crate) audit_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Verify only this chain (default: every chain in the database)
+    #[arg(long)]
+    pub(crate) chain: Option<String>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Events to log
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) events: u32,
+    /// Concurrent agent sessions
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) sessions: u32,
+    /// Chain to log to (default: a new chain per run, demo-<time>)
+    #[arg(long)]
+    pub(crate) chain: Option<String>,
+    /// Agent id of the simulated agent
+    #[arg(long, default_value = "demo-agent")]
+    pub(crate) agent: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell
+    pub(crate) shell: clap_complete::Shell,
+}

@@ -1,0 +1,40 @@
+//! One module per command: each has a `run` whose body is an SDK call plus rendering.
+
+pub(crate) mod completions;
+pub(crate) mod demo;
+pub(crate) mod migrate;
+pub(crate) mod verify;
+
+use anyhow::Context as _;
+use gov_sdk::{AuditSecret, Governance};
+
+use crate::cli::{Global, SecretArgs};
+
+/// The database URL from the flag or environment, or an error that says how to set one.
+pub(crate) fn database_url(global: &Global) -> anyhow::Result<String> {
+    global.database_url.clone().ok_or_else(|| {
+        anyhow::Error::new(gov_sdk::Error::Config(
+            "no database URL: pass --database-url or set GOVERNANCE_DATABASE_URL=postgres://user:password@host:5432/database".into(),
+        ))
+    })
+}
+
+/// The audit secret from `--audit-secret-file` or `GOVERNANCE_AUDIT_SECRET`.
+pub(crate) fn audit_secret(args: &SecretArgs) -> anyhow::Result<AuditSecret> {
+    let text = match &args.audit_secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the audit secret file {}", path.display()))
+            .map_err(|e| anyhow::Error::new(gov_sdk::Error::Config(format!("{e:#}"))))?,
+        None => std::env::var(gov_sdk::ENV_AUDIT_SECRET).unwrap_or_default(),
+    };
+    Ok(AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?)
+}
+
+/// Connects the SDK handle.
+pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Governance> {
+    Ok(Governance::builder()
+        .database_url(url)
+        .audit_secret_parsed(secret)
+        .connect()
+        .await?)
+}

@@ -1,0 +1,72 @@
+//! Helpers: a configured `governance` command, seeding, and superuser tampering.
+
+use assert_cmd::Command;
+use gov_sdk::{AuditEvent, Governance};
+use gov_testdb::TestDb;
+
+/// The audit secret the tests write with.
+pub(crate) const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+/// Another strong secret (an attacker's, or a wrong configuration).
+pub(crate) const OTHER_SECRET: &str = "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
+
+/// `governance` with a clean environment pointing at `db`.
+pub(crate) fn governance(db: &TestDb) -> Command {
+    let mut cmd = Command::cargo_bin("governance").expect("the governance binary is built");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GOVERNANCE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("GOVERNANCE_DATABASE_URL", db.url())
+        .env("GOVERNANCE_AUDIT_SECRET", SECRET)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Logs `n` events to the `default` chain through the SDK.
+pub(crate) async fn seed(db: &TestDb, n: u64) {
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("connect");
+    for i in 0..n {
+        let ev = AuditEvent::builder("agent-1", "tool.call")
+            .session("s-1")
+            .payload(serde_json::json!({ "n": i }))
+            .build()
+            .expect("event");
+        gov.audit().log(ev).await.expect("log");
+    }
+    gov.close().await;
+}
+
+/// Runs statements as a superuser with triggers bypassed (`session_replication_role = replica`),
+/// as an attacker with database access would.
+pub(crate) async fn tamper(db: &TestDb, statements: &[&str]) {
+    let pool = db.admin_pool().await;
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .expect("bypass triggers");
+    for s in statements {
+        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    tx.commit().await.expect("commit");
+    pool.close().await;
+}
+
+/// Runs `governance verify` and returns (exit code, stdout, stderr).
+pub(crate) fn verify(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let out = governance(db).arg("verify").args(args).output().expect("run governance");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
