@@ -8,15 +8,24 @@ use crate::support::governance;
 #[tokio::test]
 async fn migrate_twice_then_the_app_role_is_least_privilege() {
     let db = TestDb::empty().await;
-    governance(&db).arg("migrate").assert().success().stdout(predicate::str::contains("applied 1 of 1"));
-    let out = governance(&db).args(["migrate", "--json", "--app-role"]).output().unwrap();
+    governance(&db)
+        .arg("migrate")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("applied 1 of 1"));
+    let out = governance(&db)
+        .args(["migrate", "--json", "--app-role"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["applied"], 0);
     assert_eq!(v["app_role"], "governance_app");
 
     // The role can append through the SDK and verify, but cannot change a row.
-    let app_url = db.url().replacen("postgres://postgres@", "postgres://governance_app@", 1);
+    let app_url = db
+        .url()
+        .replacen("postgres://postgres@", "postgres://governance_app@", 1);
     governance(&db)
         .env("GOVERNANCE_DATABASE_URL", &app_url)
         .args(["demo", "--events", "20", "--chain", "default"])
@@ -24,8 +33,14 @@ async fn migrate_twice_then_the_app_role_is_least_privilege() {
         .success();
     let pool = db.admin_pool().await;
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("SET ROLE governance_app").execute(&mut *conn).await.unwrap();
-    let err = sqlx::query("UPDATE audit_events SET kind = 'x.y'").execute(&mut *conn).await.unwrap_err();
+    sqlx::query("SET ROLE governance_app")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let err = sqlx::query("UPDATE audit_events SET kind = 'x.y'")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 }
 

@@ -12,7 +12,16 @@ async fn two_processes_appending_to_one_chain_never_fork_it() {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("governance"));
         cmd.env("GOVERNANCE_DATABASE_URL", db.url())
             .env("GOVERNANCE_AUDIT_SECRET", SECRET)
-            .args(["--json", "demo", "--chain", "shared", "--events", "1500", "--sessions", "8"])
+            .args([
+                "--json",
+                "demo",
+                "--chain",
+                "shared",
+                "--events",
+                "1500",
+                "--sessions",
+                "8",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         cmd.spawn().expect("spawn governance")
@@ -20,9 +29,18 @@ async fn two_processes_appending_to_one_chain_never_fork_it() {
     let (a, b) = (spawn(), spawn());
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let gov = Governance::builder().database_url(db.url()).audit_secret(SECRET).connect().await.unwrap();
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .unwrap();
     let head = gov.audit().head("shared").await.unwrap().unwrap();
     assert_eq!(head.seq, 3000);
     let report = gov.audit().verify_named("shared").await.unwrap();
@@ -33,8 +51,15 @@ async fn two_processes_appending_to_one_chain_never_fork_it() {
 #[tokio::test]
 async fn the_demo_logs_verifies_and_reports() {
     let db = TestDb::new().await;
-    let out = governance(&db).args(["demo", "--events", "300"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = governance(&db)
+        .args(["demo", "--events", "300"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("logged    300 events"), "{stdout}");
     assert!(stdout.contains("verify    clean 300 events"), "{stdout}");

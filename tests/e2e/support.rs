@@ -7,7 +7,8 @@ use gov_testdb::TestDb;
 /// The audit secret the tests write with.
 pub(crate) const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
 /// Another strong secret (an attacker's, or a wrong configuration).
-pub(crate) const OTHER_SECRET: &str = "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
+pub(crate) const OTHER_SECRET: &str =
+    "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
 
 /// `governance` with a clean environment pointing at `db`.
 pub(crate) fn governance(db: &TestDb) -> Command {
@@ -63,7 +64,11 @@ pub(crate) async fn tamper(db: &TestDb, statements: &[&str]) {
 
 /// Runs `governance verify` and returns (exit code, stdout, stderr).
 pub(crate) fn verify(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let out = governance(db).arg("verify").args(args).output().expect("run governance");
+    let out = governance(db)
+        .arg("verify")
+        .args(args)
+        .output()
+        .expect("run governance");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -35,12 +35,21 @@ async fn fresh(n: u64) -> TestDb {
 }
 
 async fn row(db: &TestDb, seq: i64) -> AuditRecord {
-    let gov = Governance::builder().database_url(db.url()).audit_secret(SECRET).connect().await.unwrap();
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("read the row");
     let rows = gov
         .audit()
-        .events(&EventFilter { after_seq: Some(seq - 1), limit: Some(1), ..EventFilter::default() })
+        .events(&EventFilter {
+            after_seq: Some(seq - 1),
+            limit: Some(1),
+            ..EventFilter::default()
+        })
         .await
-        .unwrap();
+        .expect("read the row");
     gov.close().await;
     rows.into_iter().next().expect("row exists")
 }
@@ -52,14 +61,22 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn an_edited_payload_is_a_modified_row() {
     let db = fresh(20).await;
-    tamper(&db, &["UPDATE audit_events SET payload = '{\"n\":700}' WHERE seq = 7"]).await;
+    tamper(
+        &db,
+        &["UPDATE audit_events SET payload = '{\"n\":700}' WHERE seq = 7"],
+    )
+    .await;
     assert_tampered(&db, 7, "modified row").await;
 }
 
 #[tokio::test]
 async fn an_edited_agent_is_a_modified_row() {
     let db = fresh(20).await;
-    tamper(&db, &["UPDATE audit_events SET agent_id = 'someone-else' WHERE seq = 3"]).await;
+    tamper(
+        &db,
+        &["UPDATE audit_events SET agent_id = 'someone-else' WHERE seq = 3"],
+    )
+    .await;
     assert_tampered(&db, 3, "modified row").await;
 }
 
@@ -134,7 +151,9 @@ async fn a_row_appended_past_the_head_is_an_inserted_row() {
 async fn a_row_resealed_with_another_key_is_an_unknown_key() {
     let db = fresh(20).await;
     let mut r9 = row(&db, 9).await;
-    let other = gov_audit::AuditSecret::parse(OTHER_SECRET).unwrap().chain_key();
+    let other = gov_audit::AuditSecret::parse(OTHER_SECRET)
+        .unwrap()
+        .chain_key();
     r9.payload = "{\"n\":900}".into();
     r9.key_id = other.key_id().to_owned();
     let hmac = other.seal(&r9);
@@ -152,7 +171,9 @@ async fn a_row_resealed_with_another_key_is_an_unknown_key() {
 async fn a_row_resealed_with_another_key_under_our_key_id_is_a_modified_row() {
     let db = fresh(20).await;
     let mut r4 = row(&db, 4).await;
-    let other = gov_audit::AuditSecret::parse(OTHER_SECRET).unwrap().chain_key();
+    let other = gov_audit::AuditSecret::parse(OTHER_SECRET)
+        .unwrap()
+        .chain_key();
     r4.payload = "{\"n\":400}".into();
     let hmac = other.seal(&r4); // key_id still claims our key
     let update = format!(

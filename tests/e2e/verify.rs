@@ -11,7 +11,10 @@ async fn a_clean_chain_exits_0_and_counts_its_events() {
     seed(&db, 42).await;
     let (code, stdout, _) = verify(&db, &[]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("verified 42 events in 1 chain: clean"), "{stdout}");
+    assert!(
+        stdout.contains("verified 42 events in 1 chain: clean"),
+        "{stdout}"
+    );
     let (code, stdout, _) = verify(&db, &["--json", "--chain", "default"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -53,7 +56,10 @@ async fn configuration_errors_exit_2_and_say_what_to_do() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("weak"));
-    for url in ["postgres://u:hunter2@127.0.0.1:notaport/db", "mysql://u:hunter2@h/db"] {
+    for url in [
+        "postgres://u:hunter2@127.0.0.1:notaport/db",
+        "mysql://u:hunter2@h/db",
+    ] {
         governance(&db)
             .args(["verify", "--database-url", url])
             .assert()
@@ -72,11 +78,18 @@ async fn configuration_errors_exit_2_and_say_what_to_do() {
 async fn unreachable_storage_exits_3_without_leaking_the_url() {
     let db = TestDb::new().await;
     governance(&db)
-        .args(["verify", "--database-url", "postgres://u:hunter2@127.0.0.1:1/db", "--json"])
+        .args([
+            "verify",
+            "--database-url",
+            "postgres://u:hunter2@127.0.0.1:1/db",
+            "--json",
+        ])
         .assert()
         .code(3)
         .stdout(predicate::str::contains("\"exit_code\":3"))
-        .stderr(predicate::str::contains("unreachable").and(predicate::str::contains("hunter2").not()));
+        .stderr(
+            predicate::str::contains("unreachable").and(predicate::str::contains("hunter2").not()),
+        );
 }
 
 #[tokio::test]

@@ -1,1 +1,104 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <task>`:
+//!
+//! - `test [ARGS]`: the whole suite against a real Postgres (`GOVERNANCE_TEST_DATABASE_URL`,
+//!   else the local server on 127.0.0.1:5432, else a throwaway cluster from `initdb`/`pg_ctl`).
+//! - `bench`: benchmarks, JSON on stdout and in `target/bench/bench.json`.
+//! - `ci`: fmt check, clippy, tidy, then `test`.
+//! - `tidy`: repository rules (dependency graph, module docs, no ignored tests, documented
+//!   configuration).
+
+mod pg;
+mod tidy;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "test" => test(&rest),
+        "bench" => bench(&rest),
+        "ci" => ci(),
+        "tidy" => tidy::run(),
+        _ => {
+            eprintln!("usage: cargo xtask <test [ARGS] | bench | ci | tidy>");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let server = pg::Server::find_or_start()?;
+    eprintln!("xtask: tests use Postgres at {}", server.display());
+    let mut cmd = cargo();
+    if has_nextest() {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(extra).env(pg::ENV_TEST_URL, server.url());
+    let result = run(&mut cmd);
+    // Doc tests are not run by nextest; they only compile-check examples here.
+    drop(server);
+    result
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let server = pg::Server::find_or_start()?;
+    std::fs::create_dir_all("target/bench").context("could not create target/bench")?;
+    let out = cargo()
+        .args(["run", "--quiet", "--release", "-p", "gov-bench", "--"])
+        .args(extra)
+        .env(pg::ENV_TEST_URL, server.url())
+        .output()
+        .context("could not run gov-bench")?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("the benchmark failed");
+    }
+    let json = String::from_utf8_lossy(&out.stdout);
+    print!("{json}");
+    std::fs::write("target/bench/bench.json", json.as_bytes())
+        .context("could not write target/bench/bench.json")?;
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    tidy::run()?;
+    test(&[])
+}

@@ -72,7 +72,11 @@ mod tests {
     use gov_core::{AuditEvent, ZERO_HMAC};
     use proptest::prelude::*;
 
-    fn record(session: Option<&str>, actor: Option<&str>, payload: serde_json::Value) -> AuditRecord {
+    fn record(
+        session: Option<&str>,
+        actor: Option<&str>,
+        payload: serde_json::Value,
+    ) -> AuditRecord {
         let mut b = AuditEvent::builder("agent-1", "tool.call").payload(payload);
         if let Some(s) = session {
             b = b.session(s);

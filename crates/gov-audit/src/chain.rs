@@ -12,9 +12,9 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter, EventId};
 use gov_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::AuditError;
 use crate::keys::{ChainKey, KeyRing};
 use crate::verify::{self, ChainCheck, Finding, Reason, VerifyReport};
-use crate::AuditError;
 
 /// Tuning for [`AuditLog`].
 #[derive(Debug, Clone)]
@@ -137,7 +137,12 @@ impl AuditLog {
     pub async fn verify(&self, chain: Option<&str>) -> Result<VerifyReport, AuditError> {
         let store = &self.inner.store;
         let heads = match chain {
-            Some(c) => vec![store.chain_head(c).await?.ok_or_else(|| AuditError::NoSuchChain(c.to_owned()))?],
+            Some(c) => vec![
+                store
+                    .chain_head(c)
+                    .await?
+                    .ok_or_else(|| AuditError::NoSuchChain(c.to_owned()))?,
+            ],
             None => store.chain_heads().await?,
         };
         let mut chains = Vec::with_capacity(heads.len());
@@ -148,12 +153,19 @@ impl AuditLog {
         if chain.is_none() && events_checked == 0 && chains.iter().all(|c| c.is_clean()) {
             return Err(AuditError::NothingToVerify);
         }
-        Ok(VerifyReport { chains, events_checked })
+        Ok(VerifyReport {
+            chains,
+            events_checked,
+        })
     }
 
     /// Reads events matching `filter`. With `verify_on_read`, every returned row's HMAC and its
     /// link to its predecessor are checked, and the read fails at the first broken one.
-    pub async fn events(&self, filter: &EventFilter, verify_on_read: bool) -> Result<Vec<AuditRecord>, AuditError> {
+    pub async fn events(
+        &self,
+        filter: &EventFilter,
+        verify_on_read: bool,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let rows = self.inner.store.events(filter).await?;
         if verify_on_read {
             self.verify_rows(&rows).await?;
@@ -165,16 +177,30 @@ impl AuditLog {
         let keys = &self.inner.keys;
         let mut buf = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            let fail = |reason, detail: &str| AuditError::ChainBroken(Finding { seq: row.seq, reason, detail: detail.to_owned() });
+            let fail = |reason, detail: &str| {
+                AuditError::ChainBroken(Finding {
+                    seq: row.seq,
+                    reason,
+                    detail: detail.to_owned(),
+                })
+            };
             let Some(key) = keys.get(&row.key_id) else {
-                return Err(fail(Reason::UnknownKey, "the row is sealed with a key that is not configured"));
+                return Err(fail(
+                    Reason::UnknownKey,
+                    "the row is sealed with a key that is not configured",
+                ));
             };
             if !key.verify(row, &mut buf) {
-                return Err(fail(Reason::ModifiedRow, "the row's contents do not match its HMAC"));
+                return Err(fail(
+                    Reason::ModifiedRow,
+                    "the row's contents do not match its HMAC",
+                ));
             }
             // The predecessor's seal must be what this row says it follows.
             let prev_hmac = match i.checked_sub(1).and_then(|j| rows.get(j)) {
-                Some(p) if p.seq + 1 == row.seq && p.chain_id == row.chain_id => Some(p.row_hmac.clone()),
+                Some(p) if p.seq + 1 == row.seq && p.chain_id == row.chain_id => {
+                    Some(p.row_hmac.clone())
+                }
                 _ if row.seq == 1 => Some(gov_core::ZERO_HMAC.to_vec()),
                 _ => self
                     .inner
@@ -185,13 +211,23 @@ impl AuditLog {
                     .find(|p| p.seq == row.seq - 1)
                     .map(|p| {
                         // The predecessor itself must be authentic for the link to mean anything.
-                        if keys.get(&p.key_id).is_some_and(|k| k.verify(&p, &mut Vec::new())) { p.row_hmac } else { Vec::new() }
+                        if keys
+                            .get(&p.key_id)
+                            .is_some_and(|k| k.verify(&p, &mut Vec::new()))
+                        {
+                            p.row_hmac
+                        } else {
+                            Vec::new()
+                        }
                     }),
             };
             match prev_hmac {
                 None => return Err(fail(Reason::MissingRow, "the row before it is missing")),
                 Some(h) if h != row.prev_hmac => {
-                    return Err(fail(Reason::Fork, "the row does not follow an authentic predecessor"));
+                    return Err(fail(
+                        Reason::Fork,
+                        "the row does not follow an authentic predecessor",
+                    ));
                 }
                 Some(_) => {}
             }
@@ -234,7 +270,10 @@ async fn run_writer(
         match result {
             Ok(seqs) => {
                 for ((done, ev), seq) in waiters.drain(..).zip(events.iter()).zip(seqs) {
-                    let _ = done.send(Ok(Appended { event_id: ev.event_id, seq }));
+                    let _ = done.send(Ok(Appended {
+                        event_id: ev.event_id,
+                        seq,
+                    }));
                 }
             }
             Err(e) => {

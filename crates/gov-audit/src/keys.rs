@@ -26,7 +26,8 @@ const LABEL_APPROVAL: &[u8] = b"governance/v1/approval-token";
 const LABEL_REPORT: &[u8] = b"governance/v1/report-signing";
 const LABEL_FINGERPRINT: &[u8] = b"governance/v1/key-fingerprint";
 
-const HOW_TO: &str = "generate one with `openssl rand -hex 32` and set GOVERNANCE_AUDIT_SECRET to it";
+const HOW_TO: &str =
+    "generate one with `openssl rand -hex 32` and set GOVERNANCE_AUDIT_SECRET to it";
 
 /// Why a secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -38,7 +39,9 @@ pub enum KeyError {
     #[error("the audit secret is neither hex nor base64; {HOW_TO}")]
     NotEncoded,
     /// The secret decodes to fewer than 32 bytes.
-    #[error("the audit secret decodes to {bytes} bytes; at least {MIN_SECRET_BYTES} are needed; {HOW_TO}")]
+    #[error(
+        "the audit secret decodes to {bytes} bytes; at least {MIN_SECRET_BYTES} are needed; {HOW_TO}"
+    )]
     TooShort {
         /// Decoded length.
         bytes: usize,
@@ -61,8 +64,18 @@ impl std::fmt::Debug for AuditSecret {
 // Words of six or more letters only: a random base64 secret contains one of these by chance
 // with negligible probability (about 1 in 10^10 per word).
 const PLACEHOLDERS: &[&str] = &[
-    "changeme", "change_me", "change-me", "replace", "placeholder", "example", "secret", "password",
-    "xxxxxxxx", "deadbeefdeadbeef", "0123456789abcdef", "abcdefabcdef",
+    "changeme",
+    "change_me",
+    "change-me",
+    "replace",
+    "placeholder",
+    "example",
+    "secret",
+    "password",
+    "xxxxxxxx",
+    "deadbeefdeadbeef",
+    "0123456789abcdef",
+    "abcdefabcdef",
 ];
 
 impl AuditSecret {
@@ -88,7 +101,8 @@ impl AuditSecret {
     /// A fresh random secret from the operating system, and its hex form (to show once).
     pub fn generate() -> Result<(Self, zeroize::Zeroizing<String>), KeyError> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut()).map_err(|_| KeyError::Weak("the system random source failed"))?;
+        getrandom::fill(bytes.as_mut())
+            .map_err(|_| KeyError::Weak("the system random source failed"))?;
         let text = Zeroizing::new(hex::encode(bytes.as_ref()));
         Ok((Self(bytes.to_vec()), text))
     }
@@ -140,7 +154,7 @@ fn decode(text: &str) -> Option<Vec<u8>> {
             .iter()
             .find_map(|e| e.decode(b).ok());
     }
-    if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return hex::decode(text).ok();
     }
     [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
@@ -200,7 +214,9 @@ pub struct ChainKey {
 
 impl std::fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChainKey").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("ChainKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -256,7 +272,9 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring holding the current key only.
     pub fn new(current: ChainKey) -> Self {
-        Self { keys: vec![current] }
+        Self {
+            keys: vec![current],
+        }
     }
 
     /// The key that seals new rows.
@@ -282,8 +300,16 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
         let a = AuditSecret::parse(GOOD_HEX).unwrap().chain_key();
-        for other in [b64.as_str(), url.as_str(), &format!("hex:{GOOD_HEX}"), &format!("base64:{b64}")] {
-            assert_eq!(AuditSecret::parse(other).unwrap().chain_key().key_id(), a.key_id());
+        for other in [
+            b64.as_str(),
+            url.as_str(),
+            &format!("hex:{GOOD_HEX}"),
+            &format!("base64:{b64}"),
+        ] {
+            assert_eq!(
+                AuditSecret::parse(other).unwrap().chain_key().key_id(),
+                a.key_id()
+            );
         }
     }
 
@@ -295,7 +321,9 @@ mod tests {
             ("abcd1234", |e| matches!(e, KeyError::TooShort { bytes: 4 })),
             (&"00".repeat(32), |e| matches!(e, KeyError::Weak(_))),
             (&"0102".repeat(32), |e| matches!(e, KeyError::Weak(_))),
-            ("changeme-changeme-changeme-changeme-changeme", |e| matches!(e, KeyError::Weak(_))),
+            ("changeme-changeme-changeme-changeme-changeme", |e| {
+                matches!(e, KeyError::Weak(_))
+            }),
         ];
         for (text, ok) in cases {
             let err = AuditSecret::parse(text).unwrap_err();

@@ -63,7 +63,13 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seq {}: {}: {}", self.seq, self.reason.as_str(), self.detail)
+        write!(
+            f,
+            "seq {}: {}: {}",
+            self.seq,
+            self.reason.as_str(),
+            self.detail
+        )
     }
 }
 
@@ -158,7 +164,9 @@ impl<'k> ChainCheck<'k> {
     /// than stored and follows the row before `row`.
     fn inserted_before(&mut self, row: &AuditRecord, next: Option<&AuditRecord>) -> bool {
         match next {
-            Some(n) if n.seq == row.seq + 1 && n.prev_hmac == self.prev => self.authentic_at(n, row.seq),
+            Some(n) if n.seq == row.seq + 1 && n.prev_hmac == self.prev => {
+                self.authentic_at(n, row.seq)
+            }
             _ => false,
         }
     }
@@ -167,13 +175,26 @@ impl<'k> ChainCheck<'k> {
     /// inserted row from a modified one).
     pub fn check(&mut self, row: &AuditRecord, next: Option<&AuditRecord>) -> Result<(), Finding> {
         let e = self.expected_seq;
-        let bad = |seq, reason, detail: String| Err(Finding { seq, reason, detail });
+        let bad = |seq, reason, detail: String| {
+            Err(Finding {
+                seq,
+                reason,
+                detail,
+            })
+        };
         if row.seq < e {
-            return bad(row.seq, Reason::ReorderedRows, format!("seq {} appears after seq {}", row.seq, e - 1));
+            return bad(
+                row.seq,
+                Reason::ReorderedRows,
+                format!("seq {} appears after seq {}", row.seq, e - 1),
+            );
         }
         if row.seq > e {
             let detail = if row.seq == e + 1 {
-                format!("seq {e} is missing: the next row present is seq {}", row.seq)
+                format!(
+                    "seq {e} is missing: the next row present is seq {}",
+                    row.seq
+                )
             } else {
                 format!("seqs {e} to {} are missing", row.seq - 1)
             };
@@ -183,7 +204,10 @@ impl<'k> ChainCheck<'k> {
             return bad(
                 row.seq,
                 Reason::InsertedRow,
-                format!("the chain head ends at seq {}, yet a row is stored at seq {}", self.head.seq, row.seq),
+                format!(
+                    "the chain head ends at seq {}, yet a row is stored at seq {}",
+                    self.head.seq, row.seq
+                ),
             );
         }
         self.key_ids.insert(row.key_id.clone());
@@ -204,19 +228,33 @@ impl<'k> ChainCheck<'k> {
         if !self.authentic_at(row, row.seq) {
             let lo = (row.seq - REORDER_WINDOW).max(1);
             let hi = row.seq + REORDER_WINDOW;
-            if let Some(t) = (lo..=hi).filter(|t| *t != row.seq).find(|t| self.authentic_at(row, *t)) {
-                return bad(row.seq, Reason::ReorderedRows, format!("the row stored at seq {} was written as seq {t}", row.seq));
+            if let Some(t) = (lo..=hi)
+                .filter(|t| *t != row.seq)
+                .find(|t| self.authentic_at(row, *t))
+            {
+                return bad(
+                    row.seq,
+                    Reason::ReorderedRows,
+                    format!("the row stored at seq {} was written as seq {t}", row.seq),
+                );
             }
             if self.inserted_before(row, next) {
                 return bad(row.seq, Reason::InsertedRow, "this row was never sealed by the chain; the rows after it were renumbered to make room".into());
             }
-            return bad(row.seq, Reason::ModifiedRow, "the row's contents do not match its HMAC".into());
+            return bad(
+                row.seq,
+                Reason::ModifiedRow,
+                "the row's contents do not match its HMAC".into(),
+            );
         }
         if row.prev_hmac != self.prev {
             return bad(
                 row.seq,
                 Reason::Fork,
-                format!("the row is authentic but does not follow seq {}: another branch or a replaced predecessor", row.seq - 1),
+                format!(
+                    "the row is authentic but does not follow seq {}: another branch or a replaced predecessor",
+                    row.seq - 1
+                ),
             );
         }
         self.prev.clone_from(&row.row_hmac);
@@ -232,7 +270,10 @@ impl<'k> ChainCheck<'k> {
             return Err(Finding {
                 seq: self.expected_seq,
                 reason: Reason::MissingRow,
-                detail: format!("the chain head is at seq {} but rows stop at seq {last}: the tail was cut off", self.head.seq),
+                detail: format!(
+                    "the chain head is at seq {} but rows stop at seq {last}: the tail was cut off",
+                    self.head.seq
+                ),
             });
         }
         if self.prev != self.head.head_hmac {

@@ -23,7 +23,12 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Global {
     /// Database URL, e.g. postgres://user:password@host:5432/db
-    #[arg(long, global = true, env = "GOVERNANCE_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "GOVERNANCE_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub(crate) database_url: Option<String>,
     /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
@@ -33,16 +38,24 @@ pub(crate) struct Global {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Apply the database migrations (idempotent) and optionally create the application role
-    #[command(after_help = "Examples:\n  governance migrate --database-url postgres://owner@db/app\n  GOVERNANCE_APP_ROLE_PASSWORD=… governance migrate --app-role governance_app")]
+    #[command(
+        after_help = "Examples:\n  governance migrate --database-url postgres://owner@db/app\n  GOVERNANCE_APP_ROLE_PASSWORD=… governance migrate --app-role governance_app"
+    )]
     Migrate(MigrateArgs),
     /// Verify the audit chain: every chain, or the one named
-    #[command(after_help = "Examples:\n  governance verify\n  governance verify --chain billing --json\n\nExit codes: 0 clean, 1 tampered (seq and reason on stderr), 2 configuration, 3 storage unreachable.")]
+    #[command(
+        after_help = "Examples:\n  governance verify\n  governance verify --chain billing --json\n\nExit codes: 0 clean, 1 tampered (seq and reason on stderr), 2 configuration, 3 storage unreachable."
+    )]
     Verify(VerifyArgs),
     /// Run a small simulated agent: migrate, log events, verify, print what happened
-    #[command(after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8")]
+    #[command(
+        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8"
+    )]
     Demo(DemoArgs),
     /// Print shell completions
-    #[command(after_help = "Example:\n  governance completions bash > /etc/bash_completion.d/governance")]
+    #[command(
+        after_help = "Example:\n  governance completions bash > /etc/bash_completion.d/governance"
+    )]
     Completions(CompletionsArgs),
 }
 

@@ -26,10 +26,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let out = Out::new(cli.global.json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
-            out.error(&anyhow::anyhow!("cannot start the async runtime: {e}"), EXIT_STORAGE);
+            out.error(
+                &anyhow::anyhow!("cannot start the async runtime: {e}"),
+                EXIT_STORAGE,
+            );
             return ExitCode::from(EXIT_STORAGE);
         }
     };
@@ -64,7 +70,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GOVERNANCE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("GOVERNANCE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -146,7 +146,8 @@ impl AuditEventBuilder {
         };
         let value = self.payload.map_err(EventError::NotCanonical)?;
         let payload = canonical_payload(&value)?;
-        let occurred_at = truncate_to_micros(self.occurred_at.unwrap_or_else(OffsetDateTime::now_utc));
+        let occurred_at =
+            truncate_to_micros(self.occurred_at.unwrap_or_else(OffsetDateTime::now_utc));
         Ok(AuditEvent {
             event_id: self.event_id.unwrap_or_else(EventId::new_v7),
             chain_id,
@@ -219,8 +220,8 @@ fn canonical_payload(v: &Value) -> Result<String, EventError> {
     if let Some(n) = unsafe_int {
         return Err(EventError::UnsafeInteger(n));
     }
-    let text =
-        serde_json_canonicalizer::to_string(v).map_err(|e| EventError::NotCanonical(e.to_string()))?;
+    let text = serde_json_canonicalizer::to_string(v)
+        .map_err(|e| EventError::NotCanonical(e.to_string()))?;
     if text.len() > MAX_PAYLOAD_BYTES {
         return Err(EventError::PayloadTooLarge {
             size: text.len(),
@@ -249,7 +250,9 @@ mod tests {
     #[test]
     fn payload_is_canonical() {
         let e = AuditEvent::builder("a", "tool.call")
-            .payload(json!({"b": 1, "a": [true, null, 1.5e300, "é\u{1F600}"], "c": {"z": 0, "y": -0.0}}))
+            .payload(
+                json!({"b": 1, "a": [true, null, 1.5e300, "é\u{1F600}"], "c": {"z": 0, "y": -0.0}}),
+            )
             .build()
             .unwrap();
         assert_eq!(
@@ -265,7 +268,10 @@ mod tests {
             .payload(json!({ "blob": big }))
             .build()
             .unwrap_err();
-        assert!(matches!(err, EventError::PayloadTooLarge { max: 65536, .. }));
+        assert!(matches!(
+            err,
+            EventError::PayloadTooLarge { max: 65536, .. }
+        ));
         assert!(err.to_string().contains("65536"), "{err}");
     }
 
@@ -276,7 +282,11 @@ mod tests {
             .build()
             .unwrap();
         assert!(ok.payload.contains("9007199254740991"), "{}", ok.payload);
-        for big in [json!(9007199254740993_u64), json!(u64::MAX), json!(i64::MIN)] {
+        for big in [
+            json!(9007199254740993_u64),
+            json!(u64::MAX),
+            json!(i64::MIN),
+        ] {
             let err = AuditEvent::builder("a", "tool.call")
                 .payload(json!({ "id": big }))
                 .build()
@@ -292,7 +302,10 @@ mod tests {
         for _ in 0..200 {
             v = json!([v]);
         }
-        let err = AuditEvent::builder("a", "tool.call").payload(v).build().unwrap_err();
+        let err = AuditEvent::builder("a", "tool.call")
+            .payload(v)
+            .build()
+            .unwrap_err();
         assert!(matches!(err, EventError::PayloadTooDeep { .. }), "{err}");
     }
 

@@ -233,7 +233,14 @@ mod tests {
             assert!(validate_kind(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "tool", "Tool.call", "tool..call", "tool.", ".tool", "tool.1call", "tool.ca-ll",
+            "",
+            "tool",
+            "Tool.call",
+            "tool..call",
+            "tool.",
+            ".tool",
+            "tool.1call",
+            "tool.ca-ll",
             "a.b.c.d.e.f.g.h.i",
         ] {
             assert!(validate_kind(bad).is_err(), "{bad}");

@@ -24,17 +24,16 @@ impl<'g> Audit<'g> {
 
     /// Verifies the `default` chain.
     pub async fn verify_chain(&self) -> Result<ChainReport> {
-        self.verify_named(gov_core::ChainId::default().as_str()).await
+        self.verify_named(gov_core::ChainId::default().as_str())
+            .await
     }
 
     /// Verifies one named chain.
     pub async fn verify_named(&self, chain: &str) -> Result<ChainReport> {
         let report = self.gov.inner.audit.verify(Some(chain)).await?;
-        report
-            .chains
-            .into_iter()
-            .next()
-            .ok_or_else(|| crate::Error::Audit(gov_audit::AuditError::NoSuchChain(chain.to_owned())))
+        report.chains.into_iter().next().ok_or_else(|| {
+            crate::Error::Audit(gov_audit::AuditError::NoSuchChain(chain.to_owned()))
+        })
     }
 
     /// Verifies every chain in the database. Fails with "nothing to verify" when there are no

@@ -9,7 +9,7 @@ use gov_store::{Store, StoreOptions};
 use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
 
 /// Options in force for a handle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     /// Verify every row that `audit().events()` returns, and fail the read at a broken link.
     pub verify_chain_on_read: bool,
@@ -17,16 +17,6 @@ pub struct Config {
     pub store: StoreOptions,
     /// Group-commit tuning.
     pub audit: AuditLogOptions,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            verify_chain_on_read: false,
-            store: StoreOptions::default(),
-            audit: AuditLogOptions::default(),
-        }
-    }
 }
 
 /// Builds a [`Governance`] handle.
@@ -128,7 +118,11 @@ impl GovernanceBuilder {
         };
         let store = Store::connect(&url, &self.config.store).await?;
         store.check_schema().await?;
-        let audit = AuditLog::new(store.clone(), KeyRing::new(secret.chain_key()), self.config.audit.clone());
+        let audit = AuditLog::new(
+            store.clone(),
+            KeyRing::new(secret.chain_key()),
+            self.config.audit.clone(),
+        );
         Ok(Governance {
             inner: std::sync::Arc::new(Inner {
                 store,

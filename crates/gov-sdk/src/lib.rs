@@ -32,12 +32,10 @@ pub use audit::Audit;
 pub use config::{Config, GovernanceBuilder};
 pub use error::{Error, Result};
 
-pub use gov_audit::{
-    Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport,
-};
+pub use gov_audit::{Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport};
 pub use gov_core::{
-    AgentId, AuditEvent, AuditEventBuilder, AuditRecord, ChainHead, ChainId, EventError, EventFilter,
-    EventId, IdError, MAX_PAYLOAD_BYTES, SessionId,
+    AgentId, AuditEvent, AuditEventBuilder, AuditRecord, ChainHead, ChainId, EventError,
+    EventFilter, EventId, IdError, MAX_PAYLOAD_BYTES, SessionId,
 };
 pub use gov_store::{MigrateReport, Privileges};
 

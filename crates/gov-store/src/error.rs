@@ -10,12 +10,12 @@ pub enum StoreError {
     #[error("the database URL is not valid: {0}")]
     InvalidUrl(String),
     /// The server could not be reached (refused, timed out, closed, shutting down).
-    #[error("the database is unreachable ({0}); check that it is running and the URL's host and port")]
+    #[error(
+        "the database is unreachable ({0}); check that it is running and the URL's host and port"
+    )]
     Unavailable(String),
     /// The server refused the credentials.
-    #[error(
-        "the database refused the credentials in the URL; check the user name and password"
-    )]
+    #[error("the database refused the credentials in the URL; check the user name and password")]
     AuthFailed,
     /// The database named in the URL does not exist.
     #[error("the database named in the URL does not exist; create it or fix the URL")]
@@ -70,7 +70,9 @@ impl From<sqlx::Error> for StoreError {
             }
             sqlx::Error::Io(io) => Self::Unavailable(io.kind().to_string()),
             sqlx::Error::Tls(_) => Self::Unavailable("TLS handshake failed".into()),
-            sqlx::Error::PoolTimedOut => Self::Unavailable("timed out waiting for a connection".into()),
+            sqlx::Error::PoolTimedOut => {
+                Self::Unavailable("timed out waiting for a connection".into())
+            }
             sqlx::Error::PoolClosed => Self::Unavailable("the connection pool is closed".into()),
             sqlx::Error::WorkerCrashed => Self::Unavailable("the connection worker stopped".into()),
             sqlx::Error::Protocol(_) => Self::Unavailable("the connection broke".into()),
@@ -87,7 +89,10 @@ impl From<sqlx::Error> for StoreError {
                         "the statement needs a privilege this role does not have".into(),
                     ),
                     // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
-                    Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") => {
+                    Some(c)
+                        if c.starts_with("08")
+                            || matches!(c, "57P01" | "57P02" | "57P03" | "53300") =>
+                    {
                         Self::Unavailable(format!("SQLSTATE {c}"))
                     }
                     Some("23505") => Self::Conflict(
@@ -114,9 +119,9 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
             sqlx::migrate::MigrateError::VersionMissing(v) => Self::NotMigrated(format!(
                 "the database has migration {v}, which this build does not know; use a newer governance"
             )),
-            sqlx::migrate::MigrateError::VersionMismatch(v) => Self::NotMigrated(format!(
-                "migration {v} was changed after it was applied"
-            )),
+            sqlx::migrate::MigrateError::VersionMismatch(v) => {
+                Self::NotMigrated(format!("migration {v} was changed after it was applied"))
+            }
             other => Self::NotMigrated(other.to_string()),
         }
     }

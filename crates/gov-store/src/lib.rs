@@ -23,7 +23,16 @@ pub const AUDIT_CHANNEL: &str = "gov_audit";
 pub fn schema_fingerprint() -> String {
     postgres::MIGRATOR
         .iter()
-        .map(|m| format!("{}:{}", m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m.version,
+                m.checksum
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -91,7 +100,9 @@ impl Store {
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         match scheme {
             "postgres" | "postgresql" => postgres::ensure_database(url).await,
-            _ => Err(StoreError::InvalidUrl("expected postgres://user:password@host:5432/database".into())),
+            _ => Err(StoreError::InvalidUrl(
+                "expected postgres://user:password@host:5432/database".into(),
+            )),
         }
     }
 

@@ -79,20 +79,35 @@ pub async fn ensure_template() -> String {
             if !exists {
                 let building = format!("{name}_building");
                 let drop = format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)");
-                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await.expect("drop stale");
+                sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut conn)
+                    .await
+                    .expect("drop stale");
                 let create = format!("CREATE DATABASE {building}");
-                sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.expect("create template");
+                sqlx::query(sqlx::AssertSqlSafe(create))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create template");
                 let url = with_database(&server_url(), &building);
                 let store = gov_store::Store::connect(&url, &gov_store::StoreOptions::default())
                     .await
                     .expect("connect to template");
                 store.migrate().await.expect("migrate template");
-                store.ensure_app_role(APP_ROLE, None).await.expect("create app role");
+                store
+                    .ensure_app_role(APP_ROLE, None)
+                    .await
+                    .expect("create app role");
                 store.close().await;
                 let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
-                sqlx::query(sqlx::AssertSqlSafe(rename)).execute(&mut conn).await.expect("rename template");
+                sqlx::query(sqlx::AssertSqlSafe(rename))
+                    .execute(&mut conn)
+                    .await
+                    .expect("rename template");
                 let mark = format!("ALTER DATABASE {name} IS_TEMPLATE true");
-                sqlx::query(sqlx::AssertSqlSafe(mark)).execute(&mut conn).await.expect("mark template");
+                sqlx::query(sqlx::AssertSqlSafe(mark))
+                    .execute(&mut conn)
+                    .await
+                    .expect("mark template");
             }
             sqlx::query("SELECT pg_advisory_unlock(7243001)")
                 .execute(&mut conn)
@@ -124,7 +139,10 @@ impl TestDb {
         // A clone fails if another session is briefly connected to the template; retry.
         let mut tries = 0;
         loop {
-            match sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(&mut conn).await {
+            match sqlx::query(sqlx::AssertSqlSafe(create.clone()))
+                .execute(&mut conn)
+                .await
+            {
                 Ok(_) => break,
                 Err(_) if tries < 50 => {
                     tries += 1;
@@ -183,13 +201,18 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime; do the blocking work on a thread of its own.
         let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(mut conn) = PgConnection::connect(&server_url()).await {
                     let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
                     let _ = conn.close().await;
                 }
             });

@@ -27,11 +27,26 @@ fn step(session: u32, i: u32) -> (&'static str, serde_json::Value) {
     let tools = ["read_invoice", "send_email", "search_docs", "update_crm"];
     let tool = tools[(i as usize / 4) % tools.len()];
     match i % 4 {
-        0 => ("llm.request", serde_json::json!({ "model": "gpt-4o-mini", "input_tokens": 420 + i % 97, "max_tokens": 512 })),
-        1 => ("llm.response", serde_json::json!({ "model": "gpt-4o-mini", "output_tokens": 90 + i % 31, "finish_reason": "tool_calls", "cost_micro_usd": 180 + i % 13 })),
-        2 if session % 3 == 2 && i % 16 == 10 => ("scope.denied", serde_json::json!({ "tool": "delete_customer", "reason": "not in allowed_tools" })),
-        2 => ("tool.call", serde_json::json!({ "tool": tool, "args": { "id": format!("INV-{}", 1000 + i) } })),
-        _ => ("tool.result", serde_json::json!({ "tool": tool, "ok": true, "latency_ms": 12 + i % 40 })),
+        0 => (
+            "llm.request",
+            serde_json::json!({ "model": "gpt-4o-mini", "input_tokens": 420 + i % 97, "max_tokens": 512 }),
+        ),
+        1 => (
+            "llm.response",
+            serde_json::json!({ "model": "gpt-4o-mini", "output_tokens": 90 + i % 31, "finish_reason": "tool_calls", "cost_micro_usd": 180 + i % 13 }),
+        ),
+        2 if session % 3 == 2 && i % 16 == 10 => (
+            "scope.denied",
+            serde_json::json!({ "tool": "delete_customer", "reason": "not in allowed_tools" }),
+        ),
+        2 => (
+            "tool.call",
+            serde_json::json!({ "tool": tool, "args": { "id": format!("INV-{}", 1000 + i) } }),
+        ),
+        _ => (
+            "tool.result",
+            serde_json::json!({ "tool": tool, "ok": true, "latency_ms": 12 + i % 40 }),
+        ),
     }
 }
 
@@ -43,8 +58,14 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             DEMO_URL.to_owned()
         }
     };
-    let (secret, ephemeral) = match (&args.secret.audit_secret_file, std::env::var(gov_sdk::ENV_AUDIT_SECRET)) {
-        (None, Err(_)) => (AuditSecret::generate().map_err(gov_sdk::Error::from)?.0, true),
+    let (secret, ephemeral) = match (
+        &args.secret.audit_secret_file,
+        std::env::var(gov_sdk::ENV_AUDIT_SECRET),
+    ) {
+        (None, Err(_)) => (
+            AuditSecret::generate().map_err(gov_sdk::Error::from)?.0,
+            true,
+        ),
         _ => (super::audit_secret(&args.secret)?, false),
     };
     let chain = match &args.chain {
@@ -70,7 +91,10 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
     } else {
         let migrated = admin.migrate().await?;
         if human {
-            out.line(format!("migrate   {} applied, {} known", migrated.applied, migrated.known));
+            out.line(format!(
+                "migrate   {} applied, {} known",
+                migrated.applied, migrated.known
+            ));
         }
     }
     admin.close().await;
@@ -82,11 +106,15 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
     for s in 0..args.sessions {
         let n = per_session.min(args.events.saturating_sub(s * per_session));
         let (gov, chain, agent) = (gov.clone(), chain.clone(), args.agent.clone());
-        tasks.push(tokio::spawn(async move { simulate(&gov, &chain, &agent, s, n).await }));
+        tasks.push(tokio::spawn(async move {
+            simulate(&gov, &chain, &agent, s, n).await
+        }));
     }
     let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
     for t in tasks {
-        let kinds = t.await.map_err(|e| anyhow::anyhow!("a demo session stopped: {e}"))??;
+        let kinds = t
+            .await
+            .map_err(|e| anyhow::anyhow!("a demo session stopped: {e}"))??;
         for k in kinds {
             *by_kind.entry(k).or_default() += 1;
         }
@@ -122,7 +150,12 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
                 "clean".green().bold(),
                 report.events_checked,
                 report.head_seq,
-                report.key_ids.iter().next().map(String::as_str).unwrap_or("-")
+                report
+                    .key_ids
+                    .iter()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or("-")
             )),
             Some(f) => out.line(format!("verify    {} {f}", "TAMPERED".red().bold())),
         }
@@ -130,16 +163,29 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             out.line(format!("next      governance verify --chain {chain}"));
         }
     }
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_TAMPERED) })
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_TAMPERED)
+    })
 }
 
-async fn simulate(gov: &Governance, chain: &str, agent: &str, session: u32, n: u32) -> Result<Vec<&'static str>, gov_sdk::Error> {
+async fn simulate(
+    gov: &Governance,
+    chain: &str,
+    agent: &str,
+    session: u32,
+    n: u32,
+) -> Result<Vec<&'static str>, gov_sdk::Error> {
     let session_id = format!("session-{session}");
     let mut kinds = Vec::with_capacity(n as usize);
     let mut parent = None;
     for i in 0..n {
         let (kind, payload) = step(session, i);
-        let mut b = AuditEvent::builder(agent, kind).chain(chain).session(&session_id).payload(payload);
+        let mut b = AuditEvent::builder(agent, kind)
+            .chain(chain)
+            .session(&session_id)
+            .payload(payload);
         if let Some(p) = parent {
             b = b.parent(p);
         }
@@ -158,7 +204,10 @@ mod tests {
 
     #[test]
     fn display_url_drops_credentials_and_parameters() {
-        assert_eq!(display_url("postgres://u:secret@h:5432/db?sslmode=require"), "h:5432/db");
+        assert_eq!(
+            display_url("postgres://u:secret@h:5432/db?sslmode=require"),
+            "h:5432/db"
+        );
         assert_eq!(display_url("postgres://h/db"), "h/db");
     }
 }

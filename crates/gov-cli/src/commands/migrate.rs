@@ -14,7 +14,9 @@ pub(crate) async fn run(args: MigrateArgs, global: &Global, out: &Out) -> anyhow
     let url = super::database_url(global)?;
     let admin = Admin::connect(&url).await?;
     let report = admin.migrate().await?;
-    let password = std::env::var(ENV_APP_ROLE_PASSWORD).ok().filter(|p| !p.is_empty());
+    let password = std::env::var(ENV_APP_ROLE_PASSWORD)
+        .ok()
+        .filter(|p| !p.is_empty());
     if let Some(role) = &args.app_role {
         admin.ensure_app_role(role, password.as_deref()).await?;
     }
@@ -30,7 +32,10 @@ pub(crate) async fn run(args: MigrateArgs, global: &Global, out: &Out) -> anyhow
         if report.applied == 0 {
             out.line(format!("schema is current ({} migrations)", report.known));
         } else {
-            out.line(format!("applied {} of {} migrations", report.applied, report.known));
+            out.line(format!(
+                "applied {} of {} migrations",
+                report.applied, report.known
+            ));
         }
         if let Some(role) = &args.app_role {
             out.line(format!(

@@ -52,11 +52,20 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
             report.events_checked,
             if report.events_checked == 1 { "" } else { "s" },
             if n == 1 { "" } else { "s" },
-            if clean { "clean".green().to_string() } else { "TAMPERED".red().bold().to_string() }
+            if clean {
+                "clean".green().to_string()
+            } else {
+                "TAMPERED".red().bold().to_string()
+            }
         ));
     }
     if let Some((chain, f)) = report.first_finding() {
-        out.warn(format!("tampered: chain {chain} seq {}: {}: {}", f.seq, f.reason.as_str(), f.detail));
+        out.warn(format!(
+            "tampered: chain {chain} seq {}: {}: {}",
+            f.seq,
+            f.reason.as_str(),
+            f.detail
+        ));
         return Ok(ExitCode::from(crate::EXIT_TAMPERED));
     }
     Ok(ExitCode::SUCCESS)

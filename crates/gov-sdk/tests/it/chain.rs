@@ -15,7 +15,11 @@ async fn sixteen_tasks_times_500_events_give_contiguous_seqs_and_a_clean_chain()
         tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::with_capacity(500);
             for i in 0..500u64 {
-                let at = gov.audit().log(event(&format!("agent-{t}"), "tool.call", i)).await.unwrap();
+                let at = gov
+                    .audit()
+                    .log(event(&format!("agent-{t}"), "tool.call", i))
+                    .await
+                    .unwrap();
                 seqs.push(at.seq);
             }
             seqs
@@ -56,7 +60,10 @@ async fn any_json_payload_is_stored_byte_for_byte_and_verifies() {
     ];
     let mut expected = Vec::new();
     for p in payloads {
-        let ev = AuditEvent::builder("agent", "payload.test").payload(&p).build().unwrap();
+        let ev = AuditEvent::builder("agent", "payload.test")
+            .payload(&p)
+            .build()
+            .unwrap();
         expected.push(ev.payload.clone());
         gov.audit().log(ev).await.unwrap();
     }
@@ -64,7 +71,10 @@ async fn any_json_payload_is_stored_byte_for_byte_and_verifies() {
     let stored: Vec<String> = rows.iter().map(|r| r.payload.clone()).collect();
     assert_eq!(stored, expected);
     // The stored text parses back to the same JSON values that were logged.
-    assert_eq!(rows[4].payload_json().unwrap(), serde_json::json!({"a": {"b": false, "y": [3, 2, 1]}, "z": 1}));
+    assert_eq!(
+        rows[4].payload_json().unwrap(),
+        serde_json::json!({"a": {"b": false, "y": [3, 2, 1]}, "z": 1})
+    );
     assert!(gov.audit().verify_chain().await.unwrap().is_clean());
 }
 
@@ -74,7 +84,11 @@ async fn chains_are_independent_and_verify_all_counts_every_event() {
     let gov = connect(&db).await;
     for i in 0..30 {
         let chain = if i % 3 == 0 { "billing" } else { "default" };
-        let ev = AuditEvent::builder("a", "tool.call").chain(chain).payload(i).build().unwrap();
+        let ev = AuditEvent::builder("a", "tool.call")
+            .chain(chain)
+            .payload(i)
+            .build()
+            .unwrap();
         gov.audit().log(ev).await.unwrap();
     }
     assert_eq!(gov.audit().head("billing").await.unwrap().unwrap().seq, 10);
@@ -102,7 +116,11 @@ async fn events_filter_and_page_by_seq() {
     let gov = connect(&db).await;
     for i in 0..50u64 {
         let agent = if i % 2 == 0 { "even" } else { "odd" };
-        let kind = if i % 5 == 0 { "tool.denied" } else { "tool.call" };
+        let kind = if i % 5 == 0 {
+            "tool.denied"
+        } else {
+            "tool.call"
+        };
         gov.audit().log(event(agent, kind, i)).await.unwrap();
     }
     let mut filter = EventFilter {
@@ -119,7 +137,10 @@ async fn events_filter_and_page_by_seq() {
     assert!(second[0].seq > first[9].seq);
     let denied = gov
         .audit()
-        .events(&EventFilter { kind: Some("tool.denied".into()), ..EventFilter::default() })
+        .events(&EventFilter {
+            kind: Some("tool.denied".into()),
+            ..EventFilter::default()
+        })
         .await
         .unwrap();
     assert_eq!(denied.len(), 10);
@@ -138,14 +159,24 @@ async fn verify_chain_on_read_fails_the_read_at_a_broken_link() {
     for i in 0..20 {
         gov.audit().log(event("a", "tool.call", i)).await.unwrap();
     }
-    let filter = EventFilter { after_seq: Some(5), limit: Some(5), ..EventFilter::default() };
+    let filter = EventFilter {
+        after_seq: Some(5),
+        limit: Some(5),
+        ..EventFilter::default()
+    };
     assert_eq!(gov.audit().events(&filter).await.unwrap().len(), 5);
 
     // A superuser edits row 8's payload behind the triggers' back.
     let admin = db.admin_pool().await;
     let mut tx = admin.begin().await.unwrap();
-    sqlx::query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.unwrap();
-    sqlx::query("UPDATE audit_events SET payload = '{\"n\":999}' WHERE seq = 8").execute(&mut *tx).await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET payload = '{\"n\":999}' WHERE seq = 8")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     match gov.audit().events(&filter).await {
@@ -156,10 +187,19 @@ async fn verify_chain_on_read_fails_the_read_at_a_broken_link() {
         other => panic!("expected a broken chain, got {other:?}"),
     }
     // Reading only row 9 also fails: its predecessor no longer matches.
-    let only_nine = EventFilter { after_seq: Some(8), limit: Some(1), ..EventFilter::default() };
-    assert!(matches!(gov.audit().events(&only_nine).await, Err(Error::ChainBroken(f)) if f.seq == 9));
+    let only_nine = EventFilter {
+        after_seq: Some(8),
+        limit: Some(1),
+        ..EventFilter::default()
+    };
+    assert!(
+        matches!(gov.audit().events(&only_nine).await, Err(Error::ChainBroken(f)) if f.seq == 9)
+    );
     // Rows before the edit still read.
-    let early = EventFilter { limit: Some(7), ..EventFilter::default() };
+    let early = EventFilter {
+        limit: Some(7),
+        ..EventFilter::default()
+    };
     assert_eq!(gov.audit().events(&early).await.unwrap().len(), 7);
 }
 
@@ -172,9 +212,17 @@ async fn weak_secrets_and_bad_events_get_clear_errors() {
         ("abcdef0123", "at least 32"),
         (&"ab".repeat(32), "weak"),
     ] {
-        let err = Governance::builder().database_url(db.url()).audit_secret(secret).connect().await.unwrap_err();
+        let err = Governance::builder()
+            .database_url(db.url())
+            .audit_secret(secret)
+            .connect()
+            .await
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(needle) && msg.contains("openssl rand -hex 32"), "{secret:?}: {msg}");
+        assert!(
+            msg.contains(needle) && msg.contains("openssl rand -hex 32"),
+            "{secret:?}: {msg}"
+        );
     }
     let err = AuditEvent::builder("a", "tool.call")
         .payload(serde_json::json!({ "blob": "x".repeat(70_000) }))
@@ -193,12 +241,26 @@ async fn connection_errors_are_classified_and_leak_nothing() {
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
-    for url in ["mysql://x@h/db", "not a url", "postgres://u:hunter2@h:notaport/db"] {
-        let err = Governance::builder().database_url(url).audit_secret(SECRET).connect().await.unwrap_err();
+    for url in [
+        "mysql://x@h/db",
+        "not a url",
+        "postgres://u:hunter2@h:notaport/db",
+    ] {
+        let err = Governance::builder()
+            .database_url(url)
+            .audit_secret(SECRET)
+            .connect()
+            .await
+            .unwrap_err();
         assert!(err.is_config(), "{url}: {err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
     let empty = TestDb::empty().await;
-    let err = Governance::builder().database_url(empty.url()).audit_secret(SECRET).connect().await.unwrap_err();
+    let err = Governance::builder()
+        .database_url(empty.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("governance migrate"), "{err}");
 }

@@ -8,9 +8,16 @@ use crate::support::{connect, event};
 
 /// Runs `sql` as the application role on a fresh connection; returns the error text, if any.
 async fn as_app_role(db: &TestDb, sql: &str) -> Result<(), String> {
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("SET ROLE {APP_ROLE}"))).execute(&mut conn).await.unwrap();
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await;
+    let mut conn = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("connect as the app role");
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET ROLE {APP_ROLE}")))
+        .execute(&mut conn)
+        .await
+        .expect("connect as the app role");
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await;
     r.map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -21,7 +28,11 @@ async fn the_app_role_can_append_and_read_but_never_change_or_remove() {
     for i in 0..3 {
         gov.audit().log(event("a", "tool.call", i)).await.unwrap();
     }
-    assert!(as_app_role(&db, "SELECT count(*) FROM audit_events").await.is_ok());
+    assert!(
+        as_app_role(&db, "SELECT count(*) FROM audit_events")
+            .await
+            .is_ok()
+    );
     for sql in [
         "UPDATE audit_events SET payload = '{}' WHERE seq = 1",
         "DELETE FROM audit_events WHERE seq = 1",
@@ -35,7 +46,11 @@ async fn the_app_role_can_append_and_read_but_never_change_or_remove() {
     ] {
         let err = as_app_role(&db, sql).await.expect_err(sql);
         assert!(
-            err.contains("permission denied") || err.contains("must be owner") || err.contains("append-only") || err.contains("only moves forward") || err.contains("cannot be removed"),
+            err.contains("permission denied")
+                || err.contains("must be owner")
+                || err.contains("append-only")
+                || err.contains("only moves forward")
+                || err.contains("cannot be removed"),
             "{sql}: {err}"
         );
     }
@@ -55,7 +70,10 @@ async fn triggers_refuse_changes_even_from_the_owner() {
         "TRUNCATE audit_events",
         "TRUNCATE chain_heads CASCADE",
     ] {
-        let err = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await.expect_err(sql);
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect_err(sql);
         assert!(err.to_string().contains("not allowed"), "{sql}: {err}");
     }
 }
@@ -67,7 +85,11 @@ async fn privileges_report_tells_the_app_role_from_the_owner() {
     let p = owner.privileges().await.unwrap();
     assert!(!p.is_least_privilege(), "{p:?}");
     // Connected as the application role: least privilege.
-    let app_url = db.url().replacen("postgres://postgres@", &format!("postgres://{APP_ROLE}@"), 1);
+    let app_url = db.url().replacen(
+        "postgres://postgres@",
+        &format!("postgres://{APP_ROLE}@"),
+        1,
+    );
     let app = Admin::connect(&app_url).await.unwrap();
     let p = app.privileges().await.unwrap();
     assert_eq!(p.role, APP_ROLE);

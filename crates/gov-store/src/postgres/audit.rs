@@ -235,14 +235,17 @@ impl PgStore {
             .map(|c| c.as_str().to_owned())
             .unwrap_or_else(|| "default".to_owned());
         let limit = i64::from(f.limit.unwrap_or(100).clamp(1, 10_000));
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE chain_id = "));
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE chain_id = "
+        ));
         q.push_bind(chain);
         q.push(" AND seq > ").push_bind(f.after_seq.unwrap_or(0));
         if let Some(a) = &f.agent_id {
             q.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
         }
         if let Some(s) = &f.session_id {
-            q.push(" AND session_id = ").push_bind(s.as_str().to_owned());
+            q.push(" AND session_id = ")
+                .push_bind(s.as_str().to_owned());
         }
         if let Some(k) = &f.kind {
             q.push(" AND kind = ").push_bind(k.clone());

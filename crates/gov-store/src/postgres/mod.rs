@@ -37,7 +37,11 @@ pub struct Privileges {
 impl Privileges {
     /// True when the role can do no more than append and read the audit rows.
     pub fn is_least_privilege(&self) -> bool {
-        !(self.superuser || self.owns_audit_table || self.can_update || self.can_delete || self.can_truncate)
+        !(self.superuser
+            || self.owns_audit_table
+            || self.can_update
+            || self.can_delete
+            || self.can_truncate)
     }
 }
 
@@ -58,16 +62,19 @@ pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
         .ok_or_else(|| StoreError::InvalidUrl("it names no database".into()))?
         .to_owned();
     let mut conn = sqlx::PgConnection::connect_with(&opts.clone().database("postgres")).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let stmt: String = sqlx::query_scalar("SELECT format('CREATE DATABASE %I', $1::text)")
             .bind(&name)
             .fetch_one(&mut conn)
             .await?;
-        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&mut conn)
+            .await?;
     }
     let _ = conn.close().await;
     Ok(!exists)
@@ -80,9 +87,12 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(url)?.application_name(&opts.application_name);
         // One direct attempt first: the pool would retry a refused connection until its
         // timeout and then report only the timeout, hiding the cause.
-        let probe = tokio::time::timeout(opts.acquire_timeout, sqlx::PgConnection::connect_with(&connect))
-            .await
-            .map_err(|_| StoreError::Unavailable("timed out connecting".into()))??;
+        let probe = tokio::time::timeout(
+            opts.acquire_timeout,
+            sqlx::PgConnection::connect_with(&connect),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("timed out connecting".into()))??;
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
@@ -122,9 +132,10 @@ impl PgStore {
 
     async fn applied_versions(&self) -> Result<Vec<i64>> {
         // language=PostgreSQL
-        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
             .collect()
@@ -134,7 +145,9 @@ impl PgStore {
         let applied = match self.applied_versions().await {
             Ok(v) => v,
             Err(StoreError::NotMigrated(_)) => {
-                return Err(StoreError::NotMigrated("it has no governance schema".into()));
+                return Err(StoreError::NotMigrated(
+                    "it has no governance schema".into(),
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -162,7 +175,9 @@ impl PgStore {
              EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
              END $$"
         );
-        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&self.pool).await?;
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&self.pool)
+            .await?;
         let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
             .bind(role)
             .fetch_one(&self.pool)
@@ -173,12 +188,16 @@ impl PgStore {
             )));
         }
         if let Some(pw) = password {
-            let stmt: String = sqlx::query_scalar("SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)")
-                .bind(role)
-                .bind(pw)
-                .fetch_one(&self.pool)
+            let stmt: String = sqlx::query_scalar(
+                "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+            )
+            .bind(role)
+            .bind(pw)
+            .fetch_one(&self.pool)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&self.pool)
                 .await?;
-            sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&self.pool).await?;
         }
         sqlx::query("SELECT governance_grant_app_role($1)")
             .bind(role)
