@@ -315,7 +315,8 @@ mod tests {
 
     #[test]
     fn weak_secrets_are_refused_with_advice() {
-        let cases: &[(&str, fn(&KeyError) -> bool)] = &[
+        type Expect = fn(&KeyError) -> bool;
+        let cases: &[(&str, Expect)] = &[
             ("", |e| *e == KeyError::Missing),
             ("not a key!", |e| *e == KeyError::NotEncoded),
             ("abcd1234", |e| matches!(e, KeyError::TooShort { bytes: 4 })),
