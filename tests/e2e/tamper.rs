@@ -215,3 +215,10 @@ async fn a_wrong_secret_reports_an_unknown_key_at_seq_1() {
     assert!(stderr.contains("seq 1: unknown key"), "{stderr}");
     assert!(stderr.contains("not the configured key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_removed_head_row_is_reported_not_skipped() {
+    let db = fresh(5).await;
+    tamper(&db, &["DELETE FROM chain_heads WHERE chain_id = 'default'"]).await;
+    assert_tampered(&db, 1, "head mismatch").await;
+}

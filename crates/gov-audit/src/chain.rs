@@ -146,9 +146,28 @@ impl AuditLog {
             None => store.chain_heads().await?,
         };
         let mut chains = Vec::with_capacity(heads.len());
+        if chain.is_none() {
+            // Rows whose chain has no head row: the head was removed behind the chain's back.
+            for id in store.chain_ids_with_rows().await? {
+                if !heads.iter().any(|h| h.chain_id == id) {
+                    chains.push(verify::ChainReport {
+                        chain_id: id,
+                        events_checked: 0,
+                        head_seq: 0,
+                        key_ids: Default::default(),
+                        finding: Some(Finding {
+                            seq: 1,
+                            reason: Reason::HeadMismatch,
+                            detail: "the chain has rows but no head row: the head row was removed".into(),
+                        }),
+                    });
+                }
+            }
+        }
         for head in heads {
             chains.push(verify::verify_chain(store, &self.inner.keys, head).await?);
         }
+        chains.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
         let events_checked = chains.iter().map(|c| c.events_checked).sum();
         if chain.is_none() && events_checked == 0 && chains.iter().all(|c| c.is_clean()) {
             return Err(AuditError::NothingToVerify);

@@ -163,6 +163,14 @@ impl Store {
         }
     }
 
+    /// The ids of every chain that has rows, found from the rows themselves (so a chain whose
+    /// head row was removed is still seen).
+    pub async fn chain_ids_with_rows(&self) -> Result<Vec<String>> {
+        match self {
+            Self::Postgres(s) => s.chain_ids_with_rows().await,
+        }
+    }
+
     /// Up to `limit` rows of a chain with seq greater than `after_seq`, in seq order.
     pub async fn read_chain_page(
         &self,

@@ -210,6 +210,23 @@ impl PgStore {
         Ok(heads.into_iter().map(Into::into).collect())
     }
 
+    pub(crate) async fn chain_ids_with_rows(&self) -> Result<Vec<String>> {
+        // A loose index scan over UNIQUE(chain_id, seq): one index probe per chain, not a scan.
+        // language=PostgreSQL
+        let ids: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE c AS ( \
+               (SELECT chain_id FROM audit_events ORDER BY chain_id LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT e.chain_id FROM audit_events e WHERE e.chain_id > c.chain_id \
+                       ORDER BY e.chain_id LIMIT 1) \
+               FROM c WHERE c.chain_id IS NOT NULL \
+             ) SELECT chain_id FROM c WHERE chain_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
     pub(crate) async fn read_chain_page(
         &self,
         chain_id: &str,
