@@ -23,9 +23,7 @@ async fn migrate_twice_then_the_app_role_is_least_privilege() {
     assert_eq!(v["app_role"], "governance_app");
 
     // The role can append through the SDK and verify, but cannot change a row.
-    let app_url = db
-        .url()
-        .replacen("postgres://postgres@", "postgres://governance_app@", 1);
+    let app_url = db.app_url();
     governance(&db)
         .env("GOVERNANCE_DATABASE_URL", &app_url)
         .args(["demo", "--events", "20", "--chain", "default"])

@@ -158,7 +158,8 @@ impl AuditLog {
                         finding: Some(Finding {
                             seq: 1,
                             reason: Reason::HeadMismatch,
-                            detail: "the chain has rows but no head row: the head row was removed".into(),
+                            detail: "the chain has rows but no head row: the head row was removed"
+                                .into(),
                         }),
                     });
                 }

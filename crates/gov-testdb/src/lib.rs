@@ -163,6 +163,14 @@ impl TestDb {
         &self.url
     }
 
+    /// A URL on this database that acts as the least-privilege application role. It logs in as
+    /// the server URL's (superuser) user and switches role at connect (`options=-c role=…`), so
+    /// it works whatever authentication the test server uses.
+    pub fn app_url(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20role%3D{APP_ROLE}", self.url)
+    }
+
     /// The database name.
     pub fn name(&self) -> &str {
         &self.name

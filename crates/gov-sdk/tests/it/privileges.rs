@@ -85,12 +85,7 @@ async fn privileges_report_tells_the_app_role_from_the_owner() {
     let p = owner.privileges().await.unwrap();
     assert!(!p.is_least_privilege(), "{p:?}");
     // Connected as the application role: least privilege.
-    let app_url = db.url().replacen(
-        "postgres://postgres@",
-        &format!("postgres://{APP_ROLE}@"),
-        1,
-    );
-    let app = Admin::connect(&app_url).await.unwrap();
+    let app = Admin::connect(&db.app_url()).await.unwrap();
     let p = app.privileges().await.unwrap();
     assert_eq!(p.role, APP_ROLE);
     assert!(p.is_least_privilege(), "{p:?}");
