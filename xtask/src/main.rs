@@ -3,7 +3,7 @@
 //! - `test [ARGS]`: the whole suite against a real Postgres (`GOVERNANCE_TEST_DATABASE_URL`,
 //!   else the local server on 127.0.0.1:5432, else a throwaway cluster from `initdb`/`pg_ctl`).
 //! - `bench`: benchmarks, JSON on stdout and in `target/bench/bench.json`.
-//! - `ci`: fmt check, clippy, tidy, then `test`.
+//! - `ci`: fmt check, clippy, rustdoc with warnings denied, tidy, then `test`.
 //! - `tidy`: repository rules (dependency graph, module docs, no ignored tests, documented
 //!   configuration).
 

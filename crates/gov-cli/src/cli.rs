@@ -91,7 +91,7 @@ pub(crate) struct DemoArgs {
     /// Concurrent agent sessions
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) sessions: u32,
-    /// Chain to log to (default: a new chain per run, demo-<time>)
+    /// Chain to log to (default: a new chain per run, named demo-TIMESTAMP)
     #[arg(long)]
     pub(crate) chain: Option<String>,
     /// Agent id of the simulated agent
