@@ -31,7 +31,7 @@ pub enum Error {
     Audit(AuditError),
 }
 
-/// `Result` with [`Error`].
+/// `Result` with [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<gov_core::IdError> for Error {

@@ -53,7 +53,7 @@ impl StoreError {
     }
 }
 
-/// `Result` with [`StoreError`].
+/// `Result` with [`enum@StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for StoreError {
