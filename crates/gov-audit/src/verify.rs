@@ -369,3 +369,114 @@ async fn fetch(
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{AuditSecret, ChainKey};
+    use gov_core::AuditEvent;
+
+    const A: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+    const B: &str = "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
+
+    fn key(s: &str) -> ChainKey {
+        AuditSecret::parse(s).unwrap().chain_key()
+    }
+
+    /// A sealed chain of `n` rows and its head.
+    fn chain(k: &ChainKey, n: i64) -> (Vec<AuditRecord>, ChainHead) {
+        let mut prev = ZERO_HMAC.to_vec();
+        let mut rows = Vec::new();
+        for seq in 1..=n {
+            let ev = AuditEvent::builder("a", "tool.call")
+                .payload(seq)
+                .build()
+                .unwrap();
+            let mut r = AuditRecord::unsealed(&ev, seq, &prev, k.key_id());
+            r.row_hmac = k.seal(&r).to_vec();
+            prev.clone_from(&r.row_hmac);
+            rows.push(r);
+        }
+        let head = ChainHead {
+            chain_id: "default".into(),
+            seq: n,
+            head_hmac: prev,
+        };
+        (rows, head)
+    }
+
+    fn run(ring: &KeyRing, rows: &[AuditRecord], head: ChainHead) -> Result<u64, Finding> {
+        let mut c = ChainCheck::new(ring, head);
+        for (i, r) in rows.iter().enumerate() {
+            c.check(r, rows.get(i + 1))?;
+        }
+        c.finish()?;
+        Ok(c.checked())
+    }
+
+    fn reseal(k: &ChainKey, r: &mut AuditRecord) {
+        r.row_hmac = k.seal(r).to_vec();
+    }
+
+    #[test]
+    fn a_clean_chain_passes() {
+        let k = key(A);
+        let (rows, head) = chain(&k, 10);
+        assert_eq!(run(&KeyRing::new(k), &rows, head), Ok(10));
+    }
+
+    #[test]
+    fn each_tampering_is_named() {
+        let k = key(A);
+        let ring = KeyRing::new(k.clone());
+        let (rows, head) = chain(&k, 10);
+        let expect = |rows: &[AuditRecord], head: ChainHead, seq: i64, reason: Reason| {
+            let f = run(&ring, rows, head).unwrap_err();
+            assert_eq!((f.seq, f.reason), (seq, reason), "{f}");
+        };
+
+        let mut modified = rows.clone();
+        modified[3].payload = "99".into();
+        expect(&modified, head.clone(), 4, Reason::ModifiedRow);
+
+        let mut missing = rows.clone();
+        missing.remove(5);
+        expect(&missing, head.clone(), 6, Reason::MissingRow);
+
+        let mut cut = rows.clone();
+        cut.truncate(7);
+        expect(&cut, head.clone(), 8, Reason::MissingRow);
+
+        let mut swapped = rows.clone();
+        swapped.swap(2, 3);
+        swapped[2].seq = 3;
+        swapped[3].seq = 4;
+        expect(&swapped, head.clone(), 3, Reason::ReorderedRows);
+
+        let mut inserted = rows.clone();
+        let mut forged = rows[4].clone();
+        forged.payload = "\"forged\"".into();
+        inserted.insert(4, forged);
+        for (i, r) in inserted.iter_mut().enumerate() {
+            r.seq = i as i64 + 1;
+        }
+        let mut longer = head.clone();
+        longer.seq = 11;
+        expect(&inserted, longer, 5, Reason::InsertedRow);
+
+        let mut foreign = rows.clone();
+        let b = key(B);
+        foreign[6].key_id = b.key_id().to_owned();
+        reseal(&b, &mut foreign[6]);
+        expect(&foreign, head.clone(), 7, Reason::UnknownKey);
+
+        let mut forked = rows.clone();
+        forked[8].prev_hmac = vec![1; 32];
+        reseal(&k, &mut forked[8]);
+        expect(&forked, head.clone(), 9, Reason::Fork);
+
+        let mut bad_head = head.clone();
+        bad_head.head_hmac = vec![2; 32];
+        expect(&rows, bad_head, 10, Reason::HeadMismatch);
+    }
+}
