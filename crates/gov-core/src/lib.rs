@@ -4,12 +4,18 @@
 //! This crate does no I/O: no database, no network, no clock other than `now()` when an event is
 //! built. Everything here is unit-tested without a database.
 
+mod action;
 mod error;
 mod event;
 mod ids;
+mod presence;
 mod record;
+mod scope;
 
+pub use action::action_hash;
 pub use error::{EventError, IdError};
 pub use event::{AuditEvent, AuditEventBuilder, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
+pub use presence::{AgentPresence, LoopWindow, PresenceState, PresenceThresholds};
 pub use record::{AuditRecord, ChainHead, EventFilter, HMAC_LEN, SignatureStatus, ZERO_HMAC};
+pub use scope::{ScopeDenial, ScopePolicy};

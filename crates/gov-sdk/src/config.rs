@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use gov_audit::{AuditLog, AuditLogOptions, AuditSecret, KeyRing};
+use gov_core::PresenceThresholds;
 use gov_store::{Store, StoreOptions};
+
+use crate::LoopConfig;
 
 use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
 
 /// Options in force for a handle.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Verify every row that `audit().events()` returns, and fail the read at a broken link.
     pub verify_chain_on_read: bool,
@@ -17,6 +20,26 @@ pub struct Config {
     pub store: StoreOptions,
     /// Group-commit tuning.
     pub audit: AuditLogOptions,
+    /// How long a cached "not halted" answer may be used (default 1 s). Halts made by any process
+    /// invalidate the cache at once through NOTIFY; this bounds the delay if one is lost.
+    pub halt_cache_ttl: Duration,
+    /// Presence thresholds (idle, unresponsive).
+    pub presence: PresenceThresholds,
+    /// Loop detection.
+    pub loops: LoopConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            verify_chain_on_read: false,
+            store: StoreOptions::default(),
+            audit: AuditLogOptions::default(),
+            halt_cache_ttl: Duration::from_secs(1),
+            presence: PresenceThresholds::default(),
+            loops: LoopConfig::default(),
+        }
+    }
 }
 
 /// Builds a [`Governance`] handle.
@@ -93,6 +116,24 @@ impl GovernanceBuilder {
         self
     }
 
+    /// How long a cached "not halted" answer may be used (default 1 s).
+    pub fn halt_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.halt_cache_ttl = ttl;
+        self
+    }
+
+    /// Presence thresholds.
+    pub fn presence_thresholds(mut self, t: PresenceThresholds) -> Self {
+        self.config.presence = t;
+        self
+    }
+
+    /// Loop detection settings.
+    pub fn loop_detection(mut self, cfg: LoopConfig) -> Self {
+        self.config.loops = cfg;
+        self
+    }
+
     /// Connects, checks that the schema is migrated, and returns the handle.
     pub async fn connect(self) -> Result<Governance> {
         let url = match self.database_url {
@@ -123,11 +164,16 @@ impl GovernanceBuilder {
             KeyRing::new(secret.chain_key()),
             self.config.audit.clone(),
         );
+        let shared = std::sync::Arc::new(crate::notify::Shared::default());
+        let listener = crate::notify::start(store.clone(), shared.clone()).await;
         Ok(Governance {
             inner: std::sync::Arc::new(Inner {
                 store,
                 audit,
                 config: self.config,
+                shared,
+                loops: Default::default(),
+                listener,
             }),
         })
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gov_audit::{AuditError, Finding, KeyError};
-use gov_core::EventError;
+use gov_core::{EventError, ScopeDenial};
 use gov_store::StoreError;
 use thiserror::Error;
 
@@ -29,6 +29,49 @@ pub enum Error {
     /// Any other audit failure.
     #[error(transparent)]
     Audit(AuditError),
+    /// A scope check refused (default deny).
+    #[error("scope violation: agent {agent} may not use {target}: {}", denial.as_str())]
+    ScopeViolation {
+        /// The agent.
+        agent: String,
+        /// The tool or API it asked for.
+        target: String,
+        /// Why it was refused.
+        denial: ScopeDenial,
+    },
+    /// The agent is halted; only an operator's resume lets it act again.
+    #[error("agent {agent} is halted{}{}", by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default(), reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Halted {
+        /// The agent.
+        agent: String,
+        /// The operator who halted it, if known.
+        by: Option<String>,
+        /// Why, if known.
+        reason: Option<String>,
+    },
+    /// Whether the agent is halted could not be established (storage out of reach); the
+    /// action is refused (fail closed).
+    #[error("cannot establish whether agent {agent} is halted, so the action is refused: {cause}")]
+    HaltStateUnknown {
+        /// The agent.
+        agent: String,
+        /// Why the state is unknown.
+        cause: String,
+    },
+    /// The same action repeated too often in the session's window.
+    #[error(
+        "loop detected: agent {agent} called {tool} with the same arguments {repeats} times in session {session}"
+    )]
+    LoopDetected {
+        /// The agent.
+        agent: String,
+        /// The session.
+        session: String,
+        /// The repeated tool.
+        tool: String,
+        /// How many times it was seen in the window.
+        repeats: usize,
+    },
 }
 
 /// `Result` with [`enum@Error`].
@@ -78,7 +121,11 @@ impl Error {
                     | StoreError::InvalidArgument(_)
             ),
             Self::Audit(a) => matches!(a, AuditError::NoSuchChain(_) | AuditError::NothingToVerify),
-            Self::ChainBroken(_) => false,
+            Self::ChainBroken(_)
+            | Self::ScopeViolation { .. }
+            | Self::Halted { .. }
+            | Self::HaltStateUnknown { .. }
+            | Self::LoopDetected { .. } => false,
         }
     }
 }

@@ -27,15 +27,23 @@ pub mod admin;
 mod audit;
 mod config;
 mod error;
+mod loops;
+mod notify;
+mod presence;
+mod scope;
 
 pub use audit::Audit;
 pub use config::{Config, GovernanceBuilder};
 pub use error::{Error, Result};
+pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
+pub use presence::{AgentStatus, Presence};
+pub use scope::Scope;
 
 pub use gov_audit::{Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport};
 pub use gov_core::{
-    AgentId, AuditEvent, AuditEventBuilder, AuditRecord, ChainHead, ChainId, EventError,
-    EventFilter, EventId, IdError, MAX_PAYLOAD_BYTES, SessionId,
+    AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, ChainHead, ChainId,
+    EventError, EventFilter, EventId, IdError, MAX_PAYLOAD_BYTES, PresenceState,
+    PresenceThresholds, ScopeDenial, ScopePolicy, SessionId, action_hash,
 };
 pub use gov_store::{MigrateReport, Privileges};
 
@@ -60,6 +68,15 @@ struct Inner {
     store: Store,
     audit: AuditLog,
     config: Config,
+    shared: Arc<notify::Shared>,
+    loops: loops::LoopState,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl Governance {
@@ -80,6 +97,21 @@ impl Governance {
     /// The audit chain.
     pub fn audit(&self) -> Audit<'_> {
         Audit::new(self)
+    }
+
+    /// Scope policies: which tools and APIs each agent may use.
+    pub fn scope(&self) -> Scope<'_> {
+        Scope::new(self)
+    }
+
+    /// Presence and halts.
+    pub fn presence(&self) -> Presence<'_> {
+        Presence::new(self)
+    }
+
+    /// Loop detection.
+    pub fn loops(&self) -> Loops<'_> {
+        Loops::new(self)
     }
 
     /// The configuration in force.

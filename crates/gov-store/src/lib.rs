@@ -12,7 +12,14 @@ use std::time::Duration;
 use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
 
 pub use error::{Result, StoreError};
-pub use postgres::{PgStore, Privileges};
+pub use postgres::{Listener, Notice, PgStore, Privileges};
+
+use gov_core::{AgentPresence, ScopePolicy};
+
+/// Notification channel announcing a changed scope policy (payload: the agent id).
+pub const POLICY_CHANNEL: &str = "gov_policy";
+/// Notification channel announcing a halt or resume (payload: the agent id).
+pub const HALT_CHANNEL: &str = "gov_halt";
 
 /// Notification channel on which every committed append batch is announced
 /// (payload: `<chain_id>:<last seq>`).
@@ -187,6 +194,83 @@ impl Store {
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
         match self {
             Self::Postgres(s) => s.events(filter).await,
+        }
+    }
+
+    /// Opens a dedicated listening connection on `channels`.
+    pub async fn listen(&self, channels: &[&str]) -> Result<Listener> {
+        match self {
+            Self::Postgres(s) => s.listen(channels).await,
+        }
+    }
+
+    /// Creates or replaces an agent's scope policy (announced on [`POLICY_CHANNEL`]).
+    pub async fn put_scope_policy(&self, policy: &ScopePolicy) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.put_scope_policy(policy).await,
+        }
+    }
+
+    /// Removes an agent's scope policy; returns whether there was one.
+    pub async fn delete_scope_policy(&self, agent: &str) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.delete_scope_policy(agent).await,
+        }
+    }
+
+    /// One agent's scope policy.
+    pub async fn scope_policy(&self, agent: &str) -> Result<Option<ScopePolicy>> {
+        match self {
+            Self::Postgres(s) => s.scope_policy(agent).await,
+        }
+    }
+
+    /// Every scope policy.
+    pub async fn scope_policies(&self) -> Result<Vec<ScopePolicy>> {
+        match self {
+            Self::Postgres(s) => s.scope_policies().await,
+        }
+    }
+
+    /// Records a heartbeat (never clears a halt).
+    pub async fn heartbeat(&self, agent: &str) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.heartbeat(agent).await,
+        }
+    }
+
+    /// Halts (`true`) or resumes (`false`) an agent; returns whether the state changed.
+    /// Announced on [`HALT_CHANNEL`].
+    pub async fn set_halted(
+        &self,
+        agent: &str,
+        halted: bool,
+        operator: &str,
+        reason: &str,
+    ) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.set_halted(agent, halted, operator, reason).await,
+        }
+    }
+
+    /// Whether an agent is halted (an agent never seen is not).
+    pub async fn is_halted(&self, agent: &str) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.is_halted(agent).await,
+        }
+    }
+
+    /// One agent's presence row.
+    pub async fn presence(&self, agent: &str) -> Result<Option<AgentPresence>> {
+        match self {
+            Self::Postgres(s) => s.presence(agent).await,
+        }
+    }
+
+    /// Every agent's presence row.
+    pub async fn presences(&self) -> Result<Vec<AgentPresence>> {
+        match self {
+            Self::Postgres(s) => s.presences().await,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests of gov-sdk against a real Postgres (one fresh database per test).
 
 mod chain;
+mod enforce;
 mod privileges;
 mod support;

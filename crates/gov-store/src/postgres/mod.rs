@@ -1,6 +1,9 @@
 //! The PostgreSQL backend: pool, migrations, the application role, and the audit queries.
 
 mod audit;
+mod enforce;
+
+pub use enforce::{Listener, Notice};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};

@@ -1,0 +1,172 @@
+//! Scope: which tools and APIs each agent may use. Default deny; every denial is audited.
+//!
+//! Policies are stored, loaded when the handle connects, and reloaded when any process changes
+//! them (LISTEN/NOTIFY). A check is an in-memory lookup while the listener is healthy; otherwise
+//! it reads storage, and refuses when storage is out of reach.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use gov_core::{AuditEvent, ScopeDenial, ScopePolicy};
+
+use crate::{Error, Governance, Result};
+
+/// Policies by agent id, as last loaded.
+#[derive(Debug, Default)]
+pub(crate) struct ScopeCache {
+    map: RwLock<HashMap<String, Arc<ScopePolicy>>>,
+}
+
+impl ScopeCache {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ScopePolicy>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ScopePolicy>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, agent: &str) -> Option<Arc<ScopePolicy>> {
+        self.read().get(agent).cloned()
+    }
+
+    pub(crate) fn put(&self, agent: &str, policy: Option<ScopePolicy>) {
+        let mut map = self.write();
+        match policy {
+            Some(p) => {
+                map.insert(agent.to_owned(), Arc::new(p));
+            }
+            None => {
+                map.remove(agent);
+            }
+        }
+    }
+
+    pub(crate) fn replace_all(&self, policies: Vec<ScopePolicy>) {
+        let fresh = policies
+            .into_iter()
+            .map(|p| (p.agent_id.as_str().to_owned(), Arc::new(p)))
+            .collect();
+        *self.write() = fresh;
+    }
+}
+
+/// What was checked.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    Tool(&'a str),
+    Api(&'a str),
+}
+
+/// Scope policies of a [`Governance`] handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'g> {
+    gov: &'g Governance,
+}
+
+impl<'g> Scope<'g> {
+    pub(crate) fn new(gov: &'g Governance) -> Self {
+        Self { gov }
+    }
+
+    /// Stores `policy` (replacing the agent's previous one); every process reloads it.
+    pub async fn register(&self, policy: ScopePolicy) -> Result<()> {
+        self.gov.inner.store.put_scope_policy(&policy).await?;
+        // Apply locally at once; the notification will confirm it.
+        let agent = policy.agent_id.as_str().to_owned();
+        self.gov.inner.shared.scope.put(&agent, Some(policy));
+        Ok(())
+    }
+
+    /// Removes an agent's policy: from then on it is denied everything.
+    pub async fn unregister(&self, agent: &str) -> Result<bool> {
+        let removed = self.gov.inner.store.delete_scope_policy(agent).await?;
+        self.gov.inner.shared.scope.put(agent, None);
+        Ok(removed)
+    }
+
+    /// The agent's policy as currently enforced.
+    pub async fn policy(&self, agent: &str) -> Result<Option<Arc<ScopePolicy>>> {
+        let shared = &self.gov.inner.shared;
+        if shared.healthy() {
+            return Ok(shared.scope.get(agent));
+        }
+        Ok(self
+            .gov
+            .inner
+            .store
+            .scope_policy(agent)
+            .await?
+            .map(Arc::new))
+    }
+
+    /// Allows or refuses a tool call. An unknown agent is refused; a refusal is audited as
+    /// `scope.denied`.
+    pub async fn check(&self, agent: &str, tool: &str) -> Result<()> {
+        self.decide(agent, Target::Tool(tool)).await
+    }
+
+    /// Allows or refuses use of an API (a model provider, an external service).
+    pub async fn check_api(&self, agent: &str, api: &str) -> Result<()> {
+        self.decide(agent, Target::Api(api)).await
+    }
+
+    /// The tools of `offered` the agent may be shown: hidden and disallowed ones are dropped.
+    /// An unknown agent is shown nothing.
+    pub async fn filter_tools<S: AsRef<str> + Clone>(
+        &self,
+        agent: &str,
+        offered: &[S],
+    ) -> Result<Vec<S>> {
+        let policy = match self.policy(agent).await {
+            Ok(p) => p,
+            // Fail closed: when the policy cannot be read, show nothing.
+            Err(e) if e.is_unavailable() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(match policy {
+            Some(p) => p.filter_tools(offered).into_iter().cloned().collect(),
+            None => Vec::new(),
+        })
+    }
+
+    async fn decide(&self, agent: &str, target: Target<'_>) -> Result<()> {
+        let policy = match self.policy(agent).await {
+            Ok(p) => p,
+            // Storage out of reach while the cache is untrusted: refuse.
+            Err(e) if e.is_unavailable() => None,
+            Err(e) => return Err(e),
+        };
+        let verdict = match (&policy, target) {
+            (None, _) => Err(ScopeDenial::NoPolicy),
+            (Some(p), Target::Tool(t)) => p.check_tool(t),
+            (Some(p), Target::Api(a)) => p.check_api(a),
+        };
+        let Err(denial) = verdict else {
+            return Ok(());
+        };
+        let (key, name) = match target {
+            Target::Tool(t) => ("tool", t),
+            Target::Api(a) => ("api", a),
+        };
+        self.audit_denial(agent, key, name, denial).await;
+        Err(Error::ScopeViolation {
+            agent: agent.to_owned(),
+            target: format!("{key} {name}"),
+            denial,
+        })
+    }
+
+    async fn audit_denial(&self, agent: &str, key: &str, name: &str, denial: ScopeDenial) {
+        let event = AuditEvent::builder(agent, "scope.denied")
+            .payload(serde_json::json!({ key: name, "reason": denial }))
+            .build();
+        let result = match event {
+            Ok(ev) => self.gov.audit().log(ev).await.map(|_| ()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(agent, error = %e, "could not audit a scope denial (the denial stands)");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Scope policies and agent presence (heartbeats and halts), and the notification listener.
+
+use std::time::Duration;
+
+use gov_core::{AgentId, AgentPresence, ScopePolicy};
+use sqlx::FromRow;
+use sqlx::postgres::PgListener;
+
+use super::PgStore;
+use crate::{Result, StoreError};
+
+#[derive(FromRow)]
+struct PolicyRow {
+    agent_id: String,
+    allowed_tools: Vec<String>,
+    allowed_apis: Vec<String>,
+    hidden_tools: Vec<String>,
+}
+
+impl TryFrom<PolicyRow> for ScopePolicy {
+    type Error = StoreError;
+    fn try_from(r: PolicyRow) -> Result<Self> {
+        Ok(ScopePolicy {
+            agent_id: AgentId::new(r.agent_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            allowed_tools: r.allowed_tools.into_iter().collect(),
+            allowed_apis: r.allowed_apis.into_iter().collect(),
+            hidden_tools: r.hidden_tools.into_iter().collect(),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct PresenceRow {
+    agent_id: String,
+    since_heartbeat_us: Option<i64>,
+    halted: bool,
+    halted_by: Option<String>,
+    halt_reason: Option<String>,
+    resumed_by: Option<String>,
+}
+
+impl From<PresenceRow> for AgentPresence {
+    fn from(r: PresenceRow) -> Self {
+        AgentPresence {
+            agent_id: r.agent_id,
+            since_heartbeat: r
+                .since_heartbeat_us
+                .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
+            halted: r.halted,
+            halted_by: r.halted_by,
+            halt_reason: r.halt_reason,
+            resumed_by: r.resumed_by,
+        }
+    }
+}
+
+const PRESENCE_COLUMNS: &str = "agent_id, \
+    (extract(epoch FROM (now() - last_heartbeat)) * 1000000)::bigint AS since_heartbeat_us, \
+    halted, halted_by, halt_reason, resumed_by";
+
+/// A notification from another process (or this one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A message on a channel.
+    Message {
+        /// The channel.
+        channel: String,
+        /// Its payload.
+        payload: String,
+    },
+    /// The listening connection was lost; messages may have been missed. Caches must resync.
+    Lost,
+}
+
+/// A dedicated connection listening on notification channels.
+pub struct Listener(PgListener);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
+}
+
+impl Listener {
+    /// The next notice. After [`Notice::Lost`], the next call reconnects.
+    pub async fn recv(&mut self) -> Result<Notice> {
+        match self.0.try_recv().await? {
+            Some(n) => Ok(Notice::Message {
+                channel: n.channel().to_owned(),
+                payload: n.payload().to_owned(),
+            }),
+            None => Ok(Notice::Lost),
+        }
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn listen(&self, channels: &[&str]) -> Result<Listener> {
+        let mut l = PgListener::connect_with(&self.pool).await?;
+        l.listen_all(channels.iter().copied()).await?;
+        Ok(Listener(l))
+    }
+
+    pub(crate) async fn put_scope_policy(&self, p: &ScopePolicy) -> Result<()> {
+        let v = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+        // language=PostgreSQL
+        sqlx::query(
+            "INSERT INTO scope_policies (agent_id, allowed_tools, allowed_apis, hidden_tools) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (agent_id) DO UPDATE SET allowed_tools = $2, allowed_apis = $3, \
+                 hidden_tools = $4, updated_at = now()",
+        )
+        .bind(p.agent_id.as_str())
+        .bind(v(&p.allowed_tools))
+        .bind(v(&p.allowed_apis))
+        .bind(v(&p.hidden_tools))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_scope_policy(&self, agent: &str) -> Result<bool> {
+        // language=PostgreSQL
+        let r = sqlx::query("DELETE FROM scope_policies WHERE agent_id = $1")
+            .bind(agent)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub(crate) async fn scope_policy(&self, agent: &str) -> Result<Option<ScopePolicy>> {
+        // language=PostgreSQL
+        let row: Option<PolicyRow> = sqlx::query_as(
+            "SELECT agent_id, allowed_tools, allowed_apis, hidden_tools FROM scope_policies WHERE agent_id = $1",
+        )
+        .bind(agent)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(TryInto::try_into).transpose()
+    }
+
+    pub(crate) async fn scope_policies(&self) -> Result<Vec<ScopePolicy>> {
+        // language=PostgreSQL
+        let rows: Vec<PolicyRow> = sqlx::query_as(
+            "SELECT agent_id, allowed_tools, allowed_apis, hidden_tools FROM scope_policies ORDER BY agent_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    pub(crate) async fn heartbeat(&self, agent: &str) -> Result<()> {
+        // A heartbeat never touches the halt columns: only a resume clears a halt.
+        // language=PostgreSQL
+        sqlx::query(
+            "INSERT INTO agent_presence (agent_id, last_heartbeat) VALUES ($1, now()) \
+             ON CONFLICT (agent_id) DO UPDATE SET last_heartbeat = now(), updated_at = now()",
+        )
+        .bind(agent)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn set_halted(
+        &self,
+        agent: &str,
+        halted: bool,
+        operator: &str,
+        reason: &str,
+    ) -> Result<bool> {
+        // Returns whether the state changed.
+        // language=PostgreSQL
+        let sql = if halted {
+            "WITH prev AS (SELECT halted FROM agent_presence WHERE agent_id = $1) \
+             INSERT INTO agent_presence (agent_id, halted, halted_by, halted_at, halt_reason) \
+             VALUES ($1, true, $2, now(), $3) \
+             ON CONFLICT (agent_id) DO UPDATE SET halted = true, halted_by = $2, halted_at = now(), \
+                 halt_reason = $3, updated_at = now() \
+             RETURNING NOT COALESCE((SELECT halted FROM prev), false)"
+        } else {
+            "WITH prev AS (SELECT halted FROM agent_presence WHERE agent_id = $1) \
+             INSERT INTO agent_presence (agent_id, halted, resumed_by, resumed_at, halt_reason) \
+             VALUES ($1, false, $2, now(), NULL) \
+             ON CONFLICT (agent_id) DO UPDATE SET halted = false, resumed_by = $2, resumed_at = now(), \
+                 updated_at = now() \
+             RETURNING COALESCE((SELECT halted FROM prev), false)"
+        };
+        let mut q = sqlx::query_scalar(sql).bind(agent).bind(operator);
+        if halted {
+            // The halt reason is kept on the row; a resume's reason goes to the audit event.
+            q = q.bind(reason);
+        }
+        let changed: bool = q.fetch_one(&self.pool).await?;
+        Ok(changed)
+    }
+
+    pub(crate) async fn is_halted(&self, agent: &str) -> Result<bool> {
+        // language=PostgreSQL
+        let halted: Option<bool> =
+            sqlx::query_scalar("SELECT halted FROM agent_presence WHERE agent_id = $1")
+                .bind(agent)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(halted.unwrap_or(false))
+    }
+
+    pub(crate) async fn presence(&self, agent: &str) -> Result<Option<AgentPresence>> {
+        let sql = format!("SELECT {PRESENCE_COLUMNS} FROM agent_presence WHERE agent_id = $1");
+        let row: Option<PresenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(agent)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub(crate) async fn presences(&self) -> Result<Vec<AgentPresence>> {
+        let sql = format!("SELECT {PRESENCE_COLUMNS} FROM agent_presence ORDER BY agent_id");
+        let rows: Vec<PresenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+}
