@@ -121,7 +121,31 @@ async fn main() -> Result<()> {
     }
     let read_per_s = read as f64 / start.elapsed().as_secs_f64();
 
+    // Enforcement checks on the hot path (in-memory while the listener is healthy).
+    gov.scope()
+        .register(gov_sdk::ScopePolicy::new("agent-0".parse()?).allow_tools([
+            "read_invoice",
+            "send_email",
+            "search_docs",
+            "update_crm",
+        ]))
+        .await?;
+    let n = 1_000_000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        gov.scope().check("agent-0", "send_email").await?;
+    }
+    let scope_ns = start.elapsed().as_nanos() as f64 / f64::from(n);
+    gov.presence().assert_not_halted("agent-0").await?;
+    let start = Instant::now();
+    for _ in 0..n {
+        gov.presence().assert_not_halted("agent-0").await?;
+    }
+    let halt_ns = start.elapsed().as_nanos() as f64 / f64::from(n);
+
     let out = serde_json::json!({
+        "scope_check_ns_per_op": round(scope_ns),
+        "assert_not_halted_cached_ns_per_op": round(halt_ns),
         "read_events_per_s": read_per_s.round(),
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
         "select1_p50_us": round(percentile(&rtt, 0.50)),
