@@ -143,7 +143,42 @@ async fn main() -> Result<()> {
     }
     let halt_ns = start.elapsed().as_nanos() as f64 / f64::from(n);
 
+    // Budget round trips next to the SELECT 1 reference.
+    gov.cost()
+        .register(
+            gov_sdk::BudgetPolicy::new("agent-0".parse()?).per_day(gov_sdk::MicroUsd(i64::MAX / 4)),
+        )
+        .await?;
+    let mut check = Vec::with_capacity(5_000);
+    for _ in 0..5_000 {
+        let t = Instant::now();
+        gov.cost().check_or_raise("agent-0", "s-bench").await?;
+        check.push(t.elapsed());
+    }
+    check.sort_unstable();
+    let mut reserve_settle = Vec::with_capacity(2_000);
+    for _ in 0..2_000 {
+        let t = Instant::now();
+        let r = gov
+            .cost()
+            .reserve("agent-0", "s-bench", "gpt-4o-mini", 500, Some(256))
+            .await?;
+        r.settle(gov_sdk::TokenUsage {
+            input_tokens: 500,
+            output_tokens: 100,
+            cached_input_tokens: 0,
+        })
+        .await?;
+        reserve_settle.push(t.elapsed());
+    }
+    reserve_settle.sort_unstable();
+
     let out = serde_json::json!({
+        "check_or_raise_p50_us": round(percentile(&check, 0.50)),
+        "check_or_raise_p99_us": round(percentile(&check, 0.99)),
+        "check_or_raise_p50_over_select1": round(percentile(&check, 0.50) / percentile(&rtt, 0.50) * 100.0) / 100.0,
+        "reserve_settle_p50_us": round(percentile(&reserve_settle, 0.50)),
+        "reserve_settle_p99_us": round(percentile(&reserve_settle, 0.99)),
         "scope_check_ns_per_op": round(scope_ns),
         "assert_not_halted_cached_ns_per_op": round(halt_ns),
         "read_events_per_s": read_per_s.round(),

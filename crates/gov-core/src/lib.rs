@@ -5,17 +5,23 @@
 //! built. Everything here is unit-tested without a database.
 
 mod action;
+mod budget;
 mod error;
 mod event;
 mod ids;
 mod presence;
+mod pricing;
 mod record;
 mod scope;
 
 pub use action::action_hash;
+pub use budget::{
+    BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ModelUsage,
+};
 pub use error::{EventError, IdError};
 pub use event::{AuditEvent, AuditEventBuilder, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
 pub use presence::{AgentPresence, LoopWindow, PresenceState, PresenceThresholds};
+pub use pricing::{MicroUsd, ModelPrice, PRICING_VERSION, PriceTable, TokenUsage};
 pub use record::{AuditRecord, ChainHead, EventFilter, HMAC_LEN, SignatureStatus, ZERO_HMAC};
 pub use scope::{ScopeDenial, ScopePolicy};

@@ -7,7 +7,7 @@ use gov_audit::{AuditLog, AuditLogOptions, AuditSecret, KeyRing};
 use gov_core::PresenceThresholds;
 use gov_store::{Store, StoreOptions};
 
-use crate::LoopConfig;
+use crate::{CostConfig, LoopConfig};
 
 use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
 
@@ -27,6 +27,8 @@ pub struct Config {
     pub presence: PresenceThresholds,
     /// Loop detection.
     pub loops: LoopConfig,
+    /// Prices and budget behaviour.
+    pub cost: CostConfig,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             halt_cache_ttl: Duration::from_secs(1),
             presence: PresenceThresholds::default(),
             loops: LoopConfig::default(),
+            cost: CostConfig::default(),
         }
     }
 }
@@ -131,6 +134,18 @@ impl GovernanceBuilder {
     /// Loop detection settings.
     pub fn loop_detection(mut self, cfg: LoopConfig) -> Self {
         self.config.loops = cfg;
+        self
+    }
+
+    /// Prices, unbudgeted agents, default `max_tokens`, reservation lifetime.
+    pub fn cost(mut self, cfg: CostConfig) -> Self {
+        self.config.cost = cfg;
+        self
+    }
+
+    /// Lets agents without a budget policy spend (tracked, uncapped). Default: refused.
+    pub fn allow_unbudgeted_agents(mut self, allow: bool) -> Self {
+        self.config.cost.allow_unbudgeted = allow;
         self
     }
 

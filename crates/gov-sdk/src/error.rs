@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gov_audit::{AuditError, Finding, KeyError};
-use gov_core::{EventError, ScopeDenial};
+use gov_core::{BudgetDenial, EventError, ScopeDenial};
 use gov_store::StoreError;
 use thiserror::Error;
 
@@ -57,6 +57,20 @@ pub enum Error {
         agent: String,
         /// Why the state is unknown.
         cause: String,
+    },
+    /// A budget refused the call.
+    #[error("budget exceeded for agent {agent}: {}{}", denial.as_str(), match (cap, used) { (Some(c), Some(u)) => format!(" (cap {c}, used {u}, requested {requested})"), _ => String::new() })]
+    BudgetExceeded {
+        /// The agent.
+        agent: String,
+        /// Why.
+        denial: BudgetDenial,
+        /// The cap that refused (micro-USD, tokens or seconds).
+        cap: Option<i64>,
+        /// Spent plus reserved against it.
+        used: Option<i64>,
+        /// What the call would have reserved (micro-USD).
+        requested: i64,
     },
     /// The same action repeated too often in the session's window.
     #[error(
@@ -125,7 +139,8 @@ impl Error {
             | Self::ScopeViolation { .. }
             | Self::Halted { .. }
             | Self::HaltStateUnknown { .. }
-            | Self::LoopDetected { .. } => false,
+            | Self::LoopDetected { .. }
+            | Self::BudgetExceeded { .. } => false,
         }
     }
 }

@@ -26,6 +26,7 @@
 pub mod admin;
 mod audit;
 mod config;
+mod cost;
 mod error;
 mod loops;
 mod notify;
@@ -34,6 +35,7 @@ mod scope;
 
 pub use audit::Audit;
 pub use config::{Config, GovernanceBuilder};
+pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
 pub use presence::{AgentStatus, Presence};
@@ -41,9 +43,10 @@ pub use scope::Scope;
 
 pub use gov_audit::{Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport};
 pub use gov_core::{
-    AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, ChainHead, ChainId,
-    EventError, EventFilter, EventId, IdError, MAX_PAYLOAD_BYTES, PresenceState,
-    PresenceThresholds, ScopeDenial, ScopePolicy, SessionId, action_hash,
+    AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
+    BudgetDenial, BudgetPolicy, BudgetStatus, ChainHead, ChainId, EventError, EventFilter, EventId,
+    IdError, MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice, ModelUsage, PRICING_VERSION, PresenceState,
+    PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{MigrateReport, Privileges};
 
@@ -107,6 +110,11 @@ impl Governance {
     /// Presence and halts.
     pub fn presence(&self) -> Presence<'_> {
         Presence::new(self)
+    }
+
+    /// Cost and budgets.
+    pub fn cost(&self) -> Cost<'_> {
+        Cost::new(self)
     }
 
     /// Loop detection.

@@ -14,7 +14,9 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
 pub use error::{Result, StoreError};
 pub use postgres::{Listener, Notice, PgStore, Privileges};
 
-use gov_core::{AgentPresence, ScopePolicy};
+use gov_core::{
+    AgentPresence, BudgetPolicy, BudgetRefusal, BudgetStatus, ModelUsage, ScopePolicy, TokenUsage,
+};
 
 /// Notification channel announcing a changed scope policy (payload: the agent id).
 pub const POLICY_CHANNEL: &str = "gov_policy";
@@ -271,6 +273,94 @@ impl Store {
     pub async fn presences(&self) -> Result<Vec<AgentPresence>> {
         match self {
             Self::Postgres(s) => s.presences().await,
+        }
+    }
+
+    /// Creates or replaces an agent's budget policy.
+    pub async fn put_budget_policy(&self, policy: &BudgetPolicy) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.put_budget_policy(policy).await,
+        }
+    }
+
+    /// Removes an agent's budget policy; returns whether there was one.
+    pub async fn delete_budget_policy(&self, agent: &str) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.delete_budget_policy(agent).await,
+        }
+    }
+
+    /// Atomically reserves projected spend against the session and day caps (one round trip).
+    /// The inner `Err` is a refusal naming the cap.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve(
+        &self,
+        id: uuid::Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        tokens: i64,
+        ttl: Duration,
+        allow_unbudgeted: bool,
+    ) -> Result<std::result::Result<(), BudgetRefusal>> {
+        match self {
+            Self::Postgres(s) => {
+                s.reserve(
+                    id,
+                    agent,
+                    session,
+                    model,
+                    micros,
+                    tokens,
+                    ttl,
+                    allow_unbudgeted,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Settles a reservation with the actual spend, or releases it (`release`); once only.
+    /// Returns the outcome: `settled`, `released`, `expired_then_settled`, `already_closed`,
+    /// `unknown`.
+    pub async fn settle(
+        &self,
+        id: uuid::Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+    ) -> Result<String> {
+        match self {
+            Self::Postgres(s) => s.settle(id, micros, usage, release).await,
+        }
+    }
+
+    /// Records spend that had no reservation.
+    pub async fn track(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.track(agent, session, model, micros, usage).await,
+        }
+    }
+
+    /// Policy, session counter and today's counter in one round trip.
+    pub async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
+        match self {
+            Self::Postgres(s) => s.budget_status(agent, session).await,
+        }
+    }
+
+    /// Today's spend by model.
+    pub async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
+        match self {
+            Self::Postgres(s) => s.usage_today(agent).await,
         }
     }
 

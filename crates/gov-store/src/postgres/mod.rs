@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: pool, migrations, the application role, and the audit queries.
 
 mod audit;
+mod budget;
 mod enforce;
 
 pub use enforce::{Listener, Notice};

@@ -1,0 +1,347 @@
+//! Cost: prices, budget policies, and reservations that make overspending impossible.
+//!
+//! Before a call, [`Cost::reserve`] projects its cost from the declared `max_tokens` and reserves
+//! it against the session and day caps in one atomic database call; concurrent callers can never
+//! reserve past a cap. After the call, [`Reservation::settle`] records what was really used and
+//! returns the rest. A reservation never settled is released when dropped, or expires.
+//! An agent with no budget policy is refused unless unbudgeted agents are allowed.
+
+use std::time::Duration;
+
+use gov_core::{
+    AuditEvent, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, MicroUsd, ModelPrice,
+    ModelUsage, TokenUsage,
+};
+use serde::Serialize;
+
+use crate::{Error, Governance, Result};
+
+/// Cost settings.
+#[derive(Debug, Clone)]
+pub struct CostConfig {
+    /// Prices by model (default: the built-in table).
+    pub prices: gov_core::PriceTable,
+    /// Let agents without a budget policy spend (tracked, uncapped). Default: refused.
+    pub allow_unbudgeted: bool,
+    /// `max_tokens` assumed for a call that declares none (default: none, such calls are refused).
+    pub default_max_tokens: Option<u64>,
+    /// How long a reservation holds budget if never settled (default 10 minutes).
+    pub reservation_ttl: Duration,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        Self {
+            prices: gov_core::PriceTable::builtin(),
+            allow_unbudgeted: false,
+            default_max_tokens: None,
+            reservation_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Budget held for one call until it is settled or released.
+#[derive(Debug)]
+#[must_use = "settle the reservation with the real usage, or release it"]
+pub struct Reservation {
+    gov: Governance,
+    id: uuid::Uuid,
+    agent: String,
+    session: String,
+    model: String,
+    reserved: MicroUsd,
+    tokens: u64,
+    open: bool,
+}
+
+/// What settling did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Settlement {
+    /// The real cost of the call.
+    pub cost: MicroUsd,
+    /// What had been reserved.
+    pub reserved: MicroUsd,
+    /// Whether the reservation had expired before it was settled (the spend is still recorded).
+    pub late: bool,
+}
+
+impl Reservation {
+    /// The reservation id.
+    pub fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+
+    /// The amount held.
+    pub fn reserved(&self) -> MicroUsd {
+        self.reserved
+    }
+
+    /// The tokens held.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Records the real usage and returns the unused part of the reservation to the budget.
+    pub async fn settle(mut self, usage: TokenUsage) -> Result<Settlement> {
+        let cost = self.gov.cost().cost_of(&self.model, &usage)?;
+        let outcome = self
+            .gov
+            .inner
+            .store
+            .settle(self.id, cost.0, &usage, false)
+            .await?;
+        self.open = false;
+        match outcome.as_str() {
+            "settled" | "expired_then_settled" => Ok(Settlement {
+                cost,
+                reserved: self.reserved,
+                late: outcome == "expired_then_settled",
+            }),
+            other => Err(Error::Config(format!(
+                "reservation {} could not be settled: {other}",
+                self.id
+            ))),
+        }
+    }
+
+    /// Returns the whole reservation to the budget (the call did not happen or was cancelled).
+    pub async fn release(mut self) -> Result<()> {
+        self.gov
+            .inner
+            .store
+            .settle(self.id, 0, &TokenUsage::default(), true)
+            .await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        // Dropped without settling: give the budget back now rather than at expiry.
+        let (store, id) = (self.gov.inner.store.clone(), self.id);
+        let (agent, session) = (self.agent.clone(), self.session.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.settle(id, 0, &TokenUsage::default(), true).await {
+                    tracing::warn!(%agent, %session, error = %e, "could not release a dropped reservation; it will expire");
+                }
+            });
+        }
+    }
+}
+
+/// An agent's budget for display: caps, counters and today's spend by model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetSnapshot {
+    /// Counters and policy.
+    pub status: BudgetStatus,
+    /// Today's spend by model (UTC).
+    pub by_model: Vec<ModelUsage>,
+    /// The date of the built-in prices.
+    pub pricing_version: &'static str,
+}
+
+/// Cost and budgets of a [`Governance`] handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost<'g> {
+    gov: &'g Governance,
+}
+
+impl<'g> Cost<'g> {
+    pub(crate) fn new(gov: &'g Governance) -> Self {
+        Self { gov }
+    }
+
+    fn config(&self) -> &CostConfig {
+        &self.gov.inner.config.cost
+    }
+
+    /// Stores an agent's budget policy.
+    pub async fn register(&self, policy: BudgetPolicy) -> Result<()> {
+        Ok(self.gov.inner.store.put_budget_policy(&policy).await?)
+    }
+
+    /// Removes an agent's budget policy.
+    pub async fn unregister(&self, agent: &str) -> Result<bool> {
+        Ok(self.gov.inner.store.delete_budget_policy(agent).await?)
+    }
+
+    /// The price of a model.
+    pub fn price(&self, model: &str) -> Option<ModelPrice> {
+        self.config().prices.get(model)
+    }
+
+    fn cost_of(&self, model: &str, usage: &TokenUsage) -> Result<MicroUsd> {
+        let price = self.price(model).ok_or_else(|| Error::BudgetExceeded {
+            agent: String::new(),
+            denial: BudgetDenial::UnknownModel,
+            cap: None,
+            used: None,
+            requested: 0,
+        })?;
+        Ok(MicroUsd(
+            i64::try_from(price.cost_micros(usage)).unwrap_or(i64::MAX),
+        ))
+    }
+
+    /// Reserves the projected cost of a call: `input_tokens` in and at most `max_tokens` out
+    /// (or the configured default). Refused with [`Error::BudgetExceeded`] when a cap would be
+    /// passed, the model has no price, or no `max_tokens` is known; every refusal is audited.
+    pub async fn reserve(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        input_tokens: u64,
+        max_tokens: Option<u64>,
+    ) -> Result<Reservation> {
+        gov_core::AgentId::new(agent)?;
+        gov_core::SessionId::new(session)?;
+        let cfg = self.config();
+        let refuse = |denial| BudgetRefusal {
+            denial,
+            cap: None,
+            used: None,
+        };
+        let projected = match (cfg.prices.get(model), max_tokens.or(cfg.default_max_tokens)) {
+            (None, _) => Err(refuse(BudgetDenial::UnknownModel)),
+            (_, None) => Err(refuse(BudgetDenial::NoMaxTokens)),
+            (Some(price), Some(max)) => {
+                let usage = TokenUsage {
+                    input_tokens,
+                    output_tokens: max,
+                    cached_input_tokens: 0,
+                };
+                Ok((
+                    MicroUsd(i64::try_from(price.cost_micros(&usage)).unwrap_or(i64::MAX)),
+                    usage.total(),
+                ))
+            }
+        };
+        let (micros, tokens) = match projected {
+            Ok(p) => p,
+            Err(r) => return Err(self.refused(agent, session, model, 0, r).await),
+        };
+        let id = uuid::Uuid::now_v7();
+        let outcome = self
+            .gov
+            .inner
+            .store
+            .reserve(
+                id,
+                agent,
+                session,
+                model,
+                micros.0,
+                i64::try_from(tokens).unwrap_or(i64::MAX),
+                cfg.reservation_ttl,
+                cfg.allow_unbudgeted,
+            )
+            .await?;
+        match outcome {
+            Ok(()) => Ok(Reservation {
+                gov: self.gov.clone(),
+                id,
+                agent: agent.to_owned(),
+                session: session.to_owned(),
+                model: model.to_owned(),
+                reserved: micros,
+                tokens,
+                open: true,
+            }),
+            Err(r) => Err(self.refused(agent, session, model, micros.0, r).await),
+        }
+    }
+
+    /// Refuses with [`Error::BudgetExceeded`] when the session or day has no headroom left
+    /// (or the agent has no policy and unbudgeted agents are not allowed). Reads the policy and
+    /// both counters in one round trip.
+    pub async fn check_or_raise(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
+        let status = self.gov.inner.store.budget_status(agent, session).await?;
+        let refusal = match &status.policy {
+            None if !self.config().allow_unbudgeted => Some(BudgetRefusal {
+                denial: BudgetDenial::NoPolicy,
+                cap: None,
+                used: None,
+            }),
+            _ => status.exhausted(),
+        };
+        match refusal {
+            Some(r) => Err(self.refused(agent, session, "", 0, r).await),
+            None => Ok(status),
+        }
+    }
+
+    /// Records spend that was not reserved (an observed call). Returns its cost.
+    pub async fn track(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        usage: TokenUsage,
+    ) -> Result<MicroUsd> {
+        gov_core::AgentId::new(agent)?;
+        gov_core::SessionId::new(session)?;
+        let cost = self.cost_of(model, &usage).map_err(|_| {
+            Error::Config(format!(
+                "model {model:?} has no price; add it to the price table"
+            ))
+        })?;
+        self.gov
+            .inner
+            .store
+            .track(agent, session, model, cost.0, &usage)
+            .await?;
+        Ok(cost)
+    }
+
+    /// The agent's caps, counters (for `session`, and today) and today's spend by model.
+    pub async fn snapshot(&self, agent: &str, session: &str) -> Result<BudgetSnapshot> {
+        let status = self.gov.inner.store.budget_status(agent, session).await?;
+        let by_model = self.gov.inner.store.usage_today(agent).await?;
+        Ok(BudgetSnapshot {
+            status,
+            by_model,
+            pricing_version: gov_core::PRICING_VERSION,
+        })
+    }
+
+    async fn refused(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        requested: i64,
+        r: BudgetRefusal,
+    ) -> Error {
+        let mut b = AuditEvent::builder(agent, "budget.denied").payload(serde_json::json!({
+            "reason": r.denial,
+            "cap": r.cap,
+            "used": r.used,
+            "requested_micros": requested,
+            "model": model,
+        }));
+        if gov_core::SessionId::new(session).is_ok() {
+            b = b.session(session);
+        }
+        match b.build() {
+            Ok(ev) => {
+                if let Err(e) = self.gov.audit().log(ev).await {
+                    tracing::warn!(agent, error = %e, "could not audit a budget refusal (the refusal stands)");
+                }
+            }
+            Err(e) => tracing::warn!(agent, error = %e, "could not audit a budget refusal"),
+        }
+        Error::BudgetExceeded {
+            agent: agent.to_owned(),
+            denial: r.denial,
+            cap: r.cap,
+            used: r.used,
+            requested,
+        }
+    }
+}
