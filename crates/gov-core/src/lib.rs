@@ -8,6 +8,7 @@ mod action;
 mod budget;
 mod error;
 mod event;
+mod gate;
 mod ids;
 mod presence;
 mod pricing;
@@ -20,6 +21,7 @@ pub use budget::{
 };
 pub use error::{EventError, IdError};
 pub use event::{AuditEvent, AuditEventBuilder, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
+pub use gate::{GateRecord, GateStatus, OperatorRole};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
 pub use presence::{AgentPresence, LoopWindow, PresenceState, PresenceThresholds};
 pub use pricing::{MicroUsd, ModelPrice, PRICING_VERSION, PriceTable, TokenUsage};

@@ -7,7 +7,7 @@ use gov_audit::{AuditLog, AuditLogOptions, AuditSecret, KeyRing};
 use gov_core::PresenceThresholds;
 use gov_store::{Store, StoreOptions};
 
-use crate::{CostConfig, LoopConfig};
+use crate::{CostConfig, GateConfig, LoopConfig};
 
 use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
 
@@ -29,6 +29,8 @@ pub struct Config {
     pub loops: LoopConfig,
     /// Prices and budget behaviour.
     pub cost: CostConfig,
+    /// Gate request and approval lifetimes.
+    pub gates: GateConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             presence: PresenceThresholds::default(),
             loops: LoopConfig::default(),
             cost: CostConfig::default(),
+            gates: GateConfig::default(),
         }
     }
 }
@@ -143,6 +146,12 @@ impl GovernanceBuilder {
         self
     }
 
+    /// Gate request and approval lifetimes.
+    pub fn gate_config(mut self, cfg: GateConfig) -> Self {
+        self.config.gates = cfg;
+        self
+    }
+
     /// Lets agents without a budget policy spend (tracked, uncapped). Default: refused.
     pub fn allow_unbudgeted_agents(mut self, allow: bool) -> Self {
         self.config.cost.allow_unbudgeted = allow;
@@ -187,6 +196,7 @@ impl GovernanceBuilder {
                 audit,
                 config: self.config,
                 shared,
+                approval_key: secret.approval_key(),
                 loops: Default::default(),
                 listener,
             }),

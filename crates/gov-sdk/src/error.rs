@@ -58,6 +58,34 @@ pub enum Error {
         /// Why the state is unknown.
         cause: String,
     },
+    /// The user name or password is wrong, or the account is disabled (one answer for all,
+    /// so that user names cannot be probed).
+    #[error("authentication failed: unknown user, wrong password or disabled account")]
+    AuthenticationFailed,
+    /// The gate request has not been decided yet.
+    #[error("approval pending for request {request_id}")]
+    ApprovalPending {
+        /// The request.
+        request_id: uuid::Uuid,
+    },
+    /// An operator denied the request.
+    #[error("request {request_id} was denied by {by}: {reason}")]
+    ApprovalDenied {
+        /// The request.
+        request_id: uuid::Uuid,
+        /// Who denied it.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// A decision or a use of an approval was refused.
+    #[error("approval refused for request {request_id}: {reason}")]
+    ApprovalRefused {
+        /// The request.
+        request_id: uuid::Uuid,
+        /// Why.
+        reason: String,
+    },
     /// A budget refused the call.
     #[error("budget exceeded for agent {agent}: {}{}", denial.as_str(), match (cap, used) { (Some(c), Some(u)) => format!(" (cap {c}, used {u}, requested {requested})"), _ => String::new() })]
     BudgetExceeded {
@@ -140,7 +168,11 @@ impl Error {
             | Self::Halted { .. }
             | Self::HaltStateUnknown { .. }
             | Self::LoopDetected { .. }
-            | Self::BudgetExceeded { .. } => false,
+            | Self::BudgetExceeded { .. }
+            | Self::AuthenticationFailed
+            | Self::ApprovalPending { .. }
+            | Self::ApprovalDenied { .. }
+            | Self::ApprovalRefused { .. } => false,
         }
     }
 }

@@ -28,8 +28,10 @@ mod audit;
 mod config;
 mod cost;
 mod error;
+mod gates;
 mod loops;
 mod notify;
+mod operators;
 mod presence;
 mod scope;
 
@@ -37,7 +39,9 @@ pub use audit::Audit;
 pub use config::{Config, GovernanceBuilder};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};
+pub use gates::{Approval, GateConfig, Gates};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
+pub use operators::{Operator, Operators};
 pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
 
@@ -45,8 +49,9 @@ pub use gov_audit::{Appended, AuditSecret, ChainReport, Finding, KeyError, Reaso
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetStatus, ChainHead, ChainId, EventError, EventFilter, EventId,
-    IdError, MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice, ModelUsage, PRICING_VERSION, PresenceState,
-    PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
+    GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice, ModelUsage,
+    OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds, PriceTable, ScopeDenial,
+    ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{MigrateReport, Privileges};
 
@@ -72,6 +77,7 @@ struct Inner {
     audit: AuditLog,
     config: Config,
     shared: Arc<notify::Shared>,
+    approval_key: gov_audit::DerivedKey,
     loops: loops::LoopState,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -110,6 +116,16 @@ impl Governance {
     /// Presence and halts.
     pub fn presence(&self) -> Presence<'_> {
         Presence::new(self)
+    }
+
+    /// Gates: human approval before an action runs.
+    pub fn gates(&self) -> Gates<'_> {
+        Gates::new(self)
+    }
+
+    /// Operator accounts (console and CLI users).
+    pub fn operators(&self) -> Operators<'_> {
+        Operators::new(self)
     }
 
     /// Cost and budgets.

@@ -9,18 +9,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gov_store::{HALT_CHANNEL, Listener, Notice, POLICY_CHANNEL, Store};
+use gov_store::{GATE_CHANNEL, HALT_CHANNEL, Listener, Notice, POLICY_CHANNEL, Store};
 
 use crate::presence::HaltCache;
 use crate::scope::ScopeCache;
 
 /// State shared between the handle and its listener task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     /// Whether the listener is connected and the caches were rebuilt since it connected.
     pub(crate) healthy: AtomicBool,
     pub(crate) scope: ScopeCache,
     pub(crate) halts: HaltCache,
+    /// Gate notifications (`<id>:<status>`), for `wait_for`.
+    pub(crate) gates: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            healthy: AtomicBool::new(false),
+            scope: ScopeCache::default(),
+            halts: HaltCache::default(),
+            gates: tokio::sync::broadcast::channel(1_024).0,
+        }
+    }
 }
 
 impl Shared {
@@ -47,6 +60,10 @@ impl Shared {
                 }
             },
             HALT_CHANNEL => self.halts.invalidate(payload),
+            GATE_CHANNEL => {
+                // No receiver is fine: nobody is waiting.
+                let _ = self.gates.send(payload.to_owned());
+            }
             _ => {}
         }
     }
@@ -59,7 +76,7 @@ pub(crate) async fn start(store: Store, shared: Arc<Shared>) -> tokio::task::Joi
     tokio::spawn(run(store, shared, first))
 }
 
-const CHANNELS: &[&str] = &[POLICY_CHANNEL, HALT_CHANNEL];
+const CHANNELS: &[&str] = &[POLICY_CHANNEL, HALT_CHANNEL, GATE_CHANNEL];
 
 async fn connect(store: &Store, shared: &Shared) -> Option<Listener> {
     let listener = match store.listen(CHANNELS).await {

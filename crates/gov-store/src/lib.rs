@@ -12,14 +12,17 @@ use std::time::Duration;
 use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
 
 pub use error::{Result, StoreError};
-pub use postgres::{Listener, Notice, PgStore, Privileges};
+pub use postgres::{Decision, Listener, Notice, OperatorRecord, PgStore, Privileges};
 
 use gov_core::{
-    AgentPresence, BudgetPolicy, BudgetRefusal, BudgetStatus, ModelUsage, ScopePolicy, TokenUsage,
+    AgentPresence, BudgetPolicy, BudgetRefusal, BudgetStatus, GateRecord, ModelUsage, OperatorRole,
+    ScopePolicy, TokenUsage,
 };
 
 /// Notification channel announcing a changed scope policy (payload: the agent id).
 pub const POLICY_CHANNEL: &str = "gov_policy";
+/// Notification channel announcing a gate request or decision (payload: `<id>:<status>`).
+pub const GATE_CHANNEL: &str = "gov_gate";
 /// Notification channel announcing a halt or resume (payload: the agent id).
 pub const HALT_CHANNEL: &str = "gov_halt";
 
@@ -361,6 +364,72 @@ impl Store {
     pub async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
         match self {
             Self::Postgres(s) => s.usage_today(agent).await,
+        }
+    }
+
+    /// Adds an operator (console or CLI user) with an argon2id password hash.
+    pub async fn add_operator(
+        &self,
+        username: &str,
+        role: OperatorRole,
+        password_hash: &str,
+    ) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.add_operator(username, role, password_hash).await,
+        }
+    }
+
+    /// One operator account.
+    pub async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
+        match self {
+            Self::Postgres(s) => s.operator(username).await,
+        }
+    }
+
+    /// Stores a new pending gate request (announced on [`GATE_CHANNEL`]).
+    pub async fn insert_gate_request(&self, g: &GateRecord) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.insert_gate_request(g).await,
+        }
+    }
+
+    /// One gate request.
+    pub async fn gate_request(&self, id: uuid::Uuid) -> Result<Option<GateRecord>> {
+        match self {
+            Self::Postgres(s) => s.gate_request(id).await,
+        }
+    }
+
+    /// Pending, unexpired gate requests, oldest first.
+    pub async fn pending_gates(&self) -> Result<Vec<GateRecord>> {
+        match self {
+            Self::Postgres(s) => s.pending_gates().await,
+        }
+    }
+
+    /// Records a decision and its audit event in one transaction. Returns `ok` or why the
+    /// database refused (see the gates migration).
+    pub async fn decide_gate(
+        &self,
+        d: &Decision<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<String> {
+        match self {
+            Self::Postgres(s) => s.decide_gate(d, event, key_id, seal).await,
+        }
+    }
+
+    /// Spends an approval once. Returns `ok` or why not.
+    pub async fn consume_gate(
+        &self,
+        id: uuid::Uuid,
+        token_hash: &[u8],
+        action_hash: &[u8],
+    ) -> Result<String> {
+        match self {
+            Self::Postgres(s) => s.consume_gate(id, token_hash, action_hash).await,
         }
     }
 

@@ -3,5 +3,6 @@
 mod chain;
 mod cost;
 mod enforce;
+mod gates;
 mod privileges;
 mod support;

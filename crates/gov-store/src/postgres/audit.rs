@@ -105,88 +105,7 @@ impl PgStore {
             )));
         }
         let mut tx = self.pool.begin().await?;
-        // language=PostgreSQL
-        let lock = "SELECT seq, head_hmac FROM chain_heads WHERE chain_id = $1 FOR UPDATE";
-        let head: Option<(i64, Vec<u8>)> = sqlx::query_as(lock)
-            .bind(chain_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (mut seq, mut prev) = match head {
-            Some(h) => h,
-            None => {
-                // language=PostgreSQL
-                sqlx::query(
-                    "INSERT INTO chain_heads (chain_id, seq, head_hmac) VALUES ($1, 0, $2) \
-                     ON CONFLICT (chain_id) DO NOTHING",
-                )
-                .bind(chain_id)
-                .bind(&ZERO_HMAC[..])
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query_as(lock)
-                    .bind(chain_id)
-                    .fetch_one(&mut *tx)
-                    .await?
-            }
-        };
-
-        let mut cols = Columns::default();
-        let mut seqs = Vec::with_capacity(events.len());
-        for ev in events {
-            seq += 1;
-            let record = AuditRecord::unsealed(ev, seq, &prev, key_id);
-            let hmac = seal(&record).to_vec();
-            cols.seq.push(seq);
-            cols.event_id.push(ev.event_id.as_uuid());
-            cols.occurred_at.push(ev.occurred_at);
-            cols.agent_id.push(record.agent_id);
-            cols.session_id.push(record.session_id);
-            cols.kind.push(record.kind);
-            cols.actor.push(record.actor);
-            cols.parent.push(ev.parent_event_id.map(|p| p.as_uuid()));
-            cols.payload.push(record.payload);
-            cols.prev_hmac.push(record.prev_hmac);
-            cols.row_hmac.push(hmac.clone());
-            seqs.push(seq);
-            prev = hmac;
-        }
-
-        // One statement inserts the rows, moves the head and announces the batch; the
-        // notification is delivered only if the transaction commits.
-        // language=PostgreSQL
-        sqlx::query(
-            "WITH ins AS ( \
-               INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
-                   kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature_status) \
-               SELECT $1, u.seq, u.event_id, u.occurred_at, u.agent_id, u.session_id, u.kind, u.actor, \
-                   u.parent, u.payload, u.prev_hmac, $12, u.row_hmac, 'unsigned' \
-               FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[], \
-                   $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], $13::bytea[]) \
-                 AS u(seq, event_id, occurred_at, agent_id, session_id, kind, actor, parent, payload, \
-                   prev_hmac, row_hmac) \
-             ), upd AS ( \
-               UPDATE chain_heads SET seq = $14, head_hmac = $15, updated_at = now() WHERE chain_id = $1 \
-             ) \
-             SELECT pg_notify($16, $1 || ':' || $14::text)",
-        )
-        .bind(chain_id)
-        .bind(&cols.seq)
-        .bind(&cols.event_id)
-        .bind(&cols.occurred_at)
-        .bind(&cols.agent_id)
-        .bind(&cols.session_id)
-        .bind(&cols.kind)
-        .bind(&cols.actor)
-        .bind(&cols.parent)
-        .bind(&cols.payload)
-        .bind(&cols.prev_hmac)
-        .bind(key_id)
-        .bind(&cols.row_hmac)
-        .bind(seq)
-        .bind(&prev)
-        .bind(AUDIT_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+        let seqs = append_in(&mut tx, chain_id, key_id, events, seal).await?;
         tx.commit().await?;
         Ok(seqs)
     }
@@ -277,4 +196,99 @@ impl PgStore {
         let rows: Vec<RecordRow> = q.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
+}
+
+/// Appends `events` inside the caller's transaction, holding the chain's head row lock until
+/// that transaction ends. Used by the batched append and by decisions that must commit with
+/// their audit event.
+pub(crate) async fn append_in(
+    conn: &mut sqlx::PgConnection,
+    chain_id: &str,
+    key_id: &str,
+    events: &[AuditEvent],
+    seal: Sealer<'_>,
+) -> Result<Vec<i64>> {
+    // language=PostgreSQL
+    let lock = "SELECT seq, head_hmac FROM chain_heads WHERE chain_id = $1 FOR UPDATE";
+    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(lock)
+        .bind(chain_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (mut seq, mut prev) = match head {
+        Some(h) => h,
+        None => {
+            // language=PostgreSQL
+            sqlx::query(
+                "INSERT INTO chain_heads (chain_id, seq, head_hmac) VALUES ($1, 0, $2) \
+                 ON CONFLICT (chain_id) DO NOTHING",
+            )
+            .bind(chain_id)
+            .bind(&ZERO_HMAC[..])
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query_as(lock)
+                .bind(chain_id)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+
+    let mut cols = Columns::default();
+    let mut seqs = Vec::with_capacity(events.len());
+    for ev in events {
+        seq += 1;
+        let record = AuditRecord::unsealed(ev, seq, &prev, key_id);
+        let hmac = seal(&record).to_vec();
+        cols.seq.push(seq);
+        cols.event_id.push(ev.event_id.as_uuid());
+        cols.occurred_at.push(ev.occurred_at);
+        cols.agent_id.push(record.agent_id);
+        cols.session_id.push(record.session_id);
+        cols.kind.push(record.kind);
+        cols.actor.push(record.actor);
+        cols.parent.push(ev.parent_event_id.map(|p| p.as_uuid()));
+        cols.payload.push(record.payload);
+        cols.prev_hmac.push(record.prev_hmac);
+        cols.row_hmac.push(hmac.clone());
+        seqs.push(seq);
+        prev = hmac;
+    }
+
+    // One statement inserts the rows, moves the head and announces the batch; the
+    // notification is delivered only if the transaction commits.
+    // language=PostgreSQL
+    sqlx::query(
+        "WITH ins AS ( \
+           INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
+               kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature_status) \
+           SELECT $1, u.seq, u.event_id, u.occurred_at, u.agent_id, u.session_id, u.kind, u.actor, \
+               u.parent, u.payload, u.prev_hmac, $12, u.row_hmac, 'unsigned' \
+           FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[], \
+               $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], $13::bytea[]) \
+             AS u(seq, event_id, occurred_at, agent_id, session_id, kind, actor, parent, payload, \
+               prev_hmac, row_hmac) \
+         ), upd AS ( \
+           UPDATE chain_heads SET seq = $14, head_hmac = $15, updated_at = now() WHERE chain_id = $1 \
+         ) \
+         SELECT pg_notify($16, $1 || ':' || $14::text)",
+    )
+    .bind(chain_id)
+    .bind(&cols.seq)
+    .bind(&cols.event_id)
+    .bind(&cols.occurred_at)
+    .bind(&cols.agent_id)
+    .bind(&cols.session_id)
+    .bind(&cols.kind)
+    .bind(&cols.actor)
+    .bind(&cols.parent)
+    .bind(&cols.payload)
+    .bind(&cols.prev_hmac)
+    .bind(key_id)
+    .bind(&cols.row_hmac)
+    .bind(seq)
+    .bind(&prev)
+    .bind(AUDIT_CHANNEL)
+    .execute(&mut *conn)
+    .await?;
+    Ok(seqs)
 }

@@ -3,8 +3,10 @@
 mod audit;
 mod budget;
 mod enforce;
+mod gates;
 
 pub use enforce::{Listener, Notice};
+pub use gates::{Decision, OperatorRecord};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};

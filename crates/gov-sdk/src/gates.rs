@@ -1,0 +1,413 @@
+//! Gates: human approval before an action runs.
+//!
+//! An agent asks ([`Gates::request`]); an authenticated operator who is not the requester
+//! approves or denies ([`Gates::approve`], [`Gates::deny`]); the decision and its audit event
+//! commit in one transaction. The agent waits ([`Gates::wait_for`], woken by NOTIFY) or polls
+//! ([`Gates::poll`], `ApprovalPending` while undecided), then spends the approval once with
+//! [`Gates::consume`] for exactly the action that was approved.
+//!
+//! An approval is bound to (agent, tool, hash of the canonical arguments). Its token is an
+//! HMAC under the approval key (derived from the audit secret, never the chain key) over the
+//! request id, the action hash, the approver and the expiry; the database keeps only its
+//! SHA-256. The application role cannot decide at all (no EXECUTE on `governance_decide`), so
+//! an agent's own connection can never approve.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use gov_core::{AuditEvent, GateRecord, GateStatus, OperatorRole, action_hash};
+use gov_store::{Decision, StoreError};
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::operators::Operator;
+use crate::{Error, Governance, Result};
+
+/// Gate settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateConfig {
+    /// How long a request waits for a decision before it lapses (default 1 hour).
+    pub request_ttl: Duration,
+    /// How long an approval may be used after it is given (default 10 minutes).
+    pub approval_ttl: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            request_ttl: Duration::from_secs(3_600),
+            approval_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A granted approval, ready to be consumed once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The request.
+    pub request_id: Uuid,
+    /// Who approved.
+    pub approved_by: String,
+    /// Until when it may be used.
+    pub expires_at: OffsetDateTime,
+    token: String,
+}
+
+impl std::fmt::Debug for Approval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Approval")
+            .field("request_id", &self.request_id)
+            .field("approved_by", &self.approved_by)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Approval {
+    /// The single-use token (URL-safe base64). Only its SHA-256 is stored.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// An approval rebuilt from a token handed over out of band.
+    pub fn from_token(
+        request_id: Uuid,
+        approved_by: &str,
+        expires_at: OffsetDateTime,
+        token: &str,
+    ) -> Self {
+        Self {
+            request_id,
+            approved_by: approved_by.to_owned(),
+            expires_at,
+            token: token.to_owned(),
+        }
+    }
+}
+
+/// Gates of a [`Governance`] handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Gates<'g> {
+    gov: &'g Governance,
+}
+
+fn truncate_args(canonical: String) -> String {
+    const MAX: usize = 4_096;
+    if canonical.len() <= MAX {
+        return canonical;
+    }
+    let mut end = MAX;
+    while !canonical.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &canonical[..end])
+}
+
+impl<'g> Gates<'g> {
+    pub(crate) fn new(gov: &'g Governance) -> Self {
+        Self { gov }
+    }
+
+    fn token(&self, id: Uuid, action: &[u8], approver: &str, expires: OffsetDateTime) -> String {
+        let key = self.gov.inner.approval_key.expose();
+        let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(key) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        };
+        mac.update(b"governance/gate-token/v1\0");
+        mac.update(id.as_bytes());
+        mac.update(action);
+        mac.update(&(approver.len() as u64).to_be_bytes());
+        mac.update(approver.as_bytes());
+        mac.update(&(expires.unix_timestamp_nanos() / 1_000).to_be_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Asks for approval of `tool` with `args`. Refused at once when the agent is halted.
+    /// Audited as `gate.requested`.
+    pub async fn request(
+        &self,
+        agent: &str,
+        session: Option<&str>,
+        tool: &str,
+        args: &serde_json::Value,
+    ) -> Result<GateRecord> {
+        gov_core::AgentId::new(agent)?;
+        if let Some(s) = session {
+            gov_core::SessionId::new(s)?;
+        }
+        self.gov.presence().assert_not_halted(agent).await?;
+        let hash = action_hash(tool, args)?;
+        let canonical =
+            serde_json_canonicalizer::to_string(args).map_err(|e| Error::Config(e.to_string()))?;
+        let now = truncate_micros(OffsetDateTime::now_utc());
+        let ttl = self.gov.inner.config.gates.request_ttl;
+        let record = GateRecord {
+            id: Uuid::now_v7(),
+            agent_id: agent.to_owned(),
+            session_id: session.map(str::to_owned),
+            tool: tool.to_owned(),
+            action_hash: hash.to_vec(),
+            args: truncate_args(canonical),
+            requested_at: now,
+            expires_at: now + ttl,
+            status: GateStatus::Pending,
+            decided_by: None,
+            decision_reason: None,
+            token_expires_at: None,
+        };
+        self.gov.inner.store.insert_gate_request(&record).await?;
+        let mut b = AuditEvent::builder(agent, "gate.requested").payload(serde_json::json!({
+            "request_id": record.id, "tool": tool, "args_sha256": hex(&hash),
+        }));
+        if let Some(s) = session {
+            b = b.session(s);
+        }
+        self.gov.audit().log(b.build()?).await?;
+        Ok(record)
+    }
+
+    /// One request.
+    pub async fn get(&self, id: Uuid) -> Result<GateRecord> {
+        self.gov
+            .inner
+            .store
+            .gate_request(id)
+            .await?
+            .ok_or_else(|| Error::ApprovalRefused {
+                request_id: id,
+                reason: "no such request".into(),
+            })
+    }
+
+    /// Pending requests, oldest first.
+    pub async fn pending(&self) -> Result<Vec<GateRecord>> {
+        Ok(self.gov.inner.store.pending_gates().await?)
+    }
+
+    /// Approves a request. The operator must be an operator or admin and not the requester.
+    pub async fn approve(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<()> {
+        self.decide(operator, id, true, reason).await
+    }
+
+    /// Denies a request.
+    pub async fn deny(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<()> {
+        self.decide(operator, id, false, reason).await
+    }
+
+    async fn decide(
+        &self,
+        operator: &Operator,
+        id: Uuid,
+        approve: bool,
+        reason: &str,
+    ) -> Result<()> {
+        if operator.role() < OperatorRole::Operator {
+            return Err(Error::ApprovalRefused {
+                request_id: id,
+                reason: "a viewer cannot decide".into(),
+            });
+        }
+        let request = self.get(id).await?;
+        let expires =
+            truncate_micros(OffsetDateTime::now_utc()) + self.gov.inner.config.gates.approval_ttl;
+        let token =
+            approve.then(|| self.token(id, &request.action_hash, operator.username(), expires));
+        let token_hash = token
+            .as_ref()
+            .map(|t| Sha256::digest(t.as_bytes()).to_vec());
+        let kind = if approve {
+            "gate.approved"
+        } else {
+            "gate.denied"
+        };
+        let mut b = AuditEvent::builder(&request.agent_id, kind)
+            .actor(operator.username())
+            .payload(
+                serde_json::json!({ "request_id": id, "tool": request.tool, "reason": reason }),
+            );
+        if let Some(s) = &request.session_id {
+            b = b.session(s);
+        }
+        let event = b.build()?;
+        let decision = Decision {
+            id,
+            operator: operator.username(),
+            approve,
+            reason,
+            token_hash: token_hash.as_deref(),
+            token_expires_at: approve.then_some(expires),
+        };
+        let keys = self.gov.inner.audit.keys();
+        let key = keys.current();
+        let seal = |r: &gov_core::AuditRecord| key.seal(r);
+        let outcome = match self
+            .gov
+            .inner
+            .store
+            .decide_gate(&decision, &event, key.key_id(), &seal)
+            .await
+        {
+            Ok(o) => o,
+            Err(StoreError::PermissionDenied(_)) => {
+                return Err(Error::ApprovalRefused {
+                    request_id: id,
+                    reason: "this connection may not decide approvals: agents (the application role) can never approve".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match outcome.as_str() {
+            "ok" => Ok(()),
+            other => Err(Error::ApprovalRefused {
+                request_id: id,
+                reason: refusal(other).into(),
+            }),
+        }
+    }
+
+    /// Non-blocking: the approval if granted, [`Error::ApprovalPending`] while undecided,
+    /// [`Error::ApprovalDenied`] if denied, [`Error::ApprovalRefused`] if lapsed or used.
+    pub async fn poll(&self, id: Uuid) -> Result<Approval> {
+        let r = self.get(id).await?;
+        match r.status {
+            GateStatus::Approved => {
+                let (Some(by), Some(expires)) = (r.decided_by.clone(), r.token_expires_at) else {
+                    return Err(Error::ApprovalRefused {
+                        request_id: id,
+                        reason: "the approval is incomplete".into(),
+                    });
+                };
+                let token = self.token(id, &r.action_hash, &by, expires);
+                Ok(Approval {
+                    request_id: id,
+                    approved_by: by,
+                    expires_at: expires,
+                    token,
+                })
+            }
+            GateStatus::Denied => Err(Error::ApprovalDenied {
+                request_id: id,
+                by: r.decided_by.unwrap_or_default(),
+                reason: r.decision_reason.unwrap_or_default(),
+            }),
+            GateStatus::Consumed => Err(Error::ApprovalRefused {
+                request_id: id,
+                reason: refusal("already_consumed").into(),
+            }),
+            GateStatus::Pending if r.expires_at <= OffsetDateTime::now_utc() => {
+                Err(Error::ApprovalRefused {
+                    request_id: id,
+                    reason: refusal("expired").into(),
+                })
+            }
+            GateStatus::Pending => Err(Error::ApprovalPending { request_id: id }),
+        }
+    }
+
+    /// Blocks until the request is decided or `timeout` passes (then [`Error::ApprovalPending`]).
+    /// Woken by NOTIFY from whichever process decides; while the notification listener is down
+    /// it re-reads the request every 250 ms.
+    pub async fn wait_for(&self, id: Uuid, timeout: Duration) -> Result<Approval> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.gov.inner.shared.gates.subscribe();
+        loop {
+            match self.poll(id).await {
+                Err(Error::ApprovalPending { .. }) => {}
+                other => return other,
+            }
+            let wait = if self.gov.inner.shared.healthy() {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            } else {
+                Duration::from_millis(250)
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            };
+            if wait.is_zero() {
+                return Err(Error::ApprovalPending { request_id: id });
+            }
+            let prefix = id.to_string();
+            let woke = tokio::time::timeout(wait, async {
+                loop {
+                    match rx.recv().await {
+                        Ok(p) if p.starts_with(&prefix) => return,
+                        Ok(_) => {}
+                        // Lagged or closed: re-read the request.
+                        Err(_) => return,
+                    }
+                }
+            })
+            .await;
+            if woke.is_err() && tokio::time::Instant::now() >= deadline {
+                return match self.poll(id).await {
+                    Err(Error::ApprovalPending { .. }) => {
+                        Err(Error::ApprovalPending { request_id: id })
+                    }
+                    other => other,
+                };
+            }
+        }
+    }
+
+    /// Spends an approval for exactly the approved action, once. Refused for another tool or
+    /// other arguments, a second use, an expired approval, or a token that is not the one issued.
+    /// Audited as `gate.consumed`.
+    pub async fn consume(
+        &self,
+        approval: &Approval,
+        tool: &str,
+        args: &serde_json::Value,
+    ) -> Result<()> {
+        let id = approval.request_id;
+        let hash = action_hash(tool, args)?;
+        let token_hash = Sha256::digest(approval.token.as_bytes());
+        let outcome = self
+            .gov
+            .inner
+            .store
+            .consume_gate(id, &token_hash, &hash)
+            .await?;
+        if outcome != "ok" {
+            return Err(Error::ApprovalRefused {
+                request_id: id,
+                reason: refusal(&outcome).into(),
+            });
+        }
+        let r = self.get(id).await?;
+        let mut b = AuditEvent::builder(&r.agent_id, "gate.consumed").payload(
+            serde_json::json!({ "request_id": id, "tool": tool, "approved_by": r.decided_by }),
+        );
+        if let Some(s) = &r.session_id {
+            b = b.session(s);
+        }
+        self.gov.audit().log(b.build()?).await?;
+        Ok(())
+    }
+}
+
+fn refusal(code: &str) -> &'static str {
+    match code {
+        "unknown_request" => "no such request",
+        "not_pending" => "the request was already decided",
+        "expired" => "the request or approval has expired",
+        "unknown_operator" => "the approver is not a known operator",
+        "operator_disabled" => "the approver's account is disabled",
+        "not_allowed" => "the approver's role may not decide",
+        "self_approval" => "a requester cannot approve its own request",
+        "not_approved" => "the request is not approved",
+        "already_consumed" => "the approval was already used",
+        "wrong_action" => "the approval is for a different action",
+        "bad_token" => "the token is not the one issued for this approval",
+        _ => "refused",
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
+}

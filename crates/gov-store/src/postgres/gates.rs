@@ -1,0 +1,213 @@
+//! Operators and gate requests. Decisions and consumption go through the SECURITY DEFINER
+//! functions of the gates migration; a decision commits in one transaction with its audit event.
+
+use gov_core::{AuditEvent, GateRecord, GateStatus, OperatorRole};
+use sqlx::FromRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::PgStore;
+use crate::{Result, Sealer, StoreError};
+
+#[derive(FromRow)]
+struct GateRow {
+    id: Uuid,
+    agent_id: String,
+    session_id: Option<String>,
+    tool: String,
+    action_hash: Vec<u8>,
+    args: String,
+    requested_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    status: String,
+    decided_by: Option<String>,
+    decision_reason: Option<String>,
+    token_expires_at: Option<OffsetDateTime>,
+}
+
+impl TryFrom<GateRow> for GateRecord {
+    type Error = StoreError;
+    fn try_from(r: GateRow) -> Result<Self> {
+        Ok(GateRecord {
+            id: r.id,
+            agent_id: r.agent_id,
+            session_id: r.session_id,
+            tool: r.tool,
+            action_hash: r.action_hash,
+            args: r.args,
+            requested_at: r.requested_at,
+            expires_at: r.expires_at,
+            status: GateStatus::parse(&r.status)
+                .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
+            decided_by: r.decided_by,
+            decision_reason: r.decision_reason,
+            token_expires_at: r.token_expires_at,
+        })
+    }
+}
+
+const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
+     status, decided_by, decision_reason, token_expires_at";
+
+/// An operator account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRecord {
+    /// User name.
+    pub username: String,
+    /// Role.
+    pub role: OperatorRole,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+}
+
+/// A decision to record.
+#[derive(Debug)]
+pub struct Decision<'a> {
+    /// The request.
+    pub id: Uuid,
+    /// The deciding operator.
+    pub operator: &'a str,
+    /// Approve or deny.
+    pub approve: bool,
+    /// Why.
+    pub reason: &'a str,
+    /// SHA-256 of the approval token (approvals only).
+    pub token_hash: Option<&'a [u8]>,
+    /// Until when the approval may be used.
+    pub token_expires_at: Option<OffsetDateTime>,
+}
+
+impl PgStore {
+    pub(crate) async fn add_operator(
+        &self,
+        username: &str,
+        role: OperatorRole,
+        password_hash: &str,
+    ) -> Result<()> {
+        // language=PostgreSQL
+        sqlx::query("INSERT INTO operators (username, role, password_hash) VALUES ($1, $2, $3)")
+            .bind(username)
+            .bind(role.as_str())
+            .bind(password_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("an operator named {username} already exists"))
+                }
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    pub(crate) async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
+        // language=PostgreSQL
+        let row: Option<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT username, role, password_hash, disabled FROM operators WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(username, role, password_hash, disabled)| {
+            Ok(OperatorRecord {
+                username,
+                role: OperatorRole::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt("operator role".into()))?,
+                password_hash,
+                disabled,
+            })
+        })
+        .transpose()
+    }
+
+    pub(crate) async fn insert_gate_request(&self, g: &GateRecord) -> Result<()> {
+        // language=PostgreSQL
+        sqlx::query(
+            "INSERT INTO gate_requests (id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(g.id)
+        .bind(&g.agent_id)
+        .bind(&g.session_id)
+        .bind(&g.tool)
+        .bind(&g.action_hash)
+        .bind(&g.args)
+        .bind(g.requested_at)
+        .bind(g.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn gate_request(&self, id: Uuid) -> Result<Option<GateRecord>> {
+        let sql = format!("SELECT {GATE_COLUMNS} FROM gate_requests WHERE id = $1");
+        let row: Option<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(TryInto::try_into).transpose()
+    }
+
+    pub(crate) async fn pending_gates(&self) -> Result<Vec<GateRecord>> {
+        let sql = format!(
+            "SELECT {GATE_COLUMNS} FROM gate_requests WHERE status = 'pending' AND expires_at > now() ORDER BY requested_at"
+        );
+        let rows: Vec<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    pub(crate) async fn decide_gate(
+        &self,
+        d: &Decision<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        // language=PostgreSQL
+        let outcome: String =
+            sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6)")
+                .bind(d.id)
+                .bind(d.operator)
+                .bind(d.approve)
+                .bind(d.reason)
+                .bind(d.token_hash)
+                .bind(d.token_expires_at)
+                .fetch_one(&mut *tx)
+                .await?;
+        if outcome != "ok" {
+            tx.rollback().await?;
+            return Ok(outcome);
+        }
+        super::audit::append_in(
+            &mut tx,
+            event.chain_id.as_str(),
+            key_id,
+            std::slice::from_ref(event),
+            seal,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub(crate) async fn consume_gate(
+        &self,
+        id: Uuid,
+        token_hash: &[u8],
+        action_hash: &[u8],
+    ) -> Result<String> {
+        // language=PostgreSQL
+        let outcome: String = sqlx::query_scalar("SELECT governance_consume($1, $2, $3)")
+            .bind(id)
+            .bind(token_hash)
+            .bind(action_hash)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(outcome)
+    }
+}
