@@ -173,7 +173,36 @@ async fn main() -> Result<()> {
     }
     reserve_settle.sort_unstable();
 
+    // Gate round trip: request, approve (with its audit event), wait_for, consume.
+    gov.operators()
+        .add(
+            "bench-op",
+            gov_sdk::OperatorRole::Operator,
+            "bench operator password",
+        )
+        .await?;
+    let op = gov
+        .operators()
+        .authenticate("bench-op", "bench operator password")
+        .await?;
+    let mut gate = Vec::with_capacity(300);
+    for i in 0..300 {
+        let args = serde_json::json!({ "i": i });
+        let t = Instant::now();
+        let req = gov
+            .gates()
+            .request("agent-0", Some("s-bench"), "send_email", &args)
+            .await?;
+        gov.gates().approve(&op, req.id, "bench").await?;
+        let approval = gov.gates().wait_for(req.id, Duration::from_secs(5)).await?;
+        gov.gates().consume(&approval, "send_email", &args).await?;
+        gate.push(t.elapsed());
+    }
+    gate.sort_unstable();
+
     let out = serde_json::json!({
+        "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),
+        "gate_round_trip_p99_us": round(percentile(&gate, 0.99)),
         "check_or_raise_p50_us": round(percentile(&check, 0.50)),
         "check_or_raise_p99_us": round(percentile(&check, 0.99)),
         "check_or_raise_p50_over_select1": round(percentile(&check, 0.50) / percentile(&rtt, 0.50) * 100.0) / 100.0,
