@@ -46,6 +46,47 @@ $$;
 CREATE TRIGGER agent_presence_halt_changed AFTER INSERT OR UPDATE ON agent_presence
     FOR EACH ROW EXECUTE FUNCTION agent_presence_notify();
 
+-- Heartbeats, halts and resumes go through these functions. The application role may beat and
+-- halt (halting is always safe: the loop detector halts its own agent), but never resume:
+-- only an operator connection can clear a halt, and no heartbeat touches the halt columns.
+CREATE FUNCTION governance_heartbeat(p_agent text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    INSERT INTO agent_presence (agent_id, last_heartbeat) VALUES (p_agent, now())
+    ON CONFLICT (agent_id) DO UPDATE SET last_heartbeat = now(), updated_at = now();
+$$;
+
+-- Returns whether the agent was running before.
+CREATE FUNCTION governance_halt(p_agent text, p_operator text, p_reason text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    was boolean;
+BEGIN
+    SELECT halted INTO was FROM agent_presence WHERE agent_id = p_agent FOR UPDATE;
+    INSERT INTO agent_presence (agent_id, halted, halted_by, halted_at, halt_reason)
+    VALUES (p_agent, true, p_operator, now(), p_reason)
+    ON CONFLICT (agent_id) DO UPDATE SET halted = true, halted_by = p_operator,
+        halted_at = now(), halt_reason = p_reason, updated_at = now();
+    RETURN NOT COALESCE(was, false);
+END;
+$$;
+
+-- Returns whether the agent was halted before.
+CREATE FUNCTION governance_resume(p_agent text, p_operator text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    was boolean;
+BEGIN
+    SELECT halted INTO was FROM agent_presence WHERE agent_id = p_agent FOR UPDATE;
+    INSERT INTO agent_presence (agent_id, halted, resumed_by, resumed_at)
+    VALUES (p_agent, false, p_operator, now())
+    ON CONFLICT (agent_id) DO UPDATE SET halted = false, resumed_by = p_operator,
+        resumed_at = now(), updated_at = now();
+    RETURN COALESCE(was, false);
+END;
+$$;
+
+REVOKE ALL ON FUNCTION governance_heartbeat(text), governance_halt(text, text, text),
+    governance_resume(text, text) FROM PUBLIC;
 REVOKE ALL ON scope_policies, agent_presence FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION governance_grant_app_role(role_name text) RETURNS void
@@ -56,10 +97,11 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT ON audit_events TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON chain_heads TO %I', role_name);
     EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', role_name);
-    -- The service registers its agents' policies and reports heartbeats; halts and resumes
-    -- are made by operators through the same role (the console and CLI), and are audited.
+    -- The service registers its agents' policies, reports heartbeats and may halt; it may not
+    -- resume (no EXECUTE on governance_resume, no UPDATE on agent_presence).
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON scope_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON agent_presence TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON agent_presence TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION governance_heartbeat(text), governance_halt(text, text, text) TO %I', role_name);
 END;
 $$;
 REVOKE ALL ON FUNCTION governance_grant_app_role(text) FROM PUBLIC;

@@ -234,7 +234,8 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON chain_heads TO %I', role_name);
     EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON scope_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON agent_presence TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON agent_presence TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION governance_heartbeat(text), governance_halt(text, text, text) TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON budget_policies TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON budget_counters, budget_reservations, budget_usage TO %I', role_name);
 END;

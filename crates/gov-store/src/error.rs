@@ -35,14 +35,15 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("a stored value could not be decoded: {0}")]
     Corrupt(String),
-    /// Any other database error (its text is kept out of messages; see `source()` in logs).
+    /// Any other database error. Its text (which can quote SQL, constraint names or values) is
+    /// neither displayed nor exposed as `source()`, so no error chain prints it; it is logged at
+    /// debug level where it occurs, and kept here for programmatic inspection.
     #[error("database error{}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
     Database {
         /// The SQLSTATE, when the server gave one.
         code: Option<String>,
-        /// The underlying error, for logs only.
-        #[source]
-        source: Box<sqlx::Error>,
+        /// The underlying error. Not a `source()`: never printed by error chains.
+        inner: Box<sqlx::Error>,
     },
 }
 
@@ -98,16 +99,22 @@ impl From<sqlx::Error> for StoreError {
                     Some("23505") => Self::Conflict(
                         "a row with this seq, predecessor or event id already exists".into(),
                     ),
-                    _ => Self::Database {
-                        code,
-                        source: Box::new(e),
-                    },
+                    _ => {
+                        tracing::debug!(error = %e, "database error");
+                        Self::Database {
+                            code,
+                            inner: Box::new(e),
+                        }
+                    }
                 }
             }
-            e => Self::Database {
-                code: None,
-                source: Box::new(e),
-            },
+            e => {
+                tracing::debug!(error = %e, "database error");
+                Self::Database {
+                    code: None,
+                    inner: Box::new(e),
+                }
+            }
         }
     }
 }

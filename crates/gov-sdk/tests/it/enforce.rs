@@ -187,6 +187,31 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
         PresenceState::Halted
     );
 
+    // The agent's own connection (the application role) can never clear its halt.
+    let app_side = Governance::builder()
+        .database_url(db.app_url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .unwrap();
+    let err = app_side
+        .presence()
+        .resume("billing", "billing", "let me out")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only an operator connection may resume"),
+        "{err}"
+    );
+    assert!(
+        app_side
+            .presence()
+            .assert_not_halted("billing")
+            .await
+            .is_err()
+    );
+
     assert!(
         operator_side
             .presence()

@@ -43,6 +43,11 @@ async fn the_app_role_can_append_and_read_but_never_change_or_remove() {
         "DELETE FROM chain_heads",
         "UPDATE chain_heads SET seq = 0",
         "DROP TRIGGER audit_events_no_delete ON audit_events",
+        "UPDATE agent_presence SET halted = false",
+        "SELECT governance_resume('a', 'me')",
+        "UPDATE gate_requests SET status = 'approved'",
+        "SELECT governance_decide(gen_random_uuid(), 'me', true, 'x', NULL, NULL)",
+        "SELECT * FROM operators",
     ] {
         let err = as_app_role(&db, sql).await.expect_err(sql);
         assert!(

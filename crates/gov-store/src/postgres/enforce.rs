@@ -152,13 +152,10 @@ impl PgStore {
     pub(crate) async fn heartbeat(&self, agent: &str) -> Result<()> {
         // A heartbeat never touches the halt columns: only a resume clears a halt.
         // language=PostgreSQL
-        sqlx::query(
-            "INSERT INTO agent_presence (agent_id, last_heartbeat) VALUES ($1, now()) \
-             ON CONFLICT (agent_id) DO UPDATE SET last_heartbeat = now(), updated_at = now()",
-        )
-        .bind(agent)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("SELECT governance_heartbeat($1)")
+            .bind(agent)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -169,29 +166,32 @@ impl PgStore {
         operator: &str,
         reason: &str,
     ) -> Result<bool> {
-        // Returns whether the state changed.
-        // language=PostgreSQL
-        let sql = if halted {
-            "WITH prev AS (SELECT halted FROM agent_presence WHERE agent_id = $1) \
-             INSERT INTO agent_presence (agent_id, halted, halted_by, halted_at, halt_reason) \
-             VALUES ($1, true, $2, now(), $3) \
-             ON CONFLICT (agent_id) DO UPDATE SET halted = true, halted_by = $2, halted_at = now(), \
-                 halt_reason = $3, updated_at = now() \
-             RETURNING NOT COALESCE((SELECT halted FROM prev), false)"
+        // Returns whether the state changed. A resume needs a role with EXECUTE on
+        // governance_resume, which the application role does not have.
+        let q = if halted {
+            // language=PostgreSQL
+            sqlx::query_scalar("SELECT governance_halt($1, $2, $3)")
+                .bind(agent)
+                .bind(operator)
+                .bind(reason)
         } else {
-            "WITH prev AS (SELECT halted FROM agent_presence WHERE agent_id = $1) \
-             INSERT INTO agent_presence (agent_id, halted, resumed_by, resumed_at, halt_reason) \
-             VALUES ($1, false, $2, now(), NULL) \
-             ON CONFLICT (agent_id) DO UPDATE SET halted = false, resumed_by = $2, resumed_at = now(), \
-                 updated_at = now() \
-             RETURNING COALESCE((SELECT halted FROM prev), false)"
+            // language=PostgreSQL
+            sqlx::query_scalar("SELECT governance_resume($1, $2)")
+                .bind(agent)
+                .bind(operator)
         };
-        let mut q = sqlx::query_scalar(sql).bind(agent).bind(operator);
-        if halted {
-            // The halt reason is kept on the row; a resume's reason goes to the audit event.
-            q = q.bind(reason);
-        }
-        let changed: bool = q.fetch_one(&self.pool).await?;
+        let changed: bool =
+            q.fetch_one(&self.pool)
+                .await
+                .map_err(|e| {
+                    match StoreError::from(e) {
+                StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
+                    "only an operator connection may resume an agent; the application role cannot"
+                        .into(),
+                ),
+                other => other,
+            }
+                })?;
         Ok(changed)
     }
 
