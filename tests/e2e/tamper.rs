@@ -221,4 +221,8 @@ async fn a_removed_head_row_is_reported_not_skipped() {
     let db = fresh(5).await;
     tamper(&db, &["DELETE FROM chain_heads WHERE chain_id = 'default'"]).await;
     assert_tampered(&db, 1, "head mismatch").await;
+    // Naming the chain gives the same answer, not "no such chain".
+    let (code, _, stderr) = verify(&db, &["--chain", "default"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("seq 1: head mismatch"), "{stderr}");
 }

@@ -139,36 +139,35 @@ impl AuditLog {
         // Chains with rows are listed before the heads are read: a chain whose first append
         // commits in between then has a head and is verified, never mistaken for a headless one.
         let with_rows = match chain {
-            Some(_) => Vec::new(),
+            // A named chain without a head row may still have rows: then its head was removed.
+            Some(c) if store.read_chain_page(c, 0, 1).await?.is_empty() => Vec::new(),
+            Some(c) => vec![c.to_owned()],
             None => store.chain_ids_with_rows().await?,
         };
         let heads = match chain {
-            Some(c) => vec![
-                store
-                    .chain_head(c)
-                    .await?
-                    .ok_or_else(|| AuditError::NoSuchChain(c.to_owned()))?,
-            ],
+            Some(c) => match store.chain_head(c).await? {
+                Some(h) => vec![h],
+                None if with_rows.is_empty() => return Err(AuditError::NoSuchChain(c.to_owned())),
+                None => Vec::new(),
+            },
             None => store.chain_heads().await?,
         };
         let mut chains = Vec::with_capacity(heads.len());
-        if chain.is_none() {
-            // Rows whose chain has no head row: the head was removed behind the chain's back.
-            for id in with_rows {
-                if !heads.iter().any(|h| h.chain_id == id) {
-                    chains.push(verify::ChainReport {
-                        chain_id: id,
-                        events_checked: 0,
-                        head_seq: 0,
-                        key_ids: Default::default(),
-                        finding: Some(Finding {
-                            seq: 1,
-                            reason: Reason::HeadMismatch,
-                            detail: "the chain has rows but no head row: the head row was removed"
-                                .into(),
-                        }),
-                    });
-                }
+        // Rows whose chain has no head row: the head was removed behind the chain's back.
+        for id in with_rows {
+            if !heads.iter().any(|h| h.chain_id == id) {
+                chains.push(verify::ChainReport {
+                    chain_id: id,
+                    events_checked: 0,
+                    head_seq: 0,
+                    key_ids: Default::default(),
+                    finding: Some(Finding {
+                        seq: 1,
+                        reason: Reason::HeadMismatch,
+                        detail: "the chain has rows but no head row: the head row was removed"
+                            .into(),
+                    }),
+                });
             }
         }
         for head in heads {
