@@ -127,6 +127,42 @@ impl AuditLog {
         wait.await.map_err(|_| AuditError::WriterStopped)?
     }
 
+    /// Appends events in the given order (per chain) and waits until all are durable. Used to
+    /// replay a spool: jobs are queued before any is awaited, so they share transactions.
+    pub async fn append_many(&self, events: Vec<AuditEvent>) -> Vec<Result<Appended, AuditError>> {
+        let mut waits = Vec::with_capacity(events.len());
+        for event in events {
+            let (done, wait) = oneshot::channel();
+            let tx = self.writer(event.chain_id.as_str());
+            if tx.send(Job { event, done }).await.is_err() {
+                waits.push(None);
+            } else {
+                waits.push(Some(wait));
+            }
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Some(w) => w.await.unwrap_or(Err(AuditError::WriterStopped)),
+                None => Err(AuditError::WriterStopped),
+            });
+        }
+        out
+    }
+
+    /// Which of `ids` are already in the chain (so a replay never writes an event twice).
+    pub async fn existing(&self, ids: &[EventId]) -> Result<Vec<EventId>, AuditError> {
+        let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.as_uuid()).collect();
+        Ok(self
+            .inner
+            .store
+            .existing_event_ids(&uuids)
+            .await?
+            .into_iter()
+            .map(EventId::from_uuid)
+            .collect())
+    }
+
     /// The head of one chain.
     pub async fn head(&self, chain: &str) -> Result<Option<ChainHead>, AuditError> {
         Ok(self.inner.store.chain_head(chain).await?)

@@ -1,6 +1,37 @@
 //! The audit chain as the SDK offers it: log, read, verify.
 
 use gov_audit::{Appended, ChainReport, VerifyReport};
+use gov_core::EventId;
+
+/// Where a logged event went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logged {
+    /// In the chain, durable.
+    Durable(Appended),
+    /// In the local spool; it reaches the chain when storage returns.
+    Spooled {
+        /// The event's id.
+        event_id: EventId,
+    },
+}
+
+impl Logged {
+    /// The seq, when the event is already in the chain.
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Self::Durable(a) => Some(a.seq),
+            Self::Spooled { .. } => None,
+        }
+    }
+
+    /// The event's id.
+    pub fn event_id(&self) -> EventId {
+        match self {
+            Self::Durable(a) => a.event_id,
+            Self::Spooled { event_id } => *event_id,
+        }
+    }
+}
 use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
 
 use crate::{Governance, Result};
@@ -18,8 +49,50 @@ impl<'g> Audit<'g> {
 
     /// Appends an event to its chain; returns once the row is durable. Concurrent calls are
     /// committed together in batches.
-    pub async fn log(&self, event: AuditEvent) -> Result<Appended> {
-        Ok(self.gov.inner.audit.append(event).await?)
+    ///
+    /// Observation never fails the host call because of storage: when storage is out of reach,
+    /// the event is written to the local spool and [`Logged::Spooled`] is returned; it reaches
+    /// the chain, in order, when storage returns. While anything is spooled, later events queue
+    /// behind it. Other errors (a refused event) are returned.
+    pub async fn log(&self, event: AuditEvent) -> Result<Logged> {
+        let inner = &self.gov.inner;
+        if inner.spool.len() > 0 {
+            return self.spool(event, None).await;
+        }
+        match inner.audit.append(event.clone()).await {
+            Ok(a) => Ok(Logged::Durable(a)),
+            Err(e) if e.is_unavailable() => self.spool(event, Some(e.into())).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn spool(&self, event: AuditEvent, cause: Option<crate::Error>) -> Result<Logged> {
+        let event_id = event.event_id;
+        match self
+            .gov
+            .inner
+            .spool
+            .push(crate::spool::Record::Audit { event })
+            .await
+        {
+            Ok(()) => {
+                if let Some(c) = &cause {
+                    tracing::warn!(error = %c, "storage unreachable: audit events are spooled locally until it returns");
+                }
+                Ok(Logged::Spooled { event_id })
+            }
+            Err(io) => {
+                tracing::error!(error = %io, "could not write the audit spool");
+                Err(cause.unwrap_or_else(|| {
+                    crate::Error::Config(format!("the audit spool cannot be written: {io}"))
+                }))
+            }
+        }
+    }
+
+    /// Events waiting in the local spool for storage to return.
+    pub fn spooled(&self) -> usize {
+        self.gov.inner.spool.len()
     }
 
     /// Verifies the `default` chain.

@@ -31,6 +31,9 @@ pub struct Config {
     pub cost: CostConfig,
     /// Gate request and approval lifetimes.
     pub gates: GateConfig,
+    /// Where observation is spooled while storage is out of reach (default: a
+    /// `governance-spool` folder in the system's temporary directory).
+    pub spool_dir: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             loops: LoopConfig::default(),
             cost: CostConfig::default(),
             gates: GateConfig::default(),
+            spool_dir: std::env::temp_dir().join("governance-spool"),
         }
     }
 }
@@ -146,6 +150,12 @@ impl GovernanceBuilder {
         self
     }
 
+    /// Where observation is spooled while storage is out of reach.
+    pub fn spool_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.spool_dir = dir.into();
+        self
+    }
+
     /// Gate request and approval lifetimes.
     pub fn gate_config(mut self, cfg: GateConfig) -> Self {
         self.config.gates = cfg;
@@ -188,18 +198,27 @@ impl GovernanceBuilder {
             KeyRing::new(secret.chain_key()),
             self.config.audit.clone(),
         );
+        let spool = crate::spool::Spool::open(&self.config.spool_dir).map_err(|e| {
+            Error::Config(format!(
+                "the spool folder {} cannot be used ({e}); set another with spool_dir(..)",
+                self.config.spool_dir.display()
+            ))
+        })?;
         let shared = std::sync::Arc::new(crate::notify::Shared::default());
         let listener = crate::notify::start(store.clone(), shared.clone()).await;
-        Ok(Governance {
+        let gov = Governance {
             inner: std::sync::Arc::new(Inner {
                 store,
                 audit,
                 config: self.config,
                 shared,
                 approval_key: secret.approval_key(),
+                spool,
                 loops: Default::default(),
                 listener,
             }),
-        })
+        };
+        tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner)));
+        Ok(gov)
     }
 }

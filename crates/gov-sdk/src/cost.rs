@@ -276,7 +276,8 @@ impl<'g> Cost<'g> {
         }
     }
 
-    /// Records spend that was not reserved (an observed call). Returns its cost.
+    /// Records spend that was not reserved (an observed call). Returns its cost. Never fails
+    /// because storage is out of reach: the record is spooled and replayed later.
     pub async fn track(
         &self,
         agent: &str,
@@ -291,12 +292,37 @@ impl<'g> Cost<'g> {
                 "model {model:?} has no price; add it to the price table"
             ))
         })?;
-        self.gov
+        let spool = &self.gov.inner.spool;
+        let record = || crate::spool::Record::Track {
+            agent: agent.to_owned(),
+            session: session.to_owned(),
+            model: model.to_owned(),
+            micros: cost.0,
+            usage,
+        };
+        // Observation: while anything is spooled, or when storage is out of reach, spool it.
+        if spool.len() > 0 {
+            spool
+                .push(record())
+                .await
+                .map_err(|e| Error::Config(format!("the spool cannot be written: {e}")))?;
+            return Ok(cost);
+        }
+        match self
+            .gov
             .inner
             .store
             .track(agent, session, model, cost.0, &usage)
-            .await?;
-        Ok(cost)
+            .await
+        {
+            Ok(()) => Ok(cost),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(agent, error = %e, "storage unreachable: spend is spooled locally until it returns");
+                spool.push(record()).await.map_err(|_| Error::from(e))?;
+                Ok(cost)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The agent's caps, counters (for `session`, and today) and today's spend by model.

@@ -158,7 +158,24 @@ impl<'g> Gates<'g> {
             decision_reason: None,
             token_expires_at: None,
         };
-        self.gov.inner.store.insert_gate_request(&record).await?;
+        // Asking is observation: when storage is out of reach after the halt check passed, the
+        // request is spooled and reaches the queue when storage returns. It cannot be approved
+        // meanwhile, so nothing is unlocked by it.
+        match self.gov.inner.store.insert_gate_request(&record).await {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(agent, error = %e, "storage unreachable: the gate request is spooled");
+                self.gov
+                    .inner
+                    .spool
+                    .push(crate::spool::Record::GateRequest {
+                        record: record.clone(),
+                    })
+                    .await
+                    .map_err(|_| Error::from(e))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         let mut b = AuditEvent::builder(agent, "gate.requested").payload(serde_json::json!({
             "request_id": record.id, "tool": tool, "args_sha256": hex(&hash),
         }));

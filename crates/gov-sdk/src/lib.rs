@@ -34,8 +34,9 @@ mod notify;
 mod operators;
 mod presence;
 mod scope;
+mod spool;
 
-pub use audit::Audit;
+pub use audit::{Audit, Logged};
 pub use config::{Config, GovernanceBuilder};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};
@@ -78,6 +79,7 @@ struct Inner {
     config: Config,
     shared: Arc<notify::Shared>,
     approval_key: gov_audit::DerivedKey,
+    spool: spool::Spool,
     loops: loops::LoopState,
     listener: tokio::task::JoinHandle<()>,
 }

@@ -161,6 +161,13 @@ impl Store {
         }
     }
 
+    /// Which of `ids` are already stored as audit events.
+    pub async fn existing_event_ids(&self, ids: &[uuid::Uuid]) -> Result<Vec<uuid::Uuid>> {
+        match self {
+            Self::Postgres(s) => s.existing_event_ids(ids).await,
+        }
+    }
+
     /// The head row of one chain, if the chain exists.
     pub async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
         match self {

@@ -246,3 +246,133 @@ mod tests {
         );
     }
 }
+
+/// A private Postgres cluster started from the system's `initdb`/`pg_ctl`, for tests that stop
+/// and start the server (outages). Stopped and removed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    fn tool(&self, name: &str) -> std::process::Command {
+        let exe = self.bin.join(name);
+        if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        }
+    }
+
+    fn run(mut cmd: std::process::Command) {
+        let out = cmd.output().expect("run a Postgres tool");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Creates and starts a cluster on a free local port.
+    pub fn start() -> Self {
+        let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().join("bin"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        versions.sort();
+        let bin = versions
+            .into_iter()
+            .rev()
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb under /usr/lib/postgresql (install PostgreSQL)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut rnd = [0u8; 6];
+        getrandom::fill(&mut rnd).expect("random name");
+        let dir = std::env::temp_dir().join(format!("gov-cluster-{}", hex::encode(rnd)));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_postgres {
+            let mut chown = std::process::Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(&dir);
+            Self::run(chown);
+        }
+        let c = Self {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        let mut initdb = c.tool("initdb");
+        initdb
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(c.dir.join("data"));
+        Self::run(initdb);
+        c.start_again();
+        c
+    }
+
+    /// The superuser URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut).
+    pub fn stop(&self) {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.args(["-w", "-m", "fast", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop");
+        Self::run(cmd);
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.display()
+        );
+        let mut cmd = self.tool("pg_ctl");
+        cmd.args(["-w", "-D"])
+            .arg(self.dir.join("data"))
+            .args(["-o", &opts, "-l"])
+            .arg(self.dir.join("log"))
+            .arg("start");
+        Self::run(cmd);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.args(["-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop");
+        let _ = cmd.output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

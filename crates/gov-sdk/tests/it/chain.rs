@@ -20,7 +20,7 @@ async fn sixteen_tasks_times_500_events_give_contiguous_seqs_and_a_clean_chain()
                     .log(event(&format!("agent-{t}"), "tool.call", i))
                     .await
                     .unwrap();
-                seqs.push(at.seq);
+                seqs.push(at.seq().expect("durable"));
             }
             seqs
         }));

@@ -5,4 +5,5 @@ mod cost;
 mod enforce;
 mod gates;
 mod privileges;
+mod resilience;
 mod support;

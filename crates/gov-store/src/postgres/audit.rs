@@ -110,6 +110,16 @@ impl PgStore {
         Ok(seqs)
     }
 
+    pub(crate) async fn existing_event_ids(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        // language=PostgreSQL
+        let found: Vec<Uuid> =
+            sqlx::query_scalar("SELECT event_id FROM audit_events WHERE event_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(found)
+    }
+
     pub(crate) async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
         // language=PostgreSQL
         let head: Option<HeadRow> =
