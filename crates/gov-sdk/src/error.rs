@@ -86,6 +86,30 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A contract condition failed; the tool did not run (pre) or its output was refused (post).
+    #[error(
+        "contract violated for {tool} of agent {agent} ({phase}condition {condition}): {detail}"
+    )]
+    ContractViolation {
+        /// The agent.
+        agent: String,
+        /// The tool.
+        tool: String,
+        /// `pre` or `post`.
+        phase: &'static str,
+        /// The condition's name.
+        condition: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The governed tool itself returned an error (audited in `tool.finished`).
+    #[error("tool {tool} failed: {message}")]
+    ToolFailed {
+        /// The tool.
+        tool: String,
+        /// Its error, as text.
+        message: String,
+    },
     /// A budget refused the call.
     #[error("budget exceeded for agent {agent}: {}{}", denial.as_str(), match (cap, used) { (Some(c), Some(u)) => format!(" (cap {c}, used {u}, requested {requested})"), _ => String::new() })]
     BudgetExceeded {
@@ -170,6 +194,8 @@ impl Error {
             | Self::LoopDetected { .. }
             | Self::BudgetExceeded { .. }
             | Self::AuthenticationFailed
+            | Self::ContractViolation { .. }
+            | Self::ToolFailed { .. }
             | Self::ApprovalPending { .. }
             | Self::ApprovalDenied { .. }
             | Self::ApprovalRefused { .. } => false,

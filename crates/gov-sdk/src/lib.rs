@@ -26,6 +26,7 @@
 pub mod admin;
 mod audit;
 mod config;
+mod contracts;
 mod cost;
 mod error;
 mod gates;
@@ -38,6 +39,7 @@ mod spool;
 
 pub use audit::{Audit, Logged};
 pub use config::{Config, GovernanceBuilder};
+pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};
 pub use gates::{Approval, GateConfig, Gates};
@@ -128,6 +130,11 @@ impl Governance {
     /// Operator accounts (console and CLI users).
     pub fn operators(&self) -> Operators<'_> {
         Operators::new(self)
+    }
+
+    /// Contracts and the governed tool runner.
+    pub fn contracts(&self) -> Contracts<'_> {
+        Contracts::new(self)
     }
 
     /// Cost and budgets.

@@ -1,6 +1,7 @@
 //! Integration tests of gov-sdk against a real Postgres (one fresh database per test).
 
 mod chain;
+mod contracts;
 mod cost;
 mod enforce;
 mod gates;
