@@ -25,6 +25,7 @@
 
 pub mod admin;
 mod audit;
+pub mod blocking;
 mod config;
 mod contracts;
 mod cost;

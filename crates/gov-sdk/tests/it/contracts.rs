@@ -19,7 +19,9 @@ async fn ready(db: &TestDb) -> Governance {
         .await
         .expect("setup");
     gov.cost()
-        .register(BudgetPolicy::new("bot".parse().expect("setup")).per_day(MicroUsd::from_cents(100)))
+        .register(
+            BudgetPolicy::new("bot".parse().expect("setup")).per_day(MicroUsd::from_cents(100)),
+        )
         .await
         .expect("setup");
     gov

@@ -1,5 +1,6 @@
 //! Integration tests of gov-sdk against a real Postgres (one fresh database per test).
 
+mod blocking;
 mod chain;
 mod contracts;
 mod cost;
