@@ -11,6 +11,33 @@ use crate::{CostConfig, GateConfig, LoopConfig};
 
 use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
 
+/// Which enforcement modules are on. All are on by default; turning one off is an explicit
+/// choice, logged as a warning when the handle connects. The audit chain and gates (which are
+/// explicit calls) cannot be turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modules {
+    /// Scope checks; off: every tool and API is allowed and `filter_tools` shows everything.
+    pub scope: bool,
+    /// Budget enforcement; off: `check_or_raise` never refuses and `reserve` holds nothing,
+    /// settling records the spend as `track` does.
+    pub budgets: bool,
+    /// Halt checks; off: `assert_not_halted` always passes (halts and resumes are still recorded).
+    pub halts: bool,
+    /// Loop detection; off: `loops().record` records nothing and never trips.
+    pub loops: bool,
+}
+
+impl Default for Modules {
+    fn default() -> Self {
+        Self {
+            scope: true,
+            budgets: true,
+            halts: true,
+            loops: true,
+        }
+    }
+}
+
 /// Options in force for a handle.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,6 +58,8 @@ pub struct Config {
     pub cost: CostConfig,
     /// Gate request and approval lifetimes.
     pub gates: GateConfig,
+    /// Which enforcement modules are on (default: all).
+    pub modules: Modules,
     /// Where observation is spooled while storage is out of reach (default: a
     /// `governance-spool` folder in the system's temporary directory).
     pub spool_dir: std::path::PathBuf,
@@ -47,6 +76,7 @@ impl Default for Config {
             loops: LoopConfig::default(),
             cost: CostConfig::default(),
             gates: GateConfig::default(),
+            modules: Modules::default(),
             spool_dir: std::env::temp_dir().join("governance-spool"),
         }
     }
@@ -150,6 +180,12 @@ impl GovernanceBuilder {
         self
     }
 
+    /// Turns enforcement modules on or off (default: all on).
+    pub fn modules(mut self, modules: Modules) -> Self {
+        self.config.modules = modules;
+        self
+    }
+
     /// Where observation is spooled while storage is out of reach.
     pub fn spool_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.config.spool_dir = dir.into();
@@ -191,6 +227,20 @@ impl GovernanceBuilder {
             },
             None => return Err(gov_audit::KeyError::Missing.into()),
         };
+        let m = self.config.modules;
+        for (on, name) in [
+            (m.scope, "scope"),
+            (m.budgets, "budgets"),
+            (m.halts, "halts"),
+            (m.loops, "loops"),
+        ] {
+            if !on {
+                tracing::warn!(
+                    module = name,
+                    "enforcement module turned off by configuration"
+                );
+            }
+        }
         let store = Store::connect(&url, &self.config.store).await?;
         store.check_schema().await?;
         let audit = AuditLog::new(

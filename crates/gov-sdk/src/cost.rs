@@ -52,6 +52,8 @@ pub struct Reservation {
     reserved: MicroUsd,
     tokens: u64,
     open: bool,
+    /// Made with budgets turned off: holds nothing; settling records the spend.
+    detached: bool,
 }
 
 /// What settling did.
@@ -83,6 +85,18 @@ impl Reservation {
 
     /// Records the real usage and returns the unused part of the reservation to the budget.
     pub async fn settle(mut self, usage: TokenUsage) -> Result<Settlement> {
+        if self.detached {
+            let cost = self
+                .gov
+                .cost()
+                .track(&self.agent, &self.session, &self.model, usage)
+                .await?;
+            return Ok(Settlement {
+                cost,
+                reserved: self.reserved,
+                late: false,
+            });
+        }
         let cost = self.gov.cost().cost_of(&self.model, &usage)?;
         let outcome = self
             .gov
@@ -106,6 +120,9 @@ impl Reservation {
 
     /// Returns the whole reservation to the budget (the call did not happen or was cancelled).
     pub async fn release(mut self) -> Result<()> {
+        if self.detached {
+            return Ok(());
+        }
         self.gov
             .inner
             .store
@@ -222,6 +239,20 @@ impl<'g> Cost<'g> {
                 ))
             }
         };
+        if !self.gov.inner.config.modules.budgets {
+            let (reserved, tokens) = projected.unwrap_or((MicroUsd(0), 0));
+            return Ok(Reservation {
+                gov: self.gov.clone(),
+                id: uuid::Uuid::nil(),
+                agent: agent.to_owned(),
+                session: session.to_owned(),
+                model: model.to_owned(),
+                reserved,
+                tokens,
+                open: false,
+                detached: true,
+            });
+        }
         let (micros, tokens) = match projected {
             Ok(p) => p,
             Err(r) => return Err(self.refused(agent, session, model, 0, r).await),
@@ -252,6 +283,7 @@ impl<'g> Cost<'g> {
                 reserved: micros,
                 tokens,
                 open: true,
+                detached: false,
             }),
             Err(r) => Err(self.refused(agent, session, model, micros.0, r).await),
         }
@@ -262,6 +294,9 @@ impl<'g> Cost<'g> {
     /// both counters in one round trip.
     pub async fn check_or_raise(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         let status = self.gov.inner.store.budget_status(agent, session).await?;
+        if !self.gov.inner.config.modules.budgets {
+            return Ok(status);
+        }
         let refusal = match &status.policy {
             None if !self.config().allow_unbudgeted => Some(BudgetRefusal {
                 denial: BudgetDenial::NoPolicy,

@@ -39,7 +39,7 @@ mod scope;
 mod spool;
 
 pub use audit::{Audit, Logged};
-pub use config::{Config, GovernanceBuilder};
+pub use config::{Config, GovernanceBuilder, Modules};
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};

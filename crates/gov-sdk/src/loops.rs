@@ -99,6 +99,9 @@ impl<'g> Loops<'g> {
     ) -> Result<LoopVerdict> {
         let cfg = self.gov.inner.config.loops;
         let hash = action_hash(tool, args)?;
+        if !self.gov.inner.config.modules.loops {
+            return Ok(LoopVerdict::Ok { repeats: 0 });
+        }
         let repeats = {
             let state = &self.gov.inner.loops;
             let now = state.started.elapsed();

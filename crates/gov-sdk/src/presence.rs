@@ -131,6 +131,9 @@ impl<'g> Presence<'g> {
     /// [`Error::HaltStateUnknown`] when that cannot be established.
     pub async fn assert_not_halted(&self, agent: &str) -> Result<()> {
         let inner = &self.gov.inner;
+        if !inner.config.modules.halts {
+            return Ok(());
+        }
         let cache = &inner.shared.halts;
         let ttl = inner.config.halt_cache_ttl;
         let trusted = inner.shared.healthy();

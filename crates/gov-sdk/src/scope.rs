@@ -118,6 +118,9 @@ impl<'g> Scope<'g> {
         agent: &str,
         offered: &[S],
     ) -> Result<Vec<S>> {
+        if !self.gov.inner.config.modules.scope {
+            return Ok(offered.to_vec());
+        }
         let policy = match self.policy(agent).await {
             Ok(p) => p,
             // Fail closed: when the policy cannot be read, show nothing.
@@ -131,6 +134,9 @@ impl<'g> Scope<'g> {
     }
 
     async fn decide(&self, agent: &str, target: Target<'_>) -> Result<()> {
+        if !self.gov.inner.config.modules.scope {
+            return Ok(());
+        }
         let policy = match self.policy(agent).await {
             Ok(p) => p,
             // Storage out of reach while the cache is untrusted: refuse.

@@ -372,3 +372,68 @@ async fn loop_detection_trips_at_exactly_the_configured_count() {
     let halted = kinds(&halting, "agent.halted").await;
     assert_eq!(halted[0].actor.as_deref(), Some("governance:loop-detector"));
 }
+
+#[tokio::test]
+async fn modules_turned_off_stop_enforcing_but_keep_recording() {
+    let db = TestDb::new().await;
+    let off = gov_sdk::Modules {
+        scope: false,
+        budgets: false,
+        halts: false,
+        loops: false,
+    };
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .modules(off)
+        .loop_detection(LoopConfig {
+            max_repeats: 2,
+            action: LoopAction::Halt,
+            ..LoopConfig::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    gov.scope().check("stranger", "anything").await.unwrap();
+    assert_eq!(
+        gov.scope()
+            .filter_tools("stranger", &["a", "b"])
+            .await
+            .unwrap(),
+        ["a", "b"]
+    );
+    gov.presence()
+        .halt("stranger", "alice", "test")
+        .await
+        .unwrap();
+    gov.presence().assert_not_halted("stranger").await.unwrap();
+    assert!(
+        gov.presence().is_halted("stranger").await.unwrap(),
+        "the halt is still recorded"
+    );
+    for _ in 0..5 {
+        gov.loops()
+            .record("stranger", "s", "t", &serde_json::json!({}))
+            .await
+            .unwrap();
+    }
+    gov.cost().check_or_raise("stranger", "s").await.unwrap();
+    let r = gov
+        .cost()
+        .reserve("stranger", "s", "gpt-4o-mini", 1_000, Some(10))
+        .await
+        .unwrap();
+    let usage = gov_sdk::TokenUsage {
+        input_tokens: 1_000,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+    };
+    assert_eq!(r.settle(usage).await.unwrap().cost, gov_sdk::MicroUsd(150));
+    let snap = gov.cost().snapshot("stranger", "s").await.unwrap();
+    assert_eq!(
+        snap.status.day.spent,
+        gov_sdk::MicroUsd(150),
+        "spend is still recorded"
+    );
+    assert!(kinds(&gov, "scope.denied").await.is_empty());
+}
