@@ -218,6 +218,8 @@ impl<'g> Cost<'g> {
     ) -> Result<Reservation> {
         gov_core::AgentId::new(agent)?;
         gov_core::SessionId::new(session)?;
+        // The halt check runs before every gate.
+        self.gov.presence().assert_not_halted(agent).await?;
         let cfg = self.config();
         let refuse = |denial| BudgetRefusal {
             denial,
@@ -293,6 +295,7 @@ impl<'g> Cost<'g> {
     /// (or the agent has no policy and unbudgeted agents are not allowed). Reads the policy and
     /// both counters in one round trip.
     pub async fn check_or_raise(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
+        self.gov.presence().assert_not_halted(agent).await?;
         let status = self.gov.inner.store.budget_status(agent, session).await?;
         if !self.gov.inner.config.modules.budgets {
             return Ok(status);

@@ -134,6 +134,8 @@ impl<'g> Scope<'g> {
     }
 
     async fn decide(&self, agent: &str, target: Target<'_>) -> Result<()> {
+        // The halt check runs before every gate.
+        self.gov.presence().assert_not_halted(agent).await?;
         if !self.gov.inner.config.modules.scope {
             return Ok(());
         }

@@ -232,6 +232,45 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
         PresenceState::Live
     );
 
+    // A halt made by another process (psql, calling the same database function the console
+    // uses) is seen within the cache bound too, and every gate refuses.
+    let out = std::process::Command::new("psql")
+        .arg(db.url())
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            "SELECT governance_halt('billing', 'carol', 'from another process')",
+        ])
+        .output()
+        .expect("psql, from the PostgreSQL client, is needed for this test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_millis(500), || async {
+        agent_side
+            .presence()
+            .assert_not_halted("billing")
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(matches!(
+        agent_side.scope().check("billing", "x").await,
+        Err(Error::Halted { .. })
+    ));
+    assert!(matches!(
+        agent_side.cost().check_or_raise("billing", "s").await,
+        Err(Error::Halted { .. })
+    ));
+    operator_side
+        .presence()
+        .resume("billing", "bob", "done")
+        .await
+        .unwrap();
+
     let halted = kinds(&operator_side, "agent.halted").await;
     assert_eq!(halted.len(), 1);
     assert_eq!(halted[0].actor.as_deref(), Some("alice@example.com"));
