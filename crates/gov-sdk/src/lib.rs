@@ -158,8 +158,9 @@ impl Governance {
         Ok(self.inner.store.ping().await?)
     }
 
-    /// Closes the connection pool.
+    /// Stops the notification listener and closes the connection pool.
     pub async fn close(&self) {
+        self.inner.listener.abort();
         self.inner.store.close().await;
     }
 }
