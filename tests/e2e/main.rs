@@ -5,4 +5,5 @@ mod migrate;
 mod processes;
 mod support;
 mod tamper;
+mod users;
 mod verify;

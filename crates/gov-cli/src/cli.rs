@@ -52,6 +52,14 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8"
     )]
     Demo(DemoArgs),
+    /// Show an agent's spend against its caps, for a session and today, by model
+    #[command(
+        after_help = "Examples:\n  governance budget billing-agent\n  governance budget billing-agent --session s-42 --json"
+    )]
+    Budget(BudgetArgs),
+    /// Manage console and CLI users (operators who approve, deny, halt and resume)
+    #[command(subcommand)]
+    Console(ConsoleCommand),
     /// Print shell completions
     #[command(
         after_help = "Example:\n  governance completions bash > /etc/bash_completion.d/governance"
@@ -105,4 +113,68 @@ pub(crate) struct DemoArgs {
 pub(crate) struct CompletionsArgs {
     /// The shell
     pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BudgetArgs {
+    /// The agent
+    pub(crate) agent: String,
+    /// The session to show next to today's totals
+    #[arg(long, default_value = "-")]
+    pub(crate) session: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsoleCommand {
+    /// Add a user; the password is read from a prompt, or from standard input when it is not a
+    /// terminal (never from the command line)
+    #[command(
+        after_help = "Examples:\n  governance console add-user --username alice --role operator\n  printf '%s\\n' \"$PASSWORD\" | governance console add-user --username ci --role viewer"
+    )]
+    AddUser(AddUserArgs),
+    /// List users (never their password hashes)
+    ListUsers,
+    /// Disable a user (or enable it again with --enable)
+    DisableUser(DisableUserArgs),
+    /// Set a new password, read like add-user's
+    ResetPassword(UserArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddUserArgs {
+    /// User name (letters, digits and -_.:@)
+    #[arg(long)]
+    pub(crate) username: String,
+    /// What the user may do
+    #[arg(long, value_enum)]
+    pub(crate) role: RoleArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    /// Everything, including users
+    Admin,
+    /// Approve, deny, halt, resume
+    Operator,
+    /// Read only
+    Viewer,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserArgs {
+    /// User name
+    #[arg(long)]
+    pub(crate) username: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DisableUserArgs {
+    /// User name
+    #[arg(long)]
+    pub(crate) username: String,
+    /// Enable the user again instead
+    #[arg(long)]
+    pub(crate) enable: bool,
 }

@@ -1,9 +1,35 @@
 //! Administration that needs no audit secret: migrations, the application role, privileges.
 //! Run as the role that owns the schema (not as the application role).
 
+use gov_core::OperatorRole;
 use gov_store::{MigrateReport, Privileges, Store, StoreOptions};
 
-use crate::Result;
+use crate::{Error, Result};
+
+/// An operator account as listed (never its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorInfo {
+    /// User name.
+    pub username: String,
+    /// Role.
+    pub role: OperatorRole,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+}
+
+pub(crate) async fn add_operator(
+    store: &Store,
+    username: &str,
+    role: OperatorRole,
+    password: &str,
+) -> Result<()> {
+    gov_core::AgentId::new(username).map_err(|e| Error::Config(format!("user name: {e}")))?;
+    let hash = crate::operators::hash_new_password(password)?;
+    Ok(store.add_operator(username, role, &hash).await?)
+}
 
 /// Default name of the least-privilege application role.
 pub const DEFAULT_APP_ROLE: &str = "governance_app";
@@ -50,6 +76,61 @@ impl Admin {
     /// rows and nothing more. `password` is set on the role when given.
     pub async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
         Ok(self.store.ensure_app_role(role, password).await?)
+    }
+
+    /// Adds a console/CLI user with an argon2id password hash. Refuses a duplicate name.
+    pub async fn add_operator(
+        &self,
+        username: &str,
+        role: OperatorRole,
+        password: &str,
+    ) -> Result<()> {
+        add_operator(&self.store, username, role, password).await
+    }
+
+    /// Every console/CLI user.
+    pub async fn operators(&self) -> Result<Vec<OperatorInfo>> {
+        Ok(self
+            .store
+            .operators()
+            .await?
+            .into_iter()
+            .map(|(username, role, disabled, created_at)| OperatorInfo {
+                username,
+                role,
+                disabled,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Disables (or re-enables) a user; refuses an unknown one.
+    pub async fn set_operator_disabled(&self, username: &str, disabled: bool) -> Result<()> {
+        match self
+            .store
+            .update_operator(username, Some(disabled), None)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Error::Config(format!(
+                "no user named {username}; see `governance console list-users`"
+            ))),
+        }
+    }
+
+    /// Replaces a user's password.
+    pub async fn reset_operator_password(&self, username: &str, password: &str) -> Result<()> {
+        let hash = crate::operators::hash_new_password(password)?;
+        match self
+            .store
+            .update_operator(username, None, Some(&hash))
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Error::Config(format!(
+                "no user named {username}; see `governance console list-users`"
+            ))),
+        }
     }
 
     /// What the connected role may do to the audit tables.

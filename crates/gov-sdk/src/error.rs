@@ -185,6 +185,7 @@ impl Error {
                     | StoreError::NotMigrated(_)
                     | StoreError::PermissionDenied(_)
                     | StoreError::InvalidArgument(_)
+                    | StoreError::Conflict(_)
             ),
             Self::Audit(a) => matches!(a, AuditError::NoSuchChain(_) | AuditError::NothingToVerify),
             Self::ChainBroken(_)

@@ -38,14 +38,17 @@ pub struct Operators<'g> {
     gov: &'g Governance,
 }
 
-/// Checks a new password: at least 12 characters.
-fn check_password(password: &str) -> Result<()> {
+/// Checks a new password (at least 12 characters) and hashes it with argon2id.
+pub(crate) fn hash_new_password(password: &str) -> Result<String> {
     if password.chars().count() < 12 {
         return Err(Error::Config(
             "the password must be at least 12 characters long".into(),
         ));
     }
-    Ok(())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes())
+        .map_err(|e| Error::Config(format!("could not hash the password: {e}")))?
+        .to_string())
 }
 
 impl<'g> Operators<'g> {
@@ -55,18 +58,7 @@ impl<'g> Operators<'g> {
 
     /// Adds an operator. Needs a connection that may write operator accounts (the schema owner).
     pub async fn add(&self, username: &str, role: OperatorRole, password: &str) -> Result<()> {
-        gov_core::AgentId::new(username).map_err(|e| Error::Config(format!("user name: {e}")))?;
-        check_password(password)?;
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes())
-            .map_err(|e| Error::Config(format!("could not hash the password: {e}")))?
-            .to_string();
-        Ok(self
-            .gov
-            .inner
-            .store
-            .add_operator(username, role, &hash)
-            .await?)
+        crate::admin::add_operator(&self.gov.inner.store, username, role, password).await
     }
 
     /// Checks a user name and password. Unknown users, wrong passwords and disabled accounts

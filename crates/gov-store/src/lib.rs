@@ -386,6 +386,27 @@ impl Store {
         }
     }
 
+    /// Every operator account: name, role, disabled, created.
+    pub async fn operators(
+        &self,
+    ) -> Result<Vec<(String, OperatorRole, bool, time::OffsetDateTime)>> {
+        match self {
+            Self::Postgres(s) => s.operators().await,
+        }
+    }
+
+    /// Disables or enables an account and/or replaces its password hash; returns whether it exists.
+    pub async fn update_operator(
+        &self,
+        username: &str,
+        disabled: Option<bool>,
+        password_hash: Option<&str>,
+    ) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.update_operator(username, disabled, password_hash).await,
+        }
+    }
+
     /// One operator account.
     pub async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
         match self {

@@ -1,6 +1,8 @@
 //! One module per command: each has a `run` whose body is an SDK call plus rendering.
 
+pub(crate) mod budget;
 pub(crate) mod completions;
+pub(crate) mod console;
 pub(crate) mod demo;
 pub(crate) mod migrate;
 pub(crate) mod verify;

@@ -102,6 +102,43 @@ impl PgStore {
         Ok(())
     }
 
+    pub(crate) async fn operators(
+        &self,
+    ) -> Result<Vec<(String, OperatorRole, bool, OffsetDateTime)>> {
+        // language=PostgreSQL
+        let rows: Vec<(String, String, bool, OffsetDateTime)> = sqlx::query_as(
+            "SELECT username, role, disabled, created_at FROM operators ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(u, r, d, c)| {
+                let role = OperatorRole::parse(&r)
+                    .ok_or_else(|| StoreError::Corrupt("operator role".into()))?;
+                Ok((u, role, d, c))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn update_operator(
+        &self,
+        username: &str,
+        disabled: Option<bool>,
+        password_hash: Option<&str>,
+    ) -> Result<bool> {
+        // language=PostgreSQL
+        let r = sqlx::query(
+            "UPDATE operators SET disabled = COALESCE($2, disabled), \
+                 password_hash = COALESCE($3, password_hash) WHERE username = $1",
+        )
+        .bind(username)
+        .bind(disabled)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub(crate) async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
         // language=PostgreSQL
         let row: Option<(String, String, String, bool)> = sqlx::query_as(

@@ -1,0 +1,116 @@
+//! `governance console add-user | list-users | disable-user | reset-password`.
+//! Run with the schema owner's database URL; passwords never come from the command line.
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use comfy_table::Table;
+use gov_sdk::OperatorRole;
+use gov_sdk::admin::Admin;
+
+use crate::cli::{ConsoleCommand, Global, RoleArg};
+use crate::output::Out;
+
+/// Reads a new password: a prompt with confirmation on a terminal, else the first line of stdin.
+fn read_password() -> anyhow::Result<String> {
+    let config = |m: String| anyhow::Error::new(gov_sdk::Error::Config(m));
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New password: ")
+            .map_err(|e| config(format!("cannot read the password: {e}")))?;
+        let again = rpassword::prompt_password("Repeat it: ")
+            .map_err(|e| config(format!("cannot read the password: {e}")))?;
+        if first != again {
+            return Err(config(
+                "the two passwords differ; nothing was changed".into(),
+            ));
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| config(format!("cannot read the password from standard input: {e}")))?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        return Err(config(
+            "no password on standard input; pipe one line, or run on a terminal to be prompted"
+                .into(),
+        ));
+    }
+    Ok(pw)
+}
+
+pub(crate) async fn run(
+    cmd: ConsoleCommand,
+    global: &Global,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let url = super::database_url(global)?;
+    // Read the password before connecting, so a typo does not leave a connection waiting.
+    let password = match &cmd {
+        ConsoleCommand::AddUser(_) | ConsoleCommand::ResetPassword(_) => Some(read_password()?),
+        _ => None,
+    };
+    let admin = Admin::connect(&url).await?;
+    let result = match cmd {
+        ConsoleCommand::AddUser(a) => {
+            let role = match a.role {
+                RoleArg::Admin => OperatorRole::Admin,
+                RoleArg::Operator => OperatorRole::Operator,
+                RoleArg::Viewer => OperatorRole::Viewer,
+            };
+            admin.add_operator(&a.username, role, password.as_deref().unwrap_or_default()).await.map(|()| {
+                if out.json() {
+                    out.emit_json(&serde_json::json!({ "status": "ok", "username": a.username, "role": role }));
+                } else {
+                    out.line(format!("added {} ({})", a.username, role.as_str()));
+                }
+            })
+        }
+        ConsoleCommand::ListUsers => admin.operators().await.map(|users| {
+            if out.json() {
+                out.emit_json(&serde_json::json!({ "users": users }));
+            } else if users.is_empty() {
+                out.line("no users yet; add one with `governance console add-user --username NAME --role admin`");
+            } else {
+                let mut t = Table::new();
+                t.set_header(["user", "role", "state", "created"]);
+                for u in users {
+                    let created = u
+                        .created_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default();
+                    t.add_row([
+                        u.username,
+                        u.role.as_str().to_owned(),
+                        if u.disabled { "disabled".into() } else { "active".into() },
+                        created,
+                    ]);
+                }
+                out.line(t);
+            }
+        }),
+        ConsoleCommand::DisableUser(a) => admin.set_operator_disabled(&a.username, !a.enable).await.map(|()| {
+            let state = if a.enable { "enabled" } else { "disabled" };
+            if out.json() {
+                out.emit_json(&serde_json::json!({ "status": "ok", "username": a.username, "state": state }));
+            } else {
+                out.line(format!("{state} {}", a.username));
+            }
+        }),
+        ConsoleCommand::ResetPassword(a) => admin
+            .reset_operator_password(&a.username, password.as_deref().unwrap_or_default())
+            .await
+            .map(|()| {
+                if out.json() {
+                    out.emit_json(&serde_json::json!({ "status": "ok", "username": a.username }));
+                } else {
+                    out.line(format!("password of {} replaced", a.username));
+                }
+            }),
+    };
+    admin.close().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
