@@ -4,6 +4,7 @@
 mod migrate;
 mod processes;
 mod support;
+mod tail;
 mod tamper;
 mod users;
 mod verify;

@@ -52,6 +52,11 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8"
     )]
     Demo(DemoArgs),
+    /// Follow audit events live, as any process appends them (LISTEN/NOTIFY, no polling)
+    #[command(
+        after_help = "Examples:\n  governance tail\n  governance tail --agent billing-agent --kind scope.denied --since 1h\n  governance tail --json --since 2026-11-25T09:00:00Z | jq .kind"
+    )]
+    Tail(TailArgs),
     /// Show an agent's spend against its caps, for a session and today, by model
     #[command(
         after_help = "Examples:\n  governance budget billing-agent\n  governance budget billing-agent --session s-42 --json"
@@ -177,4 +182,29 @@ pub(crate) struct DisableUserArgs {
     /// Enable the user again instead
     #[arg(long)]
     pub(crate) enable: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// The chain to follow
+    #[arg(long, default_value = "default")]
+    pub(crate) chain: String,
+    /// Only this agent
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+    /// Only this session
+    #[arg(long)]
+    pub(crate) session: Option<String>,
+    /// Only this kind (e.g. scope.denied)
+    #[arg(long)]
+    pub(crate) kind: Option<String>,
+    /// Start from this time: RFC 3339 (2026-11-25T09:00:00Z) or an age (30s, 10m, 2h, 1d);
+    /// default: only events appended from now on
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Exit after this many events
+    #[arg(long)]
+    pub(crate) limit: Option<u64>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
 }

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => commands::migrate::run(args, &cli.global, &out).await,
             Command::Verify(args) => commands::verify::run(args, &cli.global, &out).await,
             Command::Demo(args) => commands::demo::run(args, &cli.global, &out).await,
+            Command::Tail(args) => commands::tail::run(args, &cli.global, &out).await,
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Completions(args) => commands::completions::run(args),

@@ -122,6 +122,11 @@ impl<'g> Audit<'g> {
         Ok(self.gov.inner.audit.events(filter, verify).await?)
     }
 
+    /// Follows the chain live (see [`crate::Tail`]).
+    pub async fn tail(&self, filter: EventFilter) -> Result<crate::Tail> {
+        crate::Tail::start(self.gov, filter).await
+    }
+
     /// The head of a chain (its last seq and HMAC), from the head row.
     pub async fn head(&self, chain: &str) -> Result<Option<ChainHead>> {
         Ok(self.gov.inner.audit.head(chain).await?)

@@ -37,6 +37,7 @@ mod operators;
 mod presence;
 mod scope;
 mod spool;
+mod tail;
 
 pub use audit::{Audit, Logged};
 pub use config::{Config, GovernanceBuilder, Modules};
@@ -48,6 +49,7 @@ pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
 pub use operators::{Operator, Operators};
 pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
+pub use tail::Tail;
 
 pub use gov_audit::{Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport};
 pub use gov_core::{
@@ -158,7 +160,8 @@ impl Governance {
         Ok(self.inner.store.ping().await?)
     }
 
-    /// Stops the notification listener and closes the connection pool.
+    /// Stops the notification listener and closes the connection pool, waiting for pooled
+    /// connections to come back: drop any [`Tail`] first, as it holds one.
     pub async fn close(&self) {
         self.inner.listener.abort();
         self.inner.store.close().await;
