@@ -63,8 +63,15 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
     cmd.args(extra).env(pg::ENV_TEST_URL, server.url());
-    let result = run(&mut cmd);
-    // Doc tests are not run by nextest; they only compile-check examples here.
+    // nextest does not run doc tests: run them first (examples are compile-checked), unless a
+    // filter narrows the run, so that the suite's own summary is the last thing printed.
+    let mut result = Ok(());
+    if extra.is_empty() {
+        result = run(cargo().args(["test", "--doc", "--workspace", "--quiet"]));
+    }
+    if result.is_ok() {
+        result = run(&mut cmd);
+    }
     drop(server);
     result
 }

@@ -18,7 +18,7 @@
 //!     .payload(serde_json::json!({ "invoice": "INV-7" }))
 //!     .build()?;
 //! let at = gov.audit().log(event).await?;
-//! println!("logged at seq {}", at.seq);
+//! println!("logged at seq {:?}", at.seq()); // None if spooled during an outage
 //! assert!(gov.audit().verify_chain().await?.is_clean());
 //! # Ok(()) }
 //! ```
