@@ -78,17 +78,32 @@ CREATE TRIGGER chain_heads_no_truncate BEFORE TRUNCATE ON chain_heads
 
 REVOKE ALL ON audit_events, chain_heads FROM PUBLIC;
 
--- Grants for the least-privilege application role. Later migrations replace this function to
--- add their tables; `governance migrate --app-role NAME` calls it after migrating.
+-- Grants for the least-privilege application role, kept as data: each migration that adds
+-- objects the role needs inserts its rows here, and the function below applies them all.
+-- `governance migrate --app-role NAME` calls it after migrating.
+CREATE TABLE governance_app_grants (
+    privileges  text NOT NULL,
+    object      text NOT NULL,
+    PRIMARY KEY (privileges, object)
+);
+REVOKE ALL ON governance_app_grants FROM PUBLIC;
+
+INSERT INTO governance_app_grants (privileges, object) VALUES
+    ('SELECT, INSERT', 'TABLE audit_events'),
+    ('SELECT, INSERT, UPDATE', 'TABLE chain_heads'),
+    -- Read-only, so the SDK can tell a database that needs `governance migrate`.
+    ('SELECT', 'TABLE _sqlx_migrations');
+
 CREATE FUNCTION governance_grant_app_role(role_name text) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    g governance_app_grants%ROWTYPE;
 BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), role_name);
-    EXECUTE format('GRANT SELECT, INSERT ON audit_events TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON chain_heads TO %I', role_name);
-    -- Read-only, so the SDK can tell a database that needs `governance migrate`.
-    EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', role_name);
+    FOR g IN SELECT * FROM governance_app_grants ORDER BY object LOOP
+        EXECUTE format('GRANT %s ON %s TO %I', g.privileges, g.object, role_name);
+    END LOOP;
 END;
 $$;
 REVOKE ALL ON FUNCTION governance_grant_app_role(text) FROM PUBLIC;

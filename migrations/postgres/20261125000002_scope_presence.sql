@@ -89,19 +89,10 @@ REVOKE ALL ON FUNCTION governance_heartbeat(text), governance_halt(text, text, t
     governance_resume(text, text) FROM PUBLIC;
 REVOKE ALL ON scope_policies, agent_presence FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION governance_grant_app_role(role_name text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), role_name);
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), role_name);
-    EXECUTE format('GRANT SELECT, INSERT ON audit_events TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON chain_heads TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', role_name);
-    -- The service registers its agents' policies, reports heartbeats and may halt; it may not
-    -- resume (no EXECUTE on governance_resume, no UPDATE on agent_presence).
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON scope_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON agent_presence TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION governance_heartbeat(text), governance_halt(text, text, text) TO %I', role_name);
-END;
-$$;
-REVOKE ALL ON FUNCTION governance_grant_app_role(text) FROM PUBLIC;
+-- The service registers its agents' policies, reports heartbeats and may halt; it may not
+-- resume (no EXECUTE on governance_resume, no UPDATE on agent_presence).
+INSERT INTO governance_app_grants (privileges, object) VALUES
+    ('SELECT, INSERT, UPDATE, DELETE', 'TABLE scope_policies'),
+    ('SELECT', 'TABLE agent_presence'),
+    ('EXECUTE', 'FUNCTION governance_heartbeat(text)'),
+    ('EXECUTE', 'FUNCTION governance_halt(text, text, text)');

@@ -225,19 +225,8 @@ $$;
 
 REVOKE ALL ON budget_policies, budget_counters, budget_reservations, budget_usage FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION governance_grant_app_role(role_name text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), role_name);
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), role_name);
-    EXECUTE format('GRANT SELECT, INSERT ON audit_events TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON chain_heads TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON scope_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON agent_presence TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION governance_heartbeat(text), governance_halt(text, text, text) TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON budget_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON budget_counters, budget_reservations, budget_usage TO %I', role_name);
-END;
-$$;
-REVOKE ALL ON FUNCTION governance_grant_app_role(text) FROM PUBLIC;
+INSERT INTO governance_app_grants (privileges, object) VALUES
+    ('SELECT, INSERT, UPDATE, DELETE', 'TABLE budget_policies'),
+    ('SELECT, INSERT, UPDATE', 'TABLE budget_counters'),
+    ('SELECT, INSERT, UPDATE', 'TABLE budget_reservations'),
+    ('SELECT, INSERT, UPDATE', 'TABLE budget_usage');

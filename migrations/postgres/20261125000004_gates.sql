@@ -96,23 +96,8 @@ $$;
 REVOKE ALL ON FUNCTION governance_consume(uuid, bytea, bytea) FROM PUBLIC;
 REVOKE ALL ON operators, gate_requests FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION governance_grant_app_role(role_name text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), role_name);
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), role_name);
-    EXECUTE format('GRANT SELECT, INSERT ON audit_events TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON chain_heads TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON _sqlx_migrations TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON scope_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON agent_presence TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION governance_heartbeat(text), governance_halt(text, text, text) TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON budget_policies TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON budget_counters, budget_reservations, budget_usage TO %I', role_name);
-    -- Agents may ask and read, never decide: no UPDATE on gate_requests, no EXECUTE on
-    -- governance_decide. Consuming an approval goes through governance_consume.
-    EXECUTE format('GRANT SELECT, INSERT ON gate_requests TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION governance_consume(uuid, bytea, bytea) TO %I', role_name);
-END;
-$$;
-REVOKE ALL ON FUNCTION governance_grant_app_role(text) FROM PUBLIC;
+-- Agents may ask and read, never decide: no UPDATE on gate_requests, no EXECUTE on
+-- governance_decide. Consuming an approval goes through governance_consume.
+INSERT INTO governance_app_grants (privileges, object) VALUES
+    ('SELECT, INSERT', 'TABLE gate_requests'),
+    ('EXECUTE', 'FUNCTION governance_consume(uuid, bytea, bytea)');
