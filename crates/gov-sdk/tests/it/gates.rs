@@ -93,6 +93,12 @@ async fn an_approval_wakes_the_waiter_and_unlocks_that_action_once() {
         woke_at.saturating_duration_since(approved_at)
     );
     assert_eq!(approval.approved_by, "alice");
+    // Woken by the notification, not by reaching its 20 s deadline (a loose bound: a broken
+    // notification path would take the full 20 s).
+    assert!(
+        woke_at.saturating_duration_since(approved_at) < Duration::from_secs(10),
+        "wait_for was not woken by the decision"
+    );
 
     // Not for another action, not twice.
     let other = json!({ "to": "cfo@example.com", "amount": 12000 });
