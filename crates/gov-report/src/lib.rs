@@ -1,0 +1,1 @@
+//! The EU AI Act Article 12 evidence report.
