@@ -43,6 +43,7 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["demo"],
         &["tail"],
         &["budget"],
+        &["report"],
         &["console", "add-user"],
         &["console", "list-users"],
         &["console", "disable-user"],

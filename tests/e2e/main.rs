@@ -4,8 +4,10 @@
 mod docs;
 mod migrate;
 mod processes;
+mod report;
 mod support;
 mod tail;
 mod tamper;
 mod users;
 mod verify;
+mod verify_range;

@@ -16,6 +16,8 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("gov-core", "tokio"),
     ("gov-core", "gov-store"),
     ("gov-audit", "sqlx"),
+    ("gov-report", "sqlx"),
+    ("gov-report", "gov-store"),
     ("gov-sdk", "sqlx"),
 ];
 

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::AuditError;
 use crate::keys::{ChainKey, KeyRing};
-use crate::verify::{self, ChainCheck, Finding, Reason, VerifyReport};
+use crate::verify::{self, ChainCheck, Finding, Reason, VerifyOptions, VerifyReport};
 
 /// Tuning for [`AuditLog`].
 #[derive(Debug, Clone)]
@@ -168,9 +168,21 @@ impl AuditLog {
         Ok(self.inner.store.chain_head(chain).await?)
     }
 
-    /// Verifies one chain, or every chain when `chain` is `None`. Verifying nothing is an
-    /// error, never a pass.
+    /// Verifies one chain, or every chain when `chain` is `None`, from seq 1 to the head, on
+    /// every core. Verifying nothing is an error, never a pass.
     pub async fn verify(&self, chain: Option<&str>) -> Result<VerifyReport, AuditError> {
+        self.verify_with(chain, &VerifyOptions::default()).await
+    }
+
+    /// [`Self::verify`] with options: a seq range, the number of threads that recompute HMACs,
+    /// and a progress callback (see [`VerifyOptions`]). A range that starts beyond the head of
+    /// the named chain, or that holds no row of any chain, is refused.
+    pub async fn verify_with(
+        &self,
+        chain: Option<&str>,
+        opts: &VerifyOptions,
+    ) -> Result<VerifyReport, AuditError> {
+        opts.validate()?;
         let store = &self.inner.store;
         // Chains with rows are listed before the heads are read: a chain whose first append
         // commits in between then has a head and is verified, never mistaken for a headless one.
@@ -188,6 +200,14 @@ impl AuditLog {
             },
             None => store.chain_heads().await?,
         };
+        if let (Some(c), Some(from), Some(h)) = (chain, opts.from_seq, heads.first())
+            && from > h.seq.max(1)
+        {
+            return Err(AuditError::InvalidOptions(format!(
+                "the range starts at seq {from}, beyond the head of chain {c:?} (seq {})",
+                h.seq
+            )));
+        }
         let mut chains = Vec::with_capacity(heads.len());
         // Rows whose chain has no head row: the head was removed behind the chain's back.
         for id in with_rows {
@@ -197,6 +217,7 @@ impl AuditLog {
                     events_checked: 0,
                     head_seq: 0,
                     key_ids: Default::default(),
+                    range: None,
                     finding: Some(Finding {
                         seq: 1,
                         reason: Reason::HeadMismatch,
@@ -206,12 +227,23 @@ impl AuditLog {
                 });
             }
         }
+        let pool = verify::thread_pool(opts.threads)?;
+        let keys = Arc::new(self.inner.keys.clone());
+        let any_rows = heads.iter().any(|h| h.seq > 0);
         for head in heads {
-            chains.push(verify::verify_chain(store, &self.inner.keys, head).await?);
+            chains.push(verify::verify_chain(store, &keys, head, opts, &pool).await?);
         }
         chains.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
         let events_checked = chains.iter().map(|c| c.events_checked).sum();
         if chain.is_none() && events_checked == 0 && chains.iter().all(|c| c.is_clean()) {
+            if opts.is_range() && any_rows {
+                return Err(AuditError::InvalidOptions(format!(
+                    "no chain has rows from seq {} to {}",
+                    opts.from_seq.unwrap_or(1),
+                    opts.to_seq
+                        .map_or_else(|| "its head".to_owned(), |t| t.to_string())
+                )));
+            }
             return Err(AuditError::NothingToVerify);
         }
         Ok(VerifyReport {

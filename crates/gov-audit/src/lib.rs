@@ -2,7 +2,7 @@
 //!
 //! - [`canonical`]: the versioned, length-prefixed bytes each row's HMAC covers (pure).
 //! - [`keys`]: the audit secret, HKDF-derived per-use keys, the salted key fingerprint (pure).
-//! - [`verify`]: the streaming verifier and its findings.
+//! - [`verify`]: the streaming, parallel verifier, its options and its findings.
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
 
@@ -17,7 +17,9 @@ use thiserror::Error;
 
 pub use chain::{Appended, AuditLog, AuditLogOptions};
 pub use keys::{AuditSecret, ChainKey, DerivedKey, KeyError, KeyRing};
-pub use verify::{ChainCheck, ChainReport, Finding, Reason, VerifyReport};
+pub use verify::{
+    ChainCheck, ChainReport, Finding, Reason, VerifyOptions, VerifyProgress, VerifyReport,
+};
 
 /// An audit failure.
 #[derive(Debug, Clone, Error)]
@@ -39,6 +41,10 @@ pub enum AuditError {
         "the database holds no audit events, so nothing was verified; check that the database URL points at the service's database"
     )]
     NothingToVerify,
+    /// Verification options were refused (a range below seq 1, ending before it starts, or
+    /// holding no row; zero threads).
+    #[error("{0}")]
+    InvalidOptions(String),
     /// An internal task stopped (the runtime is shutting down).
     #[error("internal error: {0}")]
     Internal(&'static str),

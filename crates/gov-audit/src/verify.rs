@@ -1,11 +1,19 @@
-//! The chain verifier: streams rows in seq order with bounded memory, recomputes each HMAC,
-//! checks links, gaps and the head row, and names the first bad seq and why.
+//! The chain verifier: streams rows in seq order with bounded memory, recomputes each HMAC on
+//! every core, checks links, gaps and the head row, and names the first bad seq and why.
+//!
+//! A reader task fetches pages of rows by seq (keyset) a few pages ahead; each page's seals are
+//! recomputed in parallel on a rayon pool, then its rows are checked in order by [`ChainCheck`]
+//! with those results, so the findings are exactly those of a row-by-row check. Never does CPU
+//! work on the async threads.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use gov_core::{AuditRecord, ChainHead, ZERO_HMAC};
 use gov_store::Store;
+use rayon::prelude::*;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::AuditError;
 use crate::keys::KeyRing;
@@ -84,6 +92,10 @@ pub struct ChainReport {
     pub head_seq: i64,
     /// Key fingerprints seen.
     pub key_ids: BTreeSet<String>,
+    /// The seqs verified, first and last, when a range was asked for (absent otherwise). The
+    /// last is the range's end or the head, whichever is lower.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(i64, i64)>,
     /// The first problem, if any.
     pub finding: Option<Finding>,
 }
@@ -118,10 +130,99 @@ impl VerifyReport {
     }
 }
 
+/// Options for [`crate::AuditLog::verify_with`].
+///
+/// `from_seq` and `to_seq` bound the rows verified, both inclusive. The first row of a range
+/// that starts after seq 1 must link to the row before it: that row's stored `row_hmac` is the
+/// expected `prev_hmac`, and that row's own seal is not checked (it lies outside the range). The
+/// head row checks (a cut tail, the head's HMAC) and the check for rows stored beyond the head
+/// apply only when `to_seq` is `None` or reaches the head.
+#[derive(Clone, Default)]
+pub struct VerifyOptions {
+    /// First seq to verify (inclusive, at least 1; default 1).
+    pub from_seq: Option<i64>,
+    /// Last seq to verify (inclusive, at least `from_seq`; default the chain's head).
+    pub to_seq: Option<i64>,
+    /// Threads that recompute HMACs: `None` for one per core, `Some(1)` for one.
+    pub threads: Option<usize>,
+    /// Called after each page of rows with the progress of the chain being verified.
+    pub progress: Option<Arc<dyn Fn(VerifyProgress) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for VerifyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("from_seq", &self.from_seq)
+            .field("to_seq", &self.to_seq)
+            .field("threads", &self.threads)
+            .field(
+                "progress",
+                &self.progress.as_ref().map(|_| "Fn(VerifyProgress)"),
+            )
+            .finish()
+    }
+}
+
+impl VerifyOptions {
+    /// Refuses a range that starts below seq 1 or ends before it starts, and zero threads.
+    pub fn validate(&self) -> Result<(), AuditError> {
+        let bad = |m: String| Err(AuditError::InvalidOptions(m));
+        if let Some(from) = self.from_seq
+            && from < 1
+        {
+            return bad(format!(
+                "the range must start at seq 1 or later, not {from}"
+            ));
+        }
+        if let Some(to) = self.to_seq
+            && to < 1
+        {
+            return bad(format!("the range must end at seq 1 or later, not {to}"));
+        }
+        if let (Some(from), Some(to)) = (self.from_seq, self.to_seq)
+            && from > to
+        {
+            return bad(format!(
+                "the range starts at seq {from}, after its end at seq {to}"
+            ));
+        }
+        if self.threads == Some(0) {
+            return bad("verification needs at least one thread".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a range was asked for.
+    pub fn is_range(&self) -> bool {
+        self.from_seq.is_some() || self.to_seq.is_some()
+    }
+}
+
+/// How far the verification of one chain has got; reported after each page of rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// The chain being verified.
+    pub chain_id: String,
+    /// Rows that passed so far.
+    pub checked: u64,
+    /// Rows to check in this chain (its head seq, or the size of the range).
+    pub total: u64,
+}
+
 /// Pure, incremental verification of one chain: feed rows in seq order, then `finish`.
 pub struct ChainCheck<'k> {
     keys: &'k KeyRing,
+    s: CheckState,
+}
+
+/// What a check carries from row to row. Owned, so it can move to a worker thread and back.
+struct CheckState {
     head: ChainHead,
+    /// The last seq to check: the head's, or the end of the range.
+    end_seq: i64,
+    /// Whether the last row checked must be the head (false for a range ending before it).
+    check_head: bool,
+    range: Option<(i64, i64)>,
     expected_seq: i64,
     prev: Vec<u8>,
     checked: u64,
@@ -129,23 +230,33 @@ pub struct ChainCheck<'k> {
     buf: Vec<u8>,
 }
 
+/// Whether `row` is sealed by a key of the ring, at its stored seq.
+fn sealed(keys: &KeyRing, row: &AuditRecord, buf: &mut Vec<u8>) -> bool {
+    keys.get(&row.key_id).is_some_and(|k| k.verify(row, buf))
+}
+
 impl<'k> ChainCheck<'k> {
     /// Starts checking a chain whose head row is `head`.
     pub fn new(keys: &'k KeyRing, head: ChainHead) -> Self {
         Self {
             keys,
-            head,
-            expected_seq: 1,
-            prev: ZERO_HMAC.to_vec(),
-            checked: 0,
-            key_ids: BTreeSet::new(),
-            buf: Vec::with_capacity(1024),
+            s: CheckState {
+                end_seq: head.seq,
+                check_head: true,
+                range: None,
+                head,
+                expected_seq: 1,
+                prev: ZERO_HMAC.to_vec(),
+                checked: 0,
+                key_ids: BTreeSet::new(),
+                buf: Vec::with_capacity(1024),
+            },
         }
     }
 
     /// Rows checked so far.
     pub fn checked(&self) -> u64 {
-        self.checked
+        self.s.checked
     }
 
     fn authentic_at(&mut self, row: &AuditRecord, seq: i64) -> bool {
@@ -153,18 +264,18 @@ impl<'k> ChainCheck<'k> {
             return false;
         };
         if seq == row.seq {
-            return key.verify(row, &mut self.buf);
+            return key.verify(row, &mut self.s.buf);
         }
         let mut moved = row.clone();
         moved.seq = seq;
-        key.verify(&moved, &mut self.buf)
+        key.verify(&moved, &mut self.s.buf)
     }
 
     /// Whether `row` looks inserted in front of `next`: `next` is authentic one seq earlier
     /// than stored and follows the row before `row`.
     fn inserted_before(&mut self, row: &AuditRecord, next: Option<&AuditRecord>) -> bool {
         match next {
-            Some(n) if n.seq == row.seq + 1 && n.prev_hmac == self.prev => {
+            Some(n) if n.seq == row.seq + 1 && n.prev_hmac == self.s.prev => {
                 self.authentic_at(n, row.seq)
             }
             _ => false,
@@ -174,7 +285,19 @@ impl<'k> ChainCheck<'k> {
     /// Checks the next row; `next` is the row after it, if already fetched (used to tell an
     /// inserted row from a modified one).
     pub fn check(&mut self, row: &AuditRecord, next: Option<&AuditRecord>) -> Result<(), Finding> {
-        let e = self.expected_seq;
+        let ok = sealed(self.keys, row, &mut self.s.buf);
+        self.check_sealed(row, next, ok)
+    }
+
+    /// [`Self::check`] with the row's seal already recomputed: `ok` is whether a key of the ring
+    /// seals the row at its stored seq. Only a failing row costs further HMACs here.
+    fn check_sealed(
+        &mut self,
+        row: &AuditRecord,
+        next: Option<&AuditRecord>,
+        ok: bool,
+    ) -> Result<(), Finding> {
+        let e = self.s.expected_seq;
         let bad = |seq, reason, detail: String| {
             Err(Finding {
                 seq,
@@ -200,17 +323,19 @@ impl<'k> ChainCheck<'k> {
             };
             return bad(e, Reason::MissingRow, detail);
         }
-        if row.seq > self.head.seq {
+        if row.seq > self.s.head.seq {
             return bad(
                 row.seq,
                 Reason::InsertedRow,
                 format!(
                     "the chain head ends at seq {}, yet a row is stored at seq {}",
-                    self.head.seq, row.seq
+                    self.s.head.seq, row.seq
                 ),
             );
         }
-        self.key_ids.insert(row.key_id.clone());
+        if !self.s.key_ids.contains(&row.key_id) {
+            self.s.key_ids.insert(row.key_id.clone());
+        }
         if self.keys.get(&row.key_id).is_none() {
             if self.inserted_before(row, next) {
                 return bad(row.seq, Reason::InsertedRow, "a row sealed with a foreign key was inserted here; the rows after it were renumbered".into());
@@ -225,7 +350,7 @@ impl<'k> ChainCheck<'k> {
                 ),
             );
         }
-        if !self.authentic_at(row, row.seq) {
+        if !ok {
             let lo = (row.seq - REORDER_WINDOW).max(1);
             let hi = row.seq + REORDER_WINDOW;
             if let Some(t) = (lo..=hi)
@@ -247,7 +372,7 @@ impl<'k> ChainCheck<'k> {
                 "the row's contents do not match its HMAC".into(),
             );
         }
-        if row.prev_hmac != self.prev {
+        if row.prev_hmac != self.s.prev {
             return bad(
                 row.seq,
                 Reason::Fork,
@@ -257,26 +382,40 @@ impl<'k> ChainCheck<'k> {
                 ),
             );
         }
-        self.prev.clone_from(&row.row_hmac);
-        self.expected_seq += 1;
-        self.checked += 1;
+        self.s.prev.clone_from(&row.row_hmac);
+        self.s.expected_seq += 1;
+        self.s.checked += 1;
         Ok(())
     }
 
     /// Ends the check once every row up to the head has been fed.
     pub fn finish(&self) -> Result<(), Finding> {
+        self.s.finish()
+    }
+}
+
+impl CheckState {
+    fn finish(&self) -> Result<(), Finding> {
         let last = self.expected_seq - 1;
-        if last < self.head.seq {
+        if last < self.end_seq {
+            let detail = if self.check_head {
+                format!(
+                    "the chain head is at seq {} but rows stop at seq {last}: the tail was cut off",
+                    self.head.seq
+                )
+            } else {
+                format!(
+                    "the range ends at seq {} but rows stop at seq {last}",
+                    self.end_seq
+                )
+            };
             return Err(Finding {
                 seq: self.expected_seq,
                 reason: Reason::MissingRow,
-                detail: format!(
-                    "the chain head is at seq {} but rows stop at seq {last}: the tail was cut off",
-                    self.head.seq
-                ),
+                detail,
             });
         }
-        if self.prev != self.head.head_hmac {
+        if self.check_head && self.prev != self.head.head_hmac {
             return Err(Finding {
                 seq: self.head.seq,
                 reason: Reason::HeadMismatch,
@@ -292,79 +431,247 @@ impl<'k> ChainCheck<'k> {
             events_checked: self.checked + u64::from(finding.is_some()),
             head_seq: self.head.seq,
             key_ids: self.key_ids,
+            range: self.range,
             finding,
         }
     }
 }
 
-/// Verifies one chain from seq 1 to its head, streaming pages of rows.
+/// Pages read ahead of the one being checked. With the page being read, the page being checked
+/// and the one row held back, at most `PAGES_AHEAD + 2` pages of one chain are in memory,
+/// however long the chain.
+const PAGES_AHEAD: usize = 2;
+/// Rows one worker thread seals at a time (smaller pieces cost more in scheduling than they
+/// gain in balance).
+const SEAL_PIECE: usize = 64;
+
+/// The thread pool that recomputes HMACs: `threads` threads, or one per core.
+pub(crate) fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool, AuditError> {
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n.max(1))
+        .thread_name(|i| format!("gov-verify-{i}"))
+        .panic_handler(|_| tracing::error!("a chain verification thread panicked"))
+        .build()
+        .map_err(|_| AuditError::Internal("could not start the chain verification threads"))
+}
+
+/// Runs `f` on the pool and waits for it without blocking the async thread.
+async fn on_pool<T: Send + 'static>(
+    pool: &rayon::ThreadPool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuditError> {
+    let (tx, rx) = oneshot::channel();
+    pool.spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.await
+        .map_err(|_| AuditError::Internal("a chain verification thread stopped"))
+}
+
+/// The last row of a page with its recomputed seal, held back until the next page shows the row
+/// after it.
+type HeldRow = Option<(AuditRecord, bool)>;
+
+/// Checks one page: every row's seal is recomputed in parallel on the current pool, then the
+/// rows are checked in order with those results. The page's last row is held back in `held`
+/// (after `held`'s previous row is checked against this page's first).
+fn check_page(
+    check: &mut ChainCheck<'_>,
+    held: &mut HeldRow,
+    mut page: Vec<AuditRecord>,
+) -> Result<(), Finding> {
+    let keys = check.keys;
+    let mut ok: Vec<bool> = page
+        .par_iter()
+        .with_min_len(SEAL_PIECE)
+        .map_init(|| Vec::with_capacity(1024), |buf, r| sealed(keys, r, buf))
+        .collect();
+    if let Some((row, row_ok)) = held.take() {
+        check.check_sealed(&row, page.first(), row_ok)?;
+    }
+    for (i, pair) in page.windows(2).enumerate() {
+        check.check_sealed(&pair[0], Some(&pair[1]), ok[i])?;
+    }
+    if let (Some(last), Some(last_ok)) = (page.pop(), ok.pop()) {
+        *held = Some((last, last_ok));
+    }
+    Ok(())
+}
+
+/// Aborts a task when dropped (so an early return stops the page reader).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Verifies one chain (or the range of it that `opts` names), streaming pages of rows: a reader
+/// task fetches pages ahead while the pool recomputes the seals of the current one.
 pub(crate) async fn verify_chain(
     store: &Store,
-    keys: &KeyRing,
+    keys: &Arc<KeyRing>,
     head: ChainHead,
+    opts: &VerifyOptions,
+    pool: &rayon::ThreadPool,
 ) -> Result<ChainReport, AuditError> {
     let chain = head.chain_id.clone();
     let head_seq = head.seq;
+    let start = opts.from_seq.unwrap_or(1);
+    let end = opts.to_seq.map_or(head_seq, |t| t.min(head_seq));
+    let to_head = opts.to_seq.is_none_or(|t| t >= head_seq);
+    let total = u64::try_from(end - start + 1).unwrap_or(0);
     let mut check = ChainCheck::new(keys, head);
-    let mut page = fetch(store, &chain, 0, head_seq).await?;
-    while let Some(last) = page.last() {
-        // Fetch the next page while this one is verified.
-        let next_fetch = {
-            let (store, chain, after) = (store.clone(), chain.clone(), last.seq);
-            tokio::spawn(async move { fetch(&store, &chain, after, head_seq).await })
-        };
-        for pair in page.windows(2) {
-            if let Err(f) = check.check(&pair[0], Some(&pair[1])) {
-                next_fetch.abort();
-                return Ok(check.report(Some(f)));
+    check.s.expected_seq = start;
+    check.s.end_seq = end;
+    check.s.check_head = to_head;
+    check.s.range = opts.is_range().then_some((start, end));
+    let mut state = check.s;
+    let progress = |checked| {
+        if let Some(p) = &opts.progress {
+            p(VerifyProgress {
+                chain_id: chain.clone(),
+                checked,
+                total,
+            });
+        }
+    };
+
+    // A range that starts past the head holds no row of this chain; only rows stored beyond the
+    // head are looked for.
+    if start <= head_seq || start == 1 {
+        if start > 1 {
+            // The first row of the range must follow the stored row before it.
+            let before = store.read_chain_page(&chain, start - 2, 1).await?;
+            match before.into_iter().next() {
+                Some(p) if p.seq == start - 1 => state.prev = p.row_hmac,
+                _ => {
+                    let f = Finding {
+                        seq: start - 1,
+                        reason: Reason::MissingRow,
+                        detail: format!(
+                            "seq {} is missing: the first row of the range, seq {start}, cannot be linked to it",
+                            start - 1
+                        ),
+                    };
+                    return Ok(state.report(Some(f)));
+                }
             }
         }
-        let next = next_fetch
-            .await
-            .map_err(|_| AuditError::Internal("the page reader stopped"))??;
-        if let Some(last) = page.last()
-            && let Err(f) = check.check(last, next.first())
-        {
-            return Ok(check.report(Some(f)));
+        progress(0);
+        let (tx, mut rx) = mpsc::channel(PAGES_AHEAD);
+        let _reader = AbortOnDrop(tokio::spawn(read_pages(
+            store.clone(),
+            chain.clone(),
+            start - 1,
+            end,
+            tx,
+        )));
+        let mut held: HeldRow = None;
+        while let Some(page) = rx.recv().await {
+            let page = page?;
+            let keys = Arc::clone(keys);
+            let (s, h, result) = on_pool(pool, move || {
+                let mut check = ChainCheck {
+                    keys: &keys,
+                    s: state,
+                };
+                let result = check_page(&mut check, &mut held, page);
+                (check.s, held, result)
+            })
+            .await?;
+            (state, held) = (s, h);
+            if let Err(f) = result {
+                return Ok(state.report(Some(f)));
+            }
+            progress(state.checked);
         }
-        page = next;
-    }
-    if let Err(f) = check.finish() {
-        return Ok(check.report(Some(f)));
-    }
-    // A row beyond the head that the head does not know of was inserted behind its back. Read
-    // the row first, then the head, so a concurrent append is never mistaken for one.
-    let beyond = store.read_chain_page(&chain, head_seq, 1).await?;
-    if let Some(row) = beyond.first() {
-        let now = store.chain_head(&chain).await?;
-        if now.is_none_or(|h| h.seq == head_seq) {
-            let f = Finding {
-                seq: row.seq,
-                reason: Reason::InsertedRow,
-                detail: format!(
-                    "the chain head ends at seq {head_seq}, yet a row is stored at seq {}",
-                    row.seq
-                ),
-            };
-            return Ok(check.report(Some(f)));
+        if let Some((row, row_ok)) = held {
+            let keys = Arc::clone(keys);
+            let (s, result) = on_pool(pool, move || {
+                let mut check = ChainCheck {
+                    keys: &keys,
+                    s: state,
+                };
+                let result = check.check_sealed(&row, None, row_ok);
+                (check.s, result)
+            })
+            .await?;
+            state = s;
+            if let Err(f) = result {
+                return Ok(state.report(Some(f)));
+            }
+            progress(state.checked);
+        }
+        if let Err(f) = state.finish() {
+            return Ok(state.report(Some(f)));
         }
     }
-    Ok(check.report(None))
+    if to_head {
+        // A row beyond the head that the head does not know of was inserted behind its back.
+        // Read the row first, then the head, so a concurrent append is never mistaken for one.
+        let beyond = store.read_chain_page(&chain, head_seq, 1).await?;
+        if let Some(row) = beyond.first() {
+            let now = store.chain_head(&chain).await?;
+            if now.is_none_or(|h| h.seq == head_seq) {
+                let f = Finding {
+                    seq: row.seq,
+                    reason: Reason::InsertedRow,
+                    detail: format!(
+                        "the chain head ends at seq {head_seq}, yet a row is stored at seq {}",
+                        row.seq
+                    ),
+                };
+                return Ok(state.report(Some(f)));
+            }
+        }
+    }
+    Ok(state.report(None))
 }
 
-/// The next page of rows after `after`, never past the head the verification started from
-/// (rows appended meanwhile are left for the next run).
+/// Reads pages of rows after seq `after` up to seq `end` into `tx`, in order, until there are
+/// no more, the receiver is gone, or a read fails (the error is sent on).
+async fn read_pages(
+    store: Store,
+    chain: String,
+    mut after: i64,
+    end: i64,
+    tx: mpsc::Sender<Result<Vec<AuditRecord>, AuditError>>,
+) {
+    loop {
+        match fetch(&store, &chain, after, end).await {
+            Ok(rows) => {
+                let Some(last) = rows.last() else { return };
+                after = last.seq;
+                if tx.send(Ok(rows)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The next page of rows after `after`, never past `end` (the head the verification started
+/// from, or the end of the range: rows appended meanwhile are left for the next run).
 async fn fetch(
     store: &Store,
     chain: &str,
     after: i64,
-    head_seq: i64,
+    end: i64,
 ) -> Result<Vec<AuditRecord>, AuditError> {
-    if after >= head_seq {
+    if after >= end {
         return Ok(Vec::new());
     }
     let mut rows = store.read_chain_page(chain, after, PAGE_ROWS).await?;
-    if let Some(pos) = rows.iter().position(|r| r.seq > head_seq) {
+    if let Some(pos) = rows.iter().position(|r| r.seq > end) {
         rows.truncate(pos);
     }
     Ok(rows)
@@ -478,5 +785,124 @@ mod tests {
         let mut bad_head = head.clone();
         bad_head.head_hmac = vec![2; 32];
         expect(&rows, bad_head, 10, Reason::HeadMismatch);
+    }
+
+    /// The same check as `run`, page by page as `verify_chain` runs it: each page's seals
+    /// recomputed in parallel, the last row of each page held back for the next.
+    fn run_paged(
+        ring: &KeyRing,
+        rows: &[AuditRecord],
+        head: ChainHead,
+        page: usize,
+    ) -> Result<u64, Finding> {
+        let pool = thread_pool(Some(2)).unwrap();
+        pool.install(|| {
+            let mut c = ChainCheck::new(ring, head);
+            let mut held = None;
+            for p in rows.chunks(page) {
+                check_page(&mut c, &mut held, p.to_vec())?;
+            }
+            if let Some((row, ok)) = held {
+                c.check_sealed(&row, None, ok)?;
+            }
+            c.finish()?;
+            Ok(c.checked())
+        })
+    }
+
+    #[test]
+    fn paged_parallel_checks_find_what_row_by_row_checks_find() {
+        let k = key(A);
+        let ring = KeyRing::new(k.clone());
+        let (rows, head) = chain(&k, 10);
+        let mut cases = vec![(rows.clone(), head.clone())];
+
+        let mut modified = rows.clone();
+        modified[3].payload = "99".into();
+        cases.push((modified, head.clone()));
+
+        let mut missing = rows.clone();
+        missing.remove(5);
+        cases.push((missing, head.clone()));
+
+        let mut cut = rows.clone();
+        cut.truncate(7);
+        cases.push((cut, head.clone()));
+
+        let mut swapped = rows.clone();
+        swapped.swap(2, 3);
+        swapped[2].seq = 3;
+        swapped[3].seq = 4;
+        cases.push((swapped, head.clone()));
+
+        // Inserted rows at every position, so the row after the forged one is sometimes on the
+        // next page.
+        for at in 1..9 {
+            let mut inserted = rows.clone();
+            let mut forged = rows[at].clone();
+            forged.payload = "\"forged\"".into();
+            inserted.insert(at, forged);
+            for (i, r) in inserted.iter_mut().enumerate() {
+                r.seq = i as i64 + 1;
+            }
+            let mut longer = head.clone();
+            longer.seq = 11;
+            cases.push((inserted, longer));
+        }
+
+        let mut foreign = rows.clone();
+        let b = key(B);
+        foreign[6].key_id = b.key_id().to_owned();
+        reseal(&b, &mut foreign[6]);
+        cases.push((foreign, head.clone()));
+
+        let mut forked = rows.clone();
+        forked[8].prev_hmac = vec![1; 32];
+        reseal(&k, &mut forked[8]);
+        cases.push((forked, head.clone()));
+
+        let mut bad_head = head.clone();
+        bad_head.head_hmac = vec![2; 32];
+        cases.push((rows.clone(), bad_head));
+
+        for (i, (rows, head)) in cases.iter().enumerate() {
+            let want = run(&ring, rows, head.clone());
+            for page in [1, 2, 3, 4, 5, 7, 64] {
+                let got = run_paged(&ring, rows, head.clone(), page);
+                assert_eq!(got, want, "case {i}, pages of {page}");
+            }
+        }
+    }
+
+    #[test]
+    fn options_refuse_bad_ranges_and_zero_threads() {
+        let refused = |o: VerifyOptions| match o.validate() {
+            Err(AuditError::InvalidOptions(m)) => m,
+            other => panic!("{o:?} gave {other:?}"),
+        };
+        let range = |from, to| VerifyOptions {
+            from_seq: from,
+            to_seq: to,
+            ..VerifyOptions::default()
+        };
+        assert!(refused(range(Some(0), None)).contains("seq 1 or later, not 0"));
+        assert!(refused(range(None, Some(-3))).contains("not -3"));
+        assert!(refused(range(Some(9), Some(5))).contains("after its end"));
+        let zero = VerifyOptions {
+            threads: Some(0),
+            ..VerifyOptions::default()
+        };
+        assert!(refused(zero).contains("thread"));
+        assert!(range(Some(5), Some(5)).validate().is_ok());
+        assert!(VerifyOptions::default().validate().is_ok());
+        assert!(!VerifyOptions::default().is_range());
+        let shown = format!(
+            "{:?}",
+            VerifyOptions {
+                progress: Some(Arc::new(|_| {})),
+                ..VerifyOptions::default()
+            }
+        );
+        assert!(shown.contains("Fn(VerifyProgress)"), "{shown}");
     }
 }

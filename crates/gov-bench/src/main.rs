@@ -1,11 +1,19 @@
 //! Benchmarks behind `cargo xtask bench`: audit append throughput (1 and 64 concurrent callers
-//! on one chain), verification throughput over 100,000 events, and the `SELECT 1` round trip on
-//! the same pool as the reference. Prints one JSON object on stdout.
+//! on one chain), verification throughput over 100,000 and 1,000,000 events on one core and on
+//! all cores with the verifier's peak memory, and the `SELECT 1` round trip on the same pool as
+//! the reference. Prints one JSON object on stdout.
+//!
+//! Peak memory is measured in a child process (this binary again, with the hidden subcommand
+//! `verify-child`) that only connects and verifies, then reports its `VmHWM`: a process's own
+//! high-water mark never goes down, so the parent's would include the fill. The one-core child
+//! is pinned to one CPU with `taskset` where that works, and runs one async thread and one
+//! verification thread.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use gov_sdk::{AuditEvent, Governance};
+use anyhow::{Context, Result};
+use gov_sdk::{AuditEvent, Governance, VerifyOptions};
 use gov_testdb::TestDb;
 
 const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
@@ -50,8 +58,134 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// The hidden subcommand that verifies one chain in a process of its own.
+const CHILD: &str = "verify-child";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(CHILD) {
+        return verify_child(args.get(1..).unwrap_or_default());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?
+        .block_on(bench())
+}
+
+/// The peak resident set size of this process so far, in KiB (`VmHWM` in /proc/self/status).
+fn peak_rss_kib() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("could not read /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/self/status")?;
+    line.trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .context("could not parse VmHWM")
+}
+
+/// `verify-child URL CHAIN THREADS`: connects, verifies CHAIN with THREADS (`1` or `all`)
+/// verification threads, and prints `{events, seconds, peak_rss_kib}` as JSON.
+fn verify_child(args: &[String]) -> Result<()> {
+    let [url, chain, threads] = args else {
+        anyhow::bail!("usage: gov-bench {CHILD} URL CHAIN THREADS");
+    };
+    let threads = match threads.as_str() {
+        "all" => None,
+        n => Some(n.parse::<usize>().context("THREADS is a number or `all`")?),
+    };
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let gov = Governance::builder()
+            .database_url(url)
+            .audit_secret(SECRET)
+            .max_connections(4)
+            .connect()
+            .await?;
+        let opts = VerifyOptions {
+            threads,
+            ..VerifyOptions::default()
+        };
+        let start = Instant::now();
+        let report = gov.audit().verify_with(Some(chain), &opts).await?;
+        let seconds = start.elapsed().as_secs_f64();
+        anyhow::ensure!(report.is_clean(), "the benchmark chain did not verify clean");
+        gov.close().await;
+        let out = serde_json::json!({
+            "events": report.events_checked,
+            "seconds": seconds,
+            "peak_rss_kib": peak_rss_kib()?,
+        });
+        println!("{out}");
+        Ok(())
+    })
+}
+
+/// One child verification: events/s and peak RSS in KiB.
+struct ChildRun {
+    events_per_s: f64,
+    peak_rss_kib: u64,
+}
+
+/// Whether `taskset` can pin a process to CPU 0 here.
+fn can_pin() -> bool {
+    Command::new("taskset")
+        .args(["-c", "0", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Verifies `chain` in a child process with `threads` (`1`, pinned to one CPU when `pin`, or
+/// `all`).
+fn verify_in_child(url: &str, chain: &str, threads: &str, pin: bool) -> Result<ChildRun> {
+    let exe = std::env::current_exe().context("could not find the benchmark binary")?;
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    let out = cmd
+        .args([CHILD, url, chain, threads])
+        .output()
+        .context("could not run the verification child")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the verification child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("the verification child printed no JSON")?;
+    let events = v["events"].as_f64().context("no events")?;
+    let seconds = v["seconds"].as_f64().context("no seconds")?;
+    Ok(ChildRun {
+        events_per_s: events / seconds,
+        peak_rss_kib: v["peak_rss_kib"].as_u64().context("no peak_rss_kib")?,
+    })
+}
+
+/// Verifies `chain` on one core and on all, each in a child process.
+fn verify_both(url: &str, chain: &str, pin: bool) -> Result<(ChildRun, ChildRun)> {
+    let one = verify_in_child(url, chain, "1", pin)?;
+    let all = verify_in_child(url, chain, "all", false)?;
+    Ok((one, all))
+}
+
+async fn bench() -> Result<()> {
     let db = TestDb::new().await;
     let gov = Governance::builder()
         .database_url(db.url())
@@ -100,6 +234,24 @@ async fn main() -> Result<()> {
         report.is_clean(),
         "the benchmark chain did not verify clean"
     );
+
+    // One core against all, and peak memory, at 100,000 events and then at 1,000,000.
+    let pin = can_pin();
+    eprintln!("bench: verify 100,000 events in child processes");
+    let (v100k_one, v100k_all) = verify_both(db.url(), "verify", pin)?;
+    eprintln!("bench: filling 900,000 more events (to 1,000,000)");
+    append(&gov, "verify", 64, 900_000 / 64 + 1).await?;
+    let head_1m = gov
+        .audit()
+        .head("verify")
+        .await?
+        .map(|h| h.seq)
+        .unwrap_or(0);
+    // Set the hint bits of the new rows before timing.
+    let warm = gov.audit().verify_named("verify").await?;
+    anyhow::ensure!(warm.is_clean(), "the benchmark chain did not verify clean");
+    eprintln!("bench: verify 1,000,000 events in child processes");
+    let (v1m_one, v1m_all) = verify_both(db.url(), "verify", pin)?;
 
     // The read path alone (keyset pages of 2,000), to see what verification adds to it.
     let start = Instant::now();
@@ -220,6 +372,16 @@ async fn main() -> Result<()> {
         "verify_events_per_s": (report.events_checked as f64 / verify_secs).round(),
         "verify_first_pass_events_per_s": (first.events_checked as f64 / first_secs).round(),
         "verify_seconds": round(verify_secs * 1000.0) / 1000.0,
+        "verify_1core_pinned_with_taskset": pin,
+        "verify_100k_events_per_s_1core": v100k_one.events_per_s.round(),
+        "verify_100k_events_per_s_all_cores": v100k_all.events_per_s.round(),
+        "verify_100k_peak_rss_kib": v100k_all.peak_rss_kib,
+        "verify_100k_peak_rss_kib_1core": v100k_one.peak_rss_kib,
+        "verify_1m_events": head_1m,
+        "verify_1m_events_per_s_1core": v1m_one.events_per_s.round(),
+        "verify_1m_events_per_s_all_cores": v1m_all.events_per_s.round(),
+        "verify_1m_peak_rss_kib": v1m_all.peak_rss_kib,
+        "verify_1m_peak_rss_kib_1core": v1m_one.peak_rss_kib,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     gov.close().await;

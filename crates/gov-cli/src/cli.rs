@@ -62,6 +62,11 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance budget billing-agent\n  governance budget billing-agent --session s-42 --json"
     )]
     Budget(BudgetArgs),
+    /// Write the EU AI Act Article 12 evidence report for a period (JSON, Markdown or HTML)
+    #[command(
+        after_help = "Examples:\n  governance report --from 2026-11-01 --to 2026-11-30 --output nov.md\n  governance report --chain billing --from 30d --as json > report.json\n  governance report --from 2026-10-01 --output q4.html\n\nThe period is from --from (included) to --to (excluded); a bare date as --to includes that whole day.\nThe chains covered are verified whole, whatever the period.\nExit codes: 0 written and the chains verify clean, 1 written but a chain is tampered (the report says where),\n2 usage or configuration (bad dates, wrong secret, unknown chain), 3 storage unreachable."
+    )]
+    Report(ReportArgs),
     /// Manage console and CLI users (operators who approve, deny, halt and resume)
     #[command(subcommand)]
     Console(ConsoleCommand),
@@ -92,6 +97,13 @@ pub(crate) struct VerifyArgs {
     /// Verify only this chain (default: every chain in the database)
     #[arg(long)]
     pub(crate) chain: Option<String>,
+    /// Verify from this seq on, included (default 1); its row must link to the row before it
+    #[arg(long, value_name = "SEQ", allow_negative_numbers = true)]
+    pub(crate) from: Option<i64>,
+    /// Verify up to this seq, included (default: the head); the head is checked only when the
+    /// range reaches it
+    #[arg(long, value_name = "SEQ", allow_negative_numbers = true)]
+    pub(crate) to: Option<i64>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }
@@ -198,8 +210,8 @@ pub(crate) struct TailArgs {
     /// Only this kind (e.g. scope.denied)
     #[arg(long)]
     pub(crate) kind: Option<String>,
-    /// Start from this time: RFC 3339 (2026-11-25T09:00:00Z) or an age (30s, 10m, 2h, 1d);
-    /// default: only events appended from now on
+    /// Start from this time: RFC 3339 (2026-11-25T09:00:00Z), a date (2026-11-25, UTC) or an
+    /// age (30s, 10m, 2h, 1d); default: only events appended from now on
     #[arg(long)]
     pub(crate) since: Option<String>,
     /// Exit after this many events
@@ -207,4 +219,47 @@ pub(crate) struct TailArgs {
     pub(crate) limit: Option<u64>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// Which report
+    #[arg(long, value_enum, default_value = "article12")]
+    pub(crate) format: ReportKind,
+    /// Start of the period, included: RFC 3339, a date (2026-11-01, UTC) or an age (30d);
+    /// default: the start of the record
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// End of the period, excluded: RFC 3339, a date (the whole day is included) or an age;
+    /// default: now
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// Only this chain (default: every chain)
+    #[arg(long)]
+    pub(crate) chain: Option<String>,
+    /// Write the report to this file (replaced whole, never left half-written) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// Output form; default: from the --output extension (.json, .md, .html), else json with
+    /// --json, else md
+    #[arg(long = "as", value_enum, value_name = "FORM")]
+    pub(crate) form: Option<ReportForm>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ReportKind {
+    /// EU AI Act Article 12 evidence of what the SDK observed
+    Article12,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReportForm {
+    /// Pretty-printed JSON, the complete record
+    Json,
+    /// Markdown
+    Md,
+    /// A self-contained HTML page
+    Html,
 }

@@ -7,6 +7,8 @@
 mod cli;
 mod commands;
 mod output;
+mod progress;
+mod when;
 
 use std::process::ExitCode;
 
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => commands::verify::run(args, &cli.global, &out).await,
             Command::Demo(args) => commands::demo::run(args, &cli.global, &out).await,
             Command::Tail(args) => commands::tail::run(args, &cli.global, &out).await,
+            Command::Report(args) => commands::report::run(args, &cli.global, &out).await,
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Completions(args) => commands::completions::run(args),
@@ -62,12 +65,25 @@ fn main() -> ExitCode {
 
 /// Maps an error to the documented exit code.
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<gov_report::ReportError>() {
+        return match e {
+            gov_report::ReportError::Sdk(e) => sdk_exit_code(e),
+            e if e.is_config() => EXIT_CONFIG,
+            _ => EXIT_STORAGE,
+        };
+    }
     match err.downcast_ref::<gov_sdk::Error>() {
-        Some(e) if e.is_config() => EXIT_CONFIG,
-        Some(gov_sdk::Error::ChainBroken(_)) => EXIT_TAMPERED,
-        Some(gov_sdk::Error::Store(_)) => EXIT_STORAGE,
-        Some(_) => EXIT_CONFIG,
+        Some(e) => sdk_exit_code(e),
         None => EXIT_CONFIG,
+    }
+}
+
+fn sdk_exit_code(e: &gov_sdk::Error) -> u8 {
+    match e {
+        e if e.is_config() => EXIT_CONFIG,
+        gov_sdk::Error::ChainBroken(_) => EXIT_TAMPERED,
+        gov_sdk::Error::Store(_) => EXIT_STORAGE,
+        _ => EXIT_CONFIG,
     }
 }
 

@@ -25,5 +25,7 @@ pub use gate::{GateRecord, GateStatus, OperatorRole};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
 pub use presence::{AgentPresence, LoopWindow, PresenceState, PresenceThresholds};
 pub use pricing::{MicroUsd, ModelPrice, PRICING_VERSION, PriceTable, TokenUsage};
-pub use record::{AuditRecord, ChainHead, EventFilter, HMAC_LEN, SignatureStatus, ZERO_HMAC};
+pub use record::{
+    AuditRecord, ChainHead, EventCount, EventFilter, HMAC_LEN, SignatureStatus, ZERO_HMAC,
+};
 pub use scope::{ScopeDenial, ScopePolicy};

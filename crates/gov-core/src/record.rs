@@ -130,6 +130,28 @@ pub struct ChainHead {
     pub head_hmac: Vec<u8>,
 }
 
+/// How many events one agent wrote on one chain over a period: per kind, or in all when `kind`
+/// is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventCount {
+    /// The chain.
+    pub chain_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The kind; `None` for the agent's total over every kind.
+    pub kind: Option<String>,
+    /// Events counted.
+    pub events: u64,
+    /// Distinct sessions among them.
+    pub sessions: u64,
+    /// The earliest `occurred_at`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_at: OffsetDateTime,
+    /// The latest `occurred_at`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_at: OffsetDateTime,
+}
+
 /// Which events to read. Every field narrows the result; `None` means "any".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {

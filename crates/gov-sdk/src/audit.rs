@@ -3,6 +3,11 @@
 use gov_audit::{Appended, ChainReport, VerifyReport};
 use gov_core::EventId;
 
+/// Whether verification follows key-rotation markers, so that rows sealed under earlier keys
+/// verify against the keyring. Not yet: the keyring holds the current key only, and a chain that
+/// spans a rotation reports an unknown key. Reports state this flag.
+pub const ROTATION_AWARE: bool = false;
+
 /// Where a logged event went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logged {
@@ -115,11 +120,43 @@ impl<'g> Audit<'g> {
         Ok(self.gov.inner.audit.verify(None).await?)
     }
 
+    /// Verifies one chain, or every chain when `chain` is `None`, with options: a seq range,
+    /// how many threads recompute HMACs, and a progress callback (see
+    /// [`gov_audit::VerifyOptions`]).
+    pub async fn verify_with(
+        &self,
+        chain: Option<&str>,
+        opts: &gov_audit::VerifyOptions,
+    ) -> Result<VerifyReport> {
+        Ok(self.gov.inner.audit.verify_with(chain, opts).await?)
+    }
+
     /// Reads events matching `filter`, in seq order (keyset paging: pass the last seq seen as
     /// `after_seq`). With `verify_chain_on_read`, each row and its link are verified first.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
         let verify = self.gov.inner.config.verify_chain_on_read;
         Ok(self.gov.inner.audit.events(filter, verify).await?)
+    }
+
+    /// Event counts per (chain, agent, kind), and per (chain, agent) with `kind: None`, for
+    /// events with `occurred_at` in `[since, until)`; one chain or all of them.
+    pub async fn event_counts(
+        &self,
+        chain: Option<&str>,
+        since: Option<time::OffsetDateTime>,
+        until: Option<time::OffsetDateTime>,
+    ) -> Result<Vec<gov_core::EventCount>> {
+        Ok(self
+            .gov
+            .inner
+            .store
+            .event_counts(chain, since, until)
+            .await?)
+    }
+
+    /// The ids of every chain that has rows.
+    pub async fn chain_ids(&self) -> Result<Vec<String>> {
+        Ok(self.gov.inner.store.chain_ids_with_rows().await?)
     }
 
     /// Follows the chain live (see [`crate::Tail`]).

@@ -39,7 +39,7 @@ mod scope;
 mod spool;
 mod tail;
 
-pub use audit::{Audit, Logged};
+pub use audit::{Audit, Logged, ROTATION_AWARE};
 pub use config::{Config, GovernanceBuilder, Modules};
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
@@ -51,13 +51,16 @@ pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
 pub use tail::Tail;
 
-pub use gov_audit::{Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyReport};
+pub use gov_audit::{
+    Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyOptions, VerifyProgress,
+    VerifyReport,
+};
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
-    BudgetDenial, BudgetPolicy, BudgetStatus, ChainHead, ChainId, EventError, EventFilter, EventId,
-    GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice, ModelUsage,
-    OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds, PriceTable, ScopeDenial,
-    ScopePolicy, SessionId, TokenUsage, action_hash,
+    BudgetDenial, BudgetPolicy, BudgetStatus, ChainHead, ChainId, EventCount, EventError,
+    EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice,
+    ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds, PriceTable,
+    ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{MigrateReport, Privileges};
 

@@ -9,7 +9,8 @@ mod postgres;
 
 use std::time::Duration;
 
-use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
+use gov_core::{AuditEvent, AuditRecord, ChainHead, EventCount, EventFilter};
+use time::OffsetDateTime;
 
 pub use error::{Result, StoreError};
 pub use postgres::{Decision, Listener, Notice, OperatorRecord, PgStore, Privileges};
@@ -206,6 +207,20 @@ impl Store {
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
         match self {
             Self::Postgres(s) => s.events(filter).await,
+        }
+    }
+
+    /// Event counts per (chain, agent, kind) and per (chain, agent) with `occurred_at` in
+    /// `[since, until)`, over one chain or every chain; ordered by chain, agent, kind (totals
+    /// first).
+    pub async fn event_counts(
+        &self,
+        chain_id: Option<&str>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<EventCount>> {
+        match self {
+            Self::Postgres(s) => s.event_counts(chain_id, since, until).await,
         }
     }
 

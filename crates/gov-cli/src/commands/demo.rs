@@ -102,12 +102,14 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
     let gov = super::connect(&url, secret).await?;
     let started = Instant::now();
     let per_session = args.events.div_ceil(args.sessions);
+    let bar = crate::progress::bar(out, u64::from(args.events), "logging");
     let mut tasks = Vec::new();
     for s in 0..args.sessions {
         let n = per_session.min(args.events.saturating_sub(s * per_session));
         let (gov, chain, agent) = (gov.clone(), chain.clone(), args.agent.clone());
+        let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
-            simulate(&gov, &chain, &agent, s, n).await
+            simulate(&gov, &chain, &agent, s, n, &bar).await
         }));
     }
     let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -119,6 +121,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             *by_kind.entry(k).or_default() += 1;
         }
     }
+    bar.finish_and_clear();
     let elapsed = started.elapsed();
     let logged: u64 = by_kind.values().sum();
     if human {
@@ -176,6 +179,7 @@ async fn simulate(
     agent: &str,
     session: u32,
     n: u32,
+    bar: &indicatif::ProgressBar,
 ) -> Result<Vec<&'static str>, gov_sdk::Error> {
     let session_id = format!("session-{session}");
     let mut kinds = Vec::with_capacity(n as usize);
@@ -194,6 +198,7 @@ async fn simulate(
         gov.audit().log(ev).await?;
         parent = Some(id);
         kinds.push(kind);
+        bar.inc(1);
     }
     Ok(kinds)
 }

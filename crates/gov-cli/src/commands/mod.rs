@@ -5,6 +5,7 @@ pub(crate) mod completions;
 pub(crate) mod console;
 pub(crate) mod demo;
 pub(crate) mod migrate;
+pub(crate) mod report;
 pub(crate) mod tail;
 pub(crate) mod verify;
 

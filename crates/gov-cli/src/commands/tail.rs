@@ -7,37 +7,17 @@ use owo_colors::OwoColorize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::when::DayEdge;
+
 use crate::cli::{Global, TailArgs};
 use crate::output::Out;
-
-/// Parses `--since`: RFC 3339, or an age such as `30s`, `10m`, `2h`, `1d`.
-pub(crate) fn parse_since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t);
-    }
-    let bad = || {
-        format!(
-            "--since {text:?} is neither an RFC 3339 time (2026-11-25T09:00:00Z) nor an age such as 30s, 10m, 2h or 1d"
-        )
-    };
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
-        _ => return Err(bad()),
-    };
-    Ok(now - time::Duration::seconds(secs))
-}
 
 pub(crate) async fn run(args: TailArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     let config = |m: String| anyhow::Error::new(gov_sdk::Error::Config(m));
     let since = args
         .since
         .as_deref()
-        .map(|s| parse_since(s, OffsetDateTime::now_utc()))
+        .map(|s| crate::when::parse_time("--since", s, OffsetDateTime::now_utc(), DayEdge::Start))
         .transpose()
         .map_err(config)?;
     let filter = EventFilter {
@@ -106,25 +86,4 @@ pub(crate) async fn run(args: TailArgs, global: &Global, out: &Out) -> anyhow::R
     drop(tail);
     gov.close().await;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_since;
-    use time::macros::datetime;
-
-    #[test]
-    fn since_takes_times_and_ages() {
-        let now = datetime!(2026-11-25 12:00 UTC);
-        assert_eq!(
-            parse_since("2026-11-25T09:00:00Z", now),
-            Ok(datetime!(2026-11-25 09:00 UTC))
-        );
-        assert_eq!(parse_since("90m", now), Ok(datetime!(2026-11-25 10:30 UTC)));
-        assert_eq!(parse_since("1d", now), Ok(datetime!(2026-11-24 12:00 UTC)));
-        for bad in ["", "yesterday", "10", "5w", "2026-13-01", "m"] {
-            let err = parse_since(bad, now).unwrap_err();
-            assert!(err.contains("RFC 3339"), "{bad}: {err}");
-        }
-    }
 }

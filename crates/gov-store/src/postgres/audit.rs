@@ -1,6 +1,6 @@
 //! Audit chain queries: the batched, head-locked append and keyset-paged reads.
 
-use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter, EventId, ZERO_HMAC};
+use gov_core::{AuditEvent, AuditRecord, ChainHead, EventCount, EventFilter, EventId, ZERO_HMAC};
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -52,6 +52,17 @@ impl From<RecordRow> for AuditRecord {
             signature_status: r.signature_status,
         }
     }
+}
+
+#[derive(FromRow)]
+struct CountRow {
+    chain_id: String,
+    agent_id: String,
+    kind: Option<String>,
+    events: i64,
+    sessions: i64,
+    first_at: OffsetDateTime,
+    last_at: OffsetDateTime,
 }
 
 #[derive(FromRow)]
@@ -172,6 +183,42 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub(crate) async fn event_counts(
+        &self,
+        chain_id: Option<&str>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<EventCount>> {
+        let rows: Vec<CountRow> = sqlx::query_as(
+            "SELECT chain_id, agent_id, kind, count(*) AS events, \
+                    count(DISTINCT session_id) AS sessions, \
+                    min(occurred_at) AS first_at, max(occurred_at) AS last_at \
+             FROM audit_events \
+             WHERE ($1::text IS NULL OR chain_id = $1) \
+               AND ($2::timestamptz IS NULL OR occurred_at >= $2) \
+               AND ($3::timestamptz IS NULL OR occurred_at < $3) \
+             GROUP BY GROUPING SETS ((chain_id, agent_id, kind), (chain_id, agent_id)) \
+             ORDER BY chain_id, agent_id, kind NULLS FIRST",
+        )
+        .bind(chain_id)
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventCount {
+                chain_id: r.chain_id,
+                agent_id: r.agent_id,
+                kind: r.kind,
+                events: u64::try_from(r.events).unwrap_or(0),
+                sessions: u64::try_from(r.sessions).unwrap_or(0),
+                first_at: r.first_at,
+                last_at: r.last_at,
+            })
+            .collect())
     }
 
     pub(crate) async fn events(&self, f: &EventFilter) -> Result<Vec<AuditRecord>> {

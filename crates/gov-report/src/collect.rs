@@ -1,0 +1,362 @@
+//! Collecting the report from the audit chain: verification, counts, then the listed events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gov_sdk::{AuditRecord, ChainId, EventFilter, Governance, Reason, VerifyReport};
+use time::OffsetDateTime;
+
+use crate::ReportError;
+use crate::model::{
+    Article12Report, At, ChainVerification, Coverage, Decision, Denial, Denials, FORMAT,
+    FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT, System, Totals, Verification,
+};
+
+/// At most this many events are listed per section; the counts stay complete.
+pub const MAX_LISTED: usize = 10_000;
+
+/// Kinds whose events are listed one by one.
+const DECISIONS: [&str; 2] = ["gate.approved", "gate.denied"];
+const HALTS: [&str; 2] = ["agent.halted", "agent.resumed"];
+const DENIALS: [&str; 4] = [
+    "scope.denied",
+    "budget.denied",
+    "loop.detected",
+    "contract.violated",
+];
+
+/// What to report on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRequest {
+    /// Start of the period (inclusive); `None` is the start of the record.
+    pub from: Option<OffsetDateTime>,
+    /// End of the period (exclusive).
+    pub to: OffsetDateTime,
+    /// One chain, or every chain when `None`.
+    pub chain: Option<String>,
+    /// The time the report states it was made.
+    pub generated_at: OffsetDateTime,
+    /// The tool and version that makes it, e.g. `governance 0.1.0`.
+    pub generator: String,
+}
+
+/// Where collection is, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Verifying the chains.
+    Verifying,
+    /// Counting events in the period.
+    Counting,
+    /// Reading the events of one kind.
+    Listing(&'static str),
+}
+
+/// Collects the report: verifies the chains covered (whole), counts the period's events by
+/// chain, agent and kind, and lists oversight decisions, halts and denials.
+///
+/// A secret that does not match the key of a chain's first row is refused with
+/// [`ReportError::WrongSecret`] rather than reported as tampering.
+pub async fn collect(
+    gov: &Governance,
+    req: &ReportRequest,
+    progress: &(dyn Fn(Step) + Sync),
+) -> Result<Article12Report, ReportError> {
+    if let Some(from) = req.from
+        && from >= req.to
+    {
+        return Err(ReportError::Period(format!(
+            "the period is empty: --from ({}) must be before --to ({})",
+            crate::rfc3339(from),
+            crate::rfc3339(req.to)
+        )));
+    }
+    if let Some(c) = &req.chain {
+        c.parse::<ChainId>().map_err(gov_sdk::Error::from)?;
+    }
+
+    progress(Step::Verifying);
+    let verified = match &req.chain {
+        Some(c) => {
+            let chain = gov.audit().verify_named(c).await?;
+            VerifyReport {
+                events_checked: chain.events_checked,
+                chains: vec![chain],
+            }
+        }
+        None => gov.audit().verify_all().await?,
+    };
+    if let Some(c) = verified.chains.iter().find(|c| {
+        c.finding
+            .as_ref()
+            .is_some_and(|f| f.reason == Reason::UnknownKey && f.seq == 1)
+    }) {
+        return Err(ReportError::WrongSecret {
+            chain: c.chain_id.clone(),
+            key_id: gov.audit().key_id().to_owned(),
+        });
+    }
+    let chains: Vec<String> = verified.chains.iter().map(|c| c.chain_id.clone()).collect();
+
+    progress(Step::Counting);
+    let counts = gov
+        .audit()
+        .event_counts(req.chain.as_deref(), req.from, Some(req.to))
+        .await?;
+    let mut totals = Totals::default();
+    let mut systems: Vec<System> = Vec::new();
+    let mut events_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let mut agents = BTreeSet::new();
+    for c in &counts {
+        match &c.kind {
+            None => {
+                totals.events += c.events;
+                totals.sessions += c.sessions;
+                agents.insert(c.agent_id.clone());
+                let agent = crate::model::AgentSummary {
+                    agent_id: c.agent_id.clone(),
+                    events: c.events,
+                    sessions: c.sessions,
+                    first_event_at: c.first_at,
+                    last_event_at: c.last_at,
+                };
+                match systems.last_mut() {
+                    Some(s) if s.chain_id == c.chain_id => {
+                        s.events += c.events;
+                        s.agents.push(agent);
+                    }
+                    _ => systems.push(System {
+                        chain_id: c.chain_id.clone(),
+                        events: c.events,
+                        agents: vec![agent],
+                    }),
+                }
+            }
+            Some(kind) => *events_by_kind.entry(kind.clone()).or_default() += c.events,
+        }
+    }
+    totals.agents = agents.len() as u64;
+    let count = |kind: &str| events_by_kind.get(kind).copied().unwrap_or(0);
+
+    let mut human_oversight = Oversight {
+        requested: count("gate.requested"),
+        approved: count("gate.approved"),
+        denied: count("gate.denied"),
+        ..Oversight::default()
+    };
+    let (rows, truncated) = list(gov, req, &chains, &DECISIONS, progress).await?;
+    human_oversight.truncated = truncated;
+    human_oversight.decisions = rows.iter().map(decision).collect();
+
+    let mut halts = Halts {
+        halted: count("agent.halted"),
+        resumed: count("agent.resumed"),
+        ..Halts::default()
+    };
+    let (rows, truncated) = list(gov, req, &chains, &HALTS, progress).await?;
+    halts.truncated = truncated;
+    halts.events = rows.iter().map(halt).collect();
+
+    let mut denials = Denials {
+        scope: count("scope.denied"),
+        budget: count("budget.denied"),
+        loops: count("loop.detected"),
+        contracts: count("contract.violated"),
+        ..Denials::default()
+    };
+    let (rows, truncated) = list(gov, req, &chains, &DENIALS, progress).await?;
+    denials.truncated = truncated;
+    denials.events = rows.iter().map(denial).collect();
+
+    Ok(Article12Report {
+        format: FORMAT,
+        title: "EU AI Act Article 12 evidence report",
+        statement: STATEMENT,
+        generated_at: req.generated_at,
+        generator: req.generator.clone(),
+        period: Period {
+            from: req.from,
+            to: req.to,
+        },
+        chains,
+        totals,
+        systems,
+        events_by_kind,
+        human_oversight,
+        halts,
+        denials,
+        verification: verification(&verified),
+        coverage: Coverage {
+            coverage_pct: None,
+            reason_code: Some("no_client_registry"),
+            reason: Some(
+                "coverage needs a registry of the deployment's LLM clients, wrapped or not, to count calls that bypassed the SDK; this deployment has none, so the share of actions recorded cannot be computed",
+            ),
+        },
+    })
+}
+
+/// Reads every event of `kinds` in the period from `chains`, oldest first, up to
+/// [`MAX_LISTED`]; the flag says whether more exist.
+async fn list(
+    gov: &Governance,
+    req: &ReportRequest,
+    chains: &[String],
+    kinds: &[&'static str],
+    progress: &(dyn Fn(Step) + Sync),
+) -> Result<(Vec<AuditRecord>, bool), ReportError> {
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    'kinds: for kind in kinds {
+        progress(Step::Listing(kind));
+        for chain in chains {
+            let mut filter = EventFilter {
+                chain_id: Some(chain.parse().map_err(gov_sdk::Error::from)?),
+                kind: Some((*kind).to_owned()),
+                since: req.from,
+                until: Some(req.to),
+                limit: Some(1_000),
+                ..EventFilter::default()
+            };
+            loop {
+                let page = gov.audit().events(&filter).await?;
+                let Some(last) = page.last() else { break };
+                filter.after_seq = Some(last.seq);
+                for r in page {
+                    if rows.len() == MAX_LISTED {
+                        truncated = true;
+                        break 'kinds;
+                    }
+                    rows.push(r);
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        (a.occurred_at, &a.chain_id, a.seq).cmp(&(b.occurred_at, &b.chain_id, b.seq))
+    });
+    Ok((rows, truncated))
+}
+
+fn at(r: &AuditRecord) -> At {
+    At {
+        occurred_at: r.occurred_at,
+        chain_id: r.chain_id.clone(),
+        seq: r.seq,
+    }
+}
+
+/// A payload field as text: strings as they are, other values as JSON.
+fn field(payload: &serde_json::Value, key: &str) -> Option<String> {
+    match payload.get(key)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn decision(r: &AuditRecord) -> Decision {
+    let p = r.payload_json().unwrap_or_default();
+    Decision {
+        at: at(r),
+        agent_id: r.agent_id.clone(),
+        session_id: r.session_id.clone(),
+        decision: if r.kind == "gate.approved" {
+            "approved"
+        } else {
+            "denied"
+        },
+        decided_by: r.actor.clone(),
+        tool: field(&p, "tool"),
+        request_id: field(&p, "request_id"),
+        reason: field(&p, "reason"),
+    }
+}
+
+fn halt(r: &AuditRecord) -> HaltEvent {
+    let p = r.payload_json().unwrap_or_default();
+    HaltEvent {
+        at: at(r),
+        agent_id: r.agent_id.clone(),
+        action: if r.kind == "agent.halted" {
+            "halted"
+        } else {
+            "resumed"
+        },
+        by: r.actor.clone(),
+        reason: field(&p, "reason"),
+    }
+}
+
+fn denial(r: &AuditRecord) -> Denial {
+    let p = r.payload_json().unwrap_or_default();
+    let f = |k: &str| field(&p, k).unwrap_or_else(|| "?".into());
+    let detail = match r.kind.as_str() {
+        "scope.denied" => match (field(&p, "tool"), field(&p, "api")) {
+            (Some(t), _) => format!("tool {t}: {}", f("reason")),
+            (None, Some(a)) => format!("api {a}: {}", f("reason")),
+            (None, None) => f("reason"),
+        },
+        "budget.denied" => format!(
+            "{} (model {}, requested {} µUSD, used {} of cap {})",
+            f("reason"),
+            f("model"),
+            f("requested_micros"),
+            f("used"),
+            f("cap")
+        ),
+        "loop.detected" => format!(
+            "tool {} repeated {} times in a window of {} (action: {})",
+            f("tool"),
+            f("repeats"),
+            f("window_size"),
+            f("action")
+        ),
+        "contract.violated" => format!(
+            "tool {}: {} {} failed: {}",
+            f("tool"),
+            f("phase"),
+            f("condition"),
+            f("detail")
+        ),
+        _ => r.payload.clone(),
+    };
+    Denial {
+        at: at(r),
+        agent_id: r.agent_id.clone(),
+        session_id: r.session_id.clone(),
+        kind: r.kind.clone(),
+        detail,
+        payload: p,
+    }
+}
+
+fn verification(v: &VerifyReport) -> Verification {
+    let status = |clean: bool| if clean { "clean" } else { "tampered" };
+    Verification {
+        status: status(v.is_clean()),
+        rotation_aware: gov_sdk::ROTATION_AWARE,
+        scope: "every row of each chain covered, from seq 1 to its head, whatever the period",
+        events_checked: v.events_checked,
+        key_ids: v
+            .chains
+            .iter()
+            .flat_map(|c| c.key_ids.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        chains: v
+            .chains
+            .iter()
+            .map(|c| ChainVerification {
+                chain_id: c.chain_id.clone(),
+                status: status(c.is_clean()),
+                events_checked: c.events_checked,
+                head_seq: c.head_seq,
+                finding: c.finding.as_ref().map(|f| FindingSummary {
+                    seq: f.seq,
+                    reason: f.reason.as_str().to_owned(),
+                    detail: f.detail.clone(),
+                }),
+            })
+            .collect(),
+    }
+}
