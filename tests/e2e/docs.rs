@@ -44,6 +44,7 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["tail"],
         &["budget"],
         &["report"],
+        &["rotate-chain-key"],
         &["console", "add-user"],
         &["console", "list-users"],
         &["console", "disable-user"],

@@ -5,6 +5,7 @@ mod docs;
 mod migrate;
 mod processes;
 mod report;
+mod rotate;
 mod support;
 mod tail;
 mod tamper;

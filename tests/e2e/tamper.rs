@@ -213,7 +213,11 @@ async fn a_wrong_secret_reports_an_unknown_key_at_seq_1() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("seq 1: unknown key"), "{stderr}");
-    assert!(stderr.contains("not the configured key"), "{stderr}");
+    assert!(stderr.contains("not among the configured keys"), "{stderr}");
+    assert!(
+        stderr.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

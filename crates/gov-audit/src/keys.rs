@@ -4,6 +4,8 @@
 //! each use gets its own key under a distinct label, so a key for one use can never forge
 //! another (an approval-token key cannot seal a chain row). Weak secrets are refused.
 
+use std::collections::HashMap;
+
 use base64::Engine as _;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -253,6 +255,21 @@ impl ChainKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// HMAC-SHA256 under this key over `message` (a rotation message: its own magic keeps it
+    /// apart from row encodings).
+    pub fn tag(&self, message: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(message);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is this key's tag over `message` (constant time).
+    pub fn verify_tag(&self, message: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(message);
+        mac.verify_slice(tag).is_ok()
+    }
+
     /// Whether `record.row_hmac` is the seal of `record` under this key (constant time).
     pub fn verify(&self, record: &AuditRecord, buf: &mut Vec<u8>) -> bool {
         buf.clear();
@@ -263,18 +280,34 @@ impl ChainKey {
     }
 }
 
-/// The keys a verifier accepts, by `key_id`.
+/// The keys a verifier accepts, by `key_id`: the current key, which seals new rows, and the
+/// earlier keys of rotated chains. Resolution is a map lookup built once, bounded by the keys
+/// configured.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     keys: Vec<ChainKey>,
+    by_id: HashMap<String, usize>,
 }
 
 impl KeyRing {
     /// A ring holding the current key only.
     pub fn new(current: ChainKey) -> Self {
-        Self {
-            keys: vec![current],
+        Self::with_previous(current, [])
+    }
+
+    /// A ring with the current key and earlier ones (duplicates are dropped).
+    pub fn with_previous(current: ChainKey, previous: impl IntoIterator<Item = ChainKey>) -> Self {
+        let mut ring = Self {
+            keys: Vec::new(),
+            by_id: HashMap::new(),
+        };
+        for k in std::iter::once(current).chain(previous) {
+            if !ring.by_id.contains_key(&k.key_id) {
+                ring.by_id.insert(k.key_id.clone(), ring.keys.len());
+                ring.keys.push(k);
+            }
         }
+        ring
     }
 
     /// The key that seals new rows.
@@ -284,7 +317,22 @@ impl KeyRing {
 
     /// The key with this fingerprint, if known.
     pub fn get(&self, key_id: &str) -> Option<&ChainKey> {
-        self.keys.iter().find(|k| k.key_id == key_id)
+        self.by_id.get(key_id).map(|i| &self.keys[*i])
+    }
+
+    /// Fingerprints of every key, the current one first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.key_id.as_str())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Always false: a ring holds at least the current key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod canonical;
 mod chain;
 pub mod keys;
+pub mod rotation;
 pub mod verify;
 
 use std::sync::Arc;

@@ -41,6 +41,14 @@ pub enum Reason {
     UnknownKey,
     /// The head row does not match the last row.
     HeadMismatch,
+    /// A `chain.key_rotated` marker whose proof does not verify under the new key, or that is
+    /// malformed: it was not made by a holder of both keys.
+    ForgedRotation,
+    /// An authentic row sealed with a key that an earlier rotation retired: a writer still runs
+    /// with the old secret.
+    RetiredKey,
+    /// The sealing key changes between two rows without a rotation marker.
+    UnmarkedKeyChange,
 }
 
 impl Reason {
@@ -54,6 +62,9 @@ impl Reason {
             Self::Fork => "fork",
             Self::UnknownKey => "unknown key",
             Self::HeadMismatch => "head mismatch",
+            Self::ForgedRotation => "forged rotation marker",
+            Self::RetiredKey => "retired key",
+            Self::UnmarkedKeyChange => "unmarked key change",
         }
     }
 }
@@ -227,6 +238,10 @@ struct CheckState {
     prev: Vec<u8>,
     checked: u64,
     key_ids: BTreeSet<String>,
+    /// The key that must seal the next row (`None` before the first row checked).
+    expect_key: Option<String>,
+    /// Keys retired by rotation markers, with the marker's seq.
+    retired: Vec<(String, i64)>,
     buf: Vec<u8>,
 }
 
@@ -249,6 +264,8 @@ impl<'k> ChainCheck<'k> {
                 prev: ZERO_HMAC.to_vec(),
                 checked: 0,
                 key_ids: BTreeSet::new(),
+                expect_key: None,
+                retired: Vec::new(),
                 buf: Vec::with_capacity(1024),
             },
         }
@@ -344,7 +361,7 @@ impl<'k> ChainCheck<'k> {
                 row.seq,
                 Reason::UnknownKey,
                 format!(
-                    "the row is sealed with key {}, which is not the configured key ({}); if the secret was rotated, configure the earlier one",
+                    "the row is sealed with key {}, which is not among the configured keys (current {}); if the secret was rotated, set GOVERNANCE_AUDIT_SECRET_PREVIOUS to the earlier one",
                     row.key_id,
                     self.keys.current().key_id()
                 ),
@@ -382,10 +399,67 @@ impl<'k> ChainCheck<'k> {
                 ),
             );
         }
+        self.check_key_sequence(row)?;
         self.s.prev.clone_from(&row.row_hmac);
         self.s.expected_seq += 1;
         self.s.checked += 1;
         Ok(())
+    }
+
+    /// Rotation rules, for an authentic, linked row: the key may only change right after a
+    /// valid `chain.key_rotated` marker, to the key the marker names; a retired key never seals
+    /// again.
+    fn check_key_sequence(&mut self, row: &AuditRecord) -> Result<(), Finding> {
+        let bad = |reason, detail: String| {
+            Err(Finding {
+                seq: row.seq,
+                reason,
+                detail,
+            })
+        };
+        if let Some(expect) = &self.s.expect_key
+            && *expect != row.key_id
+        {
+            if let Some((_, at)) = self.s.retired.iter().find(|(k, _)| *k == row.key_id) {
+                return bad(
+                    Reason::RetiredKey,
+                    format!(
+                        "the row is sealed with key {}, which the rotation at seq {at} retired; rows after it must be sealed with {expect} (a writer still runs with the old secret)",
+                        row.key_id
+                    ),
+                );
+            }
+            return bad(
+                Reason::UnmarkedKeyChange,
+                format!(
+                    "the sealing key changes from {expect} to {} without a {} marker",
+                    row.key_id,
+                    crate::rotation::ROTATION_KIND
+                ),
+            );
+        }
+        if row.kind != crate::rotation::ROTATION_KIND {
+            self.s.expect_key = Some(row.key_id.clone());
+            return Ok(());
+        }
+        match crate::rotation::check_marker(row, self.keys) {
+            Ok(to) => {
+                self.s.retired.push((row.key_id.clone(), row.seq));
+                self.s.expect_key = Some(to);
+                Ok(())
+            }
+            Err(crate::rotation::MarkerError::BadProof) => bad(
+                Reason::ForgedRotation,
+                "the marker's proof does not verify under the new key: it was not made by a holder of that key".into(),
+            ),
+            Err(crate::rotation::MarkerError::Malformed(m)) => bad(Reason::ForgedRotation, m),
+            Err(crate::rotation::MarkerError::UnknownNewKey(k)) => bad(
+                Reason::UnknownKey,
+                format!(
+                    "the chain was rotated to key {k}, which is not among the configured keys: set GOVERNANCE_AUDIT_SECRET to the new secret and GOVERNANCE_AUDIT_SECRET_PREVIOUS to the old one"
+                ),
+            ),
+        }
     }
 
     /// Ends the check once every row up to the head has been fed.

@@ -67,6 +67,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance report --from 2026-11-01 --to 2026-11-30 --output nov.md\n  governance report --chain billing --from 30d --as json > report.json\n  governance report --from 2026-10-01 --output q4.html\n\nThe period is from --from (included) to --to (excluded); a bare date as --to includes that whole day.\nThe chains covered are verified whole, whatever the period.\nExit codes: 0 written and the chains verify clean, 1 written but a chain is tampered (the report says where),\n2 usage or configuration (bad dates, wrong secret, unknown chain), 3 storage unreachable."
     )]
     Report(ReportArgs),
+    /// Rotate the audit secret: append a key-rotation marker, provable under the old and the new key
+    #[command(
+        name = "rotate-chain-key",
+        after_help = "Examples:\n  GOVERNANCE_AUDIT_SECRET_NEW=$(cat new.key) governance rotate-chain-key --operator alice\n  openssl rand -hex 32 | tee new.key | governance rotate-chain-key --chain billing --reason \"yearly rotation\"\n\nThe old secret is the current one (GOVERNANCE_AUDIT_SECRET or --audit-secret-file); the new one comes from\nGOVERNANCE_AUDIT_SECRET_NEW, else the first line of standard input, never from the command line.\nEach chain is verified first and is not rotated when it is tampered. Afterwards, run every writer with\nGOVERNANCE_AUDIT_SECRET=<new> and GOVERNANCE_AUDIT_SECRET_PREVIOUS=<old>.\nExit codes: 0 rotated, 1 a chain is tampered (nothing rotated), 2 usage or configuration, 3 storage unreachable."
+    )]
+    RotateChainKey(RotateArgs),
     /// Manage console and CLI users (operators who approve, deny, halt and resume)
     #[command(subcommand)]
     Console(ConsoleCommand),
@@ -262,4 +268,19 @@ pub(crate) enum ReportForm {
     Md,
     /// A self-contained HTML page
     Html,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    /// Rotate only this chain (default: every chain)
+    #[arg(long)]
+    pub(crate) chain: Option<String>,
+    /// Who rotates (recorded as the marker's actor)
+    #[arg(long, default_value = "operator")]
+    pub(crate) operator: String,
+    /// Why (recorded in the marker)
+    #[arg(long, default_value = "scheduled rotation")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
 }

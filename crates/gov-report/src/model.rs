@@ -216,7 +216,7 @@ pub struct Verification {
     /// `clean` or `tampered`.
     pub status: &'static str,
     /// Whether the verifier follows key-rotation markers (rows sealed under earlier keys verify
-    /// with the keyring). When false, a chain that spans a rotation reports an unknown key.
+    /// with the keyring; a key changes only at a valid marker).
     pub rotation_aware: bool,
     /// What was verified.
     pub scope: &'static str,

@@ -3,10 +3,10 @@
 use gov_audit::{Appended, ChainReport, VerifyReport};
 use gov_core::EventId;
 
-/// Whether verification follows key-rotation markers, so that rows sealed under earlier keys
-/// verify against the keyring. Not yet: the keyring holds the current key only, and a chain that
-/// spans a rotation reports an unknown key. Reports state this flag.
-pub const ROTATION_AWARE: bool = false;
+/// Whether verification follows key-rotation markers: rows sealed under earlier keys verify
+/// against the keyring, a key may change only at a valid `chain.key_rotated` marker, and a
+/// retired key never seals again. Reports state this flag.
+pub const ROTATION_AWARE: bool = true;
 
 /// Where a logged event went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +167,33 @@ impl<'g> Audit<'g> {
     /// The head of a chain (its last seq and HMAC), from the head row.
     pub async fn head(&self, chain: &str) -> Result<Option<ChainHead>> {
         Ok(self.gov.inner.audit.head(chain).await?)
+    }
+
+    /// Rotates `chain` to the key of `new_secret`: appends a `chain.key_rotated` marker sealed
+    /// with the current key and carrying the new key's proof, and returns where it landed. The
+    /// marker is never spooled: this fails when storage is out of reach.
+    ///
+    /// Afterwards every writer must seal with the new secret (set it as the current secret and
+    /// the old one as a previous secret); a row sealed with the old key after the marker is
+    /// reported by verification as [`gov_audit::Reason::RetiredKey`].
+    pub async fn rotate_key(
+        &self,
+        chain: &str,
+        new_secret: &gov_audit::AuditSecret,
+        operator: &str,
+        reason: &str,
+    ) -> Result<gov_audit::Appended> {
+        gov_core::ChainId::new(chain)?;
+        let inner = &self.gov.inner;
+        let old = inner.audit.keys().current();
+        let new = new_secret.chain_key();
+        if new.key_id() == old.key_id() {
+            return Err(crate::Error::Config(
+                "the new audit secret is the current one; generate another with `openssl rand -hex 32`".into(),
+            ));
+        }
+        let event = gov_audit::rotation::marker_event(chain, old, &new, operator, reason)?;
+        Ok(inner.audit.append(event).await?)
     }
 
     /// The fingerprint of the key that seals new rows.

@@ -89,6 +89,8 @@ pub struct GovernanceBuilder {
     database_url: Option<String>,
     secret: Option<std::result::Result<AuditSecret, gov_audit::KeyError>>,
     secret_from_env: bool,
+    previous: Vec<std::result::Result<AuditSecret, gov_audit::KeyError>>,
+    previous_from_env: bool,
     url_from_env: bool,
     config: Config,
 }
@@ -129,6 +131,30 @@ impl GovernanceBuilder {
     /// Reads the audit secret from `GOVERNANCE_AUDIT_SECRET` when none was given.
     pub fn audit_secret_from_env(mut self) -> Self {
         self.secret_from_env = true;
+        self.previous_from_env = true;
+        self
+    }
+
+    /// Earlier audit secrets, for verifying chains that were rotated (`chain.key_rotated`):
+    /// hex or base64 secrets separated by commas, spaces or newlines. New rows are always
+    /// sealed with the current secret.
+    pub fn previous_audit_secrets(mut self, secrets: &str) -> Self {
+        self.previous.extend(parse_secret_list(secrets));
+        self
+    }
+
+    /// An already parsed earlier audit secret.
+    pub fn previous_audit_secret_parsed(mut self, secret: AuditSecret) -> Self {
+        self.previous.push(Ok(secret));
+        self
+    }
+
+    /// Reads earlier audit secrets from `GOVERNANCE_AUDIT_SECRET_PREVIOUS` (a list, like
+    /// [`Self::previous_audit_secrets`]) and from the keyring file named by
+    /// `GOVERNANCE_AUDIT_KEYRING_FILE` (one secret per line, `#` comments; refused when group or
+    /// others may read it). `audit_secret_from_env()` implies this.
+    pub fn previous_audit_secrets_from_env(mut self) -> Self {
+        self.previous_from_env = true;
         self
     }
 
@@ -227,6 +253,13 @@ impl GovernanceBuilder {
             },
             None => return Err(gov_audit::KeyError::Missing.into()),
         };
+        let mut previous = Vec::new();
+        for p in self.previous {
+            previous.push(p?);
+        }
+        if self.previous_from_env {
+            previous.extend(previous_from_env()?);
+        }
         let m = self.config.modules;
         for (on, name) in [
             (m.scope, "scope"),
@@ -245,7 +278,10 @@ impl GovernanceBuilder {
         store.check_schema().await?;
         let audit = AuditLog::new(
             store.clone(),
-            KeyRing::new(secret.chain_key()),
+            KeyRing::with_previous(
+                secret.chain_key(),
+                previous.iter().map(AuditSecret::chain_key),
+            ),
             self.config.audit.clone(),
         );
         let spool = crate::spool::Spool::open(&self.config.spool_dir).map_err(|e| {
@@ -271,4 +307,59 @@ impl GovernanceBuilder {
         tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner)));
         Ok(gov)
     }
+}
+
+/// Environment variable holding earlier audit secrets (a list), for rotated chains.
+pub const ENV_AUDIT_SECRET_PREVIOUS: &str = "GOVERNANCE_AUDIT_SECRET_PREVIOUS";
+/// Environment variable naming a keyring file of earlier audit secrets.
+pub const ENV_AUDIT_KEYRING_FILE: &str = "GOVERNANCE_AUDIT_KEYRING_FILE";
+
+/// Splits a list of secrets on commas and whitespace, skipping `#` comments to the end of a line.
+fn parse_secret_list(text: &str) -> Vec<std::result::Result<AuditSecret, gov_audit::KeyError>> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .flat_map(|l| l.split([',', ' ', '\t']))
+        .filter(|s| !s.trim().is_empty())
+        .map(AuditSecret::parse)
+        .collect()
+}
+
+fn previous_from_env() -> Result<Vec<AuditSecret>> {
+    let mut out = Vec::new();
+    let named = |e: gov_audit::KeyError, from: &str| {
+        Error::Config(format!("an earlier audit secret in {from} is refused: {e}"))
+    };
+    if let Ok(list) = std::env::var(ENV_AUDIT_SECRET_PREVIOUS) {
+        for s in parse_secret_list(&list) {
+            out.push(s.map_err(|e| named(e, ENV_AUDIT_SECRET_PREVIOUS))?);
+        }
+    }
+    if let Some(path) = std::env::var_os(ENV_AUDIT_KEYRING_FILE) {
+        let path = std::path::PathBuf::from(path);
+        let shown = path.display().to_string();
+        let unreadable = |e: std::io::Error| {
+            Error::Config(format!(
+                "cannot read the keyring file {shown} ({ENV_AUDIT_KEYRING_FILE}): {e}"
+            ))
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path)
+                .map_err(unreadable)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(Error::Config(format!(
+                    "the keyring file {shown} may be read by group or others (mode {:o}); run `chmod 600 {shown}`",
+                    mode & 0o777
+                )));
+            }
+        }
+        let text = std::fs::read_to_string(&path).map_err(unreadable)?;
+        for s in parse_secret_list(&text) {
+            out.push(s.map_err(|e| named(e, &shown))?);
+        }
+    }
+    Ok(out)
 }

@@ -40,7 +40,9 @@ mod spool;
 mod tail;
 
 pub use audit::{Audit, Logged, ROTATION_AWARE};
-pub use config::{Config, GovernanceBuilder, Modules};
+pub use config::{
+    Config, ENV_AUDIT_KEYRING_FILE, ENV_AUDIT_SECRET_PREVIOUS, GovernanceBuilder, Modules,
+};
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ pub(crate) mod console;
 pub(crate) mod demo;
 pub(crate) mod migrate;
 pub(crate) mod report;
+pub(crate) mod rotate;
 pub(crate) mod tail;
 pub(crate) mod verify;
 
@@ -39,6 +40,7 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
     Ok(Governance::builder()
         .database_url(url)
         .audit_secret_parsed(secret)
+        .previous_audit_secrets_from_env()
         .connect()
         .await?)
 }

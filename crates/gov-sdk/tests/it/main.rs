@@ -8,4 +8,5 @@ mod enforce;
 mod gates;
 mod privileges;
 mod resilience;
+mod rotation;
 mod support;
