@@ -12,6 +12,9 @@ pub mod keys;
 pub mod rotation;
 pub mod verify;
 
+#[cfg(test)]
+mod vectors;
+
 use std::sync::Arc;
 
 use thiserror::Error;
