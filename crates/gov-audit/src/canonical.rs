@@ -11,6 +11,11 @@
 //! an optional field [x] is one byte 0x00 when absent, or 0x01 followed by u32 length + bytes
 //! ```
 //!
+//! Version 2 is version 1 with the version byte 0x02 and one more field at the end:
+//! `signer_key_id` (UTF-8). A row is encoded as version 2 exactly when it names a signer, so
+//! the signer it was meant to be signed by is sealed: a stripped signature cannot pass for an
+//! unsigned row. Rows without a signer keep version 1, byte for byte.
+//!
 //! Every field is length-prefixed and optional fields carry a presence byte, so no two different
 //! rows encode alike. The payload is the stored canonical JSON text, never a re-serialisation.
 
@@ -18,8 +23,10 @@ use gov_core::AuditRecord;
 
 /// The magic prefix of every encoding.
 pub const MAGIC: &[u8; 8] = b"GOVAUDIT";
-/// The encoding version this build writes.
+/// The encoding version of rows without a signer.
 pub const VERSION: u8 = 1;
+/// The encoding version of rows that name a signer.
+pub const VERSION_SIGNED: u8 = 2;
 
 fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
     // Fields are bounded far below 4 GiB (ids 128 chars, payload 64 KiB), so this never saturates
@@ -42,7 +49,11 @@ fn optional(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
 /// Appends the canonical bytes of `r` to `buf`.
 pub fn encode_into(r: &AuditRecord, buf: &mut Vec<u8>) {
     buf.extend_from_slice(MAGIC);
-    buf.push(VERSION);
+    buf.push(if r.signer_key_id.is_some() {
+        VERSION_SIGNED
+    } else {
+        VERSION
+    });
     field(buf, r.chain_id.as_bytes());
     field(buf, &r.seq.to_be_bytes());
     field(buf, r.event_id.as_uuid().as_bytes());
@@ -57,6 +68,9 @@ pub fn encode_into(r: &AuditRecord, buf: &mut Vec<u8>) {
     field(buf, r.payload.as_bytes());
     field(buf, &r.prev_hmac);
     field(buf, r.key_id.as_bytes());
+    if let Some(signer) = &r.signer_key_id {
+        field(buf, signer.as_bytes());
+    }
 }
 
 /// The canonical bytes of `r`.

@@ -13,7 +13,9 @@ use gov_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::AuditError;
-use crate::keys::{ChainKey, KeyRing};
+use crate::checkpoint::Checkpoint;
+use crate::keys::KeyRing;
+use crate::signing::{RowSealer, Signer, SigningState};
 use crate::verify::{self, ChainCheck, Finding, Reason, VerifyOptions, VerifyReport};
 
 /// Tuning for [`AuditLog`].
@@ -25,6 +27,11 @@ pub struct AuditLogOptions {
     pub max_batch_bytes: usize,
     /// Queue depth per chain before callers wait (default 16,384).
     pub queue_depth: usize,
+    /// Whether rows are signed (default: off, rows are `unsigned`).
+    pub signing: SigningState,
+    /// With a signer on, store a signed checkpoint of the head each time a chain's seq passes
+    /// a multiple of this (default: never).
+    pub checkpoint_every: Option<u64>,
 }
 
 impl Default for AuditLogOptions {
@@ -33,6 +40,8 @@ impl Default for AuditLogOptions {
             max_batch_events: 1_000,
             max_batch_bytes: 8 << 20,
             queue_depth: 16_384,
+            signing: SigningState::Off,
+            checkpoint_every: None,
         }
     }
 }
@@ -54,6 +63,7 @@ struct Job {
 struct Inner {
     store: Store,
     keys: KeyRing,
+    sealer: RowSealer,
     opts: AuditLogOptions,
     writers: Mutex<HashMap<String, mpsc::Sender<Job>>>,
 }
@@ -77,6 +87,7 @@ impl AuditLog {
     pub fn new(store: Store, keys: KeyRing, opts: AuditLogOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
+                sealer: RowSealer::new(keys.current().clone(), opts.signing.clone()),
                 store,
                 keys,
                 opts,
@@ -88,6 +99,11 @@ impl AuditLog {
     /// The key ring.
     pub fn keys(&self) -> &KeyRing {
         &self.inner.keys
+    }
+
+    /// What seals (and signs) new rows.
+    pub fn sealer(&self) -> &RowSealer {
+        &self.inner.sealer
     }
 
     /// The store.
@@ -108,7 +124,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(self.inner.opts.queue_depth);
         tokio::spawn(run_writer(
             self.inner.store.clone(),
-            self.inner.keys.current().clone(),
+            self.inner.sealer.clone(),
             chain.to_owned(),
             self.inner.opts.clone(),
             rx,
@@ -217,6 +233,7 @@ impl AuditLog {
                     events_checked: 0,
                     head_seq: 0,
                     key_ids: Default::default(),
+                    signatures: Default::default(),
                     range: None,
                     finding: Some(Finding {
                         seq: 1,
@@ -228,10 +245,15 @@ impl AuditLog {
             }
         }
         let pool = verify::thread_pool(opts.threads)?;
-        let keys = Arc::new(self.inner.keys.clone());
+        let signers = crate::signing::signers_from(&store.signer_keys().await?);
+        let keys = Arc::new(self.inner.keys.clone().with_signers(signers));
         let any_rows = heads.iter().any(|h| h.seq > 0);
         for head in heads {
-            chains.push(verify::verify_chain(store, &keys, head, opts, &pool).await?);
+            let mut report = verify::verify_chain(store, &keys, head, opts, &pool).await?;
+            if report.finding.is_none() && !opts.is_range() {
+                report.finding = stored_checkpoints_hold(store, &keys, &report).await?;
+            }
+            chains.push(report);
         }
         chains.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
         let events_checked = chains.iter().map(|c| c.events_checked).sum();
@@ -328,6 +350,54 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Signs the head of `chain` with `signer` (registering its public key), stores the
+    /// checkpoint and returns it.
+    pub async fn checkpoint(&self, chain: &str, signer: &Signer) -> Result<Checkpoint, AuditError> {
+        let store = &self.inner.store;
+        let head = store
+            .chain_head(chain)
+            .await?
+            .filter(|h| h.seq > 0)
+            .ok_or_else(|| AuditError::NoSuchChain(chain.to_owned()))?;
+        store_checkpoint(store, signer, &head).await
+    }
+
+    /// Checks that `chain`'s stored rows still hold the head `cp` recorded, and that `cp` is
+    /// signed by the key it names. `Ok(None)` when it holds. Whether that key is trusted (for
+    /// instance registered) is for the caller to judge; see [`Self::signer_registered`].
+    pub async fn check_checkpoint(&self, cp: &Checkpoint) -> Result<Option<Finding>, AuditError> {
+        if !cp.signature_is_valid() {
+            return Ok(Some(Finding {
+                seq: cp.seq,
+                reason: Reason::BadCheckpoint,
+                detail: format!(
+                    "the checkpoint of chain {} at seq {} is not signed by the key it names ({})",
+                    cp.chain_id, cp.seq, cp.signer_key_id
+                ),
+            }));
+        }
+        let Some(head) = cp.head_hmac_bytes() else {
+            return Ok(Some(Finding {
+                seq: cp.seq,
+                reason: Reason::BadCheckpoint,
+                detail: "the checkpoint's head_hmac is not 32 bytes of hex".into(),
+            }));
+        };
+        let at = format!("the checkpoint signed at {}", cp.signed_at);
+        holds_head(&self.inner.store, &cp.chain_id, cp.seq, &head, &at).await
+    }
+
+    /// Whether `signer_key_id` is registered and not revoked.
+    pub async fn signer_registered(&self, signer_key_id: &str) -> Result<bool, AuditError> {
+        Ok(self
+            .inner
+            .store
+            .signer_keys()
+            .await?
+            .iter()
+            .any(|k| k.signer_key_id == signer_key_id && k.revoked_at.is_none()))
+    }
+
     /// A pure check of rows already in hand (for tools that stream rows themselves).
     pub fn checker(&self, head: ChainHead) -> ChainCheck<'_> {
         ChainCheck::new(&self.inner.keys, head)
@@ -336,13 +406,14 @@ impl AuditLog {
 
 async fn run_writer(
     store: Store,
-    key: ChainKey,
+    sealer: RowSealer,
     chain: String,
     opts: AuditLogOptions,
     mut rx: mpsc::Receiver<Job>,
 ) {
-    let key_id = key.key_id().to_owned();
-    let seal = move |r: &AuditRecord| key.seal(r);
+    let key_id = sealer.key().key_id().to_owned();
+    let row_sealer = sealer.clone();
+    let seal = move |r: &mut AuditRecord| row_sealer.seal(r);
     let mut events = Vec::with_capacity(opts.max_batch_events);
     let mut waiters = Vec::with_capacity(opts.max_batch_events);
     while let Some(first) = rx.recv().await {
@@ -362,6 +433,17 @@ async fn run_writer(
         let result = store.append_batch(&chain, &key_id, &events, &seal).await;
         match result {
             Ok(seqs) => {
+                if let (Some(every), Some(signer), Some(first), Some(last)) = (
+                    opts.checkpoint_every.filter(|n| *n > 0),
+                    sealer.signer(),
+                    seqs.first(),
+                    seqs.last(),
+                ) {
+                    let every = i64::try_from(every).unwrap_or(i64::MAX);
+                    if last / every > (first - 1) / every {
+                        auto_checkpoint(&store, signer, &chain).await;
+                    }
+                }
                 for ((done, ev), seq) in waiters.drain(..).zip(events.iter()).zip(seqs) {
                     let _ = done.send(Ok(Appended {
                         event_id: ev.event_id,
@@ -378,5 +460,126 @@ async fn run_writer(
             }
         }
         events.clear();
+    }
+}
+
+/// Signs `head`, registers the signer's key and stores the checkpoint.
+async fn store_checkpoint(
+    store: &Store,
+    signer: &Signer,
+    head: &ChainHead,
+) -> Result<Checkpoint, AuditError> {
+    store
+        .register_signer(signer.key_id(), &signer.public_key(), signer.label())
+        .await?;
+    let cp = Checkpoint::sign(
+        signer,
+        &head.chain_id,
+        head.seq,
+        &head.head_hmac,
+        time::OffsetDateTime::now_utc(),
+    );
+    let signature = hex::decode(&cp.signature)
+        .map_err(|_| AuditError::Internal("a checkpoint signature is not hex"))?;
+    store
+        .put_checkpoint(&gov_store::CheckpointRow {
+            chain_id: cp.chain_id.clone(),
+            seq: cp.seq,
+            head_hmac: head.head_hmac.clone(),
+            signed_at: cp.signed_at,
+            signer_key_id: cp.signer_key_id.clone(),
+            signature,
+        })
+        .await?;
+    Ok(cp)
+}
+
+/// Whether the stored row at `seq` of `chain` has `head_hmac`.
+async fn holds_head(
+    store: &Store,
+    chain: &str,
+    seq: i64,
+    head_hmac: &[u8],
+    what: &str,
+) -> Result<Option<Finding>, AuditError> {
+    let row = store.read_chain_page(chain, seq - 1, 1).await?;
+    Ok(match row.first() {
+        Some(r) if r.seq == seq && r.row_hmac == head_hmac => None,
+        Some(r) if r.seq == seq => Some(Finding {
+            seq,
+            reason: Reason::CheckpointMismatch,
+            detail: format!(
+                "{what} recorded another HMAC for seq {seq}: the chain was rebuilt or rewritten up to there"
+            ),
+        }),
+        _ => {
+            let head = store.chain_head(chain).await?.map_or(0, |h| h.seq);
+            Some(Finding {
+                seq,
+                reason: Reason::MissingRow,
+                detail: format!(
+                    "{what} covers seq {seq}, but the chain now ends at seq {head}: the tail was cut off"
+                ),
+            })
+        }
+    })
+}
+
+/// Checks the checkpoints stored for a chain that verified clean: each must be signed by a
+/// registered key and still match the row at its seq.
+async fn stored_checkpoints_hold(
+    store: &Store,
+    keys: &KeyRing,
+    report: &verify::ChainReport,
+) -> Result<Option<Finding>, AuditError> {
+    for cp in store.checkpoints(&report.chain_id).await? {
+        let what = format!(
+            "the stored checkpoint signed at {} by {}",
+            cp.signed_at, cp.signer_key_id
+        );
+        let signed = keys.signers().get(&cp.signer_key_id).is_some_and(|k| {
+            let msg = crate::checkpoint::checkpoint_message(
+                &cp.chain_id,
+                cp.seq,
+                &cp.head_hmac,
+                cp.signed_at,
+                &cp.signer_key_id,
+            );
+            crate::signing::verify_with(k.public.as_bytes(), &msg, &cp.signature)
+        });
+        if !signed {
+            return Ok(Some(Finding {
+                seq: cp.seq,
+                reason: Reason::BadCheckpoint,
+                detail: format!("{what} is not signed by a registered key"),
+            }));
+        }
+        if cp.seq > report.head_seq {
+            return Ok(Some(Finding {
+                seq: cp.seq,
+                reason: Reason::MissingRow,
+                detail: format!(
+                    "{what} covers seq {}, but the chain ends at seq {}: the tail was cut off",
+                    cp.seq, report.head_seq
+                ),
+            }));
+        }
+        if let Some(f) = holds_head(store, &cp.chain_id, cp.seq, &cp.head_hmac, &what).await? {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+/// Stores a checkpoint of the head after a batch passed a multiple of `checkpoint_every`; a
+/// failure is logged, never returned to the appenders.
+async fn auto_checkpoint(store: &Store, signer: &Signer, chain: &str) {
+    let result = match store.chain_head(chain).await {
+        Ok(Some(head)) => store_checkpoint(store, signer, &head).await.map(|_| ()),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(chain, error = %e, "could not store an automatic checkpoint");
     }
 }

@@ -287,6 +287,7 @@ impl ChainKey {
 pub struct KeyRing {
     keys: Vec<ChainKey>,
     by_id: HashMap<String, usize>,
+    signers: crate::signing::Signers,
 }
 
 impl KeyRing {
@@ -300,6 +301,7 @@ impl KeyRing {
         let mut ring = Self {
             keys: Vec::new(),
             by_id: HashMap::new(),
+            signers: HashMap::new(),
         };
         for k in std::iter::once(current).chain(previous) {
             if !ring.by_id.contains_key(&k.key_id) {
@@ -323,6 +325,17 @@ impl KeyRing {
     /// Fingerprints of every key, the current one first.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.key_id.as_str())
+    }
+
+    /// This ring with the registered signers whose row signatures it checks.
+    pub fn with_signers(mut self, signers: crate::signing::Signers) -> Self {
+        self.signers = signers;
+        self
+    }
+
+    /// The registered signers.
+    pub fn signers(&self) -> &crate::signing::Signers {
+        &self.signers
     }
 
     /// Number of keys.

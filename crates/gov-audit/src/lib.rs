@@ -8,8 +8,10 @@
 
 pub mod canonical;
 mod chain;
+pub mod checkpoint;
 pub mod keys;
 pub mod rotation;
+pub mod signing;
 pub mod verify;
 
 #[cfg(test)]
@@ -20,9 +22,12 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use chain::{Appended, AuditLog, AuditLogOptions};
+pub use checkpoint::{Checkpoint, CheckpointFile};
 pub use keys::{AuditSecret, ChainKey, DerivedKey, KeyError, KeyRing};
+pub use signing::{RowSealer, SigVerdict, Signer, SignerError, SigningState};
 pub use verify::{
-    ChainCheck, ChainReport, Finding, Reason, VerifyOptions, VerifyProgress, VerifyReport,
+    ChainCheck, ChainReport, Finding, Reason, SignatureCounts, VerifyOptions, VerifyProgress,
+    VerifyReport,
 };
 
 /// An audit failure.

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::AuditError;
 use crate::keys::KeyRing;
+use crate::signing::SigVerdict;
 
 /// Rows fetched per page (one page is verified while the next is fetched).
 pub const PAGE_ROWS: u32 = 2_000;
@@ -49,6 +50,19 @@ pub enum Reason {
     RetiredKey,
     /// The sealing key changes between two rows without a rotation marker.
     UnmarkedKeyChange,
+    /// The row was sealed as signed by a signer, but its signature was removed.
+    StrippedSignature,
+    /// The row is signed by a key that is not registered in `signer_keys`.
+    UnregisteredSigner,
+    /// The row is signed by a key revoked before the row's time.
+    RevokedSigner,
+    /// The row's signature does not verify (or its signature fields are inconsistent).
+    BadSignature,
+    /// The chain no longer holds the head a signed checkpoint recorded: it was rebuilt or
+    /// rewritten up to there.
+    CheckpointMismatch,
+    /// A checkpoint's own signature does not verify, or its signer is not registered.
+    BadCheckpoint,
 }
 
 impl Reason {
@@ -65,6 +79,12 @@ impl Reason {
             Self::ForgedRotation => "forged rotation marker",
             Self::RetiredKey => "retired key",
             Self::UnmarkedKeyChange => "unmarked key change",
+            Self::StrippedSignature => "stripped signature",
+            Self::UnregisteredSigner => "unregistered signer",
+            Self::RevokedSigner => "revoked signer",
+            Self::BadSignature => "bad signature",
+            Self::CheckpointMismatch => "checkpoint mismatch",
+            Self::BadCheckpoint => "bad checkpoint",
         }
     }
 }
@@ -103,6 +123,8 @@ pub struct ChainReport {
     pub head_seq: i64,
     /// Key fingerprints seen.
     pub key_ids: BTreeSet<String>,
+    /// How the rows that passed were signed: reported apart from findings.
+    pub signatures: SignatureCounts,
     /// The seqs verified, first and last, when a range was asked for (absent otherwise). The
     /// last is the range's end or the head, whichever is lower.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +138,17 @@ impl ChainReport {
     pub fn is_clean(&self) -> bool {
         self.finding.is_none()
     }
+}
+
+/// How many rows that passed were signed, and how many were not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SignatureCounts {
+    /// Signed by a registered key, signature verified.
+    pub signed: u64,
+    /// Written without a signer.
+    pub unsigned: u64,
+    /// Written unsigned because the signer could not load its key.
+    pub unsigned_local_failure: u64,
 }
 
 /// The result over one or more chains.
@@ -238,6 +271,7 @@ struct CheckState {
     prev: Vec<u8>,
     checked: u64,
     key_ids: BTreeSet<String>,
+    signatures: SignatureCounts,
     /// The key that must seal the next row (`None` before the first row checked).
     expect_key: Option<String>,
     /// Keys retired by rotation markers, with the marker's seq.
@@ -264,6 +298,7 @@ impl<'k> ChainCheck<'k> {
                 prev: ZERO_HMAC.to_vec(),
                 checked: 0,
                 key_ids: BTreeSet::new(),
+                signatures: SignatureCounts::default(),
                 expect_key: None,
                 retired: Vec::new(),
                 buf: Vec::with_capacity(1024),
@@ -303,7 +338,8 @@ impl<'k> ChainCheck<'k> {
     /// inserted row from a modified one).
     pub fn check(&mut self, row: &AuditRecord, next: Option<&AuditRecord>) -> Result<(), Finding> {
         let ok = sealed(self.keys, row, &mut self.s.buf);
-        self.check_sealed(row, next, ok)
+        let sig = crate::signing::judge(row, self.keys.signers());
+        self.check_sealed(row, next, ok, sig)
     }
 
     /// [`Self::check`] with the row's seal already recomputed: `ok` is whether a key of the ring
@@ -313,6 +349,7 @@ impl<'k> ChainCheck<'k> {
         row: &AuditRecord,
         next: Option<&AuditRecord>,
         ok: bool,
+        sig: SigVerdict,
     ) -> Result<(), Finding> {
         let e = self.s.expected_seq;
         let bad = |seq, reason, detail: String| {
@@ -383,6 +420,15 @@ impl<'k> ChainCheck<'k> {
             if self.inserted_before(row, next) {
                 return bad(row.seq, Reason::InsertedRow, "this row was never sealed by the chain; the rows after it were renumbered to make room".into());
             }
+            if let Some(id) = self.stripped_signer(row) {
+                return bad(
+                    row.seq,
+                    Reason::StrippedSignature,
+                    format!(
+                        "the row was sealed as signed by {id}; its signature and signer were removed"
+                    ),
+                );
+            }
             return bad(
                 row.seq,
                 Reason::ModifiedRow,
@@ -400,10 +446,69 @@ impl<'k> ChainCheck<'k> {
             );
         }
         self.check_key_sequence(row)?;
+        self.check_signature(row, sig)?;
         self.s.prev.clone_from(&row.row_hmac);
         self.s.expected_seq += 1;
         self.s.checked += 1;
         Ok(())
+    }
+
+    /// The registered signer whose id, put back, makes the row authentic: its signature and
+    /// signer were stripped.
+    fn stripped_signer(&mut self, row: &AuditRecord) -> Option<String> {
+        if row.signer_key_id.is_some() {
+            return None;
+        }
+        let key = self.keys.get(&row.key_id)?;
+        let mut probe = row.clone();
+        let ids: Vec<String> = self.keys.signers().keys().cloned().collect();
+        ids.into_iter().find(|id| {
+            probe.signer_key_id = Some(id.clone());
+            key.verify(&probe, &mut self.s.buf)
+        })
+    }
+
+    /// Signature rules, for an authentic, linked row.
+    fn check_signature(&mut self, row: &AuditRecord, sig: SigVerdict) -> Result<(), Finding> {
+        let signer = row.signer_key_id.as_deref().unwrap_or("-");
+        let (reason, detail) = match sig {
+            SigVerdict::Valid => {
+                self.s.signatures.signed += 1;
+                return Ok(());
+            }
+            SigVerdict::Unsigned => {
+                self.s.signatures.unsigned += 1;
+                return Ok(());
+            }
+            SigVerdict::UnsignedLocalFailure => {
+                self.s.signatures.unsigned_local_failure += 1;
+                return Ok(());
+            }
+            SigVerdict::Stripped => (
+                Reason::StrippedSignature,
+                format!("the row was sealed as signed by {signer}, but carries no signature"),
+            ),
+            SigVerdict::Unregistered => (
+                Reason::UnregisteredSigner,
+                format!("the row is signed by {signer}, which is not registered in signer_keys"),
+            ),
+            SigVerdict::Revoked => (
+                Reason::RevokedSigner,
+                format!("the row is signed by {signer}, which was revoked before the row's time"),
+            ),
+            SigVerdict::Invalid => (
+                Reason::BadSignature,
+                format!(
+                    "the signature by {signer} does not verify over the row's HMAC (status {})",
+                    row.signature_status
+                ),
+            ),
+        };
+        Err(Finding {
+            seq: row.seq,
+            reason,
+            detail,
+        })
     }
 
     /// Rotation rules, for an authentic, linked row: the key may only change right after a
@@ -505,6 +610,7 @@ impl CheckState {
             events_checked: self.checked + u64::from(finding.is_some()),
             head_seq: self.head.seq,
             key_ids: self.key_ids,
+            signatures: self.signatures,
             range: self.range,
             finding,
         }
@@ -547,7 +653,7 @@ async fn on_pool<T: Send + 'static>(
 
 /// The last row of a page with its recomputed seal, held back until the next page shows the row
 /// after it.
-type HeldRow = Option<(AuditRecord, bool)>;
+type HeldRow = Option<(AuditRecord, (bool, SigVerdict))>;
 
 /// Checks one page: every row's seal is recomputed in parallel on the current pool, then the
 /// rows are checked in order with those results. The page's last row is held back in `held`
@@ -558,16 +664,24 @@ fn check_page(
     mut page: Vec<AuditRecord>,
 ) -> Result<(), Finding> {
     let keys = check.keys;
-    let mut ok: Vec<bool> = page
+    let mut ok: Vec<(bool, SigVerdict)> = page
         .par_iter()
         .with_min_len(SEAL_PIECE)
-        .map_init(|| Vec::with_capacity(1024), |buf, r| sealed(keys, r, buf))
+        .map_init(
+            || Vec::with_capacity(1024),
+            |buf, r| {
+                (
+                    sealed(keys, r, buf),
+                    crate::signing::judge(r, keys.signers()),
+                )
+            },
+        )
         .collect();
-    if let Some((row, row_ok)) = held.take() {
-        check.check_sealed(&row, page.first(), row_ok)?;
+    if let Some((row, (row_ok, sig))) = held.take() {
+        check.check_sealed(&row, page.first(), row_ok, sig)?;
     }
     for (i, pair) in page.windows(2).enumerate() {
-        check.check_sealed(&pair[0], Some(&pair[1]), ok[i])?;
+        check.check_sealed(&pair[0], Some(&pair[1]), ok[i].0, ok[i].1)?;
     }
     if let (Some(last), Some(last_ok)) = (page.pop(), ok.pop()) {
         *held = Some((last, last_ok));
@@ -664,14 +778,14 @@ pub(crate) async fn verify_chain(
             }
             progress(state.checked);
         }
-        if let Some((row, row_ok)) = held {
+        if let Some((row, (row_ok, sig))) = held {
             let keys = Arc::clone(keys);
             let (s, result) = on_pool(pool, move || {
                 let mut check = ChainCheck {
                     keys: &keys,
                     s: state,
                 };
-                let result = check.check_sealed(&row, None, row_ok);
+                let result = check.check_sealed(&row, None, row_ok, sig);
                 (check.s, result)
             })
             .await?;
@@ -876,8 +990,8 @@ mod tests {
             for p in rows.chunks(page) {
                 check_page(&mut c, &mut held, p.to_vec())?;
             }
-            if let Some((row, ok)) = held {
-                c.check_sealed(&row, None, ok)?;
+            if let Some((row, (ok, sig))) = held {
+                c.check_sealed(&row, None, ok, sig)?;
             }
             c.finish()?;
             Ok(c.checked())

@@ -118,6 +118,18 @@ impl Admin {
         }
     }
 
+    /// Revokes a signer's key: rows it signs from now on fail verification as a revoked
+    /// signer. Refuses an unknown or already revoked key.
+    pub async fn revoke_signer(&self, signer_key_id: &str) -> Result<()> {
+        if self.store.revoke_signer(signer_key_id).await? {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "no active signer {signer_key_id}: it is unknown or already revoked"
+            )))
+        }
+    }
+
     /// Replaces a user's password.
     pub async fn reset_operator_password(&self, username: &str, password: &str) -> Result<()> {
         let hash = crate::operators::hash_new_password(password)?;

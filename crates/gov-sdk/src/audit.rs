@@ -196,6 +196,47 @@ impl<'g> Audit<'g> {
         Ok(inner.audit.append(event).await?)
     }
 
+    /// Signs the head of `chain` with the configured signing key, stores the checkpoint and
+    /// returns it (write it somewhere the database's administrators cannot reach).
+    pub async fn checkpoint(&self, chain: &str) -> Result<gov_audit::Checkpoint> {
+        let signer = self.gov.inner.audit.sealer().signer().cloned().ok_or_else(|| {
+            crate::Error::Config(
+                "no signing key is loaded: configure one with signing_key(..) or GOVERNANCE_SIGNING_KEY".into(),
+            )
+        })?;
+        self.checkpoint_with(chain, &signer).await
+    }
+
+    /// Signs the head of `chain` with `signer` (registering its key), stores the checkpoint and
+    /// returns it.
+    pub async fn checkpoint_with(
+        &self,
+        chain: &str,
+        signer: &gov_audit::Signer,
+    ) -> Result<gov_audit::Checkpoint> {
+        gov_core::ChainId::new(chain)?;
+        Ok(self.gov.inner.audit.checkpoint(chain, signer).await?)
+    }
+
+    /// Checks that the stored chain still holds the head `cp` recorded, and that `cp` is
+    /// signed by the key it names; `None` when it holds.
+    pub async fn check_checkpoint(
+        &self,
+        cp: &gov_audit::Checkpoint,
+    ) -> Result<Option<gov_audit::Finding>> {
+        Ok(self.gov.inner.audit.check_checkpoint(cp).await?)
+    }
+
+    /// Whether a signer is registered and not revoked.
+    pub async fn signer_registered(&self, signer_key_id: &str) -> Result<bool> {
+        Ok(self
+            .gov
+            .inner
+            .audit
+            .signer_registered(signer_key_id)
+            .await?)
+    }
+
     /// The fingerprint of the key that seals new rows.
     pub fn key_id(&self) -> &str {
         self.gov.inner.audit.keys().current().key_id()

@@ -1,6 +1,7 @@
 //! Configuration of the [`Governance`](crate::Governance) handle: one builder, every option
 //! documented in docs/configuration.md.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gov_audit::{AuditLog, AuditLogOptions, AuditSecret, KeyRing};
@@ -91,6 +92,8 @@ pub struct GovernanceBuilder {
     secret_from_env: bool,
     previous: Vec<std::result::Result<AuditSecret, gov_audit::KeyError>>,
     previous_from_env: bool,
+    signing_key: Option<(String, String)>,
+    signing_key_from_env: bool,
     url_from_env: bool,
     config: Config,
 }
@@ -155,6 +158,29 @@ impl GovernanceBuilder {
     /// others may read it). `audit_secret_from_env()` implies this.
     pub fn previous_audit_secrets_from_env(mut self) -> Self {
         self.previous_from_env = true;
+        self
+    }
+
+    /// Sign every row with Ed25519 over its `row_hmac`, with the key at `url` (`file:///path`,
+    /// `env://VAR` or `ephemeral`), for the agent or instance `label`. The public key is
+    /// registered at connect. A key that cannot be loaded does not fail `connect`: rows are then
+    /// written with `signature_status = 'unsigned_local_failure'` and a warning is logged.
+    pub fn signing_key(mut self, url: impl Into<String>, label: impl Into<String>) -> Self {
+        self.signing_key = Some((url.into(), label.into()));
+        self
+    }
+
+    /// Reads the signing key URL from `GOVERNANCE_SIGNING_KEY` (label from
+    /// `GOVERNANCE_SIGNER_LABEL`, default `sdk`) when none was given.
+    pub fn signing_key_from_env(mut self) -> Self {
+        self.signing_key_from_env = true;
+        self
+    }
+
+    /// With a signing key, store a signed checkpoint of a chain's head each time its seq passes
+    /// a multiple of `n` (default: never).
+    pub fn checkpoint_every(mut self, n: u64) -> Self {
+        self.config.audit.checkpoint_every = Some(n);
         self
     }
 
@@ -276,13 +302,45 @@ impl GovernanceBuilder {
         }
         let store = Store::connect(&url, &self.config.store).await?;
         store.check_schema().await?;
+        let signing_key = self.signing_key.or_else(|| {
+            if !self.signing_key_from_env {
+                return None;
+            }
+            let url = std::env::var(ENV_SIGNING_KEY).ok()?;
+            let label = std::env::var(ENV_SIGNER_LABEL).unwrap_or_else(|_| "sdk".into());
+            Some((url, label))
+        });
+        let mut audit_opts = self.config.audit.clone();
+        audit_opts.signing = match signing_key {
+            None => gov_audit::SigningState::Off,
+            Some((url, label)) => match gov_audit::Signer::load(&url, &label) {
+                Ok(signer) => {
+                    if store
+                        .register_signer(signer.key_id(), &signer.public_key(), signer.label())
+                        .await?
+                    {
+                        gov_audit::SigningState::On(Arc::new(signer))
+                    } else {
+                        tracing::warn!(
+                            signer = signer.key_id(),
+                            "the signing key's id is registered with another key: rows are written unsigned"
+                        );
+                        gov_audit::SigningState::Failed
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the signing key cannot be loaded: rows are written unsigned (signature_status unsigned_local_failure)");
+                    gov_audit::SigningState::Failed
+                }
+            },
+        };
         let audit = AuditLog::new(
             store.clone(),
             KeyRing::with_previous(
                 secret.chain_key(),
                 previous.iter().map(AuditSecret::chain_key),
             ),
-            self.config.audit.clone(),
+            audit_opts,
         );
         let spool = crate::spool::Spool::open(&self.config.spool_dir).map_err(|e| {
             Error::Config(format!(
@@ -363,3 +421,8 @@ fn previous_from_env() -> Result<Vec<AuditSecret>> {
     }
     Ok(out)
 }
+
+/// Environment variable holding the signing key URL (`file:///path`, `env://VAR`, `ephemeral`).
+pub const ENV_SIGNING_KEY: &str = "GOVERNANCE_SIGNING_KEY";
+/// Environment variable naming the agent or instance the signing key signs for.
+pub const ENV_SIGNER_LABEL: &str = "GOVERNANCE_SIGNER_LABEL";

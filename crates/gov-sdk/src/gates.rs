@@ -257,14 +257,13 @@ impl<'g> Gates<'g> {
             token_hash: token_hash.as_deref(),
             token_expires_at: approve.then_some(expires),
         };
-        let keys = self.gov.inner.audit.keys();
-        let key = keys.current();
-        let seal = |r: &gov_core::AuditRecord| key.seal(r);
+        let sealer = self.gov.inner.audit.sealer();
+        let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
         let outcome = match self
             .gov
             .inner
             .store
-            .decide_gate(&decision, &event, key.key_id(), &seal)
+            .decide_gate(&decision, &event, sealer.key().key_id(), &seal)
             .await
         {
             Ok(o) => o,

@@ -41,7 +41,8 @@ mod tail;
 
 pub use audit::{Audit, Logged, ROTATION_AWARE};
 pub use config::{
-    Config, ENV_AUDIT_KEYRING_FILE, ENV_AUDIT_SECRET_PREVIOUS, GovernanceBuilder, Modules,
+    Config, ENV_AUDIT_KEYRING_FILE, ENV_AUDIT_SECRET_PREVIOUS, ENV_SIGNER_LABEL, ENV_SIGNING_KEY,
+    GovernanceBuilder, Modules,
 };
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
@@ -54,8 +55,8 @@ pub use scope::Scope;
 pub use tail::Tail;
 
 pub use gov_audit::{
-    Appended, AuditSecret, ChainReport, Finding, KeyError, Reason, VerifyOptions, VerifyProgress,
-    VerifyReport,
+    Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, Reason,
+    SignatureCounts, Signer, SignerError, VerifyOptions, VerifyProgress, VerifyReport,
 };
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,

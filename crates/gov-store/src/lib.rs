@@ -71,9 +71,42 @@ impl Default for StoreOptions {
     }
 }
 
-/// Computes the seal (`row_hmac`) of a row whose other fields are set. Pure and synchronous;
-/// supplied by `gov-audit`, called by the store inside the appending transaction.
-pub type Sealer<'a> = &'a (dyn Fn(&AuditRecord) -> [u8; 32] + Send + Sync);
+/// Seals a row whose other fields are set: fills `row_hmac` and, when a signer is configured,
+/// `signer_key_id`, `signature` and `signature_status`. Pure and synchronous; supplied by
+/// `gov-audit`, called by the store inside the appending transaction.
+pub type Sealer<'a> = &'a (dyn Fn(&mut AuditRecord) + Send + Sync);
+
+/// A registered signer's public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerKeyRow {
+    /// `ed1_…` fingerprint.
+    pub signer_key_id: String,
+    /// Ed25519 public key, 32 bytes.
+    pub public_key: Vec<u8>,
+    /// The agent or instance it signs for.
+    pub label: String,
+    /// When it was registered.
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A signed chain head, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// The chain.
+    pub chain_id: String,
+    /// The head's seq.
+    pub seq: i64,
+    /// The head row's `row_hmac`.
+    pub head_hmac: Vec<u8>,
+    /// When it was signed.
+    pub signed_at: OffsetDateTime,
+    /// The signer.
+    pub signer_key_id: String,
+    /// Ed25519 signature, 64 bytes.
+    pub signature: Vec<u8>,
+}
 
 /// What `migrate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +254,42 @@ impl Store {
     ) -> Result<Vec<EventCount>> {
         match self {
             Self::Postgres(s) => s.event_counts(chain_id, since, until).await,
+        }
+    }
+
+    /// Registers a signer's public key (kept as it is when already registered). Returns false
+    /// when the id is registered with another key.
+    pub async fn register_signer(&self, id: &str, public_key: &[u8], label: &str) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.register_signer(id, public_key, label).await,
+        }
+    }
+
+    /// Every registered signer.
+    pub async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>> {
+        match self {
+            Self::Postgres(s) => s.signer_keys().await,
+        }
+    }
+
+    /// Revokes a signer (as an operator); false when unknown or already revoked.
+    pub async fn revoke_signer(&self, id: &str) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.revoke_signer(id).await,
+        }
+    }
+
+    /// Stores a checkpoint (idempotent).
+    pub async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.put_checkpoint(c).await,
+        }
+    }
+
+    /// A chain's stored checkpoints, by seq.
+    pub async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
+        match self {
+            Self::Postgres(s) => s.checkpoints(chain_id).await,
         }
     }
 

@@ -9,4 +9,5 @@ mod gates;
 mod privileges;
 mod resilience;
 mod rotation;
+mod signatures;
 mod support;

@@ -96,6 +96,9 @@ struct Columns {
     payload: Vec<String>,
     prev_hmac: Vec<Vec<u8>>,
     row_hmac: Vec<Vec<u8>>,
+    signature: Vec<Option<Vec<u8>>>,
+    signer_key_id: Vec<Option<String>>,
+    signature_status: Vec<String>,
 }
 
 impl PgStore {
@@ -294,8 +297,9 @@ pub(crate) async fn append_in(
     let mut seqs = Vec::with_capacity(events.len());
     for ev in events {
         seq += 1;
-        let record = AuditRecord::unsealed(ev, seq, &prev, key_id);
-        let hmac = seal(&record).to_vec();
+        let mut record = AuditRecord::unsealed(ev, seq, &prev, key_id);
+        seal(&mut record);
+        let hmac = record.row_hmac;
         cols.seq.push(seq);
         cols.event_id.push(ev.event_id.as_uuid());
         cols.occurred_at.push(ev.occurred_at);
@@ -307,6 +311,9 @@ pub(crate) async fn append_in(
         cols.payload.push(record.payload);
         cols.prev_hmac.push(record.prev_hmac);
         cols.row_hmac.push(hmac.clone());
+        cols.signature.push(record.signature);
+        cols.signer_key_id.push(record.signer_key_id);
+        cols.signature_status.push(record.signature_status);
         seqs.push(seq);
         prev = hmac;
     }
@@ -317,13 +324,15 @@ pub(crate) async fn append_in(
     sqlx::query(
         "WITH ins AS ( \
            INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
-               kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature_status) \
+               kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, \
+               signer_key_id, signature_status) \
            SELECT $1, u.seq, u.event_id, u.occurred_at, u.agent_id, u.session_id, u.kind, u.actor, \
-               u.parent, u.payload, u.prev_hmac, $12, u.row_hmac, 'unsigned' \
+               u.parent, u.payload, u.prev_hmac, $12, u.row_hmac, u.signature, u.signer, u.status \
            FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[], \
-               $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], $13::bytea[]) \
+               $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], $13::bytea[], \
+               $17::bytea[], $18::text[], $19::text[]) \
              AS u(seq, event_id, occurred_at, agent_id, session_id, kind, actor, parent, payload, \
-               prev_hmac, row_hmac) \
+               prev_hmac, row_hmac, signature, signer, status) \
          ), upd AS ( \
            UPDATE chain_heads SET seq = $14, head_hmac = $15, updated_at = now() WHERE chain_id = $1 \
          ) \
@@ -345,6 +354,9 @@ pub(crate) async fn append_in(
     .bind(seq)
     .bind(&prev)
     .bind(AUDIT_CHANNEL)
+    .bind(&cols.signature)
+    .bind(&cols.signer_key_id)
+    .bind(&cols.signature_status)
     .execute(&mut *conn)
     .await?;
     Ok(seqs)

@@ -4,6 +4,7 @@ mod audit;
 mod budget;
 mod enforce;
 mod gates;
+mod signers;
 
 pub use enforce::{Listener, Notice};
 pub use gates::{Decision, OperatorRecord};
