@@ -13,12 +13,23 @@ use crate::rotation::rotation_message;
 
 const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
 const NEW_SECRET: &str = "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
+/// The Ed25519 seed of the vectors' signer (signatures are deterministic).
+const SIGNER_SEED: &str = "4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4fa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+
+fn signer() -> crate::signing::Signer {
+    let seed: [u8; 32] = hex::decode(SIGNER_SEED)
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    crate::signing::Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&seed), "vectors")
+}
 
 fn uuid(s: &str) -> EventId {
     EventId::from_uuid(s.parse().expect("uuid literal"))
 }
 
-/// The chain of the vectors: three ordinary rows, then a rotation marker.
+/// The chain of the vectors: three ordinary rows, a rotation marker, then a row sealed with the
+/// new key and signed (canonical version 2).
 fn rows() -> Vec<AuditRecord> {
     let key = AuditSecret::parse(SECRET).expect("secret").chain_key();
     let new = AuditSecret::parse(NEW_SECRET).expect("secret").chain_key();
@@ -84,10 +95,27 @@ fn rows() -> Vec<AuditRecord> {
         actor: Some("alice".into()),
         ..base(4, marker_id, "chain.key_rotated", &payload.to_string())
     });
+    rows.push(AuditRecord {
+        key_id: new.key_id().into(),
+        ..base(
+            5,
+            "019abf00-0000-7000-8000-000000000005",
+            "tool.call",
+            r#"{"tool":"refund"}"#,
+        )
+    });
     let mut prev = ZERO_HMAC.to_vec();
+    let sealer = crate::signing::RowSealer::new(
+        new.clone(),
+        crate::signing::SigningState::On(std::sync::Arc::new(signer())),
+    );
     for r in &mut rows {
         r.prev_hmac = prev;
-        r.row_hmac = key.seal(r).to_vec();
+        if r.seq == 5 {
+            sealer.seal(r);
+        } else {
+            r.row_hmac = key.seal(r).to_vec();
+        }
         prev = r.row_hmac.clone();
     }
     rows
@@ -98,6 +126,15 @@ fn render() -> Value {
     let new = AuditSecret::parse(NEW_SECRET).expect("secret").chain_key();
     let rows = rows();
     let marker = &rows[3];
+    let signer = signer();
+    let last = &rows[4];
+    let cp = crate::checkpoint::Checkpoint::sign(
+        &signer,
+        "default",
+        last.seq,
+        &last.row_hmac,
+        datetime!(2026-11-25 10:00:00 UTC),
+    );
     let msg = rotation_message(
         &marker.chain_id,
         marker.event_id.as_uuid().as_bytes(),
@@ -114,6 +151,17 @@ fn render() -> Value {
             "canonical_hex": hex::encode(canonical::encode(r)),
             "row_hmac": hex::encode(&r.row_hmac),
         })).collect::<Vec<_>>(),
+        "signer": {
+            "seed_hex": SIGNER_SEED,
+            "public_key": hex::encode(signer.public_key()),
+            "signer_key_id": signer.key_id(),
+        },
+        "checkpoint": {
+            "message_hex": hex::encode(crate::checkpoint::checkpoint_message(
+                &cp.chain_id, cp.seq, &last.row_hmac, cp.signed_at, &cp.signer_key_id,
+            )),
+            "checkpoint": cp,
+        },
         "rotation": {
             "marker_seq": marker.seq,
             "new_secret_hex": NEW_SECRET,
@@ -144,20 +192,31 @@ fn the_published_vectors_match_this_code() {
         .chain_key();
     assert_eq!(published["key_id"], key.key_id());
     let mut prev = ZERO_HMAC.to_vec();
+    let new_key = AuditSecret::parse(published["rotation"]["new_secret_hex"].as_str().unwrap())
+        .unwrap()
+        .chain_key();
+    let public = hex::decode(published["signer"]["public_key"].as_str().unwrap()).unwrap();
     for v in published["rows"].as_array().unwrap() {
         let row: AuditRecord = serde_json::from_value(v["row"].clone()).unwrap();
+        let k = if row.key_id == key.key_id() {
+            &key
+        } else {
+            &new_key
+        };
+        if let Some(sig) = &row.signature {
+            assert!(
+                crate::signing::verify_with(&public, &row.row_hmac, sig),
+                "seq {}",
+                row.seq
+            );
+        }
         assert_eq!(
             hex::encode(canonical::encode(&row)),
             v["canonical_hex"],
             "seq {}",
             row.seq
         );
-        assert_eq!(
-            hex::encode(key.seal(&row)),
-            v["row_hmac"],
-            "seq {}",
-            row.seq
-        );
+        assert_eq!(hex::encode(k.seal(&row)), v["row_hmac"], "seq {}", row.seq);
         assert_eq!(
             row.prev_hmac, prev,
             "seq {} links to its predecessor",
@@ -172,20 +231,32 @@ fn the_published_vectors_match_this_code() {
     assert_eq!(rot["new_key_id"], new.key_id());
     let msg = hex::decode(rot["message_hex"].as_str().unwrap()).unwrap();
     assert!(new.verify_tag(&msg, &hex::decode(rot["proof"].as_str().unwrap()).unwrap()));
+    let cp: crate::checkpoint::Checkpoint =
+        serde_json::from_value(published["checkpoint"]["checkpoint"].clone()).unwrap();
+    assert!(cp.signature_is_valid());
     // The chain, marker included, verifies clean with the new key current and the old one
     // previous.
     let rows = rows();
-    let ring = crate::KeyRing::with_previous(new.clone(), [key.clone()]);
+    let signer = signer();
+    let signers = crate::signing::signers_from(&[gov_store::SignerKeyRow {
+        signer_key_id: signer.key_id().into(),
+        public_key: signer.public_key().to_vec(),
+        label: "vectors".into(),
+        created_at: datetime!(2026-11-25 00:00 UTC),
+        revoked_at: None,
+    }]);
+    let ring = crate::KeyRing::with_previous(new.clone(), [key.clone()]).with_signers(signers);
     let head = gov_core::ChainHead {
         chain_id: "default".into(),
-        seq: 4,
-        head_hmac: rows[3].row_hmac.clone(),
+        seq: 5,
+        head_hmac: rows[4].row_hmac.clone(),
     };
     let mut check = crate::ChainCheck::new(&ring, head);
     for (i, r) in rows.iter().enumerate() {
         check.check(r, rows.get(i + 1)).expect("clean");
     }
     check.finish().expect("clean");
+    assert_eq!(check.signatures().signed, 1);
     // And the file is exactly what this code produces.
     assert_eq!(
         serde_json::from_str::<Value>(&actual).unwrap(),

@@ -311,6 +311,11 @@ impl<'k> ChainCheck<'k> {
         self.s.checked
     }
 
+    /// How the rows that passed so far were signed.
+    pub fn signatures(&self) -> SignatureCounts {
+        self.s.signatures
+    }
+
     fn authentic_at(&mut self, row: &AuditRecord, seq: i64) -> bool {
         let Some(key) = self.keys.get(&row.key_id) else {
             return false;

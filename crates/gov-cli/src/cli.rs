@@ -73,6 +73,11 @@ pub(crate) enum Command {
         after_help = "Examples:\n  GOVERNANCE_AUDIT_SECRET_NEW=$(cat new.key) governance rotate-chain-key --operator alice\n  openssl rand -hex 32 | tee new.key | governance rotate-chain-key --chain billing --reason \"yearly rotation\"\n\nThe old secret is the current one (GOVERNANCE_AUDIT_SECRET or --audit-secret-file); the new one comes from\nGOVERNANCE_AUDIT_SECRET_NEW, else the first line of standard input, never from the command line.\nEach chain is verified first and is not rotated when it is tampered. Afterwards, run every writer with\nGOVERNANCE_AUDIT_SECRET=<new> and GOVERNANCE_AUDIT_SECRET_PREVIOUS=<old>.\nExit codes: 0 rotated, 1 a chain is tampered (nothing rotated), 2 usage or configuration, 3 storage unreachable."
     )]
     RotateChainKey(RotateArgs),
+    /// Sign each chain's head with Ed25519, store it and print it (keep the output away from the database)
+    #[command(
+        after_help = "Examples:\n  governance checkpoint --signing-key file:///etc/governance/operator.key --output heads.json\n  GOVERNANCE_SIGNING_KEY=env://OPERATOR_KEY governance checkpoint --chain billing\n\nLater, `governance verify --checkpoint heads.json` proves the chains still extend those heads:\na cut tail or a chain rebuilt without the signing key fails.\nExit codes: 0 signed, 2 usage or configuration (no key, unreadable key, no such chain), 3 storage unreachable."
+    )]
+    Checkpoint(CheckpointArgs),
     /// Manage console and CLI users (operators who approve, deny, halt and resume)
     #[command(subcommand)]
     Console(ConsoleCommand),
@@ -110,6 +115,10 @@ pub(crate) struct VerifyArgs {
     /// range reaches it
     #[arg(long, value_name = "SEQ", allow_negative_numbers = true)]
     pub(crate) to: Option<i64>,
+    /// Also prove that each chain still extends the heads signed in this checkpoint file
+    /// (from `governance checkpoint --output FILE`)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) checkpoint: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }
@@ -281,6 +290,26 @@ pub(crate) struct RotateArgs {
     /// Why (recorded in the marker)
     #[arg(long, default_value = "scheduled rotation")]
     pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckpointArgs {
+    /// Only this chain (default: every chain)
+    #[arg(long)]
+    pub(crate) chain: Option<String>,
+    /// The Ed25519 key: file:///path (hex seed or PKCS#8 PEM, mode 600), env://VAR or ephemeral
+    #[arg(
+        long,
+        env = "GOVERNANCE_SIGNING_KEY",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub(crate) signing_key: Option<String>,
+    /// Write the checkpoints to this file (replaced whole) as well as stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

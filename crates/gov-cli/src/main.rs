@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => commands::tail::run(args, &cli.global, &out).await,
             Command::Report(args) => commands::report::run(args, &cli.global, &out).await,
             Command::RotateChainKey(args) => commands::rotate::run(args, &cli.global, &out).await,
+            Command::Checkpoint(args) => commands::checkpoint::run(args, &cli.global, &out).await,
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Completions(args) => commands::completions::run(args),

@@ -54,6 +54,7 @@ pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
 pub use tail::Tail;
 
+pub use gov_audit::checkpoint::FILE_FORMAT as CHECKPOINT_FILE_FORMAT;
 pub use gov_audit::{
     Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, Reason,
     SignatureCounts, Signer, SignerError, VerifyOptions, VerifyProgress, VerifyReport,

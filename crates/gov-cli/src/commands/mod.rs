@@ -1,6 +1,7 @@
 //! One module per command: each has a `run` whose body is an SDK call plus rendering.
 
 pub(crate) mod budget;
+pub(crate) mod checkpoint;
 pub(crate) mod completions;
 pub(crate) mod console;
 pub(crate) mod demo;
@@ -9,6 +10,9 @@ pub(crate) mod report;
 pub(crate) mod rotate;
 pub(crate) mod tail;
 pub(crate) mod verify;
+
+use std::io::Write as _;
+use std::path::Path;
 
 use anyhow::Context as _;
 use gov_sdk::{AuditSecret, Governance};
@@ -43,4 +47,42 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
         .previous_audit_secrets_from_env()
         .connect()
         .await?)
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory and a rename, so the
+/// file is either the old one or the whole new one.
+pub(crate) fn write_atomically(path: &Path, text: &str, what: &str) -> anyhow::Result<()> {
+    let fail = |e: std::io::Error| {
+        config_error(format!(
+            "cannot write {what} to {}: {e}; choose a writable path with --output",
+            path.display()
+        ))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| config_error(format!("--output {} names no file", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+fn config_error(message: String) -> anyhow::Error {
+    anyhow::Error::new(gov_sdk::Error::Config(message))
 }

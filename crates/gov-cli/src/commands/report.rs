@@ -1,7 +1,6 @@
 //! `governance report --format article12`: the evidence report for a period.
 
 use std::io::Write as _;
-use std::path::Path;
 use std::process::ExitCode;
 
 use gov_report::{Format, ReportRequest, Step};
@@ -42,40 +41,6 @@ fn form(args: &ReportArgs, json: bool) -> anyhow::Result<Format> {
         };
     }
     Ok(if json { Format::Json } else { Format::Markdown })
-}
-
-/// Writes `text` to `path` through a temporary file in the same directory and a rename, so the
-/// file is either the old one or the whole new one.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let fail = |e: std::io::Error| {
-        config(format!(
-            "cannot write the report to {}: {e}; choose a writable path with --output",
-            path.display()
-        ))
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| config(format!("--output {} names no file", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    Ok(())
 }
 
 /// Now, or the time `SOURCE_DATE_EPOCH` (seconds since 1970, the reproducible-builds
@@ -152,7 +117,7 @@ pub(crate) async fn run(args: ReportArgs, global: &Global, out: &Out) -> anyhow:
     let clean = report.verification.status == "clean";
     match &args.output {
         Some(path) => {
-            write_atomically(path, &text)?;
+            super::write_atomically(path, &text, "the report")?;
             if out.json() {
                 out.emit_json(&serde_json::json!({
                     "status": "written",

@@ -67,8 +67,23 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
             shown.set_position(p.checked);
         })),
     };
+    let checkpoints = args.checkpoint.as_deref().map(read_checkpoints).transpose();
+    let checkpoints = match checkpoints {
+        Ok(c) => c,
+        Err(e) => {
+            gov.close().await;
+            return Err(e);
+        }
+    };
     let report = gov.audit().verify_with(args.chain.as_deref(), &opts).await;
     bar.finish_and_clear();
+    let report = match (report, &checkpoints) {
+        (Ok(mut report), Some(file)) => {
+            let held = hold_checkpoints(&gov, &mut report, file, args.chain.as_deref(), out).await;
+            held.map(|()| report)
+        }
+        (r, _) => r.map_err(Into::into),
+    };
     gov.close().await;
     let report = report?;
     let clean = report.is_clean();
@@ -87,10 +102,11 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
                     c.head_seq
                 )),
                 None => out.line(format!(
-                    "{} chain {}: {} events, seq {first}..{last}",
+                    "{} chain {}: {} events, seq {first}..{last}{}",
                     "ok".green().bold(),
                     c.chain_id,
                     c.events_checked,
+                    signatures(&c.signatures),
                 )),
                 Some(f) => out.line(format!(
                     "{} chain {}: first bad seq {} ({})",
@@ -124,4 +140,95 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
         return Ok(ExitCode::from(crate::EXIT_TAMPERED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the rows were signed, when any were: ` (8 signed, 2 unsigned)`.
+fn signatures(s: &gov_sdk::SignatureCounts) -> String {
+    if s.signed == 0 && s.unsigned_local_failure == 0 {
+        return String::new();
+    }
+    let mut parts = vec![format!("{} signed", s.signed)];
+    if s.unsigned > 0 {
+        parts.push(format!("{} unsigned", s.unsigned));
+    }
+    if s.unsigned_local_failure > 0 {
+        parts.push(format!(
+            "{} unsigned after a signer failure",
+            s.unsigned_local_failure
+        ));
+    }
+    format!(" ({})", parts.join(", "))
+}
+
+/// Reads a checkpoint file written by `governance checkpoint`.
+fn read_checkpoints(path: &std::path::Path) -> anyhow::Result<gov_sdk::CheckpointFile> {
+    let config = |m: String| anyhow::Error::new(gov_sdk::Error::Config(m));
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        config(format!(
+            "cannot read the checkpoint file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let file: gov_sdk::CheckpointFile = serde_json::from_str(&text).map_err(|e| {
+        config(format!(
+            "{} is not a checkpoint file written by `governance checkpoint` ({e})",
+            path.display()
+        ))
+    })?;
+    if file.format != gov_sdk::CHECKPOINT_FILE_FORMAT {
+        return Err(config(format!(
+            "{} has format {:?}; this version reads {:?}",
+            path.display(),
+            file.format,
+            gov_sdk::CHECKPOINT_FILE_FORMAT
+        )));
+    }
+    Ok(file)
+}
+
+/// Checks each checkpoint of the file against the stored chain; a failure becomes the chain's
+/// finding when the chain itself verified clean.
+async fn hold_checkpoints(
+    gov: &gov_sdk::Governance,
+    report: &mut gov_sdk::VerifyReport,
+    file: &gov_sdk::CheckpointFile,
+    only: Option<&str>,
+    out: &Out,
+) -> anyhow::Result<()> {
+    for cp in &file.checkpoints {
+        if only.is_some_and(|c| c != cp.chain_id) {
+            continue;
+        }
+        let finding = gov.audit().check_checkpoint(cp).await?;
+        if finding.is_none() && !gov.audit().signer_registered(&cp.signer_key_id).await? {
+            out.warn(format!(
+                "note: the checkpoint of chain {} is signed by {}, which this database does not list as an active signer; trust it only if you trust the file",
+                cp.chain_id, cp.signer_key_id
+            ));
+        }
+        match report.chains.iter_mut().find(|c| c.chain_id == cp.chain_id) {
+            Some(c) => {
+                if c.finding.is_none() {
+                    c.finding = finding;
+                }
+            }
+            None => report.chains.push(gov_sdk::ChainReport {
+                chain_id: cp.chain_id.clone(),
+                events_checked: 0,
+                head_seq: 0,
+                key_ids: Default::default(),
+                signatures: Default::default(),
+                range: None,
+                finding: Some(finding.unwrap_or(gov_sdk::Finding {
+                    seq: 1,
+                    reason: gov_sdk::Reason::MissingRow,
+                    detail: format!(
+                        "the checkpoint covers chain {} up to seq {}, which was not verified here",
+                        cp.chain_id, cp.seq
+                    ),
+                })),
+            }),
+        }
+    }
+    Ok(())
 }
