@@ -336,6 +336,15 @@ fn verification(v: &VerifyReport) -> Verification {
         rotation_aware: gov_sdk::ROTATION_AWARE,
         scope: "every row of each chain covered, from seq 1 to its head, whatever the period",
         events_checked: v.events_checked,
+        signatures: v
+            .chains
+            .iter()
+            .fold(gov_sdk::SignatureCounts::default(), |mut t, c| {
+                t.signed += c.signatures.signed;
+                t.unsigned += c.signatures.unsigned;
+                t.unsigned_local_failure += c.signatures.unsigned_local_failure;
+                t
+            }),
         key_ids: v
             .chains
             .iter()

@@ -230,7 +230,10 @@ pub(crate) fn render(r: &Article12Report) -> Result<String, ReportError> {
                 .collect(),
         ),
         note: Some(format!(
-            "Key fingerprints: {}.",
+            "Signatures: {} signed, {} unsigned, {} unsigned after a signer failure. Key fingerprints: {}.",
+            v.signatures.signed,
+            v.signatures.unsigned,
+            v.signatures.unsigned_local_failure,
             if v.key_ids.is_empty() {
                 "none".into()
             } else {

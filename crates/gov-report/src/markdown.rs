@@ -246,6 +246,11 @@ pub(crate) fn render(r: &Article12Report) -> String {
     );
     let _ = writeln!(
         o,
+        "\nSignatures: {} signed, {} unsigned, {} unsigned after a signer failure.",
+        v.signatures.signed, v.signatures.unsigned, v.signatures.unsigned_local_failure
+    );
+    let _ = writeln!(
+        o,
         "\nKey fingerprints: {}.",
         if v.key_ids.is_empty() {
             "none".into()

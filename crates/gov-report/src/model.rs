@@ -224,6 +224,8 @@ pub struct Verification {
     pub events_checked: u64,
     /// Fingerprints of the keys that sealed the rows.
     pub key_ids: Vec<String>,
+    /// How the verified rows were signed (Ed25519), over every chain covered.
+    pub signatures: gov_sdk::SignatureCounts,
     /// Per chain.
     pub chains: Vec<ChainVerification>,
 }
