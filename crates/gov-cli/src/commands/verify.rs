@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use owo_colors::OwoColorize;
 
 use crate::cli::{Global, VerifyArgs};
@@ -37,10 +37,16 @@ fn progress_bar(out: &Out) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{wide_bar}] {human_pos}/{human_len} events ({per_sec}, {eta} left)",
+        "{msg} [{wide_bar}] {human_pos}/{human_len} events ({rate}, {eta} left)",
     ) {
-        bar.set_style(style.progress_chars("=> "));
+        let style = style
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/s", HumanCount(s.per_sec() as u64));
+            })
+            .progress_chars("=> ");
+        bar.set_style(style);
     }
+    bar.set_message("verifying");
     bar
 }
 
