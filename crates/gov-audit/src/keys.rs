@@ -27,6 +27,7 @@ const LABEL_CHAIN: &[u8] = b"governance/v1/chain-hmac";
 const LABEL_APPROVAL: &[u8] = b"governance/v1/approval-token";
 const LABEL_REPORT: &[u8] = b"governance/v1/report-signing";
 const LABEL_FINGERPRINT: &[u8] = b"governance/v1/key-fingerprint";
+const LABEL_COVERAGE_HOST: &[u8] = b"governance/v1/coverage-host";
 
 const HOW_TO: &str =
     "generate one with `openssl rand -hex 32` and set GOVERNANCE_AUDIT_SECRET to it";
@@ -143,6 +144,12 @@ impl AuditSecret {
     /// The key for signing reports.
     pub fn report_key(&self) -> DerivedKey {
         DerivedKey(*self.derive(LABEL_REPORT))
+    }
+
+    /// The key that turns the hostnames of wrapped LLM clients into the salted digests the
+    /// coverage registry stores (the hostname itself is never stored).
+    pub fn coverage_host_key(&self) -> DerivedKey {
+        DerivedKey(*self.derive(LABEL_COVERAGE_HOST))
     }
 }
 
@@ -399,7 +406,10 @@ mod tests {
         let s = AuditSecret::parse(GOOD_HEX).unwrap();
         let a = s.approval_key();
         let r = s.report_key();
+        let h = s.coverage_host_key();
         assert_ne!(a.expose(), r.expose());
+        assert_ne!(h.expose(), a.expose());
+        assert_ne!(h.expose(), r.expose());
         // The chain key's fingerprint is not the chain key, nor any other key.
         let id = s.chain_key().key_id().to_owned();
         assert!(id.starts_with("hk1_") && id.len() == 28, "{id}");

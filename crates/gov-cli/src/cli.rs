@@ -160,6 +160,11 @@ pub(crate) struct BudgetArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConsoleCommand {
+    /// Serve the web console (sign-in, dashboard, agents, approvals, live events, costs, chain)
+    #[command(
+        after_help = "Examples:\n  governance console serve\n  governance console serve --bind 0.0.0.0:8080 --secure-cookies   # behind HTTPS\n\nConnect with the schema owner's database URL, as for the other console commands; sign in with a\nuser made by `governance console add-user`."
+    )]
+    Serve(ServeArgs),
     /// Add a user; the password is read from a prompt, or from standard input when it is not a
     /// terminal (never from the command line)
     #[command(
@@ -310,6 +315,18 @@ pub(crate) struct CheckpointArgs {
     /// Write the checkpoints to this file (replaced whole) as well as stdout
     #[arg(long, short, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address and port to listen on
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub(crate) bind: std::net::SocketAddr,
+    /// Mark the session cookie Secure (set this when the console is served over HTTPS)
+    #[arg(long)]
+    pub(crate) secure_cookies: bool,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

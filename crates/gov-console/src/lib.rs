@@ -1,9 +1,160 @@
-//! The governance web console: a skeleton that holds the crate's place in the workspace.
+//! The governance web console: an axum server with server-rendered askama pages, the CSS and JS
+//! of `console-web/` embedded, live events over SSE fed by LISTEN/NOTIFY, and a JSON API.
 //!
-//! The console (axum, server-rendered askama pages, live events over SSE, the approval queue)
-//! is built by a later issue. Its dependency rule is already fixed and checked by
-//! `cargo xtask tidy`: this crate talks to storage only through `gov-sdk`, never `gov-store`
-//! or `sqlx`.
+//! Operators sign in (argon2id, sessions stored by hash, HttpOnly SameSite=Strict cookies), then
+//! see agents by presence, approve or deny gate requests, halt and resume agents, watch events
+//! live, read costs, verify the chain and download the Article 12 report. Every state-changing
+//! request carries the session's CSRF token; roles are enforced on the server.
+//!
+//! The console talks to storage only through `gov-sdk` (checked by `cargo xtask tidy`). It must
+//! connect as an operator tool (the schema owner), like the CLI: deciding gates and resuming
+//! agents are not granted to the application role.
 
-/// The SDK handle the console will serve from.
-pub use gov_sdk::Governance;
+mod api;
+mod auth;
+mod error;
+mod events;
+mod pages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::{get, post};
+use gov_sdk::Governance;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use error::AppError;
+
+/// How the console runs.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// Mark the session cookie `Secure` (serve behind HTTPS). Default false, for localhost.
+    pub secure_cookies: bool,
+    /// How long a session lasts (default 8 hours).
+    pub session_ttl: Duration,
+    /// Sign-in attempts allowed per client address per minute (default 5).
+    pub sign_ins_per_minute: u32,
+    /// The chain whose events the live view follows (default `default`).
+    pub live_chain: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            secure_cookies: false,
+            session_ttl: Duration::from_secs(8 * 3600),
+            sign_ins_per_minute: 5,
+            live_chain: "default".into(),
+        }
+    }
+}
+
+/// Shared by every request.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) gov: Governance,
+    pub(crate) config: Arc<ConsoleConfig>,
+    pub(crate) limiter: Arc<auth::SignInLimiter>,
+    pub(crate) events: events::Broadcaster,
+    pub(crate) latency: Arc<api::Latency>,
+}
+
+/// The console's routes over `gov`. Starts the live-event feed (one listening connection,
+/// shared by every subscriber).
+pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
+    let state = AppState {
+        events: events::Broadcaster::start(gov.clone(), config.live_chain.clone()),
+        limiter: Arc::new(auth::SignInLimiter::new(config.sign_ins_per_minute)),
+        latency: Arc::new(api::Latency::default()),
+        config: Arc::new(config),
+        gov,
+    };
+    let csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+               connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; \
+               object-src 'none'";
+    let headers: [(HeaderName, &'static str); 6] = [
+        (header::CONTENT_SECURITY_POLICY, csp),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            HeaderName::from_static("permissions-policy"),
+            "camera=(), microphone=(), geolocation=()",
+        ),
+    ];
+    let mut app = Router::new()
+        .route("/", get(pages::dashboard))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/agents", get(pages::agents))
+        .route("/agents/{agent}/halt", post(pages::halt))
+        .route("/agents/{agent}/resume", post(pages::resume))
+        .route("/approvals", get(pages::approvals))
+        .route("/approvals/{id}/approve", post(pages::approve))
+        .route("/approvals/{id}/deny", post(pages::deny))
+        .route("/events", get(pages::events))
+        .route("/events/stream", get(events::stream))
+        .route("/costs", get(pages::costs))
+        .route("/chain", get(pages::chain).post(pages::verify_chain))
+        .route("/users", get(pages::users))
+        .route("/report", get(pages::report))
+        .route("/static/console.css", get(pages::css))
+        .route("/static/console.js", get(pages::js))
+        .route("/health/governance", get(api::health))
+        .route("/api/openapi.json", get(api::openapi))
+        .route("/api/agents", get(api::agents))
+        .route("/api/agents/{agent}/halt", post(api::halt))
+        .route("/api/agents/{agent}/resume", post(api::resume))
+        .route("/api/approvals", get(api::approvals))
+        .route("/api/approvals/{id}/approve", post(api::approve))
+        .route("/api/approvals/{id}/deny", post(api::deny))
+        .route("/api/events", get(api::events))
+        .route("/api/chain/verify", post(api::verify))
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::measure,
+        ))
+        .with_state(state);
+    for (name, value) in headers {
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            name,
+            HeaderValue::from_static(value),
+        ));
+    }
+    app.layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ))
+}
+
+/// Serves the console on `bind` until the process is stopped.
+pub async fn serve(
+    gov: Governance,
+    config: ConsoleConfig,
+    bind: SocketAddr,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    serve_on(gov, config, listener).await
+}
+
+/// Serves the console on an already bound listener (tests bind port 0).
+pub async fn serve_on(
+    gov: Governance,
+    config: ConsoleConfig,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    let app = router(gov, config);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

@@ -8,6 +8,7 @@ use gov_audit::{AuditLog, AuditLogOptions, AuditSecret, KeyRing};
 use gov_core::PresenceThresholds;
 use gov_store::{Store, StoreOptions};
 
+use crate::llm::LlmConfig;
 use crate::{CostConfig, GateConfig, LoopConfig};
 
 use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
@@ -61,6 +62,8 @@ pub struct Config {
     pub gates: GateConfig,
     /// Which enforcement modules are on (default: all).
     pub modules: Modules,
+    /// The LLM layer (`warn_on_no_wrappers`).
+    pub llm: LlmConfig,
     /// Where observation is spooled while storage is out of reach (default: a
     /// `governance-spool` folder in the system's temporary directory).
     pub spool_dir: std::path::PathBuf,
@@ -78,6 +81,7 @@ impl Default for Config {
             cost: CostConfig::default(),
             gates: GateConfig::default(),
             modules: Modules::default(),
+            llm: LlmConfig::default(),
             spool_dir: std::env::temp_dir().join("governance-spool"),
         }
     }
@@ -256,6 +260,20 @@ impl GovernanceBuilder {
         self
     }
 
+    /// Warn when the handle has wrapped no LLM client `no_wrapper_grace` after connecting
+    /// (default on).
+    pub fn warn_on_no_wrappers(mut self, on: bool) -> Self {
+        self.config.llm.warn_on_no_wrappers = on;
+        self
+    }
+
+    /// How long after connecting a handle may go without wrapping an LLM client before
+    /// `warn_on_no_wrappers` warns (default 60 s).
+    pub fn no_wrapper_grace(mut self, grace: Duration) -> Self {
+        self.config.llm.no_wrapper_grace = grace;
+        self
+    }
+
     /// Connects, checks that the schema is migrated, and returns the handle.
     pub async fn connect(self) -> Result<Governance> {
         let url = match self.database_url {
@@ -357,12 +375,18 @@ impl GovernanceBuilder {
                 config: self.config,
                 shared,
                 approval_key: secret.approval_key(),
+                llm: crate::llm::LlmState::new(&secret),
                 spool,
                 loops: Default::default(),
                 listener,
             }),
         };
         tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner)));
+        if gov.inner.config.llm.warn_on_no_wrappers {
+            tokio::spawn(crate::llm::watch_wrappers(std::sync::Arc::downgrade(
+                &gov.inner,
+            )));
+        }
         Ok(gov)
     }
 }

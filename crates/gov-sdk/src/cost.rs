@@ -363,6 +363,11 @@ impl<'g> Cost<'g> {
         }
     }
 
+    /// Today's (UTC) spend of every agent, by model, ordered by agent then cost.
+    pub async fn usage_today_all(&self) -> Result<Vec<(String, gov_core::ModelUsage)>> {
+        Ok(self.gov.inner.store.usage_today_all().await?)
+    }
+
     /// The agent's caps, counters (for `session`, and today) and today's spend by model.
     pub async fn snapshot(&self, agent: &str, session: &str) -> Result<BudgetSnapshot> {
         let status = self.gov.inner.store.budget_status(agent, session).await?;

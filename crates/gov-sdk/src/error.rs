@@ -138,6 +138,24 @@ pub enum Error {
         /// How many times it was seen in the window.
         repeats: usize,
     },
+    /// An LLM provider call failed after the gates let it through (audited as `llm.error`,
+    /// its reservation released). The message never holds an API key, a URL or the provider's
+    /// free text, which may echo request content.
+    #[error("LLM call to {provider} failed: {kind}{}{}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(), error_type.as_deref().map(|t| format!(": {t}")).unwrap_or_default())]
+    Provider {
+        /// The provider name the call was governed under.
+        provider: String,
+        /// What failed: `http_status`, `timeout`, `connect`, `transport`, `decode`,
+        /// `stream_error` or `client_error` (a generic guard's own error).
+        kind: &'static str,
+        /// The HTTP status, when the provider answered.
+        status: Option<u16>,
+        /// The provider's error type or code (`rate_limit_error`, `server_error`, ...), or the
+        /// generic guard's error text.
+        error_type: Option<String>,
+        /// Seconds the provider asked to wait before retrying (`retry-after`), if it said.
+        retry_after_s: Option<u64>,
+    },
 }
 
 /// `Result` with [`enum@Error`].
@@ -197,6 +215,7 @@ impl Error {
             | Self::AuthenticationFailed
             | Self::ContractViolation { .. }
             | Self::ToolFailed { .. }
+            | Self::Provider { .. }
             | Self::ApprovalPending { .. }
             | Self::ApprovalDenied { .. }
             | Self::ApprovalRefused { .. } => false,

@@ -31,6 +31,7 @@ mod contracts;
 mod cost;
 mod error;
 mod gates;
+pub mod llm;
 mod loops;
 mod notify;
 mod operators;
@@ -49,7 +50,7 @@ pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
 pub use error::{Error, Result};
 pub use gates::{Approval, GateConfig, Gates};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
-pub use operators::{Operator, Operators};
+pub use operators::{Operator, Operators, Session};
 pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
 pub use tail::Tail;
@@ -91,6 +92,7 @@ struct Inner {
     config: Config,
     shared: Arc<notify::Shared>,
     approval_key: gov_audit::DerivedKey,
+    llm: llm::LlmState,
     spool: spool::Spool,
     loops: loops::LoopState,
     listener: tokio::task::JoinHandle<()>,
@@ -157,6 +159,11 @@ impl Governance {
         Loops::new(self)
     }
 
+    /// Governed LLM calls: adapters, the generic guard and the coverage registry.
+    pub fn llm(&self) -> llm::Llm<'_> {
+        llm::Llm::new(self)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -165,6 +172,12 @@ impl Governance {
     /// One bare round trip to the database (`SELECT 1`): the reference latency.
     pub async fn ping(&self) -> Result<()> {
         Ok(self.inner.store.ping().await?)
+    }
+
+    /// What this handle's database role may do to the audit tables (for health checks: a
+    /// service should connect as the least-privilege application role).
+    pub async fn privileges(&self) -> Result<Privileges> {
+        Ok(self.inner.store.privileges().await?)
     }
 
     /// Stops the notification listener and closes the connection pool, waiting for pooled

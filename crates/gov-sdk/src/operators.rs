@@ -87,3 +87,112 @@ impl<'g> Operators<'g> {
         }
     }
 }
+
+/// A signed-in session: the operator as the database knows them now, and the session's CSRF
+/// token (to embed in every form and check on every state-changing request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The operator, with their current role.
+    pub operator: Operator,
+    /// The session's CSRF token.
+    pub csrf_token: String,
+    /// When the session ends.
+    pub expires_at: time::OffsetDateTime,
+}
+
+/// 32 random bytes, URL-safe base64 (43 characters).
+fn random_token() -> Result<String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|_| Error::Config("the system random source failed".into()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).to_vec()
+}
+
+impl Operators<'_> {
+    /// Starts a session for an authenticated operator, valid for `ttl`. Returns the session token
+    /// (give it to the browser in an HttpOnly cookie; only its SHA-256 is stored) and the session.
+    pub async fn start_session(
+        &self,
+        operator: &Operator,
+        ttl: std::time::Duration,
+    ) -> Result<(String, Session)> {
+        let token = random_token()?;
+        let csrf_token = random_token()?;
+        let expires_at = time::OffsetDateTime::now_utc() + ttl;
+        self.gov
+            .inner
+            .store
+            .insert_session(
+                &token_hash(&token),
+                operator.username(),
+                &csrf_token,
+                expires_at,
+            )
+            .await?;
+        Ok((
+            token,
+            Session {
+                operator: operator.clone(),
+                csrf_token,
+                expires_at,
+            },
+        ))
+    }
+
+    /// Every console/CLI user (never their password hashes).
+    pub async fn list(&self) -> Result<Vec<crate::admin::OperatorInfo>> {
+        Ok(self
+            .gov
+            .inner
+            .store
+            .operators()
+            .await?
+            .into_iter()
+            .map(
+                |(username, role, disabled, created_at)| crate::admin::OperatorInfo {
+                    username,
+                    role,
+                    disabled,
+                    created_at,
+                },
+            )
+            .collect())
+    }
+
+    /// The live session of `token`: `None` when unknown, expired, or its user was disabled.
+    pub async fn session(&self, token: &str) -> Result<Option<Session>> {
+        if token.len() != 43 {
+            return Ok(None);
+        }
+        Ok(self
+            .gov
+            .inner
+            .store
+            .session(&token_hash(token))
+            .await?
+            .map(|s| Session {
+                operator: Operator {
+                    username: s.username,
+                    role: s.role,
+                },
+                csrf_token: s.csrf_token,
+                expires_at: s.expires_at,
+            }))
+    }
+
+    /// Ends the session of `token` (signing out).
+    pub async fn end_session(&self, token: &str) -> Result<()> {
+        Ok(self
+            .gov
+            .inner
+            .store
+            .delete_session(&token_hash(token))
+            .await?)
+    }
+}

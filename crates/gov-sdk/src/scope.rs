@@ -56,6 +56,8 @@ impl ScopeCache {
 enum Target<'a> {
     Tool(&'a str),
     Api(&'a str),
+    /// An LLM call: provider and model.
+    Model(&'a str, &'a str),
 }
 
 /// Scope policies of a [`Governance`] handle.
@@ -111,6 +113,14 @@ impl<'g> Scope<'g> {
         self.decide(agent, Target::Api(api)).await
     }
 
+    /// Allows or refuses an LLM call to `model` of `provider`: allowed when the agent's
+    /// `allowed_apis` hold the whole provider (`openai`) or exactly `provider:model`
+    /// (`openai:gpt-4o-mini`). A refusal is audited as `scope.denied` with
+    /// `api: "provider:model"`.
+    pub async fn check_model(&self, agent: &str, provider: &str, model: &str) -> Result<()> {
+        self.decide(agent, Target::Model(provider, model)).await
+    }
+
     /// The tools of `offered` the agent may be shown: hidden and disallowed ones are dropped.
     /// An unknown agent is shown nothing.
     pub async fn filter_tools<S: AsRef<str> + Clone>(
@@ -149,15 +159,19 @@ impl<'g> Scope<'g> {
             (None, _) => Err(ScopeDenial::NoPolicy),
             (Some(p), Target::Tool(t)) => p.check_tool(t),
             (Some(p), Target::Api(a)) => p.check_api(a),
+            (Some(p), Target::Model(provider, model)) => p
+                .check_api(provider)
+                .or_else(|_| p.check_api(&format!("{provider}:{model}"))),
         };
         let Err(denial) = verdict else {
             return Ok(());
         };
         let (key, name) = match target {
-            Target::Tool(t) => ("tool", t),
-            Target::Api(a) => ("api", a),
+            Target::Tool(t) => ("tool", t.to_owned()),
+            Target::Api(a) => ("api", a.to_owned()),
+            Target::Model(provider, model) => ("api", format!("{provider}:{model}")),
         };
-        self.audit_denial(agent, key, name, denial).await;
+        self.audit_denial(agent, key, &name, denial).await;
         Err(Error::ScopeViolation {
             agent: agent.to_owned(),
             target: format!("{key} {name}"),

@@ -91,6 +91,19 @@ pub struct SignerKeyRow {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+/// A console sign-in session, with its user's current role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// The user.
+    pub username: String,
+    /// The user's role now.
+    pub role: gov_core::OperatorRole,
+    /// The session's CSRF token.
+    pub csrf_token: String,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+}
+
 /// A signed chain head, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRow {
@@ -106,6 +119,21 @@ pub struct CheckpointRow {
     pub signer_key_id: String,
     /// Ed25519 signature, 64 bytes.
     pub signature: Vec<u8>,
+}
+
+/// A wrapped LLM client in the coverage registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmClientRow {
+    /// The provider name the SDK governs it under (`openai`, `anthropic`, ...).
+    pub provider: String,
+    /// Which wrapper: `openai-http`, `anthropic-http` or `guard`.
+    pub wrapper: String,
+    /// The model family the client is bound to; empty when it is not bound to one.
+    pub model_family: String,
+    /// `hh1_…`, the salted digest of the hostname; empty when the client named no host.
+    pub host_digest: String,
+    /// When it was first registered (set by the database; ignored on insert).
+    pub registered_at: OffsetDateTime,
 }
 
 /// What `migrate` did.
@@ -290,6 +318,43 @@ impl Store {
     pub async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
         match self {
             Self::Postgres(s) => s.checkpoints(chain_id).await,
+        }
+    }
+
+    /// Today's (UTC) spend of every agent, by model.
+    pub async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>> {
+        match self {
+            Self::Postgres(s) => s.usage_today_all().await,
+        }
+    }
+
+    /// Stores a console session (and sweeps expired ones).
+    pub async fn insert_session(
+        &self,
+        token_hash: &[u8],
+        username: &str,
+        csrf_token: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<()> {
+        match self {
+            Self::Postgres(s) => {
+                s.insert_session(token_hash, username, csrf_token, expires_at)
+                    .await
+            }
+        }
+    }
+
+    /// The live session with this token hash, if unexpired and its user enabled.
+    pub async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {
+        match self {
+            Self::Postgres(s) => s.session(token_hash).await,
+        }
+    }
+
+    /// Ends a session.
+    pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
+        match self {
+            Self::Postgres(s) => s.delete_session(token_hash).await,
         }
     }
 
@@ -542,6 +607,21 @@ impl Store {
     ) -> Result<String> {
         match self {
             Self::Postgres(s) => s.consume_gate(id, token_hash, action_hash).await,
+        }
+    }
+
+    /// Records a wrapped LLM client in the coverage registry, unless the same (provider,
+    /// wrapper, model family, host digest) is already there. Returns whether it was new.
+    pub async fn register_llm_client(&self, c: &LlmClientRow) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => s.register_llm_client(c).await,
+        }
+    }
+
+    /// The coverage registry, oldest registration first.
+    pub async fn llm_clients(&self) -> Result<Vec<LlmClientRow>> {
+        match self {
+            Self::Postgres(s) => s.llm_clients().await,
         }
     }
 

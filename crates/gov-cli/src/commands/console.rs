@@ -47,6 +47,9 @@ pub(crate) async fn run(
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
     let url = super::database_url(global)?;
+    if let ConsoleCommand::Serve(args) = cmd {
+        return serve(args, &url, out).await;
+    }
     // Read the password before connecting, so a typo does not leave a connection waiting.
     let password = match &cmd {
         ConsoleCommand::AddUser(_) | ConsoleCommand::ResetPassword(_) => Some(read_password()?),
@@ -54,6 +57,8 @@ pub(crate) async fn run(
     };
     let admin = Admin::connect(&url).await?;
     let result = match cmd {
+        // Handled above, before any password is read.
+        ConsoleCommand::Serve(_) => Ok(()),
         ConsoleCommand::AddUser(a) => {
             let role = match a.role {
                 RoleArg::Admin => OperatorRole::Admin,
@@ -112,5 +117,40 @@ pub(crate) async fn run(
     };
     admin.close().await;
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: crate::cli::ServeArgs, url: &str, out: &Out) -> anyhow::Result<ExitCode> {
+    let secret = super::audit_secret(&args.secret)?;
+    let gov = super::connect(url, secret).await?;
+    let config = gov_console::ConsoleConfig {
+        secure_cookies: args.secure_cookies,
+        ..gov_console::ConsoleConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(gov_sdk::Error::Config(format!(
+                "cannot listen on {}: {e}; choose another address with --bind",
+                args.bind
+            )))
+        })?;
+    let addr = listener.local_addr().unwrap_or(args.bind);
+    if out.json() {
+        out.emit_json(
+            &serde_json::json!({ "status": "serving", "url": format!("http://{addr}/") }),
+        );
+    } else {
+        out.line(format!(
+            "console listening on http://{addr}/ (Ctrl-C to stop)"
+        ));
+    }
+    tokio::select! {
+        r = gov_console::serve_on(gov.clone(), config, listener) => {
+            r.map_err(|e| anyhow::anyhow!("the console stopped: {e}"))?;
+        }
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    gov.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod contracts;
 mod cost;
 mod enforce;
 mod gates;
+mod llm;
 mod privileges;
 mod resilience;
 mod rotation;

@@ -241,4 +241,33 @@ impl PgStore {
             })
             .collect())
     }
+
+    pub(crate) async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>> {
+        // language=PostgreSQL
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
+             FROM budget_usage WHERE day = (now() AT TIME ZONE 'UTC')::date \
+             ORDER BY agent_id, micros DESC, model",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(agent, model, calls, input_tokens, output_tokens, cached_tokens, micros)| {
+                    (
+                        agent,
+                        ModelUsage {
+                            model,
+                            calls,
+                            input_tokens,
+                            output_tokens,
+                            cached_tokens,
+                            cost: MicroUsd(micros),
+                        },
+                    )
+                },
+            )
+            .collect())
+    }
 }

@@ -2,8 +2,10 @@
 
 mod audit;
 mod budget;
+mod console;
 mod enforce;
 mod gates;
+mod llm;
 mod signers;
 
 pub use enforce::{Listener, Notice};

@@ -1,0 +1,98 @@
+// governance console: live events over SSE. No inline scripts (the CSP forbids them).
+"use strict";
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  return td;
+}
+
+function follow(table) {
+  const status = document.getElementById("live-status");
+  const params = new URLSearchParams();
+  const agent = document.querySelector("form.filters input[name=agent]");
+  const kind = document.querySelector("form.filters input[name=kind]");
+  if (agent && agent.value) params.set("agent", agent.value);
+  if (kind && kind.value) params.set("kind", kind.value);
+  const source = new EventSource(table.dataset.stream + "?" + params.toString());
+  source.onopen = () => { if (status) status.textContent = "live"; };
+  source.onerror = () => { if (status) status.textContent = "reconnecting…"; };
+  source.addEventListener("audit", (msg) => {
+    const e = JSON.parse(msg.data);
+    const row = document.createElement("tr");
+    row.className = "fresh";
+    row.dataset.kind = e.kind;
+    const payload = document.createElement("td");
+    const code = document.createElement("code");
+    code.textContent = (e.payload || "").slice(0, 200);
+    payload.appendChild(code);
+    [e.seq, e.occurred_at, e.agent_id, e.kind, e.session_id, e.actor].forEach((v) => row.appendChild(cell(v)));
+    row.appendChild(payload);
+    const body = table.tBodies[0];
+    body.insertBefore(row, body.firstChild);
+    while (body.rows.length > 500) body.deleteRow(body.rows.length - 1);
+  });
+}
+
+// The approvals page redraws its queue from /api/approvals whenever a gate is requested or
+// decided anywhere, so new requests appear without a reload.
+function decisionForm(id, verb, csrf, danger) {
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = "/approvals/" + encodeURIComponent(id) + "/" + verb;
+  form.className = "inline";
+  const token = document.createElement("input");
+  token.type = "hidden"; token.name = "csrf"; token.value = csrf;
+  const reason = document.createElement("input");
+  reason.name = "reason"; reason.placeholder = "reason"; reason.required = true;
+  const button = document.createElement("button");
+  button.type = "submit"; button.textContent = verb === "approve" ? "Approve" : "Deny";
+  if (danger) button.className = "danger";
+  form.append(token, reason, button);
+  return form;
+}
+
+async function redrawApprovals(table) {
+  const res = await fetch("/api/approvals", { credentials: "same-origin" });
+  if (!res.ok) return;
+  const { pending } = await res.json();
+  const csrf = table.dataset.csrf;
+  const canDecide = table.dataset.canDecide === "true";
+  const busy = table.querySelector("input[name=reason]:focus");
+  if (busy && busy.value) return;
+  while (table.rows.length > 1) table.deleteRow(1);
+  for (const g of pending) {
+    const row = table.insertRow();
+    row.id = "gate-" + g.id;
+    row.className = "fresh";
+    [g.requested_at, g.agent_id, g.session_id, g.tool].forEach((v) => row.appendChild(cell(v)));
+    const args = document.createElement("td");
+    const code = document.createElement("code");
+    code.textContent = JSON.stringify(g.args);
+    args.appendChild(code);
+    row.appendChild(args);
+    row.appendChild(cell(g.expires_at));
+    if (canDecide) {
+      const td = document.createElement("td");
+      td.append(decisionForm(g.id, "approve", csrf, false), decisionForm(g.id, "deny", csrf, true));
+      row.appendChild(td);
+    }
+  }
+  const none = document.getElementById("no-approvals");
+  if (none) none.hidden = pending.length > 0;
+}
+
+function watchApprovals(table) {
+  const source = new EventSource("/events/stream");
+  source.addEventListener("audit", (msg) => {
+    const e = JSON.parse(msg.data);
+    if (e.kind.startsWith("gate.")) redrawApprovals(table);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const table = document.getElementById("events");
+  if (table) follow(table);
+  const approvals = document.getElementById("approvals");
+  if (approvals) watchApprovals(approvals);
+});

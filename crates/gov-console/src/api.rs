@@ -1,0 +1,371 @@
+//! The JSON API under `/api` (same sessions and roles as the pages; state-changing calls carry
+//! the session's CSRF token in `X-CSRF-Token`), `/health/governance`, and request latency.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gov_sdk::EventFilter;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{CurrentUser, optional_user, same_site};
+use crate::error::AppError;
+
+/// Latencies of the last requests, for `/health/governance`.
+#[derive(Default)]
+pub(crate) struct Latency(Mutex<VecDeque<u32>>);
+
+const KEPT: usize = 1_024;
+
+impl Latency {
+    fn record(&self, micros: u32) {
+        let mut q = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() == KEPT {
+            q.pop_front();
+        }
+        q.push_back(micros);
+    }
+
+    /// (p50, p95) in microseconds over the kept requests.
+    fn percentiles(&self) -> Option<(u32, u32)> {
+        let mut v: Vec<u32> = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let at = |p: usize| v[(v.len() - 1) * p / 100];
+        Some((at(50), at(95)))
+    }
+}
+
+/// Records how long each request took (not the SSE stream, which lasts).
+pub(crate) async fn measure(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let live = req.uri().path() == "/events/stream";
+    let start = Instant::now();
+    let res = next.run(req).await;
+    if !live {
+        let micros = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
+        state.latency.record(micros);
+    }
+    res
+}
+
+/// An API error: the same statuses as pages, as JSON (401 instead of a redirect).
+pub(crate) struct ApiError(AppError);
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<gov_sdk::Error> for ApiError {
+    fn from(e: gov_sdk::Error) -> Self {
+        Self(AppError::Sdk(e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "console API request failed");
+        }
+        (
+            status,
+            Json(json!({ "error": self.0.public_message(), "status": status.as_u16() })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// The API's signed-in user: a missing or expired session is 401, not a redirect.
+pub(crate) struct ApiUser(CurrentUser);
+
+impl axum::extract::FromRequestParts<AppState> for ApiUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        CurrentUser::from_request_parts(parts, state)
+            .await
+            .map(Self)
+            .map_err(ApiError)
+    }
+}
+
+fn csrf_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-csrf-token").and_then(|v| v.to_str().ok())
+}
+
+fn change_allowed(headers: &HeaderMap, user: &CurrentUser) -> Result<(), AppError> {
+    same_site(headers)?;
+    user.check_csrf(csrf_header(headers))?;
+    user.require_operator()
+}
+
+/// `GET /health/governance`: status for anyone; details for a signed-in user.
+pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let reachable = state.gov.ping().await.is_ok();
+    let status = if reachable { "ok" } else { "degraded" };
+    let code = if reachable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let Some(_user) = optional_user(&headers, &state).await else {
+        return (code, Json(json!({ "status": status }))).into_response();
+    };
+    let chain = match state.gov.audit().verify_all().await {
+        Ok(r) if r.is_clean() => json!({ "status": "clean", "events_checked": r.events_checked }),
+        Ok(r) => {
+            let first = r
+                .first_finding()
+                .map(|(c, f)| json!({ "chain": c, "seq": f.seq, "reason": f.reason.as_str() }));
+            json!({ "status": "tampered", "events_checked": r.events_checked, "first": first })
+        }
+        Err(gov_sdk::Error::Audit(_)) => json!({ "status": "empty" }),
+        Err(_) => json!({ "status": "unknown" }),
+    };
+    let grants = match state.gov.privileges().await {
+        Ok(p) => json!({
+            "role": p.role,
+            "least_privilege": p.is_least_privilege(),
+            "superuser": p.superuser,
+            "owns_audit_table": p.owns_audit_table,
+            "can_update_or_delete": p.can_update || p.can_delete || p.can_truncate,
+            "note": "the console connects as an operator tool; services should connect as the application role",
+        }),
+        Err(_) => json!({ "least_privilege": null }),
+    };
+    let latency = state
+        .latency
+        .percentiles()
+        .map(|(p50, p95)| json!({ "p50_us": p50, "p95_us": p95 }));
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "chain_integrity": chain,
+            "key_resolution": {
+                "current_key_id": state.gov.audit().key_id(),
+                "rotation_aware": gov_sdk::ROTATION_AWARE,
+            },
+            "grants": grants,
+            "latency": latency,
+            "live_subscribers": state.events.subscribers(),
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /api/openapi.json`.
+pub(crate) async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../../../console-web/openapi.json"),
+    )
+}
+
+pub(crate) async fn agents(State(state): State<AppState>, _user: ApiUser) -> ApiResult {
+    let list = state.gov.presence().list().await?;
+    let agents: Vec<Value> = list
+        .iter()
+        .filter_map(|a| {
+            let p = a.presence.as_ref()?;
+            Some(json!({
+                "agent_id": p.agent_id,
+                "state": crate::pages::state_name(a.state),
+                "seconds_since_heartbeat": p.since_heartbeat.map(|d| d.as_secs()),
+                "halted": p.halted,
+                "halted_by": p.halted_by,
+                "halt_reason": p.halt_reason,
+            }))
+        })
+        .collect();
+    Ok(Json(json!({ "agents": agents })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReasonBody {
+    reason: String,
+}
+
+fn reason(b: &ReasonBody) -> Result<&str, AppError> {
+    let r = b.reason.trim();
+    if r.is_empty() {
+        return Err(AppError::BadRequest(
+            "give a reason: it is recorded in the audit chain".into(),
+        ));
+    }
+    Ok(r)
+}
+
+pub(crate) async fn halt(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    headers: HeaderMap,
+    Path(agent): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult {
+    change_allowed(&headers, &user)?;
+    let changed = state
+        .gov
+        .presence()
+        .halt(&agent, user.username(), reason(&body)?)
+        .await?;
+    Ok(Json(
+        json!({ "agent_id": agent, "halted": true, "changed": changed }),
+    ))
+}
+
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    headers: HeaderMap,
+    Path(agent): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult {
+    change_allowed(&headers, &user)?;
+    let changed = state
+        .gov
+        .presence()
+        .resume(&agent, user.username(), reason(&body)?)
+        .await?;
+    Ok(Json(
+        json!({ "agent_id": agent, "halted": false, "changed": changed }),
+    ))
+}
+
+pub(crate) async fn approvals(State(state): State<AppState>, _user: ApiUser) -> ApiResult {
+    let pending = state.gov.gates().pending().await?;
+    let list: Vec<Value> = pending
+        .iter()
+        .map(|g| {
+            json!({
+                "id": g.id,
+                "agent_id": g.agent_id,
+                "session_id": g.session_id,
+                "tool": g.tool,
+                "args": serde_json::from_str::<Value>(&g.args).unwrap_or(Value::Null),
+                "requested_at": crate::pages::when(g.requested_at),
+                "expires_at": crate::pages::when(g.expires_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "pending": list })))
+}
+
+fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
+    id.parse()
+        .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
+}
+
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult {
+    change_allowed(&headers, &user)?;
+    let id = gate_id(&id)?;
+    state
+        .gov
+        .gates()
+        .approve(&user.session.operator, id, reason(&body)?)
+        .await?;
+    Ok(Json(json!({ "id": id, "status": "approved" })))
+}
+
+pub(crate) async fn deny(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult {
+    change_allowed(&headers, &user)?;
+    let id = gate_id(&id)?;
+    state
+        .gov
+        .gates()
+        .deny(&user.session.operator, id, reason(&body)?)
+        .await?;
+    Ok(Json(json!({ "id": id, "status": "denied" })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    chain: Option<String>,
+    agent: Option<String>,
+    kind: Option<String>,
+    after_seq: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    _user: ApiUser,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult {
+    let bad = |e: gov_sdk::IdError| AppError::BadRequest(e.to_string());
+    let filter = EventFilter {
+        chain_id: Some(
+            q.chain
+                .as_deref()
+                .unwrap_or(&state.config.live_chain)
+                .parse()
+                .map_err(bad)?,
+        ),
+        agent_id: q
+            .agent
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(bad)?,
+        kind: q.kind,
+        after_seq: q.after_seq,
+        limit: q.limit,
+        ..EventFilter::default()
+    };
+    let rows = state.gov.audit().events(&filter).await?;
+    Ok(Json(json!({ "events": rows })))
+}
+
+pub(crate) async fn verify(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    headers: HeaderMap,
+) -> ApiResult {
+    same_site(&headers)?;
+    user.check_csrf(csrf_header(&headers))?;
+    let report = state.gov.audit().verify_all().await?;
+    let mut v = serde_json::to_value(&report).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    v["status"] = json!(if report.is_clean() {
+        "clean"
+    } else {
+        "tampered"
+    });
+    Ok(Json(v))
+}

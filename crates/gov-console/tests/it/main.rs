@@ -1,0 +1,5 @@
+//! The console's HTTP surface against a real Postgres: every route under every role, refusals
+//! (no CSRF token, wrong role, self-approval, a sixth sign-in in a minute), sessions, security
+//! headers, live events over SSE and the report download.
+
+mod http;

@@ -1,0 +1,461 @@
+//! One call in flight on the guarded path: the gates and `llm.request` when it begins, then
+//! exactly one ending: settled (`llm.response`), failed (`llm.error`) or dropped
+//! (`llm.cancelled`). The failed and dropped endings release the reservation.
+//!
+//! Spans: one `gen_ai` span per call named `{operation} {model}` with the OpenTelemetry GenAI
+//! attributes (`gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
+//! `gen_ai.request.max_tokens`, `gen_ai.response.model`, `gen_ai.usage.input_tokens`,
+//! `gen_ai.usage.output_tokens`, `gen_ai.response.finish_reasons`), and inside it one
+//! `governance.gate` span per gate decision (halt, scope, budget).
+
+use std::time::Instant;
+
+use gov_core::{AgentId, AuditEvent, EventId, MicroUsd, SessionId, TokenUsage};
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+use super::{ClientInfo, LlmCall, PartialUsage, Receipt};
+use crate::cost::Reservation;
+use crate::{Error, Governance, Result};
+
+/// Why a call failed, in terms safe to record: never a URL, a key or provider free text.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) kind: &'static str,
+    pub(crate) status: Option<u16>,
+    pub(crate) error_type: Option<String>,
+    pub(crate) retry_after_s: Option<u64>,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            status: None,
+            error_type: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// A generic guard's own error, by its text (truncated to 200 characters).
+    pub(crate) fn client(text: String) -> Self {
+        Self {
+            error_type: Some(text.chars().take(200).collect()),
+            ..Self::new("client_error")
+        }
+    }
+}
+
+/// Runs one gate inside its own span, recording the decision.
+async fn gate<T>(name: &'static str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let span = tracing::info_span!(
+        "governance.gate",
+        governance.gate.name = name,
+        governance.gate.decision = Empty,
+        error.type = Empty,
+    );
+    let out = f.instrument(span.clone()).await;
+    match &out {
+        Ok(_) => {
+            span.record("governance.gate.decision", "allow");
+        }
+        Err(e) => {
+            span.record("governance.gate.decision", "deny");
+            span.record("error.type", error_type(e));
+        }
+    }
+    out
+}
+
+fn error_type(e: &Error) -> &'static str {
+    match e {
+        Error::Halted { .. } => "halted",
+        Error::HaltStateUnknown { .. } => "halt_state_unknown",
+        Error::ScopeViolation { .. } => "scope_violation",
+        Error::BudgetExceeded { .. } => "budget_exceeded",
+        Error::Provider { .. } => "provider_error",
+        e if e.is_unavailable() => "storage_unavailable",
+        _ => "error",
+    }
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A call that passed the gates and has not ended yet.
+pub(crate) struct Flight {
+    gov: Governance,
+    provider: String,
+    call: LlmCall,
+    /// `max_tokens` in force: declared, else the configured default.
+    max_tokens: u64,
+    reservation: Option<Reservation>,
+    request_event: EventId,
+    started: Instant,
+    span: tracing::Span,
+    usage: PartialUsage,
+    finish_reason: Option<String>,
+    response_model: Option<String>,
+    chunks: u64,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("provider", &self.provider)
+            .field("call", &self.call)
+            .field("request_event", &self.request_event)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Flight {
+    /// Halt, scope and budget gates, then `llm.request`. Nothing reaches the provider unless
+    /// this returns `Ok`.
+    pub(crate) async fn begin(
+        gov: &Governance,
+        client: &ClientInfo,
+        call: LlmCall,
+    ) -> Result<Self> {
+        AgentId::new(&call.agent)?;
+        SessionId::new(&call.session)?;
+        let provider = client.provider.clone();
+        let span = tracing::info_span!(
+            "gen_ai",
+            otel.name = format!("{} {}", call.operation, call.model),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            gen_ai.operation.name = %call.operation,
+            gen_ai.provider.name = %provider,
+            gen_ai.request.model = %call.model,
+            gen_ai.request.max_tokens = Empty,
+            gen_ai.response.model = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            governance.agent.id = %call.agent,
+            governance.session.id = %call.session,
+            governance.outcome = Empty,
+            governance.cost.micros = Empty,
+            governance.usage.estimated = Empty,
+            error.type = Empty,
+        );
+        let begun = async {
+            gate("halt", gov.presence().assert_not_halted(&call.agent)).await?;
+            gate(
+                "scope",
+                gov.scope().check_model(&call.agent, &provider, &call.model),
+            )
+            .await?;
+            gate(
+                "budget",
+                gov.cost().reserve(
+                    &call.agent,
+                    &call.session,
+                    &call.model,
+                    call.input_tokens,
+                    call.max_tokens,
+                ),
+            )
+            .await
+        }
+        .instrument(span.clone())
+        .await;
+        let reservation = match begun {
+            Ok(r) => r,
+            Err(e) => {
+                span.record("governance.outcome", "refused");
+                span.record("error.type", error_type(&e));
+                span.record("otel.status_code", "ERROR");
+                return Err(e);
+            }
+        };
+        let max_tokens = call
+            .max_tokens
+            .or(gov.config().cost.default_max_tokens)
+            .unwrap_or(0);
+        span.record("gen_ai.request.max_tokens", max_tokens);
+        let event = AuditEvent::builder(&call.agent, "llm.request")
+            .session(&call.session)
+            .payload(serde_json::json!({
+                "provider": provider,
+                "wrapper": client.wrapper,
+                "operation": call.operation,
+                "model": call.model,
+                "stream": call.stream,
+                "max_tokens": max_tokens,
+                "max_tokens_declared": call.max_tokens.is_some(),
+                "input_tokens_estimate": call.input_tokens,
+                "reserved_micros": reservation.reserved().0,
+            }))
+            .build()?;
+        let request_event = event.event_id;
+        log(gov, event, &call.agent, "llm.request").await;
+        Ok(Self {
+            gov: gov.clone(),
+            provider,
+            call,
+            max_tokens,
+            reservation: Some(reservation),
+            request_event,
+            started: Instant::now(),
+            span,
+            usage: PartialUsage::default(),
+            finish_reason: None,
+            response_model: None,
+            chunks: 0,
+            ended: false,
+        })
+    }
+
+    /// The call's span, for the adapters' own work.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Takes in what one stream item says about usage, finish reason and model.
+    pub(crate) fn observe(
+        &mut self,
+        usage: Option<PartialUsage>,
+        finish_reason: Option<&str>,
+        model: Option<&str>,
+    ) {
+        self.chunks += 1;
+        if let Some(u) = usage {
+            self.usage.merge(u);
+        }
+        if let Some(r) = finish_reason {
+            self.finish_reason = Some(r.to_owned());
+        }
+        if let Some(m) = model
+            && !m.is_empty()
+        {
+            self.response_model = Some(m.to_owned());
+        }
+    }
+
+    /// Settles with the real usage (or the reservation's projection, marked estimated, when
+    /// the usage is incomplete) and audits `llm.response`.
+    pub(crate) async fn finish(
+        mut self,
+        usage: Option<PartialUsage>,
+        finish_reason: Option<String>,
+        response_model: Option<String>,
+    ) -> Receipt {
+        self.ended = true;
+        let latency_ms = ms(self.started);
+        if let Some(u) = usage {
+            self.usage.merge(u);
+        }
+        if finish_reason.is_some() {
+            self.finish_reason = finish_reason;
+        }
+        if response_model.is_some() {
+            self.response_model = response_model;
+        }
+        let (usage, estimated) = match (self.usage.input_tokens, self.usage.output_tokens) {
+            (Some(input), Some(output)) => (
+                TokenUsage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cached_input_tokens: self.usage.cached_input_tokens.unwrap_or(0),
+                },
+                false,
+            ),
+            // No (complete) usage: settle at what was reserved for.
+            (input, _) => (
+                TokenUsage {
+                    input_tokens: input.unwrap_or(self.call.input_tokens),
+                    output_tokens: self.max_tokens,
+                    cached_input_tokens: 0,
+                },
+                true,
+            ),
+        };
+        let (cost, reserved) = match self.reservation.take() {
+            Some(r) => {
+                let reserved = r.reserved();
+                match r.settle(usage).await {
+                    Ok(s) => (s.cost, reserved),
+                    Err(e) => (self.settle_failed(usage, &e).await, reserved),
+                }
+            }
+            None => (MicroUsd(0), MicroUsd(0)),
+        };
+        let c = &self.call;
+        let event = AuditEvent::builder(&c.agent, "llm.response")
+            .session(&c.session)
+            .parent(self.request_event)
+            .payload(serde_json::json!({
+                "provider": self.provider,
+                "model": c.model,
+                "response_model": self.response_model,
+                "stream": c.stream,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_input_tokens": usage.cached_input_tokens,
+                "estimated": estimated,
+                "cost_micros": cost.0,
+                "reserved_micros": reserved.0,
+                "latency_ms": latency_ms,
+                "finish_reason": self.finish_reason,
+            }))
+            .build();
+        let response_event = match event {
+            Ok(ev) => {
+                let id = ev.event_id;
+                log(&self.gov, ev, &c.agent, "llm.response").await;
+                id
+            }
+            Err(e) => {
+                tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.response event");
+                EventId::new_v7()
+            }
+        };
+        let span = &self.span;
+        span.record("gen_ai.usage.input_tokens", usage.input_tokens);
+        span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+        if let Some(m) = &self.response_model {
+            span.record("gen_ai.response.model", m.as_str());
+        }
+        if let Some(r) = &self.finish_reason {
+            span.record("gen_ai.response.finish_reasons", r.as_str());
+        }
+        span.record("governance.cost.micros", cost.0);
+        span.record("governance.usage.estimated", estimated);
+        span.record("governance.outcome", "response");
+        Receipt {
+            usage,
+            estimated,
+            cost,
+            reserved,
+            latency_ms,
+            finish_reason: self.finish_reason.clone(),
+            request_event: self.request_event,
+            response_event,
+        }
+    }
+
+    /// Settlement failed (storage): record the spend as tracked (spooled when storage is out
+    /// of reach) and return its cost.
+    async fn settle_failed(&self, usage: TokenUsage, e: &Error) -> MicroUsd {
+        let c = &self.call;
+        tracing::warn!(agent = %c.agent, error = %e, "could not settle an LLM call's reservation; its spend is tracked instead");
+        match self
+            .gov
+            .cost()
+            .track(&c.agent, &c.session, &c.model, usage)
+            .await
+        {
+            Ok(cost) => cost,
+            Err(e) => {
+                tracing::warn!(agent = %c.agent, error = %e, "could not track an LLM call's spend");
+                self.gov
+                    .cost()
+                    .price(&c.model)
+                    .map(|p| MicroUsd(i64::try_from(p.cost_micros(&usage)).unwrap_or(i64::MAX)))
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Releases the reservation, audits `llm.error` and returns the error for the caller.
+    pub(crate) async fn fail(mut self, f: Failure) -> Error {
+        self.ended = true;
+        let latency_ms = ms(self.started);
+        let released = match self.reservation.take() {
+            Some(r) => {
+                let amount = r.reserved();
+                if let Err(e) = r.release().await {
+                    tracing::warn!(agent = %self.call.agent, error = %e, "could not release a failed call's reservation; it will expire");
+                }
+                amount
+            }
+            None => MicroUsd(0),
+        };
+        let c = &self.call;
+        match AuditEvent::builder(&c.agent, "llm.error")
+            .session(&c.session)
+            .parent(self.request_event)
+            .payload(serde_json::json!({
+                "provider": self.provider,
+                "model": c.model,
+                "stream": c.stream,
+                "kind": f.kind,
+                "status": f.status,
+                "error_type": f.error_type,
+                "retry_after_s": f.retry_after_s,
+                "chunks": self.chunks,
+                "released_micros": released.0,
+                "latency_ms": latency_ms,
+            }))
+            .build()
+        {
+            Ok(ev) => log(&self.gov, ev, &c.agent, "llm.error").await,
+            Err(e) => {
+                tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.error event")
+            }
+        }
+        self.span.record("governance.outcome", "error");
+        self.span.record("error.type", f.kind);
+        self.span.record("otel.status_code", "ERROR");
+        Error::Provider {
+            provider: self.provider.clone(),
+            kind: f.kind,
+            status: f.status,
+            error_type: f.error_type,
+            retry_after_s: f.retry_after_s,
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // Dropped before it ended: the caller gave up on the call (a cancelled task, a
+        // timeout, a stream dropped mid-way). Release the budget, then record it.
+        self.span.record("governance.outcome", "cancelled");
+        self.span.record("error.type", "cancelled");
+        let reservation = self.reservation.take();
+        let c = &self.call;
+        let event = AuditEvent::builder(&c.agent, "llm.cancelled")
+            .session(&c.session)
+            .parent(self.request_event)
+            .payload(serde_json::json!({
+                "provider": self.provider,
+                "model": c.model,
+                "stream": c.stream,
+                "chunks": self.chunks,
+                "released_micros": reservation.as_ref().map_or(0, |r| r.reserved().0),
+                "latency_ms": ms(self.started),
+            }))
+            .build();
+        let (gov, agent) = (self.gov.clone(), c.agent.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(%agent, "an LLM call was dropped outside a Tokio runtime: llm.cancelled is not recorded and its reservation will expire");
+            return;
+        };
+        rt.spawn(async move {
+            if let Some(r) = reservation
+                && let Err(e) = r.release().await
+            {
+                tracing::warn!(%agent, error = %e, "could not release a cancelled call's reservation; it will expire");
+            }
+            match event {
+                Ok(ev) => log(&gov, ev, &agent, "llm.cancelled").await,
+                Err(e) => tracing::warn!(%agent, error = %e, "could not build the llm.cancelled event"),
+            }
+        });
+    }
+}
+
+/// Audits an event of the guarded path; observation never fails the call.
+async fn log(gov: &Governance, event: AuditEvent, agent: &str, kind: &str) {
+    if let Err(e) = gov.audit().log(event).await {
+        tracing::warn!(agent, kind, error = %e, "could not audit an LLM call event");
+    }
+}

@@ -1,0 +1,1145 @@
+//! Governed LLM calls against mock providers on loopback speaking the real wire formats
+//! (OpenAI chat completions and Anthropic messages, plain and streamed): what the chain holds,
+//! what the budget counters hold to the micro-USD, and that refused calls never reach the
+//! provider.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gov_sdk::llm::anthropic::{self, MessagesRequest};
+use gov_sdk::llm::openai::{ChatMessage, ChatRequest};
+use gov_sdk::llm::{Completion, LlmCall, PartialUsage, StreamChunk};
+use gov_sdk::{
+    AuditRecord, BudgetCounter, BudgetPolicy, CostConfig, Error, EventFilter, Governance, MicroUsd,
+    ModelPrice, PriceTable, ScopePolicy, TokenUsage,
+};
+use gov_testdb::TestDb;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::SECRET;
+
+const AGENT: &str = "agent-1";
+const SESSION: &str = "s-1";
+/// A key the provider echoes in its error text: it must never reach an error or the chain.
+const KEY: &str = "sk-test-do-not-leak-4242";
+/// Another strong audit secret.
+const OTHER_SECRET: &str = "3b7e1f0a9c2d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e2f4a6b8c0d1e3f";
+
+/// One micro-USD per input token, two per output token, half a micro-USD per cached token.
+fn price() -> ModelPrice {
+    ModelPrice {
+        input: 1_000_000,
+        output: 2_000_000,
+        cached_input: 500_000,
+    }
+}
+
+async fn setup_with(db: &TestDb, default_max_tokens: Option<u64>, cap: MicroUsd) -> Governance {
+    let mut prices = PriceTable::builtin();
+    prices.set("openai", "gpt-test", price());
+    prices.set("anthropic", "claude-test", price());
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .warn_on_no_wrappers(false)
+        .cost(CostConfig {
+            prices,
+            default_max_tokens,
+            ..CostConfig::default()
+        })
+        .connect()
+        .await
+        .expect("connect");
+    gov.scope()
+        .register(
+            ScopePolicy::new(AGENT.parse().expect("agent id"))
+                .allow_apis(["openai:gpt-test", "anthropic"]),
+        )
+        .await
+        .expect("scope policy");
+    gov.cost()
+        .register(BudgetPolicy::new(AGENT.parse().expect("agent id")).per_session(cap))
+        .await
+        .expect("budget policy");
+    gov
+}
+
+async fn setup(db: &TestDb) -> Governance {
+    setup_with(db, None, MicroUsd(1_000_000)).await
+}
+
+/// "Hello, world": 12 bytes, so 3 input tokens estimated; with max_tokens 100 the reservation
+/// is 3 + 100 × 2 = 203 micro-USD.
+const PROMPT: &str = "Hello, world";
+const RESERVED: i64 = 203;
+
+fn chat() -> ChatRequest {
+    ChatRequest::new("gpt-test", vec![ChatMessage::user(PROMPT)]).max_tokens(100)
+}
+
+fn message() -> MessagesRequest {
+    MessagesRequest::new("claude-test", vec![anthropic::Message::user(PROMPT)]).max_tokens(100)
+}
+
+/// Every event of the agent, in chain order: (kind, payload).
+async fn chain(gov: &Governance) -> Vec<(String, Value)> {
+    records(gov)
+        .await
+        .into_iter()
+        .map(|r| {
+            let p = r.payload_json().expect("payload is JSON");
+            (r.kind, p)
+        })
+        .collect()
+}
+
+async fn records(gov: &Governance) -> Vec<AuditRecord> {
+    gov.audit()
+        .events(&EventFilter {
+            agent_id: Some(AGENT.parse().expect("agent id")),
+            limit: Some(1_000),
+            ..EventFilter::default()
+        })
+        .await
+        .expect("events")
+}
+
+fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+async fn session_counter(gov: &Governance) -> BudgetCounter {
+    gov.cost()
+        .snapshot(AGENT, SESSION)
+        .await
+        .expect("snapshot")
+        .status
+        .session
+}
+
+/// Waits until the agent's chain holds an event of `kind` (written by a task the SDK spawned
+/// when a call was dropped); fails after about ten seconds.
+async fn wait_for(gov: &Governance, kind: &str) -> Vec<(String, Value)> {
+    for _ in 0..500 {
+        let events = chain(gov).await;
+        if events.iter().any(|(k, _)| k == kind) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no {kind} event was recorded");
+}
+
+async fn requests(server: &MockServer) -> Vec<wiremock::Request> {
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+}
+
+fn sse(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .chain(std::iter::once("data: [DONE]\n\n".to_owned()))
+        .collect()
+}
+
+fn anthropic_sse(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "event: {}\ndata: {e}\n\n",
+                e["type"].as_str().expect("type")
+            )
+        })
+        .collect()
+}
+
+fn openai_chunk(delta: Value, finish: Option<&str>) -> Value {
+    json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+           "model": "gpt-test-2026-01-01",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
+fn openai_usage_chunk() -> Value {
+    json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+           "model": "gpt-test-2026-01-01", "choices": [],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30,
+                     "prompt_tokens_details": {"cached_tokens": 4}}})
+}
+
+fn openai_stream(with_usage: bool) -> String {
+    let mut events = vec![
+        openai_chunk(json!({"role": "assistant", "content": ""}), None),
+        openai_chunk(json!({"content": "Hi"}), None),
+        openai_chunk(json!({"content": " there"}), None),
+        openai_chunk(json!({}), Some("stop")),
+    ];
+    if with_usage {
+        events.push(openai_usage_chunk());
+    }
+    sse(&events)
+}
+
+fn anthropic_stream(with_usage: bool) -> String {
+    let mut start = json!({"id": "msg_1", "type": "message", "role": "assistant",
+                           "model": "claude-test-2026", "content": [], "stop_reason": null});
+    let mut delta = json!({"type": "message_delta",
+                           "delta": {"stop_reason": "end_turn", "stop_sequence": null}});
+    if with_usage {
+        start["usage"] = json!({"input_tokens": 10, "cache_read_input_tokens": 4,
+                                "cache_creation_input_tokens": 0, "output_tokens": 1});
+        delta["usage"] = json!({"output_tokens": 20});
+    }
+    anthropic_sse(&[
+        json!({"type": "message_start", "message": start}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "ping"}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        delta,
+        json!({"type": "message_stop"}),
+    ])
+}
+
+async fn openai_server(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn anthropic_server(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
+fn event_stream(body: String) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+}
+
+async fn openai_client(gov: &Governance, base: &str) -> gov_sdk::llm::openai::OpenAiClient {
+    gov.llm()
+        .openai(base)
+        .api_key(KEY)
+        .build()
+        .await
+        .expect("openai client")
+}
+
+async fn anthropic_client(
+    gov: &Governance,
+    base: &str,
+) -> gov_sdk::llm::anthropic::AnthropicClient {
+    gov.llm()
+        .anthropic(base)
+        .api_key(KEY)
+        .build()
+        .await
+        .expect("anthropic client")
+}
+
+/// What a settled call's events must say.
+struct Settled<'a> {
+    provider: &'a str,
+    model: &'a str,
+    stream: bool,
+    /// Input, output, cached input tokens.
+    usage: (u64, u64, u64),
+    cost: i64,
+    estimated: bool,
+    finish: &'a str,
+}
+
+/// The request and response events of a settled call, checked field by field.
+fn assert_settled(events: &[(String, Value)], e: Settled<'_>) {
+    let Settled {
+        provider,
+        model,
+        stream,
+        usage,
+        cost,
+        estimated,
+        finish,
+    } = e;
+    assert_eq!(
+        kinds(events),
+        ["llm.request", "llm.response"],
+        "{events:#?}"
+    );
+    let req = &events[0].1;
+    assert_eq!(req["provider"], provider);
+    assert_eq!(req["model"], model);
+    assert_eq!(req["stream"], stream);
+    assert_eq!(req["max_tokens"], 100);
+    assert_eq!(req["input_tokens_estimate"], 3);
+    assert_eq!(req["reserved_micros"], RESERVED);
+    let resp = &events[1].1;
+    assert_eq!(resp["provider"], provider);
+    assert_eq!(resp["model"], model);
+    assert_eq!(resp["stream"], stream);
+    assert_eq!(resp["input_tokens"], usage.0);
+    assert_eq!(resp["output_tokens"], usage.1);
+    assert_eq!(resp["cached_input_tokens"], usage.2);
+    assert_eq!(resp["cost_micros"], cost);
+    assert_eq!(resp["reserved_micros"], RESERVED);
+    assert_eq!(resp["estimated"], estimated);
+    assert_eq!(resp["finish_reason"], finish);
+    assert!(resp["latency_ms"].is_u64(), "{resp}");
+}
+
+async fn assert_spent(gov: &Governance, spent: i64) {
+    let c = session_counter(gov).await;
+    assert_eq!(c.spent, MicroUsd(spent), "{c:?}");
+    assert_eq!(c.reserved, MicroUsd(0), "nothing stays reserved: {c:?}");
+    let day = gov.cost().snapshot(AGENT, SESSION).await.expect("snapshot");
+    assert_eq!(day.status.day.spent, MicroUsd(spent));
+}
+
+#[tokio::test]
+async fn openai_call_is_gated_settled_and_audited() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let server = openai_server(ResponseTemplate::new(200).set_body_json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+        "model": "gpt-test-2026-01-01",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30,
+                  "prompt_tokens_details": {"cached_tokens": 4}}
+    })))
+    .await;
+    let client = openai_client(&gov, &server.uri()).await;
+    let out = client
+        .chat(AGENT, SESSION, chat())
+        .await
+        .expect("governed call");
+    assert_eq!(out.output.text(), "Hi there");
+    // 6 fresh input tokens × 1 + 4 cached × 0.5 + 20 output × 2 = 48 micro-USD.
+    assert_eq!(out.receipt.cost, MicroUsd(48));
+    assert_eq!(out.receipt.reserved, MicroUsd(RESERVED));
+    assert!(!out.receipt.estimated);
+    let events = chain(&gov).await;
+    assert_settled(
+        &events,
+        Settled {
+            provider: "openai",
+            model: "gpt-test",
+            stream: false,
+            usage: (10, 20, 4),
+            cost: 48,
+            estimated: false,
+            finish: "stop",
+        },
+    );
+    assert_eq!(events[1].1["response_model"], "gpt-test-2026-01-01");
+    let recs = records(&gov).await;
+    assert_eq!(
+        recs[1].parent_event_id,
+        Some(recs[0].event_id),
+        "the response points at its request"
+    );
+    assert_eq!(recs[0].session_id.as_deref(), Some(SESSION));
+    assert_spent(&gov, 48).await;
+
+    // The wire: the key as a bearer token, the declared max_tokens, no stream fields.
+    let seen = requests(&server).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].headers.get("authorization").map(|v| v.as_bytes()),
+        Some(format!("Bearer {KEY}").as_bytes())
+    );
+    let body: Value = seen[0].body_json().expect("json body");
+    assert_eq!(body["model"], "gpt-test");
+    assert_eq!(body["max_tokens"], 100);
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "user", "content": PROMPT})
+    );
+    assert!(body.get("stream").is_none() && body.get("stream_options").is_none());
+    assert!(gov.audit().verify_chain().await.expect("verify").is_clean());
+}
+
+#[tokio::test]
+async fn anthropic_call_is_gated_settled_and_audited() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let server = anthropic_server(ResponseTemplate::new(200).set_body_json(json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test-2026",
+        "content": [{"type": "text", "text": "Hi there"}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "cache_read_input_tokens": 4,
+                  "cache_creation_input_tokens": 0, "output_tokens": 20}
+    })))
+    .await;
+    let client = anthropic_client(&gov, &server.uri()).await;
+    let out = client
+        .messages(AGENT, SESSION, message())
+        .await
+        .expect("governed call");
+    assert_eq!(out.output.text(), "Hi there");
+    // Input 10 uncached + 4 cache reads = 14, of which 4 cached: 10 + 2 + 40 = 52.
+    assert_eq!(out.receipt.cost, MicroUsd(52));
+    let events = chain(&gov).await;
+    assert_settled(
+        &events,
+        Settled {
+            provider: "anthropic",
+            model: "claude-test",
+            stream: false,
+            usage: (14, 20, 4),
+            cost: 52,
+            estimated: false,
+            finish: "end_turn",
+        },
+    );
+    assert_spent(&gov, 52).await;
+    let seen = requests(&server).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].headers.get("x-api-key").map(|v| v.as_bytes()),
+        Some(KEY.as_bytes())
+    );
+    assert_eq!(
+        seen[0]
+            .headers
+            .get("anthropic-version")
+            .map(|v| v.as_bytes()),
+        Some(anthropic::API_VERSION.as_bytes())
+    );
+    let body: Value = seen[0].body_json().expect("json body");
+    assert_eq!(body["max_tokens"], 100);
+    assert!(body.get("stream").is_none());
+}
+
+#[tokio::test]
+async fn openai_stream_settles_with_the_usage_of_its_last_chunk() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let server = openai_server(event_stream(openai_stream(true))).await;
+    let client = openai_client(&gov, &server.uri()).await;
+    let mut stream = client
+        .chat_stream(AGENT, SESSION, chat())
+        .await
+        .expect("stream opens");
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(chunk.expect("chunk").text());
+    }
+    assert_eq!(text, "Hi there");
+    let receipt = stream.receipt().expect("settled at the end");
+    assert_eq!(receipt.cost, MicroUsd(48));
+    assert!(!receipt.estimated);
+    let events = chain(&gov).await;
+    assert_settled(
+        &events,
+        Settled {
+            provider: "openai",
+            model: "gpt-test",
+            stream: true,
+            usage: (10, 20, 4),
+            cost: 48,
+            estimated: false,
+            finish: "stop",
+        },
+    );
+    assert_spent(&gov, 48).await;
+    let body: Value = requests(&server).await[0].body_json().expect("json body");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"], json!({"include_usage": true}));
+}
+
+#[tokio::test]
+async fn anthropic_stream_settles_with_start_and_delta_usage() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let server = anthropic_server(event_stream(anthropic_stream(true))).await;
+    let client = anthropic_client(&gov, &server.uri()).await;
+    let stream = client
+        .messages_stream(AGENT, SESSION, message())
+        .await
+        .expect("stream opens");
+    let (events_seen, receipt) = stream.collect().await.expect("whole stream");
+    let text: String = events_seen.iter().map(|e| e.text()).collect();
+    assert_eq!(text, "Hi there");
+    assert!(matches!(
+        events_seen.last(),
+        Some(anthropic::StreamEvent::MessageStop)
+    ));
+    assert_eq!(receipt.cost, MicroUsd(52));
+    assert_eq!(receipt.finish_reason.as_deref(), Some("end_turn"));
+    let events = chain(&gov).await;
+    assert_settled(
+        &events,
+        Settled {
+            provider: "anthropic",
+            model: "claude-test",
+            stream: true,
+            usage: (14, 20, 4),
+            cost: 52,
+            estimated: false,
+            finish: "end_turn",
+        },
+    );
+    assert_eq!(events[1].1["response_model"], "claude-test-2026");
+    assert_spent(&gov, 52).await;
+    let body: Value = requests(&server).await[0].body_json().expect("json body");
+    assert_eq!(body["stream"], true);
+}
+
+#[tokio::test]
+async fn streams_without_usage_settle_at_max_tokens_marked_estimated() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let oa = openai_server(event_stream(openai_stream(false))).await;
+    let an = anthropic_server(event_stream(anthropic_stream(false))).await;
+    let openai = openai_client(&gov, &oa.uri()).await;
+    let anthropic = anthropic_client(&gov, &an.uri()).await;
+
+    let (_, receipt) = openai
+        .chat_stream(AGENT, SESSION, chat())
+        .await
+        .expect("stream opens")
+        .collect()
+        .await
+        .expect("whole stream");
+    // Settled at the reservation: 3 estimated input tokens + 100 output tokens = 203.
+    assert!(receipt.estimated);
+    assert_eq!(receipt.cost, MicroUsd(RESERVED));
+    assert_eq!(
+        receipt.usage,
+        TokenUsage {
+            input_tokens: 3,
+            output_tokens: 100,
+            cached_input_tokens: 0
+        }
+    );
+    let events = chain(&gov).await;
+    assert_settled(
+        &events,
+        Settled {
+            provider: "openai",
+            model: "gpt-test",
+            stream: true,
+            usage: (3, 100, 0),
+            cost: RESERVED,
+            estimated: true,
+            finish: "stop",
+        },
+    );
+    assert_spent(&gov, RESERVED).await;
+
+    let (_, receipt) = anthropic
+        .messages_stream(AGENT, SESSION, message())
+        .await
+        .expect("stream opens")
+        .collect()
+        .await
+        .expect("whole stream");
+    assert!(receipt.estimated);
+    assert_eq!(receipt.cost, MicroUsd(RESERVED));
+    let events = chain(&gov).await;
+    assert_settled(
+        &events[2..],
+        Settled {
+            provider: "anthropic",
+            model: "claude-test",
+            stream: true,
+            usage: (3, 100, 0),
+            cost: RESERVED,
+            estimated: true,
+            finish: "end_turn",
+        },
+    );
+    assert_spent(&gov, 2 * RESERVED).await;
+}
+
+#[tokio::test]
+async fn provider_errors_are_audited_and_release_the_reservation() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let oa_500 = openai_server(ResponseTemplate::new(500).set_body_json(json!({
+        "error": {"message": "The server had an error", "type": "server_error", "param": null, "code": null}
+    })))
+    .await;
+    let oa_429 = openai_server(
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "7")
+            .set_body_json(json!({
+                "error": {"message": format!("Rate limit reached for key {KEY}"), "type": "requests",
+                          "param": null, "code": "rate_limit_exceeded"}
+            })),
+    )
+    .await;
+    let an_429 = anthropic_server(ResponseTemplate::new(429).set_body_json(json!({
+        "type": "error", "error": {"type": "rate_limit_error", "message": format!("slow down {KEY}")}
+    })))
+    .await;
+    let an_500 = anthropic_server(ResponseTemplate::new(500).set_body_json(json!({
+        "type": "error", "error": {"type": "api_error", "message": "Internal server error"}
+    })))
+    .await;
+
+    let cases: [(&MockServer, bool, u16, &str, Option<u64>); 4] = [
+        (&oa_500, true, 500, "server_error", None),
+        (&oa_429, true, 429, "rate_limit_exceeded", Some(7)),
+        (&an_429, false, 429, "rate_limit_error", None),
+        (&an_500, false, 500, "api_error", None),
+    ];
+    for (i, (server, is_openai, status, code, retry)) in cases.into_iter().enumerate() {
+        let err = if is_openai {
+            openai_client(&gov, &server.uri())
+                .await
+                .chat(AGENT, SESSION, chat())
+                .await
+                .expect_err("the provider failed")
+        } else {
+            anthropic_client(&gov, &server.uri())
+                .await
+                .messages_stream(AGENT, SESSION, message())
+                .await
+                .expect_err("the provider failed")
+        };
+        match &err {
+            Error::Provider {
+                kind,
+                status: s,
+                error_type,
+                retry_after_s,
+                ..
+            } => {
+                assert_eq!(*kind, "http_status");
+                assert_eq!(*s, Some(status));
+                assert_eq!(error_type.as_deref(), Some(code));
+                assert_eq!(*retry_after_s, retry);
+            }
+            other => panic!("expected a provider error, got {other}"),
+        }
+        let text = err.to_string();
+        assert!(!text.contains(KEY) && !text.contains("127.0.0.1"), "{text}");
+        let events = chain(&gov).await;
+        assert_eq!(events.len(), 2 * (i + 1), "{events:#?}");
+        let (kind, p) = &events[2 * i + 1];
+        assert_eq!(events[2 * i].0, "llm.request");
+        assert_eq!(kind, "llm.error");
+        assert_eq!(p["status"], status);
+        assert_eq!(p["kind"], "http_status");
+        assert_eq!(p["error_type"], code);
+        assert_eq!(p["released_micros"], RESERVED);
+        assert_eq!(
+            p["provider"],
+            if is_openai { "openai" } else { "anthropic" }
+        );
+        assert!(!p.to_string().contains(KEY));
+        assert_spent(&gov, 0).await;
+    }
+}
+
+/// A provider that sends the head of a stream and then holds the connection open, as a slow
+/// model does; it counts the requests it received.
+struct StallingServer {
+    uri: String,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StallingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StallingServer {
+    async fn start(first: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let uri = format!("http://{}", listener.local_addr().expect("address"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (counter, first) = (counter.clone(), first.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    loop {
+                        let n = sock.read(&mut tmp).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&tmp[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                transfer-encoding: chunked\r\n\r\n";
+                    let chunk = format!("{:x}\r\n{first}\r\n", first.len());
+                    if sock.write_all(head.as_bytes()).await.is_err()
+                        || sock.write_all(chunk.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                    // Hold the stream open until the client goes away.
+                    let _ = sock.read(&mut tmp).await;
+                });
+            }
+        });
+        Self {
+            uri,
+            requests,
+            task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_dropped_mid_way_is_audited_as_cancelled_and_released() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let oa = StallingServer::start(format!(
+        "data: {}\n\n",
+        openai_chunk(json!({"role": "assistant", "content": "Hi"}), None)
+    ))
+    .await;
+    let an = StallingServer::start(anthropic_sse(&[
+        json!({"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test-2026",
+        "content": [], "stop_reason": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+    ]))
+    .await;
+
+    let mut stream = openai_client(&gov, &oa.uri)
+        .await
+        .chat_stream(AGENT, SESSION, chat())
+        .await
+        .expect("stream opens");
+    let first = stream.next().await.expect("an item").expect("a chunk");
+    assert_eq!(first.text(), "Hi");
+    // The budget is held while the stream is open.
+    assert_eq!(session_counter(&gov).await.reserved, MicroUsd(RESERVED));
+    drop(stream);
+    let events = wait_for(&gov, "llm.cancelled").await;
+    assert_eq!(kinds(&events), ["llm.request", "llm.cancelled"]);
+    let p = &events[1].1;
+    assert_eq!(p["provider"], "openai");
+    assert_eq!(p["stream"], true);
+    assert_eq!(p["chunks"], 1);
+    assert_eq!(p["released_micros"], RESERVED);
+    assert_spent(&gov, 0).await;
+    assert_eq!(oa.requests.load(Ordering::SeqCst), 1);
+
+    let mut stream = anthropic_client(&gov, &an.uri)
+        .await
+        .messages_stream(AGENT, SESSION, message())
+        .await
+        .expect("stream opens");
+    let first = stream.next().await.expect("an item").expect("an event");
+    assert_eq!(first.usage().and_then(|u| u.input_tokens), Some(10));
+    drop(stream);
+    for _ in 0..500 {
+        if chain(&gov).await.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = chain(&gov).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "llm.request",
+            "llm.cancelled",
+            "llm.request",
+            "llm.cancelled"
+        ]
+    );
+    assert_eq!(events[3].1["provider"], "anthropic");
+    assert_eq!(events[3].1["released_micros"], RESERVED);
+    assert_spent(&gov, 0).await;
+    assert_eq!(an.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_call_over_budget_never_reaches_the_provider() {
+    let db = TestDb::new().await;
+    // A cap of 200 micro-USD: each call would reserve 203.
+    let gov = setup_with(&db, None, MicroUsd(200)).await;
+    let oa = openai_server(ResponseTemplate::new(200)).await;
+    let an = anthropic_server(ResponseTemplate::new(200)).await;
+    let e1 = openai_client(&gov, &oa.uri())
+        .await
+        .chat_stream(AGENT, SESSION, chat())
+        .await
+        .expect_err("over budget");
+    let e2 = anthropic_client(&gov, &an.uri())
+        .await
+        .messages(AGENT, SESSION, message())
+        .await
+        .expect_err("over budget");
+    for e in [&e1, &e2] {
+        assert!(
+            matches!(e, Error::BudgetExceeded { requested, .. } if *requested == RESERVED),
+            "{e}"
+        );
+    }
+    assert!(requests(&oa).await.is_empty(), "the provider saw a request");
+    assert!(requests(&an).await.is_empty(), "the provider saw a request");
+    let events = chain(&gov).await;
+    assert_eq!(kinds(&events), ["budget.denied", "budget.denied"]);
+    for ((_, p), model) in events.iter().zip(["gpt-test", "claude-test"]) {
+        assert_eq!(p["reason"], "session_usd");
+        assert_eq!(p["requested_micros"], RESERVED);
+        assert_eq!(p["cap"], 200);
+        assert_eq!(p["model"], model);
+    }
+    assert_spent(&gov, 0).await;
+}
+
+#[tokio::test]
+async fn a_call_without_max_tokens_is_refused_unless_a_default_is_configured() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let an = anthropic_server(ResponseTemplate::new(200)).await;
+    let client = anthropic_client(&gov, &an.uri()).await;
+    let mut req = message();
+    req.max_tokens = None;
+    let err = client
+        .messages(AGENT, SESSION, req.clone())
+        .await
+        .expect_err("no max_tokens");
+    assert!(err.to_string().contains("declares no max_tokens"), "{err}");
+    assert!(requests(&an).await.is_empty());
+    let events = chain(&gov).await;
+    assert_eq!(kinds(&events), ["budget.denied"]);
+    assert_eq!(events[0].1["reason"], "no_max_tokens");
+
+    // With a default, the call is projected from it and the default is sent to the provider.
+    let db = TestDb::new().await;
+    let gov = setup_with(&db, Some(100), MicroUsd(1_000_000)).await;
+    let an = anthropic_server(event_stream(anthropic_stream(true))).await;
+    let (_, receipt) = anthropic_client(&gov, &an.uri())
+        .await
+        .messages_stream(AGENT, SESSION, req)
+        .await
+        .expect("projected from the default")
+        .collect()
+        .await
+        .expect("whole stream");
+    assert_eq!(receipt.reserved, MicroUsd(RESERVED));
+    let body: Value = requests(&an).await[0].body_json().expect("json body");
+    assert_eq!(body["max_tokens"], 100);
+    let events = chain(&gov).await;
+    assert_eq!(events[0].1["max_tokens_declared"], false);
+    assert_eq!(events[0].1["max_tokens"], 100);
+}
+
+#[tokio::test]
+async fn a_halted_agent_never_reaches_the_provider() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let oa = openai_server(ResponseTemplate::new(200)).await;
+    let an = anthropic_server(ResponseTemplate::new(200)).await;
+    gov.presence()
+        .halt(AGENT, "alice", "runaway spend")
+        .await
+        .expect("halt");
+    let e1 = openai_client(&gov, &oa.uri())
+        .await
+        .chat(AGENT, SESSION, chat())
+        .await
+        .expect_err("halted");
+    let e2 = anthropic_client(&gov, &an.uri())
+        .await
+        .messages_stream(AGENT, SESSION, message())
+        .await
+        .expect_err("halted");
+    for e in [&e1, &e2] {
+        assert!(
+            matches!(e, Error::Halted { by: Some(b), .. } if b == "alice"),
+            "{e}"
+        );
+    }
+    assert!(requests(&oa).await.is_empty());
+    assert!(requests(&an).await.is_empty());
+    assert_eq!(kinds(&chain(&gov).await), ["agent.halted"]);
+    assert_spent(&gov, 0).await;
+}
+
+#[tokio::test]
+async fn a_model_outside_scope_never_reaches_the_provider() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    // The agent may use the whole of Anthropic but of OpenAI only gpt-test.
+    let oa = openai_server(ResponseTemplate::new(200)).await;
+    let err = openai_client(&gov, &oa.uri())
+        .await
+        .chat(
+            AGENT,
+            SESSION,
+            ChatRequest::new("gpt-4o", vec![ChatMessage::user(PROMPT)]).max_tokens(100),
+        )
+        .await
+        .expect_err("out of scope");
+    assert!(matches!(err, Error::ScopeViolation { .. }), "{err}");
+    // An OpenAI-compatible service governed under another provider name is out of scope too.
+    let other = gov
+        .llm()
+        .openai(oa.uri())
+        .provider("deepseek")
+        .build()
+        .await
+        .expect("client");
+    let err = other
+        .chat(AGENT, SESSION, chat())
+        .await
+        .expect_err("out of scope");
+    assert!(matches!(err, Error::ScopeViolation { .. }), "{err}");
+    assert!(requests(&oa).await.is_empty());
+    let events = chain(&gov).await;
+    assert_eq!(kinds(&events), ["scope.denied", "scope.denied"]);
+    assert_eq!(events[0].1["api"], "openai:gpt-4o");
+    assert_eq!(events[0].1["reason"], "api_not_allowed");
+    assert_eq!(events[1].1["api"], "deepseek:gpt-test");
+    assert_spent(&gov, 0).await;
+
+    // An agent with no scope policy at all is refused before Anthropic sees anything.
+    let an = anthropic_server(ResponseTemplate::new(200)).await;
+    let err = anthropic_client(&gov, &an.uri())
+        .await
+        .messages("agent-2", SESSION, message())
+        .await
+        .expect_err("no policy");
+    assert!(matches!(err, Error::ScopeViolation { .. }), "{err}");
+    assert!(requests(&an).await.is_empty());
+}
+
+/// A chunk type of some other client library.
+struct Piece {
+    text: &'static str,
+    usage: Option<TokenUsage>,
+}
+
+impl StreamChunk for Piece {
+    fn usage(&self) -> Option<PartialUsage> {
+        self.usage.map(PartialUsage::from)
+    }
+}
+
+#[tokio::test]
+async fn the_generic_guard_governs_any_client() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let client = gov
+        .llm()
+        .client("openai")
+        .host("llm.internal.example")
+        .build()
+        .await
+        .expect("client");
+    let call = || {
+        LlmCall::new(AGENT, SESSION, "gpt-test")
+            .max_tokens(100)
+            .input_tokens(3)
+    };
+    let usage = TokenUsage {
+        input_tokens: 10,
+        output_tokens: 20,
+        cached_input_tokens: 4,
+    };
+
+    // A plain call.
+    let out = client
+        .guard(call(), || async {
+            Ok::<_, std::io::Error>(Completion::new("hello").usage(usage).finish_reason("stop"))
+        })
+        .await
+        .expect("governed");
+    assert_eq!(out.output, "hello");
+    assert_eq!(out.receipt.cost, MicroUsd(48));
+
+    // The client's own error.
+    let err = client
+        .guard(call(), || async {
+            Err::<Completion<()>, _>(std::io::Error::other("connection reset"))
+        })
+        .await
+        .expect_err("failed");
+    assert!(
+        matches!(&err, Error::Provider { kind: "client_error", error_type: Some(t), .. } if t == "connection reset"),
+        "{err}"
+    );
+
+    // A stream of another library's chunks.
+    let s = client
+        .guard_stream(call(), || async {
+            Ok::<_, std::io::Error>(futures_util::stream::iter(vec![
+                Ok(Piece {
+                    text: "a",
+                    usage: None,
+                }),
+                Ok(Piece {
+                    text: "b",
+                    usage: Some(usage),
+                }),
+            ]))
+        })
+        .await
+        .expect("stream opens");
+    let (pieces, receipt) = s.collect().await.expect("whole stream");
+    assert_eq!(pieces.iter().map(|p| p.text).collect::<String>(), "ab");
+    assert_eq!(receipt.cost, MicroUsd(48));
+
+    // Refused: the call is never made.
+    let made = AtomicUsize::new(0);
+    let err = client
+        .guard(LlmCall::new(AGENT, SESSION, "gpt-test"), || async {
+            made.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Completion::new(()))
+        })
+        .await
+        .expect_err("no max_tokens");
+    assert!(matches!(err, Error::BudgetExceeded { .. }), "{err}");
+    assert_eq!(made.load(Ordering::SeqCst), 0);
+
+    // A call whose task is aborted mid-call.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = {
+        let client = client.clone();
+        let call = call();
+        tokio::spawn(async move {
+            client
+                .guard(call, || async move {
+                    let _ = started_tx.send(());
+                    std::future::pending::<Result<Completion<()>, std::io::Error>>().await
+                })
+                .await
+        })
+    };
+    started_rx.await.expect("the call started");
+    task.abort();
+    let events = wait_for(&gov, "llm.cancelled").await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "llm.request",
+            "llm.response",
+            "llm.request",
+            "llm.error",
+            "llm.request",
+            "llm.response",
+            "budget.denied",
+            "llm.request",
+            "llm.cancelled"
+        ]
+    );
+    assert_eq!(events[3].1["kind"], "client_error");
+    assert_eq!(events[8].1["stream"], false);
+    assert_spent(&gov, 96).await;
+}
+
+#[tokio::test]
+async fn wrapped_clients_are_registered_with_a_host_digest_only() {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("connect");
+    assert!(gov.llm().no_wrapper_warning().is_some());
+    assert!(gov.llm().clients().await.expect("registry").is_empty());
+    let server = MockServer::start().await;
+    openai_client(&gov, &server.uri()).await;
+    openai_client(&gov, &server.uri()).await;
+    gov.llm()
+        .anthropic(server.uri())
+        .model_family("claude-sonnet-4")
+        .build()
+        .await
+        .expect("client");
+    gov.llm()
+        .client("bedrock")
+        .build()
+        .await
+        .expect("generic client");
+    assert_eq!(gov.llm().wrapped_here(), 4);
+    assert!(gov.llm().no_wrapper_warning().is_none());
+
+    let clients = gov.llm().clients().await.expect("registry");
+    let digest = gov.llm().host_digest("127.0.0.1");
+    assert!(digest.starts_with("hh1_") && digest.len() == 36, "{digest}");
+    let mut rows: Vec<(String, String, Option<String>, Option<String>)> = clients
+        .iter()
+        .map(|c| {
+            (
+                c.provider.clone(),
+                c.wrapper.clone(),
+                c.model_family.clone(),
+                c.host_digest.clone(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            (
+                "anthropic".into(),
+                "anthropic-http".into(),
+                Some("claude-sonnet-4".into()),
+                Some(digest.clone())
+            ),
+            ("bedrock".into(), "guard".into(), None, None),
+            (
+                "openai".into(),
+                "openai-http".into(),
+                None,
+                Some(digest.clone())
+            ),
+        ],
+        "the same client twice is one row"
+    );
+    // The digest is keyed by the audit secret: another secret gives another digest.
+    let other = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(OTHER_SECRET)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect");
+    assert_ne!(other.llm().host_digest("127.0.0.1"), digest);
+    assert!(other.llm().no_wrapper_warning().is_none(), "turned off");
+    assert_eq!(
+        gov.llm().host_digest("LLM.example.com."),
+        gov.llm().host_digest("llm.example.com")
+    );
+}
