@@ -46,6 +46,7 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["report"],
         &["rotate-chain-key"],
         &["checkpoint"],
+        &["console", "serve"],
         &["console", "add-user"],
         &["console", "list-users"],
         &["console", "disable-user"],

@@ -47,9 +47,9 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance verify\n  governance verify --chain billing --json\n\nExit codes: 0 clean, 1 tampered (seq and reason on stderr), 2 configuration, 3 storage unreachable."
     )]
     Verify(VerifyArgs),
-    /// Run a small simulated agent: migrate, log events, verify, print what happened
+    /// Run a simulated agent through every gate, verify the chain, then serve the console
     #[command(
-        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8"
+        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses a governance_demo database on the local server; without\nGOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too."
     )]
     Demo(DemoArgs),
     /// Follow audit events live, as any process appends them (LISTEN/NOTIFY, no polling)
@@ -131,12 +131,18 @@ pub(crate) struct DemoArgs {
     /// Concurrent agent sessions
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) sessions: u32,
-    /// Chain to log to (default: a new chain per run, named demo-TIMESTAMP)
-    #[arg(long)]
-    pub(crate) chain: Option<String>,
+    /// Chain to log the simulated sessions to
+    #[arg(long, default_value = "default")]
+    pub(crate) chain: String,
     /// Agent id of the simulated agent
     #[arg(long, default_value = "demo-agent")]
     pub(crate) agent: String,
+    /// Exit after the simulation instead of serving the console
+    #[arg(long)]
+    pub(crate) no_serve: bool,
+    /// Where the console listens
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub(crate) bind: std::net::SocketAddr,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

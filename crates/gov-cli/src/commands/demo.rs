@@ -1,5 +1,6 @@
-//! `governance demo`: a small simulated agent a newcomer can watch. It migrates, logs events
-//! from concurrent sessions through the SDK, verifies the chain, and prints what happened.
+//! `governance demo`: a simulated agent a newcomer can watch. It migrates, logs events from
+//! concurrent sessions through the SDK, takes an agent through every gate, verifies the chain,
+//! then serves the console with a demo admin.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -50,6 +51,53 @@ fn step(session: u32, i: u32) -> (&'static str, serde_json::Value) {
     }
 }
 
+/// The demo's audit secret when none is configured: generated once and kept (mode 600) in the
+/// user's data directory, so later runs verify the same chain.
+fn demo_secret() -> anyhow::Result<(AuditSecret, std::path::PathBuf)> {
+    let config = |m: String| anyhow::Error::new(gov_sdk::Error::Config(m));
+    let dir = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))
+        .ok_or_else(|| {
+            config("set GOVERNANCE_AUDIT_SECRET (no HOME to keep a demo secret in)".into())
+        })?
+        .join("governance");
+    let path = dir.join("demo-audit-secret");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok((
+            AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?,
+            path,
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        config(format!(
+            "cannot create {}: {e}; set GOVERNANCE_AUDIT_SECRET",
+            dir.display()
+        ))
+    })?;
+    let (secret, text) = AuditSecret::generate().map_err(gov_sdk::Error::from)?;
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| {
+        config(format!(
+            "cannot write {}: {e}; set GOVERNANCE_AUDIT_SECRET",
+            path.display()
+        ))
+    })?;
+    Ok((secret, path))
+}
+
 pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     let url = match &global.database_url {
         Some(u) => u.clone(),
@@ -58,29 +106,30 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             DEMO_URL.to_owned()
         }
     };
-    let (secret, ephemeral) = match (
+    let (secret, kept) = match (
         &args.secret.audit_secret_file,
         std::env::var(gov_sdk::ENV_AUDIT_SECRET),
     ) {
-        (None, Err(_)) => (
-            AuditSecret::generate().map_err(gov_sdk::Error::from)?.0,
-            true,
-        ),
-        _ => (super::audit_secret(&args.secret)?, false),
+        (None, Err(_)) => {
+            let (s, path) = demo_secret()?;
+            (s, Some(path))
+        }
+        _ => (super::audit_secret(&args.secret)?, None),
     };
-    let chain = match &args.chain {
-        Some(c) => c.clone(),
-        None => format!("demo-{}", time::OffsetDateTime::now_utc().unix_timestamp()),
-    };
+    let chain = args.chain.clone();
     gov_sdk::ChainId::new(&chain).map_err(gov_sdk::Error::from)?;
+    gov_sdk::AgentId::new(&args.agent).map_err(gov_sdk::Error::from)?;
 
     let human = !out.json();
     if human {
         out.line(format!("{}", "governance demo".bold()));
         out.line(format!("  database  {}", display_url(&url)));
         out.line(format!("  chain     {chain}"));
-        if ephemeral {
-            out.line("  secret    ephemeral for this run (set GOVERNANCE_AUDIT_SECRET to verify later runs too)");
+        if let Some(p) = &kept {
+            out.line(format!(
+                "  secret    generated for demos and kept in {} (set GOVERNANCE_AUDIT_SECRET to use your own)",
+                p.display()
+            ));
         }
     }
     let admin = Admin::connect(&url).await?;
@@ -97,7 +146,6 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             ));
         }
     }
-    admin.close().await;
 
     let gov = super::connect(&url, secret).await?;
     let started = Instant::now();
@@ -134,8 +182,13 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
         let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         out.line(format!("          {}", kinds.join(", ")));
     }
+    let gates = walk_gates(&gov, &args.agent).await?;
+    if human {
+        for line in &gates.lines {
+            out.line(line);
+        }
+    }
     let report = gov.audit().verify_named(&chain).await?;
-    gov.close().await;
     let clean = report.is_clean();
     if out.json() {
         out.emit_json(&serde_json::json!({
@@ -144,6 +197,8 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             "events": logged,
             "sessions": args.sessions,
             "elapsed_ms": elapsed.as_millis() as u64,
+            "gates": gates.lines,
+            "pending_request": gates.pending,
             "verify": report,
         }));
     } else {
@@ -162,14 +217,198 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             )),
             Some(f) => out.line(format!("verify    {} {f}", "TAMPERED".red().bold())),
         }
-        if !ephemeral {
-            out.line(format!("next      governance verify --chain {chain}"));
+    }
+    if !clean {
+        gov.close().await;
+        admin.close().await;
+        return Ok(ExitCode::from(crate::EXIT_TAMPERED));
+    }
+    if args.no_serve {
+        gov.close().await;
+        admin.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Serve the console, with a demo admin whose password is new each run.
+    let (_, password) = AuditSecret::generate().map_err(gov_sdk::Error::from)?;
+    let password: String = password.chars().take(20).collect();
+    let exists = admin
+        .operators()
+        .await?
+        .iter()
+        .any(|u| u.username == "demo");
+    if exists {
+        admin.reset_operator_password("demo", &password).await?;
+        admin.set_operator_disabled("demo", false).await?;
+    } else {
+        admin
+            .add_operator("demo", gov_sdk::OperatorRole::Admin, &password)
+            .await?;
+    }
+    admin.close().await;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(gov_sdk::Error::Config(format!(
+                "cannot listen on {}: {e}; choose another address with --bind, or pass --no-serve",
+                args.bind
+            )))
+        })?;
+    let addr = listener.local_addr().unwrap_or(args.bind);
+    out.line(format!(
+        "console   http://{addr}/  user demo  password {password}"
+    ));
+    out.line("          approve the waiting wire_money request, halt or resume agents, watch events live (Ctrl-C to stop)");
+    if let Some(id) = gates.pending {
+        let waiter = gov.clone();
+        tokio::spawn(async move {
+            match waiter
+                .gates()
+                .wait_for(id, std::time::Duration::from_secs(3_600))
+                .await
+            {
+                Ok(_) => {
+                    println!("agent     the wire_money request was approved: the agent goes on")
+                }
+                Err(e) => println!("agent     the wire_money request ended: {e}"),
+            }
+        });
+    }
+    tokio::select! {
+        r = gov_console::serve_on(gov.clone(), gov_console::ConsoleConfig::default(), listener) => {
+            r.map_err(|e| anyhow::anyhow!("the console stopped: {e}"))?;
+        }
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    gov.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the walk through the gates did.
+struct GateWalk {
+    lines: Vec<String>,
+    pending: Option<uuid::Uuid>,
+}
+
+/// Takes the simulated agent through every gate: an allowed and a denied tool, spend until the
+/// session budget refuses, a loop, a request left waiting for approval, and a halted agent.
+async fn walk_gates(gov: &Governance, agent: &str) -> anyhow::Result<GateWalk> {
+    use gov_sdk::{BudgetPolicy, MicroUsd, ScopePolicy, TokenUsage};
+    let mut lines = Vec::new();
+    let session = format!("run-{}", time::OffsetDateTime::now_utc().unix_timestamp());
+    gov.presence().heartbeat(agent).await?;
+    if gov.presence().is_halted(agent).await? {
+        gov.presence()
+            .resume(agent, "demo", "a new demo run starts")
+            .await?;
+    }
+    gov.scope()
+        .register(ScopePolicy {
+            agent_id: agent.parse()?,
+            allowed_tools: [
+                "read_invoice",
+                "send_email",
+                "search_docs",
+                "update_crm",
+                "wire_money",
+            ]
+            .map(String::from)
+            .into(),
+            allowed_apis: ["openai".to_owned()].into(),
+            hidden_tools: ["delete_customer".to_owned()].into(),
+        })
+        .await?;
+    gov.scope().check(agent, "search_docs").await?;
+    let denied = gov.scope().check(agent, "delete_customer").await.is_err();
+    lines.push(format!(
+        "scope     search_docs allowed; delete_customer {}",
+        if denied {
+            "denied (audited as scope.denied)"
+        } else {
+            "ALLOWED?"
+        }
+    ));
+
+    let mut policy = BudgetPolicy::new(agent.parse()?);
+    policy.per_session = Some(MicroUsd(2_000));
+    gov.cost().register(policy).await?;
+    let mut calls = 0;
+    let refused = loop {
+        match gov
+            .cost()
+            .reserve(agent, &session, "gpt-4o-mini", 800, Some(512))
+            .await
+        {
+            Ok(hold) => {
+                calls += 1;
+                hold.settle(TokenUsage {
+                    input_tokens: 800,
+                    output_tokens: 420,
+                    cached_input_tokens: 0,
+                })
+                .await?;
+            }
+            Err(gov_sdk::Error::BudgetExceeded { .. }) => break true,
+            Err(e) => return Err(e.into()),
+        }
+        if calls >= 100 {
+            break false;
+        }
+    };
+    lines.push(format!(
+        "budget    {calls} calls settled in session {session}; the next {} (cap $0.002000)",
+        if refused {
+            "was refused: budget.denied"
+        } else {
+            "was not refused?"
+        }
+    ));
+
+    let args = serde_json::json!({ "q": "refund policy" });
+    let mut warned = false;
+    for _ in 0..3 {
+        if let gov_sdk::LoopVerdict::Warned { .. } = gov
+            .loops()
+            .record(agent, &session, "search_docs", &args)
+            .await?
+        {
+            warned = true;
         }
     }
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::EXIT_TAMPERED)
+    lines.push(format!(
+        "loops     search_docs with the same arguments 3 times: {}",
+        if warned {
+            "loop.detected (warn)"
+        } else {
+            "not detected?"
+        }
+    ));
+
+    let request = gov
+        .gates()
+        .request(
+            agent,
+            Some(&session),
+            "wire_money",
+            &serde_json::json!({ "amount_usd": 2500, "to": "ACME GmbH" }),
+        )
+        .await?;
+    lines.push(format!(
+        "approval  wire_money is waiting for a human: request {}",
+        request.id
+    ));
+
+    let other = format!("{agent}-2");
+    gov.presence().heartbeat(&other).await?;
+    gov.presence()
+        .halt(&other, "demo", "runaway loop in a test session")
+        .await?;
+    lines.push(format!(
+        "halt      {other} halted by demo (a heartbeat never clears it)"
+    ));
+    Ok(GateWalk {
+        lines,
+        pending: Some(request.id),
     })
 }
 
