@@ -284,7 +284,9 @@ async fn the_article12_report_matches_its_golden_file_in_each_form() {
     );
     assert_eq!(v["verification"]["status"], "clean");
     assert!(v["coverage"]["coverage_pct"].is_null());
-    assert_eq!(v["coverage"]["reason_code"], "no_client_registry");
+    assert_eq!(v["coverage"]["reason_code"], "no_wrapped_clients");
+    assert_eq!(v["coverage"]["governed_calls"], 0);
+    assert_eq!(v["coverage"]["wrapped_clients"], json!([]));
     assert!(
         v["statement"]
             .as_str()
@@ -314,6 +316,96 @@ async fn the_article12_report_matches_its_golden_file_in_each_form() {
     assert_eq!(v["chains"], json!(["billing"]));
     assert_eq!(v["totals"]["events"], 3);
     assert_eq!(v["verification"]["events_checked"], 4);
+}
+
+/// The report's JSON over the record up to now (no fixed clock: the registry's rows carry the
+/// time they were written).
+fn report_now(db: &TestDb) -> serde_json::Value {
+    let out = governance(db)
+        .args(["report", "--json"])
+        .output()
+        .expect("run governance");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[tokio::test]
+async fn coverage_comes_from_the_registry_and_the_recorded_calls() {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .warn_on_no_wrappers(false)
+        .allow_unbudgeted_agents(true)
+        .connect()
+        .await
+        .expect("connect");
+    log(
+        &gov,
+        AuditEvent::builder("support-bot", "tool.call").payload(json!({ "tool": "search" })),
+    )
+    .await;
+
+    // Nothing wrapped, nothing called.
+    let c = &report_now(&db)["coverage"];
+    assert!(c["coverage_pct"].is_null(), "{c:#}");
+    assert_eq!(c["reason_code"], "no_wrapped_clients");
+    assert!(
+        c["definition"]
+            .as_str()
+            .is_some_and(|d| d.contains("upper bound"))
+    );
+
+    // A wrapped client, no call yet: the registry is listed, the host only as its digest.
+    gov.llm()
+        .openai("https://llm-gateway.internal.example")
+        .model_family("gpt-4o")
+        .build()
+        .await
+        .expect("client");
+    let out = governance(&db)
+        .args(["report", "--as", "md"])
+        .output()
+        .expect("run governance");
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(!md.contains("llm-gateway"), "the hostname leaked:\n{md}");
+    let digest = gov.llm().host_digest("llm-gateway.internal.example");
+    assert!(md.contains(&digest[4..]), "{md}"); // Markdown escapes the `_` of `hh1_`
+    let c = report_now(&db)["coverage"].clone();
+    assert!(c["coverage_pct"].is_null(), "{c:#}");
+    assert_eq!(c["reason_code"], "no_llm_calls_in_period");
+    assert_eq!(c["wrapped_clients"][0]["provider"], "openai");
+    assert_eq!(c["wrapped_clients"][0]["wrapper"], "openai-http");
+    assert_eq!(c["wrapped_clients"][0]["model_family"], "gpt-4o");
+    assert_eq!(c["wrapped_clients"][0]["host_digest"], digest.as_str());
+
+    // Three governed calls and one observed after the fact: 3 / 4 = 75.0 %.
+    for _ in 0..3 {
+        log(
+            &gov,
+            AuditEvent::builder("support-bot", "llm.request")
+                .payload(json!({ "provider": "openai", "model": "gpt-4o" })),
+        )
+        .await;
+    }
+    let usage = gov_sdk::TokenUsage {
+        input_tokens: 10,
+        output_tokens: 5,
+        cached_input_tokens: 0,
+    };
+    gov.llm()
+        .observe("support-bot", "s-1", "openai", "gpt-4o", usage)
+        .await
+        .expect("observe");
+    let c = report_now(&db)["coverage"].clone();
+    assert_eq!(c["coverage_pct"], 75.0, "{c:#}");
+    assert!(c["reason_code"].is_null());
+    assert_eq!(c["governed_calls"], 3);
+    assert_eq!(c["observed_calls"], 1);
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -166,6 +166,7 @@ pub async fn collect(
     denials.truncated = truncated;
     denials.events = rows.iter().map(denial).collect();
 
+    let coverage = coverage(gov, req, count("llm.request"), count("llm.observed")).await?;
     Ok(Article12Report {
         format: FORMAT,
         title: "EU AI Act Article 12 evidence report",
@@ -184,13 +185,55 @@ pub async fn collect(
         halts,
         denials,
         verification: verification(&verified),
-        coverage: Coverage {
-            coverage_pct: None,
-            reason_code: Some("no_client_registry"),
-            reason: Some(
-                "coverage needs a registry of the deployment's LLM clients, wrapped or not, to count calls that bypassed the SDK; this deployment has none, so the share of actions recorded cannot be computed",
+        coverage,
+    })
+}
+
+/// The coverage section: the share of recorded LLM calls that passed the gates, or why there is
+/// none, and the registry's clients as of the end of the period.
+async fn coverage(
+    gov: &Governance,
+    req: &ReportRequest,
+    governed: u64,
+    observed: u64,
+) -> Result<Coverage, ReportError> {
+    let wrapped_clients: Vec<_> = gov
+        .llm()
+        .clients()
+        .await?
+        .into_iter()
+        .filter(|c| c.registered_at < req.to)
+        .collect();
+    let total = governed + observed;
+    // Tenths of a percent, rounded half up, in integers.
+    let tenths = (governed * 1_000 + total / 2).checked_div(total);
+    let (coverage_pct, reason_code, reason) = if let Some(tenths) = tenths {
+        (Some(tenths as f64 / 10.0), None, None)
+    } else if wrapped_clients.is_empty() {
+        (
+            None,
+            Some("no_wrapped_clients"),
+            Some(
+                "no LLM client wrapped by the SDK is registered and no LLM call was recorded in the period: either the deployment made no LLM calls or its clients bypass the SDK, which cannot see them",
             ),
-        },
+        )
+    } else {
+        (
+            None,
+            Some("no_llm_calls_in_period"),
+            Some(
+                "LLM clients are wrapped (listed in wrapped_clients) but no LLM call was recorded in the period, so there is no share to compute",
+            ),
+        )
+    };
+    Ok(Coverage {
+        coverage_pct,
+        reason_code,
+        reason,
+        definition: crate::model::COVERAGE_DEFINITION,
+        governed_calls: governed,
+        observed_calls: observed,
+        wrapped_clients,
     })
 }
 

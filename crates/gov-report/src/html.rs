@@ -244,9 +244,35 @@ pub(crate) fn render(r: &Article12Report) -> Result<String, ReportError> {
     sections.push(Section {
         title: "Coverage",
         summary: coverage_text(&r.coverage),
-        table: None,
-        note: None,
+        table: table(
+            vec![
+                "Provider",
+                "Wrapper",
+                "Model family",
+                "Host digest",
+                "Registered",
+            ],
+            r.coverage
+                .wrapped_clients
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.provider.clone(),
+                        c.wrapper.clone(),
+                        or_dash(&c.model_family),
+                        or_dash(&c.host_digest),
+                        rfc3339(c.registered_at),
+                    ]
+                })
+                .collect(),
+        ),
+        note: Some(format!(
+            "Definition: {} Wrapped LLM clients registered: {}.",
+            r.coverage.definition,
+            r.coverage.wrapped_clients.len()
+        )),
     });
+
     Page { r, facts, sections }
         .render()
         .map(|s| s + "\n")

@@ -29,9 +29,9 @@ mod model;
 
 pub use collect::{MAX_LISTED, ReportRequest, Step, collect};
 pub use model::{
-    AgentSummary, Article12Report, At, ChainVerification, Coverage, Decision, Denial, Denials,
-    FORMAT, FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT, System, Totals,
-    Verification,
+    AgentSummary, Article12Report, At, COVERAGE_DEFINITION, ChainVerification, Coverage, Decision,
+    Denial, Denials, FORMAT, FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT,
+    System, Totals, Verification,
 };
 
 use time::OffsetDateTime;
@@ -143,7 +143,10 @@ pub(crate) fn verification_text(v: &Verification) -> String {
 /// The coverage in a sentence.
 pub(crate) fn coverage_text(c: &Coverage) -> String {
     match c.coverage_pct {
-        Some(p) => format!("{p:.1}% of LLM calls went through the SDK"),
+        Some(p) => format!(
+            "{p:.1}% of the LLM calls the SDK recorded passed its gates ({} governed, {} observed only); calls by clients never wrapped are invisible to it",
+            c.governed_calls, c.observed_calls
+        ),
         None => format!(
             "not computed ({}): {}",
             c.reason_code.unwrap_or("unknown"),

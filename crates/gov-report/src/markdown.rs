@@ -265,6 +265,35 @@ pub(crate) fn render(r: &Article12Report) -> String {
 
     let _ = writeln!(o, "\n## Coverage\n");
     let _ = writeln!(o, "{}", esc(&coverage_text(&r.coverage)));
+    let _ = writeln!(o, "\nDefinition: {}", esc(r.coverage.definition));
+    let clients = &r.coverage.wrapped_clients;
+    if clients.is_empty() {
+        let _ = writeln!(o, "\nNo wrapped LLM client is registered.");
+    } else {
+        let _ = writeln!(
+            o,
+            "\nWrapped LLM clients (hostnames only as salted digests):\n"
+        );
+        table(
+            &mut o,
+            &[
+                "Provider",
+                "Wrapper",
+                "Model family",
+                "Host digest",
+                "Registered",
+            ],
+            clients.iter().map(|c| {
+                vec![
+                    esc(&c.provider),
+                    esc(&c.wrapper),
+                    opt(&c.model_family),
+                    opt(&c.host_digest),
+                    rfc3339(c.registered_at),
+                ]
+            }),
+        );
+    }
 
     let _ = writeln!(o, "\n## About this report\n");
     let _ = writeln!(o, "{}", r.statement);

@@ -256,13 +256,28 @@ pub struct FindingSummary {
     pub detail: String,
 }
 
-/// Coverage: the share of the deployment's LLM calls that went through the SDK.
+/// What `coverage_pct` means, stated in every report.
+pub const COVERAGE_DEFINITION: &str = "governed_calls / (governed_calls + observed_calls) x 100 over the period, to one decimal: governed calls passed the SDK's gates before they were sent (llm.request); observed calls were reported to the SDK after the fact without passing its gates (llm.observed). Calls made by clients that were never wrapped are invisible to the SDK and not counted, so the share is an upper bound of the true one.";
+
+/// Coverage: the share of the LLM calls the SDK recorded that went through its gates, and the
+/// registry of wrapped clients.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Coverage {
-    /// The share in percent, when it can be computed.
+    /// The share in percent (see `definition`), when it can be computed.
     pub coverage_pct: Option<f64>,
-    /// Why it is null, as a stable code.
+    /// Why it is null, as a stable code: `no_wrapped_clients` (no client is registered and no
+    /// LLM call was recorded) or `no_llm_calls_in_period` (clients are registered, no call was
+    /// recorded in the period).
     pub reason_code: Option<&'static str>,
     /// Why it is null, in words.
     pub reason: Option<&'static str>,
+    /// Always [`COVERAGE_DEFINITION`].
+    pub definition: &'static str,
+    /// LLM calls that passed the gates in the period (`llm.request` events).
+    pub governed_calls: u64,
+    /// LLM calls recorded without the gates in the period (`llm.observed` events).
+    pub observed_calls: u64,
+    /// The wrapped LLM clients registered before the end of the period (the coverage
+    /// registry; hostnames only as salted digests).
+    pub wrapped_clients: Vec<gov_sdk::llm::WrappedClient>,
 }
