@@ -617,17 +617,28 @@ pub(crate) async fn verify_chain(
     chain_page(&state, &user, Some(view)).await
 }
 
+pub(crate) struct UserView {
+    name: String,
+    role: &'static str,
+    status: &'static str,
+    disabled: bool,
+    created: String,
+    is_me: bool,
+}
+
 #[derive(Template)]
 #[template(path = "users.html")]
 struct Users {
     nav: Option<Nav>,
     flash: Option<String>,
-    users: Vec<(String, &'static str, &'static str, String)>,
+    users: Vec<UserView>,
+    csrf: String,
 }
 
 pub(crate) async fn users(
     State(state): State<AppState>,
     user: CurrentUser,
+    Query(q): Query<FlashQuery>,
 ) -> Result<Html<String>, AppError> {
     user.require_admin()?;
     let users = state
@@ -636,19 +647,174 @@ pub(crate) async fn users(
         .list()
         .await?
         .into_iter()
-        .map(|u| {
-            (
-                u.username,
-                role_name(u.role),
-                if u.disabled { "disabled" } else { "active" },
-                when(u.created_at),
-            )
+        .map(|u| UserView {
+            is_me: u.username == user.username(),
+            name: u.username,
+            role: role_name(u.role),
+            status: if u.disabled { "disabled" } else { "active" },
+            disabled: u.disabled,
+            created: when(u.created_at),
         })
         .collect();
     render(&Users {
         nav: Nav::of(&user),
-        flash: None,
+        flash: q.done,
         users,
+        csrf: user.session.csrf_token.clone(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NewUserForm {
+    csrf: Option<String>,
+    username: String,
+    role: String,
+    password: String,
+}
+
+/// `POST /users`: an admin adds a user.
+pub(crate) async fn add_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Form(form): Form<NewUserForm>,
+) -> Result<Redirect, AppError> {
+    same_site(&headers)?;
+    user.check_csrf(form.csrf.as_deref())?;
+    user.require_admin()?;
+    let role = OperatorRole::parse(&form.role).ok_or_else(|| {
+        AppError::BadRequest(format!(
+            "{:?} is not a role: use admin, operator or viewer",
+            form.role
+        ))
+    })?;
+    state
+        .gov
+        .operators()
+        .add_as(
+            &user.session.operator,
+            form.username.trim(),
+            role,
+            &form.password,
+        )
+        .await?;
+    Ok(Redirect::to(&format!(
+        "/users?done=added+{}",
+        form.username.trim()
+    )))
+}
+
+/// `POST /users/{name}/disable` and `/enable`: an admin switches an account.
+pub(crate) async fn switch_user(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Result<Redirect, AppError> {
+    same_site(&headers)?;
+    user.check_csrf(form.csrf.as_deref())?;
+    user.require_admin()?;
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return Err(AppError::NotFound),
+    };
+    state
+        .gov
+        .operators()
+        .set_disabled(&user.session.operator, &name, disabled)
+        .await?;
+    Ok(Redirect::to(&format!("/users?done={action}d+{name}")))
+}
+
+#[derive(Template)]
+#[template(path = "agent.html")]
+struct AgentPage {
+    nav: Option<Nav>,
+    flash: Option<String>,
+    id: String,
+    state: &'static str,
+    heartbeat: String,
+    halted: bool,
+    halted_by: String,
+    reason: String,
+    can_decide: bool,
+    csrf: String,
+    spend: Vec<(String, i64, String)>,
+    recent: Vec<EventView>,
+}
+
+/// `GET /agents/{agent}`: presence, halt, today's spend and recent events of one agent.
+pub(crate) async fn agent(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Html<String>, AppError> {
+    let agent_id: gov_sdk::AgentId = id
+        .parse()
+        .map_err(|e: gov_sdk::IdError| AppError::BadRequest(format!("agent: {e}")))?;
+    let status = state.gov.presence().status(&id).await?;
+    let p = status.presence.clone();
+    let spend = state
+        .gov
+        .cost()
+        .usage_today_all()
+        .await?
+        .into_iter()
+        .filter(|(a, _)| *a == id)
+        .map(|(_, u)| (u.model, u.calls, u.cost.to_string()))
+        .collect();
+    let chain = &state.config.live_chain;
+    let head = state.gov.audit().head(chain).await?.map_or(0, |h| h.seq);
+    let rows = state
+        .gov
+        .audit()
+        .events(&EventFilter {
+            chain_id: chain.parse().ok(),
+            agent_id: Some(agent_id),
+            after_seq: Some((head - 5_000).max(0)),
+            limit: Some(5_000),
+            ..EventFilter::default()
+        })
+        .await?;
+    let recent = rows
+        .iter()
+        .rev()
+        .take(25)
+        .map(|r| EventView {
+            seq: r.seq,
+            at: when(r.occurred_at),
+            agent_id: r.agent_id.clone(),
+            kind: r.kind.clone(),
+            session: r.session_id.clone().unwrap_or_default(),
+            actor: r.actor.clone().unwrap_or_default(),
+            payload: r.payload.chars().take(200).collect(),
+        })
+        .collect();
+    render(&AgentPage {
+        nav: Nav::of(&user),
+        flash: None,
+        state: state_name(status.state),
+        heartbeat: p
+            .as_ref()
+            .and_then(|p| p.since_heartbeat)
+            .map(|d| format!("{} s ago", d.as_secs()))
+            .unwrap_or_else(|| "never".into()),
+        halted: p.as_ref().is_some_and(|p| p.halted),
+        halted_by: p
+            .as_ref()
+            .and_then(|p| p.halted_by.clone())
+            .unwrap_or_default(),
+        reason: p
+            .as_ref()
+            .and_then(|p| p.halt_reason.clone())
+            .unwrap_or_default(),
+        can_decide: user.require_operator().is_ok(),
+        csrf: user.session.csrf_token.clone(),
+        spend,
+        recent,
+        id,
     })
 }
 

@@ -145,6 +145,41 @@ impl Operators<'_> {
         ))
     }
 
+    /// Disables (or enables) a user, as the admin `by`: refused for other roles, for an unknown
+    /// user, and for the admin's own account (so an admin cannot lock everyone out by mistake).
+    pub async fn set_disabled(&self, by: &Operator, username: &str, disabled: bool) -> Result<()> {
+        if by.role != OperatorRole::Admin {
+            return Err(Error::Config("only an admin may disable or enable users".into()));
+        }
+        if by.username == username {
+            return Err(Error::Config("you cannot disable or enable your own account".into()));
+        }
+        match self
+            .gov
+            .inner
+            .store
+            .update_operator(username, Some(disabled), None)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Error::Config(format!("no user named {username}"))),
+        }
+    }
+
+    /// Adds a user, as the admin `by` (refused for other roles).
+    pub async fn add_as(
+        &self,
+        by: &Operator,
+        username: &str,
+        role: OperatorRole,
+        password: &str,
+    ) -> Result<()> {
+        if by.role != OperatorRole::Admin {
+            return Err(Error::Config("only an admin may add users".into()));
+        }
+        self.add(username, role, password).await
+    }
+
     /// Every console/CLI user (never their password hashes).
     pub async fn list(&self) -> Result<Vec<crate::admin::OperatorInfo>> {
         Ok(self

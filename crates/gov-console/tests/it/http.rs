@@ -351,7 +351,7 @@ async fn every_page_renders_for_every_role_and_only_admins_see_users() {
     }
     let ada = c.login("ada").await;
     let users = c.get("/users", Some(&ada)).await;
-    assert!(users.body.contains("vera") && !users.body.contains("argon2"));
+    assert!(users.body.contains("vera") && !users.body.contains("$argon2"));
     c.gov.close().await;
 }
 
@@ -613,5 +613,107 @@ async fn the_report_downloads_and_chain_verification_runs_for_any_signed_in_user
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("clean"), "{}", r.body);
+    c.gov.close().await;
+}
+
+#[tokio::test]
+async fn admins_manage_users_and_agent_pages_show_one_agent() {
+    let c = console(ConsoleConfig::default()).await;
+    let (ada, oscar) = (c.login("ada").await, c.login("oscar").await);
+    let form = |csrf: &str| {
+        format!(
+            "csrf={csrf}&username=nina&role=viewer&password={}",
+            PW.replace(' ', "+")
+        )
+    };
+    // Only an admin, with the token, adds users; a bad role is a 400 that says why.
+    assert_eq!(
+        c.post_form("/users", Some(&oscar), &form(&oscar.csrf))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        c.post_form(
+            "/users",
+            Some(&ada),
+            "username=nina&role=viewer&password=a+long+enough+password"
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let bad = c
+        .post_form(
+            "/users",
+            Some(&ada),
+            &format!(
+                "csrf={}&username=nina&role=root&password=a+long+enough+password",
+                ada.csrf
+            ),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("is not a role"), "{}", bad.body);
+    let r = c.post_form("/users", Some(&ada), &form(&ada.csrf)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let dup = c.post_form("/users", Some(&ada), &form(&ada.csrf)).await;
+    assert_eq!(dup.status, StatusCode::BAD_REQUEST, "{}", dup.body);
+    let nina = c.login("nina").await;
+    assert_eq!(c.get("/", Some(&nina)).await.status, StatusCode::OK);
+    // Disabling ends nina's session; an admin cannot disable themselves.
+    let r = c
+        .post_form(
+            "/users/nina/disable",
+            Some(&ada),
+            &format!("csrf={}", ada.csrf),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(c.get("/", Some(&nina)).await.status, StatusCode::SEE_OTHER);
+    let me = c
+        .post_form(
+            "/users/ada/disable",
+            Some(&ada),
+            &format!("csrf={}", ada.csrf),
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        c.post_form(
+            "/users/nina/enable",
+            Some(&oscar),
+            &format!("csrf={}", oscar.csrf)
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let page = c.get("/users", Some(&ada)).await;
+    assert!(page.body.contains("id=\"user-nina\""), "{}", page.body);
+
+    // One agent's page.
+    c.gov.presence().heartbeat("pay-bot").await.expect("beat");
+    c.gov
+        .audit()
+        .log(
+            AuditEvent::builder("pay-bot", "tool.call")
+                .payload(serde_json::json!({"tool":"lookup"}))
+                .build()
+                .expect("event"),
+        )
+        .await
+        .expect("log");
+    let r = c.get("/agents/pay-bot", Some(&oscar)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.contains("lookup") && r.body.contains("/agents/pay-bot/halt"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        c.get("/agents/bad%20id", Some(&oscar)).await.status,
+        StatusCode::BAD_REQUEST
+    );
     c.gov.close().await;
 }
