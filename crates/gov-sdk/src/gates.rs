@@ -206,12 +206,38 @@ impl<'g> Gates<'g> {
 
     /// Approves a request. The operator must be an operator or admin and not the requester.
     pub async fn approve(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<()> {
-        self.decide(operator, id, true, reason).await
+        self.decide_traced(operator, id, true, reason).await
     }
 
     /// Denies a request.
     pub async fn deny(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<()> {
-        self.decide(operator, id, false, reason).await
+        self.decide_traced(operator, id, false, reason).await
+    }
+
+    /// A human gate decision inside a `governance.gate` span (exported with the `otel` feature).
+    async fn decide_traced(
+        &self,
+        operator: &Operator,
+        id: Uuid,
+        approve: bool,
+        reason: &str,
+    ) -> Result<()> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "governance.gate",
+            governance.gate.name = "approval",
+            governance.gate.decision = if approve { "approve" } else { "deny" },
+            governance.gate.request_id = %id,
+            error.type = tracing::field::Empty,
+        );
+        let out = self
+            .decide(operator, id, approve, reason)
+            .instrument(span.clone())
+            .await;
+        if out.is_err() {
+            span.record("error.type", "refused");
+        }
+        out
     }
 
     async fn decide(

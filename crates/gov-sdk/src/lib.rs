@@ -35,6 +35,8 @@ pub mod llm;
 mod loops;
 mod notify;
 mod operators;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod presence;
 mod scope;
 mod spool;

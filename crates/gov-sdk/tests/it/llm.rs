@@ -1143,3 +1143,129 @@ async fn wrapped_clients_are_registered_with_a_host_digest_only() {
         gov.llm().host_digest("llm.example.com")
     );
 }
+
+/// Spans as a `tracing` layer sees them: name and fields, by span id.
+#[derive(Clone, Default)]
+struct Spans(Arc<std::sync::Mutex<Vec<SpanSeen>>>);
+
+/// Span id, name, fields.
+type SpanSeen = (u64, String, std::collections::BTreeMap<String, String>);
+
+struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = std::collections::BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        self.0.lock().expect("spans").push((
+            id.into_u64(),
+            attrs.metadata().name().to_owned(),
+            fields,
+        ));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut spans = self.0.lock().expect("spans");
+        if let Some((_, _, fields)) = spans.iter_mut().rev().find(|(i, _, _)| *i == id.into_u64()) {
+            values.record(&mut Fields(fields));
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_call_and_gate_decision_is_a_span_with_genai_attributes() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = Spans::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let server = anthropic_server(event_stream(anthropic_stream(true))).await;
+    anthropic_client(&gov, &server.uri())
+        .await
+        .messages_stream(AGENT, SESSION, message())
+        .await
+        .expect("stream opens")
+        .collect()
+        .await
+        .expect("whole stream");
+    let openai = openai_client(&gov, &server.uri()).await;
+    openai
+        .chat(
+            AGENT,
+            SESSION,
+            ChatRequest::new("gpt-4o", vec![ChatMessage::user(PROMPT)]).max_tokens(100),
+        )
+        .await
+        .expect_err("out of scope");
+
+    let spans = spans.0.lock().expect("spans").clone();
+    let calls: Vec<_> = spans.iter().filter(|(_, n, _)| n == "gen_ai").collect();
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    let f = &calls[0].2;
+    for (k, v) in [
+        ("otel.name", "chat claude-test"),
+        ("otel.kind", "client"),
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "anthropic"),
+        ("gen_ai.request.model", "claude-test"),
+        ("gen_ai.request.max_tokens", "100"),
+        ("gen_ai.response.model", "claude-test-2026"),
+        ("gen_ai.response.finish_reasons", "end_turn"),
+        ("gen_ai.usage.input_tokens", "14"),
+        ("gen_ai.usage.output_tokens", "20"),
+        ("governance.cost.micros", "52"),
+        ("governance.usage.estimated", "false"),
+        ("governance.outcome", "response"),
+    ] {
+        assert_eq!(f.get(k).map(String::as_str), Some(v), "{k} in {f:#?}");
+    }
+    let refused = &calls[1].2;
+    assert_eq!(
+        refused.get("governance.outcome").map(String::as_str),
+        Some("refused")
+    );
+    assert_eq!(
+        refused.get("error.type").map(String::as_str),
+        Some("scope_violation")
+    );
+    let gates: Vec<(&str, &str)> = spans
+        .iter()
+        .filter(|(_, n, _)| n == "governance.gate")
+        .map(|(_, _, f)| {
+            (
+                f.get("governance.gate.name").map_or("", String::as_str),
+                f.get("governance.gate.decision").map_or("", String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        gates,
+        [
+            ("halt", "allow"),
+            ("scope", "allow"),
+            ("budget", "allow"),
+            ("halt", "allow"),
+            ("scope", "deny")
+        ]
+    );
+}
