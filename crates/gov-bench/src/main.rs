@@ -1,7 +1,9 @@
 //! Benchmarks behind `cargo xtask bench`: audit append throughput (1 and 64 concurrent callers
 //! on one chain), verification throughput over 100,000 and 1,000,000 events on one core and on
 //! all cores with the verifier's peak memory, and the `SELECT 1` round trip on the same pool as
-//! the reference. Prints one JSON object on stdout.
+//! the reference, and the console's figures (`console`: dashboard and `/api` requests per second
+//! under load, SSE delivery latency to 1,000 subscribers; `gov-bench console` runs those alone).
+//! Prints one JSON object on stdout.
 //!
 //! Peak memory is measured in a child process (this binary again, with the hidden subcommand
 //! `verify-child`) that only connects and verifies (twice: on fresh connections, then on warm
@@ -10,6 +12,8 @@
 //! is pinned to one CPU with `taskset` where that works, and runs one async thread and one
 //! verification thread.
 
+mod console;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,7 @@ use anyhow::{Context, Result};
 use gov_sdk::{AuditEvent, Governance, VerifyOptions};
 use gov_testdb::TestDb;
 
-const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+pub(crate) const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
 
 fn event(chain: &str, task: usize, i: usize) -> Result<AuditEvent> {
     Ok(AuditEvent::builder(format!("agent-{}", task % 8), "tool.call")
@@ -47,7 +51,7 @@ async fn append(gov: &Governance, chain: &str, tasks: usize, per_task: usize) ->
     Ok((tasks * per_task) as f64 / start.elapsed().as_secs_f64())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted
         .get(i)
@@ -55,7 +59,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
@@ -66,6 +70,16 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(CHILD) {
         return verify_child(args.get(1..).unwrap_or_default());
+    }
+    // `gov-bench console`: the console figures alone.
+    if args.first().map(String::as_str) == Some("console") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(console::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -379,7 +393,10 @@ async fn bench() -> Result<()> {
     eprintln!("bench: verify 1,000,000 events in child processes");
     let (v1m_one, v1m_all) = verify_in_children(db.url(), pin).await?;
 
+    eprintln!("bench: console");
+    let console = console::bench().await?;
     let out = serde_json::json!({
+        "console": console,
         "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),
         "gate_round_trip_p99_us": round(percentile(&gate, 0.99)),
         "check_or_raise_p50_us": round(percentile(&check, 0.50)),

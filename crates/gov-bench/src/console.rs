@@ -1,0 +1,210 @@
+//! Console figures: dashboard and `/api` requests per second under concurrent load over real
+//! HTTP on loopback, and the delivery latency of live events to 1,000 SSE subscribers (from the
+//! moment `audit().log()` is called to the moment each subscriber has read the event).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gov_sdk::{AuditEvent, Governance, OperatorRole};
+use gov_testdb::TestDb;
+use tokio::sync::Mutex;
+
+use crate::{SECRET, percentile, round};
+
+const PW: &str = "correct horse battery staple";
+const SUBSCRIBERS: usize = 1_000;
+const MARKS: usize = 20;
+
+/// Signs in and returns the `gov_session=…` cookie.
+async fn sign_in(client: &reqwest::Client, base: &str) -> Result<String> {
+    let res = client
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username=bench&password={}", PW.replace(' ', "+")))
+        .send()
+        .await?;
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no session cookie: sign-in failed")?;
+    Ok(cookie.to_owned())
+}
+
+/// `tasks` concurrent clients request `path` for `secs`; returns (requests/s, latencies).
+async fn load(
+    client: &reqwest::Client,
+    url: String,
+    cookie: &str,
+    tasks: usize,
+    secs: u64,
+) -> Result<(f64, Vec<Duration>)> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (client, url, cookie) = (client.clone(), url.clone(), cookie.to_owned());
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                let res = client.get(&url).header("cookie", &cookie).send().await?;
+                anyhow::ensure!(res.status().is_success(), "{url}: {}", res.status());
+                res.bytes().await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    Ok((rate, all))
+}
+
+pub(crate) async fn bench() -> Result<serde_json::Value> {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .max_connections(20)
+        .connect()
+        .await?;
+    gov.operators()
+        .add("bench", OperatorRole::Admin, PW)
+        .await?;
+    for i in 0..20 {
+        gov.presence().heartbeat(&format!("agent-{i}")).await?;
+    }
+    for i in 0..5 {
+        gov.gates()
+            .request(
+                "agent-1",
+                Some("s-1"),
+                "wire_money",
+                &serde_json::json!({ "i": i }),
+            )
+            .await?;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let config = gov_console::ConsoleConfig {
+        sign_ins_per_minute: 10_000,
+        ..gov_console::ConsoleConfig::default()
+    };
+    let server = tokio::spawn(gov_console::serve_on(gov.clone(), config, listener));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(128)
+        .build()?;
+    let cookie = sign_in(&client, &base).await?;
+
+    eprintln!("bench: console dashboard and /api under load (32 clients, 5 s each)");
+    let (dash_rate, dash) = load(&client, format!("{base}/"), &cookie, 32, 5).await?;
+    let (api_rate, api) = load(&client, format!("{base}/api/agents"), &cookie, 32, 5).await?;
+
+    eprintln!("bench: live events to {SUBSCRIBERS} SSE subscribers");
+    let received: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut subs = Vec::with_capacity(SUBSCRIBERS);
+    let sse_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    for _ in 0..SUBSCRIBERS {
+        let (client, url, cookie, received) = (
+            sse_client.clone(),
+            format!("{base}/events/stream?kind=bench.mark"),
+            cookie.clone(),
+            Arc::clone(&received),
+        );
+        subs.push(tokio::spawn(async move {
+            let mut res = client.get(&url).header("cookie", &cookie).send().await?;
+            anyhow::ensure!(res.status().is_success(), "subscribe: {}", res.status());
+            let mut seen = 0;
+            let mut text = String::new();
+            while seen < MARKS {
+                let Some(chunk) = res.chunk().await? else {
+                    break;
+                };
+                let now = Instant::now();
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                // The row's payload is a JSON string inside the row's JSON: `{\"mark\":N}`.
+                while let Some(i) = text.find("mark\\\":") {
+                    let rest = &text[i + 7..];
+                    let end = rest
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(rest.len());
+                    if end == rest.len() {
+                        break;
+                    }
+                    let mark: usize = rest[..end].parse().unwrap_or(usize::MAX);
+                    received.lock().await.push((mark, now));
+                    seen += 1;
+                    text = rest[end..].to_owned();
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // Every subscriber is connected once the broadcast counts them.
+    let health = client
+        .get(format!("{base}/health/governance"))
+        .header("cookie", &cookie);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = health
+            .try_clone()
+            .context("clone")?
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["live_subscribers"].as_u64().unwrap_or(0) >= SUBSCRIBERS as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "subscribers did not connect: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut sent = Vec::with_capacity(MARKS);
+    for mark in 0..MARKS {
+        let ev = AuditEvent::builder("bench", "bench.mark")
+            .payload(serde_json::json!({ "mark": mark }))
+            .build()?;
+        sent.push(Instant::now());
+        gov.audit().log(ev).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in subs {
+        tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .context("a subscriber did not get every event")???;
+    }
+    let mut lat: Vec<Duration> = received
+        .lock()
+        .await
+        .iter()
+        .filter_map(|(mark, at)| Some(at.duration_since(*sent.get(*mark)?)))
+        .collect();
+    lat.sort();
+    server.abort();
+    gov.close().await;
+    Ok(serde_json::json!({
+        "dashboard_requests_per_s_32_clients": dash_rate.round(),
+        "dashboard_p50_us": round(percentile(&dash, 0.50)),
+        "dashboard_p99_us": round(percentile(&dash, 0.99)),
+        "api_agents_requests_per_s_32_clients": api_rate.round(),
+        "api_agents_p50_us": round(percentile(&api, 0.50)),
+        "api_agents_p99_us": round(percentile(&api, 0.99)),
+        "sse_subscribers": SUBSCRIBERS,
+        "sse_deliveries": lat.len(),
+        "sse_delivery_p50_us": round(percentile(&lat, 0.50)),
+        "sse_delivery_p99_us": round(percentile(&lat, 0.99)),
+    }))
+}
