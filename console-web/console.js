@@ -90,7 +90,43 @@ function watchApprovals(table) {
   });
 }
 
+// The chain page verifies in the background and shows progress; without JS the form posts and
+// the page shows the result when verification is done.
+function verifyWithProgress(form) {
+  const box = document.getElementById("verify-progress");
+  const bar = box.querySelector("progress");
+  const text = box.querySelector("span");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const csrf = form.dataset.csrf;
+    const start = await fetch("/api/chain/verification", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
+    if (!start.ok && start.status !== 409) { text.textContent = "could not start: " + start.status; box.hidden = false; return; }
+    box.hidden = false;
+    const poll = async () => {
+      const res = await fetch("/api/chain/verification", { credentials: "same-origin" });
+      const job = await res.json();
+      if (job.status === "running") {
+        bar.max = Math.max(job.total, 1); bar.value = job.checked;
+        text.textContent = "verifying " + (job.chain || "") + ": " + job.checked + " of " + job.total + " events";
+        setTimeout(poll, 300);
+        return;
+      }
+      bar.max = 1; bar.value = 1;
+      if (job.status === "failed") { text.textContent = "failed: " + job.error; return; }
+      const r = job.report || { events_checked: 0, chains: [] };
+      const bad = r.chains.find((c) => c.finding);
+      text.textContent = job.status + ": " + r.events_checked + " events in " + r.chains.length + " chains" +
+        (bad ? " — chain " + bad.chain_id + " fails at seq " + bad.finding.seq + " (" + bad.finding.reason + ")" : "");
+      text.className = job.status;
+      text.id = "verify-result";
+    };
+    poll();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const verify = document.getElementById("verify-form");
+  if (verify) verifyWithProgress(verify);
   const table = document.getElementById("events");
   if (table) follow(table);
   const approvals = document.getElementById("approvals");

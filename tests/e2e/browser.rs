@@ -252,6 +252,24 @@ async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         shot(&c, name).await;
     }
+    // The chain page verifies in the background and shows the result.
+    c.goto(&format!("{base}/chain")).await.expect("chain");
+    c.find(Locator::Css("#verify-form button"))
+        .await
+        .expect("verify button")
+        .click()
+        .await
+        .expect("verify");
+    let result = c
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#verify-result"))
+        .await
+        .expect("a verification result");
+    let text = result.text().await.expect("text");
+    assert!(text.starts_with("clean:"), "{text}");
+    shot(&c, "chain-verified").await;
+
     // The events page connects its live stream.
     c.goto(&format!("{base}/events")).await.expect("events");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

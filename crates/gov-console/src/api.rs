@@ -369,3 +369,107 @@ pub(crate) async fn verify(
     });
     Ok(Json(v))
 }
+
+/// The console's background verification: one at a time, with its progress.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub(crate) struct VerifyJob {
+    /// `idle`, `running`, `clean`, `tampered` or `failed`.
+    status: &'static str,
+    /// Who started it.
+    started_by: Option<String>,
+    /// The chain being verified.
+    chain: Option<String>,
+    /// Rows checked so far in that chain, and its total.
+    checked: u64,
+    total: u64,
+    /// Rows checked in chains already done.
+    done_events: u64,
+    /// The report when finished.
+    report: Option<Value>,
+    /// Why it failed, when it did.
+    error: Option<String>,
+}
+
+/// `POST /api/chain/verification`: starts verifying every chain in the background (any
+/// signed-in user; CSRF header). 409 while one is running.
+pub(crate) async fn start_verification(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    headers: HeaderMap,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    same_site(&headers)?;
+    user.check_csrf(csrf_header(&headers))?;
+    {
+        let mut job = state
+            .verify_job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if job.status == "running" {
+            return Ok((
+                StatusCode::CONFLICT,
+                Json(json!({ "error": "a verification is already running", "status": 409 })),
+            ));
+        }
+        *job = VerifyJob {
+            status: "running",
+            started_by: Some(user.username().to_owned()),
+            ..VerifyJob::default()
+        };
+    }
+    let (gov, job) = (state.gov.clone(), std::sync::Arc::clone(&state.verify_job));
+    tokio::spawn(async move {
+        let progress_job = std::sync::Arc::clone(&job);
+        let opts = gov_sdk::VerifyOptions {
+            progress: Some(std::sync::Arc::new(move |p: gov_sdk::VerifyProgress| {
+                let mut j = progress_job
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if j.chain.as_deref() != Some(p.chain_id.as_str()) {
+                    j.done_events += j.checked;
+                    j.chain = Some(p.chain_id);
+                }
+                j.checked = p.checked;
+                j.total = p.total;
+            })),
+            ..gov_sdk::VerifyOptions::default()
+        };
+        let result = gov.audit().verify_with(None, &opts).await;
+        let mut j = job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(report) => {
+                j.status = if report.is_clean() {
+                    "clean"
+                } else {
+                    "tampered"
+                };
+                j.report = serde_json::to_value(&report).ok();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "console verification failed");
+                j.status = "failed";
+                j.error = Some(if e.is_config() {
+                    e.to_string()
+                } else {
+                    "verification could not complete; the cause is in the console's log".into()
+                });
+            }
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "running" }))))
+}
+
+/// `GET /api/chain/verification`: the background verification's state and progress.
+pub(crate) async fn verification(State(state): State<AppState>, _user: ApiUser) -> ApiResult {
+    let job = state
+        .verify_job
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut v = serde_json::to_value(&job).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    if job.status.is_empty() {
+        v["status"] = json!("idle");
+    }
+    Ok(Json(v))
+}

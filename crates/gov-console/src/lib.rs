@@ -60,6 +60,7 @@ pub(crate) struct AppState {
     pub(crate) limiter: Arc<auth::SignInLimiter>,
     pub(crate) events: events::Broadcaster,
     pub(crate) latency: Arc<api::Latency>,
+    pub(crate) verify_job: Arc<std::sync::Mutex<api::VerifyJob>>,
 }
 
 /// The console's routes over `gov`. Starts the live-event feed (one listening connection,
@@ -69,6 +70,7 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
         events: events::Broadcaster::start(gov.clone(), config.live_chain.clone()),
         limiter: Arc::new(auth::SignInLimiter::new(config.sign_ins_per_minute)),
         latency: Arc::new(api::Latency::default()),
+        verify_job: Arc::default(),
         config: Arc::new(config),
         gov,
     };
@@ -119,6 +121,10 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
         .route("/api/approvals/{id}/deny", post(api::deny))
         .route("/api/events", get(api::events))
         .route("/api/chain/verify", post(api::verify))
+        .route(
+            "/api/chain/verification",
+            get(api::verification).post(api::start_verification),
+        )
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -717,3 +717,49 @@ async fn admins_manage_users_and_agent_pages_show_one_agent() {
     );
     c.gov.close().await;
 }
+
+#[tokio::test]
+async fn chain_verification_runs_in_the_background_with_progress() {
+    let c = console(ConsoleConfig::default()).await;
+    for i in 0..50 {
+        c.gov
+            .audit()
+            .log(
+                AuditEvent::builder("pay-bot", "tool.call")
+                    .payload(serde_json::json!({ "i": i }))
+                    .build()
+                    .expect("event"),
+            )
+            .await
+            .expect("log");
+    }
+    let vera = c.login("vera").await;
+    let idle = c.get("/api/chain/verification", Some(&vera)).await;
+    assert!(idle.body.contains("\"idle\""), "{}", idle.body);
+    let start = |csrf: Option<&str>| {
+        let mut req = Request::post("/api/chain/verification").header(header::COOKIE, &vera.cookie);
+        if let Some(t) = csrf {
+            req = req.header("x-csrf-token", t);
+        }
+        req.body(Body::empty()).expect("request")
+    };
+    assert_eq!(c.send(start(None)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        c.send(start(Some(&vera.csrf))).await.status,
+        StatusCode::ACCEPTED
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let r = c.get("/api/chain/verification", Some(&vera)).await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        if v["status"] != "running" {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still running: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["status"], "clean", "{job}");
+    assert_eq!(job["report"]["events_checked"], 50);
+    assert_eq!(job["started_by"], "vera");
+    c.gov.close().await;
+}
