@@ -90,7 +90,8 @@ async fn rotation_appends_a_marker_and_the_chain_verifies_with_the_previous_secr
         .arg("verify")
         .assert()
         .success()
-        .stdout(predicate::str::contains("5 events"));
+        .stdout(predicate::str::contains("5 events"))
+        .stdout(predicate::str::contains("rotation-aware"));
     // The report says its verification is rotation-aware and finds the chain clean.
     let out = governance(&db)
         .env("GOVERNANCE_AUDIT_SECRET", THIRD)

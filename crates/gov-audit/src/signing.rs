@@ -312,3 +312,65 @@ pub fn verify_with(public: &[u8], message: &[u8], signature: &[u8]) -> bool {
     };
     key.verify_strict(message, &sig).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+
+    fn key_file(name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gov-signing-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let _ = mode;
+        path
+    }
+
+    #[test]
+    fn keys_load_from_hex_seeds_and_pkcs8_pem_files_and_exposed_files_are_refused() {
+        let seed = [7u8; 32];
+        let hex_path = key_file("hex", &hex::encode(seed), 0o600);
+        let from_hex = Signer::load(&format!("file://{}", hex_path.display()), "a").unwrap();
+        let pem = SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(Default::default())
+            .unwrap();
+        let pem_path = key_file("pem", &pem, 0o600);
+        let from_pem = Signer::load(&format!("file://{}", pem_path.display()), "a").unwrap();
+        assert_eq!(from_hex.public_key(), from_pem.public_key());
+        assert_eq!(from_hex.key_id(), signer_key_id(&from_hex.public_key()));
+        assert!(from_hex.key_id().starts_with("ed1_"));
+        let sig = from_pem.sign(b"row hmac");
+        assert!(verify_with(&from_hex.public_key(), b"row hmac", &sig));
+        #[cfg(unix)]
+        {
+            let open = key_file("open", &hex::encode(seed), 0o644);
+            let err = Signer::load(&format!("file://{}", open.display()), "a").unwrap_err();
+            assert!(
+                matches!(err, SignerError::Exposed { mode: 0o644, .. }),
+                "{err}"
+            );
+        }
+        let bad = key_file("bad", "not a key", 0o600);
+        assert!(matches!(
+            Signer::load(&format!("file://{}", bad.display()), "a"),
+            Err(SignerError::Malformed(_))
+        ));
+        assert!(matches!(
+            Signer::load("https://x/k", "a"),
+            Err(SignerError::Scheme(_))
+        ));
+        assert!(matches!(
+            Signer::load("env://NO_SUCH_SIGNING_KEY_VARIABLE_FOR_TESTS", "a"),
+            Err(SignerError::Unreadable(_))
+        ));
+        let a = Signer::load("ephemeral", "a").unwrap();
+        let b = Signer::load("ephemeral", "a").unwrap();
+        assert_ne!(a.key_id(), b.key_id(), "a fresh key each time");
+    }
+}

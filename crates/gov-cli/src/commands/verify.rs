@@ -96,6 +96,7 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
     if out.json() {
         let mut v = serde_json::to_value(&report)?;
         v["status"] = serde_json::json!(if clean { "clean" } else { "tampered" });
+        v["rotation_aware"] = serde_json::json!(gov_sdk::ROTATION_AWARE);
         out.emit_json(&v);
     } else {
         for c in &report.chains {
@@ -122,6 +123,17 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
                     f.reason.as_str()
                 )),
             }
+        }
+        let keys: std::collections::BTreeSet<&str> = report
+            .chains
+            .iter()
+            .flat_map(|c| c.key_ids.iter().map(String::as_str))
+            .collect();
+        if keys.len() > 1 {
+            out.line(format!(
+                "keys      {} (rotation-aware: each row checked with the key its rotation markers allow)",
+                keys.into_iter().collect::<Vec<_>>().join(", ")
+            ));
         }
         let n = report.chains.len();
         out.line(format!(
