@@ -835,39 +835,23 @@ async fn read_pages(
     end: i64,
     tx: mpsc::Sender<Result<Vec<AuditRecord>, AuditError>>,
 ) {
-    loop {
-        match fetch(&store, &chain, after, end).await {
+    while after < end {
+        let upto = after.saturating_add(i64::from(PAGE_ROWS)).min(end);
+        match store.read_chain_window(&chain, after, upto).await {
             Ok(rows) => {
-                let Some(last) = rows.last() else { return };
-                after = last.seq;
-                if tx.send(Ok(rows)).await.is_err() {
+                // A window with no rows is a gap (rows deleted); the checker reports it when
+                // it meets the next row, or at the end.
+                after = upto;
+                if !rows.is_empty() && tx.send(Ok(rows)).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(e)).await;
+                let _ = tx.send(Err(e.into())).await;
                 return;
             }
         }
     }
-}
-
-/// The next page of rows after `after`, never past `end` (the head the verification started
-/// from, or the end of the range: rows appended meanwhile are left for the next run).
-async fn fetch(
-    store: &Store,
-    chain: &str,
-    after: i64,
-    end: i64,
-) -> Result<Vec<AuditRecord>, AuditError> {
-    if after >= end {
-        return Ok(Vec::new());
-    }
-    let mut rows = store.read_chain_page(chain, after, PAGE_ROWS).await?;
-    if let Some(pos) = rows.iter().position(|r| r.seq > end) {
-        rows.truncate(pos);
-    }
-    Ok(rows)
 }
 
 #[cfg(test)]

@@ -264,6 +264,19 @@ impl Store {
         }
     }
 
+    /// The rows of a chain with `after_seq < seq <= upto_seq`, in seq order. A bounded window
+    /// lets the planner use the (chain_id, seq) index even before the table has statistics.
+    pub async fn read_chain_window(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        upto_seq: i64,
+    ) -> Result<Vec<AuditRecord>> {
+        match self {
+            Self::Postgres(s) => s.read_chain_window(chain_id, after_seq, upto_seq).await,
+        }
+    }
+
     /// Rows matching `filter`, in seq order, paged by seq.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
         match self {

@@ -188,6 +188,24 @@ impl PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    pub(crate) async fn read_chain_window(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        upto_seq: i64,
+    ) -> Result<Vec<AuditRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq"
+        );
+        let rows: Vec<RecordRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(chain_id)
+            .bind(after_seq)
+            .bind(upto_seq)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
     pub(crate) async fn event_counts(
         &self,
         chain_id: Option<&str>,
