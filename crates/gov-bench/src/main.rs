@@ -2,7 +2,9 @@
 //! on one chain), verification throughput over 100,000 and 1,000,000 events on one core and on
 //! all cores with the verifier's peak memory, and the `SELECT 1` round trip on the same pool as
 //! the reference, and the console's figures (`console`: dashboard and `/api` requests per second
-//! under load, SSE delivery latency to 1,000 subscribers; `gov-bench console` runs those alone).
+//! under load, SSE delivery latency to 1,000 subscribers; `gov-bench console` runs those alone),
+//! and the time a governed LLM call adds over a direct one (`llm_guarded_path`, `llm.rs`;
+//! `gov-bench llm` runs it alone).
 //! Prints one JSON object on stdout.
 //!
 //! Peak memory is measured in a child process (this binary again, with the hidden subcommand
@@ -13,6 +15,7 @@
 //! verification thread.
 
 mod console;
+mod llm;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,6 +81,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(console::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench llm`: the guarded LLM path's figures alone.
+    if args.first().map(String::as_str) == Some("llm") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(llm::bench_alone())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -395,7 +408,10 @@ async fn bench() -> Result<()> {
 
     eprintln!("bench: console");
     let console = console::bench().await?;
+    eprintln!("bench: a guarded LLM call over a direct one, mock provider on loopback");
+    let llm = llm::bench(&gov).await?;
     let out = serde_json::json!({
+        "llm_guarded_path": llm,
         "console": console,
         "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),
         "gate_round_trip_p99_us": round(percentile(&gate, 0.99)),

@@ -274,16 +274,19 @@ impl Flight {
                 true,
             ),
         };
-        let (cost, reserved) = match self.reservation.take() {
-            Some(r) => {
-                let reserved = r.reserved();
-                match r.settle(usage).await {
-                    Ok(s) => (s.cost, reserved),
-                    Err(e) => (self.settle_failed(usage, &e).await, reserved),
-                }
-            }
-            None => (MicroUsd(0), MicroUsd(0)),
-        };
+        // The cost is what settlement computes from the same price table (the reservation
+        // proved the model is priced), so the settlement and the llm.response append, which
+        // are independent, run concurrently.
+        let reservation = self.reservation.take();
+        let reserved = reservation
+            .as_ref()
+            .map_or(MicroUsd(0), Reservation::reserved);
+        let cost = self
+            .gov
+            .cost()
+            .price(&self.call.model)
+            .map(|p| MicroUsd(i64::try_from(p.cost_micros(&usage)).unwrap_or(i64::MAX)))
+            .unwrap_or_default();
         let c = &self.call;
         let event = AuditEvent::builder(&c.agent, "llm.response")
             .session(&c.session)
@@ -303,17 +306,27 @@ impl Flight {
                 "finish_reason": self.finish_reason,
             }))
             .build();
-        let response_event = match event {
-            Ok(ev) => {
-                let id = ev.event_id;
-                log(&self.gov, ev, &c.agent, "llm.response").await;
-                id
-            }
-            Err(e) => {
-                tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.response event");
-                EventId::new_v7()
+        let settle = async {
+            if let Some(r) = reservation
+                && let Err(e) = r.settle(usage).await
+            {
+                self.settle_failed(usage, &e).await;
             }
         };
+        let append = async {
+            match event {
+                Ok(ev) => {
+                    let id = ev.event_id;
+                    log(&self.gov, ev, &c.agent, "llm.response").await;
+                    id
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.response event");
+                    EventId::new_v7()
+                }
+            }
+        };
+        let ((), response_event) = tokio::join!(settle, append);
         let span = &self.span;
         span.record("gen_ai.usage.input_tokens", usage.input_tokens);
         span.record("gen_ai.usage.output_tokens", usage.output_tokens);
@@ -339,25 +352,17 @@ impl Flight {
     }
 
     /// Settlement failed (storage): record the spend as tracked (spooled when storage is out
-    /// of reach) and return its cost.
-    async fn settle_failed(&self, usage: TokenUsage, e: &Error) -> MicroUsd {
+    /// of reach).
+    async fn settle_failed(&self, usage: TokenUsage, e: &Error) {
         let c = &self.call;
         tracing::warn!(agent = %c.agent, error = %e, "could not settle an LLM call's reservation; its spend is tracked instead");
-        match self
+        if let Err(e) = self
             .gov
             .cost()
             .track(&c.agent, &c.session, &c.model, usage)
             .await
         {
-            Ok(cost) => cost,
-            Err(e) => {
-                tracing::warn!(agent = %c.agent, error = %e, "could not track an LLM call's spend");
-                self.gov
-                    .cost()
-                    .price(&c.model)
-                    .map(|p| MicroUsd(i64::try_from(p.cost_micros(&usage)).unwrap_or(i64::MAX)))
-                    .unwrap_or_default()
-            }
+            tracing::warn!(agent = %c.agent, error = %e, "could not track an LLM call's spend");
         }
     }
 
