@@ -221,39 +221,31 @@ fn reason(b: &ReasonBody) -> Result<&str, AppError> {
     Ok(r)
 }
 
-pub(crate) async fn halt(
+/// `POST /api/agents/{agent}/halt` and `/resume`.
+pub(crate) async fn switch_agent(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     headers: HeaderMap,
-    Path(agent): Path<String>,
+    Path((agent, action)): Path<(String, String)>,
     Json(body): Json<ReasonBody>,
 ) -> ApiResult {
     change_allowed(&headers, &user)?;
-    let changed = state
-        .gov
-        .presence()
-        .halt(&agent, user.username(), reason(&body)?)
-        .await?;
+    let presence = state.gov.presence();
+    let changed = match action.as_str() {
+        "halt" => {
+            presence
+                .halt(&agent, user.username(), reason(&body)?)
+                .await?
+        }
+        "resume" => {
+            presence
+                .resume(&agent, user.username(), reason(&body)?)
+                .await?
+        }
+        _ => return Err(AppError::NotFound.into()),
+    };
     Ok(Json(
-        json!({ "agent_id": agent, "halted": true, "changed": changed }),
-    ))
-}
-
-pub(crate) async fn resume(
-    State(state): State<AppState>,
-    ApiUser(user): ApiUser,
-    headers: HeaderMap,
-    Path(agent): Path<String>,
-    Json(body): Json<ReasonBody>,
-) -> ApiResult {
-    change_allowed(&headers, &user)?;
-    let changed = state
-        .gov
-        .presence()
-        .resume(&agent, user.username(), reason(&body)?)
-        .await?;
-    Ok(Json(
-        json!({ "agent_id": agent, "halted": false, "changed": changed }),
+        json!({ "agent_id": agent, "halted": action == "halt", "changed": changed }),
     ))
 }
 
@@ -281,38 +273,30 @@ fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
         .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
 }
 
-pub(crate) async fn approve(
+/// `POST /api/approvals/{id}/approve` and `/deny`.
+pub(crate) async fn decide(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, decision)): Path<(String, String)>,
     Json(body): Json<ReasonBody>,
 ) -> ApiResult {
     change_allowed(&headers, &user)?;
     let id = gate_id(&id)?;
-    state
-        .gov
-        .gates()
-        .approve(&user.session.operator, id, reason(&body)?)
-        .await?;
-    Ok(Json(json!({ "id": id, "status": "approved" })))
-}
-
-pub(crate) async fn deny(
-    State(state): State<AppState>,
-    ApiUser(user): ApiUser,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Json(body): Json<ReasonBody>,
-) -> ApiResult {
-    change_allowed(&headers, &user)?;
-    let id = gate_id(&id)?;
-    state
-        .gov
-        .gates()
-        .deny(&user.session.operator, id, reason(&body)?)
-        .await?;
-    Ok(Json(json!({ "id": id, "status": "denied" })))
+    let gates = state.gov.gates();
+    let operator = &user.session.operator;
+    let status = match decision.as_str() {
+        "approve" => gates
+            .approve(operator, id, reason(&body)?)
+            .await
+            .map(|()| "approved"),
+        "deny" => gates
+            .deny(operator, id, reason(&body)?)
+            .await
+            .map(|()| "denied"),
+        _ => return Err(AppError::NotFound.into()),
+    }?;
+    Ok(Json(json!({ "id": id, "status": status })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -277,36 +277,30 @@ fn allowed(headers: &HeaderMap, user: &CurrentUser, csrf: Option<&str>) -> Resul
     user.require_operator()
 }
 
-pub(crate) async fn halt(
+/// `POST /agents/{agent}/halt` and `/resume`.
+pub(crate) async fn switch_agent(
     State(state): State<AppState>,
     user: CurrentUser,
     headers: HeaderMap,
-    Path(agent): Path<String>,
+    Path((agent, action)): Path<(String, String)>,
     Form(form): Form<ReasonForm>,
 ) -> Result<Redirect, AppError> {
     allowed(&headers, &user, form.csrf.as_deref())?;
-    state
-        .gov
-        .presence()
-        .halt(&agent, user.username(), form.reason()?)
-        .await?;
-    Ok(Redirect::to(&format!("/agents?done=halted+{agent}")))
-}
-
-pub(crate) async fn resume(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    headers: HeaderMap,
-    Path(agent): Path<String>,
-    Form(form): Form<ReasonForm>,
-) -> Result<Redirect, AppError> {
-    allowed(&headers, &user, form.csrf.as_deref())?;
-    state
-        .gov
-        .presence()
-        .resume(&agent, user.username(), form.reason()?)
-        .await?;
-    Ok(Redirect::to(&format!("/agents?done=resumed+{agent}")))
+    let presence = state.gov.presence();
+    match action.as_str() {
+        "halt" => {
+            presence
+                .halt(&agent, user.username(), form.reason()?)
+                .await?
+        }
+        "resume" => {
+            presence
+                .resume(&agent, user.username(), form.reason()?)
+                .await?
+        }
+        _ => return Err(AppError::NotFound),
+    };
+    Ok(Redirect::to(&format!("/agents?done={action}d+{agent}")))
 }
 
 #[derive(Template)]
@@ -339,38 +333,42 @@ fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
         .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
 }
 
-pub(crate) async fn approve(
+/// `POST /approvals/{id}/approve` and `/deny`.
+pub(crate) async fn decide(
     State(state): State<AppState>,
     user: CurrentUser,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, decision)): Path<(String, String)>,
     Form(form): Form<ReasonForm>,
 ) -> Result<Redirect, AppError> {
     allowed(&headers, &user, form.csrf.as_deref())?;
     let id = gate_id(&id)?;
-    state
-        .gov
-        .gates()
-        .approve(&user.session.operator, id, form.reason()?)
-        .await?;
-    Ok(Redirect::to("/approvals?done=approved"))
+    let gates = state.gov.gates();
+    let operator = &user.session.operator;
+    let done = match decision.as_str() {
+        "approve" => gates
+            .approve(operator, id, form.reason()?)
+            .await
+            .map(|()| "approved"),
+        "deny" => gates
+            .deny(operator, id, form.reason()?)
+            .await
+            .map(|()| "denied"),
+        _ => return Err(AppError::NotFound),
+    }?;
+    Ok(Redirect::to(&format!("/approvals?done={done}")))
 }
 
-pub(crate) async fn deny(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
-) -> Result<Redirect, AppError> {
-    allowed(&headers, &user, form.csrf.as_deref())?;
-    let id = gate_id(&id)?;
-    state
-        .gov
-        .gates()
-        .deny(&user.session.operator, id, form.reason()?)
-        .await?;
-    Ok(Redirect::to("/approvals?done=denied"))
+fn event_view(r: &gov_sdk::AuditRecord) -> EventView {
+    EventView {
+        seq: r.seq,
+        at: when(r.occurred_at),
+        agent_id: r.agent_id.clone(),
+        kind: r.kind.clone(),
+        session: r.session_id.clone().unwrap_or_default(),
+        actor: r.actor.clone().unwrap_or_default(),
+        payload: r.payload.chars().take(200).collect(),
+    }
 }
 
 pub(crate) struct EventView {
@@ -425,20 +423,7 @@ pub(crate) async fn events(
         ..EventFilter::default()
     };
     let rows = state.gov.audit().events(&filter).await?;
-    let recent = rows
-        .iter()
-        .rev()
-        .take(50)
-        .map(|r| EventView {
-            seq: r.seq,
-            at: when(r.occurred_at),
-            agent_id: r.agent_id.clone(),
-            kind: r.kind.clone(),
-            session: r.session_id.clone().unwrap_or_default(),
-            actor: r.actor.clone().unwrap_or_default(),
-            payload: r.payload.chars().take(200).collect(),
-        })
-        .collect();
+    let recent = rows.iter().rev().take(50).map(event_view).collect();
     render(&Events {
         nav: Nav::of(&user),
         flash: None,
@@ -778,20 +763,7 @@ pub(crate) async fn agent(
             ..EventFilter::default()
         })
         .await?;
-    let recent = rows
-        .iter()
-        .rev()
-        .take(25)
-        .map(|r| EventView {
-            seq: r.seq,
-            at: when(r.occurred_at),
-            agent_id: r.agent_id.clone(),
-            kind: r.kind.clone(),
-            session: r.session_id.clone().unwrap_or_default(),
-            actor: r.actor.clone().unwrap_or_default(),
-            payload: r.payload.chars().take(200).collect(),
-        })
-        .collect();
+    let recent = rows.iter().rev().take(25).map(event_view).collect();
     render(&AgentPage {
         nav: Nav::of(&user),
         flash: None,
