@@ -12,6 +12,38 @@
 //!
 //! This module must not let a request reach a provider before the gates pass, and must never
 //! store or print an API key, a hostname or a URL (hosts are kept as salted digests only).
+//!
+//! ```no_run
+//! # async fn run(gov: gov_sdk::Governance, key: String) -> Result<(), gov_sdk::Error> {
+//! use gov_sdk::llm::openai::{ChatMessage, ChatRequest};
+//! use gov_sdk::llm::{Completion, LlmCall};
+//!
+//! // An adapter: built once, registered in the coverage registry.
+//! let openai = gov.llm().openai("https://api.openai.com").api_key(key).build().await?;
+//! let req = ChatRequest::new("gpt-4o-mini", vec![ChatMessage::user("Hello")]).max_tokens(200);
+//! let reply = openai.chat("billing-agent", "s-42", req.clone()).await?;
+//! println!("{} ({} spent)", reply.output.text(), reply.receipt.cost);
+//!
+//! let mut stream = openai.chat_stream("billing-agent", "s-42", req).await?;
+//! while let Some(chunk) = stream.next().await {
+//!     print!("{}", chunk?.text());
+//! }
+//!
+//! // Any other client: make the call inside `guard` and report its usage.
+//! let other = gov.llm().client("bedrock").host("bedrock-runtime.eu-west-1.amazonaws.com").build().await?;
+//! let call = LlmCall::new("billing-agent", "s-42", "claude-sonnet-4").max_tokens(200).input_tokens(50);
+//! let answer = other
+//!     .guard(call, || async {
+//!         // ... the client's own call ...
+//!         Ok::<_, std::io::Error>(Completion::new("hi").usage(gov_sdk::TokenUsage {
+//!             input_tokens: 48,
+//!             output_tokens: 2,
+//!             cached_input_tokens: 0,
+//!         }))
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
 
 mod flight;
 mod stream;

@@ -1269,3 +1269,60 @@ async fn each_call_and_gate_decision_is_a_span_with_genai_attributes() {
         ]
     );
 }
+
+/// Counts the events whose message mentions unwrapped LLM clients.
+#[derive(Clone, Default)]
+struct Warnings(Arc<AtomicUsize>);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut text = String::new();
+        event.record(&mut Message(&mut text));
+        if *event.metadata().level() == tracing::Level::WARN
+            && text.contains("no LLM client is wrapped")
+        {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_handle_that_wraps_no_client_warns_after_its_grace_period() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let warnings = Warnings::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let db = TestDb::new().await;
+    let bare = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .no_wrapper_grace(Duration::ZERO)
+        .connect()
+        .await
+        .expect("connect");
+    for _ in 0..500 {
+        if warnings.0.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(warnings.0.load(Ordering::SeqCst), 1, "one warning");
+    assert!(bare.llm().no_wrapper_warning().is_some());
+    // Once the handle wraps a client, there is nothing to warn about.
+    bare.llm().client("openai").build().await.expect("client");
+    assert!(bare.llm().no_wrapper_warning().is_none());
+}
