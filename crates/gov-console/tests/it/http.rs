@@ -763,3 +763,121 @@ async fn chain_verification_runs_in_the_background_with_progress() {
     assert_eq!(job["started_by"], "vera");
     c.gov.close().await;
 }
+
+/// Every route under every role (and anonymous), with the status each must get. State-changing
+/// requests carry a valid CSRF token here, so what decides is the role alone.
+#[tokio::test]
+async fn the_route_table_under_every_role() {
+    let c = console(ConsoleConfig::default()).await;
+    c.gov.presence().heartbeat("bot-x").await.expect("beat");
+    c.gov
+        .audit()
+        .log(AuditEvent::builder("bot-x", "tool.call").build().expect("event"))
+        .await
+        .expect("log");
+    let ok = StatusCode::OK;
+    let see = StatusCode::SEE_OTHER;
+    let forbidden = StatusCode::FORBIDDEN;
+    let unauth = StatusCode::UNAUTHORIZED;
+    // (method, path, anonymous, viewer, operator, admin)
+    let gets: &[(&str, StatusCode, StatusCode, StatusCode, StatusCode)] = &[
+        ("/", see, ok, ok, ok),
+        ("/agents", see, ok, ok, ok),
+        ("/agents/bot-x", see, ok, ok, ok),
+        ("/approvals", see, ok, ok, ok),
+        ("/events", see, ok, ok, ok),
+        ("/costs", see, ok, ok, ok),
+        ("/chain", see, ok, ok, ok),
+        ("/users", see, forbidden, forbidden, ok),
+        ("/report?as=json", see, ok, ok, ok),
+        ("/login", ok, ok, ok, ok),
+        ("/health/governance", ok, ok, ok, ok),
+        ("/static/console.css", ok, ok, ok, ok),
+        ("/api/openapi.json", ok, ok, ok, ok),
+        ("/api/agents", unauth, ok, ok, ok),
+        ("/api/approvals", unauth, ok, ok, ok),
+        ("/api/events", unauth, ok, ok, ok),
+        ("/api/chain/verification", unauth, ok, ok, ok),
+    ];
+    let users = [
+        c.login("vera").await,
+        c.login("oscar").await,
+        c.login("ada").await,
+    ];
+    for (path, anon, viewer, operator, admin) in gets {
+        assert_eq!(
+            c.get(path, None).await.status,
+            *anon,
+            "anonymous GET {path}"
+        );
+        for (b, want) in users.iter().zip([viewer, operator, admin]) {
+            assert_eq!(
+                c.get(path, Some(b)).await.status,
+                *want,
+                "GET {path} as {}",
+                b.cookie
+            );
+        }
+    }
+    // Halting and resuming through the pages: a viewer never; operators and admins always.
+    for (b, want) in users.iter().zip([forbidden, see, see]) {
+        for action in ["halt", "resume"] {
+            let r = c
+                .post_form(
+                    &format!("/agents/bot-x/{action}"),
+                    Some(b),
+                    &format!("csrf={}&reason=test", b.csrf),
+                )
+                .await;
+            assert_eq!(r.status, want, "POST {action}");
+        }
+        let r = c
+            .post_json(
+                "/api/agents/bot-x/halt",
+                b,
+                Some(&b.csrf),
+                serde_json::json!({"reason": "api"}),
+            )
+            .await;
+        assert_eq!(r.status, if want == see { ok } else { forbidden });
+        let r = c
+            .post_json(
+                "/api/agents/bot-x/resume",
+                b,
+                Some(&b.csrf),
+                serde_json::json!({"reason": "api"}),
+            )
+            .await;
+        assert_eq!(r.status, if want == see { ok } else { forbidden });
+    }
+    // Anonymous state changes go to sign-in (pages) or get 401 (API).
+    assert_eq!(
+        c.post_form("/agents/bot-x/halt", None, "reason=x")
+            .await
+            .status,
+        see
+    );
+    assert_eq!(c.post_form("/users", None, "").await.status, see);
+    let anon_api = c
+        .send(
+            Request::post("/api/agents/bot-x/halt")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{\"reason\":\"x\"}"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(anon_api.status, unauth);
+    // Unknown actions are 404, not a silent success.
+    let ada = &users[2];
+    assert_eq!(
+        c.post_form(
+            "/agents/bot-x/explode",
+            Some(ada),
+            &format!("csrf={}&reason=x", ada.csrf)
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    c.gov.close().await;
+}
