@@ -149,10 +149,14 @@ impl Operators<'_> {
     /// user, and for the admin's own account (so an admin cannot lock everyone out by mistake).
     pub async fn set_disabled(&self, by: &Operator, username: &str, disabled: bool) -> Result<()> {
         if by.role != OperatorRole::Admin {
-            return Err(Error::Config("only an admin may disable or enable users".into()));
+            return Err(Error::Config(
+                "only an admin may disable or enable users".into(),
+            ));
         }
         if by.username == username {
-            return Err(Error::Config("you cannot disable or enable your own account".into()));
+            return Err(Error::Config(
+                "you cannot disable or enable your own account".into(),
+            ));
         }
         match self
             .gov
