@@ -232,20 +232,29 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
     // Serve the console, with a demo admin whose password is new each run.
     let (_, password) = AuditSecret::generate().map_err(gov_sdk::Error::from)?;
     let password: String = password.chars().take(20).collect();
-    let exists = admin
-        .operators()
-        .await?
-        .iter()
-        .any(|u| u.username == "demo");
-    if exists {
-        admin.reset_operator_password("demo", &password).await?;
-        admin.set_operator_disabled("demo", false).await?;
-    } else {
-        admin
-            .add_operator("demo", gov_sdk::OperatorRole::Admin, &password)
-            .await?;
-    }
+    let demo_user = async {
+        let exists = admin
+            .operators()
+            .await?
+            .iter()
+            .any(|u| u.username == "demo");
+        if exists {
+            admin.reset_operator_password("demo", &password).await?;
+            admin.set_operator_disabled("demo", false).await
+        } else {
+            admin
+                .add_operator("demo", gov_sdk::OperatorRole::Admin, &password)
+                .await
+        }
+    };
+    let made = demo_user.await;
     admin.close().await;
+    if let Err(e) = made {
+        gov.close().await;
+        return Err(anyhow::Error::new(gov_sdk::Error::Config(format!(
+            "the console needs the schema owner's database URL to manage its users and decide gates ({e}); run the demo as the owner, or pass --no-serve"
+        ))));
+    }
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|e| {
