@@ -772,7 +772,11 @@ async fn the_route_table_under_every_role() {
     c.gov.presence().heartbeat("bot-x").await.expect("beat");
     c.gov
         .audit()
-        .log(AuditEvent::builder("bot-x", "tool.call").build().expect("event"))
+        .log(
+            AuditEvent::builder("bot-x", "tool.call")
+                .build()
+                .expect("event"),
+        )
         .await
         .expect("log");
     let ok = StatusCode::OK;
