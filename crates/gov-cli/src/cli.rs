@@ -178,10 +178,19 @@ pub(crate) enum ConsoleCommand {
     )]
     AddUser(AddUserArgs),
     /// List users (never their password hashes)
+    #[command(
+        after_help = "Examples:\n  governance console list-users\n  governance console list-users --json | jq '.users[].username'"
+    )]
     ListUsers,
     /// Disable a user (or enable it again with --enable)
+    #[command(
+        after_help = "Examples:\n  governance console disable-user --username bob\n  governance console disable-user --username bob --enable"
+    )]
     DisableUser(DisableUserArgs),
     /// Set a new password, read like add-user's
+    #[command(
+        after_help = "Example:\n  governance console reset-password --username alice   # prompts twice on a terminal"
+    )]
     ResetPassword(UserArgs),
 }
 
