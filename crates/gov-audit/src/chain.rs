@@ -166,6 +166,19 @@ impl AuditLog {
         out
     }
 
+    /// Tells the log that rows `first..=last` of `chain` were appended by a transaction of the
+    /// store's own (a budget reservation or settlement committed with its event), not by the
+    /// chain's writer: an automatic checkpoint due at a seq in that range is stored as it is
+    /// after a batch (a failure is logged, never returned).
+    pub async fn appended_elsewhere(&self, chain: &str, first: i64, last: i64) {
+        let opts = &self.inner.opts;
+        if let Some(signer) = self.inner.sealer.signer()
+            && checkpoint_due(opts.checkpoint_every, first, last)
+        {
+            auto_checkpoint(&self.inner.store, signer, chain).await;
+        }
+    }
+
     /// Which of `ids` are already in the chain (so a replay never writes an event twice).
     pub async fn existing(&self, ids: &[EventId]) -> Result<Vec<EventId>, AuditError> {
         let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.as_uuid()).collect();
@@ -433,16 +446,11 @@ async fn run_writer(
         let result = store.append_batch(&chain, &key_id, &events, &seal).await;
         match result {
             Ok(seqs) => {
-                if let (Some(every), Some(signer), Some(first), Some(last)) = (
-                    opts.checkpoint_every.filter(|n| *n > 0),
-                    sealer.signer(),
-                    seqs.first(),
-                    seqs.last(),
-                ) {
-                    let every = i64::try_from(every).unwrap_or(i64::MAX);
-                    if last / every > (first - 1) / every {
-                        auto_checkpoint(&store, signer, &chain).await;
-                    }
+                if let (Some(signer), Some(first), Some(last)) =
+                    (sealer.signer(), seqs.first(), seqs.last())
+                    && checkpoint_due(opts.checkpoint_every, *first, *last)
+                {
+                    auto_checkpoint(&store, signer, &chain).await;
                 }
                 for ((done, ev), seq) in waiters.drain(..).zip(events.iter()).zip(seqs) {
                     let _ = done.send(Ok(Appended {
@@ -460,6 +468,17 @@ async fn run_writer(
             }
         }
         events.clear();
+    }
+}
+
+/// Whether appending seqs `first..=last` passed a multiple of `every`.
+fn checkpoint_due(every: Option<u64>, first: i64, last: i64) -> bool {
+    match every.filter(|n| *n > 0) {
+        Some(every) => {
+            let every = i64::try_from(every).unwrap_or(i64::MAX);
+            last / every > (first - 1) / every
+        }
+        None => false,
     }
 }
 

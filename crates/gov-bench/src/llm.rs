@@ -1,7 +1,7 @@
 //! The guarded LLM path's overhead: the same chat completion against a mock provider on
 //! loopback, sent directly with reqwest and then through `gov.llm().openai(..).chat(..)` (halt,
-//! scope, reservation, `llm.request`, the call, settlement, `llm.response`), p50 and p99 of each
-//! and of the difference.
+//! scope, the reservation committed with `llm.request`, the call, the settlement committed with
+//! `llm.response`), p50 and p99 of each and of the difference.
 
 use std::time::Instant;
 
@@ -159,6 +159,6 @@ pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
         "added_p50_us": added(0.50),
         "added_p99_us": added(0.99),
         "settled_micros": spent.0,
-        "note": "guarded = halt check (cached) + scope check (cached) + reservation (1 round trip) + llm.request appended durably + the call + settlement (1 round trip) + llm.response appended durably",
+        "note": "guarded = halt check (cached) + scope check (cached) + one transaction committing the reservation with llm.request + the call + one transaction committing the settlement with llm.response",
     }))
 }

@@ -71,6 +71,16 @@ impl<'g> Audit<'g> {
         }
     }
 
+    /// Logs an event whose write to storage just failed (`cause`): spooled at once when
+    /// storage is out of reach, so the caller does not wait for storage a second time; logged
+    /// as usual otherwise.
+    pub(crate) async fn log_after(&self, event: AuditEvent, cause: crate::Error) -> Result<Logged> {
+        if cause.is_unavailable() {
+            return self.spool(event, Some(cause)).await;
+        }
+        self.log(event).await
+    }
+
     async fn spool(&self, event: AuditEvent, cause: Option<crate::Error>) -> Result<Logged> {
         let event_id = event.event_id;
         match self

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use gov_core::{
-    AuditEvent, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, MicroUsd, ModelPrice,
-    ModelUsage, TokenUsage,
+    AuditEvent, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, EventId, MicroUsd,
+    ModelPrice, ModelUsage, TokenUsage,
 };
 use serde::Serialize;
 
@@ -105,17 +105,7 @@ impl Reservation {
             .settle(self.id, cost.0, &usage, false)
             .await?;
         self.open = false;
-        match outcome.as_str() {
-            "settled" | "expired_then_settled" => Ok(Settlement {
-                cost,
-                reserved: self.reserved,
-                late: outcome == "expired_then_settled",
-            }),
-            other => Err(Error::Config(format!(
-                "reservation {} could not be settled: {other}",
-                self.id
-            ))),
-        }
+        self.settlement(&outcome, cost)
     }
 
     /// Returns the whole reservation to the budget (the call did not happen or was cancelled).
@@ -130,6 +120,80 @@ impl Reservation {
             .await?;
         self.open = false;
         Ok(())
+    }
+
+    /// Whether [`Self::settle_logged`] and [`Self::release_logged`] may be used: the database
+    /// holds the reservation and nothing is spooled (an event must otherwise queue behind the
+    /// spool, so it is logged as observation beside a plain settlement).
+    pub(crate) fn commits_with_event(&self) -> bool {
+        !self.detached && self.gov.inner.spool.len() == 0
+    }
+
+    /// [`Self::settle`] with `event` appended to its chain in the same transaction. `Err`:
+    /// nothing was committed (the event is not in the chain, the reservation still holds and
+    /// is released when dropped, or expires). `Ok(Err(..))`: the event is in the chain but the
+    /// reservation was already closed or unknown, so no spend was recorded.
+    pub(crate) async fn settle_logged(
+        mut self,
+        usage: TokenUsage,
+        event: &AuditEvent,
+    ) -> Result<Result<Settlement>> {
+        let cost = self.gov.cost().cost_of(&self.model, &usage)?;
+        let outcome = self.close_logged(cost, &usage, false, event).await?;
+        Ok(self.settlement(&outcome, cost))
+    }
+
+    /// [`Self::release`] with `event` appended to its chain in the same transaction; `Err`:
+    /// nothing was committed.
+    pub(crate) async fn release_logged(mut self, event: &AuditEvent) -> Result<()> {
+        self.close_logged(MicroUsd(0), &TokenUsage::default(), true, event)
+            .await
+            .map(drop)
+    }
+
+    async fn close_logged(
+        &mut self,
+        cost: MicroUsd,
+        usage: &TokenUsage,
+        release: bool,
+        event: &AuditEvent,
+    ) -> Result<String> {
+        let audit = &self.gov.inner.audit;
+        let sealer = audit.sealer();
+        let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
+        let (outcome, seq) = self
+            .gov
+            .inner
+            .store
+            .settle_logged(
+                self.id,
+                cost.0,
+                usage,
+                release,
+                event,
+                sealer.key().key_id(),
+                &seal,
+            )
+            .await?;
+        self.open = false;
+        audit
+            .appended_elsewhere(event.chain_id.as_str(), seq, seq)
+            .await;
+        Ok(outcome)
+    }
+
+    fn settlement(&self, outcome: &str, cost: MicroUsd) -> Result<Settlement> {
+        match outcome {
+            "settled" | "expired_then_settled" => Ok(Settlement {
+                cost,
+                reserved: self.reserved,
+                late: outcome == "expired_then_settled",
+            }),
+            other => Err(Error::Config(format!(
+                "reservation {} could not be settled: {other}",
+                self.id
+            ))),
+        }
     }
 }
 
@@ -148,6 +212,22 @@ impl Drop for Reservation {
                 }
             });
         }
+    }
+}
+
+/// A reservation worked out but not made yet.
+enum Plan {
+    /// Budgets are turned off: nothing to hold.
+    Detached(Reservation),
+    /// Hold this much.
+    Hold { micros: MicroUsd, tokens: u64 },
+}
+
+/// Logs an event as observation: a failure is a warning, never the caller's error.
+async fn observe(gov: &Governance, event: AuditEvent) {
+    let (agent, kind) = (event.agent_id.clone(), event.kind.clone());
+    if let Err(e) = gov.audit().log(event).await {
+        tracing::warn!(%agent, %kind, error = %e, "could not audit an event of a reservation");
     }
 }
 
@@ -216,6 +296,101 @@ impl<'g> Cost<'g> {
         input_tokens: u64,
         max_tokens: Option<u64>,
     ) -> Result<Reservation> {
+        let (micros, tokens) = match self
+            .plan(agent, session, model, input_tokens, max_tokens)
+            .await?
+        {
+            Plan::Detached(r) => return Ok(r),
+            Plan::Hold { micros, tokens } => (micros, tokens),
+        };
+        self.hold(agent, session, model, micros, tokens).await
+    }
+
+    /// [`Self::reserve`], and when the reservation holds, the event `event` builds from the
+    /// amount held, committed in the same transaction: the reservation is never made without
+    /// its event, nor the event logged for a refused reservation (a refusal is audited as
+    /// `budget.denied`, as always). Returns the reservation and the event's id.
+    ///
+    /// While the spool holds records (storage was out of reach), or with budgets turned off,
+    /// the event is logged as observation after the reservation instead, so it queues behind
+    /// what is spooled; a failure to log it is then a warning, never an error.
+    pub(crate) async fn reserve_logged(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        input_tokens: u64,
+        max_tokens: Option<u64>,
+        event: impl FnOnce(MicroUsd) -> Result<AuditEvent>,
+    ) -> Result<(Reservation, EventId)> {
+        let (micros, tokens) = match self
+            .plan(agent, session, model, input_tokens, max_tokens)
+            .await?
+        {
+            Plan::Detached(r) => {
+                let ev = event(r.reserved())?;
+                let id = ev.event_id;
+                observe(self.gov, ev).await;
+                return Ok((r, id));
+            }
+            Plan::Hold { micros, tokens } => (micros, tokens),
+        };
+        let ev = event(micros)?;
+        let event_id = ev.event_id;
+        if self.gov.inner.spool.len() > 0 {
+            let r = self.hold(agent, session, model, micros, tokens).await?;
+            observe(self.gov, ev).await;
+            return Ok((r, event_id));
+        }
+        let cfg = self.config();
+        let id = uuid::Uuid::now_v7();
+        let audit = &self.gov.inner.audit;
+        let sealer = audit.sealer();
+        let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
+        let outcome = self
+            .gov
+            .inner
+            .store
+            .reserve_logged(
+                &gov_store::Reserve {
+                    id,
+                    agent,
+                    session,
+                    model,
+                    micros: micros.0,
+                    tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
+                    ttl: cfg.reservation_ttl,
+                    allow_unbudgeted: cfg.allow_unbudgeted,
+                },
+                &ev,
+                sealer.key().key_id(),
+                &seal,
+            )
+            .await?;
+        match outcome {
+            Ok(seq) => {
+                audit
+                    .appended_elsewhere(ev.chain_id.as_str(), seq, seq)
+                    .await;
+                Ok((
+                    self.held(id, agent, session, model, micros, tokens),
+                    event_id,
+                ))
+            }
+            Err(r) => Err(self.refused(agent, session, model, micros.0, r).await),
+        }
+    }
+
+    /// Validates a reservation and projects its cost; refusals that need no counter (no
+    /// price, no `max_tokens`) are audited and returned here.
+    async fn plan(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        input_tokens: u64,
+        max_tokens: Option<u64>,
+    ) -> Result<Plan> {
         gov_core::AgentId::new(agent)?;
         gov_core::SessionId::new(session)?;
         // The halt check runs before every gate.
@@ -243,7 +418,7 @@ impl<'g> Cost<'g> {
         };
         if !self.gov.inner.config.modules.budgets {
             let (reserved, tokens) = projected.unwrap_or((MicroUsd(0), 0));
-            return Ok(Reservation {
+            return Ok(Plan::Detached(Reservation {
                 gov: self.gov.clone(),
                 id: uuid::Uuid::nil(),
                 agent: agent.to_owned(),
@@ -253,41 +428,66 @@ impl<'g> Cost<'g> {
                 tokens,
                 open: false,
                 detached: true,
-            });
+            }));
         }
-        let (micros, tokens) = match projected {
-            Ok(p) => p,
-            Err(r) => return Err(self.refused(agent, session, model, 0, r).await),
-        };
+        match projected {
+            Ok((micros, tokens)) => Ok(Plan::Hold { micros, tokens }),
+            Err(r) => Err(self.refused(agent, session, model, 0, r).await),
+        }
+    }
+
+    /// Reserves `micros` and `tokens` (one round trip).
+    async fn hold(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: MicroUsd,
+        tokens: u64,
+    ) -> Result<Reservation> {
+        let cfg = self.config();
         let id = uuid::Uuid::now_v7();
         let outcome = self
             .gov
             .inner
             .store
-            .reserve(
+            .reserve(&gov_store::Reserve {
                 id,
                 agent,
                 session,
                 model,
-                micros.0,
-                i64::try_from(tokens).unwrap_or(i64::MAX),
-                cfg.reservation_ttl,
-                cfg.allow_unbudgeted,
-            )
+                micros: micros.0,
+                tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
+                ttl: cfg.reservation_ttl,
+                allow_unbudgeted: cfg.allow_unbudgeted,
+            })
             .await?;
         match outcome {
-            Ok(()) => Ok(Reservation {
-                gov: self.gov.clone(),
-                id,
-                agent: agent.to_owned(),
-                session: session.to_owned(),
-                model: model.to_owned(),
-                reserved: micros,
-                tokens,
-                open: true,
-                detached: false,
-            }),
+            Ok(()) => Ok(self.held(id, agent, session, model, micros, tokens)),
             Err(r) => Err(self.refused(agent, session, model, micros.0, r).await),
+        }
+    }
+
+    /// A reservation the database holds.
+    fn held(
+        &self,
+        id: uuid::Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        reserved: MicroUsd,
+        tokens: u64,
+    ) -> Reservation {
+        Reservation {
+            gov: self.gov.clone(),
+            id,
+            agent: agent.to_owned(),
+            session: session.to_owned(),
+            model: model.to_owned(),
+            reserved,
+            tokens,
+            open: true,
+            detached: false,
         }
     }
 

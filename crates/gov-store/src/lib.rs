@@ -13,7 +13,7 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventCount, EventFilter};
 use time::OffsetDateTime;
 
 pub use error::{Result, StoreError};
-pub use postgres::{Decision, Listener, Notice, OperatorRecord, PgStore, Privileges};
+pub use postgres::{Decision, Listener, Notice, OperatorRecord, PgStore, Privileges, Reserve};
 
 use gov_core::{
     AgentPresence, BudgetPolicy, BudgetRefusal, BudgetStatus, GateRecord, ModelUsage, OperatorRole,
@@ -464,32 +464,24 @@ impl Store {
 
     /// Atomically reserves projected spend against the session and day caps (one round trip).
     /// The inner `Err` is a refusal naming the cap.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn reserve(
-        &self,
-        id: uuid::Uuid,
-        agent: &str,
-        session: &str,
-        model: &str,
-        micros: i64,
-        tokens: i64,
-        ttl: Duration,
-        allow_unbudgeted: bool,
-    ) -> Result<std::result::Result<(), BudgetRefusal>> {
+    pub async fn reserve(&self, r: &Reserve<'_>) -> Result<std::result::Result<(), BudgetRefusal>> {
         match self {
-            Self::Postgres(s) => {
-                s.reserve(
-                    id,
-                    agent,
-                    session,
-                    model,
-                    micros,
-                    tokens,
-                    ttl,
-                    allow_unbudgeted,
-                )
-                .await
-            }
+            Self::Postgres(s) => s.reserve(r).await,
+        }
+    }
+
+    /// [`Self::reserve`], and when the reservation holds, `event` appended to its chain in the
+    /// same transaction (sealed by `seal` under `key_id`): both commit or neither does. Returns
+    /// the event's seq, or the refusal (then nothing is appended).
+    pub async fn reserve_logged(
+        &self,
+        r: &Reserve<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<std::result::Result<i64, BudgetRefusal>> {
+        match self {
+            Self::Postgres(s) => s.reserve_logged(r, event, key_id, seal).await,
         }
     }
 
@@ -505,6 +497,27 @@ impl Store {
     ) -> Result<String> {
         match self {
             Self::Postgres(s) => s.settle(id, micros, usage, release).await,
+        }
+    }
+
+    /// [`Self::settle`] with `event` appended to its chain in the same transaction, whatever
+    /// the outcome: both commit or neither does. Returns the outcome and the event's seq.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle_logged(
+        &self,
+        id: uuid::Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<(String, i64)> {
+        match self {
+            Self::Postgres(s) => {
+                s.settle_logged(id, micros, usage, release, event, key_id, seal)
+                    .await
+            }
         }
     }
 

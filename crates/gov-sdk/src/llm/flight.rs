@@ -142,6 +142,28 @@ impl Flight {
             governance.usage.estimated = Empty,
             error.type = Empty,
         );
+        let max_tokens = call
+            .max_tokens
+            .or(gov.config().cost.default_max_tokens)
+            .unwrap_or(0);
+        // The reservation and `llm.request` commit in one transaction: the event is durable
+        // before anything reaches the provider, and a refused reservation logs none.
+        let request = |reserved: MicroUsd| {
+            Ok(AuditEvent::builder(&call.agent, "llm.request")
+                .session(&call.session)
+                .payload(serde_json::json!({
+                    "provider": provider,
+                    "wrapper": client.wrapper,
+                    "operation": call.operation,
+                    "model": call.model,
+                    "stream": call.stream,
+                    "max_tokens": max_tokens,
+                    "max_tokens_declared": call.max_tokens.is_some(),
+                    "input_tokens_estimate": call.input_tokens,
+                    "reserved_micros": reserved.0,
+                }))
+                .build()?)
+        };
         let begun = async {
             gate("halt", gov.presence().assert_not_halted(&call.agent)).await?;
             gate(
@@ -151,19 +173,20 @@ impl Flight {
             .await?;
             gate(
                 "budget",
-                gov.cost().reserve(
+                gov.cost().reserve_logged(
                     &call.agent,
                     &call.session,
                     &call.model,
                     call.input_tokens,
                     call.max_tokens,
+                    request,
                 ),
             )
             .await
         }
         .instrument(span.clone())
         .await;
-        let reservation = match begun {
+        let (reservation, request_event) = match begun {
             Ok(r) => r,
             Err(e) => {
                 span.record("governance.outcome", "refused");
@@ -172,27 +195,7 @@ impl Flight {
                 return Err(e);
             }
         };
-        let max_tokens = call
-            .max_tokens
-            .or(gov.config().cost.default_max_tokens)
-            .unwrap_or(0);
         span.record("gen_ai.request.max_tokens", max_tokens);
-        let event = AuditEvent::builder(&call.agent, "llm.request")
-            .session(&call.session)
-            .payload(serde_json::json!({
-                "provider": provider,
-                "wrapper": client.wrapper,
-                "operation": call.operation,
-                "model": call.model,
-                "stream": call.stream,
-                "max_tokens": max_tokens,
-                "max_tokens_declared": call.max_tokens.is_some(),
-                "input_tokens_estimate": call.input_tokens,
-                "reserved_micros": reservation.reserved().0,
-            }))
-            .build()?;
-        let request_event = event.event_id;
-        log(gov, event, &call.agent, "llm.request").await;
         Ok(Self {
             gov: gov.clone(),
             provider,
@@ -275,8 +278,8 @@ impl Flight {
             ),
         };
         // The cost is what settlement computes from the same price table (the reservation
-        // proved the model is priced), so the settlement and the llm.response append, which
-        // are independent, run concurrently.
+        // proved the model is priced), so the llm.response event can be built before the
+        // settlement and commit with it.
         let reservation = self.reservation.take();
         let reserved = reservation
             .as_ref()
@@ -306,27 +309,49 @@ impl Flight {
                 "finish_reason": self.finish_reason,
             }))
             .build();
-        let settle = async {
-            if let Some(r) = reservation
-                && let Err(e) = r.settle(usage).await
-            {
-                self.settle_failed(usage, &e).await;
+        let response_event = match (reservation, event) {
+            // Settlement and `llm.response` commit in one transaction.
+            (Some(r), Ok(ev)) if r.commits_with_event() => {
+                let id = ev.event_id;
+                match r.settle_logged(usage, &ev).await {
+                    Ok(Ok(_)) => {}
+                    // The event is in the chain; the reservation was closed already.
+                    Ok(Err(e)) => self.settle_failed(usage, &e).await,
+                    // Nothing was committed: the event is observation and the spend is
+                    // tracked, both spooled at once when storage is out of reach (the event
+                    // first, so the tracking queues behind it without waiting for storage).
+                    Err(e) => {
+                        let warned = e.to_string();
+                        log_after(&self.gov, ev, &c.agent, "llm.response", e).await;
+                        self.settle_failed(usage, &warned).await;
+                    }
+                }
+                id
+            }
+            (reservation, event) => {
+                let settle = async {
+                    if let Some(r) = reservation
+                        && let Err(e) = r.settle(usage).await
+                    {
+                        self.settle_failed(usage, &e).await;
+                    }
+                };
+                let append = async {
+                    match event {
+                        Ok(ev) => {
+                            let id = ev.event_id;
+                            log(&self.gov, ev, &c.agent, "llm.response").await;
+                            id
+                        }
+                        Err(e) => {
+                            tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.response event");
+                            EventId::new_v7()
+                        }
+                    }
+                };
+                tokio::join!(settle, append).1
             }
         };
-        let append = async {
-            match event {
-                Ok(ev) => {
-                    let id = ev.event_id;
-                    log(&self.gov, ev, &c.agent, "llm.response").await;
-                    id
-                }
-                Err(e) => {
-                    tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.response event");
-                    EventId::new_v7()
-                }
-            }
-        };
-        let ((), response_event) = tokio::join!(settle, append);
         let span = &self.span;
         span.record("gen_ai.usage.input_tokens", usage.input_tokens);
         span.record("gen_ai.usage.output_tokens", usage.output_tokens);
@@ -353,7 +378,7 @@ impl Flight {
 
     /// Settlement failed (storage): record the spend as tracked (spooled when storage is out
     /// of reach).
-    async fn settle_failed(&self, usage: TokenUsage, e: &Error) {
+    async fn settle_failed(&self, usage: TokenUsage, e: &(dyn std::fmt::Display + Sync)) {
         let c = &self.call;
         tracing::warn!(agent = %c.agent, error = %e, "could not settle an LLM call's reservation; its spend is tracked instead");
         if let Err(e) = self
@@ -370,18 +395,12 @@ impl Flight {
     pub(crate) async fn fail(mut self, f: Failure) -> Error {
         self.ended = true;
         let latency_ms = ms(self.started);
-        let released = match self.reservation.take() {
-            Some(r) => {
-                let amount = r.reserved();
-                if let Err(e) = r.release().await {
-                    tracing::warn!(agent = %self.call.agent, error = %e, "could not release a failed call's reservation; it will expire");
-                }
-                amount
-            }
-            None => MicroUsd(0),
-        };
+        let reservation = self.reservation.take();
+        let released = reservation
+            .as_ref()
+            .map_or(MicroUsd(0), Reservation::reserved);
         let c = &self.call;
-        match AuditEvent::builder(&c.agent, "llm.error")
+        let event = AuditEvent::builder(&c.agent, "llm.error")
             .session(&c.session)
             .parent(self.request_event)
             .payload(serde_json::json!({
@@ -396,13 +415,8 @@ impl Flight {
                 "released_micros": released.0,
                 "latency_ms": latency_ms,
             }))
-            .build()
-        {
-            Ok(ev) => log(&self.gov, ev, &c.agent, "llm.error").await,
-            Err(e) => {
-                tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.error event")
-            }
-        }
+            .build();
+        release_and_log(&self.gov, reservation, event, &c.agent, "llm.error").await;
         self.span.record("governance.outcome", "error");
         self.span.record("error.type", f.kind);
         self.span.record("otel.status_code", "ERROR");
@@ -445,16 +459,49 @@ impl Drop for Flight {
             return;
         };
         rt.spawn(async move {
+            release_and_log(&gov, reservation, event, &agent, "llm.cancelled").await;
+        });
+    }
+}
+
+/// Releases the reservation of a call that ended without an answer and logs its ending event
+/// (`llm.error`, `llm.cancelled`), in one transaction when the store can take both; neither
+/// failure is the caller's error (an unreleased reservation expires).
+async fn release_and_log(
+    gov: &Governance,
+    reservation: Option<Reservation>,
+    event: std::result::Result<AuditEvent, gov_core::EventError>,
+    agent: &str,
+    kind: &str,
+) {
+    match (reservation, event) {
+        (Some(r), Ok(ev)) if r.commits_with_event() => {
+            if let Err(e) = r.release_logged(&ev).await {
+                tracing::warn!(agent, kind, error = %e, "could not release the reservation of an LLM call that ended without an answer; it will expire");
+                log_after(gov, ev, agent, kind, e).await;
+            }
+        }
+        (reservation, event) => {
             if let Some(r) = reservation
                 && let Err(e) = r.release().await
             {
-                tracing::warn!(%agent, error = %e, "could not release a cancelled call's reservation; it will expire");
+                tracing::warn!(agent, kind, error = %e, "could not release the reservation of an LLM call that ended without an answer; it will expire");
             }
             match event {
-                Ok(ev) => log(&gov, ev, &agent, "llm.cancelled").await,
-                Err(e) => tracing::warn!(%agent, error = %e, "could not build the llm.cancelled event"),
+                Ok(ev) => log(gov, ev, agent, kind).await,
+                Err(e) => {
+                    tracing::warn!(agent, kind, error = %e, "could not build an LLM call event")
+                }
             }
-        });
+        }
+    }
+}
+
+/// Audits an event whose transaction with a budget change failed (`cause`): spooled at once
+/// when storage is out of reach; observation never fails the call.
+async fn log_after(gov: &Governance, event: AuditEvent, agent: &str, kind: &str, cause: Error) {
+    if let Err(e) = gov.audit().log_after(event, cause).await {
+        tracing::warn!(agent, kind, error = %e, "could not audit an LLM call event");
     }
 }
 

@@ -5,7 +5,8 @@
 //! may use the provider, or this model of it; see [`crate::Scope::check_model`]), a budget
 //! reservation projected from the declared `max_tokens` (or `CostConfig::default_max_tokens`),
 //! the `llm.request` audit event, the call itself, settlement with the real usage and the
-//! `llm.response` event. A refused call never reaches the provider. A call that fails is audited
+//! `llm.response` event. The reservation commits with `llm.request`, and the settlement with
+//! `llm.response`, in one transaction each. A refused call never reaches the provider. A call that fails is audited
 //! as `llm.error`, one whose future or stream is dropped before it ends as `llm.cancelled`; both
 //! release their reservation. When a call reports no usage, it is settled at its reservation
 //! (the estimated input plus `max_tokens` out) and its `llm.response` says `estimated: true`.

@@ -824,6 +824,214 @@ async fn a_call_over_budget_never_reaches_the_provider() {
     assert_spent(&gov, 0).await;
 }
 
+/// Runs statements as a superuser who bypasses the triggers (an attacker with database access,
+/// or a broken chain head).
+async fn tamper(db: &TestDb, statements: &[&str]) {
+    let pool = db.admin_pool().await;
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .expect("bypass triggers");
+    for s in statements {
+        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    tx.commit().await.expect("commit");
+    pool.close().await;
+}
+
+async fn open_reservations(db: &TestDb) -> i64 {
+    let pool = db.admin_pool().await;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE closed_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    pool.close().await;
+    n
+}
+
+#[tokio::test]
+async fn a_reservation_never_commits_without_its_llm_request() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let server = openai_server(ResponseTemplate::new(200).set_body_json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+    })))
+    .await;
+    let client = openai_client(&gov, &server.uri()).await;
+    gov.audit()
+        .log(crate::support::event(AGENT, "tool.call", 1))
+        .await
+        .expect("log");
+    // The head row is moved back behind the chain's back: the next append collides with seq 1.
+    tamper(
+        &db,
+        &["UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')"],
+    )
+    .await;
+    let err = client
+        .chat(AGENT, SESSION, chat())
+        .await
+        .expect_err("the llm.request cannot be appended");
+    assert!(
+        !matches!(err, Error::Provider { .. } | Error::BudgetExceeded { .. }),
+        "{err}"
+    );
+    assert!(
+        requests(&server).await.is_empty(),
+        "the provider saw a request"
+    );
+    // The reservation rolled back with the event: nothing is held, nothing was requested.
+    assert_eq!(open_reservations(&db).await, 0);
+    assert_spent(&gov, 0).await;
+    assert_eq!(kinds(&chain(&gov).await), ["tool.call"]);
+
+    // Put the head back: calls go through, and the chain verifies.
+    tamper(
+        &db,
+        &["UPDATE chain_heads h SET seq = 1, head_hmac = e.row_hmac FROM audit_events e WHERE e.seq = 1"],
+    )
+    .await;
+    client
+        .chat(AGENT, SESSION, chat())
+        .await
+        .expect("governed call");
+    assert_eq!(
+        kinds(&chain(&gov).await),
+        ["tool.call", "llm.request", "llm.response"]
+    );
+    assert_eq!(open_reservations(&db).await, 0);
+    assert_spent(&gov, 50).await;
+    assert!(gov.audit().verify_chain().await.expect("verify").is_clean());
+}
+
+#[tokio::test]
+async fn concurrent_calls_and_logs_share_the_chain_without_losing_a_micro_usd() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let client = gov.llm().client("openai").build().await.expect("client");
+    let usage = TokenUsage {
+        input_tokens: 10,
+        output_tokens: 20,
+        cached_input_tokens: 4,
+    };
+    let mut tasks = Vec::new();
+    for n in 0..16u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let call = LlmCall::new(AGENT, SESSION, "gpt-test")
+                .max_tokens(100)
+                .input_tokens(3);
+            client
+                .guard(call, || async move {
+                    tokio::task::yield_now().await;
+                    if n % 4 == 3 {
+                        Err(std::io::Error::other("connection reset"))
+                    } else {
+                        Ok(Completion::new(n).usage(usage))
+                    }
+                })
+                .await
+                .map(|g| g.output)
+        }));
+    }
+    // Plain events on the same chain meanwhile, through the group-committing writer.
+    for n in 0..40 {
+        gov.audit()
+            .log(crate::support::event(AGENT, "tool.call", n))
+            .await
+            .expect("log");
+    }
+    let mut answered = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => answered += 1,
+            Err(e) => assert!(matches!(e, Error::Provider { .. }), "{e}"),
+        }
+    }
+    assert_eq!(answered, 12);
+    let recs = records(&gov).await;
+    let count = |kind: &str| recs.iter().filter(|r| r.kind == kind).count();
+    assert_eq!(
+        (
+            count("llm.request"),
+            count("llm.response"),
+            count("llm.error"),
+            count("tool.call")
+        ),
+        (16, 12, 4, 40)
+    );
+    // Every ending follows its own request in the chain.
+    for (i, r) in recs.iter().enumerate() {
+        if r.kind == "llm.response" || r.kind == "llm.error" {
+            let parent = r.parent_event_id.expect("a parent");
+            assert!(
+                recs[..i]
+                    .iter()
+                    .any(|p| p.event_id == parent && p.kind == "llm.request"),
+                "{} at seq {} does not follow its request",
+                r.kind,
+                r.seq
+            );
+        }
+    }
+    assert_eq!(open_reservations(&db).await, 0);
+    assert_spent(&gov, 12 * 48).await;
+    assert!(gov.audit().verify_chain().await.expect("verify").is_clean());
+}
+
+#[tokio::test]
+async fn an_llm_call_event_can_be_due_for_an_automatic_checkpoint() {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .warn_on_no_wrappers(false)
+        .signing_key("ephemeral", "agent-1")
+        .checkpoint_every(2)
+        .connect()
+        .await
+        .expect("connect");
+    gov.scope()
+        .register(ScopePolicy::new(AGENT.parse().expect("agent id")).allow_apis(["openai"]))
+        .await
+        .expect("scope policy");
+    gov.cost()
+        .register(
+            BudgetPolicy::new(AGENT.parse().expect("agent id")).per_session(MicroUsd(1_000_000)),
+        )
+        .await
+        .expect("budget policy");
+    let client = gov.llm().client("openai").build().await.expect("client");
+    let call = LlmCall::new(AGENT, SESSION, "gpt-4o-mini").max_tokens(100);
+    client
+        .guard(call, || async {
+            Ok::<_, std::io::Error>(Completion::new(()).usage(TokenUsage {
+                input_tokens: 10,
+                output_tokens: 20,
+                cached_input_tokens: 0,
+            }))
+        })
+        .await
+        .expect("governed");
+    // llm.request is seq 1 and llm.response seq 2, both committed with the budget change.
+    let pool = db.admin_pool().await;
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM checkpoints ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .expect("checkpoints");
+    pool.close().await;
+    assert_eq!(seqs, [2]);
+    assert!(gov.audit().verify_chain().await.expect("verify").is_clean());
+}
+
 #[tokio::test]
 async fn a_call_without_max_tokens_is_refused_unless_a_default_is_configured() {
     let db = TestDb::new().await;

@@ -150,6 +150,89 @@ async fn a_postgres_outage_loses_no_event_and_fails_enforcement_closed() {
     let _ = std::fs::remove_dir_all(&spool);
 }
 
+#[tokio::test]
+async fn an_llm_answer_that_arrives_during_an_outage_is_returned_and_recorded_later() {
+    use gov_sdk::ScopePolicy;
+    use gov_sdk::llm::{Completion, LlmCall};
+    use std::sync::atomic::AtomicBool;
+
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let admin = Admin::connect(&url).await.unwrap();
+    admin.migrate().await.unwrap();
+    admin.close().await;
+    let spool = std::env::temp_dir().join(format!("gov-spool-llm-test-{}", uuid_like()));
+    let gov = Governance::builder()
+        .database_url(&url)
+        .audit_secret(SECRET)
+        .acquire_timeout(Duration::from_millis(300))
+        .spool_dir(&spool)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .unwrap();
+    gov.scope()
+        .register(ScopePolicy::new("agent".parse().unwrap()).allow_apis(["openai"]))
+        .await
+        .unwrap();
+    gov.cost()
+        .register(BudgetPolicy::new("agent".parse().unwrap()).per_day(MicroUsd::from_cents(10_000)))
+        .await
+        .unwrap();
+    let client = gov.llm().client("openai").build().await.unwrap();
+    let call = || LlmCall::new("agent", "s", "gpt-4o-mini").max_tokens(100);
+    let usage = TokenUsage {
+        input_tokens: 1_000,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+    };
+
+    // The reservation and llm.request committed; storage goes away while the provider answers.
+    let out = client
+        .guard(call(), || async {
+            cluster.stop();
+            Ok::<_, std::io::Error>(Completion::new("hi").usage(usage))
+        })
+        .await
+        .expect("the answer reaches the caller");
+    assert_eq!(out.output, "hi");
+    assert!(
+        gov.audit().spooled() > 0,
+        "llm.response and the spend are spooled"
+    );
+
+    // Meanwhile a new call fails closed: the provider is never asked.
+    let asked = AtomicBool::new(false);
+    let refused = client
+        .guard(call(), || async {
+            asked.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Completion::new("no"))
+        })
+        .await;
+    assert!(refused.is_err());
+    assert!(!asked.load(Ordering::SeqCst));
+
+    cluster.start_again();
+    let start = Instant::now();
+    while gov.audit().spooled() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the spool did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = gov.audit().events(&EventFilter::default()).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["llm.request", "llm.response"]);
+    assert_eq!(events[1].parent_event_id, Some(events[0].event_id));
+    assert!(gov.audit().verify_chain().await.unwrap().is_clean());
+    // The spend arrived as tracked; the reservation itself expires later.
+    let snap = gov.cost().snapshot("agent", "s").await.unwrap();
+    assert_eq!(snap.status.day.spent, MicroUsd(150)); // 1,000 input tokens of gpt-4o-mini
+    gov.close().await;
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
 fn uuid_like() -> String {
     format!(
         "{}-{}",

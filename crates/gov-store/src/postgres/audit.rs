@@ -286,13 +286,28 @@ pub(crate) async fn append_in(
     events: &[AuditEvent],
     seal: Sealer<'_>,
 ) -> Result<Vec<i64>> {
+    let head = lock_head(conn, chain_id, None).await?;
+    append_locked(conn, chain_id, key_id, events, seal, head).await
+}
+
+/// Locks the chain's head row in the caller's transaction and returns its (seq, head_hmac),
+/// creating the row for a new chain. `locked` is the head when the caller's statement already
+/// locked it (then no round trip is spent), `None` when it did not or found no head row.
+pub(crate) async fn lock_head(
+    conn: &mut sqlx::PgConnection,
+    chain_id: &str,
+    locked: Option<(i64, Vec<u8>)>,
+) -> Result<(i64, Vec<u8>)> {
+    if let Some(head) = locked {
+        return Ok(head);
+    }
     // language=PostgreSQL
     let lock = "SELECT seq, head_hmac FROM chain_heads WHERE chain_id = $1 FOR UPDATE";
     let head: Option<(i64, Vec<u8>)> = sqlx::query_as(lock)
         .bind(chain_id)
         .fetch_optional(&mut *conn)
         .await?;
-    let (mut seq, mut prev) = match head {
+    Ok(match head {
         Some(h) => h,
         None => {
             // language=PostgreSQL
@@ -309,8 +324,26 @@ pub(crate) async fn append_in(
                 .fetch_one(&mut *conn)
                 .await?
         }
-    };
+    })
+}
 
+/// Appends `events` after `head`, the (seq, head_hmac) of the chain's head row, which the
+/// caller's transaction holds locked.
+pub(crate) async fn append_locked(
+    conn: &mut sqlx::PgConnection,
+    chain_id: &str,
+    key_id: &str,
+    events: &[AuditEvent],
+    seal: Sealer<'_>,
+    head: (i64, Vec<u8>),
+) -> Result<Vec<i64>> {
+    if let Some(e) = events.iter().find(|e| e.chain_id.as_str() != chain_id) {
+        return Err(StoreError::InvalidArgument(format!(
+            "an append to chain {chain_id} holds an event of chain {}",
+            e.chain_id
+        )));
+    }
+    let (mut seq, mut prev) = head;
     let mut cols = Columns::default();
     let mut seqs = Vec::with_capacity(events.len());
     for ev in events {

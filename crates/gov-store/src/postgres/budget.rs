@@ -1,17 +1,65 @@
 //! Budget queries. Reservation, settlement and tracking are single calls of the functions in
-//! the budgets migration, so each is atomic and costs one round trip.
+//! the budgets migration, so each is atomic and costs one round trip. A reservation or a
+//! settlement can also commit in one transaction with an audit event (the guarded LLM path's
+//! `llm.request` and `llm.response`): then the same statement locks the chain's head row after
+//! the function ran, so counters are never locked while a chain head is held.
 
 use std::time::Duration;
 
 use gov_core::{
-    AgentId, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, MicroUsd,
-    ModelUsage, TokenUsage,
+    AgentId, AuditEvent, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus,
+    MicroUsd, ModelUsage, TokenUsage,
 };
 use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::PgStore;
-use crate::{Result, StoreError};
+use super::audit::{append_locked, lock_head};
+use crate::{Result, Sealer, StoreError};
+
+/// A reservation to make: the projected spend of one call.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserve<'a> {
+    /// The reservation's id.
+    pub id: Uuid,
+    /// The agent.
+    pub agent: &'a str,
+    /// Its session.
+    pub session: &'a str,
+    /// The model (recorded with the spend).
+    pub model: &'a str,
+    /// Projected cost, micro-USD.
+    pub micros: i64,
+    /// Projected tokens, input and output.
+    pub tokens: i64,
+    /// How long it holds budget if never settled.
+    pub ttl: Duration,
+    /// Whether an agent without a budget policy may reserve (uncapped).
+    pub allow_unbudgeted: bool,
+}
+
+/// The row `governance_reserve` returns, with the chain head the same statement locked (only
+/// when the reservation held and the chain has a head row).
+type ReserveRow = (
+    bool,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+fn refusal(reason: Option<String>, cap: Option<i64>, used: Option<i64>) -> Result<BudgetRefusal> {
+    let denial = reason
+        .as_deref()
+        .and_then(BudgetDenial::parse)
+        .ok_or_else(|| StoreError::Corrupt("unexpected budget refusal".into()))?;
+    Ok(BudgetRefusal { denial, cap, used })
+}
+
+fn head(seq: Option<i64>, hmac: Option<Vec<u8>>) -> Option<(i64, Vec<u8>)> {
+    seq.zip(hmac)
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -76,39 +124,76 @@ impl PgStore {
         Ok(r.rows_affected() > 0)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn reserve(
-        &self,
-        id: Uuid,
-        agent: &str,
-        session: &str,
-        model: &str,
-        micros: i64,
-        tokens: i64,
-        ttl: Duration,
-        allow_unbudgeted: bool,
-    ) -> Result<Result<(), BudgetRefusal>> {
+    pub(crate) async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
         // language=PostgreSQL
         let (ok, reason, cap, used): (bool, Option<String>, Option<i64>, Option<i64>) =
             sqlx::query_as("SELECT * FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8)")
-                .bind(id)
-                .bind(agent)
-                .bind(session)
-                .bind(model)
-                .bind(micros)
-                .bind(tokens)
-                .bind(to_i64(ttl.as_secs().max(1)))
-                .bind(allow_unbudgeted)
+                .bind(r.id)
+                .bind(r.agent)
+                .bind(r.session)
+                .bind(r.model)
+                .bind(r.micros)
+                .bind(r.tokens)
+                .bind(to_i64(r.ttl.as_secs().max(1)))
+                .bind(r.allow_unbudgeted)
                 .fetch_one(&self.pool)
                 .await?;
         if ok {
             return Ok(Ok(()));
         }
-        let denial = reason
-            .as_deref()
-            .and_then(BudgetDenial::parse)
-            .ok_or_else(|| StoreError::Corrupt("unexpected budget refusal".into()))?;
-        Ok(Err(BudgetRefusal { denial, cap, used }))
+        Ok(Err(refusal(reason, cap, used)?))
+    }
+
+    /// Reserves and, when the reservation holds, appends `event` in the same transaction;
+    /// returns the event's seq. A refusal commits what `governance_reserve` did (expiring old
+    /// reservations), as a plain reservation does, and appends nothing.
+    pub(crate) async fn reserve_logged(
+        &self,
+        r: &Reserve<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<Result<i64, BudgetRefusal>> {
+        let chain = event.chain_id.as_str();
+        let mut tx = self.pool.begin().await?;
+        // The head is locked by the same statement, after the function has locked the counters.
+        // language=PostgreSQL
+        let (ok, reason, cap, used, seq, hmac): ReserveRow = sqlx::query_as(
+            "SELECT r.ok, r.reason, r.cap, r.used, h.seq, h.head_hmac \
+             FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8) AS r \
+             LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
+                 WHERE chain_id = $9 AND r.ok FOR UPDATE) AS h ON true",
+        )
+        .bind(r.id)
+        .bind(r.agent)
+        .bind(r.session)
+        .bind(r.model)
+        .bind(r.micros)
+        .bind(r.tokens)
+        .bind(to_i64(r.ttl.as_secs().max(1)))
+        .bind(r.allow_unbudgeted)
+        .bind(chain)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !ok {
+            tx.commit().await?;
+            return Ok(Err(refusal(reason, cap, used)?));
+        }
+        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
+        let seqs = append_locked(
+            &mut tx,
+            chain,
+            key_id,
+            std::slice::from_ref(event),
+            seal,
+            head,
+        )
+        .await?;
+        tx.commit().await?;
+        seqs.first()
+            .copied()
+            .map(Ok)
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
     }
 
     pub(crate) async fn settle(
@@ -130,6 +215,56 @@ impl PgStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(outcome)
+    }
+
+    /// Settles (or releases) a reservation and appends `event` in the same transaction,
+    /// whatever the outcome (a reservation already closed changes nothing but the chain);
+    /// returns the outcome and the event's seq.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn settle_logged(
+        &self,
+        id: Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<(String, i64)> {
+        let chain = event.chain_id.as_str();
+        let mut tx = self.pool.begin().await?;
+        // language=PostgreSQL
+        let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT s.outcome, h.seq, h.head_hmac \
+             FROM governance_settle($1, $2, $3, $4, $5, $6) AS s(outcome) \
+             LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
+                 WHERE chain_id = $7 AND s.outcome IS NOT NULL FOR UPDATE) AS h ON true",
+        )
+        .bind(id)
+        .bind(micros)
+        .bind(to_i64(usage.input_tokens))
+        .bind(to_i64(usage.output_tokens))
+        .bind(to_i64(usage.cached_input_tokens))
+        .bind(release)
+        .bind(chain)
+        .fetch_one(&mut *tx)
+        .await?;
+        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
+        let seqs = append_locked(
+            &mut tx,
+            chain,
+            key_id,
+            std::slice::from_ref(event),
+            seal,
+            head,
+        )
+        .await?;
+        tx.commit().await?;
+        let seq = seqs
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))?;
+        Ok((outcome, seq))
     }
 
     pub(crate) async fn track(

@@ -8,6 +8,7 @@ mod gates;
 mod llm;
 mod signers;
 
+pub use budget::Reserve;
 pub use enforce::{Listener, Notice};
 pub use gates::{Decision, OperatorRecord};
 
