@@ -205,7 +205,12 @@ impl Error {
                     | StoreError::InvalidArgument(_)
                     | StoreError::Conflict(_)
             ),
-            Self::Audit(a) => matches!(a, AuditError::NoSuchChain(_) | AuditError::NothingToVerify),
+            Self::Audit(a) => matches!(
+                a,
+                AuditError::NoSuchChain(_)
+                    | AuditError::NothingToVerify
+                    | AuditError::InvalidOptions(_)
+            ),
             Self::ChainBroken(_)
             | Self::ScopeViolation { .. }
             | Self::Halted { .. }
