@@ -212,13 +212,7 @@ pub(crate) struct ReasonBody {
 }
 
 fn reason(b: &ReasonBody) -> Result<&str, AppError> {
-    let r = b.reason.trim();
-    if r.is_empty() {
-        return Err(AppError::BadRequest(
-            "give a reason: it is recorded in the audit chain".into(),
-        ));
-    }
-    Ok(r)
+    crate::pages::required_reason(Some(&b.reason))
 }
 
 /// `POST /api/agents/{agent}/halt` and `/resume`.
@@ -268,11 +262,6 @@ pub(crate) async fn approvals(State(state): State<AppState>, _user: ApiUser) -> 
     Ok(Json(json!({ "pending": list })))
 }
 
-fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
-    id.parse()
-        .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
-}
-
 /// `POST /api/approvals/{id}/approve` and `/deny`.
 pub(crate) async fn decide(
     State(state): State<AppState>,
@@ -282,7 +271,7 @@ pub(crate) async fn decide(
     Json(body): Json<ReasonBody>,
 ) -> ApiResult {
     change_allowed(&headers, &user)?;
-    let id = gate_id(&id)?;
+    let id = crate::pages::gate_id(&id)?;
     let gates = state.gov.gates();
     let operator = &user.session.operator;
     let status = match decision.as_str() {

@@ -166,11 +166,13 @@ pub(crate) async fn dashboard(
         .map(|(_, u)| u.cost.0)
         .sum();
     let pending = gov.gates().pending().await?;
-    let mut heads = Vec::new();
-    for c in gov.audit().chain_ids().await? {
-        let seq = gov.audit().head(&c).await?.map_or(0, |h| h.seq);
-        heads.push(format!("{c}: {seq} events"));
-    }
+    let heads: Vec<String> = gov
+        .audit()
+        .heads()
+        .await?
+        .into_iter()
+        .map(|h| format!("{}: {} events", h.chain_id, h.seq))
+        .collect();
     render(&Dashboard {
         nav: Nav::of(&user),
         flash: None,
@@ -261,12 +263,17 @@ pub(crate) struct ReasonForm {
 
 impl ReasonForm {
     fn reason(&self) -> Result<&str, AppError> {
-        match self.reason.as_deref().map(str::trim) {
-            Some(r) if !r.is_empty() => Ok(r),
-            _ => Err(AppError::BadRequest(
-                "give a reason: it is recorded in the audit chain".into(),
-            )),
-        }
+        required_reason(self.reason.as_deref())
+    }
+}
+
+/// A decision's or a halt's reason: required, since it is recorded in the audit chain.
+pub(crate) fn required_reason(reason: Option<&str>) -> Result<&str, AppError> {
+    match reason.map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(r),
+        _ => Err(AppError::BadRequest(
+            "give a reason: it is recorded in the audit chain".into(),
+        )),
     }
 }
 
@@ -328,7 +335,7 @@ pub(crate) async fn approvals(
     })
 }
 
-fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
+pub(crate) fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
     id.parse()
         .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
 }
@@ -539,11 +546,14 @@ async fn chain_page(
     user: &CurrentUser,
     result: Option<VerifyView>,
 ) -> Result<Html<String>, AppError> {
-    let mut heads = Vec::new();
-    for c in state.gov.audit().chain_ids().await? {
-        let seq = state.gov.audit().head(&c).await?.map_or(0, |h| h.seq);
-        heads.push((c, seq));
-    }
+    let heads = state
+        .gov
+        .audit()
+        .heads()
+        .await?
+        .into_iter()
+        .map(|h| (h.chain_id, h.seq))
+        .collect();
     render(&Chain {
         nav: Nav::of(user),
         flash: None,
@@ -744,11 +754,10 @@ pub(crate) async fn agent(
     let spend = state
         .gov
         .cost()
-        .usage_today_all()
+        .usage_today(&id)
         .await?
         .into_iter()
-        .filter(|(a, _)| *a == id)
-        .map(|(_, u)| (u.model, u.calls, u.cost.to_string()))
+        .map(|u| (u.model, u.calls, u.cost.to_string()))
         .collect();
     let chain = &state.config.live_chain;
     let head = state.gov.audit().head(chain).await?.map_or(0, |h| h.seq);

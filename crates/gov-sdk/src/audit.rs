@@ -174,6 +174,11 @@ impl<'g> Audit<'g> {
         crate::Tail::start(self.gov, filter).await
     }
 
+    /// The heads of every chain, in one read.
+    pub async fn heads(&self) -> Result<Vec<ChainHead>> {
+        Ok(self.gov.inner.store.chain_heads().await?)
+    }
+
     /// The head of a chain (its last seq and HMAC), from the head row.
     pub async fn head(&self, chain: &str) -> Result<Option<ChainHead>> {
         Ok(self.gov.inner.audit.head(chain).await?)

@@ -563,6 +563,11 @@ impl<'g> Cost<'g> {
         }
     }
 
+    /// Today's (UTC) spend of one agent, by model, most expensive first.
+    pub async fn usage_today(&self, agent: &str) -> Result<Vec<gov_core::ModelUsage>> {
+        Ok(self.gov.inner.store.usage_today(agent).await?)
+    }
+
     /// Today's (UTC) spend of every agent, by model, ordered by agent then cost.
     pub async fn usage_today_all(&self) -> Result<Vec<(String, gov_core::ModelUsage)>> {
         Ok(self.gov.inner.store.usage_today_all().await?)
