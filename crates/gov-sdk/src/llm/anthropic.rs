@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use reqwest::header::{HeaderName, HeaderValue};
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::Instrument as _;
@@ -315,21 +315,15 @@ impl StreamChunk for StreamEvent {
 /// Builds an [`AnthropicClient`].
 #[must_use]
 pub struct AnthropicBuilder {
-    gov: Governance,
-    base: String,
-    api_key: Option<SecretString>,
+    parts: http::BuilderParts,
     version: String,
-    provider: String,
-    model_family: Option<String>,
-    http: Option<reqwest::Client>,
-    headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AnthropicBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnthropicBuilder")
-            .field("provider", &self.provider)
-            .field("model_family", &self.model_family)
+            .field("provider", &self.parts.provider)
+            .field("model_family", &self.parts.model_family)
             .finish_non_exhaustive()
     }
 }
@@ -337,20 +331,14 @@ impl std::fmt::Debug for AnthropicBuilder {
 impl AnthropicBuilder {
     pub(crate) fn new(gov: Governance, base: String) -> Self {
         Self {
-            gov,
-            base,
-            api_key: None,
+            parts: http::BuilderParts::new(gov, base, "anthropic"),
             version: API_VERSION.to_owned(),
-            provider: "anthropic".to_owned(),
-            model_family: None,
-            http: None,
-            headers: Vec::new(),
         }
     }
 
     /// The API key, sent as `x-api-key` (never logged or stored).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(SecretString::from(key.into()));
+        self.parts.api_key = Some(SecretString::from(key.into()));
         self
     }
 
@@ -362,60 +350,44 @@ impl AnthropicBuilder {
 
     /// The provider name calls are governed under (default `anthropic`).
     pub fn provider(mut self, name: impl Into<String>) -> Self {
-        self.provider = name.into();
+        self.parts.provider = name.into();
         self
     }
 
     /// The model family the client is bound to (recorded in the registry only).
     pub fn model_family(mut self, family: impl Into<String>) -> Self {
-        self.model_family = Some(family.into());
+        self.parts.model_family = Some(family.into());
         self
     }
 
     /// The reqwest client to send with; default: a 10 s connect timeout.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
+        self.parts.http = Some(client);
         self
     }
 
     /// Another header on every request (`anthropic-beta`, ...).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.parts.headers.push((name.into(), value.into()));
         self
     }
 
     /// Registers the client in the coverage registry and returns it.
     pub async fn build(self) -> Result<AnthropicClient> {
-        let (url, host) = http::endpoint_url(&self.base, "/v1/messages")?;
-        let mut headers = super::openai::extra_headers(self.headers)?;
-        headers.push((
-            HeaderName::from_static("anthropic-version"),
-            HeaderValue::from_str(&self.version).map_err(|_| {
-                crate::Error::Config("the anthropic-version is not a valid header value".into())
-            })?,
-        ));
-        if let Some(key) = &self.api_key {
-            headers.push((
-                HeaderName::from_static("x-api-key"),
-                http::secret_header(key.expose_secret())?,
-            ));
-        }
-        let client = match self.http {
-            Some(c) => c,
-            None => http::default_client()?,
-        };
-        let guard = GuardClient::register(
-            self.gov,
-            self.provider,
-            "anthropic-http",
-            Some(host),
-            self.model_family,
-        )
-        .await?;
-        Ok(AnthropicClient {
-            guard,
-            endpoint: Arc::new(Endpoint::new(client, url, headers)),
-        })
+        let version = HeaderValue::from_str(&self.version).map_err(|_| {
+            crate::Error::Config("the anthropic-version is not a valid header value".into())
+        })?;
+        let fixed = vec![(HeaderName::from_static("anthropic-version"), version)];
+        let (guard, endpoint) = self
+            .parts
+            .build("/v1/messages", "anthropic-http", fixed, |key| {
+                Ok((
+                    HeaderName::from_static("x-api-key"),
+                    http::secret_header(key)?,
+                ))
+            })
+            .await?;
+        Ok(AnthropicClient { guard, endpoint })
     }
 }
 

@@ -22,6 +22,81 @@ pub(crate) struct Endpoint {
     headers: HeaderMap,
 }
 
+/// What every HTTP adapter's builder holds: the handle, the base URL, the key, the provider
+/// name calls are governed under, the registry's model family, the reqwest client and extra
+/// headers.
+pub(crate) struct BuilderParts {
+    pub(crate) gov: crate::Governance,
+    pub(crate) base: String,
+    pub(crate) api_key: Option<secrecy::SecretString>,
+    pub(crate) provider: String,
+    pub(crate) model_family: Option<String>,
+    pub(crate) http: Option<reqwest::Client>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl BuilderParts {
+    pub(crate) fn new(gov: crate::Governance, base: String, provider: &str) -> Self {
+        Self {
+            gov,
+            base,
+            api_key: None,
+            provider: provider.to_owned(),
+            model_family: None,
+            http: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Registers the client (kind `kind`, e.g. `openai-http`) and builds its endpoint at
+    /// `path`, with `fixed` headers and the key sent as `auth` makes it.
+    pub(crate) async fn build(
+        self,
+        path: &str,
+        kind: &'static str,
+        mut fixed: Vec<(HeaderName, HeaderValue)>,
+        auth: impl FnOnce(&str) -> Result<(HeaderName, HeaderValue)>,
+    ) -> Result<(super::GuardClient, std::sync::Arc<Endpoint>)> {
+        use secrecy::ExposeSecret as _;
+        let (url, host) = endpoint_url(&self.base, path)?;
+        let mut headers = extra_headers(self.headers)?;
+        headers.append(&mut fixed);
+        if let Some(key) = &self.api_key {
+            headers.push(auth(key.expose_secret())?);
+        }
+        let client = match self.http {
+            Some(c) => c,
+            None => default_client()?,
+        };
+        let guard = super::GuardClient::register(
+            self.gov,
+            self.provider,
+            kind,
+            Some(host),
+            self.model_family,
+        )
+        .await?;
+        Ok((
+            guard,
+            std::sync::Arc::new(Endpoint::new(client, url, headers)),
+        ))
+    }
+}
+
+/// Extra headers, checked and marked sensitive (they may carry credentials).
+pub(crate) fn extra_headers(list: Vec<(String, String)>) -> Result<Vec<(HeaderName, HeaderValue)>> {
+    list.into_iter()
+        .map(|(n, v)| {
+            let name = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| Error::Config(format!("{n:?} is not a valid header name")))?;
+            let mut value = HeaderValue::from_str(&v)
+                .map_err(|_| Error::Config(format!("the value of header {n} is not valid")))?;
+            value.set_sensitive(true);
+            Ok((name, value))
+        })
+        .collect()
+}
+
 /// Parses `base` and appends `path`; returns the endpoint URL and its hostname. A base that
 /// already ends in `/v1` is accepted (the `/v1` is not doubled). Errors never repeat the URL.
 pub(crate) fn endpoint_url(base: &str, path: &str) -> Result<(reqwest::Url, String)> {

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use secrecy::{ExposeSecret as _, SecretString};
+use reqwest::header::AUTHORIZATION;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::Instrument as _;
@@ -300,20 +300,14 @@ impl StreamChunk for ChatChunk {
 /// Builds an [`OpenAiClient`].
 #[must_use]
 pub struct OpenAiBuilder {
-    gov: Governance,
-    base: String,
-    api_key: Option<SecretString>,
-    provider: String,
-    model_family: Option<String>,
-    http: Option<reqwest::Client>,
-    headers: Vec<(String, String)>,
+    parts: http::BuilderParts,
 }
 
 impl std::fmt::Debug for OpenAiBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiBuilder")
-            .field("provider", &self.provider)
-            .field("model_family", &self.model_family)
+            .field("provider", &self.parts.provider)
+            .field("model_family", &self.parts.model_family)
             .finish_non_exhaustive()
     }
 }
@@ -321,19 +315,13 @@ impl std::fmt::Debug for OpenAiBuilder {
 impl OpenAiBuilder {
     pub(crate) fn new(gov: Governance, base: String) -> Self {
         Self {
-            gov,
-            base,
-            api_key: None,
-            provider: "openai".to_owned(),
-            model_family: None,
-            http: None,
-            headers: Vec::new(),
+            parts: http::BuilderParts::new(gov, base, "openai"),
         }
     }
 
     /// The API key, sent as `Authorization: Bearer …` (never logged or stored).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(SecretString::from(key.into()));
+        self.parts.api_key = Some(SecretString::from(key.into()));
         self
     }
 
@@ -341,69 +329,41 @@ impl OpenAiBuilder {
     /// `provider` or `provider:model`, and the registry records it. Set it for other
     /// OpenAI-compatible services (`deepseek`, `xai`, `vllm`, ...).
     pub fn provider(mut self, name: impl Into<String>) -> Self {
-        self.provider = name.into();
+        self.parts.provider = name.into();
         self
     }
 
     /// The model family the client is bound to (recorded in the registry only).
     pub fn model_family(mut self, family: impl Into<String>) -> Self {
-        self.model_family = Some(family.into());
+        self.parts.model_family = Some(family.into());
         self
     }
 
     /// The reqwest client to send with (timeouts, proxies); default: a 10 s connect timeout.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
+        self.parts.http = Some(client);
         self
     }
 
     /// Another header on every request (`OpenAI-Organization`, ...).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.parts.headers.push((name.into(), value.into()));
         self
     }
 
     /// Registers the client in the coverage registry and returns it.
     pub async fn build(self) -> Result<OpenAiClient> {
-        let (url, host) = http::endpoint_url(&self.base, "/v1/chat/completions")?;
-        let mut headers = extra_headers(self.headers)?;
-        if let Some(key) = &self.api_key {
-            headers.push((
-                AUTHORIZATION,
-                http::secret_header(&format!("Bearer {}", key.expose_secret()))?,
-            ));
-        }
-        let client = match self.http {
-            Some(c) => c,
-            None => http::default_client()?,
-        };
-        let guard = GuardClient::register(
-            self.gov,
-            self.provider,
-            "openai-http",
-            Some(host),
-            self.model_family,
-        )
-        .await?;
-        Ok(OpenAiClient {
-            guard,
-            endpoint: Arc::new(Endpoint::new(client, url, headers)),
-        })
+        let (guard, endpoint) = self
+            .parts
+            .build("/v1/chat/completions", "openai-http", Vec::new(), |key| {
+                Ok((
+                    AUTHORIZATION,
+                    http::secret_header(&format!("Bearer {key}"))?,
+                ))
+            })
+            .await?;
+        Ok(OpenAiClient { guard, endpoint })
     }
-}
-
-pub(crate) fn extra_headers(list: Vec<(String, String)>) -> Result<Vec<(HeaderName, HeaderValue)>> {
-    list.into_iter()
-        .map(|(n, v)| {
-            let name = HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| crate::Error::Config(format!("{n:?} is not a valid header name")))?;
-            let mut value = HeaderValue::from_str(&v).map_err(|_| {
-                crate::Error::Config(format!("the value of header {n} is not valid"))
-            })?;
-            value.set_sensitive(true);
-            Ok((name, value))
-        })
-        .collect()
 }
 
 /// An OpenAI-compatible chat-completions client whose every call is governed.
