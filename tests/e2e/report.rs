@@ -48,145 +48,118 @@ async fn log(gov: &Governance, b: AuditEventBuilder) {
 /// text that Markdown and HTML must escape.
 async fn seed_fixed(db: &TestDb) {
     let gov = connect(db.url(), SECRET).await;
-    let d = "default";
-    log(
-        &gov,
-        ev(
-            d,
-            datetime!(2026-10-15 12:00 UTC),
-            "support-bot",
-            "tool.call",
-            json!({ "tool": "search" }),
-        )
-        .session("s-1"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
-            datetime!(2026-11-02 09:00 UTC),
-            "support-bot",
-            "tool.call",
-            json!({ "tool": "search" }),
-        )
-        .session("s-1"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
-            datetime!(2026-11-02 09:00:01 UTC),
-            "support-bot",
-            "llm.call",
-            json!({ "model": "gpt-4o" }),
-        )
-        .session("s-1"),
-    )
-    .await;
     let r1 = "0193a0f0-0000-7000-8000-000000000001";
     let r2 = "0193a0f0-0000-7000-8000-000000000002";
-    log(
-        &gov,
-        ev(
-            d,
+    // (time, kind, session, actor, payload) on the default chain, agent support-bot.
+    let default: [(
+        OffsetDateTime,
+        &str,
+        Option<&str>,
+        Option<&str>,
+        serde_json::Value,
+    ); 13] = [
+        (
+            datetime!(2026-10-15 12:00 UTC),
+            "tool.call",
+            Some("s-1"),
+            None,
+            json!({ "tool": "search" }),
+        ),
+        (
+            datetime!(2026-11-02 09:00 UTC),
+            "tool.call",
+            Some("s-1"),
+            None,
+            json!({ "tool": "search" }),
+        ),
+        (
+            datetime!(2026-11-02 09:00:01 UTC),
+            "llm.call",
+            Some("s-1"),
+            None,
+            json!({ "model": "gpt-4o" }),
+        ),
+        (
             datetime!(2026-11-02 09:01 UTC),
-            "support-bot",
             "gate.requested",
+            Some("s-1"),
+            None,
             json!({ "request_id": r1, "tool": "refund" }),
-        )
-        .session("s-1"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
+        ),
+        (
             datetime!(2026-11-02 09:02 UTC),
-            "support-bot",
             "gate.approved",
+            Some("s-1"),
+            Some("alice"),
             json!({ "request_id": r1, "tool": "refund", "reason": "customer verified" }),
-        )
-        .session("s-1")
-        .actor("alice"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
+        ),
+        (
             datetime!(2026-11-02 09:03 UTC),
-            "support-bot",
             "gate.requested",
+            Some("s-2"),
+            None,
             json!({ "request_id": r2, "tool": "refund" }),
-        )
-        .session("s-2"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
+        ),
+        (
             datetime!(2026-11-02 09:04 UTC),
-            "support-bot",
             "gate.denied",
+            Some("s-2"),
+            Some("bob"),
             json!({ "request_id": r2, "tool": "refund", "reason": "amount <over> | *limit*" }),
-        )
-        .session("s-2")
-        .actor("bob"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
+        ),
+        (
             datetime!(2026-11-02 09:05 UTC),
-            "support-bot",
             "scope.denied",
+            None,
+            None,
             json!({ "tool": "delete_account", "reason": "tool_not_allowed" }),
         ),
-    )
-    .await;
-    log(&gov, ev(d, datetime!(2026-11-02 09:06 UTC), "support-bot", "budget.denied", json!({ "reason": "session_usd", "cap": 1_000_000, "used": 990_000, "requested_micros": 20_000, "model": "gpt-4o" })).session("s-1")).await;
-    log(
-        &gov,
-        ev(
-            d,
+        (
+            datetime!(2026-11-02 09:06 UTC),
+            "budget.denied",
+            Some("s-1"),
+            None,
+            json!({ "reason": "session_usd", "cap": 1_000_000, "used": 990_000, "requested_micros": 20_000, "model": "gpt-4o" }),
+        ),
+        (
             datetime!(2026-11-02 09:07 UTC),
-            "support-bot",
             "loop.detected",
+            Some("s-1"),
+            None,
             json!({ "tool": "search", "repeats": 5, "window_size": 10, "action": "halt" }),
-        )
-        .session("s-1"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
+        ),
+        (
             datetime!(2026-11-02 09:07:01 UTC),
-            "support-bot",
             "agent.halted",
+            None,
+            Some("carol"),
             json!({ "reason": "runaway loop", "changed": true }),
-        )
-        .actor("carol"),
-    )
-    .await;
-    log(
-        &gov,
-        ev(
-            d,
+        ),
+        (
             datetime!(2026-11-02 10:00 UTC),
-            "support-bot",
             "agent.resumed",
+            None,
+            Some("carol"),
             json!({ "reason": "prompt fixed", "changed": true }),
-        )
-        .actor("carol"),
-    )
-    .await;
-    log(&gov, ev(d, datetime!(2026-11-02 10:05 UTC), "support-bot", "contract.violated", json!({ "tool": "refund", "phase": "pre", "condition": "hitl_approved", "detail": "no approval" })).session("s-1")).await;
-    let b = "billing";
+        ),
+        (
+            datetime!(2026-11-02 10:05 UTC),
+            "contract.violated",
+            Some("s-1"),
+            None,
+            json!({ "tool": "refund", "phase": "pre", "condition": "hitl_approved", "detail": "no approval" }),
+        ),
+    ];
+    for (t, kind, session, actor, payload) in default {
+        let mut b = ev("default", t, "support-bot", kind, payload);
+        if let Some(s) = session {
+            b = b.session(s);
+        }
+        if let Some(a) = actor {
+            b = b.actor(a);
+        }
+        log(&gov, b).await;
+    }
     for (i, t) in [
         datetime!(2026-11-03 08:00 UTC),
         datetime!(2026-11-03 08:30 UTC),
@@ -196,18 +169,14 @@ async fn seed_fixed(db: &TestDb) {
     .into_iter()
     .enumerate()
     {
-        log(
-            &gov,
-            ev(
-                b,
-                t,
-                "invoice-agent",
-                "tool.call",
-                json!({ "tool": "issue_invoice", "n": i }),
-            )
-            .session("b-1"),
-        )
-        .await;
+        let b = ev(
+            "billing",
+            t,
+            "invoice-agent",
+            "tool.call",
+            json!({ "tool": "issue_invoice", "n": i }),
+        );
+        log(&gov, b.session("b-1")).await;
     }
     gov.close().await;
 }
