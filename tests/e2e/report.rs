@@ -46,18 +46,21 @@ async fn log(gov: &Governance, b: AuditEventBuilder) {
 
 /// Two chains of events with fixed times, ids and payloads, some outside the period, one with
 /// text that Markdown and HTML must escape.
+/// One seeded event: time, kind, session, actor, payload.
+type Seed<'a> = (
+    OffsetDateTime,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    serde_json::Value,
+);
+
 async fn seed_fixed(db: &TestDb) {
     let gov = connect(db.url(), SECRET).await;
     let r1 = "0193a0f0-0000-7000-8000-000000000001";
     let r2 = "0193a0f0-0000-7000-8000-000000000002";
     // (time, kind, session, actor, payload) on the default chain, agent support-bot.
-    let default: [(
-        OffsetDateTime,
-        &str,
-        Option<&str>,
-        Option<&str>,
-        serde_json::Value,
-    ); 13] = [
+    let default: [Seed; 13] = [
         (
             datetime!(2026-10-15 12:00 UTC),
             "tool.call",
