@@ -38,7 +38,7 @@ pub enum StoreError {
     /// Any other database error. Its text (which can quote SQL, constraint names or values) is
     /// neither displayed nor exposed as `source()`, so no error chain prints it; it is logged at
     /// debug level where it occurs, and kept here for programmatic inspection.
-    #[error("database error{}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    #[error("database error{}", code.as_deref().map(|c| format!(" (code {c})")).unwrap_or_default())]
     Database {
         /// The SQLSTATE, when the server gave one.
         code: Option<String>,
@@ -79,6 +79,47 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Protocol(_) => Self::Unavailable("the connection broke".into()),
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
                 Self::Corrupt("a column had an unexpected type or value".into())
+            }
+            sqlx::Error::Database(ref db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                // SQLite's extended result codes (https://sqlite.org/rescode.html).
+                let code = db.code().map(|c| c.into_owned());
+                let primary = code
+                    .as_deref()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|c| c & 0xff);
+                match (code.as_deref(), primary) {
+                    (Some("2067" | "1555"), _) => Self::Conflict(
+                        "a row with this seq, predecessor or event id already exists".into(),
+                    ),
+                    // RAISE(ABORT) in a trigger: an append-only or forward-only guard.
+                    (Some("1811"), _) => Self::PermissionDenied(
+                        "the table refuses this change (it is append-only)".into(),
+                    ),
+                    (_, Some(5 | 6)) => {
+                        Self::Unavailable("the database file stayed locked by another writer".into())
+                    }
+                    (_, Some(14)) => Self::Unavailable(
+                        "the database file cannot be opened; check the path and its directory's permissions".into(),
+                    ),
+                    (_, Some(8)) => Self::PermissionDenied(
+                        "the database file is read-only for this process".into(),
+                    ),
+                    (_, Some(26 | 11)) => {
+                        Self::Corrupt("the file is not a governance SQLite database".into())
+                    }
+                    (_, Some(1)) if db.message().starts_with("no such table") => {
+                        Self::NotMigrated("a governance table is missing".into())
+                    }
+                    _ => {
+                        tracing::debug!(error = %e, "database error");
+                        Self::Database {
+                            code,
+                            inner: Box::new(e),
+                        }
+                    }
+                }
             }
             sqlx::Error::Database(ref db) => {
                 let code = db.code().map(|c| c.into_owned());

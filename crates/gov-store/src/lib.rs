@@ -1,11 +1,17 @@
 //! Storage for governance. Only this crate knows SQL.
 //!
-//! [`Store`] is the one handle the layers above use; it dispatches to a backend (Postgres today;
-//! an embedded SQLite backend can be added as another variant without changing `gov-audit` or
-//! `gov-sdk`, which only call the typed methods here). Errors never carry SQL, URLs or secrets.
+//! [`Store`] is the one handle the layers above use; it dispatches to a backend: PostgreSQL
+//! (production) or an embedded SQLite file (first runs, local development, a service's own
+//! tests). Both implement the traits of [`backend`], so they offer the same typed methods;
+//! `gov-audit` and `gov-sdk` only call those. The URL picks the backend. Errors never carry
+//! SQL, URLs or secrets.
 
+pub mod backend;
 mod error;
+mod notify;
 mod postgres;
+mod sqlite;
+mod types;
 
 use std::time::Duration;
 
@@ -13,7 +19,25 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventCount, EventFilter};
 use time::OffsetDateTime;
 
 pub use error::{Result, StoreError};
-pub use postgres::{Decision, Listener, Notice, OperatorRecord, PgStore, Privileges, Reserve};
+pub use notify::{Listener, Notice};
+pub use postgres::PgStore;
+pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
+pub use types::{Decision, OperatorRecord, Privileges, Reserve};
+
+use backend::{
+    Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
+    SignerStore,
+};
+
+/// Calls the same typed method on whichever backend the store holds.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($s) => $call,
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
 
 use gov_core::{
     AgentPresence, BudgetPolicy, BudgetRefusal, BudgetStatus, GateRecord, ModelUsage, OperatorRole,
@@ -150,63 +174,123 @@ pub struct MigrateReport {
 pub enum Store {
     /// PostgreSQL.
     Postgres(PgStore),
+    /// An embedded SQLite database (a file, or in memory).
+    Sqlite(SqliteStore),
+}
+
+/// The backend a URL names, judged by its scheme alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `sqlite://path`, `sqlite:path` or `sqlite::memory:`.
+    Sqlite,
+}
+
+impl BackendKind {
+    /// The backend `url` names, or why it names none.
+    pub fn of(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            return Ok(Self::Sqlite);
+        }
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "" => Err(StoreError::InvalidUrl(format!(
+                "it has no scheme; expected {URL_FORMS}"
+            ))),
+            other => Err(StoreError::InvalidUrl(format!(
+                "the scheme `{}` is not supported; expected {URL_FORMS}",
+                other.chars().take(16).collect::<String>()
+            ))),
+        }
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// The URL forms accepted, for error messages.
+pub const URL_FORMS: &str = "postgres://user:password@host:5432/database, sqlite:///path/to/governance.db or sqlite::memory:";
+
+/// Checks that `rows` continue a chain whose head is `head` (seq, head_hmac): consecutive seqs,
+/// each row naming its predecessor's seal. Imports append nothing else.
+pub(crate) fn check_continues(
+    chain_id: &str,
+    head: &(i64, Vec<u8>),
+    rows: &[AuditRecord],
+) -> Result<()> {
+    let (mut seq, mut prev) = (head.0, head.1.as_slice());
+    for r in rows {
+        if r.chain_id != chain_id {
+            return Err(StoreError::InvalidArgument(format!(
+                "an import into chain {chain_id} holds a row of chain {}",
+                r.chain_id
+            )));
+        }
+        if r.seq != seq + 1 || r.prev_hmac != prev {
+            return Err(StoreError::Conflict(format!(
+                "row {} of chain {chain_id} does not continue the chain here (its head is at seq {}); import into an empty chain or continue from the head",
+                r.seq, head.0
+            )));
+        }
+        seq = r.seq;
+        prev = &r.row_hmac;
+    }
+    Ok(())
 }
 
 impl Store {
-    /// Connects to the database named by `url` (`postgres://` or `postgresql://`).
+    /// Connects to the database named by `url`: `postgres://…` or `postgresql://…`,
+    /// `sqlite://path` (created when missing), `sqlite::memory:`.
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
-        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-        match scheme {
-            "postgres" | "postgresql" => Ok(Self::Postgres(PgStore::connect(url, opts).await?)),
-            "" => Err(StoreError::InvalidUrl(
-                "it has no scheme; expected postgres://user:password@host:5432/database".into(),
-            )),
-            other => Err(StoreError::InvalidUrl(format!(
-                "the scheme `{}` is not supported; expected postgres://user:password@host:5432/database",
-                other.chars().take(16).collect::<String>()
-            ))),
+        match BackendKind::of(url)? {
+            BackendKind::Postgres => Ok(Self::Postgres(PgStore::connect(url, opts).await?)),
+            BackendKind::Sqlite => Ok(Self::Sqlite(SqliteStore::connect(url, opts).await?)),
+        }
+    }
+
+    /// Which backend this store uses.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Postgres(_) => BackendKind::Postgres,
+            Self::Sqlite(_) => BackendKind::Sqlite,
         }
     }
 
     /// Creates the database named in `url` when it does not exist yet (for first runs and
     /// demos; production databases are created by their owners). Returns whether it was created.
     pub async fn ensure_database(url: &str) -> Result<bool> {
-        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-        match scheme {
-            "postgres" | "postgresql" => postgres::ensure_database(url).await,
-            _ => Err(StoreError::InvalidUrl(
-                "expected postgres://user:password@host:5432/database".into(),
-            )),
+        match BackendKind::of(url)? {
+            BackendKind::Postgres => postgres::ensure_database(url).await,
+            BackendKind::Sqlite => sqlite::ensure_database(url).await,
         }
     }
 
     /// Applies the embedded migrations (idempotent).
     pub async fn migrate(&self) -> Result<MigrateReport> {
-        match self {
-            Self::Postgres(s) => s.migrate().await,
-        }
+        dispatch!(self, s => s.migrate().await)
     }
 
     /// Fails with [`StoreError::NotMigrated`] when the schema is missing or older than this build.
     pub async fn check_schema(&self) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.check_schema().await,
-        }
+        dispatch!(self, s => s.check_schema().await)
     }
 
     /// Creates the least-privilege application role if missing and grants it what the SDK
     /// needs and nothing more. `password` (if any) is set on the role.
     pub async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.ensure_app_role(role, password).await,
-        }
+        dispatch!(self, s => s.ensure_app_role(role, password).await)
     }
 
     /// What the connected role may do to the audit tables.
     pub async fn privileges(&self) -> Result<Privileges> {
-        match self {
-            Self::Postgres(s) => s.privileges().await,
-        }
+        dispatch!(self, s => s.privileges().await)
     }
 
     /// Appends `events` (all of one chain, in order) in one transaction, holding the chain's
@@ -218,38 +302,35 @@ impl Store {
         events: &[AuditEvent],
         seal: Sealer<'_>,
     ) -> Result<Vec<i64>> {
-        match self {
-            Self::Postgres(s) => s.append_batch(chain_id, key_id, events, seal).await,
-        }
+        dispatch!(self, s => s.append_batch(chain_id, key_id, events, seal).await)
+    }
+
+    /// Appends rows sealed elsewhere (an import from another database), verbatim, in one
+    /// transaction. They must continue the chain's head here: consecutive seqs, each naming its
+    /// predecessor's seal; otherwise nothing is written ([`StoreError::Conflict`]).
+    pub async fn import_rows(&self, chain_id: &str, rows: &[AuditRecord]) -> Result<()> {
+        dispatch!(self, s => s.import_rows(chain_id, rows).await)
     }
 
     /// Which of `ids` are already stored as audit events.
     pub async fn existing_event_ids(&self, ids: &[uuid::Uuid]) -> Result<Vec<uuid::Uuid>> {
-        match self {
-            Self::Postgres(s) => s.existing_event_ids(ids).await,
-        }
+        dispatch!(self, s => s.existing_event_ids(ids).await)
     }
 
     /// The head row of one chain, if the chain exists.
     pub async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
-        match self {
-            Self::Postgres(s) => s.chain_head(chain_id).await,
-        }
+        dispatch!(self, s => s.chain_head(chain_id).await)
     }
 
     /// The head rows of every chain, ordered by chain id.
     pub async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
-        match self {
-            Self::Postgres(s) => s.chain_heads().await,
-        }
+        dispatch!(self, s => s.chain_heads().await)
     }
 
     /// The ids of every chain that has rows, found from the rows themselves (so a chain whose
     /// head row was removed is still seen).
     pub async fn chain_ids_with_rows(&self) -> Result<Vec<String>> {
-        match self {
-            Self::Postgres(s) => s.chain_ids_with_rows().await,
-        }
+        dispatch!(self, s => s.chain_ids_with_rows().await)
     }
 
     /// Up to `limit` rows of a chain with seq greater than `after_seq`, in seq order.
@@ -259,9 +340,7 @@ impl Store {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>> {
-        match self {
-            Self::Postgres(s) => s.read_chain_page(chain_id, after_seq, limit).await,
-        }
+        dispatch!(self, s => s.read_chain_page(chain_id, after_seq, limit).await)
     }
 
     /// The rows of a chain with `after_seq < seq <= upto_seq`, in seq order. A bounded window
@@ -272,16 +351,12 @@ impl Store {
         after_seq: i64,
         upto_seq: i64,
     ) -> Result<Vec<AuditRecord>> {
-        match self {
-            Self::Postgres(s) => s.read_chain_window(chain_id, after_seq, upto_seq).await,
-        }
+        dispatch!(self, s => s.read_chain_window(chain_id, after_seq, upto_seq).await)
     }
 
     /// Rows matching `filter`, in seq order, paged by seq.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
-        match self {
-            Self::Postgres(s) => s.events(filter).await,
-        }
+        dispatch!(self, s => s.events(filter).await)
     }
 
     /// Event counts per (chain, agent, kind) and per (chain, agent) with `occurred_at` in
@@ -293,52 +368,44 @@ impl Store {
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
     ) -> Result<Vec<EventCount>> {
-        match self {
-            Self::Postgres(s) => s.event_counts(chain_id, since, until).await,
-        }
+        dispatch!(self, s => s.event_counts(chain_id, since, until).await)
     }
 
     /// Registers a signer's public key (kept as it is when already registered). Returns false
     /// when the id is registered with another key.
     pub async fn register_signer(&self, id: &str, public_key: &[u8], label: &str) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.register_signer(id, public_key, label).await,
-        }
+        dispatch!(self, s => s.register_signer(id, public_key, label).await)
+    }
+
+    /// Stores a signer's key with its recorded creation and revocation times (an import); kept
+    /// as it is when already there. Returns false when the id is registered with another key.
+    pub async fn import_signer(&self, row: &SignerKeyRow) -> Result<bool> {
+        dispatch!(self, s => s.import_signer(row).await)
     }
 
     /// Every registered signer.
     pub async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>> {
-        match self {
-            Self::Postgres(s) => s.signer_keys().await,
-        }
+        dispatch!(self, s => s.signer_keys().await)
     }
 
     /// Revokes a signer (as an operator); false when unknown or already revoked.
     pub async fn revoke_signer(&self, id: &str) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.revoke_signer(id).await,
-        }
+        dispatch!(self, s => s.revoke_signer(id).await)
     }
 
     /// Stores a checkpoint (idempotent).
     pub async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.put_checkpoint(c).await,
-        }
+        dispatch!(self, s => s.put_checkpoint(c).await)
     }
 
     /// A chain's stored checkpoints, by seq.
     pub async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
-        match self {
-            Self::Postgres(s) => s.checkpoints(chain_id).await,
-        }
+        dispatch!(self, s => s.checkpoints(chain_id).await)
     }
 
     /// Today's (UTC) spend of every agent, by model.
     pub async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>> {
-        match self {
-            Self::Postgres(s) => s.usage_today_all().await,
-        }
+        dispatch!(self, s => s.usage_today_all().await)
     }
 
     /// Stores a console session (and sweeps expired ones).
@@ -349,68 +416,47 @@ impl Store {
         csrf_token: &str,
         expires_at: OffsetDateTime,
     ) -> Result<()> {
-        match self {
-            Self::Postgres(s) => {
-                s.insert_session(token_hash, username, csrf_token, expires_at)
-                    .await
-            }
-        }
+        dispatch!(self, s => s.insert_session(token_hash, username, csrf_token, expires_at) .await)
     }
 
     /// The live session with this token hash, if unexpired and its user enabled.
     pub async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {
-        match self {
-            Self::Postgres(s) => s.session(token_hash).await,
-        }
+        dispatch!(self, s => s.session(token_hash).await)
     }
 
     /// Ends a session.
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.delete_session(token_hash).await,
-        }
+        dispatch!(self, s => s.delete_session(token_hash).await)
     }
 
     /// Opens a dedicated listening connection on `channels`.
     pub async fn listen(&self, channels: &[&str]) -> Result<Listener> {
-        match self {
-            Self::Postgres(s) => s.listen(channels).await,
-        }
+        dispatch!(self, s => s.listen(channels).await)
     }
 
     /// Creates or replaces an agent's scope policy (announced on [`POLICY_CHANNEL`]).
     pub async fn put_scope_policy(&self, policy: &ScopePolicy) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.put_scope_policy(policy).await,
-        }
+        dispatch!(self, s => s.put_scope_policy(policy).await)
     }
 
     /// Removes an agent's scope policy; returns whether there was one.
     pub async fn delete_scope_policy(&self, agent: &str) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.delete_scope_policy(agent).await,
-        }
+        dispatch!(self, s => s.delete_scope_policy(agent).await)
     }
 
     /// One agent's scope policy.
     pub async fn scope_policy(&self, agent: &str) -> Result<Option<ScopePolicy>> {
-        match self {
-            Self::Postgres(s) => s.scope_policy(agent).await,
-        }
+        dispatch!(self, s => s.scope_policy(agent).await)
     }
 
     /// Every scope policy.
     pub async fn scope_policies(&self) -> Result<Vec<ScopePolicy>> {
-        match self {
-            Self::Postgres(s) => s.scope_policies().await,
-        }
+        dispatch!(self, s => s.scope_policies().await)
     }
 
     /// Records a heartbeat (never clears a halt).
     pub async fn heartbeat(&self, agent: &str) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.heartbeat(agent).await,
-        }
+        dispatch!(self, s => s.heartbeat(agent).await)
     }
 
     /// Halts (`true`) or resumes (`false`) an agent; returns whether the state changed.
@@ -422,52 +468,38 @@ impl Store {
         operator: &str,
         reason: &str,
     ) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.set_halted(agent, halted, operator, reason).await,
-        }
+        dispatch!(self, s => s.set_halted(agent, halted, operator, reason).await)
     }
 
     /// Whether an agent is halted (an agent never seen is not).
     pub async fn is_halted(&self, agent: &str) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.is_halted(agent).await,
-        }
+        dispatch!(self, s => s.is_halted(agent).await)
     }
 
     /// One agent's presence row.
     pub async fn presence(&self, agent: &str) -> Result<Option<AgentPresence>> {
-        match self {
-            Self::Postgres(s) => s.presence(agent).await,
-        }
+        dispatch!(self, s => s.presence(agent).await)
     }
 
     /// Every agent's presence row.
     pub async fn presences(&self) -> Result<Vec<AgentPresence>> {
-        match self {
-            Self::Postgres(s) => s.presences().await,
-        }
+        dispatch!(self, s => s.presences().await)
     }
 
     /// Creates or replaces an agent's budget policy.
     pub async fn put_budget_policy(&self, policy: &BudgetPolicy) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.put_budget_policy(policy).await,
-        }
+        dispatch!(self, s => s.put_budget_policy(policy).await)
     }
 
     /// Removes an agent's budget policy; returns whether there was one.
     pub async fn delete_budget_policy(&self, agent: &str) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.delete_budget_policy(agent).await,
-        }
+        dispatch!(self, s => s.delete_budget_policy(agent).await)
     }
 
     /// Atomically reserves projected spend against the session and day caps (one round trip).
     /// The inner `Err` is a refusal naming the cap.
     pub async fn reserve(&self, r: &Reserve<'_>) -> Result<std::result::Result<(), BudgetRefusal>> {
-        match self {
-            Self::Postgres(s) => s.reserve(r).await,
-        }
+        dispatch!(self, s => s.reserve(r).await)
     }
 
     /// [`Self::reserve`], and when the reservation holds, `event` appended to its chain in the
@@ -480,9 +512,7 @@ impl Store {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<std::result::Result<i64, BudgetRefusal>> {
-        match self {
-            Self::Postgres(s) => s.reserve_logged(r, event, key_id, seal).await,
-        }
+        dispatch!(self, s => s.reserve_logged(r, event, key_id, seal).await)
     }
 
     /// Settles a reservation with the actual spend, or releases it (`release`); once only.
@@ -495,9 +525,7 @@ impl Store {
         usage: &TokenUsage,
         release: bool,
     ) -> Result<String> {
-        match self {
-            Self::Postgres(s) => s.settle(id, micros, usage, release).await,
-        }
+        dispatch!(self, s => s.settle(id, micros, usage, release).await)
     }
 
     /// [`Self::settle`] with `event` appended to its chain in the same transaction, whatever
@@ -513,12 +541,7 @@ impl Store {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<(String, i64)> {
-        match self {
-            Self::Postgres(s) => {
-                s.settle_logged(id, micros, usage, release, event, key_id, seal)
-                    .await
-            }
-        }
+        dispatch!(self, s => s.settle_logged(id, micros, usage, release, event, key_id, seal) .await)
     }
 
     /// Records spend that had no reservation.
@@ -530,23 +553,17 @@ impl Store {
         micros: i64,
         usage: &TokenUsage,
     ) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.track(agent, session, model, micros, usage).await,
-        }
+        dispatch!(self, s => s.track(agent, session, model, micros, usage).await)
     }
 
     /// Policy, session counter and today's counter in one round trip.
     pub async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
-        match self {
-            Self::Postgres(s) => s.budget_status(agent, session).await,
-        }
+        dispatch!(self, s => s.budget_status(agent, session).await)
     }
 
     /// Today's spend by model.
     pub async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
-        match self {
-            Self::Postgres(s) => s.usage_today(agent).await,
-        }
+        dispatch!(self, s => s.usage_today(agent).await)
     }
 
     /// Adds an operator (console or CLI user) with an argon2id password hash.
@@ -556,18 +573,14 @@ impl Store {
         role: OperatorRole,
         password_hash: &str,
     ) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.add_operator(username, role, password_hash).await,
-        }
+        dispatch!(self, s => s.add_operator(username, role, password_hash).await)
     }
 
     /// Every operator account: name, role, disabled, created.
     pub async fn operators(
         &self,
     ) -> Result<Vec<(String, OperatorRole, bool, time::OffsetDateTime)>> {
-        match self {
-            Self::Postgres(s) => s.operators().await,
-        }
+        dispatch!(self, s => s.operators().await)
     }
 
     /// Disables or enables an account and/or replaces its password hash; returns whether it exists.
@@ -577,37 +590,27 @@ impl Store {
         disabled: Option<bool>,
         password_hash: Option<&str>,
     ) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.update_operator(username, disabled, password_hash).await,
-        }
+        dispatch!(self, s => s.update_operator(username, disabled, password_hash).await)
     }
 
     /// One operator account.
     pub async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
-        match self {
-            Self::Postgres(s) => s.operator(username).await,
-        }
+        dispatch!(self, s => s.operator(username).await)
     }
 
     /// Stores a new pending gate request (announced on [`GATE_CHANNEL`]).
     pub async fn insert_gate_request(&self, g: &GateRecord) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.insert_gate_request(g).await,
-        }
+        dispatch!(self, s => s.insert_gate_request(g).await)
     }
 
     /// One gate request.
     pub async fn gate_request(&self, id: uuid::Uuid) -> Result<Option<GateRecord>> {
-        match self {
-            Self::Postgres(s) => s.gate_request(id).await,
-        }
+        dispatch!(self, s => s.gate_request(id).await)
     }
 
     /// Pending, unexpired gate requests, oldest first.
     pub async fn pending_gates(&self) -> Result<Vec<GateRecord>> {
-        match self {
-            Self::Postgres(s) => s.pending_gates().await,
-        }
+        dispatch!(self, s => s.pending_gates().await)
     }
 
     /// Records a decision and its audit event in one transaction. Returns `ok` or why the
@@ -619,9 +622,7 @@ impl Store {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<String> {
-        match self {
-            Self::Postgres(s) => s.decide_gate(d, event, key_id, seal).await,
-        }
+        dispatch!(self, s => s.decide_gate(d, event, key_id, seal).await)
     }
 
     /// Spends an approval once. Returns `ok` or why not.
@@ -631,37 +632,27 @@ impl Store {
         token_hash: &[u8],
         action_hash: &[u8],
     ) -> Result<String> {
-        match self {
-            Self::Postgres(s) => s.consume_gate(id, token_hash, action_hash).await,
-        }
+        dispatch!(self, s => s.consume_gate(id, token_hash, action_hash).await)
     }
 
     /// Records a wrapped LLM client in the coverage registry, unless the same (provider,
     /// wrapper, model family, host digest) is already there. Returns whether it was new.
     pub async fn register_llm_client(&self, c: &LlmClientRow) -> Result<bool> {
-        match self {
-            Self::Postgres(s) => s.register_llm_client(c).await,
-        }
+        dispatch!(self, s => s.register_llm_client(c).await)
     }
 
     /// The coverage registry, oldest registration first.
     pub async fn llm_clients(&self) -> Result<Vec<LlmClientRow>> {
-        match self {
-            Self::Postgres(s) => s.llm_clients().await,
-        }
+        dispatch!(self, s => s.llm_clients().await)
     }
 
     /// One bare round trip (`SELECT 1`): the reference latency for benchmarks and health.
     pub async fn ping(&self) -> Result<()> {
-        match self {
-            Self::Postgres(s) => s.ping().await,
-        }
+        dispatch!(self, s => s.ping().await)
     }
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        match self {
-            Self::Postgres(s) => s.close().await,
-        }
+        dispatch!(self, s => s.close().await)
     }
 }

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::PgStore;
+use crate::backend::ChainStore;
 use crate::{AUDIT_CHANNEL, Result, Sealer, StoreError};
 
 const COLUMNS: &str = "chain_id, seq, event_id, occurred_at, agent_id, session_id, kind, actor, \
@@ -101,8 +102,8 @@ struct Columns {
     signature_status: Vec<String>,
 }
 
-impl PgStore {
-    pub(crate) async fn append_batch(
+impl ChainStore for PgStore {
+    async fn append_batch(
         &self,
         chain_id: &str,
         key_id: &str,
@@ -124,7 +125,71 @@ impl PgStore {
         Ok(seqs)
     }
 
-    pub(crate) async fn existing_event_ids(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    async fn import_rows(&self, chain_id: &str, rows: &[AuditRecord]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let head = lock_head(&mut tx, chain_id, None).await?;
+        crate::check_continues(chain_id, &head, rows)?;
+        let col = |f: fn(&AuditRecord) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id.as_uuid()).collect();
+        let occurred_at: Vec<OffsetDateTime> = rows.iter().map(|r| r.occurred_at).collect();
+        let session: Vec<Option<String>> = rows.iter().map(|r| r.session_id.clone()).collect();
+        let actor: Vec<Option<String>> = rows.iter().map(|r| r.actor.clone()).collect();
+        let parent: Vec<Option<Uuid>> = rows
+            .iter()
+            .map(|r| r.parent_event_id.map(|p| p.as_uuid()))
+            .collect();
+        let prev: Vec<Vec<u8>> = rows.iter().map(|r| r.prev_hmac.clone()).collect();
+        let hmac: Vec<Vec<u8>> = rows.iter().map(|r| r.row_hmac.clone()).collect();
+        let signature: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.signature.clone()).collect();
+        let signer: Vec<Option<String>> = rows.iter().map(|r| r.signer_key_id.clone()).collect();
+        let last = rows
+            .last()
+            .map(|r| (r.seq, r.row_hmac.clone()))
+            .unwrap_or(head);
+        // language=PostgreSQL
+        sqlx::query(
+            "WITH ins AS ( \
+               INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
+                   kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, \
+                   signer_key_id, signature_status) \
+               SELECT $1, u.* FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], \
+                   $6::text[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], \
+                   $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::text[]) \
+             ), upd AS ( \
+               UPDATE chain_heads SET seq = $17, head_hmac = $18, updated_at = now() WHERE chain_id = $1 \
+             ) \
+             SELECT pg_notify($19, $1 || ':' || $17::text)",
+        )
+        .bind(chain_id)
+        .bind(&seq)
+        .bind(&event_id)
+        .bind(&occurred_at)
+        .bind(col(|r| r.agent_id.clone()))
+        .bind(&session)
+        .bind(col(|r| r.kind.clone()))
+        .bind(&actor)
+        .bind(&parent)
+        .bind(col(|r| r.payload.clone()))
+        .bind(&prev)
+        .bind(col(|r| r.key_id.clone()))
+        .bind(&hmac)
+        .bind(&signature)
+        .bind(&signer)
+        .bind(col(|r| r.signature_status.clone()))
+        .bind(last.0)
+        .bind(&last.1)
+        .bind(AUDIT_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn existing_event_ids(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
         // language=PostgreSQL
         let found: Vec<Uuid> =
             sqlx::query_scalar("SELECT event_id FROM audit_events WHERE event_id = ANY($1)")
@@ -134,7 +199,7 @@ impl PgStore {
         Ok(found)
     }
 
-    pub(crate) async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
+    async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>> {
         // language=PostgreSQL
         let head: Option<HeadRow> =
             sqlx::query_as("SELECT chain_id, seq, head_hmac FROM chain_heads WHERE chain_id = $1")
@@ -144,7 +209,7 @@ impl PgStore {
         Ok(head.map(Into::into))
     }
 
-    pub(crate) async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
+    async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
         // language=PostgreSQL
         let heads: Vec<HeadRow> =
             sqlx::query_as("SELECT chain_id, seq, head_hmac FROM chain_heads ORDER BY chain_id")
@@ -153,7 +218,7 @@ impl PgStore {
         Ok(heads.into_iter().map(Into::into).collect())
     }
 
-    pub(crate) async fn chain_ids_with_rows(&self) -> Result<Vec<String>> {
+    async fn chain_ids_with_rows(&self) -> Result<Vec<String>> {
         // A loose index scan over UNIQUE(chain_id, seq): one index probe per chain, not a scan.
         // language=PostgreSQL
         let ids: Vec<String> = sqlx::query_scalar(
@@ -170,7 +235,7 @@ impl PgStore {
         Ok(ids)
     }
 
-    pub(crate) async fn read_chain_page(
+    async fn read_chain_page(
         &self,
         chain_id: &str,
         after_seq: i64,
@@ -188,7 +253,7 @@ impl PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub(crate) async fn read_chain_window(
+    async fn read_chain_window(
         &self,
         chain_id: &str,
         after_seq: i64,
@@ -206,7 +271,7 @@ impl PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub(crate) async fn event_counts(
+    async fn event_counts(
         &self,
         chain_id: Option<&str>,
         since: Option<OffsetDateTime>,
@@ -242,7 +307,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn events(&self, f: &EventFilter) -> Result<Vec<AuditRecord>> {
+    async fn events(&self, f: &EventFilter) -> Result<Vec<AuditRecord>> {
         let chain = f
             .chain_id
             .as_ref()

@@ -15,28 +15,8 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::audit::{append_locked, lock_head};
-use crate::{Result, Sealer, StoreError};
-
-/// A reservation to make: the projected spend of one call.
-#[derive(Debug, Clone, Copy)]
-pub struct Reserve<'a> {
-    /// The reservation's id.
-    pub id: Uuid,
-    /// The agent.
-    pub agent: &'a str,
-    /// Its session.
-    pub session: &'a str,
-    /// The model (recorded with the spend).
-    pub model: &'a str,
-    /// Projected cost, micro-USD.
-    pub micros: i64,
-    /// Projected tokens, input and output.
-    pub tokens: i64,
-    /// How long it holds budget if never settled.
-    pub ttl: Duration,
-    /// Whether an agent without a budget policy may reserve (uncapped).
-    pub allow_unbudgeted: bool,
-}
+use crate::backend::BudgetStore;
+use crate::{Reserve, Result, Sealer, StoreError};
 
 /// The row `governance_reserve` returns, with the chain head the same statement locked (only
 /// when the reservation held and the chain has a head row).
@@ -94,8 +74,8 @@ struct UsageRow {
     micros: i64,
 }
 
-impl PgStore {
-    pub(crate) async fn put_budget_policy(&self, p: &BudgetPolicy) -> Result<()> {
+impl BudgetStore for PgStore {
+    async fn put_budget_policy(&self, p: &BudgetPolicy) -> Result<()> {
         let tokens = |t: Option<u64>| t.map(to_i64);
         // language=PostgreSQL
         sqlx::query(
@@ -115,7 +95,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn delete_budget_policy(&self, agent: &str) -> Result<bool> {
+    async fn delete_budget_policy(&self, agent: &str) -> Result<bool> {
         // language=PostgreSQL
         let r = sqlx::query("DELETE FROM budget_policies WHERE agent_id = $1")
             .bind(agent)
@@ -124,7 +104,7 @@ impl PgStore {
         Ok(r.rows_affected() > 0)
     }
 
-    pub(crate) async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
+    async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
         // language=PostgreSQL
         let (ok, reason, cap, used): (bool, Option<String>, Option<i64>, Option<i64>) =
             sqlx::query_as("SELECT * FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8)")
@@ -147,7 +127,7 @@ impl PgStore {
     /// Reserves and, when the reservation holds, appends `event` in the same transaction;
     /// returns the event's seq. A refusal commits what `governance_reserve` did (expiring old
     /// reservations), as a plain reservation does, and appends nothing.
-    pub(crate) async fn reserve_logged(
+    async fn reserve_logged(
         &self,
         r: &Reserve<'_>,
         event: &AuditEvent,
@@ -196,7 +176,7 @@ impl PgStore {
             .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
     }
 
-    pub(crate) async fn settle(
+    async fn settle(
         &self,
         id: Uuid,
         micros: i64,
@@ -221,7 +201,7 @@ impl PgStore {
     /// whatever the outcome (a reservation already closed changes nothing but the chain);
     /// returns the outcome and the event's seq.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn settle_logged(
+    async fn settle_logged(
         &self,
         id: Uuid,
         micros: i64,
@@ -267,7 +247,7 @@ impl PgStore {
         Ok((outcome, seq))
     }
 
-    pub(crate) async fn track(
+    async fn track(
         &self,
         agent: &str,
         session: &str,
@@ -289,7 +269,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
+    async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         // One round trip: policy, session counter and today's counter.
         // language=PostgreSQL
         let r: StatusRow = sqlx::query_as(
@@ -355,7 +335,7 @@ impl PgStore {
         })
     }
 
-    pub(crate) async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
+    async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
         // language=PostgreSQL
         let rows: Vec<UsageRow> = sqlx::query_as(
             "SELECT model, calls, input_tokens, output_tokens, cached_tokens, micros FROM budget_usage \
@@ -377,7 +357,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>> {
+    async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>> {
         // language=PostgreSQL
         let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \

@@ -3,11 +3,12 @@
 use time::OffsetDateTime;
 
 use super::PgStore;
+use crate::backend::SessionStore;
 use crate::{ConsoleSession, Result, StoreError};
 use gov_core::OperatorRole;
 
-impl PgStore {
-    pub(crate) async fn insert_session(
+impl SessionStore for PgStore {
+    async fn insert_session(
         &self,
         token_hash: &[u8],
         username: &str,
@@ -31,7 +32,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {
         let row: Option<(String, String, String, OffsetDateTime)> = sqlx::query_as(
             "SELECT s.username, o.role, s.csrf_token, s.expires_at \
              FROM console_sessions s JOIN operators o USING (username) \
@@ -52,7 +53,7 @@ impl PgStore {
         .transpose()
     }
 
-    pub(crate) async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
             .bind(token_hash)
             .execute(&self.pool)

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use sqlx::postgres::PgListener;
 
 use super::PgStore;
+use crate::backend::EnforceStore;
 use crate::{Result, StoreError};
 
 #[derive(FromRow)]
@@ -58,50 +59,17 @@ const PRESENCE_COLUMNS: &str = "agent_id, \
     (extract(epoch FROM (now() - last_heartbeat)) * 1000000)::bigint AS since_heartbeat_us, \
     halted, halted_by, halt_reason, resumed_by";
 
-/// A notification from another process (or this one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// A message on a channel.
-    Message {
-        /// The channel.
-        channel: String,
-        /// Its payload.
-        payload: String,
-    },
-    /// The listening connection was lost; messages may have been missed. Caches must resync.
-    Lost,
-}
-
-/// A dedicated connection listening on notification channels.
-pub struct Listener(PgListener);
-
-impl std::fmt::Debug for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Listener")
-    }
-}
-
-impl Listener {
-    /// The next notice. After [`Notice::Lost`], the next call reconnects.
-    pub async fn recv(&mut self) -> Result<Notice> {
-        match self.0.try_recv().await? {
-            Some(n) => Ok(Notice::Message {
-                channel: n.channel().to_owned(),
-                payload: n.payload().to_owned(),
-            }),
-            None => Ok(Notice::Lost),
-        }
-    }
-}
-
 impl PgStore {
-    pub(crate) async fn listen(&self, channels: &[&str]) -> Result<Listener> {
+    /// A dedicated listening connection on `channels`.
+    pub(crate) async fn listen_channels(&self, channels: &[&str]) -> Result<PgListener> {
         let mut l = PgListener::connect_with(&self.pool).await?;
         l.listen_all(channels.iter().copied()).await?;
-        Ok(Listener(l))
+        Ok(l)
     }
+}
 
-    pub(crate) async fn put_scope_policy(&self, p: &ScopePolicy) -> Result<()> {
+impl EnforceStore for PgStore {
+    async fn put_scope_policy(&self, p: &ScopePolicy) -> Result<()> {
         let v = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
         // language=PostgreSQL
         sqlx::query(
@@ -119,7 +87,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn delete_scope_policy(&self, agent: &str) -> Result<bool> {
+    async fn delete_scope_policy(&self, agent: &str) -> Result<bool> {
         // language=PostgreSQL
         let r = sqlx::query("DELETE FROM scope_policies WHERE agent_id = $1")
             .bind(agent)
@@ -128,7 +96,7 @@ impl PgStore {
         Ok(r.rows_affected() > 0)
     }
 
-    pub(crate) async fn scope_policy(&self, agent: &str) -> Result<Option<ScopePolicy>> {
+    async fn scope_policy(&self, agent: &str) -> Result<Option<ScopePolicy>> {
         // language=PostgreSQL
         let row: Option<PolicyRow> = sqlx::query_as(
             "SELECT agent_id, allowed_tools, allowed_apis, hidden_tools FROM scope_policies WHERE agent_id = $1",
@@ -139,7 +107,7 @@ impl PgStore {
         row.map(TryInto::try_into).transpose()
     }
 
-    pub(crate) async fn scope_policies(&self) -> Result<Vec<ScopePolicy>> {
+    async fn scope_policies(&self) -> Result<Vec<ScopePolicy>> {
         // language=PostgreSQL
         let rows: Vec<PolicyRow> = sqlx::query_as(
             "SELECT agent_id, allowed_tools, allowed_apis, hidden_tools FROM scope_policies ORDER BY agent_id",
@@ -149,7 +117,7 @@ impl PgStore {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    pub(crate) async fn heartbeat(&self, agent: &str) -> Result<()> {
+    async fn heartbeat(&self, agent: &str) -> Result<()> {
         // A heartbeat never touches the halt columns: only a resume clears a halt.
         // language=PostgreSQL
         sqlx::query("SELECT governance_heartbeat($1)")
@@ -159,7 +127,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn set_halted(
+    async fn set_halted(
         &self,
         agent: &str,
         halted: bool,
@@ -195,7 +163,7 @@ impl PgStore {
         Ok(changed)
     }
 
-    pub(crate) async fn is_halted(&self, agent: &str) -> Result<bool> {
+    async fn is_halted(&self, agent: &str) -> Result<bool> {
         // language=PostgreSQL
         let halted: Option<bool> =
             sqlx::query_scalar("SELECT halted FROM agent_presence WHERE agent_id = $1")
@@ -205,7 +173,7 @@ impl PgStore {
         Ok(halted.unwrap_or(false))
     }
 
-    pub(crate) async fn presence(&self, agent: &str) -> Result<Option<AgentPresence>> {
+    async fn presence(&self, agent: &str) -> Result<Option<AgentPresence>> {
         let sql = format!("SELECT {PRESENCE_COLUMNS} FROM agent_presence WHERE agent_id = $1");
         let row: Option<PresenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(agent)
@@ -214,7 +182,7 @@ impl PgStore {
         Ok(row.map(Into::into))
     }
 
-    pub(crate) async fn presences(&self) -> Result<Vec<AgentPresence>> {
+    async fn presences(&self) -> Result<Vec<AgentPresence>> {
         let sql = format!("SELECT {PRESENCE_COLUMNS} FROM agent_presence ORDER BY agent_id");
         let rows: Vec<PresenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_all(&self.pool)

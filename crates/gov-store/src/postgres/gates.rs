@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::PgStore;
-use crate::{Result, Sealer, StoreError};
+use crate::backend::GateStore;
+use crate::{Decision, OperatorRecord, Result, Sealer, StoreError};
 
 #[derive(FromRow)]
 struct GateRow {
@@ -49,38 +50,8 @@ impl TryFrom<GateRow> for GateRecord {
 const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
      status, decided_by, decision_reason, token_expires_at";
 
-/// An operator account as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorRecord {
-    /// User name.
-    pub username: String,
-    /// Role.
-    pub role: OperatorRole,
-    /// argon2id PHC string.
-    pub password_hash: String,
-    /// Whether the account is disabled.
-    pub disabled: bool,
-}
-
-/// A decision to record.
-#[derive(Debug)]
-pub struct Decision<'a> {
-    /// The request.
-    pub id: Uuid,
-    /// The deciding operator.
-    pub operator: &'a str,
-    /// Approve or deny.
-    pub approve: bool,
-    /// Why.
-    pub reason: &'a str,
-    /// SHA-256 of the approval token (approvals only).
-    pub token_hash: Option<&'a [u8]>,
-    /// Until when the approval may be used.
-    pub token_expires_at: Option<OffsetDateTime>,
-}
-
-impl PgStore {
-    pub(crate) async fn add_operator(
+impl GateStore for PgStore {
+    async fn add_operator(
         &self,
         username: &str,
         role: OperatorRole,
@@ -102,9 +73,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn operators(
-        &self,
-    ) -> Result<Vec<(String, OperatorRole, bool, OffsetDateTime)>> {
+    async fn operators(&self) -> Result<Vec<(String, OperatorRole, bool, OffsetDateTime)>> {
         // language=PostgreSQL
         let rows: Vec<(String, String, bool, OffsetDateTime)> = sqlx::query_as(
             "SELECT username, role, disabled, created_at FROM operators ORDER BY username",
@@ -120,7 +89,7 @@ impl PgStore {
             .collect()
     }
 
-    pub(crate) async fn update_operator(
+    async fn update_operator(
         &self,
         username: &str,
         disabled: Option<bool>,
@@ -139,7 +108,7 @@ impl PgStore {
         Ok(r.rows_affected() > 0)
     }
 
-    pub(crate) async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
+    async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {
         // language=PostgreSQL
         let row: Option<(String, String, String, bool)> = sqlx::query_as(
             "SELECT username, role, password_hash, disabled FROM operators WHERE username = $1",
@@ -159,7 +128,7 @@ impl PgStore {
         .transpose()
     }
 
-    pub(crate) async fn insert_gate_request(&self, g: &GateRecord) -> Result<()> {
+    async fn insert_gate_request(&self, g: &GateRecord) -> Result<()> {
         // language=PostgreSQL
         sqlx::query(
             "INSERT INTO gate_requests (id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at) \
@@ -178,7 +147,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn gate_request(&self, id: Uuid) -> Result<Option<GateRecord>> {
+    async fn gate_request(&self, id: Uuid) -> Result<Option<GateRecord>> {
         let sql = format!("SELECT {GATE_COLUMNS} FROM gate_requests WHERE id = $1");
         let row: Option<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -187,7 +156,7 @@ impl PgStore {
         row.map(TryInto::try_into).transpose()
     }
 
-    pub(crate) async fn pending_gates(&self) -> Result<Vec<GateRecord>> {
+    async fn pending_gates(&self) -> Result<Vec<GateRecord>> {
         let sql = format!(
             "SELECT {GATE_COLUMNS} FROM gate_requests WHERE status = 'pending' AND expires_at > now() ORDER BY requested_at"
         );
@@ -197,7 +166,7 @@ impl PgStore {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    pub(crate) async fn decide_gate(
+    async fn decide_gate(
         &self,
         d: &Decision<'_>,
         event: &AuditEvent,
@@ -232,7 +201,7 @@ impl PgStore {
         Ok(outcome)
     }
 
-    pub(crate) async fn consume_gate(
+    async fn consume_gate(
         &self,
         id: Uuid,
         token_hash: &[u8],

@@ -4,6 +4,7 @@ use sqlx::FromRow;
 use time::OffsetDateTime;
 
 use super::PgStore;
+use crate::backend::RegistryStore;
 use crate::{LlmClientRow, Result};
 
 #[derive(FromRow)]
@@ -15,8 +16,8 @@ struct Row {
     registered_at: OffsetDateTime,
 }
 
-impl PgStore {
-    pub(crate) async fn register_llm_client(&self, c: &LlmClientRow) -> Result<bool> {
+impl RegistryStore for PgStore {
+    async fn register_llm_client(&self, c: &LlmClientRow) -> Result<bool> {
         // language=PostgreSQL
         let done = sqlx::query(
             "INSERT INTO llm_clients (provider, wrapper, model_family, host_digest) \
@@ -31,7 +32,7 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(crate) async fn llm_clients(&self) -> Result<Vec<LlmClientRow>> {
+    async fn llm_clients(&self) -> Result<Vec<LlmClientRow>> {
         // language=PostgreSQL
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT provider, wrapper, model_family, host_digest, registered_at FROM llm_clients \

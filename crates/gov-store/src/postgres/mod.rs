@@ -8,15 +8,12 @@ mod gates;
 mod llm;
 mod signers;
 
-pub use budget::Reserve;
-pub use enforce::{Listener, Notice};
-pub use gates::{Decision, OperatorRecord};
-
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::str::FromStr;
 
-use crate::{MigrateReport, Result, StoreError, StoreOptions};
+use crate::backend::Backend;
+use crate::{Listener, MigrateReport, Privileges, Result, StoreError, StoreOptions};
 
 /// Migrations for PostgreSQL, embedded from `migrations/postgres`.
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -25,34 +22,6 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migr
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-}
-
-/// What the connected role may do to the audit tables (for health and for `migrate`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Privileges {
-    /// The role the connection acts as.
-    pub role: String,
-    /// Whether it is a superuser (it can bypass every trigger).
-    pub superuser: bool,
-    /// Whether it owns `audit_events` (it could disable the append-only triggers).
-    pub owns_audit_table: bool,
-    /// Whether it holds UPDATE on `audit_events`.
-    pub can_update: bool,
-    /// Whether it holds DELETE on `audit_events`.
-    pub can_delete: bool,
-    /// Whether it holds TRUNCATE on `audit_events`.
-    pub can_truncate: bool,
-}
-
-impl Privileges {
-    /// True when the role can do no more than append and read the audit rows.
-    pub fn is_least_privilege(&self) -> bool {
-        !(self.superuser
-            || self.owns_audit_table
-            || self.can_update
-            || self.can_delete
-            || self.can_truncate)
-    }
 }
 
 fn valid_role_name(role: &str) -> bool {
@@ -125,7 +94,20 @@ impl PgStore {
         &self.pool
     }
 
-    pub(crate) async fn migrate(&self) -> Result<MigrateReport> {
+    async fn applied_versions(&self) -> Result<Vec<i64>> {
+        // language=PostgreSQL
+        let rows =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+}
+
+impl Backend for PgStore {
+    async fn migrate(&self) -> Result<MigrateReport> {
         let before = self.applied_versions().await.unwrap_or_default();
         MIGRATOR.run(&self.pool).await.map_err(|e| match StoreError::from(e) {
             StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
@@ -140,18 +122,7 @@ impl PgStore {
         })
     }
 
-    async fn applied_versions(&self) -> Result<Vec<i64>> {
-        // language=PostgreSQL
-        let rows =
-            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
-            .collect()
-    }
-
-    pub(crate) async fn check_schema(&self) -> Result<()> {
+    async fn check_schema(&self) -> Result<()> {
         let applied = match self.applied_versions().await {
             Ok(v) => v,
             Err(StoreError::NotMigrated(_)) => {
@@ -171,7 +142,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
+    async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
         if !valid_role_name(role) {
             return Err(StoreError::InvalidArgument(format!(
                 "role name {:?} must be 1 to 63 characters of a-z, 0-9 and _, starting with a letter or _",
@@ -216,7 +187,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn privileges(&self) -> Result<Privileges> {
+    async fn privileges(&self) -> Result<Privileges> {
         // language=PostgreSQL
         let row = sqlx::query(
             "SELECT current_user::text, \
@@ -239,12 +210,16 @@ impl PgStore {
         })
     }
 
-    pub(crate) async fn ping(&self) -> Result<()> {
+    async fn listen(&self, channels: &[&str]) -> Result<Listener> {
+        Ok(Listener::postgres(self.listen_channels(channels).await?))
+    }
+
+    async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    pub(crate) async fn close(&self) {
+    async fn close(&self) {
         self.pool.close().await;
     }
 }

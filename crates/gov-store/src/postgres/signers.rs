@@ -4,6 +4,7 @@ use sqlx::FromRow;
 use time::OffsetDateTime;
 
 use super::PgStore;
+use crate::backend::SignerStore;
 use crate::{CheckpointRow, Result, SignerKeyRow};
 
 #[derive(FromRow)]
@@ -25,13 +26,8 @@ struct CpRow {
     signature: Vec<u8>,
 }
 
-impl PgStore {
-    pub(crate) async fn register_signer(
-        &self,
-        id: &str,
-        public_key: &[u8],
-        label: &str,
-    ) -> Result<bool> {
+impl SignerStore for PgStore {
+    async fn register_signer(&self, id: &str, public_key: &[u8], label: &str) -> Result<bool> {
         // language=PostgreSQL
         sqlx::query(
             "INSERT INTO signer_keys (signer_key_id, public_key, label) VALUES ($1, $2, $3) \
@@ -50,7 +46,28 @@ impl PgStore {
         Ok(stored.as_deref() == Some(public_key))
     }
 
-    pub(crate) async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>> {
+    async fn import_signer(&self, row: &SignerKeyRow) -> Result<bool> {
+        // language=PostgreSQL
+        sqlx::query(
+            "INSERT INTO signer_keys (signer_key_id, public_key, label, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&row.signer_key_id)
+        .bind(&row.public_key)
+        .bind(&row.label)
+        .bind(row.created_at)
+        .bind(row.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT public_key FROM signer_keys WHERE signer_key_id = $1")
+                .bind(&row.signer_key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(stored.as_deref() == Some(&row.public_key[..]))
+    }
+
+    async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>> {
         let rows: Vec<SignerRow> = sqlx::query_as(
             "SELECT signer_key_id, public_key, label, created_at, revoked_at \
              FROM signer_keys ORDER BY signer_key_id",
@@ -69,7 +86,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn revoke_signer(&self, id: &str) -> Result<bool> {
+    async fn revoke_signer(&self, id: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE signer_keys SET revoked_at = now() \
              WHERE signer_key_id = $1 AND revoked_at IS NULL",
@@ -80,7 +97,7 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(crate) async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
+    async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO checkpoints (chain_id, seq, head_hmac, signed_at, signer_key_id, signature) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -96,7 +113,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
+    async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
         let rows: Vec<CpRow> = sqlx::query_as(
             "SELECT chain_id, seq, head_hmac, signed_at, signer_key_id, signature \
              FROM checkpoints WHERE chain_id = $1 ORDER BY seq, signer_key_id",

@@ -1,0 +1,244 @@
+//! The typed operations every backend implements, one trait per concern (in the style of
+//! atuin's server database crates). [`crate::Store`] dispatches to a backend; `gov-audit`,
+//! `gov-sdk`, the CLI and the console only ever see `Store`.
+//!
+//! The traits use `async fn`: they are implemented by this crate's backends only and called
+//! through `Store` on concrete types, where the futures' `Send` is known.
+#![allow(async_fn_in_trait)]
+
+use gov_core::{
+    AgentPresence, AuditEvent, AuditRecord, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead,
+    EventCount, EventFilter, GateRecord, ModelUsage, OperatorRole, ScopePolicy, TokenUsage,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    CheckpointRow, ConsoleSession, Decision, Listener, LlmClientRow, MigrateReport, OperatorRecord,
+    Privileges, Reserve, Result, Sealer, SignerKeyRow,
+};
+
+/// Schema, roles, notifications and the connection pool.
+pub trait Backend:
+    ChainStore + SignerStore + EnforceStore + BudgetStore + GateStore + SessionStore + RegistryStore
+{
+    /// Applies the embedded migrations (idempotent).
+    async fn migrate(&self) -> Result<MigrateReport>;
+    /// Fails with `NotMigrated` when the schema is missing or older than this build.
+    async fn check_schema(&self) -> Result<()>;
+    /// Creates the least-privilege application role (where the backend has roles).
+    async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()>;
+    /// What the connection may do to the audit tables.
+    async fn privileges(&self) -> Result<Privileges>;
+    /// Listens on notification channels.
+    async fn listen(&self, channels: &[&str]) -> Result<Listener>;
+    /// One bare round trip.
+    async fn ping(&self) -> Result<()>;
+    /// Closes the pool.
+    async fn close(&self);
+}
+
+/// The audit chain: appends under the head lock and reads.
+pub trait ChainStore {
+    /// Appends one chain's events in one transaction; the seq given to each.
+    async fn append_batch(
+        &self,
+        chain_id: &str,
+        key_id: &str,
+        events: &[AuditEvent],
+        seal: Sealer<'_>,
+    ) -> Result<Vec<i64>>;
+    /// Appends rows sealed elsewhere (an import), verbatim; they must continue the chain's head.
+    async fn import_rows(&self, chain_id: &str, rows: &[AuditRecord]) -> Result<()>;
+    /// Which of `ids` are stored.
+    async fn existing_event_ids(&self, ids: &[Uuid]) -> Result<Vec<Uuid>>;
+    /// One chain's head.
+    async fn chain_head(&self, chain_id: &str) -> Result<Option<ChainHead>>;
+    /// Every chain's head.
+    async fn chain_heads(&self) -> Result<Vec<ChainHead>>;
+    /// Chain ids found in the rows.
+    async fn chain_ids_with_rows(&self) -> Result<Vec<String>>;
+    /// Up to `limit` rows after `after_seq`.
+    async fn read_chain_page(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>>;
+    /// Rows with `after_seq < seq <= upto_seq`.
+    async fn read_chain_window(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        upto_seq: i64,
+    ) -> Result<Vec<AuditRecord>>;
+    /// Filtered rows.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>>;
+    /// Event counts per (chain, agent, kind) and per (chain, agent).
+    async fn event_counts(
+        &self,
+        chain_id: Option<&str>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<EventCount>>;
+}
+
+/// Signer public keys and stored checkpoints.
+pub trait SignerStore {
+    /// Registers a key; false when the id is taken by another key.
+    async fn register_signer(&self, id: &str, public_key: &[u8], label: &str) -> Result<bool>;
+    /// Stores a key with its recorded times (an import); false when the id holds another key.
+    async fn import_signer(&self, row: &SignerKeyRow) -> Result<bool>;
+    /// Every registered key.
+    async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>>;
+    /// Revokes a key once.
+    async fn revoke_signer(&self, id: &str) -> Result<bool>;
+    /// Stores a checkpoint (idempotent).
+    async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()>;
+    /// A chain's checkpoints.
+    async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>>;
+}
+
+/// Scope policies, heartbeats and halts.
+pub trait EnforceStore {
+    /// Creates or replaces a scope policy (announced).
+    async fn put_scope_policy(&self, policy: &ScopePolicy) -> Result<()>;
+    /// Removes a scope policy.
+    async fn delete_scope_policy(&self, agent: &str) -> Result<bool>;
+    /// One scope policy.
+    async fn scope_policy(&self, agent: &str) -> Result<Option<ScopePolicy>>;
+    /// Every scope policy.
+    async fn scope_policies(&self) -> Result<Vec<ScopePolicy>>;
+    /// Records a heartbeat.
+    async fn heartbeat(&self, agent: &str) -> Result<()>;
+    /// Halts or resumes; whether the state changed (announced).
+    async fn set_halted(
+        &self,
+        agent: &str,
+        halted: bool,
+        operator: &str,
+        reason: &str,
+    ) -> Result<bool>;
+    /// Whether an agent is halted.
+    async fn is_halted(&self, agent: &str) -> Result<bool>;
+    /// One presence row.
+    async fn presence(&self, agent: &str) -> Result<Option<AgentPresence>>;
+    /// Every presence row.
+    async fn presences(&self) -> Result<Vec<AgentPresence>>;
+}
+
+/// Budget policies, counters, reservations and usage.
+pub trait BudgetStore {
+    /// Creates or replaces a budget policy.
+    async fn put_budget_policy(&self, policy: &BudgetPolicy) -> Result<()>;
+    /// Removes a budget policy.
+    async fn delete_budget_policy(&self, agent: &str) -> Result<bool>;
+    /// Reserves atomically, or names the refusing cap.
+    async fn reserve(&self, r: &Reserve<'_>) -> Result<std::result::Result<(), BudgetRefusal>>;
+    /// Reserves and appends `event` in one transaction.
+    async fn reserve_logged(
+        &self,
+        r: &Reserve<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<std::result::Result<i64, BudgetRefusal>>;
+    /// Settles or releases once; the outcome.
+    async fn settle(
+        &self,
+        id: Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+    ) -> Result<String>;
+    /// Settles and appends `event` in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_logged(
+        &self,
+        id: Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<(String, i64)>;
+    /// Records spend without a reservation.
+    async fn track(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<()>;
+    /// Policy and both counters.
+    async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus>;
+    /// Today's spend of one agent by model.
+    async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>>;
+    /// Today's spend of every agent by model.
+    async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>>;
+}
+
+/// Operators and human-approval gates.
+pub trait GateStore {
+    /// Adds an operator.
+    async fn add_operator(
+        &self,
+        username: &str,
+        role: OperatorRole,
+        password_hash: &str,
+    ) -> Result<()>;
+    /// Every operator: name, role, disabled, created.
+    async fn operators(&self) -> Result<Vec<(String, OperatorRole, bool, OffsetDateTime)>>;
+    /// Disables/enables and/or replaces the password hash.
+    async fn update_operator(
+        &self,
+        username: &str,
+        disabled: Option<bool>,
+        password_hash: Option<&str>,
+    ) -> Result<bool>;
+    /// One operator.
+    async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>>;
+    /// Stores a pending request (announced).
+    async fn insert_gate_request(&self, g: &GateRecord) -> Result<()>;
+    /// One request.
+    async fn gate_request(&self, id: Uuid) -> Result<Option<GateRecord>>;
+    /// Pending, unexpired requests, oldest first.
+    async fn pending_gates(&self) -> Result<Vec<GateRecord>>;
+    /// Records a decision with its audit event; `ok` or why not.
+    async fn decide_gate(
+        &self,
+        d: &Decision<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<String>;
+    /// Spends an approval once; `ok` or why not.
+    async fn consume_gate(&self, id: Uuid, token_hash: &[u8], action_hash: &[u8])
+    -> Result<String>;
+}
+
+/// Console sign-in sessions.
+pub trait SessionStore {
+    /// Stores a session (and sweeps expired ones).
+    async fn insert_session(
+        &self,
+        token_hash: &[u8],
+        username: &str,
+        csrf_token: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<()>;
+    /// The live session with this token hash.
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>>;
+    /// Ends a session.
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
+}
+
+/// The coverage registry of wrapped LLM clients.
+pub trait RegistryStore {
+    /// Records a client once; whether it was new.
+    async fn register_llm_client(&self, c: &LlmClientRow) -> Result<bool>;
+    /// The registry, oldest first.
+    async fn llm_clients(&self) -> Result<Vec<LlmClientRow>>;
+}

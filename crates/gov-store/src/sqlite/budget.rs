@@ -1,0 +1,556 @@
+//! Budgets on SQLite: the same rules as the Postgres functions of the budgets migration, run in
+//! `BEGIN IMMEDIATE` transactions. Holding the database's write lock from the first statement,
+//! a check of the caps and the reservation that follows cannot interleave with any other
+//! writer, in this process or another, so concurrent callers never overspend.
+
+use std::time::Duration;
+
+use gov_core::{
+    AgentId, AuditEvent, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus,
+    MicroUsd, ModelUsage, TokenUsage,
+};
+use sqlx::{FromRow, SqliteConnection};
+use uuid::Uuid;
+
+use super::audit::append_in;
+use super::{SqliteStore, now_us, today};
+use crate::backend::BudgetStore;
+use crate::{Reserve, Result, Sealer, StoreError};
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[derive(FromRow, Default)]
+struct Counter {
+    spent_micros: i64,
+    reserved_micros: i64,
+    spent_tokens: i64,
+    reserved_tokens: i64,
+    started_at: i64,
+}
+
+#[derive(FromRow)]
+struct PolicyRow {
+    per_session_micros: Option<i64>,
+    per_day_micros: Option<i64>,
+    per_session_tokens: Option<i64>,
+    per_day_tokens: Option<i64>,
+    max_session_seconds: Option<i64>,
+}
+
+#[derive(FromRow)]
+struct Reservation {
+    agent_id: String,
+    session_id: String,
+    day: String,
+    model: String,
+    micros: i64,
+    tokens: i64,
+    closed_at: Option<i64>,
+    outcome: Option<String>,
+}
+
+async fn policy(conn: &mut SqliteConnection, agent: &str) -> Result<Option<PolicyRow>> {
+    Ok(sqlx::query_as(
+        "SELECT per_session_micros, per_day_micros, per_session_tokens, per_day_tokens, \
+             max_session_seconds FROM budget_policies WHERE agent_id = ?",
+    )
+    .bind(agent)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+async fn counter(
+    conn: &mut SqliteConnection,
+    agent: &str,
+    period: &str,
+) -> Result<Option<Counter>> {
+    Ok(sqlx::query_as(
+        "SELECT spent_micros, reserved_micros, spent_tokens, reserved_tokens, started_at \
+         FROM budget_counters WHERE agent_id = ? AND period = ?",
+    )
+    .bind(agent)
+    .bind(period)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+async fn ensure_counters(
+    conn: &mut SqliteConnection,
+    agent: &str,
+    day: &str,
+    session: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_counters (agent_id, period, started_at) VALUES (?1, ?2, ?4), (?1, ?3, ?4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(agent)
+    .bind(format!("d:{day}"))
+    .bind(format!("s:{session}"))
+    .bind(now_us())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds to (or with negative amounts, takes from) the reserved amounts of both counters.
+async fn add_reserved(
+    conn: &mut SqliteConnection,
+    agent: &str,
+    day: &str,
+    session: &str,
+    micros: i64,
+    tokens: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE budget_counters SET reserved_micros = reserved_micros + ?, \
+             reserved_tokens = reserved_tokens + ? \
+         WHERE agent_id = ? AND period IN (?, ?)",
+    )
+    .bind(micros)
+    .bind(tokens)
+    .bind(agent)
+    .bind(format!("d:{day}"))
+    .bind(format!("s:{session}"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Closes the agent's reservations whose time ran out and returns their amounts.
+async fn expire(conn: &mut SqliteConnection, agent: &str, now: i64) -> Result<()> {
+    let expired: Vec<(Uuid, String, String, i64, i64)> = sqlx::query_as(
+        "UPDATE budget_reservations SET closed_at = ?1, outcome = 'expired' \
+         WHERE agent_id = ?2 AND closed_at IS NULL AND expires_at < ?1 \
+         RETURNING id, session_id, day, micros, tokens",
+    )
+    .bind(now)
+    .bind(agent)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (_, session, day, micros, tokens) in expired {
+        add_reserved(conn, agent, &day, &session, -micros, -tokens).await?;
+    }
+    Ok(())
+}
+
+/// Records spend on both counters and in the usage by model.
+#[allow(clippy::too_many_arguments)]
+async fn record_spend(
+    conn: &mut SqliteConnection,
+    agent: &str,
+    day: &str,
+    session: &str,
+    model: &str,
+    micros: i64,
+    usage: &TokenUsage,
+) -> Result<()> {
+    let (input, output, cached) = (
+        to_i64(usage.input_tokens),
+        to_i64(usage.output_tokens),
+        to_i64(usage.cached_input_tokens),
+    );
+    sqlx::query(
+        "UPDATE budget_counters SET spent_micros = spent_micros + ?, \
+             spent_tokens = spent_tokens + ? \
+         WHERE agent_id = ? AND period IN (?, ?)",
+    )
+    .bind(micros)
+    .bind(input.saturating_add(output))
+    .bind(agent)
+    .bind(format!("d:{day}"))
+    .bind(format!("s:{session}"))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO budget_usage (agent_id, day, model, calls, input_tokens, output_tokens, \
+             cached_tokens, micros) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (agent_id, day, model) DO UPDATE SET calls = calls + 1, \
+             input_tokens = input_tokens + ?4, output_tokens = output_tokens + ?5, \
+             cached_tokens = cached_tokens + ?6, micros = micros + ?7",
+    )
+    .bind(agent)
+    .bind(day)
+    .bind(model)
+    .bind(input)
+    .bind(output)
+    .bind(cached)
+    .bind(micros)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The reservation rules (see `governance_reserve` in the Postgres budgets migration).
+async fn reserve_in(
+    conn: &mut SqliteConnection,
+    r: &Reserve<'_>,
+) -> Result<Result<(), BudgetRefusal>> {
+    let now = now_us();
+    let day = today();
+    expire(conn, r.agent, now).await?;
+    let pol = policy(conn, r.agent).await?;
+    if pol.is_none() && !r.allow_unbudgeted {
+        return Ok(Err(BudgetRefusal {
+            denial: BudgetDenial::NoPolicy,
+            cap: None,
+            used: None,
+        }));
+    }
+    ensure_counters(conn, r.agent, &day, r.session).await?;
+    let d = counter(conn, r.agent, &format!("d:{day}"))
+        .await?
+        .unwrap_or_default();
+    let s = counter(conn, r.agent, &format!("s:{}", r.session))
+        .await?
+        .unwrap_or_default();
+    if let Some(p) = pol {
+        let refuse = |denial, cap: i64, used: i64| {
+            Ok(Err(BudgetRefusal {
+                denial,
+                cap: Some(cap),
+                used: Some(used),
+            }))
+        };
+        if let Some(max) = p.max_session_seconds {
+            let age_s = (now - s.started_at) / 1_000_000;
+            if now - s.started_at > max.saturating_mul(1_000_000) {
+                return refuse(BudgetDenial::SessionExpired, max, age_s);
+            }
+        }
+        // The caps in the order Postgres checks them: (denial, cap, used so far, this call).
+        let caps = [
+            (
+                BudgetDenial::SessionUsd,
+                p.per_session_micros,
+                s.spent_micros + s.reserved_micros,
+                r.micros,
+            ),
+            (
+                BudgetDenial::DayUsd,
+                p.per_day_micros,
+                d.spent_micros + d.reserved_micros,
+                r.micros,
+            ),
+            (
+                BudgetDenial::SessionTokens,
+                p.per_session_tokens,
+                s.spent_tokens + s.reserved_tokens,
+                r.tokens,
+            ),
+            (
+                BudgetDenial::DayTokens,
+                p.per_day_tokens,
+                d.spent_tokens + d.reserved_tokens,
+                r.tokens,
+            ),
+        ];
+        for (denial, cap, used, more) in caps {
+            if let Some(cap) = cap.filter(|cap| used + more > *cap) {
+                return refuse(denial, cap, used);
+            }
+        }
+    }
+    add_reserved(conn, r.agent, &day, r.session, r.micros, r.tokens).await?;
+    let ttl = i64::try_from(r.ttl.as_micros().max(1_000_000)).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO budget_reservations (id, agent_id, session_id, day, model, micros, tokens, \
+             created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.id)
+    .bind(r.agent)
+    .bind(r.session)
+    .bind(&day)
+    .bind(r.model)
+    .bind(r.micros)
+    .bind(r.tokens)
+    .bind(now)
+    .bind(now.saturating_add(ttl))
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(()))
+}
+
+/// The settlement rules (see `governance_settle` in the Postgres budgets migration).
+async fn settle_in(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    micros: i64,
+    usage: &TokenUsage,
+    release: bool,
+) -> Result<String> {
+    let r: Option<Reservation> = sqlx::query_as(
+        "SELECT agent_id, session_id, day, model, micros, tokens, closed_at, outcome \
+         FROM budget_reservations WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = r else {
+        return Ok("unknown".into());
+    };
+    if r.closed_at.is_some() && r.outcome.as_deref() != Some("expired") {
+        return Ok("already_closed".into());
+    }
+    let now = now_us();
+    let outcome = if r.closed_at.is_none() {
+        add_reserved(
+            conn,
+            &r.agent_id,
+            &r.day,
+            &r.session_id,
+            -r.micros,
+            -r.tokens,
+        )
+        .await?;
+        let outcome = if release { "released" } else { "settled" };
+        sqlx::query("UPDATE budget_reservations SET closed_at = ?, outcome = ? WHERE id = ?")
+            .bind(now)
+            .bind(outcome)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        outcome
+    } else {
+        // It expired first; the spend still happened and is recorded.
+        if release {
+            return Ok("already_closed".into());
+        }
+        sqlx::query("UPDATE budget_reservations SET outcome = 'expired_then_settled' WHERE id = ?")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        "expired_then_settled"
+    };
+    if !release {
+        record_spend(
+            conn,
+            &r.agent_id,
+            &r.day,
+            &r.session_id,
+            &r.model,
+            micros,
+            usage,
+        )
+        .await?;
+    }
+    Ok(outcome.into())
+}
+
+fn counter_of(c: Option<Counter>) -> BudgetCounter {
+    let c = c.unwrap_or_default();
+    BudgetCounter {
+        spent: MicroUsd(c.spent_micros),
+        reserved: MicroUsd(c.reserved_micros),
+        spent_tokens: c.spent_tokens,
+        reserved_tokens: c.reserved_tokens,
+    }
+}
+
+fn usage_of(
+    (model, calls, input_tokens, output_tokens, cached_tokens, micros): (
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ),
+) -> ModelUsage {
+    ModelUsage {
+        model,
+        calls,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        cost: MicroUsd(micros),
+    }
+}
+
+impl BudgetStore for SqliteStore {
+    async fn put_budget_policy(&self, p: &BudgetPolicy) -> Result<()> {
+        let tokens = |t: Option<u64>| t.map(to_i64);
+        sqlx::query(
+            "INSERT INTO budget_policies (agent_id, per_session_micros, per_day_micros, \
+                 per_session_tokens, per_day_tokens, max_session_seconds, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (agent_id) DO UPDATE SET per_session_micros = ?2, per_day_micros = ?3, \
+                 per_session_tokens = ?4, per_day_tokens = ?5, max_session_seconds = ?6, updated_at = ?7",
+        )
+        .bind(p.agent_id.as_str())
+        .bind(p.per_session.map(|m| m.0))
+        .bind(p.per_day.map(|m| m.0))
+        .bind(tokens(p.per_session_tokens))
+        .bind(tokens(p.per_day_tokens))
+        .bind(p.max_session_duration.map(|d| to_i64(d.as_secs().max(1))))
+        .bind(now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_budget_policy(&self, agent: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM budget_policies WHERE agent_id = ?")
+            .bind(agent)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
+        let mut tx = self.write_tx().await?;
+        let outcome = reserve_in(&mut tx, r).await?;
+        // A refusal commits what it did too (expiring old reservations), as on Postgres.
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn reserve_logged(
+        &self,
+        r: &Reserve<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<Result<i64, BudgetRefusal>> {
+        let mut tx = self.write_tx().await?;
+        if let Err(refusal) = reserve_in(&mut tx, r).await? {
+            tx.commit().await?;
+            return Ok(Err(refusal));
+        }
+        let seqs = append_in(
+            &mut tx,
+            event.chain_id.as_str(),
+            key_id,
+            std::slice::from_ref(event),
+            seal,
+        )
+        .await?;
+        tx.commit().await?;
+        self.written().await;
+        seqs.first()
+            .copied()
+            .map(Ok)
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
+    }
+
+    async fn settle(
+        &self,
+        id: Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+    ) -> Result<String> {
+        let mut tx = self.write_tx().await?;
+        let outcome = settle_in(&mut tx, id, micros, usage, release).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn settle_logged(
+        &self,
+        id: Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<(String, i64)> {
+        let mut tx = self.write_tx().await?;
+        let outcome = settle_in(&mut tx, id, micros, usage, release).await?;
+        let seqs = append_in(
+            &mut tx,
+            event.chain_id.as_str(),
+            key_id,
+            std::slice::from_ref(event),
+            seal,
+        )
+        .await?;
+        tx.commit().await?;
+        self.written().await;
+        let seq = seqs
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))?;
+        Ok((outcome, seq))
+    }
+
+    async fn track(
+        &self,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<()> {
+        let day = today();
+        let mut tx = self.write_tx().await?;
+        ensure_counters(&mut tx, agent, &day, session).await?;
+        record_spend(&mut tx, agent, &day, session, model, micros, usage).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
+        let mut conn = self.pool.acquire().await?;
+        let pol = policy(&mut conn, agent).await?;
+        let s = counter(&mut conn, agent, &format!("s:{session}")).await?;
+        let d = counter(&mut conn, agent, &format!("d:{}", today())).await?;
+        drop(conn);
+        let policy = match pol {
+            Some(p) => {
+                let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
+                Some(BudgetPolicy {
+                    agent_id: AgentId::new(agent)
+                        .map_err(|e| StoreError::InvalidArgument(e.to_string()))?,
+                    per_session: p.per_session_micros.map(MicroUsd),
+                    per_day: p.per_day_micros.map(MicroUsd),
+                    per_session_tokens: tokens(p.per_session_tokens),
+                    per_day_tokens: tokens(p.per_day_tokens),
+                    max_session_duration: p
+                        .max_session_seconds
+                        .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
+                })
+            }
+            None => None,
+        };
+        let now = now_us();
+        let session_age = s
+            .as_ref()
+            .map(|c| Duration::from_micros(u64::try_from(now - c.started_at).unwrap_or(0)));
+        Ok(BudgetStatus {
+            policy,
+            session: counter_of(s),
+            day: counter_of(d),
+            session_age,
+        })
+    }
+
+    async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT model, calls, input_tokens, output_tokens, cached_tokens, micros FROM budget_usage \
+             WHERE agent_id = ? AND day = ? ORDER BY micros DESC, model",
+        )
+        .bind(agent)
+        .bind(today())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(usage_of).collect())
+    }
+
+    async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>> {
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
+             FROM budget_usage WHERE day = ? ORDER BY agent_id, micros DESC, model",
+        )
+        .bind(today())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(agent, model, calls, i, o, c, m)| (agent, usage_of((model, calls, i, o, c, m))))
+            .collect())
+    }
+}

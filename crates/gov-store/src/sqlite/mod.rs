@@ -1,0 +1,351 @@
+//! The embedded SQLite backend: one file (or memory), the same typed operations as Postgres.
+//!
+//! Writers take the database's write lock at the start of each transaction (`BEGIN
+//! IMMEDIATE`), so a budget check and its reservation, or a chain head and the rows appended
+//! after it, cannot interleave with another writer in this or any other process. WAL journal
+//! with `synchronous=FULL`: a commit is on disk when it returns, as on Postgres. Times are
+//! stored as microseconds since the Unix epoch, so they round-trip exactly (the audit seal
+//! covers `occurred_at`).
+
+mod audit;
+mod budget;
+mod console;
+mod enforce;
+mod gates;
+mod llm;
+mod signers;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::backend::Backend;
+use crate::{Listener, MigrateReport, Notice, Privileges, Result, StoreError, StoreOptions};
+
+/// Migrations for SQLite, embedded from `migrations/sqlite`.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// How often a listener looks for notifications written by other processes. Writes made
+/// through this process wake its listeners at once.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long notifications are kept. A listener that falls further behind is told it lost
+/// messages ([`Notice::Lost`]) and resyncs, as after a lost Postgres connection.
+pub const NOTIFICATION_RETENTION: Duration = Duration::from_secs(600);
+
+/// One per database file in this process: bumped after each committed write, so listeners in
+/// the same process (any handle on the same file) wake without waiting for their poll.
+static WAKERS: LazyLock<Mutex<HashMap<String, Arc<watch::Sender<u64>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn waker_for(key: &str) -> Arc<watch::Sender<u64>> {
+    let mut map = WAKERS.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(key.to_owned())
+        .or_insert_with(|| Arc::new(watch::Sender::new(0)))
+        .clone()
+}
+
+/// A pool of connections to one SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    wake: Arc<watch::Sender<u64>>,
+    last_prune: Arc<AtomicI64>,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_us() -> i64 {
+    to_us(OffsetDateTime::now_utc())
+}
+
+/// A time as microseconds since the Unix epoch (Postgres keeps microseconds too).
+pub(crate) fn to_us(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Microseconds since the Unix epoch as a UTC time.
+pub(crate) fn from_us(us: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .map_err(|_| StoreError::Corrupt("a stored time is out of range".into()))
+}
+
+/// Today's UTC date, `YYYY-MM-DD` (the day budgets count against).
+pub(crate) fn today() -> String {
+    let d = OffsetDateTime::now_utc().date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// The options for `url`: `sqlite://path`, `sqlite:path`, `sqlite::memory:`.
+fn options(url: &str) -> Result<SqliteConnectOptions> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or("");
+    let (path, _) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(StoreError::InvalidUrl(
+            "it names no file; expected sqlite:///path/to/governance.db or sqlite::memory:".into(),
+        ));
+    }
+    SqliteConnectOptions::from_str(url).map_err(StoreError::from)
+}
+
+fn is_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Creates the directory that will hold the database file, when missing.
+fn create_parent(path: &std::path::Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if !dir.exists() => std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create the database directory {} ({})",
+                dir.display(),
+                e.kind()
+            ))
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the database file (and its directory) when missing. Returns whether it was created.
+pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
+    if is_memory(url) {
+        return Ok(false);
+    }
+    let opts = options(url)?;
+    let path = opts.get_filename().to_path_buf();
+    if path.exists() {
+        return Ok(false);
+    }
+    create_parent(&path)?;
+    use sqlx::Connection;
+    let conn = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true)).await?;
+    let _ = conn.close().await;
+    Ok(true)
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database named by `url`.
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
+        let memory = is_memory(url);
+        let connect = options(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(opts.acquire_timeout.max(Duration::from_secs(5)))
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(SqliteSynchronous::Full);
+        let key = if memory {
+            // Each `sqlite::memory:` URL is its own database.
+            format!("memory:{}", connect.get_filename().display())
+        } else {
+            let path: PathBuf = connect.get_filename().to_path_buf();
+            create_parent(&path)?;
+            std::fs::canonicalize(&path)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        // An in-memory database lives as long as a connection to it: keep exactly one, forever.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory {
+                1
+            } else {
+                opts.max_connections.max(2)
+            })
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
+            .acquire_timeout(opts.acquire_timeout)
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await?;
+        Ok(Self {
+            pool,
+            wake: waker_for(&key),
+            last_prune: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// The underlying pool (tests and embedding services).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a write transaction holding the database's write lock from its first statement.
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Wakes this process's listeners after a committed write, and now and then prunes
+    /// notifications past their retention.
+    pub(crate) async fn written(&self) {
+        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+        let now = now_us();
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now - last > 60_000_000
+            && self
+                .last_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let horizon = now - i64::try_from(NOTIFICATION_RETENTION.as_micros()).unwrap_or(0);
+            // Best effort: a busy database just keeps its notifications a little longer.
+            let _ = sqlx::query("DELETE FROM notifications WHERE at < ?")
+                .bind(horizon)
+                .execute(&self.pool)
+                .await;
+        }
+    }
+
+    async fn applied_versions(&self) -> Result<Vec<i64>> {
+        let rows =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+}
+
+impl Backend for SqliteStore {
+    async fn migrate(&self) -> Result<MigrateReport> {
+        let before = self.applied_versions().await.unwrap_or_default();
+        MIGRATOR.run(&self.pool).await?;
+        let after = self.applied_versions().await?;
+        Ok(MigrateReport {
+            applied: after.len().saturating_sub(before.len()),
+            known: MIGRATOR.iter().count(),
+        })
+    }
+
+    async fn check_schema(&self) -> Result<()> {
+        let applied = match self.applied_versions().await {
+            Ok(v) => v,
+            Err(StoreError::NotMigrated(_)) => {
+                return Err(StoreError::NotMigrated(
+                    "it has no governance schema".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let latest_known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let latest_applied = applied.last().copied().unwrap_or(0);
+        if latest_applied < latest_known {
+            return Err(StoreError::NotMigrated(format!(
+                "schema version {latest_applied}, this build needs {latest_known}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ensure_app_role(&self, _role: &str, _password: Option<&str>) -> Result<()> {
+        Err(StoreError::InvalidArgument(
+            "SQLite has no roles, so there is no application role to create; use Postgres for least-privilege roles (see docs/storage.md)".into(),
+        ))
+    }
+
+    async fn privileges(&self) -> Result<Privileges> {
+        // Whoever can write the file can change anything in it: the triggers refuse updates
+        // and deletes, but can be dropped. Reported as it is.
+        Ok(Privileges {
+            role: "sqlite file".into(),
+            superuser: false,
+            owns_audit_table: true,
+            can_update: false,
+            can_delete: false,
+            can_truncate: false,
+        })
+    }
+
+    async fn listen(&self, channels: &[&str]) -> Result<Listener> {
+        let last_id: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'notifications'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(Listener::sqlite(Poller {
+            pool: self.pool.clone(),
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            last_id: last_id.unwrap_or(0),
+            buffer: VecDeque::new(),
+            wake: self.wake.subscribe(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A listener on SQLite: reads the notification table by id, woken by this process's writes
+/// and otherwise every [`POLL_INTERVAL`].
+pub(crate) struct Poller {
+    pool: SqlitePool,
+    channels: Vec<String>,
+    last_id: i64,
+    buffer: VecDeque<Notice>,
+    wake: watch::Receiver<u64>,
+}
+
+impl Poller {
+    pub(crate) async fn recv(&mut self) -> Result<Notice> {
+        loop {
+            if let Some(n) = self.buffer.pop_front() {
+                return Ok(n);
+            }
+            self.wake.borrow_and_update();
+            let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT id, channel, payload FROM notifications WHERE id > ? ORDER BY id LIMIT 512",
+            )
+            .bind(self.last_id)
+            .fetch_all(&self.pool)
+            .await?;
+            if let Some((first, _, _)) = rows.first() {
+                // Ids are given in commit order (one writer at a time, and a rolled-back insert
+                // gives its id back), so a hole means rows were pruned before they were read.
+                if *first > self.last_id + 1 && self.last_id > 0 {
+                    self.buffer.push_back(Notice::Lost);
+                }
+            }
+            for (id, channel, payload) in rows {
+                self.last_id = id;
+                if self.channels.contains(&channel) {
+                    self.buffer.push_back(Notice::Message { channel, payload });
+                }
+            }
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            // Nothing new: wait for a local write or the next poll.
+            let _ = tokio::time::timeout(POLL_INTERVAL, self.wake.changed()).await;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Values passed to and returned by the backends.
+
+use std::time::Duration;
+
+use gov_core::OperatorRole;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A reservation to make: the projected spend of one call.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserve<'a> {
+    /// The reservation's id.
+    pub id: Uuid,
+    /// The agent.
+    pub agent: &'a str,
+    /// Its session.
+    pub session: &'a str,
+    /// The model (recorded with the spend).
+    pub model: &'a str,
+    /// Projected cost, micro-USD.
+    pub micros: i64,
+    /// Projected tokens, input and output.
+    pub tokens: i64,
+    /// How long it holds budget if never settled.
+    pub ttl: Duration,
+    /// Whether an agent without a budget policy may reserve (uncapped).
+    pub allow_unbudgeted: bool,
+}
+
+/// An operator account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRecord {
+    /// User name.
+    pub username: String,
+    /// Role.
+    pub role: OperatorRole,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+}
+
+/// A decision to record.
+#[derive(Debug)]
+pub struct Decision<'a> {
+    /// The request.
+    pub id: Uuid,
+    /// The deciding operator.
+    pub operator: &'a str,
+    /// Approve or deny.
+    pub approve: bool,
+    /// Why.
+    pub reason: &'a str,
+    /// SHA-256 of the approval token (approvals only).
+    pub token_hash: Option<&'a [u8]>,
+    /// Until when the approval may be used.
+    pub token_expires_at: Option<OffsetDateTime>,
+}
+
+/// What the connected role may do to the audit tables (for health and for `migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privileges {
+    /// The role the connection acts as.
+    pub role: String,
+    /// Whether it is a superuser (it can bypass every trigger).
+    pub superuser: bool,
+    /// Whether it owns `audit_events` (it could disable the append-only triggers).
+    pub owns_audit_table: bool,
+    /// Whether it holds UPDATE on `audit_events`.
+    pub can_update: bool,
+    /// Whether it holds DELETE on `audit_events`.
+    pub can_delete: bool,
+    /// Whether it holds TRUNCATE on `audit_events`.
+    pub can_truncate: bool,
+}
+
+impl Privileges {
+    /// True when the role can do no more than append and read the audit rows.
+    pub fn is_least_privilege(&self) -> bool {
+        !(self.superuser
+            || self.owns_audit_table
+            || self.can_update
+            || self.can_delete
+            || self.can_truncate)
+    }
+}
