@@ -6,6 +6,11 @@
 //! an advisory lock so parallel test processes build it only once; each [`TestDb`] is a
 //! `CREATE DATABASE … TEMPLATE` clone (milliseconds), dropped with `WITH (FORCE)` when the
 //! `TestDb` is dropped.
+//!
+//! [`TestStore`] runs the same test against either backend: a `TestDb`, or a migrated SQLite file
+//! of its own (see [`TestBackend`]).
+
+mod store;
 
 use std::time::Duration;
 
@@ -13,6 +18,8 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
+
+pub use store::{TestBackend, TestStore};
 
 /// Where the tests find Postgres when nothing is configured.
 pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

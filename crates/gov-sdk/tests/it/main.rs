@@ -1,7 +1,9 @@
-//! Integration tests of gov-sdk against a real Postgres (one fresh database per test).
+//! Integration tests of gov-sdk against a real database (one fresh database per test): Postgres,
+//! and in `conformance` both Postgres and SQLite.
 
 mod blocking;
 mod chain;
+mod conformance;
 mod contracts;
 mod cost;
 mod enforce;
