@@ -46,6 +46,8 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["report"],
         &["rotate-chain-key"],
         &["checkpoint"],
+        &["export"],
+        &["import"],
         &["console", "serve"],
         &["console", "add-user"],
         &["console", "list-users"],

@@ -4,6 +4,7 @@
 mod browser;
 mod checkpoint;
 mod docs;
+mod export_import;
 mod migrate;
 mod processes;
 mod report;

@@ -78,6 +78,18 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance checkpoint --signing-key file:///etc/governance/operator.key --output heads.json\n  GOVERNANCE_SIGNING_KEY=env://OPERATOR_KEY governance checkpoint --chain billing\n\nLater, `governance verify --checkpoint heads.json` proves the chains still extend those heads:\na cut tail or a chain rebuilt without the signing key fails.\nExit codes: 0 signed, 2 usage or configuration (no key, unreadable key, no such chain), 3 storage unreachable."
     )]
     Checkpoint(CheckpointArgs),
+    /// Write audit chains, their signer keys and checkpoints to a file (JSON Lines) that
+    /// `governance import` reads into another database
+    #[command(
+        after_help = "Examples:\n  governance export --output chains.jsonl\n  governance export --chain billing --chain default > two-chains.jsonl\n  governance --database-url sqlite:///var/lib/governance.db export | governance --database-url postgres://owner@db/app import\n\nRows are copied as they were sealed (nothing is re-sealed), so no audit secret is needed. Each chain is\nexported up to the head it has when the export starts; rows appended meanwhile are left for the next export.\nThe file ends with a trailer that counts its lines, so `governance import` refuses a cut-off file.\nExit codes: 0 written, 1 a chain's rows do not link up (nothing usable written), 2 usage or configuration\n(no such chain, unwritable --output, schema not migrated), 3 storage unreachable."
+    )]
+    Export(ExportArgs),
+    /// Read a file written by `governance export` into this database: signer keys, then the rows,
+    /// verbatim, then the checkpoints
+    #[command(
+        after_help = "Examples:\n  governance migrate && governance import --input chains.jsonl --verify\n  governance --database-url sqlite:///var/lib/governance.db import -i chains.jsonl\n  governance --database-url postgres://a@old/app export | governance --database-url postgres://a@new/app import\n\nThe whole file is checked before anything is written: its header and version, every line, the links\nbetween rows, the trailer's counts, and that each chain is empty here or already holds the file's rows\n(those are skipped, so an interrupted import is resumed by running it again). Seals are checked by\n`governance verify` on the target, or at once with --verify (which needs the audit secret).\nExit codes: 0 imported, 1 --verify found a chain tampered, 2 usage or configuration (a damaged or cut-off\nfile, an unknown version, a chain here that the file does not continue, schema not migrated), 3 storage unreachable."
+    )]
+    Import(ImportArgs),
     /// Manage console and CLI users (operators who approve, deny, halt and resume)
     #[command(subcommand)]
     Console(ConsoleCommand),
@@ -330,6 +342,28 @@ pub(crate) struct CheckpointArgs {
     /// Write the checkpoints to this file (replaced whole) as well as stdout
     #[arg(long, short, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// Only this chain; repeat the flag for several (default: every chain)
+    #[arg(long, value_name = "ID")]
+    pub(crate) chain: Vec<String>,
+    /// Write to this file (replaced whole, never left half-written) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The export file to read; - for standard input
+    #[arg(long, short, value_name = "FILE", default_value = "-")]
+    pub(crate) input: PathBuf,
+    /// Verify the imported chains afterwards (needs the audit secret they were sealed with)
+    #[arg(long)]
+    pub(crate) verify: bool,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod output;
 mod progress;
+mod transfer;
 mod when;
 
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ fn main() -> ExitCode {
             Command::Report(args) => commands::report::run(args, &cli.global, &out).await,
             Command::RotateChainKey(args) => commands::rotate::run(args, &cli.global, &out).await,
             Command::Checkpoint(args) => commands::checkpoint::run(args, &cli.global, &out).await,
+            Command::Export(args) => commands::export::run(args, &cli.global, &out).await,
+            Command::Import(args) => commands::import::run(args, &cli.global, &out).await,
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Completions(args) => commands::completions::run(args),

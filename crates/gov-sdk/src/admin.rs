@@ -1,8 +1,11 @@
-//! Administration that needs no audit secret: migrations, the application role, privileges.
-//! Run as the role that owns the schema (not as the application role).
+//! Administration that needs no audit secret: migrations, the application role, privileges,
+//! and moving sealed chains between databases (export and import: rows are copied as they are,
+//! never re-sealed). Run as the role that owns the schema (not as the application role).
 
-use gov_core::OperatorRole;
+use gov_core::{AuditRecord, ChainHead, ChainId, OperatorRole};
 use gov_store::{MigrateReport, Privileges, Store, StoreOptions};
+
+pub use gov_store::{CheckpointRow, SignerKeyRow};
 
 use crate::{Error, Result};
 
@@ -148,6 +151,81 @@ impl Admin {
     /// What the connected role may do to the audit tables.
     pub async fn privileges(&self) -> Result<Privileges> {
         Ok(self.store.privileges().await?)
+    }
+
+    /// Fails with a "not migrated" error (saying to run `governance migrate`) when the schema
+    /// is missing, older than this build, or holds a migration this build does not know.
+    pub async fn check_schema(&self) -> Result<()> {
+        Ok(self.store.check_schema().await?)
+    }
+
+    /// The backend this connection uses: `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        self.store.kind().as_str()
+    }
+
+    /// The head rows of every chain (last seq and its HMAC), ordered by chain id.
+    pub async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
+        Ok(self.store.chain_heads().await?)
+    }
+
+    /// The head row of one chain, if the chain exists.
+    pub async fn chain_head(&self, chain: &str) -> Result<Option<ChainHead>> {
+        ChainId::new(chain)?;
+        Ok(self.store.chain_head(chain).await?)
+    }
+
+    /// The ids of every chain that has rows, found from the rows themselves (so a chain whose
+    /// head row is missing is still listed).
+    pub async fn chain_ids(&self) -> Result<Vec<String>> {
+        Ok(self.store.chain_ids_with_rows().await?)
+    }
+
+    /// Up to `limit` stored rows of `chain` with seq greater than `after_seq`, in seq order,
+    /// exactly as stored (keyset paging: pass the last seq read). Nothing is verified here.
+    pub async fn export_page(
+        &self,
+        chain: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        ChainId::new(chain)?;
+        Ok(self.store.read_chain_page(chain, after_seq, limit).await?)
+    }
+
+    /// Appends rows sealed elsewhere (exported from another database) to `chain`, verbatim and
+    /// in one transaction: nothing is re-sealed, so they verify here under the keys they were
+    /// sealed with. They must continue the chain's head exactly (consecutive seqs, each row's
+    /// `prev_hmac` the previous seal); otherwise nothing is written and the error is a conflict
+    /// (a configuration error).
+    pub async fn import_rows(&self, chain: &str, rows: &[AuditRecord]) -> Result<()> {
+        ChainId::new(chain)?;
+        Ok(self.store.import_rows(chain, rows).await?)
+    }
+
+    /// Every registered signer key, revoked ones included.
+    pub async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>> {
+        Ok(self.store.signer_keys().await?)
+    }
+
+    /// Stores a signer key exported from another database, with its registration and
+    /// revocation times; kept as it is when already there. Returns false when the id is
+    /// registered here with another public key.
+    pub async fn import_signer(&self, row: &SignerKeyRow) -> Result<bool> {
+        Ok(self.store.import_signer(row).await?)
+    }
+
+    /// A chain's stored checkpoints, by seq.
+    pub async fn checkpoints(&self, chain: &str) -> Result<Vec<CheckpointRow>> {
+        ChainId::new(chain)?;
+        Ok(self.store.checkpoints(chain).await?)
+    }
+
+    /// Stores a checkpoint exported from another database (idempotent). Its signer must be
+    /// registered here first ([`Admin::import_signer`]).
+    pub async fn put_checkpoint(&self, checkpoint: &CheckpointRow) -> Result<()> {
+        ChainId::new(&checkpoint.chain_id)?;
+        Ok(self.store.put_checkpoint(checkpoint).await?)
     }
 
     /// Closes the connection.

@@ -5,6 +5,8 @@ pub(crate) mod checkpoint;
 pub(crate) mod completions;
 pub(crate) mod console;
 pub(crate) mod demo;
+pub(crate) mod export;
+pub(crate) mod import;
 pub(crate) mod migrate;
 pub(crate) mod report;
 pub(crate) mod rotate;
@@ -55,37 +57,94 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
 /// Writes `text` to `path` through a temporary file in the same directory and a rename, so the
 /// file is either the old one or the whole new one.
 pub(crate) fn write_atomically(path: &Path, text: &str, what: &str) -> anyhow::Result<()> {
-    let fail = |e: std::io::Error| {
-        config_error(format!(
-            "cannot write {what} to {}: {e}; choose a writable path with --output",
-            path.display()
-        ))
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| config_error(format!("--output {} names no file", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    Ok(())
+    let mut file = AtomicFile::create(path, what)?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| file.error(&e))?;
+    file.commit()
 }
 
-fn config_error(message: String) -> anyhow::Error {
+/// A file written through a temporary file beside it and renamed into place by
+/// [`AtomicFile::commit`]; dropped uncommitted, the temporary file is removed and `path` is
+/// left as it was. Writes are buffered, so it can stream a large output.
+pub(crate) struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    what: String,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file for `path`; `what` names the content in errors.
+    pub(crate) fn create(path: &Path, what: &str) -> anyhow::Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| config_error(format!("--output {} names no file", path.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let mut this = Self {
+            path: path.to_path_buf(),
+            tmp,
+            what: what.to_owned(),
+            file: None,
+        };
+        let file = std::fs::File::create(&this.tmp).map_err(|e| this.error(&e))?;
+        this.file = Some(std::io::BufWriter::with_capacity(1 << 16, file));
+        Ok(this)
+    }
+
+    /// The error for a failed write, naming the file and the fix.
+    pub(crate) fn error(&self, e: &std::io::Error) -> anyhow::Error {
+        config_error(format!(
+            "cannot write {} to {}: {e}; choose a writable path with --output",
+            self.what,
+            self.path.display()
+        ))
+    }
+
+    /// Flushes, syncs and renames the temporary file into place.
+    pub(crate) fn commit(mut self) -> anyhow::Result<()> {
+        let result = (|| {
+            if let Some(file) = self.file.take() {
+                let file = file.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+            }
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        result.map_err(|e| self.error(&e))
+    }
+}
+
+impl std::io::Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(std::io::Error::other("the file is closed")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // After a commit the temporary name no longer exists; otherwise discard the partial file.
+        self.file.take();
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+pub(crate) fn config_error(message: String) -> anyhow::Error {
     anyhow::Error::new(gov_sdk::Error::Config(message))
 }
