@@ -5,6 +5,7 @@ mod browser;
 mod checkpoint;
 mod docs;
 mod export_import;
+mod local;
 mod migrate;
 mod processes;
 mod report;

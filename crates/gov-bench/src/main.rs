@@ -4,7 +4,8 @@
 //! the reference, and the console's figures (`console`: dashboard and `/api` requests per second
 //! under load, SSE delivery latency to 1,000 subscribers; `gov-bench console` runs those alone),
 //! and the time a governed LLM call adds over a direct one (`llm_guarded_path`, `llm.rs`;
-//! `gov-bench llm` runs it alone).
+//! `gov-bench llm` runs it alone), and the audit and budget figures of the Postgres and SQLite
+//! backends side by side (`backends`, `backends.rs`; `gov-bench backends` runs it alone).
 //! Prints one JSON object on stdout.
 //!
 //! Peak memory is measured in a child process (this binary again, with the hidden subcommand
@@ -14,6 +15,7 @@
 //! is pinned to one CPU with `taskset` where that works, and runs one async thread and one
 //! verification thread.
 
+mod backends;
 mod console;
 mod llm;
 
@@ -81,6 +83,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(console::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench backends`: the audit and budget figures of Postgres and SQLite side by side.
+    if args.first().map(String::as_str) == Some("backends") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(backends::bench())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -408,10 +420,12 @@ async fn bench() -> Result<()> {
 
     eprintln!("bench: console");
     let console = console::bench().await?;
+    let backends = backends::bench().await?;
     eprintln!("bench: a guarded LLM call over a direct one, mock provider on loopback");
     let llm = llm::bench(&gov).await?;
     let out = serde_json::json!({
         "llm_guarded_path": llm,
+        "backends": backends,
         "console": console,
         "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),
         "gate_round_trip_p99_us": round(percentile(&gate, 0.99)),

@@ -22,7 +22,8 @@ pub(crate) struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// Database URL, e.g. postgres://user:password@host:5432/db
+    /// Database URL: postgres://user:password@host:5432/db or sqlite:///path/to/governance.db;
+    /// default: a local SQLite file in your data directory
     #[arg(
         long,
         global = true,
@@ -49,7 +50,7 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Run a simulated agent through every gate, verify the chain, then serve the console
     #[command(
-        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses a governance_demo database on the local server; without\nGOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too."
+        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses the local SQLite database in your data directory (shown); without\nGOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too."
     )]
     Demo(DemoArgs),
     /// Follow audit events live, as any process appends them (LISTEN/NOTIFY, no polling)

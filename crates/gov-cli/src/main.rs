@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod local;
 mod output;
 mod progress;
 mod transfer;

@@ -6,7 +6,7 @@
 //! halt it. Run it with:
 //!
 //! ```sh
-//! export GOVERNANCE_DATABASE_URL=postgres://postgres@127.0.0.1/governance_demo  # migrated
+//! export GOVERNANCE_DATABASE_URL=sqlite://$HOME/.local/share/governance/governance.db  # after `governance demo`
 //! export GOVERNANCE_AUDIT_SECRET=$(openssl rand -hex 32)
 //! export OPENAI_API_KEY=sk-...              # optional for a local server
 //! export OPENAI_BASE_URL=http://127.0.0.1:8000   # default https://api.openai.com

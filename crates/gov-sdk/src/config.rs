@@ -111,7 +111,8 @@ impl std::fmt::Debug for GovernanceBuilder {
 }
 
 impl GovernanceBuilder {
-    /// The database URL (`postgres://user:password@host:5432/db`).
+    /// The database URL: `postgres://user:password@host:5432/db`, `sqlite:///path/to/file.db` or
+    /// `sqlite::memory:` (see docs/storage.md).
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = Some(url.into());
         self
@@ -280,7 +281,7 @@ impl GovernanceBuilder {
             Some(u) => u,
             None if self.url_from_env => std::env::var(ENV_DATABASE_URL).map_err(|_| {
                 Error::Config(format!(
-                    "no database URL: set {ENV_DATABASE_URL}=postgres://user:password@host:5432/database or pass one"
+                    "no database URL: set {ENV_DATABASE_URL}=postgres://user:password@host:5432/database (or sqlite:///path/to/governance.db) or pass one"
                 ))
             })?,
             None => {

@@ -18,7 +18,7 @@ fn tokens(c: Option<u64>) -> String {
 
 pub(crate) async fn run(args: BudgetArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     gov_sdk::AgentId::new(&args.agent).map_err(gov_sdk::Error::from)?;
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     let secret = super::audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
     let snap = gov.cost().snapshot(&args.agent, &args.session).await?;

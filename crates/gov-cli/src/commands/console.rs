@@ -46,7 +46,7 @@ pub(crate) async fn run(
     global: &Global,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     if let ConsoleCommand::Serve(args) = cmd {
         return serve(args, &url, out).await;
     }

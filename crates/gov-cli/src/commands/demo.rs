@@ -13,9 +13,6 @@ use owo_colors::OwoColorize;
 use crate::cli::{DemoArgs, Global};
 use crate::output::Out;
 
-/// Used when no database URL is configured: a `governance_demo` database on the local server.
-const DEMO_URL: &str = "postgres://postgres@127.0.0.1:5432/governance_demo";
-
 /// The URL without credentials or parameters, for display.
 pub(crate) fn display_url(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -52,17 +49,12 @@ fn step(session: u32, i: u32) -> (&'static str, serde_json::Value) {
 }
 
 /// The demo's audit secret when none is configured: generated once and kept (mode 600) in the
-/// user's data directory, so later runs verify the same chain.
+/// user's data directory beside the local database, so later runs (and other commands on the
+/// local database) verify the same chain.
 fn demo_secret() -> anyhow::Result<(AuditSecret, std::path::PathBuf)> {
     let config = |m: String| anyhow::Error::new(gov_sdk::Error::Config(m));
-    let dir = std::env::var_os("XDG_DATA_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))
-        .ok_or_else(|| {
-            config("set GOVERNANCE_AUDIT_SECRET (no HOME to keep a demo secret in)".into())
-        })?
-        .join("governance");
-    let path = dir.join("demo-audit-secret");
+    let path = crate::local::secret_path()?;
+    let dir = crate::local::data_dir()?;
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok((
             AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?,
@@ -99,13 +91,7 @@ fn demo_secret() -> anyhow::Result<(AuditSecret, std::path::PathBuf)> {
 }
 
 pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
-    let url = match &global.database_url {
-        Some(u) => u.clone(),
-        None => {
-            Admin::ensure_database(DEMO_URL).await?;
-            DEMO_URL.to_owned()
-        }
-    };
+    let url = super::database_url(global).await?;
     let (secret, kept) = match (
         &args.secret.audit_secret_file,
         std::env::var(gov_sdk::ENV_AUDIT_SECRET),

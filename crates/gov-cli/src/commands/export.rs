@@ -39,7 +39,7 @@ pub(crate) async fn run(args: ExportArgs, global: &Global, out: &Out) -> anyhow:
             super::config_error(format!("--chain {c:?} is not a valid chain id: {e}"))
         })?;
     }
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     let admin = Admin::connect(&url).await?;
     let result = export(&admin, &args, out).await;
     admin.close().await;

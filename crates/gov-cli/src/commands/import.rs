@@ -28,7 +28,7 @@ use crate::transfer::{FORMAT, Header, Line, MAX_LINE_BYTES, VERSION};
 const BATCH_ROWS: usize = 1_000;
 
 pub(crate) async fn run(args: ImportArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     // With --verify, a missing or weak secret is refused before anything is written.
     let secret = match args.verify {
         true => Some(super::audit_secret(&args.secret)?),

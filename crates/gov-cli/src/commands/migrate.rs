@@ -11,7 +11,7 @@ use crate::output::Out;
 const ENV_APP_ROLE_PASSWORD: &str = "GOVERNANCE_APP_ROLE_PASSWORD";
 
 pub(crate) async fn run(args: MigrateArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     let admin = Admin::connect(&url).await?;
     let report = admin.migrate().await?;
     let password = std::env::var(ENV_APP_ROLE_PASSWORD)

@@ -21,13 +21,13 @@ use gov_sdk::{AuditSecret, Governance};
 
 use crate::cli::{Global, SecretArgs};
 
-/// The database URL from the flag or environment, or an error that says how to set one.
-pub(crate) fn database_url(global: &Global) -> anyhow::Result<String> {
-    global.database_url.clone().ok_or_else(|| {
-        anyhow::Error::new(gov_sdk::Error::Config(
-            "no database URL: pass --database-url or set GOVERNANCE_DATABASE_URL=postgres://user:password@host:5432/database".into(),
-        ))
-    })
+/// The database URL from the flag or environment; without one, the local SQLite database in
+/// the platform's data directory (created, migrated and announced).
+pub(crate) async fn database_url(global: &Global) -> anyhow::Result<String> {
+    match &global.database_url {
+        Some(url) => Ok(url.clone()),
+        None => crate::local::database_url().await,
+    }
 }
 
 /// The audit secret from `--audit-secret-file` or `GOVERNANCE_AUDIT_SECRET`.
@@ -36,7 +36,13 @@ pub(crate) fn audit_secret(args: &SecretArgs) -> anyhow::Result<AuditSecret> {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the audit secret file {}", path.display()))
             .map_err(|e| anyhow::Error::new(gov_sdk::Error::Config(format!("{e:#}"))))?,
-        None => std::env::var(gov_sdk::ENV_AUDIT_SECRET).unwrap_or_default(),
+        None => match std::env::var(gov_sdk::ENV_AUDIT_SECRET) {
+            Ok(text) => text,
+            Err(_) => match crate::local::kept_secret()? {
+                Some(secret) => return Ok(secret),
+                None => String::new(),
+            },
+        },
     };
     Ok(AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?)
 }

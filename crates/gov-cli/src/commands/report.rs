@@ -91,7 +91,7 @@ pub(crate) async fn run(args: ReportArgs, global: &Global, out: &Out) -> anyhow:
             "--json prints the report itself as one JSON object; drop --as, or write this form to a file with --output".into(),
         ));
     }
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     let secret = super::audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
     let req = ReportRequest {

@@ -43,7 +43,7 @@ pub(crate) async fn run(args: TailArgs, global: &Global, out: &Out) -> anyhow::R
             .build()
             .map_err(gov_sdk::Error::from)?;
     }
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     let secret = super::audit_secret(&args.secret)?;
     let gov: Governance = super::connect(&url, secret).await?;
     let mut tail = gov.audit().tail(filter).await?;

@@ -52,7 +52,7 @@ fn progress_bar(out: &Out) -> ProgressBar {
 
 pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     check_range(&args)?;
-    let url = super::database_url(global)?;
+    let url = super::database_url(global).await?;
     let secret = super::audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
     let bar = progress_bar(out);

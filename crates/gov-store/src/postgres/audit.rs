@@ -158,7 +158,7 @@ impl ChainStore for PgStore {
                    signer_key_id, signature_status) \
                SELECT $1, u.* FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], \
                    $6::text[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], \
-                   $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::text[]) \
+                   $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::text[]) AS u \
              ), upd AS ( \
                UPDATE chain_heads SET seq = $17, head_hmac = $18, updated_at = now() WHERE chain_id = $1 \
              ) \
