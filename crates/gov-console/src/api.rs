@@ -154,7 +154,12 @@ pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) ->
             "superuser": p.superuser,
             "owns_audit_table": p.owns_audit_table,
             "can_update_or_delete": p.can_update || p.can_delete || p.can_truncate,
-            "note": "the console connects as an operator tool; services should connect as the application role",
+            "has_roles": p.has_roles,
+            "note": if !p.has_roles {
+                "SQLite has no roles: whoever can write the file can change it, and the HMAC chain is what proves the record (docs/storage.md)"
+            } else {
+                "the console connects as an operator tool; services should connect as the application role"
+            },
         }),
         Err(_) => json!({ "least_privilege": null }),
     };

@@ -72,6 +72,9 @@ pub struct Privileges {
     pub can_delete: bool,
     /// Whether it holds TRUNCATE on `audit_events`.
     pub can_truncate: bool,
+    /// Whether the backend has roles at all (SQLite has none: whoever can write the file can
+    /// change anything in it).
+    pub has_roles: bool,
 }
 
 impl Privileges {

@@ -207,6 +207,7 @@ impl Backend for PgStore {
             can_update: row.try_get(3)?,
             can_delete: row.try_get(4)?,
             can_truncate: row.try_get(5)?,
+            has_roles: true,
         })
     }
 

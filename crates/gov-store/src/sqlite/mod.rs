@@ -278,6 +278,7 @@ impl Backend for SqliteStore {
             can_update: false,
             can_delete: false,
             can_truncate: false,
+            has_roles: false,
         })
     }
 
