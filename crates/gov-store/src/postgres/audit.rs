@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::PgStore;
+use super::heads::Recording;
 use crate::backend::ChainStore;
 use crate::{AUDIT_CHANNEL, Result, Sealer, StoreError};
 
@@ -119,9 +120,11 @@ impl ChainStore for PgStore {
                 e.chain_id
             )));
         }
+        let sealed = Recording::new(seal);
         let mut tx = self.pool.begin().await?;
-        let seqs = append_in(&mut tx, chain_id, key_id, events, seal).await?;
+        let seqs = append_in(&mut tx, chain_id, key_id, events, &|r| sealed.seal(r)).await?;
         tx.commit().await?;
+        self.heads.committed(chain_id, sealed.last());
         Ok(seqs)
     }
 
@@ -186,6 +189,7 @@ impl ChainStore for PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.heads.committed(chain_id, Some(last));
         Ok(())
     }
 
