@@ -5,12 +5,14 @@ mod budget;
 mod console;
 mod enforce;
 mod gates;
+mod heads;
 mod llm;
 mod signers;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::{Listener, MigrateReport, Privileges, Result, StoreError, StoreOptions};
@@ -22,6 +24,8 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migr
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The chain heads this process last saw (the LLM path's optimistic appends).
+    heads: Arc<heads::Heads>,
 }
 
 fn valid_role_name(role: &str) -> bool {
@@ -81,12 +85,15 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(connect)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool (tests and embedding services).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            heads: Arc::default(),
+        }
     }
 
     /// The underlying pool.
