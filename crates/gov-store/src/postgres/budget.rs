@@ -1,22 +1,82 @@
 //! Budget queries. Reservation, settlement and tracking are single calls of the functions in
 //! the budgets migration, so each is atomic and costs one round trip. A reservation or a
-//! settlement can also commit in one transaction with an audit event (the guarded LLM path's
-//! `llm.request` and `llm.response`): then the same statement locks the chain's head row after
-//! the function ran, so counters are never locked while a chain head is held.
+//! settlement can also commit with an audit event (the guarded LLM path's `llm.request` and
+//! `llm.response`), in one statement in autocommit: the row is sealed here after the head this
+//! process last saw of the chain (`heads`), and `governance_reserve_logged` /
+//! `governance_settle_logged` append it only if that is still the head, checked under the head
+//! row's lock, which they take after the budget counters. A stale head changes nothing and
+//! comes back with the current one: the row is resealed and sent again. After a few stale
+//! answers in a row (another process appending all the while) the call falls back to a
+//! transaction that locks the head itself, so it cannot be stale.
 
 use std::time::Duration;
 
 use gov_core::{
-    AgentId, AuditEvent, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus,
-    MicroUsd, ModelUsage, TokenUsage,
+    AgentId, AuditEvent, AuditRecord, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal,
+    BudgetStatus, MicroUsd, ModelUsage, TokenUsage, ZERO_HMAC,
 };
-use sqlx::FromRow;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{FromRow, Postgres};
 use uuid::Uuid;
 
 use super::PgStore;
 use super::audit::{append_locked, lock_head};
+use super::heads::{Head, Recording, Tip};
 use crate::backend::BudgetStore;
 use crate::{Reserve, Result, Sealer, StoreError};
+
+/// Stale answers in a row after which an append stops sealing ahead and locks the head instead.
+const OPTIMISTIC_TRIES: usize = 3;
+
+/// What `governance_reserve_logged` returns: outcome (`ok`, `refused`, `stale`), the refusal's
+/// reason, cap and used, and the head (the appended row, or the current head when stale).
+type ReserveLoggedRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+/// `event` sealed as the row after `head`.
+fn sealed_after(event: &AuditEvent, key_id: &str, seal: Sealer<'_>, head: &Head) -> AuditRecord {
+    let mut record = AuditRecord::unsealed(event, head.0 + 1, &head.1, key_id);
+    seal(&mut record);
+    record
+}
+
+/// Binds the chain, the expected head and the sealed row: the trailing parameters shared by
+/// `governance_reserve_logged` and `governance_settle_logged`.
+fn bind_row<'q, O>(
+    q: QueryAs<'q, Postgres, O, PgArguments>,
+    head: &'q Head,
+    r: &'q AuditRecord,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    q.bind(&r.chain_id)
+        .bind(head.0)
+        .bind(&head.1)
+        .bind(r.event_id.as_uuid())
+        .bind(r.occurred_at)
+        .bind(&r.agent_id)
+        .bind(&r.session_id)
+        .bind(&r.kind)
+        .bind(&r.actor)
+        .bind(r.parent_event_id.map(|p| p.as_uuid()))
+        .bind(&r.payload)
+        .bind(&r.key_id)
+        .bind(&r.row_hmac)
+        .bind(&r.signature)
+        .bind(&r.signer_key_id)
+        .bind(&r.signature_status)
+}
+
+/// The head a stale answer carries.
+fn stale_head(seq: Option<i64>, hmac: Option<Vec<u8>>) -> Result<Head> {
+    seq.zip(hmac)
+        .ok_or_else(|| StoreError::Corrupt("a stale answer without the chain's head".into()))
+}
 
 /// The row `governance_reserve` returns, with the chain head the same statement locked (only
 /// when the reservation held and the chain has a head row).
@@ -74,6 +134,129 @@ struct UsageRow {
     micros: i64,
 }
 
+impl PgStore {
+    /// The head to seal against: the one last seen, else the stored one (read without a lock;
+    /// the database checks it anyway).
+    async fn expected_head(&self, tip: &Tip, chain: &str) -> Result<Head> {
+        if let Some(h) = tip.head() {
+            return Ok(h);
+        }
+        // language=PostgreSQL
+        let stored: Option<Head> =
+            sqlx::query_as("SELECT seq, head_hmac FROM chain_heads WHERE chain_id = $1")
+                .bind(chain)
+                .fetch_optional(&self.pool)
+                .await?;
+        let head = stored.unwrap_or_else(|| (0, ZERO_HMAC.to_vec()));
+        tip.observed(head.clone());
+        Ok(head)
+    }
+
+    /// [`BudgetStore::reserve_logged`] in a transaction that locks the head itself (after the
+    /// counters): four round trips, never stale.
+    async fn reserve_logged_locking(
+        &self,
+        r: &Reserve<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<Result<i64, BudgetRefusal>> {
+        let chain = event.chain_id.as_str();
+        let sealed = Recording::new(seal);
+        let mut tx = self.pool.begin().await?;
+        // The head is locked by the same statement, after the function has locked the counters.
+        // language=PostgreSQL
+        let (ok, reason, cap, used, seq, hmac): ReserveRow = sqlx::query_as(
+            "SELECT r.ok, r.reason, r.cap, r.used, h.seq, h.head_hmac \
+             FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8) AS r \
+             LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
+                 WHERE chain_id = $9 AND r.ok FOR UPDATE) AS h ON true",
+        )
+        .bind(r.id)
+        .bind(r.agent)
+        .bind(r.session)
+        .bind(r.model)
+        .bind(r.micros)
+        .bind(r.tokens)
+        .bind(to_i64(r.ttl.as_secs().max(1)))
+        .bind(r.allow_unbudgeted)
+        .bind(chain)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !ok {
+            tx.commit().await?;
+            return Ok(Err(refusal(reason, cap, used)?));
+        }
+        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
+        let seqs = append_locked(
+            &mut tx,
+            chain,
+            key_id,
+            std::slice::from_ref(event),
+            &|row| sealed.seal(row),
+            head,
+        )
+        .await?;
+        tx.commit().await?;
+        self.heads.committed(chain, sealed.last());
+        seqs.first()
+            .copied()
+            .map(Ok)
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
+    }
+
+    /// [`BudgetStore::settle_logged`] in a transaction that locks the head itself (after the
+    /// reservation and the counters): four round trips, never stale.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_logged_locking(
+        &self,
+        id: Uuid,
+        micros: i64,
+        usage: &TokenUsage,
+        release: bool,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<(String, i64)> {
+        let chain = event.chain_id.as_str();
+        let sealed = Recording::new(seal);
+        let mut tx = self.pool.begin().await?;
+        // language=PostgreSQL
+        let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT s.outcome, h.seq, h.head_hmac \
+             FROM governance_settle($1, $2, $3, $4, $5, $6) AS s(outcome) \
+             LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
+                 WHERE chain_id = $7 AND s.outcome IS NOT NULL FOR UPDATE) AS h ON true",
+        )
+        .bind(id)
+        .bind(micros)
+        .bind(to_i64(usage.input_tokens))
+        .bind(to_i64(usage.output_tokens))
+        .bind(to_i64(usage.cached_input_tokens))
+        .bind(release)
+        .bind(chain)
+        .fetch_one(&mut *tx)
+        .await?;
+        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
+        let seqs = append_locked(
+            &mut tx,
+            chain,
+            key_id,
+            std::slice::from_ref(event),
+            &|row| sealed.seal(row),
+            head,
+        )
+        .await?;
+        tx.commit().await?;
+        self.heads.committed(chain, sealed.last());
+        let seq = seqs
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))?;
+        Ok((outcome, seq))
+    }
+}
+
 impl BudgetStore for PgStore {
     async fn put_budget_policy(&self, p: &BudgetPolicy) -> Result<()> {
         let tokens = |t: Option<u64>| t.map(to_i64);
@@ -124,9 +307,10 @@ impl BudgetStore for PgStore {
         Ok(Err(refusal(reason, cap, used)?))
     }
 
-    /// Reserves and, when the reservation holds, appends `event` in the same transaction;
-    /// returns the event's seq. A refusal commits what `governance_reserve` did (expiring old
-    /// reservations), as a plain reservation does, and appends nothing.
+    /// Reserves and, when the reservation holds, appends `event`, all or nothing; returns the
+    /// event's seq. A refusal commits what `governance_reserve` did (expiring old
+    /// reservations), as a plain reservation does, and appends nothing. One round trip when the
+    /// cached head is current.
     async fn reserve_logged(
         &self,
         r: &Reserve<'_>,
@@ -135,45 +319,41 @@ impl BudgetStore for PgStore {
         seal: Sealer<'_>,
     ) -> Result<Result<i64, BudgetRefusal>> {
         let chain = event.chain_id.as_str();
-        let mut tx = self.pool.begin().await?;
-        // The head is locked by the same statement, after the function has locked the counters.
-        // language=PostgreSQL
-        let (ok, reason, cap, used, seq, hmac): ReserveRow = sqlx::query_as(
-            "SELECT r.ok, r.reason, r.cap, r.used, h.seq, h.head_hmac \
-             FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8) AS r \
-             LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
-                 WHERE chain_id = $9 AND r.ok FOR UPDATE) AS h ON true",
-        )
-        .bind(r.id)
-        .bind(r.agent)
-        .bind(r.session)
-        .bind(r.model)
-        .bind(r.micros)
-        .bind(r.tokens)
-        .bind(to_i64(r.ttl.as_secs().max(1)))
-        .bind(r.allow_unbudgeted)
-        .bind(chain)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !ok {
-            tx.commit().await?;
-            return Ok(Err(refusal(reason, cap, used)?));
+        let tip = self.heads.tip(chain);
+        {
+            let _turn = tip.turn.lock().await;
+            let mut head = self.expected_head(&tip, chain).await?;
+            for _ in 0..OPTIMISTIC_TRIES {
+                let record = sealed_after(event, key_id, seal, &head);
+                // language=PostgreSQL
+                let q = sqlx::query_as(
+                    "SELECT * FROM governance_reserve_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+                )
+                .bind(r.id)
+                .bind(r.agent)
+                .bind(r.session)
+                .bind(r.model)
+                .bind(r.micros)
+                .bind(r.tokens)
+                .bind(to_i64(r.ttl.as_secs().max(1)))
+                .bind(r.allow_unbudgeted);
+                let (outcome, reason, cap, used, seq, hmac): ReserveLoggedRow =
+                    bind_row(q, &head, &record).fetch_one(&self.pool).await?;
+                match outcome.as_str() {
+                    "ok" => {
+                        tip.committed((head.0 + 1, record.row_hmac));
+                        return Ok(Ok(head.0 + 1));
+                    }
+                    "refused" => return Ok(Err(refusal(reason, cap, used)?)),
+                    _ => {
+                        head = stale_head(seq, hmac)?;
+                        tip.observed(head.clone());
+                    }
+                }
+            }
         }
-        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
-        let seqs = append_locked(
-            &mut tx,
-            chain,
-            key_id,
-            std::slice::from_ref(event),
-            seal,
-            head,
-        )
-        .await?;
-        tx.commit().await?;
-        seqs.first()
-            .copied()
-            .map(Ok)
-            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
+        self.reserve_logged_locking(r, event, key_id, seal).await
     }
 
     async fn settle(
@@ -197,9 +377,9 @@ impl BudgetStore for PgStore {
         Ok(outcome)
     }
 
-    /// Settles (or releases) a reservation and appends `event` in the same transaction,
-    /// whatever the outcome (a reservation already closed changes nothing but the chain);
-    /// returns the outcome and the event's seq.
+    /// Settles (or releases) a reservation and appends `event`, all or nothing, whatever the
+    /// outcome (a reservation already closed changes nothing but the chain); returns the
+    /// outcome and the event's seq. One round trip when the cached head is current.
     #[allow(clippy::too_many_arguments)]
     async fn settle_logged(
         &self,
@@ -212,39 +392,39 @@ impl BudgetStore for PgStore {
         seal: Sealer<'_>,
     ) -> Result<(String, i64)> {
         let chain = event.chain_id.as_str();
-        let mut tx = self.pool.begin().await?;
-        // language=PostgreSQL
-        let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
-            "SELECT s.outcome, h.seq, h.head_hmac \
-             FROM governance_settle($1, $2, $3, $4, $5, $6) AS s(outcome) \
-             LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
-                 WHERE chain_id = $7 AND s.outcome IS NOT NULL FOR UPDATE) AS h ON true",
-        )
-        .bind(id)
-        .bind(micros)
-        .bind(to_i64(usage.input_tokens))
-        .bind(to_i64(usage.output_tokens))
-        .bind(to_i64(usage.cached_input_tokens))
-        .bind(release)
-        .bind(chain)
-        .fetch_one(&mut *tx)
-        .await?;
-        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
-        let seqs = append_locked(
-            &mut tx,
-            chain,
-            key_id,
-            std::slice::from_ref(event),
-            seal,
-            head,
-        )
-        .await?;
-        tx.commit().await?;
-        let seq = seqs
-            .first()
-            .copied()
-            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))?;
-        Ok((outcome, seq))
+        let tip = self.heads.tip(chain);
+        {
+            let _turn = tip.turn.lock().await;
+            let mut head = self.expected_head(&tip, chain).await?;
+            for _ in 0..OPTIMISTIC_TRIES {
+                let record = sealed_after(event, key_id, seal, &head);
+                // language=PostgreSQL
+                let q = sqlx::query_as(
+                    "SELECT * FROM governance_settle_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+                )
+                .bind(id)
+                .bind(micros)
+                .bind(to_i64(usage.input_tokens))
+                .bind(to_i64(usage.output_tokens))
+                .bind(to_i64(usage.cached_input_tokens))
+                .bind(release);
+                let (outcome, seq, hmac): (Option<String>, Option<i64>, Option<Vec<u8>>) =
+                    bind_row(q, &head, &record).fetch_one(&self.pool).await?;
+                match outcome {
+                    Some(outcome) => {
+                        tip.committed((head.0 + 1, record.row_hmac));
+                        return Ok((outcome, head.0 + 1));
+                    }
+                    None => {
+                        head = stale_head(seq, hmac)?;
+                        tip.observed(head.clone());
+                    }
+                }
+            }
+        }
+        self.settle_logged_locking(id, micros, usage, release, event, key_id, seal)
+            .await
     }
 
     async fn track(

@@ -189,15 +189,17 @@ impl GateStore for PgStore {
             tx.rollback().await?;
             return Ok(outcome);
         }
+        let sealed = super::heads::Recording::new(seal);
         super::audit::append_in(
             &mut tx,
             event.chain_id.as_str(),
             key_id,
             std::slice::from_ref(event),
-            seal,
+            &|row| sealed.seal(row),
         )
         .await?;
         tx.commit().await?;
+        self.heads.committed(event.chain_id.as_str(), sealed.last());
         Ok(outcome)
     }
 
