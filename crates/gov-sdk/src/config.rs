@@ -99,6 +99,7 @@ pub struct GovernanceBuilder {
     signing_key: Option<(String, String)>,
     signing_key_from_env: bool,
     url_from_env: bool,
+    migrate: bool,
     config: Config,
 }
 
@@ -192,6 +193,15 @@ impl GovernanceBuilder {
     /// Verify what `audit().events()` returns (default off).
     pub fn verify_chain_on_read(mut self, on: bool) -> Self {
         self.config.verify_chain_on_read = on;
+        self
+    }
+
+    /// Applies the embedded migrations when connecting (default: no; the schema must already be
+    /// current). For embedded SQLite databases, a service's own tests (`sqlite::memory:` exists
+    /// only inside this handle, so nothing else could migrate it) and demos. Production schemas
+    /// are migrated by their owner with `governance migrate`.
+    pub fn migrate_on_connect(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
         self
     }
 
@@ -320,6 +330,9 @@ impl GovernanceBuilder {
             }
         }
         let store = Store::connect(&url, &self.config.store).await?;
+        if self.migrate {
+            store.migrate().await?;
+        }
         store.check_schema().await?;
         let signing_key = self.signing_key.or_else(|| {
             if !self.signing_key_from_env {

@@ -6,6 +6,7 @@ mod chain;
 mod conformance;
 mod contracts;
 mod cost;
+mod embedded;
 mod enforce;
 mod gates;
 mod llm;
