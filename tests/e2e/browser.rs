@@ -36,9 +36,9 @@ fn free_port() -> u16 {
 }
 
 /// `governance console serve` on a free port; returns the process and its URL.
-fn serve(db: &TestDb) -> (Killed, String) {
+fn serve(db_url: &str) -> (Killed, String) {
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("governance"))
-        .env("GOVERNANCE_DATABASE_URL", db.url())
+        .env("GOVERNANCE_DATABASE_URL", db_url)
         .env("GOVERNANCE_AUDIT_SECRET", SECRET)
         .env("NO_COLOR", "1")
         .args(["console", "serve", "--bind", "127.0.0.1:0"])
@@ -104,25 +104,45 @@ async fn browser() -> (Killed, Client) {
     }
 }
 
-async fn shot(client: &Client, name: &str) {
+async fn shot(client: &Client, prefix: &str, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     let png = client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
-    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    std::fs::write(dir.join(format!("{prefix}{name}.png")), png).expect("write screenshot");
 }
 
 #[tokio::test]
 async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
     let db = TestDb::new().await;
+    approve_in_the_browser(db.url(), &db.app_url(), "").await;
+}
+
+/// The same on a SQLite file: the console is another process, so the request reaches its page
+/// and the approval reaches the waiting agent only through the notification table, polled.
+#[tokio::test]
+async fn on_sqlite_an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
+    let dir = std::env::temp_dir().join(format!("gov-e2e-browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}/console.db", dir.display());
+    let admin = gov_sdk::admin::Admin::connect(&url).await.expect("admin");
+    admin.migrate().await.expect("migrate");
+    admin.close().await;
+    approve_in_the_browser(&url, &url, "sqlite-").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Signs in, sees a request made by this process appear without a reload, approves it, sees
+/// `wait_for` return, visits every page (screenshots named with `shots` first) and verifies.
+async fn approve_in_the_browser(db_url: &str, agent_url: &str, shots: &str) {
     let agent = Governance::builder()
-        .database_url(db.app_url())
+        .database_url(agent_url)
         .audit_secret(SECRET)
         .connect()
         .await
         .expect("agent handle");
     let ops = Governance::builder()
-        .database_url(db.url())
+        .database_url(db_url)
         .audit_secret(SECRET)
         .connect()
         .await
@@ -132,11 +152,11 @@ async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
         .await
         .expect("add admin");
     agent.presence().heartbeat("pay-bot").await.expect("beat");
-    let (_console, base) = serve(&db);
+    let (_console, base) = serve(db_url);
     let (_driver, c) = browser().await;
 
     c.goto(&format!("{base}/login")).await.expect("login page");
-    shot(&c, "login").await;
+    shot(&c, shots, "login").await;
     c.find(Locator::Css("input[name=username]"))
         .await
         .expect("user field")
@@ -160,7 +180,7 @@ async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
         .for_element(Locator::Css("#pending-count"))
         .await
         .expect("the dashboard after signing in");
-    shot(&c, "dashboard").await;
+    shot(&c, shots, "dashboard").await;
 
     // The approvals page is open; a separate SDK handle (as another process would) asks.
     c.goto(&format!("{base}/approvals"))
@@ -197,7 +217,7 @@ async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
         .await
         .expect("read the mark");
     assert_eq!(marker, "still here", "the page was reloaded");
-    shot(&c, "approvals").await;
+    shot(&c, shots, "approvals").await;
 
     let waiter = {
         let agent = agent.clone();
@@ -250,7 +270,7 @@ async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
             .for_element(Locator::Css(marker))
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        shot(&c, name).await;
+        shot(&c, shots, name).await;
     }
     // The chain page verifies in the background and shows the result.
     c.goto(&format!("{base}/chain")).await.expect("chain");
@@ -268,7 +288,7 @@ async fn an_operator_approves_in_the_browser_and_the_waiting_agent_goes_on() {
         .expect("a verification result");
     let text = result.text().await.expect("text");
     assert!(text.starts_with("clean:"), "{text}");
-    shot(&c, "chain-verified").await;
+    shot(&c, shots, "chain-verified").await;
 
     // The events page connects its live stream.
     c.goto(&format!("{base}/events")).await.expect("events");
