@@ -44,10 +44,13 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Connects to `url`.
+    /// Connects to `url`. A SQLite file is created when missing (administrative work is how a
+    /// SQLite database comes to exist: `governance migrate`, an import); a Postgres database is
+    /// not (see [`Self::ensure_database`]).
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = StoreOptions {
             max_connections: 2,
+            create_if_missing: true,
             ..StoreOptions::default()
         };
         Ok(Self {

@@ -197,7 +197,8 @@ impl GovernanceBuilder {
     }
 
     /// Applies the embedded migrations when connecting (default: no; the schema must already be
-    /// current). For embedded SQLite databases, a service's own tests (`sqlite::memory:` exists
+    /// current; with it, a missing SQLite file is created). For embedded SQLite databases, a
+    /// service's own tests (`sqlite::memory:` exists
     /// only inside this handle, so nothing else could migrate it) and demos. Production schemas
     /// are migrated by their owner with `governance migrate`.
     pub fn migrate_on_connect(mut self, migrate: bool) -> Self {
@@ -329,7 +330,10 @@ impl GovernanceBuilder {
                 );
             }
         }
-        let store = Store::connect(&url, &self.config.store).await?;
+        let mut store_opts = self.config.store.clone();
+        // Only a handle that migrates may bring a SQLite file into being.
+        store_opts.create_if_missing = self.migrate;
+        let store = Store::connect(&url, &store_opts).await?;
         if self.migrate {
             store.migrate().await?;
         }

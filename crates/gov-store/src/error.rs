@@ -18,7 +18,9 @@ pub enum StoreError {
     #[error("the database refused the credentials in the URL; check the user name and password")]
     AuthFailed,
     /// The database named in the URL does not exist.
-    #[error("the database named in the URL does not exist; create it or fix the URL")]
+    #[error(
+        "the database named in the URL does not exist; create it (for a SQLite file, `governance migrate` creates it) or fix the URL"
+    )]
     NoSuchDatabase,
     /// The schema is missing or older than this build.
     #[error("the database is not migrated for this version ({0}); run `governance migrate`")]

@@ -83,6 +83,10 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// Reported to the server as `application_name`.
     pub application_name: String,
+    /// SQLite: create the file (and its directory) when it does not exist (default false: a
+    /// mistyped path is an error, not a new empty database). Postgres databases are never
+    /// created by connecting.
+    pub create_if_missing: bool,
 }
 
 impl Default for StoreOptions {
@@ -91,6 +95,7 @@ impl Default for StoreOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
             application_name: "governance".to_owned(),
+            create_if_missing: false,
         }
     }
 }

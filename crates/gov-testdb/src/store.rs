@@ -221,6 +221,7 @@ async fn new_sqlite() -> SqliteFile {
     let file = SqliteFile { dir, path, url };
     let opts = gov_store::StoreOptions {
         max_connections: 1,
+        create_if_missing: true,
         ..gov_store::StoreOptions::default()
     };
     let store = gov_store::Store::connect(&file.url, &opts)

@@ -139,7 +139,11 @@ impl SqliteStore {
     /// Opens (creating when missing) the database named by `url`.
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
         let memory = is_memory(url);
-        let connect = options(url)?
+        let connect = options(url)?;
+        if !memory && !opts.create_if_missing && !connect.get_filename().exists() {
+            return Err(StoreError::NoSuchDatabase);
+        }
+        let connect = connect
             .create_if_missing(true)
             .foreign_keys(true)
             .busy_timeout(opts.acquire_timeout.max(Duration::from_secs(5)))

@@ -42,9 +42,11 @@ impl Drop for TempDb {
 }
 
 async fn store(url: &str) -> Store {
-    let s = Store::connect(url, &StoreOptions::default())
-        .await
-        .expect("connect");
+    let opts = StoreOptions {
+        create_if_missing: true,
+        ..StoreOptions::default()
+    };
+    let s = Store::connect(url, &opts).await.expect("connect");
     s.migrate().await.expect("migrate");
     s
 }
@@ -258,6 +260,22 @@ async fn imports_must_continue_the_chain() {
         .await
         .expect_err("again");
     assert!(matches!(again, StoreError::Conflict(_)), "{again}");
+}
+
+#[tokio::test]
+async fn a_missing_file_is_an_error_unless_creation_is_asked_for() {
+    let db = TempDb::new();
+    let err = Store::connect(&db.url(), &StoreOptions::default())
+        .await
+        .expect_err("a mistyped path must not become a new empty database");
+    assert!(matches!(err, StoreError::NoSuchDatabase), "{err}");
+    assert!(err.to_string().contains("governance migrate"), "{err}");
+    assert!(
+        !db.dir.join("governance.db").exists(),
+        "nothing was created"
+    );
+    store(&db.url()).await;
+    assert!(db.dir.join("governance.db").exists());
 }
 
 #[tokio::test]
