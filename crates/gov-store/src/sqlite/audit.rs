@@ -74,7 +74,7 @@ impl ChainStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let seqs = append_in(&mut tx, chain_id, key_id, events, seal).await?;
         tx.commit().await?;
         self.written().await;
@@ -85,7 +85,7 @@ impl ChainStore for SqliteStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let head = head_in(&mut tx, chain_id).await?;
         crate::check_continues(chain_id, &head, rows)?;
         let recorded = now_us();

@@ -400,7 +400,7 @@ impl BudgetStore for SqliteStore {
     }
 
     async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let outcome = reserve_in(&mut tx, r).await?;
         // A refusal commits what it did too (expiring old reservations), as on Postgres.
         tx.commit().await?;
@@ -414,7 +414,7 @@ impl BudgetStore for SqliteStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<Result<i64, BudgetRefusal>> {
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         if let Err(refusal) = reserve_in(&mut tx, r).await? {
             tx.commit().await?;
             return Ok(Err(refusal));
@@ -442,7 +442,7 @@ impl BudgetStore for SqliteStore {
         usage: &TokenUsage,
         release: bool,
     ) -> Result<String> {
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let outcome = settle_in(&mut tx, id, micros, usage, release).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -458,7 +458,7 @@ impl BudgetStore for SqliteStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<(String, i64)> {
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let outcome = settle_in(&mut tx, id, micros, usage, release).await?;
         let seqs = append_in(
             &mut tx,
@@ -486,7 +486,7 @@ impl BudgetStore for SqliteStore {
         usage: &TokenUsage,
     ) -> Result<()> {
         let day = today();
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         ensure_counters(&mut tx, agent, &day, session).await?;
         record_spend(&mut tx, agent, &day, session, model, micros, usage).await?;
         tx.commit().await?;

@@ -16,7 +16,7 @@ impl SessionStore for SqliteStore {
         expires_at: OffsetDateTime,
     ) -> Result<()> {
         let now = now_us();
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         // Expired sessions are swept on each sign-in, so the table never grows without bound.
         sqlx::query("DELETE FROM console_sessions WHERE expires_at < ?")
             .bind(now)

@@ -129,7 +129,7 @@ impl EnforceStore for SqliteStore {
     ) -> Result<bool> {
         // SQLite has no roles: any connection may resume (on Postgres only operators can).
         let now = now_us();
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let was: Option<bool> =
             sqlx::query_scalar("SELECT halted FROM agent_presence WHERE agent_id = ?")
                 .bind(agent)

@@ -190,7 +190,7 @@ impl GateStore for SqliteStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<String> {
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let op: Option<(String, bool)> =
             sqlx::query_as("SELECT role, disabled FROM operators WHERE username = ?")
                 .bind(d.operator)
@@ -257,7 +257,7 @@ impl GateStore for SqliteStore {
         token_hash: &[u8],
         action_hash: &[u8],
     ) -> Result<String> {
-        let mut tx = self.write_tx().await?;
+        let (_turn, mut tx) = self.write_tx().await?;
         let r: Option<ConsumeRow> = sqlx::query_as(
             "SELECT status, action_hash, token_hash, token_expires_at FROM gate_requests WHERE id = ?",
         )

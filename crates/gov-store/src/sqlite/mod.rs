@@ -43,15 +43,30 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// messages ([`Notice::Lost`]) and resyncs, as after a lost Postgres connection.
 pub const NOTIFICATION_RETENTION: Duration = Duration::from_secs(600);
 
-/// One per database file in this process: bumped after each committed write, so listeners in
-/// the same process (any handle on the same file) wake without waiting for their poll.
-static WAKERS: LazyLock<Mutex<HashMap<String, Arc<watch::Sender<u64>>>>> =
+/// What the handles on one database file in this process share.
+#[derive(Debug)]
+struct Shared {
+    /// Bumped after each committed write, so listeners in this process (on any handle on the
+    /// same file) wake without waiting for their poll.
+    wake: watch::Sender<u64>,
+    /// Writers in this process take turns here before asking SQLite for the write lock, so
+    /// they queue in order instead of sleeping in SQLite's busy handler; writers in other
+    /// processes still meet at the file's lock.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+static SHARED: LazyLock<Mutex<HashMap<String, Arc<Shared>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn waker_for(key: &str) -> Arc<watch::Sender<u64>> {
-    let mut map = WAKERS.lock().unwrap_or_else(|p| p.into_inner());
+fn shared_for(key: &str) -> Arc<Shared> {
+    let mut map = SHARED.lock().unwrap_or_else(|p| p.into_inner());
     map.entry(key.to_owned())
-        .or_insert_with(|| Arc::new(watch::Sender::new(0)))
+        .or_insert_with(|| {
+            Arc::new(Shared {
+                wake: watch::Sender::new(0),
+                turn: Arc::new(tokio::sync::Mutex::new(())),
+            })
+        })
         .clone()
 }
 
@@ -59,7 +74,7 @@ fn waker_for(key: &str) -> Arc<watch::Sender<u64>> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    wake: Arc<watch::Sender<u64>>,
+    shared: Arc<Shared>,
     last_prune: Arc<AtomicI64>,
 }
 
@@ -188,7 +203,7 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             pool,
-            wake: waker_for(&key),
+            shared: shared_for(&key),
             last_prune: Arc::new(AtomicI64::new(0)),
         })
     }
@@ -198,15 +213,22 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Starts a write transaction holding the database's write lock from its first statement.
-    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Starts a write transaction holding the database's write lock from its first statement,
+    /// after this process's earlier writers (keep the turn until the transaction ends).
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<(
+        tokio::sync::OwnedMutexGuard<()>,
+        Transaction<'static, Sqlite>,
+    )> {
+        let turn = self.shared.turn.clone().lock_owned().await;
+        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// Wakes this process's listeners after a committed write, and now and then prunes
     /// notifications past their retention.
     pub(crate) async fn written(&self) {
-        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+        self.shared.wake.send_modify(|v| *v = v.wrapping_add(1));
         let now = now_us();
         let last = self.last_prune.load(Ordering::Relaxed);
         if now - last > 60_000_000
@@ -296,7 +318,7 @@ impl Backend for SqliteStore {
             channels: channels.iter().map(|c| (*c).to_owned()).collect(),
             last_id: last_id.unwrap_or(0),
             buffer: VecDeque::new(),
-            wake: self.wake.subscribe(),
+            wake: self.shared.wake.subscribe(),
         }))
     }
 
