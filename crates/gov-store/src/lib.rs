@@ -74,6 +74,43 @@ pub fn schema_fingerprint() -> String {
         .join(",")
 }
 
+/// Judges the migrations a database has applied (`applied`, in version order, as read from
+/// `_sqlx_migrations`) against those `migrator` embeds: either backend's `check_schema`.
+pub(crate) fn judge_schema(
+    applied: Result<Vec<i64>>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<()> {
+    let applied = match applied {
+        Ok(v) => v,
+        Err(StoreError::NotMigrated(_)) => {
+            return Err(StoreError::NotMigrated(
+                "it has no governance schema".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let latest_known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let latest_applied = applied.last().copied().unwrap_or(0);
+    if latest_applied < latest_known {
+        return Err(StoreError::NotMigrated(format!(
+            "schema version {latest_applied}, this build needs {latest_known}"
+        )));
+    }
+    Ok(())
+}
+
+/// What a migration run did, from the versions applied before and after it.
+pub(crate) fn migrate_report(
+    before: &[i64],
+    after: &[i64],
+    migrator: &sqlx::migrate::Migrator,
+) -> MigrateReport {
+    MigrateReport {
+        applied: after.len().saturating_sub(before.len()),
+        known: migrator.iter().count(),
+    }
+}
+
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {

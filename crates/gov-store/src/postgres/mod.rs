@@ -123,30 +123,11 @@ impl Backend for PgStore {
             other => other,
         })?;
         let after = self.applied_versions().await?;
-        Ok(MigrateReport {
-            applied: after.len().saturating_sub(before.len()),
-            known: MIGRATOR.iter().count(),
-        })
+        Ok(crate::migrate_report(&before, &after, &MIGRATOR))
     }
 
     async fn check_schema(&self) -> Result<()> {
-        let applied = match self.applied_versions().await {
-            Ok(v) => v,
-            Err(StoreError::NotMigrated(_)) => {
-                return Err(StoreError::NotMigrated(
-                    "it has no governance schema".into(),
-                ));
-            }
-            Err(e) => return Err(e),
-        };
-        let latest_known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let latest_applied = applied.last().copied().unwrap_or(0);
-        if latest_applied < latest_known {
-            return Err(StoreError::NotMigrated(format!(
-                "schema version {latest_applied}, this build needs {latest_known}"
-            )));
-        }
-        Ok(())
+        crate::judge_schema(self.applied_versions().await, &MIGRATOR)
     }
 
     async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
