@@ -9,7 +9,7 @@ use gov_sdk::admin::Admin;
 use gov_sdk::{BudgetPolicy, Governance, MicroUsd, TokenUsage};
 use gov_testdb::TestDb;
 
-use crate::{SECRET, append, percentile, round};
+use crate::{SECRET, append, check_latencies, percentile, reserve_settle_latencies, round};
 
 /// Events in the chain each backend verifies.
 const VERIFY_EVENTS: usize = 100_000;
@@ -42,29 +42,8 @@ async fn figures(url: &str) -> Result<serde_json::Value> {
     gov.cost()
         .register(BudgetPolicy::new("agent-0".parse()?).per_day(MicroUsd(i64::MAX / 4)))
         .await?;
-    let mut check = Vec::with_capacity(2_000);
-    for _ in 0..2_000 {
-        let t = Instant::now();
-        gov.cost().check_or_raise("agent-0", "s-bench").await?;
-        check.push(t.elapsed());
-    }
-    check.sort_unstable();
-    let mut reserve_settle = Vec::with_capacity(1_000);
-    for _ in 0..1_000 {
-        let t = Instant::now();
-        let r = gov
-            .cost()
-            .reserve("agent-0", "s-bench", "gpt-4o-mini", 500, Some(256))
-            .await?;
-        r.settle(TokenUsage {
-            input_tokens: 500,
-            output_tokens: 100,
-            cached_input_tokens: 0,
-        })
-        .await?;
-        reserve_settle.push(t.elapsed());
-    }
-    reserve_settle.sort_unstable();
+    let check = check_latencies(&gov, 2_000).await?;
+    let reserve_settle = reserve_settle_latencies(&gov, 1_000).await?;
     // Contended: 16 callers reserving and settling at once on one agent's counters.
     let start = Instant::now();
     let mut tasks = Vec::new();

@@ -56,6 +56,39 @@ async fn append(gov: &Governance, chain: &str, tasks: usize, per_task: usize) ->
     Ok((tasks * per_task) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// `n` sequential `check_or_raise` calls for `agent-0`, sorted latencies.
+pub(crate) async fn check_latencies(gov: &Governance, n: usize) -> Result<Vec<Duration>> {
+    let mut check = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        gov.cost().check_or_raise("agent-0", "s-bench").await?;
+        check.push(t.elapsed());
+    }
+    check.sort_unstable();
+    Ok(check)
+}
+
+/// `n` sequential reserve + settle pairs for `agent-0`, sorted latencies.
+pub(crate) async fn reserve_settle_latencies(gov: &Governance, n: usize) -> Result<Vec<Duration>> {
+    let mut reserve_settle = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = gov
+            .cost()
+            .reserve("agent-0", "s-bench", "gpt-4o-mini", 500, Some(256))
+            .await?;
+        r.settle(gov_sdk::TokenUsage {
+            input_tokens: 500,
+            output_tokens: 100,
+            cached_input_tokens: 0,
+        })
+        .await?;
+        reserve_settle.push(t.elapsed());
+    }
+    reserve_settle.sort_unstable();
+    Ok(reserve_settle)
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted
@@ -348,29 +381,8 @@ async fn bench() -> Result<()> {
             gov_sdk::BudgetPolicy::new("agent-0".parse()?).per_day(gov_sdk::MicroUsd(i64::MAX / 4)),
         )
         .await?;
-    let mut check = Vec::with_capacity(5_000);
-    for _ in 0..5_000 {
-        let t = Instant::now();
-        gov.cost().check_or_raise("agent-0", "s-bench").await?;
-        check.push(t.elapsed());
-    }
-    check.sort_unstable();
-    let mut reserve_settle = Vec::with_capacity(2_000);
-    for _ in 0..2_000 {
-        let t = Instant::now();
-        let r = gov
-            .cost()
-            .reserve("agent-0", "s-bench", "gpt-4o-mini", 500, Some(256))
-            .await?;
-        r.settle(gov_sdk::TokenUsage {
-            input_tokens: 500,
-            output_tokens: 100,
-            cached_input_tokens: 0,
-        })
-        .await?;
-        reserve_settle.push(t.elapsed());
-    }
-    reserve_settle.sort_unstable();
+    let check = check_latencies(&gov, 5_000).await?;
+    let reserve_settle = reserve_settle_latencies(&gov, 2_000).await?;
 
     // Gate round trip: request, approve (with its audit event), wait_for, consume.
     gov.operators()
