@@ -29,6 +29,11 @@ use crate::{Reserve, Result, Sealer, StoreError};
 /// Stale answers in a row after which an append stops sealing ahead and locks the head instead.
 const OPTIMISTIC_TRIES: usize = 3;
 
+/// How long an append waits for this process's previous one-statement append to the same chain
+/// before it seals against the head it knows anyway: a statement held up in the database (by a
+/// lock another session holds) must not hold up every append of this process.
+const TURN_PATIENCE: Duration = Duration::from_millis(20);
+
 /// What `governance_reserve_logged` returns: outcome (`ok`, `refused`, `stale`), the refusal's
 /// reason, cap and used, and the head (the appended row, or the current head when stale).
 type ReserveLoggedRow = (
@@ -321,7 +326,9 @@ impl BudgetStore for PgStore {
         let chain = event.chain_id.as_str();
         let tip = self.heads.tip(chain);
         {
-            let _turn = tip.turn.lock().await;
+            let _turn = tokio::time::timeout(TURN_PATIENCE, tip.turn.lock())
+                .await
+                .ok();
             let mut head = self.expected_head(&tip, chain).await?;
             for _ in 0..OPTIMISTIC_TRIES {
                 let record = sealed_after(event, key_id, seal, &head);
@@ -394,7 +401,9 @@ impl BudgetStore for PgStore {
         let chain = event.chain_id.as_str();
         let tip = self.heads.tip(chain);
         {
-            let _turn = tip.turn.lock().await;
+            let _turn = tokio::time::timeout(TURN_PATIENCE, tip.turn.lock())
+                .await
+                .ok();
             let mut head = self.expected_head(&tip, chain).await?;
             for _ in 0..OPTIMISTIC_TRIES {
                 let record = sealed_after(event, key_id, seal, &head);

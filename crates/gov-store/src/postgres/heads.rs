@@ -7,7 +7,8 @@
 //! more round trip, never a wrong row. Every append this process commits updates it; so does a
 //! stale answer, which carries the head the database holds. Optimistic appends to one chain
 //! from this process take turns (`Tip::turn`), so they do not race each other into stale
-//! answers; other processes are caught by the database's check.
+//! answers (a turn is waited for only briefly: see `TURN_PATIENCE` in `budget`); other
+//! processes are caught by the database's check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,8 @@ pub(crate) type Head = (i64, Vec<u8>);
 #[derive(Debug, Default)]
 pub(crate) struct Tip {
     head: Mutex<Option<Head>>,
-    /// Held by an optimistic append from its reading of the head to its answer.
+    /// Held by an optimistic append from its reading of the head to its answer; a lock of this
+    /// process only, never a lock of the database's.
     pub(crate) turn: tokio::sync::Mutex<()>,
 }
 
