@@ -124,6 +124,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         break;
     }
 
+    // Calls settle in the background: wait for the last one before reading the counters.
+    gov.llm().settled().await;
     let spent = gov
         .cost()
         .snapshot(AGENT, &session)

@@ -62,7 +62,7 @@ pub struct Config {
     pub gates: GateConfig,
     /// Which enforcement modules are on (default: all).
     pub modules: Modules,
-    /// The LLM layer (`warn_on_no_wrappers`).
+    /// The LLM layer (`warn_on_no_wrappers`, `settle_in_background`).
     pub llm: LlmConfig,
     /// Where observation is spooled while storage is out of reach (default: a
     /// `governance-spool` folder in the system's temporary directory).
@@ -269,6 +269,15 @@ impl GovernanceBuilder {
     /// Lets agents without a budget policy spend (tracked, uncapped). Default: refused.
     pub fn allow_unbudgeted_agents(mut self, allow: bool) -> Self {
         self.config.cost.allow_unbudgeted = allow;
+        self
+    }
+
+    /// Settle each governed LLM call, committing its `llm.response`, in a task of its own after
+    /// the answer is returned (default on), or before returning it (`false`). Meanwhile the
+    /// call's whole reservation stays held; `gov.llm().settled()` and `close()` wait for the
+    /// tasks. See docs/configuration.md for what a crash in between leaves.
+    pub fn settle_in_background(mut self, on: bool) -> Self {
+        self.config.llm.settle_in_background = on;
         self
     }
 

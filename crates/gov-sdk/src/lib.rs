@@ -182,9 +182,11 @@ impl Governance {
         Ok(self.inner.store.privileges().await?)
     }
 
-    /// Stops the notification listener and closes the connection pool, waiting for pooled
-    /// connections to come back: drop any [`Tail`] first, as it holds one.
+    /// Waits for the LLM calls still settling ([`llm::Llm::settled`]), then stops the
+    /// notification listener and closes the connection pool, waiting for pooled connections to
+    /// come back: drop any [`Tail`] first, as it holds one.
     pub async fn close(&self) {
+        self.llm().settled().await;
         self.inner.listener.abort();
         self.inner.store.close().await;
     }

@@ -2,6 +2,11 @@
 //! exactly one ending: settled (`llm.response`), failed (`llm.error`) or dropped
 //! (`llm.cancelled`). The failed and dropped endings release the reservation.
 //!
+//! A settled call's receipt is worked out before its settlement (the price table gives the
+//! cost), so the settlement can run after the answer is returned, in a task counted by the
+//! handle's `Settlements` (the default), or before it. A failed call releases before its error
+//! is returned, so a retry finds the budget back; a dropped call releases in a counted task.
+//!
 //! Spans: one `gen_ai` span per call named `{operation} {model}` with the OpenTelemetry GenAI
 //! attributes (`gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
 //! `gen_ai.request.max_tokens`, `gen_ai.response.model`, `gen_ai.usage.input_tokens`,
@@ -239,8 +244,10 @@ impl Flight {
         }
     }
 
-    /// Settles with the real usage (or the reservation's projection, marked estimated, when
-    /// the usage is incomplete) and audits `llm.response`.
+    /// Works out the receipt from the real usage (or the reservation's projection, marked
+    /// estimated, when the usage is incomplete), then settles and audits `llm.response`: in a
+    /// task counted by the handle when `settle_in_background` is on (the default), so the
+    /// receipt returns without waiting for storage; before returning otherwise.
     pub(crate) async fn finish(
         mut self,
         usage: Option<PartialUsage>,
@@ -309,49 +316,35 @@ impl Flight {
                 "finish_reason": self.finish_reason,
             }))
             .build();
-        let response_event = match (reservation, event) {
-            // Settlement and `llm.response` commit in one transaction.
-            (Some(r), Ok(ev)) if r.commits_with_event() => {
-                let id = ev.event_id;
-                match r.settle_logged(usage, &ev).await {
-                    Ok(Ok(_)) => {}
-                    // The event is in the chain; the reservation was closed already.
-                    Ok(Err(e)) => self.settle_failed(usage, &e).await,
-                    // Nothing was committed: the event is observation and the spend is
-                    // tracked, both spooled at once when storage is out of reach (the event
-                    // first, so the tracking queues behind it without waiting for storage).
-                    Err(e) => {
-                        let warned = e.to_string();
-                        log_after(&self.gov, ev, &c.agent, "llm.response", e).await;
-                        self.settle_failed(usage, &warned).await;
-                    }
-                }
-                id
-            }
-            (reservation, event) => {
-                let settle = async {
-                    if let Some(r) = reservation
-                        && let Err(e) = r.settle(usage).await
-                    {
-                        self.settle_failed(usage, &e).await;
-                    }
-                };
-                let append = async {
-                    match event {
-                        Ok(ev) => {
-                            let id = ev.event_id;
-                            log(&self.gov, ev, &c.agent, "llm.response").await;
-                            id
-                        }
-                        Err(e) => {
-                            tracing::warn!(agent = %c.agent, error = %e, "could not build the llm.response event");
-                            EventId::new_v7()
-                        }
-                    }
-                };
-                tokio::join!(settle, append).1
-            }
+        let response_event = match &event {
+            Ok(ev) => ev.event_id,
+            Err(_) => EventId::new_v7(),
         };
+        let ending = Ending {
+            gov: self.gov.clone(),
+            agent: c.agent.clone(),
+            session: c.session.clone(),
+            model: c.model.clone(),
+        };
+        let settle = ending.settle(reservation, event, usage);
+        if self.gov.config().llm.settle_in_background
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let span = tracing::info_span!(
+                parent: None,
+                "governance.settle",
+                governance.agent.id = %c.agent,
+                governance.session.id = %c.session,
+            );
+            span.follows_from(&self.span);
+            self.gov
+                .inner
+                .llm
+                .settlements
+                .spawn(&rt, settle.instrument(span));
+        } else {
+            settle.await;
+        }
         let span = &self.span;
         span.record("gen_ai.usage.input_tokens", usage.input_tokens);
         span.record("gen_ai.usage.output_tokens", usage.output_tokens);
@@ -373,21 +366,6 @@ impl Flight {
             finish_reason: self.finish_reason.clone(),
             request_event: self.request_event,
             response_event,
-        }
-    }
-
-    /// Settlement failed (storage): record the spend as tracked (spooled when storage is out
-    /// of reach).
-    async fn settle_failed(&self, usage: TokenUsage, e: &(dyn std::fmt::Display + Sync)) {
-        let c = &self.call;
-        tracing::warn!(agent = %c.agent, error = %e, "could not settle an LLM call's reservation; its spend is tracked instead");
-        if let Err(e) = self
-            .gov
-            .cost()
-            .track(&c.agent, &c.session, &c.model, usage)
-            .await
-        {
-            tracing::warn!(agent = %c.agent, error = %e, "could not track an LLM call's spend");
         }
     }
 
@@ -458,9 +436,82 @@ impl Drop for Flight {
             tracing::warn!(%agent, "an LLM call was dropped outside a Tokio runtime: llm.cancelled is not recorded and its reservation will expire");
             return;
         };
-        rt.spawn(async move {
+        let settlements = gov.inner.llm.settlements.clone();
+        settlements.spawn(&rt, async move {
             release_and_log(&gov, reservation, event, &agent, "llm.cancelled").await;
         });
+    }
+}
+
+/// Who a settled call was for, owned, so its settlement can outlive the call.
+struct Ending {
+    gov: Governance,
+    agent: String,
+    session: String,
+    model: String,
+}
+
+impl Ending {
+    /// Settles with `usage` and logs `llm.response` (`event`): in one statement when the store
+    /// can take both; else, or when that fails, the event as observation and the spend tracked
+    /// (both spooled when storage is out of reach). Never fails: an unsettled reservation
+    /// expires.
+    async fn settle(
+        self,
+        reservation: Option<Reservation>,
+        event: std::result::Result<AuditEvent, gov_core::EventError>,
+        usage: TokenUsage,
+    ) {
+        match (reservation, event) {
+            (Some(r), Ok(ev)) if r.commits_with_event() => {
+                match r.settle_logged(usage, &ev).await {
+                    Ok(Ok(_)) => {}
+                    // The event is in the chain; the reservation was closed already.
+                    Ok(Err(e)) => self.settle_failed(usage, &e).await,
+                    // Nothing was committed: the event is observation and the spend is
+                    // tracked, both spooled at once when storage is out of reach (the event
+                    // first, so the tracking queues behind it without waiting for storage).
+                    Err(e) => {
+                        let warned = e.to_string();
+                        log_after(&self.gov, ev, &self.agent, "llm.response", e).await;
+                        self.settle_failed(usage, &warned).await;
+                    }
+                }
+            }
+            (reservation, event) => {
+                let settle = async {
+                    if let Some(r) = reservation
+                        && let Err(e) = r.settle(usage).await
+                    {
+                        self.settle_failed(usage, &e).await;
+                    }
+                };
+                let append = async {
+                    match event {
+                        Ok(ev) => log(&self.gov, ev, &self.agent, "llm.response").await,
+                        Err(e) => {
+                            tracing::warn!(agent = %self.agent, error = %e, "could not build the llm.response event");
+                        }
+                    }
+                };
+                tokio::join!(settle, append);
+            }
+        }
+    }
+
+    /// Settlement failed (storage): record the spend as tracked (spooled when storage is out
+    /// of reach).
+    async fn settle_failed(&self, usage: TokenUsage, e: &(dyn std::fmt::Display + Sync)) {
+        let agent = &self.agent;
+        tracing::warn!(%agent, error = %e, "could not settle an LLM call's reservation; its spend is tracked instead");
+        if let Err(e) = self
+            .gov
+            .cost()
+            .track(agent, &self.session, &self.model, usage)
+            .await
+        {
+            tracing::warn!(%agent, error = %e, "could not track an LLM call's spend");
+        }
     }
 }
 

@@ -6,7 +6,10 @@
 //! reservation projected from the declared `max_tokens` (or `CostConfig::default_max_tokens`),
 //! the `llm.request` audit event, the call itself, settlement with the real usage and the
 //! `llm.response` event. The reservation commits with `llm.request`, and the settlement with
-//! `llm.response`, in one transaction each. A refused call never reaches the provider. A call that fails is audited
+//! `llm.response`, in one statement each (Postgres) or one transaction each (SQLite). The
+//! caller gets the answer as soon as the provider gave it: the settlement runs in a task of its
+//! own ([`Llm::settled`] waits for them; `settle_in_background(false)` settles before
+//! returning). A refused call never reaches the provider. A call that fails is audited
 //! as `llm.error`, one whose future or stream is dropped before it ends as `llm.cancelled`; both
 //! release their reservation. When a call reports no usage, it is settled at its reservation
 //! (the estimated input plus `max_tokens` out) and its `llm.response` says `estimated: true`.
@@ -47,6 +50,7 @@
 //! ```
 
 mod flight;
+mod settlements;
 mod stream;
 
 #[cfg(feature = "llm-http")]
@@ -82,6 +86,11 @@ pub struct LlmConfig {
     /// How long after `connect` a handle may go without wrapping a client before the warning.
     /// Default 60 s.
     pub no_wrapper_grace: Duration,
+    /// Settle a call (and commit its `llm.response`) in a task of its own, after the answer is
+    /// returned, instead of before. Default on: the caller waits for the reservation only. Until
+    /// the task has run, the call's whole reservation stays held, so budgets err on the safe
+    /// side; [`Llm::settled`] waits for the tasks. See docs/configuration.md.
+    pub settle_in_background: bool,
 }
 
 impl Default for LlmConfig {
@@ -89,6 +98,7 @@ impl Default for LlmConfig {
         Self {
             warn_on_no_wrappers: true,
             no_wrapper_grace: Duration::from_secs(60),
+            settle_in_background: true,
         }
     }
 }
@@ -98,6 +108,8 @@ impl Default for LlmConfig {
 pub(crate) struct LlmState {
     host_key: gov_audit::DerivedKey,
     wrapped: AtomicUsize,
+    /// Settlements still running after their calls returned.
+    pub(crate) settlements: Arc<settlements::Settlements>,
 }
 
 impl LlmState {
@@ -105,6 +117,7 @@ impl LlmState {
         Self {
             host_key: secret.coverage_host_key(),
             wrapped: AtomicUsize::new(0),
+            settlements: Arc::default(),
         }
     }
 }
@@ -366,6 +379,20 @@ impl<'g> Llm<'g> {
             .collect())
     }
 
+    /// Waits until every call of this handle that returned before this was called is settled:
+    /// its `llm.response` (or `llm.cancelled`) committed and the budget counters holding its
+    /// spend (or, when storage was out of reach, both spooled). Calls settle in the background
+    /// by default (see `GovernanceBuilder::settle_in_background`); read counters or the chain
+    /// after this, not right after a call. Returns at once when nothing is settling.
+    pub async fn settled(&self) {
+        self.gov.inner.llm.settlements.wait().await;
+    }
+
+    /// How many calls of this handle are settling now.
+    pub fn settling(&self) -> usize {
+        self.gov.inner.llm.settlements.running()
+    }
+
     /// How many clients this handle has wrapped since it connected.
     pub fn wrapped_here(&self) -> usize {
         self.gov.inner.llm.wrapped.load(Ordering::Acquire)
@@ -521,7 +548,8 @@ impl GuardClient {
     }
 
     /// Runs one call through the guarded path: the gates, `llm.request`, then `call()` (only
-    /// if every gate passed), then settlement and `llm.response`. An error from `call` is
+    /// if every gate passed), then settlement and `llm.response` (in a task of their own once
+    /// the answer is returned, by default; see [`Llm::settled`]). An error from `call` is
     /// audited as `llm.error` and returned as [`Error::Provider`] with kind `client_error` and
     /// its text as `error_type` (so it must not hold secrets). Dropping the returned future
     /// mid-call audits `llm.cancelled`. Either way the reservation is released.

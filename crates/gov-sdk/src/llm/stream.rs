@@ -63,8 +63,9 @@ type Inner<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Failure>> + Sen
 
 /// A streaming answer on the guarded path.
 ///
-/// Read it with [`GuardedStream::next`] until it returns `None`; the call is then settled and
-/// [`GuardedStream::receipt`] holds its cost. Dropping it before the end (or dropping the
+/// Read it with [`GuardedStream::next`] until it returns `None`; [`GuardedStream::receipt`]
+/// then holds its cost, and the call is settled (in the background by default: see
+/// [`super::Llm::settled`]). Dropping it before the end (or dropping the
 /// future of a `next` call that is settling the call) records `llm.cancelled` and releases the
 /// reservation.
 pub struct GuardedStream<T> {

@@ -11,8 +11,8 @@ use gov_sdk::llm::anthropic::{self, MessagesRequest};
 use gov_sdk::llm::openai::{ChatMessage, ChatRequest};
 use gov_sdk::llm::{Completion, LlmCall, PartialUsage, StreamChunk};
 use gov_sdk::{
-    AuditRecord, BudgetCounter, BudgetPolicy, CostConfig, Error, EventFilter, Governance, MicroUsd,
-    ModelPrice, PriceTable, ScopePolicy, TokenUsage,
+    AuditRecord, BudgetCounter, BudgetDenial, BudgetPolicy, CostConfig, Error, EventFilter,
+    Governance, GovernanceBuilder, MicroUsd, ModelPrice, PriceTable, ScopePolicy, TokenUsage,
 };
 use gov_testdb::TestDb;
 use serde_json::{Value, json};
@@ -38,12 +38,13 @@ fn price() -> ModelPrice {
     }
 }
 
-async fn setup_with(db: &TestDb, default_max_tokens: Option<u64>, cap: MicroUsd) -> Governance {
+/// A handle on `url` with the test prices.
+fn builder(url: &str, default_max_tokens: Option<u64>) -> GovernanceBuilder {
     let mut prices = PriceTable::builtin();
     prices.set("openai", "gpt-test", price());
     prices.set("anthropic", "claude-test", price());
-    let gov = Governance::builder()
-        .database_url(db.url())
+    Governance::builder()
+        .database_url(url)
         .audit_secret(SECRET)
         .warn_on_no_wrappers(false)
         .cost(CostConfig {
@@ -51,9 +52,19 @@ async fn setup_with(db: &TestDb, default_max_tokens: Option<u64>, cap: MicroUsd)
             default_max_tokens,
             ..CostConfig::default()
         })
+}
+
+async fn setup_with(db: &TestDb, default_max_tokens: Option<u64>, cap: MicroUsd) -> Governance {
+    let gov = builder(db.url(), default_max_tokens)
         .connect()
         .await
         .expect("connect");
+    policies(&gov, cap).await;
+    gov
+}
+
+/// The agent's scope (gpt-test of OpenAI, all of Anthropic) and its per-session cap.
+async fn policies(gov: &Governance, cap: MicroUsd) {
     gov.scope()
         .register(
             ScopePolicy::new(AGENT.parse().expect("agent id"))
@@ -65,7 +76,6 @@ async fn setup_with(db: &TestDb, default_max_tokens: Option<u64>, cap: MicroUsd)
         .register(BudgetPolicy::new(AGENT.parse().expect("agent id")).per_session(cap))
         .await
         .expect("budget policy");
-    gov
 }
 
 async fn setup(db: &TestDb) -> Governance {
@@ -97,7 +107,10 @@ async fn chain(gov: &Governance) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// Every record of the agent, in chain order, once the calls that returned are settled (they
+/// settle in the background by default).
 async fn records(gov: &Governance) -> Vec<AuditRecord> {
+    gov.llm().settled().await;
     gov.audit()
         .events(&EventFilter {
             agent_id: Some(AGENT.parse().expect("agent id")),
@@ -112,7 +125,9 @@ fn kinds(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(k, _)| k.as_str()).collect()
 }
 
+/// The session's counter, once the calls that returned are settled.
 async fn session_counter(gov: &Governance) -> BudgetCounter {
+    gov.llm().settled().await;
     gov.cost()
         .snapshot(AGENT, SESSION)
         .await
@@ -1022,6 +1037,7 @@ async fn an_llm_call_event_can_be_due_for_an_automatic_checkpoint() {
         .await
         .expect("governed");
     // llm.request is seq 1 and llm.response seq 2, both committed with the budget change.
+    gov.llm().settled().await;
     let pool = db.admin_pool().await;
     let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM checkpoints ORDER BY seq")
         .fetch_all(&pool)
@@ -1193,6 +1209,8 @@ async fn the_generic_guard_governs_any_client() {
         .expect("governed");
     assert_eq!(out.output, "hello");
     assert_eq!(out.receipt.cost, MicroUsd(48));
+    // Its llm.response commits before the next call's llm.request, for an exact chain below.
+    gov.llm().settled().await;
 
     // The client's own error.
     let err = client
@@ -1225,6 +1243,7 @@ async fn the_generic_guard_governs_any_client() {
     let (pieces, receipt) = s.collect().await.expect("whole stream");
     assert_eq!(pieces.iter().map(|p| p.text).collect::<String>(), "ab");
     assert_eq!(receipt.cost, MicroUsd(48));
+    gov.llm().settled().await;
 
     // Refused: the call is never made.
     let made = AtomicUsize::new(0);
@@ -1533,4 +1552,443 @@ async fn a_handle_that_wraps_no_client_warns_after_its_grace_period() {
     // Once the handle wraps a client, there is nothing to warn about.
     bare.llm().client("openai").build().await.expect("client");
     assert!(bare.llm().no_wrapper_warning().is_none());
+}
+
+/// The generic call of the settlement tests: 3 input tokens estimated, 100 out at most, so 203
+/// micro-USD reserved; it reports 10 in (4 cached) and 20 out, which cost 48.
+fn guarded_call() -> LlmCall {
+    LlmCall::new(AGENT, SESSION, "gpt-test")
+        .max_tokens(100)
+        .input_tokens(3)
+}
+
+const USAGE: TokenUsage = TokenUsage {
+    input_tokens: 10,
+    output_tokens: 20,
+    cached_input_tokens: 4,
+};
+
+#[tokio::test]
+async fn a_call_returns_before_it_settles_and_its_reservation_caps_the_next_call_meanwhile() {
+    let db = TestDb::new().await;
+    // A cap of 300: a call reserves 203 and costs 48, so a second call fits once the first is
+    // settled (48 + 203), but not while the first's reservation is held (203 + 203).
+    let gov = setup_with(&db, None, MicroUsd(300)).await;
+    let client = gov.llm().client("openai").build().await.expect("client");
+    // Another session locks the call's reservation row while the provider answers, so the
+    // settlement waits in the database until that session lets go.
+    let pool = db.admin_pool().await;
+    let mut blocker = pool.begin().await.expect("begin");
+    let lock = &mut blocker;
+    let out = client
+        .guard(guarded_call(), move || async move {
+            sqlx::query("SELECT 1 FROM budget_reservations WHERE closed_at IS NULL FOR UPDATE")
+                .fetch_one(&mut **lock)
+                .await
+                .expect("lock the reservation");
+            Ok::<_, std::io::Error>(Completion::new("hi").usage(USAGE))
+        })
+        .await
+        .expect("the answer is returned while the settlement waits");
+    assert_eq!(out.receipt.cost, MicroUsd(48));
+    assert_eq!(gov.llm().settling(), 1);
+    let held = gov
+        .cost()
+        .snapshot(AGENT, SESSION)
+        .await
+        .expect("snapshot")
+        .status
+        .session;
+    assert_eq!(
+        (held.spent, held.reserved),
+        (MicroUsd(0), MicroUsd(RESERVED)),
+        "the whole reservation is held until the settlement commits"
+    );
+
+    // A second call meanwhile is capped by what is held, never by what the first will cost.
+    let made = AtomicUsize::new(0);
+    let err = client
+        .guard(guarded_call(), || async {
+            made.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Completion::new("no").usage(USAGE))
+        })
+        .await
+        .expect_err("capped by the held reservation");
+    assert!(
+        matches!(
+            err,
+            Error::BudgetExceeded {
+                denial: BudgetDenial::SessionUsd,
+                cap: Some(300),
+                used: Some(RESERVED),
+                requested: RESERVED,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(made.load(Ordering::SeqCst), 0);
+
+    // Let go: the settlement commits (after resealing: the refusal moved the head meanwhile)
+    // and the counters hold the exact spend.
+    blocker.rollback().await.expect("let go");
+    gov.llm().settled().await;
+    assert_eq!(gov.llm().settling(), 0);
+    assert_spent(&gov, 48).await;
+    assert_eq!(open_reservations(&db).await, 0);
+
+    // Now the second call fits.
+    client
+        .guard(guarded_call(), || async {
+            Ok::<_, std::io::Error>(Completion::new("hi").usage(USAGE))
+        })
+        .await
+        .expect("fits once the first is settled");
+    assert_spent(&gov, 96).await;
+    let events = chain(&gov).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "llm.request",
+            "budget.denied",
+            "llm.response",
+            "llm.request",
+            "llm.response"
+        ]
+    );
+    assert_eq!(events[2].1["cost_micros"], 48);
+    assert_eq!(events[4].1["cost_micros"], 48);
+    assert!(gov.audit().verify_chain().await.expect("verify").is_clean());
+    pool.close().await;
+    gov.close().await;
+}
+
+#[tokio::test]
+async fn settling_before_returning_is_an_option() {
+    let db = TestDb::new().await;
+    let gov = builder(db.url(), None)
+        .settle_in_background(false)
+        .connect()
+        .await
+        .expect("connect");
+    policies(&gov, MicroUsd(1_000_000)).await;
+    let client = gov.llm().client("openai").build().await.expect("client");
+    for n in 1..=3 {
+        client
+            .guard(guarded_call(), || async {
+                Ok::<_, std::io::Error>(Completion::new(()).usage(USAGE))
+            })
+            .await
+            .expect("governed");
+        // Read at once, without waiting for anything: the call settled before it returned.
+        assert_eq!(gov.llm().settling(), 0);
+        let c = gov
+            .cost()
+            .snapshot(AGENT, SESSION)
+            .await
+            .expect("snapshot")
+            .status
+            .session;
+        assert_eq!((c.spent, c.reserved), (MicroUsd(48 * n), MicroUsd(0)));
+    }
+    let kinds: Vec<String> = gov
+        .audit()
+        .events(&EventFilter::default())
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, ["llm.request", "llm.response"].repeat(3));
+}
+
+#[tokio::test]
+async fn close_waits_for_the_calls_still_settling() {
+    let db = TestDb::new().await;
+    let gov = setup(&db).await;
+    let client = gov.llm().client("openai").build().await.expect("client");
+    for _ in 0..5 {
+        client
+            .guard(guarded_call(), || async {
+                Ok::<_, std::io::Error>(Completion::new(()).usage(USAGE))
+            })
+            .await
+            .expect("governed");
+    }
+    gov.close().await;
+    assert_eq!(gov.llm().settling(), 0);
+    // Another handle finds every settlement committed.
+    let other = setup(&db).await;
+    assert_spent(&other, 5 * 48).await;
+    // A response may follow the next call's request: each follows its own.
+    let recs = records(&other).await;
+    let requests: Vec<_> = recs.iter().filter(|r| r.kind == "llm.request").collect();
+    let responses: Vec<_> = recs.iter().filter(|r| r.kind == "llm.response").collect();
+    assert_eq!((requests.len(), responses.len(), recs.len()), (5, 5, 10));
+    for resp in responses {
+        let request = requests
+            .iter()
+            .find(|r| Some(r.event_id) == resp.parent_event_id)
+            .expect("its request");
+        assert!(request.seq < resp.seq);
+    }
+    assert_eq!(open_reservations(&db).await, 0);
+}
+
+#[tokio::test]
+async fn two_handles_calling_at_once_share_the_chain_without_deadlock_or_loss() {
+    let db = TestDb::new().await;
+    // Two handles are two processes: each seals against the head it last saw, which the other
+    // keeps moving, so calls are resealed and retried, or fall back to locking the head.
+    let handles = [setup(&db).await, setup(&db).await];
+    let clients = [
+        handles[0]
+            .llm()
+            .client("openai")
+            .build()
+            .await
+            .expect("client"),
+        handles[1]
+            .llm()
+            .client("openai")
+            .build()
+            .await
+            .expect("client"),
+    ];
+    // Taking turns: every call after the first finds its handle's head stale.
+    for _ in 0..3 {
+        for c in &clients {
+            c.guard(guarded_call(), || async {
+                Ok::<_, std::io::Error>(Completion::new(()).usage(USAGE))
+            })
+            .await
+            .expect("governed");
+        }
+    }
+    // All at once, in two sessions, with failures and plain events on the same chain.
+    let mut tasks = Vec::new();
+    for n in 0..24u64 {
+        let client = clients[usize::from(n % 2 == 1)].clone();
+        tasks.push(tokio::spawn(async move {
+            let session = if n % 3 == 0 { "s-2" } else { SESSION };
+            let call = LlmCall::new(AGENT, session, "gpt-test")
+                .max_tokens(100)
+                .input_tokens(3);
+            client
+                .guard(call, || async move {
+                    tokio::task::yield_now().await;
+                    if n % 4 == 3 {
+                        Err(std::io::Error::other("connection reset"))
+                    } else {
+                        Ok(Completion::new(n).usage(USAGE))
+                    }
+                })
+                .await
+                .map(|g| g.output)
+        }));
+    }
+    for n in 0..20 {
+        handles[n % 2]
+            .audit()
+            .log(crate::support::event(AGENT, "tool.call", n as u64))
+            .await
+            .expect("log");
+    }
+    let mut answered = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => answered += 1,
+            Err(e) => assert!(matches!(e, Error::Provider { .. }), "{e}"),
+        }
+    }
+    assert_eq!(answered, 18);
+    for h in &handles {
+        h.llm().settled().await;
+    }
+    let recs = records(&handles[0]).await;
+    let count = |kind: &str| recs.iter().filter(|r| r.kind == kind).count();
+    assert_eq!(
+        (
+            count("llm.request"),
+            count("llm.response"),
+            count("llm.error"),
+            count("tool.call")
+        ),
+        (30, 24, 6, 20)
+    );
+    assert_eq!(open_reservations(&db).await, 0);
+    // Sessions: s-2 took n = 0, 3, 6, ..., 21 (8 calls, of which n = 3, 15 failed).
+    let spent = |session: &'static str| {
+        let gov = handles[1].clone();
+        async move {
+            gov.cost()
+                .snapshot(AGENT, session)
+                .await
+                .expect("snapshot")
+                .status
+                .session
+        }
+    };
+    let (s1, s2) = (spent(SESSION).await, spent("s-2").await);
+    assert_eq!((s2.spent, s2.reserved), (MicroUsd(6 * 48), MicroUsd(0)));
+    assert_eq!((s1.spent, s1.reserved), (MicroUsd(18 * 48), MicroUsd(0)));
+    assert!(
+        handles[1]
+            .audit()
+            .verify_chain()
+            .await
+            .expect("verify")
+            .is_clean()
+    );
+}
+
+/// A 32-byte value standing for a seal (these rows are written by hand, not verified).
+fn fake_hmac(b: u8) -> Vec<u8> {
+    vec![b; 32]
+}
+
+/// `governance_reserve_logged` of 203 micro-USD for the agent's session, with a made-up row
+/// sealed as `hmac` after the head `expect`: (outcome, reason, cur_seq).
+async fn reserve_logged_sql(
+    pool: &sqlx::PgPool,
+    chain: &str,
+    expect: (i64, &[u8]),
+    hmac: &[u8],
+) -> (String, Option<String>, Option<i64>) {
+    sqlx::query_as(
+        "SELECT outcome, reason, cur_seq FROM governance_reserve_logged(gen_random_uuid(), $1, \
+             $2, 'gpt-test', 203, 103, 600, false, $3, $4, $5, gen_random_uuid(), now(), $1, $2, \
+             'llm.request', NULL, NULL, '{}', 'k1', $6, NULL, NULL, 'unsigned')",
+    )
+    .bind(AGENT)
+    .bind(SESSION)
+    .bind(chain)
+    .bind(expect.0)
+    .bind(expect.1)
+    .bind(hmac)
+    .fetch_one(pool)
+    .await
+    .expect("governance_reserve_logged")
+}
+
+/// What the functions may have changed: (rows in the chain, its head seq, reservations, the
+/// session's reserved micro-USD).
+async fn state(pool: &sqlx::PgPool, chain: &str) -> (i64, Option<i64>, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM audit_events WHERE chain_id = $1), \
+                (SELECT seq FROM chain_heads WHERE chain_id = $1), \
+                (SELECT count(*) FROM budget_reservations), \
+                (SELECT coalesce(sum(reserved_micros), 0)::bigint FROM budget_counters \
+                 WHERE period = 's:' || $2)",
+    )
+    .bind(chain)
+    .bind(SESSION)
+    .fetch_one(pool)
+    .await
+    .expect("state")
+}
+
+#[tokio::test]
+async fn the_one_statement_functions_change_nothing_on_a_stale_head_or_a_refusal() {
+    let db = TestDb::new().await;
+    let gov = setup_with(&db, None, MicroUsd(300)).await;
+    gov.close().await;
+    // As the application role: it may call them.
+    let pool = sqlx::PgPool::connect(&db.app_url())
+        .await
+        .expect("connect as the app role");
+    let zero = fake_hmac(0);
+    let (h1, h2) = (fake_hmac(1), fake_hmac(2));
+
+    // A stale head caught only under the head's lock (a chain with no head row yet, expected
+    // at seq 5): the reservation made before the check, and the head row, are rolled back.
+    let out = reserve_logged_sql(&pool, "d", (5, &h1), &h2).await;
+    assert_eq!(out, ("stale".into(), None, Some(0)));
+    assert_eq!(state(&pool, "d").await, (0, None, 0, 0));
+
+    // A new chain: reserved, appended at seq 1, the head moved.
+    let out = reserve_logged_sql(&pool, "c", (0, &zero), &h1).await;
+    assert_eq!(out, ("ok".into(), None, Some(1)));
+    assert_eq!(state(&pool, "c").await, (1, Some(1), 1, 203));
+
+    // A stale head (caught before reserving): nothing changes; the current head comes back.
+    let row: (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT outcome, cur_seq, cur_hmac FROM governance_reserve_logged(gen_random_uuid(), \
+         $1, $2, 'gpt-test', 1, 1, 600, false, 'c', 0, $3, gen_random_uuid(), now(), $1, $2, \
+         'llm.request', NULL, NULL, '{}', 'k1', $4, NULL, NULL, 'unsigned')",
+    )
+    .bind(AGENT)
+    .bind(SESSION)
+    .bind(&zero)
+    .bind(&h2)
+    .fetch_one(&pool)
+    .await
+    .expect("stale");
+    assert_eq!(row, ("stale".into(), Some(1), Some(h1.clone())));
+    assert_eq!(state(&pool, "c").await, (1, Some(1), 1, 203));
+
+    // Refused (203 + 203 > 300): nothing appended, nothing reserved.
+    let out = reserve_logged_sql(&pool, "c", (1, &h1), &h2).await;
+    assert_eq!(out, ("refused".into(), Some("session_usd".into()), None));
+    assert_eq!(state(&pool, "c").await, (1, Some(1), 1, 203));
+
+    // Settling against a stale head changes nothing either; against the head it settles and
+    // appends.
+    let id: String = sqlx::query_scalar("SELECT id::text FROM budget_reservations")
+        .fetch_one(&pool)
+        .await
+        .expect("reservation");
+    let settle = |expect: i64, prev: Vec<u8>, hmac: Vec<u8>| {
+        let (pool, id) = (pool.clone(), id.clone());
+        async move {
+            let row: (Option<String>, Option<i64>) = sqlx::query_as(
+                "SELECT outcome, cur_seq FROM governance_settle_logged($1::uuid, 48, 10, 20, 4, \
+                 false, 'c', $2, $3, gen_random_uuid(), now(), $4, $5, 'llm.response', NULL, \
+                 NULL, '{}', 'k1', $6, NULL, NULL, 'unsigned')",
+            )
+            .bind(&id)
+            .bind(expect)
+            .bind(prev)
+            .bind(AGENT)
+            .bind(SESSION)
+            .bind(hmac)
+            .fetch_one(&pool)
+            .await
+            .expect("governance_settle_logged");
+            row
+        }
+    };
+    assert_eq!(settle(0, zero.clone(), h2.clone()).await, (None, Some(1)));
+    assert_eq!(state(&pool, "c").await, (1, Some(1), 1, 203));
+    assert_eq!(
+        settle(1, h1.clone(), h2.clone()).await,
+        (Some("settled".into()), Some(2))
+    );
+    assert_eq!(state(&pool, "c").await, (2, Some(2), 1, 0));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn an_llm_call_works_as_the_application_role() {
+    let db = TestDb::new().await;
+    let gov = builder(&db.app_url(), None)
+        .connect()
+        .await
+        .expect("connect as the app role");
+    policies(&gov, MicroUsd(1_000_000)).await;
+    let client = gov.llm().client("openai").build().await.expect("client");
+    for _ in 0..2 {
+        client
+            .guard(guarded_call(), || async {
+                Ok::<_, std::io::Error>(Completion::new(()).usage(USAGE))
+            })
+            .await
+            .expect("governed");
+        gov.llm().settled().await;
+    }
+    assert_spent(&gov, 96).await;
+    assert_eq!(
+        kinds(&chain(&gov).await),
+        ["llm.request", "llm.response"].repeat(2)
+    );
 }

@@ -196,6 +196,8 @@ async fn an_llm_answer_that_arrives_during_an_outage_is_returned_and_recorded_la
         .await
         .expect("the answer reaches the caller");
     assert_eq!(out.output, "hi");
+    // The settlement runs after the answer is returned: wait for it to give up on storage.
+    gov.llm().settled().await;
     assert!(
         gov.audit().spooled() > 0,
         "llm.response and the spend are spooled"
