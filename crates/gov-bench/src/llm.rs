@@ -1,7 +1,14 @@
 //! The guarded LLM path's overhead: the same chat completion against a mock provider on
 //! loopback, sent directly with reqwest and then through `gov.llm().openai(..).chat(..)` (halt,
-//! scope, the reservation committed with `llm.request`, the call, the settlement committed with
-//! `llm.response`), p50 and p99 of each and of the difference.
+//! scope, the reservation committed with `llm.request` in one statement, the call, the
+//! settlement committed with `llm.response`), p50 and p99 of each and of the difference.
+//!
+//! Three ways, each against its own direct calls: the default (the settlement runs after the
+//! answer is returned, so it overlaps the next iteration: calls back to back, one agent and
+//! session, as a tight agent loop makes them), `settle_inline` (`settle_in_background(false)`:
+//! the settlement is waited for) and `isolated` (the default, waiting for the settlement
+//! between iterations outside the timing: what one call adds when the previous one has
+//! settled, as when calls are seconds apart).
 
 use std::time::Instant;
 
@@ -72,23 +79,68 @@ fn request() -> ChatRequest {
     .max_tokens(64)
 }
 
-/// Runs the comparison on a fresh test database.
+/// Runs the comparison on fresh test databases.
 pub(crate) async fn bench_alone() -> Result<serde_json::Value> {
     let db = gov_testdb::TestDb::new().await;
-    let gov = Governance::builder()
-        .database_url(db.url())
-        .audit_secret(crate::SECRET)
-        .max_connections(16)
-        .connect()
-        .await?;
+    let gov = handle(db.url(), true).await?;
     let figures = bench(&gov).await?;
     gov.close().await;
     Ok(figures)
 }
 
-/// Runs the comparison on `gov` (whose database it writes to) and returns the figures.
+async fn handle(url: &str, settle_in_background: bool) -> Result<Governance> {
+    Ok(Governance::builder()
+        .database_url(url)
+        .audit_secret(crate::SECRET)
+        .max_connections(16)
+        .settle_in_background(settle_in_background)
+        .connect()
+        .await?)
+}
+
+/// Runs the comparison on `gov` (whose database it writes to; it must settle in the background,
+/// the default) and on a fresh database with a handle that settles inline, and returns the
+/// figures.
 pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
     let uri = mock_provider().await?;
+    let mut out = measure(gov, &uri, Pace::BackToBack).await?;
+    let isolated = measure(gov, &uri, Pace::Isolated).await?;
+    let db = gov_testdb::TestDb::new().await;
+    let inline = handle(db.url(), false).await?;
+    let settle_inline = measure(&inline, &uri, Pace::BackToBack).await;
+    inline.close().await;
+    let settle_inline = settle_inline?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("settle_inline".into(), settle_inline);
+        o.insert("isolated".into(), isolated);
+        o.insert(
+            "note".into(),
+            "guarded = halt check (cached) + scope check (cached) + one statement committing the \
+             reservation with llm.request + the call; the settlement, one statement committing \
+             llm.response, runs after the answer is returned (default, back to back: it overlaps \
+             the next iteration), is waited for (settle_inline), or is waited for between \
+             iterations outside the timing (isolated)"
+                .into(),
+        );
+    }
+    Ok(out)
+}
+
+/// How calls follow each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Each call right after the previous one returned.
+    BackToBack,
+    /// Each call after the previous one's settlement (waited for outside the timing).
+    Isolated,
+}
+
+/// One series of direct and guarded calls, interleaved, against the mock provider at `uri`.
+async fn measure(gov: &Governance, uri: &str, pace: Pace) -> Result<serde_json::Value> {
+    let session = match pace {
+        Pace::BackToBack => "bench",
+        Pace::Isolated => "bench-isolated",
+    };
     gov.scope()
         .register(ScopePolicy::new(AGENT.parse()?).allow_apis(["openai:gpt-4o-mini"]))
         .await?;
@@ -100,7 +152,7 @@ pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
         .context("could not build the HTTP client")?;
     let client = gov
         .llm()
-        .openai(&uri)
+        .openai(uri)
         .api_key("sk-bench")
         .http_client(http.clone())
         .build()
@@ -120,7 +172,7 @@ pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
         Ok::<_, anyhow::Error>(())
     };
     let guarded_call = || async {
-        let out = client.chat(AGENT, "bench", request()).await?;
+        let out = client.chat(AGENT, session, request()).await?;
         anyhow::ensure!(out.output.text() == "Hi there", "unexpected answer");
         Ok::<_, anyhow::Error>(())
     };
@@ -129,6 +181,7 @@ pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
         direct_call().await?;
         guarded_call().await?;
     }
+    gov.llm().settled().await;
     // Interleaved, so that both see the same machine load.
     let mut direct = Vec::with_capacity(CALLS);
     let mut guarded = Vec::with_capacity(CALLS);
@@ -139,17 +192,25 @@ pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
         let t = Instant::now();
         guarded_call().await?;
         guarded.push(t.elapsed());
+        if pace == Pace::Isolated {
+            gov.llm().settled().await;
+        }
     }
     direct.sort_unstable();
     guarded.sort_unstable();
     let added = |p: f64| round(percentile(&guarded, p) - percentile(&direct, p));
+    gov.llm().settled().await;
     let spent = gov
         .cost()
-        .snapshot(AGENT, "bench")
+        .snapshot(AGENT, session)
         .await?
         .status
-        .session
-        .spent;
+        .session;
+    anyhow::ensure!(
+        spent.reserved.0 == 0,
+        "a reservation was left open: {:?}",
+        spent.reserved
+    );
     Ok(serde_json::json!({
         "calls": CALLS,
         "direct_p50_us": round(percentile(&direct, 0.50)),
@@ -158,7 +219,6 @@ pub(crate) async fn bench(gov: &Governance) -> Result<serde_json::Value> {
         "guarded_p99_us": round(percentile(&guarded, 0.99)),
         "added_p50_us": added(0.50),
         "added_p99_us": added(0.99),
-        "settled_micros": spent.0,
-        "note": "guarded = halt check (cached) + scope check (cached) + one transaction committing the reservation with llm.request + the call + one transaction committing the settlement with llm.response",
+        "settled_micros": spent.spent.0,
     }))
 }
