@@ -200,12 +200,7 @@ async fn measure(gov: &Governance, uri: &str, pace: Pace) -> Result<serde_json::
     guarded.sort_unstable();
     let added = |p: f64| round(percentile(&guarded, p) - percentile(&direct, p));
     gov.llm().settled().await;
-    let spent = gov
-        .cost()
-        .snapshot(AGENT, session)
-        .await?
-        .status
-        .session;
+    let spent = gov.cost().snapshot(AGENT, session).await?.status.session;
     anyhow::ensure!(
         spent.reserved.0 == 0,
         "a reservation was left open: {:?}",

@@ -286,7 +286,7 @@ pub struct Receipt {
     pub finish_reason: Option<String>,
     /// The `llm.request` event.
     pub request_event: EventId,
-    /// The `llm.response` event.
+    /// The `llm.response` event (in the chain once the call is settled: see [`Llm::settled`]).
     pub response_event: EventId,
 }
 
