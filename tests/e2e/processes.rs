@@ -28,8 +28,18 @@ async fn two_processes_appending_to_one_chain_never_fork_it() {
         cmd.spawn().expect("spawn governance")
     };
     let (a, b) = (spawn(), spawn());
-    for child in [a, b] {
-        let out = child.wait_with_output().unwrap();
+    // A child still running when the test fails is killed, never left behind.
+    struct Reaped(Option<std::process::Child>);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    for mut child in [Reaped(Some(a)), Reaped(Some(b))] {
+        let out = child.0.take().expect("a child").wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "{}",
