@@ -167,7 +167,6 @@ impl PgStore {
         seal: Sealer<'_>,
     ) -> Result<Result<i64, BudgetRefusal>> {
         let chain = event.chain_id.as_str();
-        let sealed = Recording::new(seal);
         let mut tx = self.pool.begin().await?;
         // The head is locked by the same statement, after the function has locked the counters.
         // language=PostgreSQL
@@ -192,22 +191,9 @@ impl PgStore {
             tx.commit().await?;
             return Ok(Err(refusal(reason, cap, used)?));
         }
-        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
-        let seqs = append_locked(
-            &mut tx,
-            chain,
-            key_id,
-            std::slice::from_ref(event),
-            &|row| sealed.seal(row),
-            head,
-        )
-        .await?;
-        tx.commit().await?;
-        self.heads.committed(chain, sealed.last());
-        seqs.first()
-            .copied()
+        self.append_and_commit(tx, event, key_id, seal, head(seq, hmac))
+            .await
             .map(Ok)
-            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
     }
 
     /// [`BudgetStore::settle_logged`] in a transaction that locks the head itself (after the
@@ -224,7 +210,6 @@ impl PgStore {
         seal: Sealer<'_>,
     ) -> Result<(String, i64)> {
         let chain = event.chain_id.as_str();
-        let sealed = Recording::new(seal);
         let mut tx = self.pool.begin().await?;
         // language=PostgreSQL
         let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
@@ -242,7 +227,25 @@ impl PgStore {
         .bind(chain)
         .fetch_one(&mut *tx)
         .await?;
-        let head = lock_head(&mut tx, chain, head(seq, hmac)).await?;
+        let seq = self
+            .append_and_commit(tx, event, key_id, seal, head(seq, hmac))
+            .await?;
+        Ok((outcome, seq))
+    }
+
+    /// Appends `event` after the chain's head (`locked` when the caller's statement already
+    /// locked it), commits `tx` and records the new head: the end both locking paths share.
+    async fn append_and_commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+        locked: Option<(i64, Vec<u8>)>,
+    ) -> Result<i64> {
+        let chain = event.chain_id.as_str();
+        let sealed = Recording::new(seal);
+        let head = lock_head(&mut tx, chain, locked).await?;
         let seqs = append_locked(
             &mut tx,
             chain,
@@ -254,11 +257,9 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         self.heads.committed(chain, sealed.last());
-        let seq = seqs
-            .first()
+        seqs.first()
             .copied()
-            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))?;
-        Ok((outcome, seq))
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
     }
 }
 

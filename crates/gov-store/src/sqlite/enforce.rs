@@ -106,7 +106,7 @@ impl EnforceStore for SqliteStore {
     async fn heartbeat(&self, agent: &str) -> Result<()> {
         // A heartbeat never touches the halt columns: only a resume clears a halt.
         let now = now_us();
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO agent_presence (agent_id, last_heartbeat, updated_at) VALUES (?1, ?2, ?2) \
              ON CONFLICT (agent_id) DO UPDATE SET last_heartbeat = ?2, updated_at = ?2",
         )
@@ -114,9 +114,8 @@ impl EnforceStore for SqliteStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        if inserted.rows_affected() > 0 {
-            self.written().await;
-        }
+        // The first heartbeat of an agent announces it (the insert trigger).
+        self.written().await;
         Ok(())
     }
 
