@@ -1,5 +1,6 @@
 //! The governance web console: an axum server with server-rendered askama pages, the CSS and JS
-//! of `console-web/` embedded, live events over SSE fed by LISTEN/NOTIFY, and a JSON API.
+//! of `console-web/` embedded, live events over SSE fed by the store's notifications
+//! (LISTEN/NOTIFY on Postgres, the polled notification table on SQLite), and a JSON API.
 //!
 //! Operators sign in (argon2id, sessions stored by hash, HttpOnly SameSite=Strict cookies), then
 //! see agents by presence, approve or deny gate requests, halt and resume agents, watch events
