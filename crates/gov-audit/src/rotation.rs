@@ -11,12 +11,13 @@
 //! 4-byte big-endian length and its bytes: chain id (UTF-8), event id (16 bytes), old key id,
 //! new key id (UTF-8).
 
+use gov_core::events::{ChainKeyRotated, EventKind, SystemEvent};
 use gov_core::{AuditEvent, AuditRecord, EventError, EventId};
 
 use crate::keys::{ChainKey, KeyRing};
 
 /// The kind of a marker row.
-pub const ROTATION_KIND: &str = "chain.key_rotated";
+pub const ROTATION_KIND: &str = EventKind::ChainKeyRotated.as_str();
 /// The agent id marker rows are written under.
 pub const ROTATION_AGENT: &str = "governance";
 const MAGIC: &[u8; 8] = b"GOVROTAT";
@@ -56,18 +57,18 @@ pub fn marker_event(
         old.key_id(),
         new.key_id(),
     );
-    AuditEvent::builder(ROTATION_AGENT, ROTATION_KIND)
-        .chain(chain)
-        .event_id(event_id)
-        .actor(actor)
-        .payload(serde_json::json!({
-            "from_key_id": old.key_id(),
-            "to_key_id": new.key_id(),
-            "proof": hex::encode(new.tag(&msg)),
-            "reason": reason,
-            "version": VERSION,
-        }))
-        .build()
+    ChainKeyRotated {
+        from_key_id: old.key_id().to_owned(),
+        to_key_id: new.key_id().to_owned(),
+        proof: hex::encode(new.tag(&msg)),
+        reason: reason.to_owned(),
+        version: u64::from(VERSION),
+    }
+    .event(ROTATION_AGENT)
+    .chain(chain)
+    .event_id(event_id)
+    .actor(actor)
+    .build()
 }
 
 /// Why a marker row does not prove a rotation.

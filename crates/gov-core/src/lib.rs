@@ -8,6 +8,7 @@ mod action;
 mod budget;
 mod error;
 mod event;
+pub mod events;
 mod gate;
 mod ids;
 mod presence;

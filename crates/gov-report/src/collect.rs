@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gov_sdk::events::{self, EventKind};
 use gov_sdk::{AuditRecord, ChainId, EventFilter, Governance, Reason, VerifyReport};
 use time::OffsetDateTime;
 
@@ -15,13 +16,13 @@ use crate::model::{
 pub const MAX_LISTED: usize = 10_000;
 
 /// Kinds whose events are listed one by one.
-const DECISIONS: [&str; 2] = ["gate.approved", "gate.denied"];
-const HALTS: [&str; 2] = ["agent.halted", "agent.resumed"];
-const DENIALS: [&str; 4] = [
-    "scope.denied",
-    "budget.denied",
-    "loop.detected",
-    "contract.violated",
+const DECISIONS: [EventKind; 2] = [EventKind::GateApproved, EventKind::GateDenied];
+const HALTS: [EventKind; 2] = [EventKind::AgentHalted, EventKind::AgentResumed];
+const DENIALS: [EventKind; 4] = [
+    EventKind::ScopeDenied,
+    EventKind::BudgetDenied,
+    EventKind::LoopDetected,
+    EventKind::ContractViolated,
 ];
 
 /// What to report on.
@@ -134,12 +135,12 @@ pub async fn collect(
         }
     }
     totals.agents = agents.len() as u64;
-    let count = |kind: &str| events_by_kind.get(kind).copied().unwrap_or(0);
+    let count = |kind: EventKind| events_by_kind.get(kind.as_str()).copied().unwrap_or(0);
 
     let mut human_oversight = Oversight {
-        requested: count("gate.requested"),
-        approved: count("gate.approved"),
-        denied: count("gate.denied"),
+        requested: count(EventKind::GateRequested),
+        approved: count(EventKind::GateApproved),
+        denied: count(EventKind::GateDenied),
         ..Oversight::default()
     };
     let (rows, truncated) = list(gov, req, &chains, &DECISIONS, progress).await?;
@@ -147,8 +148,8 @@ pub async fn collect(
     human_oversight.decisions = rows.iter().map(decision).collect();
 
     let mut halts = Halts {
-        halted: count("agent.halted"),
-        resumed: count("agent.resumed"),
+        halted: count(EventKind::AgentHalted),
+        resumed: count(EventKind::AgentResumed),
         ..Halts::default()
     };
     let (rows, truncated) = list(gov, req, &chains, &HALTS, progress).await?;
@@ -156,17 +157,23 @@ pub async fn collect(
     halts.events = rows.iter().map(halt).collect();
 
     let mut denials = Denials {
-        scope: count("scope.denied"),
-        budget: count("budget.denied"),
-        loops: count("loop.detected"),
-        contracts: count("contract.violated"),
+        scope: count(EventKind::ScopeDenied),
+        budget: count(EventKind::BudgetDenied),
+        loops: count(EventKind::LoopDetected),
+        contracts: count(EventKind::ContractViolated),
         ..Denials::default()
     };
     let (rows, truncated) = list(gov, req, &chains, &DENIALS, progress).await?;
     denials.truncated = truncated;
     denials.events = rows.iter().map(denial).collect();
 
-    let coverage = coverage(gov, req, count("llm.request"), count("llm.observed")).await?;
+    let coverage = coverage(
+        gov,
+        req,
+        count(EventKind::LlmRequest),
+        count(EventKind::LlmObserved),
+    )
+    .await?;
     Ok(Article12Report {
         format: FORMAT,
         title: "EU AI Act Article 12 evidence report",
@@ -243,17 +250,17 @@ async fn list(
     gov: &Governance,
     req: &ReportRequest,
     chains: &[String],
-    kinds: &[&'static str],
+    kinds: &[EventKind],
     progress: &(dyn Fn(Step) + Sync),
 ) -> Result<(Vec<AuditRecord>, bool), ReportError> {
     let mut rows = Vec::new();
     let mut truncated = false;
     'kinds: for kind in kinds {
-        progress(Step::Listing(kind));
+        progress(Step::Listing(kind.as_str()));
         for chain in chains {
             let mut filter = EventFilter {
                 chain_id: Some(chain.parse().map_err(gov_sdk::Error::from)?),
-                kind: Some((*kind).to_owned()),
+                kind: Some(kind.as_str().to_owned()),
                 since: req.from,
                 until: Some(req.to),
                 limit: Some(1_000),
@@ -287,88 +294,100 @@ fn at(r: &AuditRecord) -> At {
     }
 }
 
-/// A payload field as text: strings as they are, other values as JSON.
-fn field(payload: &serde_json::Value, key: &str) -> Option<String> {
-    match payload.get(key)? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 fn decision(r: &AuditRecord) -> Decision {
-    let p = r.payload_json().unwrap_or_default();
+    let (decision, payload) = match r.system_kind() {
+        Some(EventKind::GateApproved) => {
+            ("approved", r.decode::<events::GateApproved>().map(|d| d.0))
+        }
+        _ => ("denied", r.decode::<events::GateDenied>().map(|d| d.0)),
+    };
+    let payload = payload.ok();
     Decision {
         at: at(r),
         agent_id: r.agent_id.clone(),
         session_id: r.session_id.clone(),
-        decision: if r.kind == "gate.approved" {
-            "approved"
-        } else {
-            "denied"
-        },
+        decision,
         decided_by: r.actor.clone(),
-        tool: field(&p, "tool"),
-        request_id: field(&p, "request_id"),
-        reason: field(&p, "reason"),
+        tool: payload.as_ref().map(|p| p.tool.clone()),
+        request_id: payload.as_ref().map(|p| p.request_id.to_string()),
+        reason: payload.map(|p| p.reason),
     }
 }
 
 fn halt(r: &AuditRecord) -> HaltEvent {
-    let p = r.payload_json().unwrap_or_default();
+    let (action, change) = match r.system_kind() {
+        Some(EventKind::AgentHalted) => ("halted", r.decode::<events::AgentHalted>().map(|h| h.0)),
+        _ => ("resumed", r.decode::<events::AgentResumed>().map(|h| h.0)),
+    };
     HaltEvent {
         at: at(r),
         agent_id: r.agent_id.clone(),
-        action: if r.kind == "agent.halted" {
-            "halted"
-        } else {
-            "resumed"
-        },
+        action,
         by: r.actor.clone(),
-        reason: field(&p, "reason"),
+        reason: change.ok().map(|c| c.reason),
     }
 }
 
-fn denial(r: &AuditRecord) -> Denial {
-    let p = r.payload_json().unwrap_or_default();
-    let f = |k: &str| field(&p, k).unwrap_or_else(|| "?".into());
-    let detail = match r.kind.as_str() {
-        "scope.denied" => match (field(&p, "tool"), field(&p, "api")) {
-            (Some(t), _) => format!("tool {t}: {}", f("reason")),
-            (None, Some(a)) => format!("api {a}: {}", f("reason")),
-            (None, None) => f("reason"),
-        },
-        "budget.denied" => format!(
-            "{} (model {}, requested {} µUSD, used {} of cap {})",
-            f("reason"),
-            f("model"),
-            f("requested_micros"),
-            f("used"),
-            f("cap")
-        ),
-        "loop.detected" => format!(
-            "tool {} repeated {} times in a window of {} (action: {})",
-            f("tool"),
-            f("repeats"),
-            f("window_size"),
-            f("action")
-        ),
-        "contract.violated" => format!(
-            "tool {}: {} {} failed: {}",
-            f("tool"),
-            f("phase"),
-            f("condition"),
-            f("detail")
-        ),
-        _ => r.payload.clone(),
+/// A one-line account of a denial, read through its kind's payload type (the stored payload
+/// itself when it does not have that shape).
+fn denial_detail(r: &AuditRecord) -> String {
+    let detail = match r.system_kind() {
+        Some(EventKind::ScopeDenied) => r.decode::<events::ScopeDenied>().map(|d| {
+            let reason = serde_json::to_value(d.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match (d.tool, d.api) {
+                (Some(t), _) => format!("tool {t}: {reason}"),
+                (None, Some(a)) => format!("api {a}: {reason}"),
+                (None, None) => reason,
+            }
+        }),
+        Some(EventKind::BudgetDenied) => r.decode::<events::BudgetDenied>().map(|d| {
+            let opt = |v: Option<i64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+            format!(
+                "{} (model {}, requested {} µUSD, used {} of cap {})",
+                serde_json::to_value(d.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                d.model,
+                d.requested_micros,
+                opt(d.used),
+                opt(d.cap)
+            )
+        }),
+        Some(EventKind::LoopDetected) => r.decode::<events::LoopDetected>().map(|d| {
+            format!(
+                "tool {} repeated {} times in a window of {} (action: {})",
+                d.tool,
+                d.repeats,
+                d.window_size,
+                match d.action {
+                    events::LoopResponse::Warn => "warn",
+                    events::LoopResponse::Halt => "halt",
+                }
+            )
+        }),
+        Some(EventKind::ContractViolated) => r.decode::<events::ContractViolated>().map(|d| {
+            format!(
+                "tool {}: {} {} failed: {}",
+                d.tool, d.phase, d.condition, d.detail
+            )
+        }),
+        _ => return r.payload.clone(),
     };
+    detail.unwrap_or_else(|_| r.payload.clone())
+}
+
+fn denial(r: &AuditRecord) -> Denial {
     Denial {
         at: at(r),
         agent_id: r.agent_id.clone(),
         session_id: r.session_id.clone(),
         kind: r.kind.clone(),
-        detail,
-        payload: p,
+        detail: denial_detail(r),
+        payload: r.payload_json().unwrap_or_default(),
     }
 }
 

@@ -59,7 +59,25 @@ impl<'g> Audit<'g> {
     /// the event is written to the local spool and [`Logged::Spooled`] is returned; it reaches
     /// the chain, in order, when storage returns. While anything is spooled, later events queue
     /// behind it. Other errors (a refused event) are returned.
+    ///
+    /// The host logs its own kinds only: a kind reserved for governance's own records
+    /// ([`gov_core::events::is_reserved`]: gates, halts, denials, LLM calls, key rotation) is
+    /// refused with [`crate::Error::ReservedKind`], and an event naming an actor with
+    /// [`crate::Error::ActorReserved`] — those records come only from the paths that make
+    /// them (an authenticated operator's decision, the gates themselves).
     pub async fn log(&self, event: AuditEvent) -> Result<Logged> {
+        if gov_core::events::is_reserved(&event.kind) {
+            return Err(crate::Error::ReservedKind { kind: event.kind });
+        }
+        if event.actor.is_some() {
+            return Err(crate::Error::ActorReserved);
+        }
+        self.record(event).await
+    }
+
+    /// Appends a system event (or a checked host event): [`Audit::log`] without the checks, for
+    /// the SDK's own paths.
+    pub(crate) async fn record(&self, event: AuditEvent) -> Result<Logged> {
         let inner = &self.gov.inner;
         if inner.spool.len() > 0 {
             return self.spool(event, None).await;
@@ -78,7 +96,7 @@ impl<'g> Audit<'g> {
         if cause.is_unavailable() {
             return self.spool(event, Some(cause)).await;
         }
-        self.log(event).await
+        self.record(event).await
     }
 
     async fn spool(&self, event: AuditEvent, cause: Option<crate::Error>) -> Result<Logged> {

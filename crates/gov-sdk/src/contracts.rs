@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gov_core::AuditEvent;
+use gov_core::events::{self, SystemEvent};
 use serde_json::Value;
 
 use crate::gates::Approval;
@@ -132,17 +132,14 @@ impl<'g> Contracts<'g> {
         Self { gov }
     }
 
-    async fn audit(&self, ctx: &CallContext<'_>, kind: &str, payload: Value) {
-        let event = AuditEvent::builder(ctx.agent, kind)
-            .session(ctx.session)
-            .payload(payload)
-            .build();
+    async fn audit<P: SystemEvent>(&self, ctx: &CallContext<'_>, payload: P) {
+        let event = payload.event(ctx.agent).session(ctx.session).build();
         let result = match event {
-            Ok(ev) => self.gov.audit().log(ev).await.map(|_| ()),
+            Ok(ev) => self.gov.audit().record(ev).await.map(|_| ()),
             Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
-            tracing::warn!(agent = ctx.agent, kind, error = %e, "could not audit a governed call");
+            tracing::warn!(agent = ctx.agent, kind = %P::KIND, error = %e, "could not audit a governed call");
         }
     }
 
@@ -155,8 +152,12 @@ impl<'g> Contracts<'g> {
     ) -> Error {
         self.audit(
             ctx,
-            "contract.violated",
-            serde_json::json!({ "tool": ctx.tool, "phase": phase, "condition": condition, "detail": detail }),
+            events::ContractViolated {
+                tool: ctx.tool.to_owned(),
+                phase: phase.to_owned(),
+                condition: condition.to_owned(),
+                detail: detail.clone(),
+            },
         )
         .await;
         Error::ContractViolation {
@@ -225,8 +226,9 @@ impl<'g> Contracts<'g> {
             .await?;
         self.audit(
             &ctx,
-            "tool.started",
-            serde_json::json!({ "tool": ctx.tool }),
+            events::ToolStarted {
+                tool: ctx.tool.to_owned(),
+            },
         )
         .await;
         let started = Instant::now();
@@ -236,8 +238,12 @@ impl<'g> Contracts<'g> {
             Ok(v) => {
                 self.audit(
                     &ctx,
-                    "tool.finished",
-                    serde_json::json!({ "tool": ctx.tool, "ok": true, "duration_ms": ms }),
+                    events::ToolFinished {
+                        tool: ctx.tool.to_owned(),
+                        ok: true,
+                        duration_ms: ms,
+                        error: None,
+                    },
                 )
                 .await;
                 v
@@ -246,8 +252,12 @@ impl<'g> Contracts<'g> {
                 let message = e.to_string();
                 self.audit(
                     &ctx,
-                    "tool.finished",
-                    serde_json::json!({ "tool": ctx.tool, "ok": false, "duration_ms": ms, "error": message }),
+                    events::ToolFinished {
+                        tool: ctx.tool.to_owned(),
+                        ok: false,
+                        duration_ms: ms,
+                        error: Some(message.clone()),
+                    },
                 )
                 .await;
                 return Err(Error::ToolFailed {

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use gov_core::events::{self, SystemEvent};
 use gov_core::{
     AuditEvent, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, EventId, MicroUsd,
     ModelPrice, ModelUsage, TokenUsage,
@@ -226,7 +227,7 @@ enum Plan {
 /// Logs an event as observation: a failure is a warning, never the caller's error.
 async fn observe(gov: &Governance, event: AuditEvent) {
     let (agent, kind) = (event.agent_id.clone(), event.kind.clone());
-    if let Err(e) = gov.audit().log(event).await {
+    if let Err(e) = gov.audit().record(event).await {
         tracing::warn!(%agent, %kind, error = %e, "could not audit an event of a reservation");
     }
 }
@@ -592,19 +593,20 @@ impl<'g> Cost<'g> {
         requested: i64,
         r: BudgetRefusal,
     ) -> Error {
-        let mut b = AuditEvent::builder(agent, "budget.denied").payload(serde_json::json!({
-            "reason": r.denial,
-            "cap": r.cap,
-            "used": r.used,
-            "requested_micros": requested,
-            "model": model,
-        }));
+        let mut b = events::BudgetDenied {
+            reason: r.denial,
+            cap: r.cap,
+            used: r.used,
+            requested_micros: requested,
+            model: model.to_owned(),
+        }
+        .event(agent);
         if gov_core::SessionId::new(session).is_ok() {
             b = b.session(session);
         }
         match b.build() {
             Ok(ev) => {
-                if let Err(e) = self.gov.audit().log(ev).await {
+                if let Err(e) = self.gov.audit().record(ev).await {
                     tracing::warn!(agent, error = %e, "could not audit a budget refusal (the refusal stands)");
                 }
             }

@@ -20,6 +20,21 @@ pub enum Error {
     /// An event was refused before it was written.
     #[error(transparent)]
     Event(#[from] EventError),
+    /// The event's kind belongs to governance's own paths ([`gov_core::events::is_reserved`]):
+    /// a host cannot log that a gate was approved, an agent halted or an LLM call settled.
+    #[error(
+        "event kind {kind} is reserved for governance's own records (gates, halts, denials, LLM calls, key rotation); log the action under a kind of your own, such as `app.{kind}`"
+    )]
+    ReservedKind {
+        /// The refused kind.
+        kind: String,
+    },
+    /// The event names an actor: only operator actions (approvals, denials, halts, resumes)
+    /// name the human who acted, and they take an authenticated [`crate::Operator`].
+    #[error(
+        "an event logged by the host cannot name an actor: the actor is the authenticated operator of an approval, a denial, a halt or a resume; put who asked for the action in the payload instead"
+    )]
+    ActorReserved,
     /// Storage failed.
     #[error(transparent)]
     Store(Arc<StoreError>),
@@ -194,7 +209,11 @@ impl Error {
     /// schema, unknown chain, nothing to verify), which the operator must fix.
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Key(_) | Self::Event(_) => true,
+            Self::Config(_)
+            | Self::Key(_)
+            | Self::Event(_)
+            | Self::ReservedKind { .. }
+            | Self::ActorReserved => true,
             Self::Store(e) => matches!(
                 **e,
                 StoreError::InvalidUrl(_)

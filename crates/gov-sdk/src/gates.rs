@@ -15,7 +15,8 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use gov_core::{AuditEvent, GateRecord, GateStatus, OperatorRole, action_hash};
+use gov_core::events::{self, SystemEvent};
+use gov_core::{GateRecord, GateStatus, OperatorRole, action_hash};
 use gov_store::{Decision, StoreError};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -176,13 +177,16 @@ impl<'g> Gates<'g> {
             }
             Err(e) => return Err(e.into()),
         }
-        let mut b = AuditEvent::builder(agent, "gate.requested").payload(serde_json::json!({
-            "request_id": record.id, "tool": tool, "args_sha256": hex(&hash),
-        }));
+        let mut b = events::GateRequested {
+            request_id: record.id,
+            tool: tool.to_owned(),
+            args_sha256: Some(hex(&hash)),
+        }
+        .event(agent);
         if let Some(s) = session {
             b = b.session(s);
         }
-        self.gov.audit().log(b.build()?).await?;
+        self.gov.audit().record(b.build()?).await?;
         Ok(record)
     }
 
@@ -261,16 +265,17 @@ impl<'g> Gates<'g> {
         let token_hash = token
             .as_ref()
             .map(|t| Sha256::digest(t.as_bytes()).to_vec());
-        let kind = if approve {
-            "gate.approved"
-        } else {
-            "gate.denied"
+        let decided = events::GateDecision {
+            request_id: id,
+            tool: request.tool.clone(),
+            reason: reason.to_owned(),
         };
-        let mut b = AuditEvent::builder(&request.agent_id, kind)
-            .actor(operator.username())
-            .payload(
-                serde_json::json!({ "request_id": id, "tool": request.tool, "reason": reason }),
-            );
+        let b = if approve {
+            events::GateApproved(decided).event(&request.agent_id)
+        } else {
+            events::GateDenied(decided).event(&request.agent_id)
+        };
+        let mut b = b.actor(operator.username());
         if let Some(s) = &request.session_id {
             b = b.session(s);
         }
@@ -417,13 +422,16 @@ impl<'g> Gates<'g> {
             });
         }
         let r = self.get(id).await?;
-        let mut b = AuditEvent::builder(&r.agent_id, "gate.consumed").payload(
-            serde_json::json!({ "request_id": id, "tool": tool, "approved_by": r.decided_by }),
-        );
+        let mut b = events::GateConsumed {
+            request_id: id,
+            tool: tool.to_owned(),
+            approved_by: r.decided_by.clone(),
+        }
+        .event(&r.agent_id);
         if let Some(s) = &r.session_id {
             b = b.session(s);
         }
-        self.gov.audit().log(b.build()?).await?;
+        self.gov.audit().record(b.build()?).await?;
         Ok(())
     }
 }

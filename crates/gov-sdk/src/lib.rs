@@ -62,6 +62,8 @@ pub use gov_audit::{
     Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, Reason,
     SignatureCounts, Signer, SignerError, VerifyOptions, VerifyProgress, VerifyReport,
 };
+/// The events governance itself writes, one payload type per kind (re-exported from gov-core).
+pub use gov_core::events;
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetStatus, ChainHead, ChainId, EventCount, EventError,

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gov_core::{AuditEvent, LoopWindow, action_hash};
+use gov_core::events::{self, SystemEvent};
+use gov_core::{LoopWindow, action_hash};
 
 use crate::{Error, Governance, Result};
 
@@ -128,16 +129,19 @@ impl<'g> Loops<'g> {
         if repeats < cfg.max_repeats.max(1) {
             return Ok(LoopVerdict::Ok { repeats });
         }
-        let event = AuditEvent::builder(agent, "loop.detected")
-            .session(session)
-            .payload(serde_json::json!({
-                "tool": tool,
-                "repeats": repeats,
-                "window_size": cfg.window_size,
-                "action": match cfg.action { LoopAction::Warn => "warn", LoopAction::Halt => "halt" },
-            }))
-            .build()?;
-        if let Err(e) = self.gov.audit().log(event).await {
+        let event = events::LoopDetected {
+            tool: tool.to_owned(),
+            repeats: repeats as u64,
+            window_size: cfg.window_size as u64,
+            action: match cfg.action {
+                LoopAction::Warn => events::LoopResponse::Warn,
+                LoopAction::Halt => events::LoopResponse::Halt,
+            },
+        }
+        .event(agent)
+        .session(session)
+        .build()?;
+        if let Err(e) = self.gov.audit().record(event).await {
             tracing::warn!(agent, error = %e, "could not audit a detected loop");
         }
         match cfg.action {

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use gov_core::{AgentId, AgentPresence, AuditEvent, PresenceState};
+use gov_core::events::{self, SystemEvent};
+use gov_core::{AgentId, AgentPresence, PresenceState};
 
 use crate::{Error, Governance, Result};
 
@@ -114,16 +115,17 @@ impl<'g> Presence<'g> {
             .set_halted(agent, halt, operator, reason)
             .await?;
         inner.shared.halts.invalidate(agent);
-        let kind = if halt {
-            "agent.halted"
-        } else {
-            "agent.resumed"
+        let change = events::HaltChange {
+            reason: reason.to_owned(),
+            changed,
         };
-        let event = AuditEvent::builder(agent, kind)
-            .actor(operator)
-            .payload(serde_json::json!({ "reason": reason, "changed": changed }))
-            .build()?;
-        self.gov.audit().log(event).await?;
+        let b = if halt {
+            events::AgentHalted(change).event(agent)
+        } else {
+            events::AgentResumed(change).event(agent)
+        };
+        let event = b.actor(operator).build()?;
+        self.gov.audit().record(event).await?;
         Ok(changed)
     }
 

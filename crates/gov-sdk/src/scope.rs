@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use gov_core::{AuditEvent, ScopeDenial, ScopePolicy};
+use gov_core::events::{self, SystemEvent};
+use gov_core::{ScopeDenial, ScopePolicy};
 
 use crate::{Error, Governance, Result};
 
@@ -180,11 +181,20 @@ impl<'g> Scope<'g> {
     }
 
     async fn audit_denial(&self, agent: &str, key: &str, name: &str, denial: ScopeDenial) {
-        let event = AuditEvent::builder(agent, "scope.denied")
-            .payload(serde_json::json!({ key: name, "reason": denial }))
-            .build();
+        let (tool, api) = if key == "tool" {
+            (Some(name.to_owned()), None)
+        } else {
+            (None, Some(name.to_owned()))
+        };
+        let event = events::ScopeDenied {
+            tool,
+            api,
+            reason: denial,
+        }
+        .event(agent)
+        .build();
         let result = match event {
-            Ok(ev) => self.gov.audit().log(ev).await.map(|_| ()),
+            Ok(ev) => self.gov.audit().record(ev).await.map(|_| ()),
             Err(e) => Err(e.into()),
         };
         if let Err(e) = result {

@@ -10,6 +10,7 @@
 //! [`TestStore`] runs the same test against either backend: a `TestDb`, or a migrated SQLite file
 //! of its own (see [`TestBackend`]).
 
+pub mod forge;
 mod store;
 
 use std::time::Duration;

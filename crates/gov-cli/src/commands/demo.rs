@@ -20,24 +20,13 @@ pub(crate) fn display_url(url: &str) -> String {
     rest.split('?').next().unwrap_or(rest).to_owned()
 }
 
-/// One step of the simulated agent: kind and payload.
-fn step(session: u32, i: u32) -> (&'static str, serde_json::Value) {
+/// One step of the simulated agent: kind and payload (the host's own kinds: what governance
+/// itself records comes from the real gates in `walk_gates`).
+fn step(i: u32) -> (&'static str, serde_json::Value) {
     let tools = ["read_invoice", "send_email", "search_docs", "update_crm"];
-    let tool = tools[(i as usize / 4) % tools.len()];
-    match i % 4 {
+    let tool = tools[(i as usize / 2) % tools.len()];
+    match i % 2 {
         0 => (
-            "llm.request",
-            serde_json::json!({ "model": "gpt-4o-mini", "input_tokens": 420 + i % 97, "max_tokens": 512 }),
-        ),
-        1 => (
-            "llm.response",
-            serde_json::json!({ "model": "gpt-4o-mini", "output_tokens": 90 + i % 31, "finish_reason": "tool_calls", "cost_micro_usd": 180 + i % 13 }),
-        ),
-        2 if session % 3 == 2 && i % 16 == 10 => (
-            "scope.denied",
-            serde_json::json!({ "tool": "delete_customer", "reason": "not in allowed_tools" }),
-        ),
-        2 => (
             "tool.call",
             serde_json::json!({ "tool": tool, "args": { "id": format!("INV-{}", 1000 + i) } }),
         ),
@@ -419,7 +408,7 @@ async fn simulate(
     let mut kinds = Vec::with_capacity(n as usize);
     let mut parent = None;
     for i in 0..n {
-        let (kind, payload) = step(session, i);
+        let (kind, payload) = step(i);
         let mut b = AuditEvent::builder(agent, kind)
             .chain(chain)
             .session(&session_id)

@@ -550,7 +550,7 @@ async fn live_events_arrive_over_sse_from_another_process_handle() {
             tokio::time::Instant::now() < deadline,
             "no event arrived: {seen}"
         );
-        for kind in ["llm.call", "tool.call"] {
+        for kind in ["model.call", "tool.call"] {
             writer
                 .audit()
                 .log(
@@ -569,7 +569,10 @@ async fn live_events_arrive_over_sse_from_another_process_handle() {
         }
     }
     assert!(seen.contains("event: audit"));
-    assert!(!seen.contains("llm.call"), "the kind filter holds: {seen}");
+    assert!(
+        !seen.contains("model.call"),
+        "the kind filter holds: {seen}"
+    );
     writer.close().await;
     c.gov.close().await;
 }

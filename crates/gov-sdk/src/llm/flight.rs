@@ -15,6 +15,7 @@
 
 use std::time::Instant;
 
+use gov_core::events::{self, SystemEvent};
 use gov_core::{AgentId, AuditEvent, EventId, MicroUsd, SessionId, TokenUsage};
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -154,20 +155,20 @@ impl Flight {
         // The reservation and `llm.request` commit in one transaction: the event is durable
         // before anything reaches the provider, and a refused reservation logs none.
         let request = |reserved: MicroUsd| {
-            Ok(AuditEvent::builder(&call.agent, "llm.request")
-                .session(&call.session)
-                .payload(serde_json::json!({
-                    "provider": provider,
-                    "wrapper": client.wrapper,
-                    "operation": call.operation,
-                    "model": call.model,
-                    "stream": call.stream,
-                    "max_tokens": max_tokens,
-                    "max_tokens_declared": call.max_tokens.is_some(),
-                    "input_tokens_estimate": call.input_tokens,
-                    "reserved_micros": reserved.0,
-                }))
-                .build()?)
+            Ok(events::LlmRequest {
+                provider: provider.clone(),
+                wrapper: client.wrapper.to_owned(),
+                operation: call.operation.clone(),
+                model: call.model.clone(),
+                stream: call.stream,
+                max_tokens,
+                max_tokens_declared: call.max_tokens.is_some(),
+                input_tokens_estimate: call.input_tokens,
+                reserved_micros: reserved.0,
+            }
+            .event(&call.agent)
+            .session(&call.session)
+            .build()?)
         };
         let begun = async {
             gate("halt", gov.presence().assert_not_halted(&call.agent)).await?;
@@ -298,24 +299,24 @@ impl Flight {
             .map(|p| MicroUsd(i64::try_from(p.cost_micros(&usage)).unwrap_or(i64::MAX)))
             .unwrap_or_default();
         let c = &self.call;
-        let event = AuditEvent::builder(&c.agent, "llm.response")
-            .session(&c.session)
-            .parent(self.request_event)
-            .payload(serde_json::json!({
-                "provider": self.provider,
-                "model": c.model,
-                "response_model": self.response_model,
-                "stream": c.stream,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_input_tokens": usage.cached_input_tokens,
-                "estimated": estimated,
-                "cost_micros": cost.0,
-                "reserved_micros": reserved.0,
-                "latency_ms": latency_ms,
-                "finish_reason": self.finish_reason,
-            }))
-            .build();
+        let event = events::LlmResponse {
+            provider: self.provider.clone(),
+            model: c.model.clone(),
+            response_model: self.response_model.clone(),
+            stream: c.stream,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
+            estimated,
+            cost_micros: cost.0,
+            reserved_micros: reserved.0,
+            latency_ms,
+            finish_reason: self.finish_reason.clone(),
+        }
+        .event(&c.agent)
+        .session(&c.session)
+        .parent(self.request_event)
+        .build();
         let response_event = match &event {
             Ok(ev) => ev.event_id,
             Err(_) => EventId::new_v7(),
@@ -378,22 +379,22 @@ impl Flight {
             .as_ref()
             .map_or(MicroUsd(0), Reservation::reserved);
         let c = &self.call;
-        let event = AuditEvent::builder(&c.agent, "llm.error")
-            .session(&c.session)
-            .parent(self.request_event)
-            .payload(serde_json::json!({
-                "provider": self.provider,
-                "model": c.model,
-                "stream": c.stream,
-                "kind": f.kind,
-                "status": f.status,
-                "error_type": f.error_type,
-                "retry_after_s": f.retry_after_s,
-                "chunks": self.chunks,
-                "released_micros": released.0,
-                "latency_ms": latency_ms,
-            }))
-            .build();
+        let event = events::LlmError {
+            provider: self.provider.clone(),
+            model: c.model.clone(),
+            stream: c.stream,
+            kind: f.kind.to_owned(),
+            status: f.status,
+            error_type: f.error_type.clone(),
+            retry_after_s: f.retry_after_s,
+            chunks: self.chunks,
+            released_micros: released.0,
+            latency_ms,
+        }
+        .event(&c.agent)
+        .session(&c.session)
+        .parent(self.request_event)
+        .build();
         release_and_log(&self.gov, reservation, event, &c.agent, "llm.error").await;
         self.span.record("governance.outcome", "error");
         self.span.record("error.type", f.kind);
@@ -419,18 +420,18 @@ impl Drop for Flight {
         self.span.record("error.type", "cancelled");
         let reservation = self.reservation.take();
         let c = &self.call;
-        let event = AuditEvent::builder(&c.agent, "llm.cancelled")
-            .session(&c.session)
-            .parent(self.request_event)
-            .payload(serde_json::json!({
-                "provider": self.provider,
-                "model": c.model,
-                "stream": c.stream,
-                "chunks": self.chunks,
-                "released_micros": reservation.as_ref().map_or(0, |r| r.reserved().0),
-                "latency_ms": ms(self.started),
-            }))
-            .build();
+        let event = events::LlmCancelled {
+            provider: self.provider.clone(),
+            model: c.model.clone(),
+            stream: c.stream,
+            chunks: self.chunks,
+            released_micros: reservation.as_ref().map_or(0, |r| r.reserved().0),
+            latency_ms: ms(self.started),
+        }
+        .event(&c.agent)
+        .session(&c.session)
+        .parent(self.request_event)
+        .build();
         let (gov, agent) = (self.gov.clone(), c.agent.clone());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(%agent, "an LLM call was dropped outside a Tokio runtime: llm.cancelled is not recorded and its reservation will expire");
@@ -558,7 +559,7 @@ async fn log_after(gov: &Governance, event: AuditEvent, agent: &str, kind: &str,
 
 /// Audits an event of the guarded path; observation never fails the call.
 async fn log(gov: &Governance, event: AuditEvent, agent: &str, kind: &str) {
-    if let Err(e) = gov.audit().log(event).await {
+    if let Err(e) = gov.audit().record(event).await {
         tracing::warn!(agent, kind, error = %e, "could not audit an LLM call event");
     }
 }

@@ -65,7 +65,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gov_core::{AuditEvent, EventId, MicroUsd, TokenUsage};
+use gov_core::events::{self, SystemEvent};
+use gov_core::{EventId, MicroUsd, TokenUsage};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -429,18 +430,18 @@ impl<'g> Llm<'g> {
         usage: TokenUsage,
     ) -> Result<MicroUsd> {
         let cost = self.gov.cost().track(agent, session, model, usage).await?;
-        let event = AuditEvent::builder(agent, "llm.observed")
-            .session(session)
-            .payload(serde_json::json!({
-                "provider": provider,
-                "model": model,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_input_tokens": usage.cached_input_tokens,
-                "cost_micros": cost.0,
-            }))
-            .build()?;
-        self.gov.audit().log(event).await?;
+        let event = events::LlmObserved {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
+            cost_micros: cost.0,
+        }
+        .event(agent)
+        .session(session)
+        .build()?;
+        self.gov.audit().record(event).await?;
         Ok(cost)
     }
 

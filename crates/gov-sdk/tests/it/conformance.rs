@@ -59,6 +59,7 @@ conformance! {
     scope_allows_denies_hides_and_audits,
     a_policy_changed_by_another_handle_is_seen,
     a_follower_sees_events_another_handle_appends,
+    an_agent_handle_cannot_log_governance_records,
 }
 
 /// Another strong secret: an attacker's, or a wrong configuration.
@@ -277,9 +278,8 @@ async fn event_fields_times_and_counts_round_trip(b: TestBackend) {
         .build()
         .expect("event");
     let events = [first, second, third];
-    for ev in &events {
-        gov.audit().log(ev.clone()).await.expect("log");
-    }
+    // An actor is set only by operator paths; seed the row as it would be stored.
+    gov_testdb::forge::append_unchecked(db.url(), crate::support::SECRET, events.to_vec()).await;
     let timed = |since, until| EventFilter {
         chain_id: Some("timed".parse().expect("chain id")),
         since,
@@ -1513,4 +1513,54 @@ async fn a_follower_sees_events_another_handle_appends(b: TestBackend) {
             .expect("verify")
             .is_clean()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evidence authority
+
+/// The agent's own handle tries to write what only governance's paths may: an approval by
+/// "alice", a halt, an LLM call's settlement, a key rotation, any kind in a reserved namespace,
+/// and a host kind naming a human actor. Every one is refused and nothing reaches the chain.
+async fn an_agent_handle_cannot_log_governance_records(b: TestBackend) {
+    let (_db, gov) = seeded(b, 1).await;
+    let forged = |kind: &str| {
+        AuditEvent::builder("pay-bot", kind).session("s-1").payload(
+            json!({ "request_id": uuid::Uuid::nil(), "tool": "wire_money", "reason": "ok" }),
+        )
+    };
+    let mut kinds: Vec<&str> = gov_sdk::events::EventKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    kinds.extend([
+        "operator.added",
+        "gate.reopened",
+        "llm.call",
+        "governance.note",
+    ]);
+    for kind in kinds {
+        for b in [forged(kind), forged(kind).actor("alice")] {
+            let err = gov
+                .audit()
+                .log(b.build().expect("a well-formed event"))
+                .await
+                .expect_err(kind);
+            assert!(
+                matches!(&err, Error::ReservedKind { kind: k } if k == kind),
+                "{kind}: {err}"
+            );
+            assert!(err.is_config(), "{err}");
+        }
+    }
+    let err = gov
+        .audit()
+        .log(forged("tool.call").actor("alice").build().expect("event"))
+        .await
+        .expect_err("an actor");
+    assert!(matches!(err, Error::ActorReserved), "{err}");
+    let head = gov.audit().head("default").await.expect("head");
+    assert_eq!(head.map(|h| h.seq), Some(1), "nothing was appended");
+    let report = gov.audit().verify_chain().await.expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.events_checked, 1);
 }

@@ -149,7 +149,12 @@ async fn a_forged_rotation_marker_is_reported() {
         .payload(payload)
         .build()
         .expect("event");
-    a.audit().log(forged).await.expect("log");
+    // The SDK refuses a reserved kind; an attacker holding the secret appends it anyway.
+    assert!(matches!(
+        a.audit().log(forged.clone()).await,
+        Err(gov_sdk::Error::ReservedKind { .. })
+    ));
+    gov_testdb::forge::append_unchecked(db.url(), SECRET, vec![forged]).await;
     a.close().await;
     let gov = handle(&db, B, &[SECRET]).await;
     let f = gov
