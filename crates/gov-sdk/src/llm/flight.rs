@@ -395,7 +395,14 @@ impl Flight {
         .session(&c.session)
         .parent(self.request_event)
         .build();
-        release_and_log(&self.gov, reservation, event, &c.agent, "llm.error").await;
+        release_and_log(
+            &self.gov,
+            reservation,
+            event,
+            &c.agent,
+            events::EventKind::LlmError.as_str(),
+        )
+        .await;
         self.span.record("governance.outcome", "error");
         self.span.record("error.type", f.kind);
         self.span.record("otel.status_code", "ERROR");
@@ -439,7 +446,14 @@ impl Drop for Flight {
         };
         let settlements = gov.inner.llm.settlements.clone();
         settlements.spawn(&rt, async move {
-            release_and_log(&gov, reservation, event, &agent, "llm.cancelled").await;
+            release_and_log(
+                &gov,
+                reservation,
+                event,
+                &agent,
+                events::EventKind::LlmCancelled.as_str(),
+            )
+            .await;
         });
     }
 }
@@ -474,7 +488,14 @@ impl Ending {
                     // first, so the tracking queues behind it without waiting for storage).
                     Err(e) => {
                         let warned = e.to_string();
-                        log_after(&self.gov, ev, &self.agent, "llm.response", e).await;
+                        log_after(
+                            &self.gov,
+                            ev,
+                            &self.agent,
+                            events::EventKind::LlmResponse.as_str(),
+                            e,
+                        )
+                        .await;
                         self.settle_failed(usage, &warned).await;
                     }
                 }
@@ -489,7 +510,15 @@ impl Ending {
                 };
                 let append = async {
                     match event {
-                        Ok(ev) => log(&self.gov, ev, &self.agent, "llm.response").await,
+                        Ok(ev) => {
+                            log(
+                                &self.gov,
+                                ev,
+                                &self.agent,
+                                events::EventKind::LlmResponse.as_str(),
+                            )
+                            .await
+                        }
                         Err(e) => {
                             tracing::warn!(agent = %self.agent, error = %e, "could not build the llm.response event");
                         }
