@@ -3,7 +3,7 @@
 //! never re-sealed). Run as the role that owns the schema (not as the application role).
 
 use gov_core::{AuditRecord, ChainHead, ChainId, OperatorRole};
-use gov_store::{MigrateReport, Privileges, Store, StoreOptions};
+use gov_store::{MigrateReport, OperatorChange, Privileges, Store, StoreOptions};
 
 pub use gov_store::{CheckpointRow, SignerKeyRow};
 
@@ -110,18 +110,23 @@ impl Admin {
             .collect())
     }
 
-    /// Disables (or re-enables) a user; refuses an unknown one.
+    /// Disables (or re-enables) a user and ends all of their console sessions; refuses an
+    /// unknown user.
     pub async fn set_operator_disabled(&self, username: &str, disabled: bool) -> Result<()> {
-        match self
-            .store
-            .update_operator(username, Some(disabled), None)
-            .await?
-        {
-            true => Ok(()),
-            false => Err(Error::Config(format!(
-                "no user named {username}; see `governance console list-users`"
-            ))),
-        }
+        let change = OperatorChange {
+            disabled: Some(disabled),
+            ..OperatorChange::default()
+        };
+        crate::operators::change_operator(&self.store, username, &change).await
+    }
+
+    /// Changes a user's role and ends all of their console sessions; refuses an unknown user.
+    pub async fn set_operator_role(&self, username: &str, role: OperatorRole) -> Result<()> {
+        let change = OperatorChange {
+            role: Some(role),
+            ..OperatorChange::default()
+        };
+        crate::operators::change_operator(&self.store, username, &change).await
     }
 
     /// Revokes a signer's key: rows it signs from now on fail verification as a revoked
@@ -136,19 +141,14 @@ impl Admin {
         }
     }
 
-    /// Replaces a user's password.
+    /// Replaces a user's password and ends all of their console sessions.
     pub async fn reset_operator_password(&self, username: &str, password: &str) -> Result<()> {
         let hash = crate::operators::hash_new_password(password)?;
-        match self
-            .store
-            .update_operator(username, None, Some(&hash))
-            .await?
-        {
-            true => Ok(()),
-            false => Err(Error::Config(format!(
-                "no user named {username}; see `governance console list-users`"
-            ))),
-        }
+        let change = OperatorChange {
+            password_hash: Some(&hash),
+            ..OperatorChange::default()
+        };
+        crate::operators::change_operator(&self.store, username, &change).await
     }
 
     /// What the connected role may do to the audit tables.

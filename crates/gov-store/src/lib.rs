@@ -22,7 +22,7 @@ pub use error::{Result, StoreError};
 pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
-pub use types::{Decision, OperatorRecord, Privileges, Reserve};
+pub use types::{Decision, NewSession, OperatorChange, OperatorRecord, Privileges, Reserve};
 
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
@@ -450,15 +450,10 @@ impl Store {
         dispatch!(self, s => s.usage_today_all().await)
     }
 
-    /// Stores a console session (and sweeps expired ones).
-    pub async fn insert_session(
-        &self,
-        token_hash: &[u8],
-        username: &str,
-        csrf_token: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<()> {
-        dispatch!(self, s => s.insert_session(token_hash, username, csrf_token, expires_at) .await)
+    /// Stores a console session (and sweeps expired ones), only if the account is still as
+    /// it was authenticated (enabled, same password hash and role); returns whether it did.
+    pub async fn insert_session(&self, session: &NewSession<'_>) -> Result<bool> {
+        dispatch!(self, s => s.insert_session(session).await)
     }
 
     /// The live session with this token hash, if unexpired and its user enabled.
@@ -625,14 +620,14 @@ impl Store {
         dispatch!(self, s => s.operators().await)
     }
 
-    /// Disables or enables an account and/or replaces its password hash; returns whether it exists.
+    /// Disables or enables an account, replaces its password hash and/or changes its role, and
+    /// ends all of its console sessions, in one transaction; returns whether it exists.
     pub async fn update_operator(
         &self,
         username: &str,
-        disabled: Option<bool>,
-        password_hash: Option<&str>,
+        change: &OperatorChange<'_>,
     ) -> Result<bool> {
-        dispatch!(self, s => s.update_operator(username, disabled, password_hash).await)
+        dispatch!(self, s => s.update_operator(username, change).await)
     }
 
     /// One operator account.
