@@ -7,6 +7,7 @@ mod docs;
 mod export_import;
 mod local;
 mod migrate;
+mod outputs;
 mod processes;
 mod report;
 mod rotate;
