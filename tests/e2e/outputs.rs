@@ -116,7 +116,11 @@ async fn report_export_and_checkpoint_never_write_through_a_planted_symlink() {
             vec!["report", "--format", "article12"],
             "\"rotation_aware\"",
         ),
-        ("chains.jsonl", vec!["export"], "\"format\":\"governance-export\""),
+        (
+            "chains.jsonl",
+            vec!["export"],
+            "\"format\":\"governance-export\"",
+        ),
         (
             "heads.json",
             vec!["checkpoint", "--signing-key", key.as_str()],
