@@ -44,13 +44,24 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Connects to `url`. A SQLite file is created when missing (administrative work is how a
-    /// SQLite database comes to exist: `governance migrate`, an import); a Postgres database is
-    /// not (see [`Self::ensure_database`]).
+    /// Connects to `url`. A missing SQLite file is an error ([`Error::is_config`]: a mistyped
+    /// path names no database), never a new empty one; see [`Self::connect_or_create`].
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::open(url, false).await
+    }
+
+    /// Connects to `url`, creating a missing SQLite file (mode 600, in directories created 700
+    /// when missing) — for the administrative work that brings a database into being
+    /// (`governance migrate`, `governance demo`). A Postgres database is not created (see
+    /// [`Self::ensure_database`]).
+    pub async fn connect_or_create(url: &str) -> Result<Self> {
+        Self::open(url, true).await
+    }
+
+    async fn open(url: &str, create_if_missing: bool) -> Result<Self> {
         let opts = StoreOptions {
             max_connections: 2,
-            create_if_missing: true,
+            create_if_missing,
             ..StoreOptions::default()
         };
         Ok(Self {
@@ -58,7 +69,8 @@ impl Admin {
         })
     }
 
-    /// Creates the database named in `url` if it does not exist (first runs, demos). Returns
+    /// Creates the database named in `url` if it does not exist (first runs, demos): a SQLite
+    /// file of mode 600 (its directories are the caller's), or a Postgres database. Returns
     /// whether it was created.
     pub async fn ensure_database(url: &str) -> Result<bool> {
         Ok(Store::ensure_database(url).await?)

@@ -120,9 +120,9 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// Reported to the server as `application_name`.
     pub application_name: String,
-    /// SQLite: create the file (and its directory) when it does not exist (default false: a
-    /// mistyped path is an error, not a new empty database). Postgres databases are never
-    /// created by connecting.
+    /// SQLite: create the file (mode 600, and its missing directories, mode 700) when it does
+    /// not exist (default false: a mistyped path is an error, not a new empty database).
+    /// Postgres databases are never created by connecting.
     pub create_if_missing: bool,
 }
 
@@ -289,7 +289,8 @@ pub(crate) fn check_continues(
 
 impl Store {
     /// Connects to the database named by `url`: `postgres://…` or `postgresql://…`,
-    /// `sqlite://path` (created when missing), `sqlite::memory:`.
+    /// `sqlite://path` (created when missing only with [`StoreOptions::create_if_missing`]),
+    /// `sqlite::memory:`.
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
         match BackendKind::of(url)? {
             BackendKind::Postgres => Ok(Self::Postgres(PgStore::connect(url, opts).await?)),
