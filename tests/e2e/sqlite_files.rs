@@ -90,6 +90,26 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A handle on `url` that has just logged one event, so the `-wal` and `-shm` files exist.
+async fn open_and_log(url: &str) -> gov_sdk::Governance {
+    let gov = gov_sdk::Governance::builder()
+        .database_url(url)
+        .audit_secret(SECRET)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect");
+    gov.audit()
+        .log(
+            gov_sdk::AuditEvent::builder("agent-1", "tool.call")
+                .build()
+                .expect("event"),
+        )
+        .await
+        .expect("log");
+    gov
+}
+
 #[test]
 fn every_command_but_migrate_and_demo_refuses_a_mistyped_path_and_creates_nothing() {
     let home = Dir::new("sqlite-typo");
@@ -160,21 +180,7 @@ async fn created_databases_are_private_and_existing_files_keep_their_mode() {
     assert_eq!(mode(&home.0.join("new")), 0o700);
     assert_eq!(mode(&home.0.join("new").join("sub")), 0o700);
     // Its -wal and -shm files, while a handle has them open, are 600 too.
-    let gov = gov_sdk::Governance::builder()
-        .database_url(&url)
-        .audit_secret(SECRET)
-        .warn_on_no_wrappers(false)
-        .connect()
-        .await
-        .expect("connect");
-    gov.audit()
-        .log(
-            gov_sdk::AuditEvent::builder("agent-1", "tool.call")
-                .build()
-                .expect("event"),
-        )
-        .await
-        .expect("log");
+    let gov = open_and_log(&url).await;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", db.display()));
         assert_eq!(mode(&side), 0o600, "{}", side.display());
@@ -200,13 +206,19 @@ async fn created_databases_are_private_and_existing_files_keep_their_mode() {
         "an existing directory is left as it is"
     );
 
-    // A file that exists keeps the mode its owner gave it, and so do its -wal and -shm.
+    // A file that exists keeps the mode its owner gave it, and its -wal and -shm follow it.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     for args in [&["migrate"][..], &["export"], &["console", "list-users"]] {
         let (code, stderr) = run(&home.0, &url, args, "");
         assert_eq!(code, 0, "{args:?}: {stderr}");
         assert_eq!(mode(&db), 0o640, "{args:?} changed an existing file's mode");
     }
+    let gov = open_and_log(&url).await;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", db.display()));
+        assert_eq!(mode(&side), 0o640, "{}", side.display());
+    }
+    gov.close().await;
 
     // The SDK's `migrate_on_connect(true)` creates as privately.
     let made = home.0.join("sdk").join("service.db");
