@@ -425,9 +425,11 @@ mod tests {
         assert_eq!(p.cost_micros(&huge), u64::MAX);
     }
 
-    /// What the built-in table answers for a model name: its price in cents per million tokens
-    /// (input, output, cached input), or `None` for an unknown model.
-    fn priced(model: &str) -> Option<(u64, u64, u64)> {
+    /// A price in cents per million tokens: input, output, cached input.
+    type Cents = (u64, u64, u64);
+
+    /// What the built-in table answers for a model name, or `None` for an unknown model.
+    fn priced(model: &str) -> Option<Cents> {
         PriceTable::builtin()
             .get(model)
             .map(|p| (p.input / 10_000, p.output / 10_000, p.cached_input / 10_000))
@@ -436,7 +438,7 @@ mod tests {
     #[test]
     fn names_are_priced_exactly_or_as_dated_snapshots_and_nothing_else() {
         #[rustfmt::skip]
-        let cases: &[(&str, Option<(u64, u64, u64)>)] = &[
+        let cases: &[(&str, Option<Cents>)] = &[
             // Exact names.
             ("gpt-4o", Some((250, 1000, 125))),
             ("gpt-4o-mini", Some((15, 60, 8))),
