@@ -125,7 +125,9 @@ async fn on_sqlite_an_operator_approves_in_the_browser_and_the_waiting_agent_goe
     let dir = std::env::temp_dir().join(format!("gov-e2e-browser-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let url = format!("sqlite://{}/console.db", dir.display());
-    let admin = gov_sdk::admin::Admin::connect(&url).await.expect("admin");
+    let admin = gov_sdk::admin::Admin::connect_or_create(&url)
+        .await
+        .expect("admin");
     admin.migrate().await.expect("migrate");
     admin.close().await;
     approve_in_the_browser(&url, &url, "sqlite-").await;

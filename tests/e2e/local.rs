@@ -71,6 +71,16 @@ fn with_nothing_configured_the_demo_and_every_command_use_a_local_sqlite_file() 
         "it says where the database is: {stderr}"
     );
     assert!(db.exists(), "the file is where it said");
+    // Only its owner may read the database (operator password hashes, the whole record), its
+    // directory or the kept demo secret.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&db), 0o600, "the local database file");
+        assert_eq!(mode(db.parent().expect("dir")), 0o700, "the data directory");
+        assert_eq!(mode(&db.with_file_name("demo-audit-secret")), 0o600);
+    }
     assert!(stdout.contains("logged    200 events"), "{stdout}");
     assert!(
         stdout.contains("wire_money is waiting for a human"),
@@ -223,7 +233,9 @@ fn the_demo_serves_the_console_from_the_local_database() {
 async fn tail_in_another_process_sees_events_appended_to_a_sqlite_file() {
     let home = Home::new("sqlite-tail");
     let url = format!("sqlite://{}", home.0.join("tail.db").display());
-    let admin = gov_sdk::admin::Admin::connect(&url).await.expect("admin");
+    let admin = gov_sdk::admin::Admin::connect_or_create(&url)
+        .await
+        .expect("admin");
     admin.migrate().await.expect("migrate");
     admin.close().await;
     let gov = gov_sdk::Governance::builder()

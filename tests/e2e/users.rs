@@ -1,6 +1,6 @@
 //! `governance console …` user management and `governance budget`, run as processes.
 
-use gov_sdk::{BudgetPolicy, Governance, MicroUsd, TokenUsage};
+use gov_sdk::{BudgetPolicy, Governance, MicroUsd, OperatorRole, TokenUsage};
 use gov_testdb::TestDb;
 use predicates::prelude::*;
 
@@ -115,6 +115,123 @@ async fn users_are_added_listed_disabled_and_reset_without_passwords_on_the_comm
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no user named nobody"));
+}
+
+#[tokio::test]
+async fn each_user_command_ends_the_sessions_it_revokes_and_set_role_changes_the_role() {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .unwrap();
+    gov.operators()
+        .add("alice", OperatorRole::Operator, PW)
+        .await
+        .unwrap();
+    let sign_in = |password: &'static str| {
+        let gov = gov.clone();
+        async move {
+            let op = gov
+                .operators()
+                .authenticate("alice", password)
+                .await
+                .unwrap();
+            let (token, _) = gov
+                .operators()
+                .start_session(&op, std::time::Duration::from_secs(3600))
+                .await
+                .unwrap();
+            token
+        }
+    };
+    let live = |token: String| {
+        let gov = gov.clone();
+        async move { gov.operators().session(&token).await.unwrap() }
+    };
+    // reset-password, disable-user then enable: the session taken before is gone each time.
+    let stolen = sign_in(PW).await;
+    governance(&db)
+        .args(["console", "reset-password", "--username", "alice"])
+        .write_stdin("another long password\n")
+        .assert()
+        .success();
+    assert!(
+        live(stolen).await.is_none(),
+        "a session outlived reset-password"
+    );
+    let stolen = sign_in("another long password").await;
+    governance(&db)
+        .args(["console", "disable-user", "--username", "alice"])
+        .assert()
+        .success();
+    governance(&db)
+        .args(["console", "disable-user", "--username", "alice", "--enable"])
+        .assert()
+        .success();
+    assert!(
+        live(stolen).await.is_none(),
+        "disable then enable revived a session"
+    );
+    // set-role: the session ends, the next one carries the new role.
+    let stolen = sign_in("another long password").await;
+    governance(&db)
+        .args([
+            "console",
+            "set-role",
+            "--username",
+            "alice",
+            "--role",
+            "viewer",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("alice is now viewer"));
+    assert!(live(stolen).await.is_none(), "a session outlived set-role");
+    let token = sign_in("another long password").await;
+    let session = live(token).await.expect("a new session");
+    assert_eq!(session.operator.role(), OperatorRole::Viewer);
+    let out = governance(&db)
+        .args([
+            "--json",
+            "console",
+            "set-role",
+            "--username",
+            "alice",
+            "--role",
+            "admin",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["role"], "admin");
+    governance(&db)
+        .args([
+            "console",
+            "set-role",
+            "--username",
+            "nobody",
+            "--role",
+            "admin",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no user named nobody"));
+    governance(&db)
+        .args([
+            "console",
+            "set-role",
+            "--username",
+            "alice",
+            "--role",
+            "root",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("possible values"));
+    gov.close().await;
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use crate::{SECRET, append, check_latencies, percentile, reserve_settle_latencie
 const VERIFY_EVENTS: usize = 100_000;
 
 async fn figures(url: &str) -> Result<serde_json::Value> {
-    let admin = Admin::connect(url).await?;
+    let admin = Admin::connect_or_create(url).await?;
     admin.migrate().await?;
     admin.close().await;
     let gov = Governance::builder()

@@ -195,16 +195,21 @@ pub(crate) enum ConsoleCommand {
         after_help = "Examples:\n  governance console list-users\n  governance console list-users --json | jq '.users[].username'"
     )]
     ListUsers,
-    /// Disable a user (or enable it again with --enable)
+    /// Disable a user (or enable it again with --enable); either ends the user's console sessions
     #[command(
         after_help = "Examples:\n  governance console disable-user --username bob\n  governance console disable-user --username bob --enable"
     )]
     DisableUser(DisableUserArgs),
-    /// Set a new password, read like add-user's
+    /// Set a new password, read like add-user's; ends the user's console sessions
     #[command(
         after_help = "Example:\n  governance console reset-password --username alice   # prompts twice on a terminal"
     )]
     ResetPassword(UserArgs),
+    /// Change a user's role; ends the user's console sessions
+    #[command(
+        after_help = "Example:\n  governance console set-role --username alice --role viewer"
+    )]
+    SetRole(AddUserArgs),
 }
 
 #[derive(Debug, Args)]

@@ -42,11 +42,9 @@ pub(crate) fn in_use() -> bool {
     USING_LOCAL.load(Ordering::Relaxed)
 }
 
-/// The local database's URL, created and migrated; announced on stderr (stdout stays clean
-/// for `--json`).
-pub(crate) async fn database_url() -> anyhow::Result<String> {
-    let path = database_path()?;
-    // The file holds operator password hashes and the whole record: only its owner may read it.
+/// Creates the data directory (mode 700: it holds the local database and the demo's secret)
+/// when missing; an existing one is left as it is.
+pub(crate) fn ensure_data_dir() -> anyhow::Result<PathBuf> {
     let dir = data_dir()?;
     if !dir.exists() {
         let mut builder = std::fs::DirBuilder::new();
@@ -58,11 +56,20 @@ pub(crate) async fn database_url() -> anyhow::Result<String> {
         }
         builder.create(&dir).map_err(|e| {
             config(format!(
-                "cannot create {}: {e}; set GOVERNANCE_DATABASE_URL to a database you can write",
+                "cannot create {}: {e}; set GOVERNANCE_DATABASE_URL to a database you can write (and GOVERNANCE_AUDIT_SECRET)",
                 dir.display()
             ))
         })?;
     }
+    Ok(dir)
+}
+
+/// The local database's URL, created (mode 600, in a directory of mode 700) and migrated;
+/// announced on stderr (stdout stays clean for `--json`).
+pub(crate) async fn database_url() -> anyhow::Result<String> {
+    let path = database_path()?;
+    // The file holds operator password hashes and the whole record: only its owner may read it.
+    ensure_data_dir()?;
     let url = format!("sqlite://{}", path.display());
     let created = Admin::ensure_database(&url).await?;
     let admin = Admin::connect(&url).await?;

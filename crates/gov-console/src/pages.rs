@@ -699,27 +699,45 @@ pub(crate) async fn add_user(
     )))
 }
 
-/// `POST /users/{name}/disable` and `/enable`: an admin switches an account.
+#[derive(Debug, Deserialize)]
+pub(crate) struct UserForm {
+    csrf: Option<String>,
+    /// The new role, for `/users/{name}/role`.
+    role: Option<String>,
+}
+
+/// `POST /users/{name}/disable`, `/enable` and `/role` (form field `role`): an admin switches an
+/// account or changes its role. Each ends every console session of that user.
 pub(crate) async fn switch_user(
     State(state): State<AppState>,
     user: CurrentUser,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
-    Form(form): Form<CsrfOnly>,
+    Form(form): Form<UserForm>,
 ) -> Result<Redirect, AppError> {
     same_site(&headers)?;
     user.check_csrf(form.csrf.as_deref())?;
     user.require_admin()?;
-    let disabled = match action.as_str() {
-        "disable" => true,
-        "enable" => false,
+    let operators = state.gov.operators();
+    let by = &user.session.operator;
+    match action.as_str() {
+        "disable" => operators.set_disabled(by, &name, true).await?,
+        "enable" => operators.set_disabled(by, &name, false).await?,
+        "role" => {
+            let asked = form.role.as_deref().unwrap_or_default();
+            let role = OperatorRole::parse(asked).ok_or_else(|| {
+                AppError::BadRequest(format!(
+                    "{asked:?} is not a role: use admin, operator or viewer"
+                ))
+            })?;
+            operators.set_role(by, &name, role).await?;
+            return Ok(Redirect::to(&format!(
+                "/users?done={name}+is+now+{}",
+                role_name(role)
+            )));
+        }
         _ => return Err(AppError::NotFound),
-    };
-    state
-        .gov
-        .operators()
-        .set_disabled(&user.session.operator, &name, disabled)
-        .await?;
+    }
     Ok(Redirect::to(&format!("/users?done={action}d+{name}")))
 }
 

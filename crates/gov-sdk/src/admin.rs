@@ -3,7 +3,7 @@
 //! never re-sealed). Run as the role that owns the schema (not as the application role).
 
 use gov_core::{AuditRecord, ChainHead, ChainId, OperatorRole};
-use gov_store::{MigrateReport, Privileges, Store, StoreOptions};
+use gov_store::{MigrateReport, OperatorChange, Privileges, Store, StoreOptions};
 
 pub use gov_store::{CheckpointRow, SignerKeyRow};
 
@@ -44,13 +44,24 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Connects to `url`. A SQLite file is created when missing (administrative work is how a
-    /// SQLite database comes to exist: `governance migrate`, an import); a Postgres database is
-    /// not (see [`Self::ensure_database`]).
+    /// Connects to `url`. A missing SQLite file is an error ([`Error::is_config`]: a mistyped
+    /// path names no database), never a new empty one; see [`Self::connect_or_create`].
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::open(url, false).await
+    }
+
+    /// Connects to `url`, creating a missing SQLite file (mode 600, in directories created 700
+    /// when missing) — for the administrative work that brings a database into being
+    /// (`governance migrate`, `governance demo`). A Postgres database is not created (see
+    /// [`Self::ensure_database`]).
+    pub async fn connect_or_create(url: &str) -> Result<Self> {
+        Self::open(url, true).await
+    }
+
+    async fn open(url: &str, create_if_missing: bool) -> Result<Self> {
         let opts = StoreOptions {
             max_connections: 2,
-            create_if_missing: true,
+            create_if_missing,
             ..StoreOptions::default()
         };
         Ok(Self {
@@ -58,7 +69,8 @@ impl Admin {
         })
     }
 
-    /// Creates the database named in `url` if it does not exist (first runs, demos). Returns
+    /// Creates the database named in `url` if it does not exist (first runs, demos): a SQLite
+    /// file of mode 600 (its directories are the caller's), or a Postgres database. Returns
     /// whether it was created.
     pub async fn ensure_database(url: &str) -> Result<bool> {
         Ok(Store::ensure_database(url).await?)
@@ -110,18 +122,23 @@ impl Admin {
             .collect())
     }
 
-    /// Disables (or re-enables) a user; refuses an unknown one.
+    /// Disables (or re-enables) a user and ends all of their console sessions; refuses an
+    /// unknown user.
     pub async fn set_operator_disabled(&self, username: &str, disabled: bool) -> Result<()> {
-        match self
-            .store
-            .update_operator(username, Some(disabled), None)
-            .await?
-        {
-            true => Ok(()),
-            false => Err(Error::Config(format!(
-                "no user named {username}; see `governance console list-users`"
-            ))),
-        }
+        let change = OperatorChange {
+            disabled: Some(disabled),
+            ..OperatorChange::default()
+        };
+        crate::operators::change_operator(&self.store, username, &change).await
+    }
+
+    /// Changes a user's role and ends all of their console sessions; refuses an unknown user.
+    pub async fn set_operator_role(&self, username: &str, role: OperatorRole) -> Result<()> {
+        let change = OperatorChange {
+            role: Some(role),
+            ..OperatorChange::default()
+        };
+        crate::operators::change_operator(&self.store, username, &change).await
     }
 
     /// Revokes a signer's key: rows it signs from now on fail verification as a revoked
@@ -136,19 +153,14 @@ impl Admin {
         }
     }
 
-    /// Replaces a user's password.
+    /// Replaces a user's password and ends all of their console sessions.
     pub async fn reset_operator_password(&self, username: &str, password: &str) -> Result<()> {
         let hash = crate::operators::hash_new_password(password)?;
-        match self
-            .store
-            .update_operator(username, None, Some(&hash))
-            .await?
-        {
-            true => Ok(()),
-            false => Err(Error::Config(format!(
-                "no user named {username}; see `governance console list-users`"
-            ))),
-        }
+        let change = OperatorChange {
+            password_hash: Some(&hash),
+            ..OperatorChange::default()
+        };
+        crate::operators::change_operator(&self.store, username, &change).await
     }
 
     /// What the connected role may do to the audit tables.

@@ -1,21 +1,48 @@
 //! Operators: the people (console and CLI users) who approve, deny, halt and resume.
 //!
 //! Passwords are argon2id hashes. An [`Operator`] value exists only after a successful
-//! [`Operators::authenticate`]; approving or denying takes one. An unknown user, a wrong password
-//! and a disabled account get the same answer after the same work, so names cannot be probed.
+//! [`Operators::authenticate`] (or from a live [`Session`]); approving or denying takes one. An
+//! unknown user, a wrong password and a disabled account get the same answer after the same
+//! work, so names cannot be probed.
+//!
+//! Every change to an account (password reset, disable, enable, role change) ends all of its
+//! console sessions in the same transaction, and a session starts only for the account as it was
+//! when its password was checked, so no session outlives a revocation.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use gov_core::OperatorRole;
+use gov_store::{NewSession, OperatorChange};
 
 use crate::{Error, Governance, Result};
 
 /// An authenticated operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Operator {
     username: String,
     role: OperatorRole,
+    /// The password hash the password was verified against, when this value comes from
+    /// [`Operators::authenticate`]: a session starts only for the account still in that state.
+    verified_hash: Option<String>,
 }
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Operators are the same when they name the same user with the same role.
+impl PartialEq for Operator {
+    fn eq(&self, other: &Self) -> bool {
+        self.username == other.username && self.role == other.role
+    }
+}
+
+impl Eq for Operator {}
 
 impl Operator {
     /// The user name.
@@ -82,9 +109,26 @@ impl<'g> Operators<'g> {
             Some(r) if ok && !r.disabled => Ok(Operator {
                 username: r.username,
                 role: r.role,
+                verified_hash: Some(r.password_hash),
             }),
             _ => Err(Error::AuthenticationFailed),
         }
+    }
+}
+
+/// Applies `change` to `username`'s account and ends all of its console sessions (one
+/// transaction); an unknown user is a configuration error.
+pub(crate) async fn change_operator(
+    store: &gov_store::Store,
+    username: &str,
+    change: &OperatorChange<'_>,
+) -> Result<()> {
+    if store.update_operator(username, change).await? {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "no user named {username}; see `governance console list-users`"
+        )))
     }
 }
 
@@ -115,30 +159,49 @@ fn token_hash(token: &str) -> Vec<u8> {
 }
 
 impl Operators<'_> {
-    /// Starts a session for an authenticated operator, valid for `ttl`. Returns the session token
-    /// (give it to the browser in an HttpOnly cookie; only its SHA-256 is stored) and the session.
+    /// Starts a session for an operator just returned by [`Self::authenticate`], valid for
+    /// `ttl`. Returns the session token (give it to the browser in an HttpOnly cookie; only its
+    /// SHA-256 is stored) and the session. The session is stored only if the account is still
+    /// enabled with the password and role it was authenticated with, so a sign-in that races a
+    /// password reset, a disable or a role change gets [`Error::AuthenticationFailed`] instead
+    /// of a session the change would not end. An operator taken from a [`Session`] cannot start
+    /// another one.
     pub async fn start_session(
         &self,
         operator: &Operator,
         ttl: std::time::Duration,
     ) -> Result<(String, Session)> {
+        let Some(verified_hash) = operator.verified_hash.as_deref() else {
+            return Err(Error::Config(
+                "a console session starts only from a sign-in (Operators::authenticate)".into(),
+            ));
+        };
         let token = random_token()?;
         let csrf_token = random_token()?;
         let expires_at = time::OffsetDateTime::now_utc() + ttl;
-        self.gov
+        let started = self
+            .gov
             .inner
             .store
-            .insert_session(
-                &token_hash(&token),
-                operator.username(),
-                &csrf_token,
+            .insert_session(&NewSession {
+                token_hash: &token_hash(&token),
+                username: operator.username(),
+                role: operator.role,
+                password_hash: verified_hash,
+                csrf_token: &csrf_token,
                 expires_at,
-            )
+            })
             .await?;
+        if !started {
+            return Err(Error::AuthenticationFailed);
+        }
         Ok((
             token,
             Session {
-                operator: operator.clone(),
+                operator: Operator {
+                    verified_hash: None,
+                    ..operator.clone()
+                },
                 csrf_token,
                 expires_at,
             },
@@ -147,6 +210,7 @@ impl Operators<'_> {
 
     /// Disables (or enables) a user, as the admin `by`: refused for other roles, for an unknown
     /// user, and for the admin's own account (so an admin cannot lock everyone out by mistake).
+    /// Either way every console session of the user ends.
     pub async fn set_disabled(&self, by: &Operator, username: &str, disabled: bool) -> Result<()> {
         if by.role != OperatorRole::Admin {
             return Err(Error::Config(
@@ -158,16 +222,28 @@ impl Operators<'_> {
                 "you cannot disable or enable your own account".into(),
             ));
         }
-        match self
-            .gov
-            .inner
-            .store
-            .update_operator(username, Some(disabled), None)
-            .await?
-        {
-            true => Ok(()),
-            false => Err(Error::Config(format!("no user named {username}"))),
+        let change = OperatorChange {
+            disabled: Some(disabled),
+            ..OperatorChange::default()
+        };
+        change_operator(&self.gov.inner.store, username, &change).await
+    }
+
+    /// Changes a user's role, as the admin `by`: refused for other roles, for an unknown user,
+    /// and for the admin's own account (so the last admin cannot demote themselves). Every
+    /// console session of the user ends; they sign in again under the new role.
+    pub async fn set_role(&self, by: &Operator, username: &str, role: OperatorRole) -> Result<()> {
+        if by.role != OperatorRole::Admin {
+            return Err(Error::Config("only an admin may change roles".into()));
         }
+        if by.username == username {
+            return Err(Error::Config("you cannot change your own role".into()));
+        }
+        let change = OperatorChange {
+            role: Some(role),
+            ..OperatorChange::default()
+        };
+        change_operator(&self.gov.inner.store, username, &change).await
     }
 
     /// Adds a user, as the admin `by` (refused for other roles).
@@ -219,6 +295,7 @@ impl Operators<'_> {
                 operator: Operator {
                     username: s.username,
                     role: s.role,
+                    verified_hash: None,
                 },
                 csrf_token: s.csrf_token,
                 expires_at: s.expires_at,

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    CheckpointRow, ConsoleSession, Decision, Listener, LlmClientRow, MigrateReport, OperatorRecord,
-    Privileges, Reserve, Result, Sealer, SignerKeyRow,
+    CheckpointRow, ConsoleSession, Decision, Listener, LlmClientRow, MigrateReport, NewSession,
+    OperatorChange, OperatorRecord, Privileges, Reserve, Result, Sealer, SignerKeyRow,
 };
 
 /// Schema, roles, notifications and the connection pool.
@@ -191,13 +191,9 @@ pub trait GateStore {
     ) -> Result<()>;
     /// Every operator: name, role, disabled, created.
     async fn operators(&self) -> Result<Vec<(String, OperatorRole, bool, OffsetDateTime)>>;
-    /// Disables/enables and/or replaces the password hash.
-    async fn update_operator(
-        &self,
-        username: &str,
-        disabled: Option<bool>,
-        password_hash: Option<&str>,
-    ) -> Result<bool>;
+    /// Applies a change to an account and deletes all of its console sessions, in one
+    /// transaction; whether the account exists.
+    async fn update_operator(&self, username: &str, change: &OperatorChange<'_>) -> Result<bool>;
     /// One operator.
     async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>>;
     /// Stores a pending request (announced).
@@ -221,14 +217,9 @@ pub trait GateStore {
 
 /// Console sign-in sessions.
 pub trait SessionStore {
-    /// Stores a session (and sweeps expired ones).
-    async fn insert_session(
-        &self,
-        token_hash: &[u8],
-        username: &str,
-        csrf_token: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<()>;
+    /// Stores a session (and sweeps expired ones) if, under a lock on the account's row, it is
+    /// still enabled with the password hash and role it was authenticated with; whether it did.
+    async fn insert_session(&self, session: &NewSession<'_>) -> Result<bool>;
     /// The live session with this token hash.
     async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>>;
     /// Ends a session.

@@ -22,7 +22,7 @@ pub use error::{Result, StoreError};
 pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
-pub use types::{Decision, OperatorRecord, Privileges, Reserve};
+pub use types::{Decision, NewSession, OperatorChange, OperatorRecord, Privileges, Reserve};
 
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
@@ -120,9 +120,9 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// Reported to the server as `application_name`.
     pub application_name: String,
-    /// SQLite: create the file (and its directory) when it does not exist (default false: a
-    /// mistyped path is an error, not a new empty database). Postgres databases are never
-    /// created by connecting.
+    /// SQLite: create the file (mode 600, and its missing directories, mode 700) when it does
+    /// not exist (default false: a mistyped path is an error, not a new empty database).
+    /// Postgres databases are never created by connecting.
     pub create_if_missing: bool,
 }
 
@@ -289,7 +289,8 @@ pub(crate) fn check_continues(
 
 impl Store {
     /// Connects to the database named by `url`: `postgres://…` or `postgresql://…`,
-    /// `sqlite://path` (created when missing), `sqlite::memory:`.
+    /// `sqlite://path` (created when missing only with [`StoreOptions::create_if_missing`]),
+    /// `sqlite::memory:`.
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
         match BackendKind::of(url)? {
             BackendKind::Postgres => Ok(Self::Postgres(PgStore::connect(url, opts).await?)),
@@ -450,15 +451,10 @@ impl Store {
         dispatch!(self, s => s.usage_today_all().await)
     }
 
-    /// Stores a console session (and sweeps expired ones).
-    pub async fn insert_session(
-        &self,
-        token_hash: &[u8],
-        username: &str,
-        csrf_token: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<()> {
-        dispatch!(self, s => s.insert_session(token_hash, username, csrf_token, expires_at) .await)
+    /// Stores a console session (and sweeps expired ones), only if the account is still as
+    /// it was authenticated (enabled, same password hash and role); returns whether it did.
+    pub async fn insert_session(&self, session: &NewSession<'_>) -> Result<bool> {
+        dispatch!(self, s => s.insert_session(session).await)
     }
 
     /// The live session with this token hash, if unexpired and its user enabled.
@@ -625,14 +621,14 @@ impl Store {
         dispatch!(self, s => s.operators().await)
     }
 
-    /// Disables or enables an account and/or replaces its password hash; returns whether it exists.
+    /// Disables or enables an account, replaces its password hash and/or changes its role, and
+    /// ends all of its console sessions, in one transaction; returns whether it exists.
     pub async fn update_operator(
         &self,
         username: &str,
-        disabled: Option<bool>,
-        password_hash: Option<&str>,
+        change: &OperatorChange<'_>,
     ) -> Result<bool> {
-        dispatch!(self, s => s.update_operator(username, disabled, password_hash).await)
+        dispatch!(self, s => s.update_operator(username, change).await)
     }
 
     /// One operator account.

@@ -40,6 +40,39 @@ pub struct OperatorRecord {
     pub disabled: bool,
 }
 
+/// A change to an operator account (`None` leaves a field as it is). Every change ends all of
+/// the account's console sessions in the same transaction: a password reset, a disable or a
+/// role change must not leave a session signed in under the old terms, and an enable after a
+/// disable must not revive one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperatorChange<'a> {
+    /// Disable (`true`) or enable (`false`).
+    pub disabled: Option<bool>,
+    /// A new argon2id PHC string.
+    pub password_hash: Option<&'a str>,
+    /// A new role.
+    pub role: Option<OperatorRole>,
+}
+
+/// A console session to start for an account as it was when its password was checked.
+/// The store writes it only if the account is still enabled with that password hash and role,
+/// so a sign-in that raced a reset, a disable or a role change starts nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession<'a> {
+    /// SHA-256 of the session token.
+    pub token_hash: &'a [u8],
+    /// The user.
+    pub username: &'a str,
+    /// The role the user had when authenticated.
+    pub role: OperatorRole,
+    /// The password hash the password was verified against.
+    pub password_hash: &'a str,
+    /// The session's CSRF token.
+    pub csrf_token: &'a str,
+    /// When it expires.
+    pub expires_at: time::OffsetDateTime,
+}
+
 /// A decision to record.
 #[derive(Debug)]
 pub struct Decision<'a> {

@@ -1,4 +1,4 @@
-//! `governance console add-user | list-users | disable-user | reset-password`.
+//! `governance console add-user | list-users | disable-user | reset-password | set-role`.
 //! Run with the schema owner's database URL; passwords never come from the command line.
 
 use std::io::{BufRead, IsTerminal};
@@ -41,6 +41,14 @@ fn read_password() -> anyhow::Result<String> {
     Ok(pw)
 }
 
+fn role(arg: RoleArg) -> OperatorRole {
+    match arg {
+        RoleArg::Admin => OperatorRole::Admin,
+        RoleArg::Operator => OperatorRole::Operator,
+        RoleArg::Viewer => OperatorRole::Viewer,
+    }
+}
+
 pub(crate) async fn run(
     cmd: ConsoleCommand,
     global: &Global,
@@ -60,11 +68,7 @@ pub(crate) async fn run(
         // Handled above, before any password is read.
         ConsoleCommand::Serve(_) => Ok(()),
         ConsoleCommand::AddUser(a) => {
-            let role = match a.role {
-                RoleArg::Admin => OperatorRole::Admin,
-                RoleArg::Operator => OperatorRole::Operator,
-                RoleArg::Viewer => OperatorRole::Viewer,
-            };
+            let role = role(a.role);
             admin.add_operator(&a.username, role, password.as_deref().unwrap_or_default()).await.map(|()| {
                 if out.json() {
                     out.emit_json(&serde_json::json!({ "status": "ok", "username": a.username, "role": role }));
@@ -114,6 +118,16 @@ pub(crate) async fn run(
                     out.line(format!("password of {} replaced", a.username));
                 }
             }),
+        ConsoleCommand::SetRole(a) => {
+            let role = role(a.role);
+            admin.set_operator_role(&a.username, role).await.map(|()| {
+                if out.json() {
+                    out.emit_json(&serde_json::json!({ "status": "ok", "username": a.username, "role": role }));
+                } else {
+                    out.line(format!("{} is now {}", a.username, role.as_str()));
+                }
+            })
+        }
     };
     admin.close().await;
     result?;

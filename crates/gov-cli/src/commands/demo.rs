@@ -43,19 +43,13 @@ fn step(i: u32) -> (&'static str, serde_json::Value) {
 fn demo_secret() -> anyhow::Result<(AuditSecret, std::path::PathBuf)> {
     let config = |m: String| anyhow::Error::new(gov_sdk::Error::Config(m));
     let path = crate::local::secret_path()?;
-    let dir = crate::local::data_dir()?;
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok((
             AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?,
             path,
         ));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        config(format!(
-            "cannot create {}: {e}; set GOVERNANCE_AUDIT_SECRET",
-            dir.display()
-        ))
-    })?;
+    crate::local::ensure_data_dir()?;
     let (secret, text) = AuditSecret::generate().map_err(gov_sdk::Error::from)?;
     let write = || -> std::io::Result<()> {
         use std::io::Write as _;
@@ -107,7 +101,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             ));
         }
     }
-    let admin = Admin::connect(&url).await?;
+    let admin = Admin::connect_or_create(&url).await?;
     if admin.schema_is_current().await? {
         if human {
             out.line("migrate   schema is current");

@@ -220,7 +220,9 @@ async fn verify(
 struct Input {
     path: PathBuf,
     name: String,
-    temporary: bool,
+    /// Standard input's copy (random name, mode 600, created exclusively by `tempfile`),
+    /// removed when dropped.
+    _temporary: Option<tempfile::TempPath>,
 }
 
 impl Input {
@@ -233,7 +235,7 @@ impl Input {
             return Ok(Self {
                 path: arg.to_path_buf(),
                 name,
-                temporary: false,
+                _temporary: None,
             });
         }
         if std::io::stdin().is_terminal() {
@@ -241,33 +243,25 @@ impl Input {
                 "no export to read: pass --input FILE, or pipe one in (`governance export | governance import`)".into(),
             ));
         }
-        let path = std::env::temp_dir().join(format!(
-            "governance-import-{}-{}.jsonl",
-            std::process::id(),
-            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
-        ));
-        let this = Self {
-            path,
-            name: "standard input".into(),
-            temporary: true,
-        };
         let fail = |e: std::io::Error| {
             super::config_error(format!(
                 "cannot copy standard input to a temporary file in {} (set TMPDIR to a writable directory with room for the export): {e}",
                 std::env::temp_dir().display()
             ))
         };
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(&this.path).map_err(fail)?;
+        let mut file = tempfile::Builder::new()
+            .prefix("governance-import-")
+            .suffix(".jsonl")
+            .tempfile()
+            .map_err(fail)?;
         std::io::copy(&mut std::io::stdin().lock(), &mut file).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
-        Ok(this)
+        file.as_file().sync_all().map_err(fail)?;
+        let temporary = file.into_temp_path();
+        Ok(Self {
+            path: temporary.to_path_buf(),
+            name: "standard input".into(),
+            _temporary: Some(temporary),
+        })
     }
 
     fn lines(&self) -> anyhow::Result<Lines> {
@@ -280,14 +274,6 @@ impl Input {
             number: 0,
             name: self.name.clone(),
         })
-    }
-}
-
-impl Drop for Input {
-    fn drop(&mut self) {
-        if self.temporary {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 

@@ -12,7 +12,7 @@ const ENV_APP_ROLE_PASSWORD: &str = "GOVERNANCE_APP_ROLE_PASSWORD";
 
 pub(crate) async fn run(args: MigrateArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     let url = super::database_url(global).await?;
-    let admin = Admin::connect(&url).await?;
+    let admin = Admin::connect_or_create(&url).await?;
     let report = admin.migrate().await?;
     let password = std::env::var(ENV_APP_ROLE_PASSWORD)
         .ok()

@@ -69,14 +69,24 @@ pub(crate) fn write_atomically(path: &Path, text: &str, what: &str) -> anyhow::R
     file.commit()
 }
 
+/// The mode of every file the CLI writes (reports, exports, checkpoints): readable and writable
+/// by its owner only, since they carry the record; share one deliberately with `chmod`.
+#[cfg(unix)]
+pub(crate) const OUTPUT_MODE: u32 = 0o600;
+
 /// A file written through a temporary file beside it and renamed into place by
 /// [`AtomicFile::commit`]; dropped uncommitted, the temporary file is removed and `path` is
 /// left as it was. Writes are buffered, so it can stream a large output.
+///
+/// The temporary file is created by the `tempfile` crate: a random name, opened with
+/// `O_CREAT | O_EXCL` (so a file or symlink planted at any name is never opened, let alone
+/// followed), mode [`OUTPUT_MODE`]. The rename replaces whatever `path` names, a symlink
+/// included, and never writes through it.
 pub(crate) struct AtomicFile {
     path: std::path::PathBuf,
-    tmp: std::path::PathBuf,
+    dir: std::path::PathBuf,
     what: String,
-    file: Option<std::io::BufWriter<std::fs::File>>,
+    file: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
 }
 
 impl AtomicFile {
@@ -89,18 +99,25 @@ impl AtomicFile {
         let name = path
             .file_name()
             .ok_or_else(|| config_error(format!("--output {} names no file", path.display())))?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
         let mut this = Self {
             path: path.to_path_buf(),
-            tmp,
+            dir,
             what: what.to_owned(),
             file: None,
         };
-        let file = std::fs::File::create(&this.tmp).map_err(|e| this.error(&e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.suffix(".tmp");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            builder.permissions(std::fs::Permissions::from_mode(OUTPUT_MODE));
+        }
+        // `.report.json` + random characters + `.tmp`: beside the target, so the rename stays
+        // on one file system.
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        builder.prefix(&prefix);
+        let file = builder.tempfile_in(&this.dir).map_err(|e| this.error(&e))?;
         this.file = Some(std::io::BufWriter::with_capacity(1 << 16, file));
         Ok(this)
     }
@@ -114,14 +131,19 @@ impl AtomicFile {
         ))
     }
 
-    /// Flushes, syncs and renames the temporary file into place.
+    /// Flushes, syncs and renames the temporary file into place (then syncs the directory, so
+    /// the rename is durable too).
     pub(crate) fn commit(mut self) -> anyhow::Result<()> {
         let result = (|| {
-            if let Some(file) = self.file.take() {
-                let file = file.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-            }
-            std::fs::rename(&self.tmp, &self.path)
+            let Some(file) = self.file.take() else {
+                return Err(std::io::Error::other("the file is closed"));
+            };
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.as_file().sync_all()?;
+            file.persist(&self.path).map_err(|e| e.error)?;
+            #[cfg(unix)]
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            Ok(())
         })();
         result.map_err(|e| self.error(&e))
     }
@@ -140,14 +162,6 @@ impl std::io::Write for AtomicFile {
             Some(f) => f.flush(),
             None => Ok(()),
         }
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        // After a commit the temporary name no longer exists; otherwise discard the partial file.
-        self.file.take();
-        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The console's HTTP surface against a real Postgres: every route under every role, refusals
 //! (no CSRF token, wrong role, self-approval, a sixth sign-in in a minute), sessions, security
-//! headers, live events over SSE and the report download.
+//! headers, live events over SSE and the report download; revocation of sessions on both backends.
 
 mod http;
+mod revocation;

@@ -362,3 +362,56 @@ async fn sessions_past_their_time_limit_are_refused() {
         .await
         .unwrap();
 }
+
+/// An agent cannot stretch its budget by naming a costly variant: `o1-pro` is reserved at its
+/// own price (ten times `o1`'s), an unlisted variant is an unknown model, and dated snapshots
+/// of a priced model still reserve at that model's price.
+#[tokio::test]
+async fn a_costly_variant_is_reserved_at_its_own_price_or_refused() {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("connect");
+    // $1 per session; 10,000 output tokens of o1 cost $0.60, of o1-pro $6.00.
+    gov.cost()
+        .register(BudgetPolicy::new("agent-x".parse().unwrap()).per_session(MicroUsd(1_000_000)))
+        .await
+        .unwrap();
+    let reserve = |model: &'static str, session: &'static str| {
+        let gov = gov.clone();
+        async move {
+            gov.cost()
+                .reserve("agent-x", session, model, 0, Some(10_000))
+                .await
+        }
+    };
+    let base = reserve("o1", "s-1").await.expect("o1 fits the cap");
+    assert_eq!(base.reserved(), MicroUsd(600_000));
+    base.release().await.unwrap();
+    let e = reserve("o1-pro", "s-2").await.expect_err("o1-pro costs $6");
+    assert_eq!(denial(&e), Some(BudgetDenial::SessionUsd), "{e}");
+    for unlisted in ["o3-deep-research", "gpt-4o-realtime-preview", "o1-pro-max"] {
+        let e = reserve(unlisted, "s-3").await.expect_err(unlisted);
+        assert_eq!(
+            denial(&e),
+            Some(BudgetDenial::UnknownModel),
+            "{unlisted}: {e}"
+        );
+    }
+    let snap = reserve("gpt-4o-2024-08-06", "s-4")
+        .await
+        .expect("a snapshot");
+    assert_eq!(snap.reserved(), MicroUsd(100_000)); // 10,000 × $10 per Mtok
+    snap.release().await.unwrap();
+    // Tracking spend after the fact refuses an unknown model too.
+    assert!(
+        gov.cost()
+            .track("agent-x", "s-5", "o3-deep-research", usage(10, 10))
+            .await
+            .is_err()
+    );
+    gov.close().await;
+}

@@ -13,5 +13,6 @@ mod llm;
 mod privileges;
 mod resilience;
 mod rotation;
+mod sessions;
 mod signatures;
 mod support;

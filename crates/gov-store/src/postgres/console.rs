@@ -4,32 +4,35 @@ use time::OffsetDateTime;
 
 use super::PgStore;
 use crate::backend::SessionStore;
-use crate::{ConsoleSession, Result, StoreError};
+use crate::{ConsoleSession, NewSession, Result, StoreError};
 use gov_core::OperatorRole;
 
 impl SessionStore for PgStore {
-    async fn insert_session(
-        &self,
-        token_hash: &[u8],
-        username: &str,
-        csrf_token: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<()> {
+    async fn insert_session(&self, n: &NewSession<'_>) -> Result<bool> {
         // Expired sessions are swept on each sign-in, so the table never grows without bound.
+        // language=PostgreSQL
         sqlx::query("DELETE FROM console_sessions WHERE expires_at < now()")
             .execute(&self.pool)
             .await?;
-        sqlx::query(
+        // Only for the account as it was authenticated, under a share lock on its row: a reset,
+        // disable or role change (`update_operator`) either waits for this session and then
+        // deletes it, or commits first and this inserts nothing.
+        // language=PostgreSQL
+        let r = sqlx::query(
             "INSERT INTO console_sessions (token_hash, username, csrf_token, expires_at) \
-             VALUES ($1, $2, $3, $4)",
+             SELECT $1, username, $3, $4 FROM operators \
+             WHERE username = $2 AND password_hash = $5 AND role = $6 AND NOT disabled \
+             FOR SHARE",
         )
-        .bind(token_hash)
-        .bind(username)
-        .bind(csrf_token)
-        .bind(expires_at)
+        .bind(n.token_hash)
+        .bind(n.username)
+        .bind(n.csrf_token)
+        .bind(n.expires_at)
+        .bind(n.password_hash)
+        .bind(n.role.as_str())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {

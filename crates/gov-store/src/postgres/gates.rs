@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::backend::GateStore;
-use crate::{Decision, OperatorRecord, Result, Sealer, StoreError};
+use crate::{Decision, OperatorChange, OperatorRecord, Result, Sealer, StoreError};
 
 #[derive(FromRow)]
 struct GateRow {
@@ -89,23 +89,33 @@ impl GateStore for PgStore {
             .collect()
     }
 
-    async fn update_operator(
-        &self,
-        username: &str,
-        disabled: Option<bool>,
-        password_hash: Option<&str>,
-    ) -> Result<bool> {
+    async fn update_operator(&self, username: &str, change: &OperatorChange<'_>) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         // language=PostgreSQL
         let r = sqlx::query(
             "UPDATE operators SET disabled = COALESCE($2, disabled), \
-                 password_hash = COALESCE($3, password_hash) WHERE username = $1",
+                 password_hash = COALESCE($3, password_hash), role = COALESCE($4, role) \
+             WHERE username = $1",
         )
         .bind(username)
-        .bind(disabled)
-        .bind(password_hash)
-        .execute(&self.pool)
+        .bind(change.disabled)
+        .bind(change.password_hash)
+        .bind(change.role.map(OperatorRole::as_str))
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() > 0)
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // The UPDATE holds the account's row lock until commit: a sign-in that locked the row
+        // first (`insert_session`) committed its session before this statement's snapshot, so it
+        // is deleted here; one that comes after finds the changed row and starts nothing.
+        // language=PostgreSQL
+        sqlx::query("DELETE FROM console_sessions WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {

@@ -1,40 +1,39 @@
 //! Console sign-in sessions on SQLite, stored by the SHA-256 of their token.
 
 use gov_core::OperatorRole;
-use time::OffsetDateTime;
 
 use super::{SqliteStore, from_us, now_us, to_us};
 use crate::backend::SessionStore;
-use crate::{ConsoleSession, Result, StoreError};
+use crate::{ConsoleSession, NewSession, Result, StoreError};
 
 impl SessionStore for SqliteStore {
-    async fn insert_session(
-        &self,
-        token_hash: &[u8],
-        username: &str,
-        csrf_token: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<()> {
+    async fn insert_session(&self, n: &NewSession<'_>) -> Result<bool> {
         let now = now_us();
+        // One write transaction (the database's write lock): a reset, disable or role change
+        // (`update_operator`) commits wholly before or after it.
         let (_turn, mut tx) = self.write_tx().await?;
         // Expired sessions are swept on each sign-in, so the table never grows without bound.
         sqlx::query("DELETE FROM console_sessions WHERE expires_at < ?")
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        // Only for the account as it was authenticated.
+        let r = sqlx::query(
             "INSERT INTO console_sessions (token_hash, username, csrf_token, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
+             SELECT ?, username, ?, ?, ? FROM operators \
+             WHERE username = ? AND password_hash = ? AND role = ? AND NOT disabled",
         )
-        .bind(token_hash)
-        .bind(username)
-        .bind(csrf_token)
+        .bind(n.token_hash)
+        .bind(n.csrf_token)
         .bind(now)
-        .bind(to_us(expires_at))
+        .bind(to_us(n.expires_at))
+        .bind(n.username)
+        .bind(n.password_hash)
+        .bind(n.role.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {

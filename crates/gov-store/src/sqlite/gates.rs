@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::audit::append_in;
 use super::{SqliteStore, from_us, now_us, to_us};
 use crate::backend::GateStore;
-use crate::{Decision, OperatorRecord, Result, Sealer, StoreError};
+use crate::{Decision, OperatorChange, OperatorRecord, Result, Sealer, StoreError};
 
 type GateRow = (
     Uuid,
@@ -107,22 +107,29 @@ impl GateStore for SqliteStore {
             .collect()
     }
 
-    async fn update_operator(
-        &self,
-        username: &str,
-        disabled: Option<bool>,
-        password_hash: Option<&str>,
-    ) -> Result<bool> {
+    async fn update_operator(&self, username: &str, change: &OperatorChange<'_>) -> Result<bool> {
+        // One write transaction (the database's write lock): no sign-in interleaves with it.
+        let (_turn, mut tx) = self.write_tx().await?;
         let r = sqlx::query(
             "UPDATE operators SET disabled = COALESCE(?, disabled), \
-                 password_hash = COALESCE(?, password_hash) WHERE username = ?",
+                 password_hash = COALESCE(?, password_hash), role = COALESCE(?, role) \
+             WHERE username = ?",
         )
-        .bind(disabled)
-        .bind(password_hash)
+        .bind(change.disabled)
+        .bind(change.password_hash)
+        .bind(change.role.map(OperatorRole::as_str))
         .bind(username)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() > 0)
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM console_sessions WHERE username = ?")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn operator(&self, username: &str) -> Result<Option<OperatorRecord>> {

@@ -119,17 +119,53 @@ fn is_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
-/// Creates the directory that will hold the database file, when missing.
-fn create_parent(path: &std::path::Path) -> Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if !dir.exists() => std::fs::create_dir_all(dir).map_err(|e| {
+/// The mode of a database file this crate creates: its owner's only. The file holds operator
+/// password hashes and the whole record; SQLite gives its `-wal` and `-shm` files the same mode.
+#[cfg(unix)]
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// The mode of a directory this crate creates to hold a database file.
+#[cfg(unix)]
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Creates the database file at `path` (empty: SQLite makes a database of it on first use) with
+/// mode [`FILE_MODE`], and its missing directories with mode [`DIR_MODE`]. The file is created
+/// exclusively (`O_CREAT|O_EXCL`, which never follows a symlink planted at the name); an
+/// existing file is left as it is. Returns whether it was created.
+fn create_file(path: &std::path::Path) -> Result<bool> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            builder.mode(DIR_MODE);
+        }
+        builder.create(dir).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot create the database directory {} ({})",
                 dir.display(),
                 e.kind()
             ))
-        }),
-        _ => Ok(()),
+        })?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(FILE_MODE);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create the database file {} ({})",
+            path.display(),
+            e.kind()
+        ))),
     }
 }
 
@@ -138,28 +174,26 @@ pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
     if is_memory(url) {
         return Ok(false);
     }
-    let opts = options(url)?;
-    let path = opts.get_filename().to_path_buf();
-    if path.exists() {
-        return Ok(false);
-    }
-    create_parent(&path)?;
-    use sqlx::Connection;
-    let conn = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true)).await?;
-    let _ = conn.close().await;
-    Ok(true)
+    let path = options(url)?.get_filename().to_path_buf();
+    create_file(&path)
 }
 
 impl SqliteStore {
-    /// Opens (creating when missing) the database named by `url`.
+    /// Opens the database named by `url`; a missing file is created (mode 600, its missing
+    /// directories 700) only with [`StoreOptions::create_if_missing`], else refused.
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
         let memory = is_memory(url);
         let connect = options(url)?;
-        if !memory && !opts.create_if_missing && !connect.get_filename().exists() {
-            return Err(StoreError::NoSuchDatabase);
+        if !memory && !connect.get_filename().exists() {
+            if !opts.create_if_missing {
+                return Err(StoreError::NoSuchDatabase);
+            }
+            create_file(connect.get_filename())?;
         }
+        // SQLite itself never creates a file here (whatever the URL's `mode=` says): a file
+        // that vanished since the check above is an error, not a new database of default mode.
         let connect = connect
-            .create_if_missing(true)
+            .create_if_missing(memory)
             .foreign_keys(true)
             .busy_timeout(opts.acquire_timeout.max(Duration::from_secs(5)))
             .journal_mode(if memory {
@@ -173,7 +207,6 @@ impl SqliteStore {
             format!("memory:{}", connect.get_filename().display())
         } else {
             let path: PathBuf = connect.get_filename().to_path_buf();
-            create_parent(&path)?;
             std::fs::canonicalize(&path)
                 .unwrap_or(path)
                 .display()
