@@ -48,13 +48,14 @@ pub use config::{
     GovernanceBuilder, Modules,
 };
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
-pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
+pub use cost::{BudgetSnapshot, Cost, CostConfig, MAX_TRACKED_MICROS, Reservation, Settlement};
 pub use error::{Error, Result};
 pub use gates::{Approval, GateConfig, Gates};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
 pub use operators::{Operator, Operators, Session};
 pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
+pub use spool::ENV_SPOOL_DIR;
 pub use tail::Tail;
 
 pub use gov_audit::checkpoint::FILE_FORMAT as CHECKPOINT_FILE_FORMAT;
@@ -187,6 +188,7 @@ impl Governance {
     /// come back: drop any [`Tail`] first, as it holds one.
     pub async fn close(&self) {
         self.llm().settled().await;
+        self.inner.spool.stop();
         self.inner.listener.abort();
         self.inner.store.close().await;
     }
