@@ -516,7 +516,11 @@ async fn run_writer(
                         }
                         Waiter::All(n, done) => {
                             let got: Vec<Appended> = landed.by_ref().take(n).collect();
-                            let _ = done.send(if got.len() == n { Ok(got) } else { Err(short()) });
+                            let _ = done.send(if got.len() == n {
+                                Ok(got)
+                            } else {
+                                Err(short())
+                            });
                         }
                     }
                 }

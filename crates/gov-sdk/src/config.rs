@@ -449,12 +449,16 @@ impl GovernanceBuilder {
                 approval_key: secret.approval_key(),
                 llm: crate::llm::LlmState::new(&secret),
                 spool,
+                spool_task: std::sync::Mutex::new(None),
                 loops: Default::default(),
                 listener,
             }),
         };
         if let Some(sh) = spool_task {
-            tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner), sh));
+            let task = tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner), sh));
+            if let Ok(mut t) = gov.inner.spool_task.lock() {
+                *t = Some(task);
+            }
         }
         if gov.inner.config.llm.warn_on_no_wrappers {
             tokio::spawn(crate::llm::watch_wrappers(std::sync::Arc::downgrade(

@@ -11,16 +11,24 @@ pub const ENV_SPOOL_DIR: &str = "GOVERNANCE_SPOOL_DIR";
 /// spool (see docs/configuration.md). Never set it in production.
 pub(crate) const ENV_SPOOL_FAULT: &str = "GOVERNANCE_SPOOL_FAULT";
 
-/// Aborts the process at `point` when [`ENV_SPOOL_FAULT`] names it: how the fault tests kill a
-/// process at an exact step of writing or adopting a spool.
+/// Aborts the process at `point` when [`ENV_SPOOL_FAULT`] names it (`point`, or `point:N`
+/// for its N-th passage): how the fault tests kill a process at an exact step of writing or
+/// adopting a spool.
 pub(crate) fn fault(point: &str) {
-    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if FAULT
-        .get_or_init(|| std::env::var(ENV_SPOOL_FAULT).ok())
-        .as_deref()
-        == Some(point)
+    static FAULT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    static PASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let armed = FAULT.get_or_init(|| {
+        let v = std::env::var(ENV_SPOOL_FAULT).ok()?;
+        Some(match v.split_once(':') {
+            Some((p, n)) => (p.to_owned(), n.parse().unwrap_or(1)),
+            None => (v, 1),
+        })
+    });
+    if let Some((at, nth)) = armed
+        && at == point
+        && PASSED.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1 == *nth
     {
-        eprintln!("governance: {ENV_SPOOL_FAULT}={point}: aborting here");
+        eprintln!("governance: {ENV_SPOOL_FAULT}={at}:{nth}: aborting here");
         std::process::abort();
     }
 }
@@ -45,8 +53,8 @@ fn unsafe_dir(dir: &Path, why: String) -> Error {
 /// by group or others, and reached through folders that no other user can swap (owned by the
 /// user or root, and writable by others only with the sticky bit, as `/tmp`).
 pub(crate) fn check_private(dir: &Path) -> Result<(), Error> {
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| unsafe_dir(dir, format!("it cannot be read ({e})")))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| unsafe_dir(dir, format!("it cannot be read ({e})")))?;
     if !meta.is_dir() {
         return Err(unsafe_dir(dir, "it is not a folder".into()));
     }
@@ -57,7 +65,10 @@ pub(crate) fn check_private(dir: &Path) -> Result<(), Error> {
         if meta.uid() != me {
             return Err(unsafe_dir(
                 dir,
-                format!("it belongs to user id {}, not to this user ({me})", meta.uid()),
+                format!(
+                    "it belongs to user id {}, not to this user ({me})",
+                    meta.uid()
+                ),
             ));
         }
         let mode = meta.mode() & 0o7777;

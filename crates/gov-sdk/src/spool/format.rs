@@ -419,14 +419,20 @@ mod tests {
         // Someone without the secret.
         let other = keys(4);
         let (forged, _) = file(&other, id, RECORDS);
-        assert!(matches!(parse(&k, id, &forged), Err(Refusal::UnknownKey(_))));
+        assert!(matches!(
+            parse(&k, id, &forged),
+            Err(Refusal::UnknownKey(_))
+        ));
         // A header that names our key but carries a made-up MAC.
         let text = String::from_utf8(bytes.clone()).unwrap();
         let header_end = text.find('\n').unwrap();
         let mut made_up = text[..header_end - 64].to_owned();
         made_up.push_str(&"0".repeat(64));
         made_up.push_str(&text[header_end..]);
-        assert!(matches!(parse(&k, id, made_up.as_bytes()), Err(Refusal::Bad(_))));
+        assert!(matches!(
+            parse(&k, id, made_up.as_bytes()),
+            Err(Refusal::Bad(_))
+        ));
         // Renamed to another file id, or read for another database.
         assert!(matches!(
             parse(&k, Uuid::now_v7(), &bytes),
@@ -435,7 +441,10 @@ mod tests {
         let c = read(&mut std::io::Cursor::new(&bytes), &k, "another", id).unwrap();
         assert!(matches!(c, Err(Refusal::Bad(_))));
         assert!(matches!(parse(&k, id, b""), Err(Refusal::Bad(_))));
-        assert!(matches!(parse(&k, id, b"{\"type\":\"audit\"}\n"), Err(Refusal::Bad(_))));
+        assert!(matches!(
+            parse(&k, id, b"{\"type\":\"audit\"}\n"),
+            Err(Refusal::Bad(_))
+        ));
     }
 
     #[test]

@@ -370,7 +370,13 @@ async fn apply_batch(
         for r in &records {
             out.push(match r {
                 Record::Audit { event } if maybe_applied => {
-                    if gov.inner.audit.existing(&[event.event_id]).await?.is_empty() {
+                    if gov
+                        .inner
+                        .audit
+                        .existing(&[event.event_id])
+                        .await?
+                        .is_empty()
+                    {
                         apply_one(gov, r).await?
                     } else {
                         None
@@ -817,8 +823,12 @@ impl Shared {
                         }],
                     );
                     match kept {
-                        Ok(path) => tracing::error!(error = %e, record = %entry.record.id(), quarantine = %path.display(), "storage refused a spooled record {MAX_ATTEMPTS} times: it is kept aside in the quarantine and not replayed"),
-                        Err(io) => tracing::error!(error = %e, record = %entry.record.id(), quarantine_error = %io, "storage refused a spooled record {MAX_ATTEMPTS} times and it could not be kept aside: it is dropped"),
+                        Ok(path) => {
+                            tracing::error!(error = %e, record = %entry.record.id(), quarantine = %path.display(), "storage refused a spooled record {MAX_ATTEMPTS} times: it is kept aside in the quarantine and not replayed")
+                        }
+                        Err(io) => {
+                            tracing::error!(error = %e, record = %entry.record.id(), quarantine_error = %io, "storage refused a spooled record {MAX_ATTEMPTS} times and it could not be kept aside: it is dropped")
+                        }
                     }
                 }
             }
@@ -1050,4 +1060,188 @@ pub(crate) async fn run(gov: std::sync::Weak<crate::Inner>, sh: Arc<Shared>) {
     }
     // Nobody will replay what is only in memory: write it to the file for the next handle.
     sh.persist_pending().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+
+    fn setup(root: &Path) -> Setup {
+        let secret = gov_audit::AuditSecret::parse(SECRET).unwrap();
+        Setup {
+            root: Some(root.to_owned()),
+            instance: Some(gov_store::Instance {
+                id: Uuid::now_v7(),
+                locator: "sqlite:/nowhere".into(),
+            }),
+            keys: format::Keys::new(
+                (secret.chain_key().key_id().to_owned(), secret.spool_key()),
+                [],
+            ),
+            max_batch: 1_000,
+        }
+    }
+
+    fn event(kind: &str) -> AuditEvent {
+        AuditEvent::builder("agent", kind)
+            .payload(serde_json::json!({"x": 1}))
+            .build()
+            .unwrap()
+    }
+
+    fn track(micros: i64) -> Record {
+        Record::Track {
+            id: Uuid::now_v7(),
+            agent: "agent".into(),
+            session: "s".into(),
+            model: "gpt-4o-mini".into(),
+            micros,
+            usage: TokenUsage::default(),
+        }
+    }
+
+    /// A file a holder of the audit secret wrote (every MAC right) holding `records`.
+    fn write_file(s: &Setup, records: &[serde_json::Value]) -> PathBuf {
+        let db = identity(s.instance.as_ref().unwrap());
+        let dir = s.root.as_ref().unwrap().join(&db);
+        dir::ensure_private(s.root.as_ref().unwrap()).unwrap();
+        dir::ensure_private(&dir).unwrap();
+        let id = Uuid::now_v7();
+        let mut bytes = format::header_line(&s.keys, &db, id);
+        for (n, r) in records.iter().enumerate() {
+            let json = serde_json::to_vec(r).unwrap();
+            bytes.extend(format::record_line(&s.keys, &db, id, n as u64, &json));
+        }
+        let path = dir.join(format!("{id}.spool"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gov-spool-unit-{tag}-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn authentic_records_that_fail_a_live_calls_checks_are_quarantined_not_replayed() {
+        let root = tempdir("validate");
+        let s = setup(&root);
+        let good = serde_json::to_value(Record::Audit {
+            event: event("tool.call"),
+        })
+        .unwrap();
+        // An event that skipped the builder: a kind the builder refuses, a payload that is not
+        // canonical JSON.
+        let mut skipped = serde_json::to_value(Record::Audit {
+            event: event("tool.call"),
+        })
+        .unwrap();
+        skipped["event"]["kind"] = "Gate Approved!".into();
+        let mut not_canonical = serde_json::to_value(Record::Audit {
+            event: event("tool.call"),
+        })
+        .unwrap();
+        not_canonical["event"]["payload"] = r#"{ "x" : 1 }"#.into();
+        let negative = serde_json::to_value(track(-5_000_000)).unwrap();
+        let absurd = serde_json::to_value(track(crate::MAX_TRACKED_MICROS + 1)).unwrap();
+        // A gate request that arrives approved.
+        let approved = serde_json::json!({"type": "gate_request", "record": {
+            "id": Uuid::now_v7(), "agent_id": "agent", "session_id": null, "tool": "wire",
+            "action_hash": "00".repeat(32), "args": "{}",
+            "requested_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-01T01:00:00Z",
+            "status": "approved", "decided_by": "alice", "decision_reason": null,
+            "token_expires_at": "2026-12-01T01:00:00Z"
+        }});
+        let file = write_file(
+            &s,
+            &[
+                good.clone(),
+                skipped,
+                not_canonical,
+                negative,
+                absurd,
+                approved,
+            ],
+        );
+        let spool = Spool::open(s).unwrap();
+        assert_eq!(spool.len(), 1, "only the valid record is queued");
+        assert!(!file.exists(), "the adopted file is removed");
+        let q = dir::quarantine_dir(spool.dir().unwrap());
+        let kept: Vec<serde_json::Value> = std::fs::read_dir(&q)
+            .unwrap()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(kept.len(), 5, "{kept:#?}");
+        assert!(
+            kept.iter().all(|k| k["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("refused by validation")),
+            "{kept:#?}"
+        );
+        // The queued record is the good one, copied into this handle's own file.
+        let st = lock(&spool.shared.as_ref().unwrap().state);
+        assert_eq!(
+            serde_json::to_value(&st.queue[0].record).unwrap(),
+            good,
+            "the valid record survives unchanged"
+        );
+        drop(st);
+        drop(spool);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_folder_others_may_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempdir("perm");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Spool::open(setup(&root)).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
+        assert!(err.contains(ENV_SPOOL_DIR), "{err}");
+        // Reached through a folder anyone may write (no sticky bit): refused too.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let inner = root.join("spool");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = Spool::open(setup(&inner)).unwrap_err().to_string();
+        assert!(err.contains("sticky"), "{err}");
+        // Private: accepted, and a folder it creates is private.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let fresh = root.join("fresh");
+        dir::ensure_private(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        Spool::open(setup(&fresh)).unwrap();
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_folder_of_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = tempdir("owner");
+        let other = root.join("theirs");
+        std::fs::create_dir(&other).unwrap();
+        // Only root can give a folder away; anyone else sees the check through their own
+        // folder's owner already (the rule is the same).
+        if rustix::process::geteuid().as_raw() == 0 {
+            std::os::unix::fs::chown(&other, Some(65_534), Some(65_534)).unwrap();
+            assert_eq!(std::fs::metadata(&other).unwrap().uid(), 65_534);
+            let err = Spool::open(setup(&other)).unwrap_err().to_string();
+            assert!(err.contains("belongs to user id 65534"), "{err}");
+        } else {
+            let err = Spool::open(setup(Path::new("/"))).unwrap_err().to_string();
+            assert!(err.contains("belongs to user id 0"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

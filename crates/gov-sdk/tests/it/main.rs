@@ -14,4 +14,5 @@ mod privileges;
 mod resilience;
 mod rotation;
 mod signatures;
+mod spool;
 mod support;
