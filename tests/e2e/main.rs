@@ -10,6 +10,7 @@ mod migrate;
 mod processes;
 mod report;
 mod rotate;
+mod spool;
 mod support;
 mod tail;
 mod tamper;

@@ -234,14 +234,14 @@ pub(crate) fn read(
             Line::Whole | Line::Unterminated => check_record(&buf, key, db, file),
         };
         match (verified, kind) {
-            (Ok((n, json)), _) => {
-                if by_n.contains_key(&n) {
-                    out.rejected
-                        .push(reject("a second record at the same position", &buf));
-                } else {
-                    by_n.insert(n, json.to_vec());
+            (Ok((n, json)), _) => match by_n.entry(n) {
+                std::collections::btree_map::Entry::Occupied(_) => out
+                    .rejected
+                    .push(reject("a second record at the same position", &buf)),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(json.to_vec());
                 }
-            }
+            },
             // The file ends inside this line: a write that never finished.
             (Err(why), Line::Unterminated) => {
                 out.torn = Some(reject(&format!("a torn last line ({why})"), &buf));

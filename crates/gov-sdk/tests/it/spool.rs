@@ -42,7 +42,7 @@ impl TempDir {
             std::process::id(),
             uuid::Uuid::now_v7().simple()
         ));
-        std::fs::create_dir_all(&d).unwrap();
+        std::fs::create_dir_all(&d).expect("helper");
         Self(d)
     }
 }
@@ -82,25 +82,25 @@ fn event(agent: &str, n: u64) -> AuditEvent {
         // Multi-byte text, so a torn line can end inside a character.
         .payload(serde_json::json!({ "n": n, "text": "é😀 日本" }))
         .build()
-        .unwrap()
+        .expect("helper")
 }
 
 /// Every row of every chain, in seq order per chain.
 async fn all_rows(gov: &Governance) -> Vec<AuditRecord> {
     let mut rows = Vec::new();
-    for chain in gov.audit().chain_ids().await.unwrap() {
+    for chain in gov.audit().chain_ids().await.expect("helper") {
         let mut after = 0;
         loop {
             let page = gov
                 .audit()
                 .events(&EventFilter {
-                    chain_id: Some(chain.parse().unwrap()),
+                    chain_id: Some(chain.parse().expect("helper")),
                     after_seq: Some(after),
                     limit: Some(5_000),
                     ..EventFilter::default()
                 })
                 .await
-                .unwrap();
+                .expect("helper");
             let Some(last) = page.last() else { break };
             after = last.seq;
             rows.extend(page);
@@ -144,7 +144,13 @@ fn quarantined(dir: &Path) -> Vec<PathBuf> {
 async fn identity_dir(url: &str, root: &Path) -> (PathBuf, String) {
     let probe = TempDir::new("probe");
     let gov = handle(url, &probe.0).await;
-    let dir = root.join(gov.audit().spool_dir().unwrap().file_name().unwrap());
+    let dir = root.join(
+        gov.audit()
+            .spool_dir()
+            .expect("helper")
+            .file_name()
+            .expect("helper"),
+    );
     let key_id = gov.audit().key_id().to_owned();
     gov.close().await;
     (dir, key_id)
@@ -189,11 +195,22 @@ async fn a_file_dropped_in_the_spool_folder_is_never_replayed() {
         let negative = serde_json::json!({"type": "track", "id": uuid::Uuid::now_v7(),
             "agent": "victim", "session": "s", "model": "gpt-4o-mini", "micros": -900_000,
             "usage": {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}});
+        // And records a live call would accept: a decision in alice's name made by the builder,
+        // and spend that exhausts the victim's budget.
+        let built = AuditEvent::builder("victim", "gate.approved")
+            .actor("alice")
+            .payload(serde_json::json!({ "forged": true }))
+            .build()
+            .unwrap();
+        let well_formed = serde_json::json!({"type": "audit", "event": built});
+        let exhausting = serde_json::json!({"type": "track", "id": uuid::Uuid::now_v7(),
+            "agent": "victim", "session": "s", "model": "gpt-4o-mini", "micros": 900_000,
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}});
         // In this version's format, with MACs the attacker cannot compute…
         let file = uuid::Uuid::now_v7();
         let zeros = "0".repeat(64);
         let forged = format!(
-            "governance-spool/1 {db_id} {key_id} {file} {zeros}\n0 {zeros} {forged_event}\n1 {zeros} {negative}\n"
+            "governance-spool/1 {db_id} {key_id} {file} {zeros}\n0 {zeros} {forged_event}\n1 {zeros} {negative}\n2 {zeros} {well_formed}\n3 {zeros} {exhausting}\n"
         );
         let forged_path = dir.join(format!("{file}.spool"));
         std::fs::write(&forged_path, forged).unwrap();
@@ -320,7 +337,7 @@ fn child(
     vars: &[(&str, &str)],
     fault: Option<&str>,
 ) -> std::process::Child {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("helper"));
     cmd.args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env(ROLE, role)
         .env_remove("GOVERNANCE_SPOOL_FAULT")
@@ -332,20 +349,20 @@ fn child(
     if let Some(f) = fault {
         cmd.env("GOVERNANCE_SPOOL_FAULT", f);
     }
-    cmd.spawn().unwrap()
+    cmd.spawn().expect("helper")
 }
 
 /// Waits for a child that must die by `abort()`; what it printed.
 fn aborted(c: std::process::Child, what: &str) -> String {
     use std::os::unix::process::ExitStatusExt as _;
-    let out = c.wait_with_output().unwrap();
+    let out = c.wait_with_output().expect("helper");
     assert_eq!(
         out.status.signal(),
         Some(6),
         "{what}: the child should abort, got {:?}",
         out.status
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out.stdout).expect("helper")
 }
 
 fn acked(stdout: &str) -> Acked {
@@ -356,9 +373,9 @@ fn acked(stdout: &str) -> Acked {
         .filter_map(|l| l.find("ack ").map(|i| &l[i..]))
     {
         match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["ack", "event", id] => a.events.push(id.parse().unwrap()),
+            ["ack", "event", id] => a.events.push(id.parse().expect("helper")),
             ["ack", "track"] => a.tracks += 1,
-            ["ack", "gate", id] => a.gates.push(id.parse().unwrap()),
+            ["ack", "gate", id] => a.gates.push(id.parse().expect("helper")),
             _ => {}
         }
     }
@@ -369,10 +386,13 @@ fn acked(stdout: &str) -> Acked {
 /// the parent on SQLite), spools an event, tracked spend, a gate request and more events,
 /// prints what was acknowledged, and dies without closing anything.
 async fn write_child() {
-    let url = std::env::var(URL).unwrap();
-    let root = PathBuf::from(std::env::var(ROOT).unwrap());
-    let agent = std::env::var(AGENT).unwrap();
-    let events: u64 = std::env::var(EVENTS).unwrap().parse().unwrap();
+    let url = std::env::var(URL).expect("helper");
+    let root = PathBuf::from(std::env::var(ROOT).expect("helper"));
+    let agent = std::env::var(AGENT).expect("helper");
+    let events: u64 = std::env::var(EVENTS)
+        .expect("helper")
+        .parse()
+        .expect("helper");
     let proxy = if url.starts_with("postgres") {
         Some(Proxy::for_url(&url).await)
     } else {
@@ -380,19 +400,22 @@ async fn write_child() {
     };
     let url = proxy.as_ref().map_or(url.clone(), |(_, u)| u.clone());
     let gov = handle(&url, &root).await;
-    gov.presence().assert_not_halted(&agent).await.unwrap();
+    gov.presence()
+        .assert_not_halted(&agent)
+        .await
+        .expect("helper");
     if let Some((p, _)) = &proxy {
         p.cut();
     }
     let mut out = std::io::stdout().lock();
-    let at = gov.audit().log(event(&agent, 0)).await.unwrap();
-    writeln!(out, "ack event {}", at.event_id()).unwrap();
+    let at = gov.audit().log(event(&agent, 0)).await.expect("helper");
+    writeln!(out, "ack event {}", at.event_id()).expect("helper");
     for _ in 0..TRACKS {
         gov.cost()
             .track(&agent, "s", "gpt-4o-mini", usage())
             .await
-            .unwrap();
-        writeln!(out, "ack track").unwrap();
+            .expect("helper");
+        writeln!(out, "ack track").expect("helper");
     }
     // A gate request is spooled only while the halt state is known without storage: on
     // SQLite (the listener still reads), not behind the cut proxy (the listener is cut too).
@@ -401,23 +424,23 @@ async fn write_child() {
         .request(&agent, Some("s"), "wire", &serde_json::json!({ "to": "x" }))
         .await
     {
-        Ok(req) => writeln!(out, "ack gate {}", req.id).unwrap(),
+        Ok(req) => writeln!(out, "ack gate {}", req.id).expect("helper"),
         Err(gov_sdk::Error::HaltStateUnknown { .. }) if proxy.is_some() => {}
         Err(e) => panic!("{e}"),
     }
     for n in 1..events {
-        let at = gov.audit().log(event(&agent, n)).await.unwrap();
-        writeln!(out, "ack event {}", at.event_id()).unwrap();
+        let at = gov.audit().log(event(&agent, n)).await.expect("helper");
+        writeln!(out, "ack event {}", at.event_id()).expect("helper");
     }
-    out.flush().unwrap();
+    out.flush().expect("helper");
     assert!(gov.audit().spooled() > 0, "the writer spooled");
     std::process::abort();
 }
 
 /// The adopter child: connects (adopting at once) and replays until the fault point aborts it.
 async fn adopt_child() {
-    let url = std::env::var(URL).unwrap();
-    let root = PathBuf::from(std::env::var(ROOT).unwrap());
+    let url = std::env::var(URL).expect("helper");
+    let root = PathBuf::from(std::env::var(ROOT).expect("helper"));
     let gov = handle(&url, &root).await;
     drained(&gov, Duration::from_secs(30)).await;
     // The fault point was not reached: exit normally, which the parent reports.
@@ -438,11 +461,11 @@ async fn lock_sqlite(path: &Path) -> sqlx::SqliteConnection {
     use sqlx::Connection as _;
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
-        .unwrap();
+        .expect("helper");
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut conn)
         .await
-        .unwrap();
+        .expect("helper");
     conn
 }
 
@@ -468,7 +491,7 @@ async fn write_spools(
                 test,
                 &[
                     (URL, &url),
-                    (ROOT, root.to_str().unwrap()),
+                    (ROOT, root.to_str().expect("helper")),
                     (AGENT, agent),
                     (EVENTS, &events),
                 ],
@@ -483,7 +506,7 @@ async fn write_spools(
             .collect()
     })
     .await
-    .unwrap();
+    .expect("helper");
     drop(lock);
     acks
 }
@@ -504,7 +527,11 @@ async fn all_there_once(gov: &Governance, rows: &[AuditRecord], agent: &str, ack
     let ns: Vec<u64> = mine
         .iter()
         .filter(|r| r.kind == "tool.call")
-        .map(|r| r.payload_json().unwrap()["n"].as_u64().unwrap())
+        .map(|r| {
+            r.payload_json().expect("helper")["n"]
+                .as_u64()
+                .expect("helper")
+        })
         .collect();
     assert!(
         ns.windows(2).all(|w| w[0] < w[1]),
@@ -522,10 +549,10 @@ async fn all_there_once(gov: &Governance, rows: &[AuditRecord], agent: &str, ack
             .await
             .expect("the gate request is stored");
     }
-    let snap = gov.cost().snapshot(agent, "s").await.unwrap();
+    let snap = gov.cost().snapshot(agent, "s").await.expect("helper");
     assert_eq!(
         snap.status.day.spent,
-        MicroUsd(TRACK_MICROS * i64::try_from(acked.tracks).unwrap()),
+        MicroUsd(TRACK_MICROS * i64::try_from(acked.tracks).expect("helper")),
         "{agent}: tracked spend counted once"
     );
 }
@@ -597,6 +624,9 @@ async fn a_kill_at_any_step_of_adoption_loses_and_duplicates_nothing() {
     }
 }
 
+/// Where to cut a spool file, from its bytes.
+type Cut = fn(&[u8]) -> usize;
+
 const TORN_TEST: &str = "spool::a_torn_last_line_costs_that_record_only";
 
 #[tokio::test]
@@ -609,7 +639,7 @@ async fn a_torn_last_line_costs_that_record_only() {
         // Where the last line is cut, counted back from the end of the file: its newline only
         // (the record is whole: kept), inside the multi-byte text near its end, and just after
         // its MAC.
-        let cuts: &[(&str, fn(&[u8]) -> usize)] = &[
+        let cuts: &[(&str, Cut)] = &[
             ("newline", |b| b.len() - 1),
             ("inside a character", |b| {
                 let last = b[..b.len() - 1].iter().rposition(|c| *c == b'\n').unwrap() + 1;
