@@ -57,6 +57,9 @@ impl Proxy {
                     }
                     let task = tokio::spawn(async move {
                         if let Ok(mut server) = TcpStream::connect(target).await {
+                            // No Nagle delay: the proxy must not add latency of its own.
+                            let _ = client.set_nodelay(true);
+                            let _ = server.set_nodelay(true);
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         }
                     });

@@ -1038,7 +1038,9 @@ pub(crate) async fn run(gov: std::sync::Weak<crate::Inner>, sh: Arc<Shared>) {
             continue;
         }
         if sh.down.load(Ordering::Acquire) {
-            if g.inner.store.ping().await.is_err() {
+            let probe = Instant::now();
+            if let Err(e) = g.inner.store.ping().await {
+                tracing::debug!(error = %e, took_ms = probe.elapsed().as_millis() as u64, "storage still out of reach");
                 continue;
             }
             sh.down.store(false, Ordering::Release);
