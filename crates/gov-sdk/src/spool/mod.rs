@@ -934,7 +934,7 @@ impl Shared {
             }
             Err(format::Refusal::Bad(why)) => {
                 let to = dir::quarantine_file(&self.dir, path)?;
-                tracing::error!(file = %name, reason = %why, quarantine = %to.display(), "a file in the spool folder is not an authentic spool of this database: it is kept aside in the quarantine and never replayed");
+                tracing::error!(file = %name, reason = %why, quarantine = %to.display(), "a file in the spool folder is refused (not an authentic spool of this database, or one whose creation a crash cut short): it is kept aside in the quarantine and never replayed");
                 return Ok(0);
             }
         };
