@@ -28,11 +28,22 @@ async fn service(url: &str, root: &std::path::Path) -> Governance {
         .expect("connect")
 }
 
+/// A folder removed on drop, even when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn operator_commands_adopt_no_spool() {
     let db = TestDb::new().await;
-    let root =
-        std::env::temp_dir().join(format!("gov-e2e-spool-{}", uuid::Uuid::now_v7().simple()));
+    let tmp = TempDir(
+        std::env::temp_dir().join(format!("gov-e2e-spool-{}", uuid::Uuid::now_v7().simple())),
+    );
+    let root = tmp.0.clone();
     // A service logs one event, loses the database, spools three, and stops.
     let (proxy, through) = Proxy::for_url(db.url()).await;
     let gov = service(&through, &root).await;
@@ -103,5 +114,4 @@ async fn operator_commands_adopt_no_spool() {
     );
     gov.close().await;
     reader.close().await;
-    let _ = std::fs::remove_dir_all(&root);
 }
