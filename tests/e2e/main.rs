@@ -11,6 +11,7 @@ mod outputs;
 mod processes;
 mod report;
 mod rotate;
+mod spool;
 mod sqlite_files;
 mod support;
 mod tail;

@@ -55,9 +55,34 @@ pub struct Appended {
     pub seq: i64,
 }
 
-struct Job {
-    event: AuditEvent,
-    done: oneshot::Sender<Result<Appended, AuditError>>,
+/// Work for a chain's writer: one event, or events that must commit in one transaction
+/// (never split between transactions, so a failure never leaves a later one committed before
+/// an earlier one).
+enum Job {
+    One {
+        event: AuditEvent,
+        done: oneshot::Sender<Result<Appended, AuditError>>,
+    },
+    All {
+        events: Vec<AuditEvent>,
+        done: oneshot::Sender<Result<Vec<Appended>, AuditError>>,
+    },
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Self::One { .. } => 1,
+            Self::All { events, .. } => events.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::One { event, .. } => event.payload.len(),
+            Self::All { events, .. } => events.iter().map(|e| e.payload.len()).sum(),
+        }
+    }
 }
 
 struct Inner {
@@ -137,33 +162,32 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AuditError> {
         let (done, wait) = oneshot::channel();
         let tx = self.writer(event.chain_id.as_str());
-        tx.send(Job { event, done })
+        tx.send(Job::One { event, done })
             .await
             .map_err(|_| AuditError::WriterStopped)?;
         wait.await.map_err(|_| AuditError::WriterStopped)?
     }
 
-    /// Appends events in the given order (per chain) and waits until all are durable. Used to
-    /// replay a spool: jobs are queued before any is awaited, so they share transactions.
-    pub async fn append_many(&self, events: Vec<AuditEvent>) -> Vec<Result<Appended, AuditError>> {
-        let mut waits = Vec::with_capacity(events.len());
-        for event in events {
-            let (done, wait) = oneshot::channel();
-            let tx = self.writer(event.chain_id.as_str());
-            if tx.send(Job { event, done }).await.is_err() {
-                waits.push(None);
-            } else {
-                waits.push(Some(wait));
-            }
+    /// Appends events of one chain, in the given order, in one transaction: all of them
+    /// commit or none does (the spool's replay relies on this: it stops at the first batch that
+    /// fails and retries from there, so a later batch never lands before an earlier one).
+    /// Queued behind the chain's other appends, like [`Self::append`].
+    pub async fn append_all(&self, events: Vec<AuditEvent>) -> Result<Vec<Appended>, AuditError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let chain = first.chain_id.clone();
+        if events.iter().any(|e| e.chain_id != chain) {
+            return Err(AuditError::Internal(
+                "append_all takes the events of one chain",
+            ));
         }
-        let mut out = Vec::with_capacity(waits.len());
-        for w in waits {
-            out.push(match w {
-                Some(w) => w.await.unwrap_or(Err(AuditError::WriterStopped)),
-                None => Err(AuditError::WriterStopped),
-            });
-        }
-        out
+        let (done, wait) = oneshot::channel();
+        let tx = self.writer(chain.as_str());
+        tx.send(Job::All { events, done })
+            .await
+            .map_err(|_| AuditError::WriterStopped)?;
+        wait.await.map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Tells the log that rows `first..=last` of `chain` were appended by a transaction of the
@@ -417,6 +441,12 @@ impl AuditLog {
     }
 }
 
+/// Who waits for the events of a batch: one caller per event, or one for several.
+enum Waiter {
+    One(oneshot::Sender<Result<Appended, AuditError>>),
+    All(usize, oneshot::Sender<Result<Vec<Appended>, AuditError>>),
+}
+
 async fn run_writer(
     store: Store,
     sealer: RowSealer,
@@ -429,16 +459,38 @@ async fn run_writer(
     let seal = move |r: &mut AuditRecord| row_sealer.seal(r);
     let mut events = Vec::with_capacity(opts.max_batch_events);
     let mut waiters = Vec::with_capacity(opts.max_batch_events);
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.event.payload.len();
-        events.push(first.event);
-        waiters.push(first.done);
+    let take = |job: Job, events: &mut Vec<AuditEvent>, waiters: &mut Vec<Waiter>| match job {
+        Job::One { event, done } => {
+            events.push(event);
+            waiters.push(Waiter::One(done));
+        }
+        Job::All { events: all, done } => {
+            waiters.push(Waiter::All(all.len(), done));
+            events.extend(all);
+        }
+    };
+    // A job taken from the queue that did not fit the batch: it starts the next one.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let mut bytes = first.bytes();
+        take(first, &mut events, &mut waiters);
         while events.len() < opts.max_batch_events && bytes < opts.max_batch_bytes {
             match rx.try_recv() {
+                // Jobs are taken whole: one that would pass the limit waits for the next batch.
+                Ok(job) if events.len() + job.len() > opts.max_batch_events => {
+                    held = Some(job);
+                    break;
+                }
                 Ok(job) => {
-                    bytes += job.event.payload.len();
-                    events.push(job.event);
-                    waiters.push(job.done);
+                    bytes += job.bytes();
+                    take(job, &mut events, &mut waiters);
                 }
                 Err(_) => break,
             }
@@ -452,18 +504,39 @@ async fn run_writer(
                 {
                     auto_checkpoint(&store, signer, &chain).await;
                 }
-                for ((done, ev), seq) in waiters.drain(..).zip(events.iter()).zip(seqs) {
-                    let _ = done.send(Ok(Appended {
-                        event_id: ev.event_id,
-                        seq,
-                    }));
+                let mut landed = events.iter().zip(seqs).map(|(ev, seq)| Appended {
+                    event_id: ev.event_id,
+                    seq,
+                });
+                let short = || AuditError::Internal("a batch returned fewer seqs than events");
+                for w in waiters.drain(..) {
+                    match w {
+                        Waiter::One(done) => {
+                            let _ = done.send(landed.next().ok_or_else(short));
+                        }
+                        Waiter::All(n, done) => {
+                            let got: Vec<Appended> = landed.by_ref().take(n).collect();
+                            let _ = done.send(if got.len() == n {
+                                Ok(got)
+                            } else {
+                                Err(short())
+                            });
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(chain = %chain, events = events.len(), error = %e, "audit append failed");
                 let e = AuditError::from(e);
-                for done in waiters.drain(..) {
-                    let _ = done.send(Err(e.clone()));
+                for w in waiters.drain(..) {
+                    match w {
+                        Waiter::One(done) => {
+                            let _ = done.send(Err(e.clone()));
+                        }
+                        Waiter::All(_, done) => {
+                            let _ = done.send(Err(e.clone()));
+                        }
+                    }
                 }
             }
         }

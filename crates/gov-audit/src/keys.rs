@@ -28,6 +28,7 @@ const LABEL_APPROVAL: &[u8] = b"governance/v1/approval-token";
 const LABEL_REPORT: &[u8] = b"governance/v1/report-signing";
 const LABEL_FINGERPRINT: &[u8] = b"governance/v1/key-fingerprint";
 const LABEL_COVERAGE_HOST: &[u8] = b"governance/v1/coverage-host";
+const LABEL_SPOOL: &[u8] = b"governance/v1/spool-record";
 
 const HOW_TO: &str =
     "generate one with `openssl rand -hex 32` and set GOVERNANCE_AUDIT_SECRET to it";
@@ -150,6 +151,13 @@ impl AuditSecret {
     /// coverage registry stores (the hostname itself is never stored).
     pub fn coverage_host_key(&self) -> DerivedKey {
         DerivedKey(*self.derive(LABEL_COVERAGE_HOST))
+    }
+
+    /// The key that authenticates the records of the local spool (each record's MAC covers
+    /// the database it belongs to, its file and its position), so a file dropped into the
+    /// spool folder by anyone without the secret is never replayed into the chain.
+    pub fn spool_key(&self) -> DerivedKey {
+        DerivedKey(*self.derive(LABEL_SPOOL))
     }
 }
 
@@ -407,9 +415,13 @@ mod tests {
         let a = s.approval_key();
         let r = s.report_key();
         let h = s.coverage_host_key();
+        let sp = s.spool_key();
         assert_ne!(a.expose(), r.expose());
         assert_ne!(h.expose(), a.expose());
         assert_ne!(h.expose(), r.expose());
+        for other in [&a, &r, &h] {
+            assert_ne!(sp.expose(), other.expose());
+        }
         // The chain key's fingerprint is not the chain key, nor any other key.
         let id = s.chain_key().key_id().to_owned();
         assert!(id.starts_with("hk1_") && id.len() == 28, "{id}");

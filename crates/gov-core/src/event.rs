@@ -56,6 +56,44 @@ impl AuditEvent {
     }
 }
 
+impl AuditEvent {
+    /// Checks an event that did not come from [`AuditEventBuilder::build`] (one deserialized
+    /// from a spool file, or made field by field) by running it through the builder with every
+    /// field it carries: valid ids, kind and actor, a payload that is already canonical JSON
+    /// within the size and depth limits, and a time at microsecond precision. The same rules as
+    /// a built event, from one place.
+    pub fn validate(&self) -> Result<(), EventError> {
+        let payload: Value = serde_json::from_str(&self.payload)
+            .map_err(|e| EventError::NotCanonical(format!("the payload is not JSON: {e}")))?;
+        let mut b = AuditEvent::builder(self.agent_id.as_str(), &self.kind)
+            .chain(self.chain_id.as_str())
+            .payload(payload)
+            .occurred_at(self.occurred_at)
+            .event_id(self.event_id);
+        if let Some(s) = &self.session_id {
+            b = b.session(s.as_str());
+        }
+        if let Some(a) = &self.actor {
+            b = b.actor(a);
+        }
+        if let Some(p) = self.parent_event_id {
+            b = b.parent(p);
+        }
+        let rebuilt = b.build()?;
+        if rebuilt.payload != self.payload {
+            return Err(EventError::NotCanonical(
+                "the payload is not in its canonical form (RFC 8785)".into(),
+            ));
+        }
+        if rebuilt != *self {
+            return Err(EventError::NotCanonical(
+                "the event differs from the one its fields build (time not in UTC at microsecond precision)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Builds an [`AuditEvent`]; every check runs in [`AuditEventBuilder::build`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -307,6 +345,35 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(err, EventError::PayloadTooDeep { .. }), "{err}");
+    }
+
+    #[test]
+    fn validate_accepts_built_events_and_refuses_what_skips_the_builder() {
+        let e = AuditEvent::builder("a", "tool.call")
+            .session("s")
+            .actor("alice")
+            .payload(json!({"b": 1, "a": "é😀"}))
+            .build()
+            .unwrap();
+        e.validate().unwrap();
+        let mut bad = e.clone();
+        bad.payload = r#"{"b":1,"a":"x"}"#.into();
+        assert!(bad.validate().is_err(), "non-canonical payload");
+        let mut bad = e.clone();
+        bad.payload = "not json".into();
+        assert!(bad.validate().is_err());
+        let mut bad = e.clone();
+        bad.kind = "Forged Kind".into();
+        assert!(bad.validate().is_err());
+        let mut bad = e.clone();
+        bad.actor = Some("bob smith".into());
+        assert!(bad.validate().is_err());
+        let mut bad = e.clone();
+        bad.payload = format!("{{\"x\":\"{}\"}}", "y".repeat(MAX_PAYLOAD_BYTES));
+        assert!(bad.validate().is_err(), "oversize payload");
+        let mut bad = e;
+        bad.occurred_at += time::Duration::nanoseconds(1);
+        assert!(bad.validate().is_err(), "sub-microsecond time");
     }
 
     #[test]

@@ -41,6 +41,17 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter};
 
 use crate::{Governance, Result};
 
+fn logged(ack: crate::spool::Ack, event_id: EventId) -> Logged {
+    match ack {
+        crate::spool::Ack::Durable(Some(a)) => Logged::Durable(a),
+        // Stored before (a replay found it already written): it is in the chain, its seq
+        // unknown here.
+        crate::spool::Ack::Durable(None) | crate::spool::Ack::Spooled => {
+            Logged::Spooled { event_id }
+        }
+    }
+}
+
 /// The audit chain of a [`Governance`] handle.
 #[derive(Debug, Clone, Copy)]
 pub struct Audit<'g> {
@@ -53,12 +64,15 @@ impl<'g> Audit<'g> {
     }
 
     /// Appends an event to its chain; returns once the row is durable. Concurrent calls are
-    /// committed together in batches.
+    /// committed together in batches. The event is checked as [`AuditEvent::validate`] does
+    /// (an event made field by field gets the builder's checks).
     ///
     /// Observation never fails the host call because of storage: when storage is out of reach,
-    /// the event is written to the local spool and [`Logged::Spooled`] is returned; it reaches
-    /// the chain, in order, when storage returns. While anything is spooled, later events queue
-    /// behind it. Other errors (a refused event) are returned.
+    /// the event is written to the local spool (synced to disk) and [`Logged::Spooled`] is
+    /// returned; it reaches the chain, in order, when storage returns. While events wait in the
+    /// spool, later ones queue behind them: spooled at once while storage is down, and once it
+    /// answers, written in order by the replay before this returns (then `Durable`). Other
+    /// errors (a refused event, a spool that cannot be written) are returned.
     ///
     /// The host logs its own kinds only: a kind reserved for governance's own records
     /// ([`gov_core::events::is_reserved`]: gates, halts, denials, LLM calls, key rotation) is
@@ -75,57 +89,44 @@ impl<'g> Audit<'g> {
         self.record(event).await
     }
 
-    /// Appends a system event (or a checked host event): [`Audit::log`] without the checks, for
-    /// the SDK's own paths.
+    /// Appends a system event (or a checked host event): [`Audit::log`] without the checks on
+    /// kind and actor, for the SDK's own paths.
     pub(crate) async fn record(&self, event: AuditEvent) -> Result<Logged> {
-        let inner = &self.gov.inner;
-        if inner.spool.len() > 0 {
-            return self.spool(event, None).await;
-        }
-        match inner.audit.append(event.clone()).await {
-            Ok(a) => Ok(Logged::Durable(a)),
-            Err(e) if e.is_unavailable() => self.spool(event, Some(e.into())).await,
-            Err(e) => Err(e.into()),
-        }
+        event.validate()?;
+        let event_id = event.event_id;
+        let ack = self
+            .gov
+            .inner
+            .spool
+            .submit(self.gov, crate::spool::Record::Audit { event })
+            .await?;
+        Ok(logged(ack, event_id))
     }
 
     /// Logs an event whose write to storage just failed (`cause`): spooled at once when
     /// storage is out of reach, so the caller does not wait for storage a second time; logged
     /// as usual otherwise.
     pub(crate) async fn log_after(&self, event: AuditEvent, cause: crate::Error) -> Result<Logged> {
-        if cause.is_unavailable() {
-            return self.spool(event, Some(cause)).await;
-        }
-        self.record(event).await
-    }
-
-    async fn spool(&self, event: AuditEvent, cause: Option<crate::Error>) -> Result<Logged> {
+        event.validate()?;
         let event_id = event.event_id;
-        match self
+        let ack = self
             .gov
             .inner
             .spool
-            .push(crate::spool::Record::Audit { event })
-            .await
-        {
-            Ok(()) => {
-                if let Some(c) = &cause {
-                    tracing::warn!(error = %c, "storage unreachable: audit events are spooled locally until it returns");
-                }
-                Ok(Logged::Spooled { event_id })
-            }
-            Err(io) => {
-                tracing::error!(error = %io, "could not write the audit spool");
-                Err(cause.unwrap_or_else(|| {
-                    crate::Error::Config(format!("the audit spool cannot be written: {io}"))
-                }))
-            }
-        }
+            .submit_after(self.gov, crate::spool::Record::Audit { event }, cause)
+            .await?;
+        Ok(logged(ack, event_id))
     }
 
-    /// Events waiting in the local spool for storage to return.
+    /// Records (events, tracked spend, gate requests) waiting in the local spool for storage.
     pub fn spooled(&self) -> usize {
         self.gov.inner.spool.len()
+    }
+
+    /// This database's folder in the local spool (`None` for a handle built with
+    /// `spool(false)`). Refused records are kept in its `quarantine` folder.
+    pub fn spool_dir(&self) -> Option<&std::path::Path> {
+        self.gov.inner.spool.dir()
     }
 
     /// Verifies the `default` chain.

@@ -64,9 +64,14 @@ pub struct Config {
     pub modules: Modules,
     /// The LLM layer (`warn_on_no_wrappers`, `settle_in_background`).
     pub llm: LlmConfig,
-    /// Where observation is spooled while storage is out of reach (default: a
-    /// `governance-spool` folder in the system's temporary directory).
-    pub spool_dir: std::path::PathBuf,
+    /// Whether observation is spooled while storage is out of reach (default on). Off, a
+    /// handle neither writes nor adopts a spool: observation fails with the storage error.
+    pub spool: bool,
+    /// The spool folder: set with [`GovernanceBuilder::spool_dir`], else
+    /// `GOVERNANCE_SPOOL_DIR`, else `governance/spool` in the user's state folder
+    /// (`$XDG_STATE_HOME` or `~/.local/state` on Linux). After `connect`, the folder in use
+    /// (`None` when spooling is off). It must be private to the user (docs/storage.md).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -82,7 +87,8 @@ impl Default for Config {
             gates: GateConfig::default(),
             modules: Modules::default(),
             llm: LlmConfig::default(),
-            spool_dir: std::env::temp_dir().join("governance-spool"),
+            spool: true,
+            spool_dir: None,
         }
     }
 }
@@ -254,9 +260,20 @@ impl GovernanceBuilder {
         self
     }
 
-    /// Where observation is spooled while storage is out of reach.
+    /// Where observation is spooled while storage is out of reach (default:
+    /// `GOVERNANCE_SPOOL_DIR`, else `governance/spool` in the user's state folder). The folder
+    /// must belong to the user and be writable by no one else; it is created with mode 700.
     pub fn spool_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.config.spool_dir = dir.into();
+        self.config.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether observation is spooled while storage is out of reach (default on). A handle
+    /// with spooling off (operator tools, read-only handles) never writes a spool and never
+    /// adopts one: `audit().log`, `cost().track` and `gates().request` then fail with the
+    /// storage error.
+    pub fn spool(mut self, on: bool) -> Self {
+        self.config.spool = on;
         self
     }
 
@@ -387,28 +404,62 @@ impl GovernanceBuilder {
             ),
             audit_opts,
         );
-        let spool = crate::spool::Spool::open(&self.config.spool_dir).map_err(|e| {
-            Error::Config(format!(
-                "the spool folder {} cannot be used ({e}); set another with spool_dir(..)",
-                self.config.spool_dir.display()
-            ))
+        let mut config = self.config;
+        let root = if config.spool {
+            let root = config
+                .spool_dir
+                .clone()
+                .or_else(|| std::env::var_os(crate::ENV_SPOOL_DIR).map(Into::into))
+                .or_else(crate::spool::default_root)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "there is no per-user folder for the spool (HOME is not set): set {} or spool_dir(..) to a folder of your own, or turn spooling off with spool(false)",
+                        crate::ENV_SPOOL_DIR
+                    ))
+                })?;
+            Some(root)
+        } else {
+            None
+        };
+        config.spool_dir = root.clone();
+        let instance = match root {
+            Some(_) => Some(store.instance().await?),
+            None => None,
+        };
+        let spool = crate::spool::Spool::open(crate::spool::Setup {
+            root,
+            instance,
+            keys: crate::spool::format::Keys::new(
+                (secret.chain_key().key_id().to_owned(), secret.spool_key()),
+                previous
+                    .iter()
+                    .map(|p| (p.chain_key().key_id().to_owned(), p.spool_key())),
+            ),
+            max_batch: config.audit.max_batch_events,
         })?;
+        let spool_task = spool.shared();
         let shared = std::sync::Arc::new(crate::notify::Shared::default());
         let listener = crate::notify::start(store.clone(), shared.clone()).await;
         let gov = Governance {
             inner: std::sync::Arc::new(Inner {
                 store,
                 audit,
-                config: self.config,
+                config,
                 shared,
                 approval_key: secret.approval_key(),
                 llm: crate::llm::LlmState::new(&secret),
                 spool,
+                spool_task: std::sync::Mutex::new(None),
                 loops: Default::default(),
                 listener,
             }),
         };
-        tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner)));
+        if let Some(sh) = spool_task {
+            let task = tokio::spawn(crate::spool::run(std::sync::Arc::downgrade(&gov.inner), sh));
+            if let Ok(mut t) = gov.inner.spool_task.lock() {
+                *t = Some(task);
+            }
+        }
         if gov.inner.config.llm.warn_on_no_wrappers {
             tokio::spawn(crate::llm::watch_wrappers(std::sync::Arc::downgrade(
                 &gov.inner,

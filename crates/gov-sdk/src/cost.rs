@@ -224,6 +224,46 @@ enum Plan {
     Hold { micros: MicroUsd, tokens: u64 },
 }
 
+/// The most a single tracked spend may record: a million dollars. Anything more (or less
+/// than nothing) is refused, live or replayed from the spool.
+pub const MAX_TRACKED_MICROS: i64 = 1_000_000_000_000;
+/// The most tokens of one kind a single tracked spend may record.
+const MAX_TRACKED_TOKENS: u64 = 1_000_000_000_000;
+
+/// The checks every tracked spend passes, live or replayed from the spool: valid agent and
+/// session ids, a model name, and an amount between 0 and [`MAX_TRACKED_MICROS`].
+pub(crate) fn check_track(
+    agent: &str,
+    session: &str,
+    model: &str,
+    micros: i64,
+    usage: &TokenUsage,
+) -> Result<()> {
+    gov_core::AgentId::new(agent)?;
+    gov_core::SessionId::new(session)?;
+    if model.is_empty() || model.len() > 256 || model.chars().any(char::is_control) {
+        return Err(Error::Config(
+            "a tracked spend needs a model name of 1 to 256 printable characters".into(),
+        ));
+    }
+    if !(0..=MAX_TRACKED_MICROS).contains(&micros) {
+        return Err(Error::Config(format!(
+            "a tracked spend of {micros} micro-USD is refused: it must be between 0 and {MAX_TRACKED_MICROS}"
+        )));
+    }
+    let tokens = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+    ];
+    if tokens.iter().any(|t| *t > MAX_TRACKED_TOKENS) {
+        return Err(Error::Config(format!(
+            "a tracked spend of more than {MAX_TRACKED_TOKENS} tokens of one kind is refused"
+        )));
+    }
+    Ok(())
+}
+
 /// Logs an event as observation: a failure is a warning, never the caller's error.
 async fn observe(gov: &Governance, event: AuditEvent) {
     let (agent, kind) = (event.agent_id.clone(), event.kind.clone());
@@ -516,7 +556,8 @@ impl<'g> Cost<'g> {
     }
 
     /// Records spend that was not reserved (an observed call). Returns its cost. Never fails
-    /// because storage is out of reach: the record is spooled and replayed later.
+    /// because storage is out of reach: the record is spooled and replayed later (it counts
+    /// once however often it is replayed).
     pub async fn track(
         &self,
         agent: &str,
@@ -531,37 +572,17 @@ impl<'g> Cost<'g> {
                 "model {model:?} has no price; add it to the price table"
             ))
         })?;
-        let spool = &self.gov.inner.spool;
-        let record = || crate::spool::Record::Track {
+        check_track(agent, session, model, cost.0, &usage)?;
+        let record = crate::spool::Record::Track {
+            id: uuid::Uuid::now_v7(),
             agent: agent.to_owned(),
             session: session.to_owned(),
             model: model.to_owned(),
             micros: cost.0,
             usage,
         };
-        // Observation: while anything is spooled, or when storage is out of reach, spool it.
-        if spool.len() > 0 {
-            spool
-                .push(record())
-                .await
-                .map_err(|e| Error::Config(format!("the spool cannot be written: {e}")))?;
-            return Ok(cost);
-        }
-        match self
-            .gov
-            .inner
-            .store
-            .track(agent, session, model, cost.0, &usage)
-            .await
-        {
-            Ok(()) => Ok(cost),
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(agent, error = %e, "storage unreachable: spend is spooled locally until it returns");
-                spool.push(record()).await.map_err(|_| Error::from(e))?;
-                Ok(cost)
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.gov.inner.spool.submit(self.gov, record).await?;
+        Ok(cost)
     }
 
     /// Today's (UTC) spend of one agent, by model, most expensive first.

@@ -94,12 +94,46 @@ pub struct Gates<'g> {
     gov: &'g Governance,
 }
 
+/// The most bytes of canonical arguments a request keeps for the operator to read.
+const MAX_ARGS: usize = 4_096;
+
+/// What every new gate request is, live or replayed from the spool: pending and undecided,
+/// for a valid agent and session, with a 32-byte action hash, arguments within
+/// [`MAX_ARGS`], and a lifetime that ends after it starts. A spooled request can never
+/// arrive approved.
+pub(crate) fn check_pending(r: &GateRecord) -> Result<()> {
+    gov_core::AgentId::new(&r.agent_id)?;
+    if let Some(s) = &r.session_id {
+        gov_core::SessionId::new(s)?;
+    }
+    let refuse = |why: &str| Err(Error::Config(format!("a gate request is refused: {why}")));
+    if r.status != GateStatus::Pending
+        || r.decided_by.is_some()
+        || r.decision_reason.is_some()
+        || r.token_expires_at.is_some()
+    {
+        return refuse("a new request is pending and undecided");
+    }
+    if r.tool.is_empty() || r.tool.len() > 256 {
+        return refuse("the tool name must be 1 to 256 bytes");
+    }
+    if r.action_hash.len() != 32 {
+        return refuse("the action hash is not 32 bytes");
+    }
+    if r.args.len() > MAX_ARGS + '…'.len_utf8() {
+        return refuse("the arguments are longer than a request keeps");
+    }
+    if r.expires_at <= r.requested_at {
+        return refuse("it expires before it was asked");
+    }
+    Ok(())
+}
+
 fn truncate_args(canonical: String) -> String {
-    const MAX: usize = 4_096;
-    if canonical.len() <= MAX {
+    if canonical.len() <= MAX_ARGS {
         return canonical;
     }
-    let mut end = MAX;
+    let mut end = MAX_ARGS;
     while !canonical.is_char_boundary(end) {
         end -= 1;
     }
@@ -159,24 +193,20 @@ impl<'g> Gates<'g> {
             decision_reason: None,
             token_expires_at: None,
         };
+        check_pending(&record)?;
         // Asking is observation: when storage is out of reach after the halt check passed, the
         // request is spooled and reaches the queue when storage returns. It cannot be approved
         // meanwhile, so nothing is unlocked by it.
-        match self.gov.inner.store.insert_gate_request(&record).await {
-            Ok(()) => {}
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(agent, error = %e, "storage unreachable: the gate request is spooled");
-                self.gov
-                    .inner
-                    .spool
-                    .push(crate::spool::Record::GateRequest {
-                        record: record.clone(),
-                    })
-                    .await
-                    .map_err(|_| Error::from(e))?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        self.gov
+            .inner
+            .spool
+            .submit(
+                self.gov,
+                crate::spool::Record::GateRequest {
+                    record: record.clone(),
+                },
+            )
+            .await?;
         let mut b = events::GateRequested {
             request_id: record.id,
             tool: tool.to_owned(),

@@ -48,13 +48,14 @@ pub use config::{
     GovernanceBuilder, Modules,
 };
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
-pub use cost::{BudgetSnapshot, Cost, CostConfig, Reservation, Settlement};
+pub use cost::{BudgetSnapshot, Cost, CostConfig, MAX_TRACKED_MICROS, Reservation, Settlement};
 pub use error::{Error, Result};
 pub use gates::{Approval, GateConfig, Gates};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
 pub use operators::{Operator, Operators, Session};
 pub use presence::{AgentStatus, Presence};
 pub use scope::Scope;
+pub use spool::ENV_SPOOL_DIR;
 pub use tail::Tail;
 
 pub use gov_audit::checkpoint::FILE_FORMAT as CHECKPOINT_FILE_FORMAT;
@@ -98,6 +99,8 @@ struct Inner {
     approval_key: gov_audit::DerivedKey,
     llm: llm::LlmState,
     spool: spool::Spool,
+    /// The spool's replayer, awaited by `close`.
+    spool_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     loops: loops::LoopState,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -184,11 +187,21 @@ impl Governance {
         Ok(self.inner.store.privileges().await?)
     }
 
-    /// Waits for the LLM calls still settling ([`llm::Llm::settled`]), then stops the
-    /// notification listener and closes the connection pool, waiting for pooled connections to
-    /// come back: drop any [`Tail`] first, as it holds one.
+    /// Waits for the LLM calls still settling ([`llm::Llm::settled`]), stops the spool's
+    /// replayer (records still waiting stay in the spool file, synced, and the next handle on
+    /// this database adopts them once this one is dropped), then stops the notification
+    /// listener and closes the connection pool, waiting for pooled connections to come back:
+    /// drop any [`Tail`] first, as it holds one.
     pub async fn close(&self) {
         self.llm().settled().await;
+        self.inner.spool.stop();
+        let replayer = match self.inner.spool_task.lock() {
+            Ok(mut t) => t.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(t) = replayer {
+            let _ = t.await;
+        }
         self.inner.listener.abort();
         self.inner.store.close().await;
     }

@@ -36,6 +36,9 @@ pub trait Backend:
     async fn ping(&self) -> Result<()>;
     /// Closes the pool.
     async fn close(&self);
+    /// What identifies this database: the random id its schema was created with, and where
+    /// it lives (see [`crate::Instance`]).
+    async fn instance(&self) -> Result<crate::Instance>;
 }
 
 /// The audit chain: appends under the head lock and reads.
@@ -163,15 +166,17 @@ pub trait BudgetStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<(String, i64)>;
-    /// Records spend without a reservation.
+    /// Records spend without a reservation, once per record `id`: `false` when that id was
+    /// applied before (nothing changes then).
     async fn track(
         &self,
+        id: Uuid,
         agent: &str,
         session: &str,
         model: &str,
         micros: i64,
         usage: &TokenUsage,
-    ) -> Result<()>;
+    ) -> Result<bool>;
     /// Policy and both counters.
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus>;
     /// Today's spend of one agent by model.

@@ -582,16 +582,18 @@ impl Store {
         dispatch!(self, s => s.settle_logged(id, micros, usage, release, event, key_id, seal) .await)
     }
 
-    /// Records spend that had no reservation.
+    /// Records spend that had no reservation, once per record `id` (a record replayed twice
+    /// counts once): `false` when the id was applied before and nothing changed.
     pub async fn track(
         &self,
+        id: uuid::Uuid,
         agent: &str,
         session: &str,
         model: &str,
         micros: i64,
         usage: &TokenUsage,
-    ) -> Result<()> {
-        dispatch!(self, s => s.track(agent, session, model, micros, usage).await)
+    ) -> Result<bool> {
+        dispatch!(self, s => s.track(id, agent, session, model, micros, usage).await)
     }
 
     /// Policy, session counter and today's counter in one round trip.
@@ -693,4 +695,21 @@ impl Store {
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
     }
+
+    /// What identifies this database (the local spool belongs to one).
+    pub async fn instance(&self) -> Result<Instance> {
+        dispatch!(self, s => s.instance().await)
+    }
+}
+
+/// What identifies one database, for the SDK's local spool: a spool is replayed only into the
+/// database it was written for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The random id made when the schema was created (`governance_instance`).
+    pub id: uuid::Uuid,
+    /// Where it lives, which a copy does not share: `postgres:<database name>` (a database
+    /// cloned from another keeps the id but not the name), `sqlite:<absolute path>` (a copied
+    /// file keeps the id but not the path) or `sqlite:memory:<pool>` for an in-memory database.
+    pub locator: String,
 }

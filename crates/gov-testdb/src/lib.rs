@@ -8,9 +8,11 @@
 //! `TestDb` is dropped.
 //!
 //! [`TestStore`] runs the same test against either backend: a `TestDb`, or a migrated SQLite file
-//! of its own (see [`TestBackend`]).
+//! of its own (see [`TestBackend`]). [`Proxy`] puts a TCP proxy a test can cut and restore in
+//! front of the server: one client's outage.
 
 pub mod forge;
+mod proxy;
 mod store;
 
 use std::time::Duration;
@@ -20,6 +22,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
+pub use proxy::Proxy;
 pub use store::{TestBackend, TestStore};
 
 /// Where the tests find Postgres when nothing is configured.

@@ -56,6 +56,9 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
         // Operator tools make no LLM calls: a long `tail` or `console serve` would otherwise warn
         // that no LLM client is wrapped.
         .warn_on_no_wrappers(false)
+        // Nor do they spool: an operator action while storage is out of reach fails (exit 3),
+        // and no command adopts a service's spool into the chain.
+        .spool(false)
         .connect()
         .await?)
 }

@@ -15,4 +15,5 @@ mod resilience;
 mod rotation;
 mod sessions;
 mod signatures;
+mod spool;
 mod support;

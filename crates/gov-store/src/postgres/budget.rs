@@ -439,24 +439,27 @@ impl BudgetStore for PgStore {
 
     async fn track(
         &self,
+        id: Uuid,
         agent: &str,
         session: &str,
         model: &str,
         micros: i64,
         usage: &TokenUsage,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // language=PostgreSQL
-        sqlx::query("SELECT governance_track($1, $2, $3, $4, $5, $6, $7)")
-            .bind(agent)
-            .bind(session)
-            .bind(model)
-            .bind(micros)
-            .bind(to_i64(usage.input_tokens))
-            .bind(to_i64(usage.output_tokens))
-            .bind(to_i64(usage.cached_input_tokens))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let applied: bool =
+            sqlx::query_scalar("SELECT governance_track_once($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(id)
+                .bind(agent)
+                .bind(session)
+                .bind(model)
+                .bind(micros)
+                .bind(to_i64(usage.input_tokens))
+                .bind(to_i64(usage.output_tokens))
+                .bind(to_i64(usage.cached_input_tokens))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(applied)
     }
 
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {

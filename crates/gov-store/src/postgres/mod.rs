@@ -211,6 +211,18 @@ impl Backend for PgStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn instance(&self) -> Result<crate::Instance> {
+        // language=PostgreSQL
+        let (id, name): (uuid::Uuid, String) =
+            sqlx::query_as("SELECT id, current_database()::text FROM governance_instance")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(crate::Instance {
+            id,
+            locator: format!("postgres:{name}"),
+        })
+    }
 }
 
 #[cfg(test)]

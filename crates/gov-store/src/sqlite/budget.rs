@@ -479,18 +479,33 @@ impl BudgetStore for SqliteStore {
 
     async fn track(
         &self,
+        id: Uuid,
         agent: &str,
         session: &str,
         model: &str,
         micros: i64,
         usage: &TokenUsage,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let day = today();
         let (_turn, mut tx) = self.write_tx().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO applied_records (record_id, applied_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            // Applied before: nothing to change (the transaction ends without a write).
+            tx.rollback().await?;
+            return Ok(false);
+        }
         ensure_counters(&mut tx, agent, &day, session).await?;
         record_spend(&mut tx, agent, &day, session, model, micros, usage).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {

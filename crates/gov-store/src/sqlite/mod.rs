@@ -344,6 +344,25 @@ impl Backend for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn instance(&self) -> Result<crate::Instance> {
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM governance_instance")
+            .fetch_one(&self.pool)
+            .await?;
+        let file: Option<String> =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_optional(&self.pool)
+                .await?;
+        let locator = match file.filter(|f| !f.is_empty()) {
+            // The same file under another name (a symlink, a relative path) is the same place.
+            Some(f) => {
+                let path = std::fs::canonicalize(&f).unwrap_or_else(|_| PathBuf::from(&f));
+                format!("sqlite:{}", path.display())
+            }
+            None => "sqlite:memory".to_owned(),
+        };
+        Ok(crate::Instance { id, locator })
+    }
 }
 
 /// A listener on SQLite: reads the notification table by id, woken by this process's writes
