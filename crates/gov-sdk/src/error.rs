@@ -210,6 +210,7 @@ impl Error {
                 AuditError::NoSuchChain(_)
                     | AuditError::NothingToVerify
                     | AuditError::InvalidOptions(_)
+                    | AuditError::NotWritable(_)
             ),
             Self::ChainBroken(_)
             | Self::ScopeViolation { .. }

@@ -59,8 +59,9 @@ pub use tail::Tail;
 
 pub use gov_audit::checkpoint::FILE_FORMAT as CHECKPOINT_FILE_FORMAT;
 pub use gov_audit::{
-    Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, Reason,
-    SignatureCounts, Signer, SignerError, VerifyOptions, VerifyProgress, VerifyReport,
+    Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, NotWritable,
+    Reason, SignatureCounts, Signer, SignerError, Unverifiable, Verdict, VerifyOptions,
+    VerifyProgress, VerifyReport,
 };
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,

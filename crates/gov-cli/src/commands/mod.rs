@@ -56,6 +56,10 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
         // Operator tools make no LLM calls: a long `tail` or `console serve` would otherwise warn
         // that no LLM client is wrapped.
         .warn_on_no_wrappers(false)
+        // Operator tools verify chains, whatever key sealed them (`verify` says which chains
+        // the configured keys cannot check); anything they append checks its chain's head
+        // first, as every SDK append does.
+        .check_chains_on_connect(Vec::<String>::new())
         .connect()
         .await?)
 }
