@@ -94,45 +94,82 @@ impl Verdict {
 /// configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unverifiable {
-    /// The first and last seq of those rows.
-    pub seqs: (i64, i64),
-    /// The key fingerprints those rows name.
+    /// The stretches of those rows, each as its first and last seq, in order.
+    pub seqs: Vec<(i64, i64)>,
+    /// The key fingerprints those rows name (or that a rotation moved the chain to).
     pub key_ids: BTreeSet<String>,
-    /// The seq of the rotation marker, proven by a configured key, that ends them (the chain
-    /// was moved to a configured key there); `None` when no row is ours at all.
-    pub rotated_at: Option<i64>,
     /// What to do, naming the fingerprints the rows need and the ones configured.
     pub advice: String,
 }
 
-impl Unverifiable {
-    pub(crate) fn new(
-        seqs: (i64, i64),
-        key_ids: BTreeSet<String>,
-        rotated_at: Option<i64>,
-        keys: &KeyRing,
-    ) -> Self {
-        let named = join(key_ids.iter().map(String::as_str));
-        let held = join(keys.key_ids());
-        let rows = if seqs.0 == seqs.1 {
-            format!("row {}", seqs.0)
-        } else {
-            format!("rows {} to {}", seqs.0, seqs.1)
-        };
-        let advice = match rotated_at {
-            None => format!(
-                "{rows} name key {named} and none is sealed by a configured key ({held}): the chain was written with another audit secret; set GOVERNANCE_AUDIT_SECRET (or GOVERNANCE_AUDIT_SECRET_PREVIOUS, or a line of GOVERNANCE_AUDIT_KEYRING_FILE) to the secret whose key is {named}"
-            ),
-            Some(at) => format!(
-                "{rows} were sealed with key {named} before the chain was rotated to a configured key at seq {at}; add the earlier secret to GOVERNANCE_AUDIT_SECRET_PREVIOUS (or to GOVERNANCE_AUDIT_KEYRING_FILE) to verify them (configured: {held})"
-            ),
-        };
+/// A run of consecutive rows that no configured key can check, as the verifier meets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stretch {
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) key_ids: BTreeSet<String>,
+    /// The seq of a marker, sealed by a configured key, that rotated the chain to a key not
+    /// configured: the stretch starts there. `None`: the stretch starts the check.
+    pub(crate) opened_by: Option<i64>,
+    /// The seq of a marker, proven by a configured key, that moved the chain to that key and
+    /// ended the stretch.
+    pub(crate) closed_by: Option<i64>,
+}
+
+impl Stretch {
+    pub(crate) fn new(first: i64, opened_by: Option<i64>) -> Self {
         Self {
-            seqs,
-            key_ids,
-            rotated_at,
-            advice,
+            first,
+            last: first,
+            key_ids: BTreeSet::new(),
+            opened_by,
+            closed_by: None,
         }
+    }
+
+    fn advice(&self) -> String {
+        let named = join(self.key_ids.iter().map(String::as_str));
+        let rows = if self.first == self.last {
+            format!("row {}", self.first)
+        } else {
+            format!("rows {} to {}", self.first, self.last)
+        };
+        match (self.opened_by, self.closed_by) {
+            (None, None) => format!(
+                "{rows} name key {named}, and no row is sealed by a configured key: the chain was written with another audit secret; set GOVERNANCE_AUDIT_SECRET (or GOVERNANCE_AUDIT_SECRET_PREVIOUS, or a line of GOVERNANCE_AUDIT_KEYRING_FILE) to the secret whose key is {named}"
+            ),
+            (None, Some(at)) => format!(
+                "{rows} were sealed with key {named} before the chain was rotated to a configured key at seq {at}: add that earlier secret to GOVERNANCE_AUDIT_SECRET_PREVIOUS (or GOVERNANCE_AUDIT_KEYRING_FILE) to verify them"
+            ),
+            (Some(at), closed) => format!(
+                "the chain was rotated at seq {at} to key {named}, which is not configured, so {rows} cannot be checked{}: set GOVERNANCE_AUDIT_SECRET to the secret whose key is {named} (and GOVERNANCE_AUDIT_SECRET_PREVIOUS to the earlier ones)",
+                closed.map_or(String::new(), |c| format!(
+                    " (until the rotation at seq {c} to a configured key)"
+                ))
+            ),
+        }
+    }
+}
+
+impl Unverifiable {
+    /// The rows of `stretches` (none empty), with advice naming the keys of `keys`.
+    pub(crate) fn new(stretches: &[Stretch], keys: &KeyRing) -> Option<Self> {
+        if stretches.is_empty() {
+            return None;
+        }
+        let advice = stretches
+            .iter()
+            .map(Stretch::advice)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(Self {
+            seqs: stretches.iter().map(|s| (s.first, s.last)).collect(),
+            key_ids: stretches
+                .iter()
+                .flat_map(|s| s.key_ids.iter().cloned())
+                .collect(),
+            advice: format!("{advice} (configured: {})", join(keys.key_ids())),
+        })
     }
 }
 

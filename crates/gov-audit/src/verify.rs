@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::AuditError;
 use crate::keys::KeyRing;
-use crate::owner::{RowSeal, Unverifiable, Verdict, row_seal};
+use crate::owner::{RowSeal, Stretch, Unverifiable, Verdict, row_seal};
 use crate::rotation::{MarkerError, ROTATION_KIND, check_marker};
 use crate::signing::SigVerdict;
 
@@ -313,23 +313,16 @@ struct CheckState {
     expect_key: Option<String>,
     /// Keys retired by rotation markers, with the marker's seq.
     retired: Vec<(String, i64)>,
-    /// The rows at the start of the check that name no configured key and that no configured
-    /// key seals (see `crate::owner`).
-    foreign: Option<Stretch>,
+    /// Runs of rows that no configured key can check, ended (see `crate::owner`).
+    stretches: Vec<Stretch>,
+    /// The run being met: rows from the start of the check while no row is proven ours, or
+    /// rows after a marker (sealed by a configured key) to a key that is not configured.
+    open: Option<Stretch>,
     /// Whether a row was proven sealed by a configured key (a row that passed, or a rotation
     /// marker whose proof verifies under one). After that, a row no configured key seals is a
-    /// finding, never a sign of another secret.
+    /// finding, unless a rotation to a key that is not configured came first.
     ours: bool,
     buf: Vec<u8>,
-}
-
-/// Rows that no configured key can check, from the start of the check.
-struct Stretch {
-    first: i64,
-    last: i64,
-    key_ids: BTreeSet<String>,
-    /// The seq of the marker, proven by a configured key, that ends the stretch.
-    rotated_at: Option<i64>,
 }
 
 impl<'k> ChainCheck<'k> {
@@ -349,7 +342,8 @@ impl<'k> ChainCheck<'k> {
                 signatures: SignatureCounts::default(),
                 expect_key: None,
                 retired: Vec::new(),
-                foreign: None,
+                stretches: Vec::new(),
+                open: None,
                 ours: false,
                 buf: Vec::with_capacity(1024),
             },
@@ -459,8 +453,9 @@ impl<'k> ChainCheck<'k> {
             if self.inserted_before(row, next) {
                 return bad(row.seq, Reason::InsertedRow, "a row sealed with a foreign key was inserted here; the rows after it were renumbered".into());
             }
-            if !self.s.ours {
-                // Nothing so far is ours: these rows may have been written with another secret.
+            if !self.s.ours || self.s.open.is_some() {
+                // Nothing so far is ours (the chain may have been written with another secret),
+                // or the chain was rotated to a key that is not configured.
                 return self.foreign_row(row);
             }
             return bad(
@@ -514,8 +509,8 @@ impl<'k> ChainCheck<'k> {
                 ),
             );
         }
-        if let Some(f) = &self.s.foreign
-            && !self.s.ours
+        if let Some(f) = &self.s.open
+            && self.s.expect_key.is_none()
         {
             // Rows no configured key seals, then one that a configured key seals, with no
             // marker proven by a configured key in between: the chain changes keys unmarked.
@@ -571,21 +566,25 @@ impl<'k> ChainCheck<'k> {
                 Err(MarkerError::UnknownNewKey(_) | MarkerError::Malformed(_)) => {}
             }
         }
-        let stretch = self.s.foreign.get_or_insert_with(|| Stretch {
-            first: row.seq,
-            last: row.seq,
-            key_ids: BTreeSet::new(),
-            rotated_at: None,
-        });
+        let mut stretch = self
+            .s
+            .open
+            .take()
+            .unwrap_or_else(|| Stretch::new(row.seq, None));
         stretch.last = row.seq;
         if !stretch.key_ids.contains(&row.key_id) {
             stretch.key_ids.insert(row.key_id.clone());
         }
-        if let Some(to) = rotated_to {
-            stretch.rotated_at = Some(row.seq);
-            self.s.ours = true;
-            self.s.retired.push((row.key_id.clone(), row.seq));
-            self.s.expect_key = Some(to);
+        match rotated_to {
+            Some(to) => {
+                // Proven by a configured key: the chain is that key's from here on.
+                stretch.closed_by = Some(row.seq);
+                self.s.stretches.push(stretch);
+                self.s.ours = true;
+                self.s.retired.push((row.key_id.clone(), row.seq));
+                self.s.expect_key = Some(to);
+            }
+            None => self.s.open = Some(stretch),
         }
         self.s.prev.clone_from(&row.row_hmac);
         self.s.expected_seq += 1;
@@ -697,12 +696,16 @@ impl<'k> ChainCheck<'k> {
                 "the marker's proof does not verify under the new key: it was not made by a holder of that key".into(),
             ),
             Err(crate::rotation::MarkerError::Malformed(m)) => bad(Reason::ForgedRotation, m),
-            Err(crate::rotation::MarkerError::UnknownNewKey(k)) => bad(
-                Reason::UnknownKey,
-                format!(
-                    "the chain was rotated to key {k}, which is not among the configured keys: set GOVERNANCE_AUDIT_SECRET to the new secret and GOVERNANCE_AUDIT_SECRET_PREVIOUS to the old one"
-                ),
-            ),
+            Err(crate::rotation::MarkerError::UnknownNewKey(k)) => {
+                // A marker of ours to a key that is not configured: the rows from here on
+                // cannot be checked (the new secret is missing), which is no finding.
+                let mut stretch = Stretch::new(row.seq, Some(row.seq));
+                stretch.key_ids.insert(k.clone());
+                self.s.open = Some(stretch);
+                self.s.retired.push((row.key_id.clone(), row.seq));
+                self.s.expect_key = Some(k);
+                Ok(())
+            }
         }
     }
 
@@ -714,9 +717,7 @@ impl<'k> ChainCheck<'k> {
     /// The rows fed so far that no configured key can check, when nothing in them is evidence
     /// for a configured key (see [`ChainReport::unverifiable`]).
     pub fn unverifiable(&self) -> Option<Unverifiable> {
-        self.s.foreign.as_ref().map(|f| {
-            Unverifiable::new((f.first, f.last), f.key_ids.clone(), f.rotated_at, self.keys)
-        })
+        self.s.unverifiable(self.keys)
     }
 }
 
@@ -751,15 +752,16 @@ impl CheckState {
         Ok(())
     }
 
+    fn unverifiable(&self, keys: &KeyRing) -> Option<Unverifiable> {
+        let mut all = self.stretches.clone();
+        all.extend(self.open.clone());
+        Unverifiable::new(&all, keys)
+    }
+
     fn report(self, finding: Option<Finding>, keys: &KeyRing) -> ChainReport {
-        let unverifiable = match (&finding, self.foreign) {
-            (None, Some(s)) => Some(Unverifiable::new(
-                (s.first, s.last),
-                s.key_ids,
-                s.rotated_at,
-                keys,
-            )),
-            _ => None,
+        let unverifiable = match &finding {
+            None => self.unverifiable(keys),
+            Some(_) => None,
         };
         ChainReport {
             unverifiable,
@@ -1223,9 +1225,8 @@ mod tests {
         let u = verdict(&theirs, &rows, head.clone())
             .expect("no finding")
             .expect("unverifiable");
-        assert_eq!(u.seqs, (1, 6));
+        assert_eq!(u.seqs, vec![(1, 6)]);
         assert_eq!(u.key_ids.iter().collect::<Vec<_>>(), vec![a.key_id()]);
-        assert_eq!(u.rotated_at, None);
         assert!(u.advice.contains(a.key_id()) && u.advice.contains(b.key_id()), "{}", u.advice);
         assert!(u.advice.contains("GOVERNANCE_AUDIT_SECRET"), "{}", u.advice);
         // The same with the paged, parallel driver.
@@ -1328,8 +1329,16 @@ mod tests {
         let u = verdict(&KeyRing::new(b.clone()), &rows, head.clone())
             .expect("no finding")
             .expect("the rows before the marker");
-        assert_eq!((u.seqs, u.rotated_at), ((1, 4), Some(4)));
+        assert_eq!(u.seqs, vec![(1, 4)]);
+        assert!(u.advice.contains("rotated to a configured key at seq 4"), "{}", u.advice);
         assert!(u.advice.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"), "{}", u.advice);
+        // Holding only the old key: the rows from the marker on need the new secret.
+        let u = verdict(&KeyRing::new(a.clone()), &rows, head.clone())
+            .expect("no finding")
+            .expect("the rows from the marker");
+        assert_eq!(u.seqs, vec![(4, 6)]);
+        assert!(u.key_ids.contains(b.key_id()), "{u:?}");
+        assert!(u.advice.contains("rotated at seq 4 to key"), "{}", u.advice);
         // Tampering after the marker is still found.
         let mut edited = rows.clone();
         edited[5].payload = "7".into();
