@@ -529,7 +529,12 @@ async fn run_writer(
                 }
             }
             Err(e) => {
-                tracing::warn!(chain = %chain, events = events.len(), error = %e, "audit append failed");
+                if matches!(e, AuditError::NotWritable(_)) {
+                    // A configuration error, returned to every caller; not a failure to log.
+                    tracing::debug!(chain = %chain, events = events.len(), error = %e, "audit append refused");
+                } else {
+                    tracing::warn!(chain = %chain, events = events.len(), error = %e, "audit append failed");
+                }
                 for done in waiters.drain(..) {
                     let _ = done.send(Err(e.clone()));
                 }

@@ -136,7 +136,7 @@ impl Stretch {
         };
         match (self.opened_by, self.closed_by) {
             (None, None) => format!(
-                "{rows} name key {named}, and no row is sealed by a configured key: the chain was written with another audit secret; set GOVERNANCE_AUDIT_SECRET (or GOVERNANCE_AUDIT_SECRET_PREVIOUS, or a line of GOVERNANCE_AUDIT_KEYRING_FILE) to the secret whose key is {named}"
+                "{rows} name key {named} and none is sealed by a configured key: the chain was written with another audit secret; set GOVERNANCE_AUDIT_SECRET (or GOVERNANCE_AUDIT_SECRET_PREVIOUS, or a line of GOVERNANCE_AUDIT_KEYRING_FILE) to the secret whose key is {named}"
             ),
             (None, Some(at)) => format!(
                 "{rows} were sealed with key {named} before the chain was rotated to a configured key at seq {at}: add that earlier secret to GOVERNANCE_AUDIT_SECRET_PREVIOUS (or GOVERNANCE_AUDIT_KEYRING_FILE) to verify them"
@@ -152,6 +152,17 @@ impl Stretch {
 }
 
 impl Unverifiable {
+    /// The rows as text: `rows 1..5`, `row 4`, `rows 1..3, 9..12`.
+    pub fn rows(&self) -> String {
+        let parts: Vec<String> = self
+            .seqs
+            .iter()
+            .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}..{b}") })
+            .collect();
+        let one = self.seqs.len() == 1 && self.seqs[0].0 == self.seqs[0].1;
+        format!("{} {}", if one { "row" } else { "rows" }, parts.join(", "))
+    }
+
     /// The rows of `stretches` (none empty), with advice naming the keys of `keys`.
     pub(crate) fn new(stretches: &[Stretch], keys: &KeyRing) -> Option<Self> {
         if stretches.is_empty() {

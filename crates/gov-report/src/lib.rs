@@ -50,7 +50,7 @@ pub enum ReportError {
     /// was written with another secret (or, before a rotation, with an earlier one that is
     /// not configured).
     #[error(
-        "not verifiable with the configured keys, so no report was made: {advice} (or pass --audit-secret-file; `governance verify` shows every chain)"
+        "no report was made: not verifiable with the configured keys: {advice}. `governance verify` shows every chain's verdict; --audit-secret-file reads the secret from a file"
     )]
     WrongSecret {
         /// The chains the configured keys cannot check.

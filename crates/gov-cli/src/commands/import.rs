@@ -165,11 +165,10 @@ fn render(
     for c in verified.unwrap_or_default() {
         match &c.finding {
             None if let Some(u) = &c.unverifiable => out.line(format!(
-                "{} chain {}: seq {}..{} sealed with key {} (not configured)",
+                "{} chain {}: {} sealed with key {} (not configured)",
                 "UNVERIFIABLE".yellow().bold(),
                 c.chain_id,
-                u.seqs.0,
-                u.seqs.1,
+                u.rows(),
                 u.key_ids.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
             )),
             None => out.line(format!(

@@ -108,18 +108,14 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
             let (first, last) = c.range.unwrap_or((1, c.head_seq));
             match &c.finding {
                 None if let Some(u) = &c.unverifiable => out.line(format!(
-                    "{} chain {}: {}, sealed with key {} (not configured){}",
+                    "{} chain {}: {} sealed with key {} (not configured){}",
                     "UNVERIFIABLE".yellow().bold(),
                     c.chain_id,
-                    seqs(u.seqs),
+                    u.rows(),
                     u.key_ids.iter().map(String::as_str).collect::<Vec<_>>().join(", "),
-                    match u.rotated_at {
-                        Some(_) if c.events_checked > 0 => format!(
-                            "; then {} events sealed with a configured key, seq {}..{last}",
-                            c.events_checked,
-                            u.seqs.1 + 1
-                        ),
-                        _ => String::new(),
+                    match c.events_checked {
+                        0 => String::new(),
+                        n => format!("; {n} events verified with the configured keys"),
                     }
                 )),
                 None if first > last => out.line(format!(
@@ -172,15 +168,6 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
         ));
     }
     Ok(conclude(out, &report.chains))
-}
-
-/// `rows 3 to 7`, or `row 3`.
-fn seqs((first, last): (i64, i64)) -> String {
-    if first == last {
-        format!("row {first}")
-    } else {
-        format!("rows {first}..{last}")
-    }
 }
 
 /// Tells on stderr what the verdict over `chains` rests on (the first finding of a tampered
