@@ -82,7 +82,10 @@ async fn a_wrong_secret_is_a_configuration_error_that_names_the_chains_key() {
         stderr.contains("not verifiable with the configured keys: chain default"),
         "{stderr}"
     );
-    assert!(stderr.contains(&theirs) && stderr.contains(&ours), "{stderr}");
+    assert!(
+        stderr.contains(&theirs) && stderr.contains(&ours),
+        "{stderr}"
+    );
     assert!(stderr.contains("set GOVERNANCE_AUDIT_SECRET"), "{stderr}");
     assert!(!stderr.contains("tampered"), "{stderr}");
     assert!(
@@ -95,8 +98,14 @@ async fn a_wrong_secret_is_a_configuration_error_that_names_the_chains_key() {
     assert_eq!(v["status"], "unverifiable", "{v}");
     assert_eq!(v["chains"][0]["status"], "unverifiable", "{v}");
     assert!(v["chains"][0]["finding"].is_null(), "{v}");
-    assert_eq!(v["chains"][0]["unverifiable"]["key_ids"][0], theirs.as_str());
-    assert_eq!(v["chains"][0]["unverifiable"]["seqs"][0], serde_json::json!([1, 5]));
+    assert_eq!(
+        v["chains"][0]["unverifiable"]["key_ids"][0],
+        theirs.as_str()
+    );
+    assert_eq!(
+        v["chains"][0]["unverifiable"]["seqs"][0],
+        serde_json::json!([1, 5])
+    );
 
     // The report agrees: a configuration error, and nothing is written.
     let dir = tempdir("wrong");
@@ -105,7 +114,10 @@ async fn a_wrong_secret_is_a_configuration_error_that_names_the_chains_key() {
     let (code, stdout, stderr) = run(&db, OTHER_SECRET, None, &["report", "-o", file_arg]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.contains("not verifiable with the configured keys"), "{stderr}");
+    assert!(
+        stderr.contains("not verifiable with the configured keys"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&theirs), "{stderr}");
     assert!(!file.exists(), "no report is made");
 
@@ -124,7 +136,10 @@ async fn a_wrong_secret_is_a_configuration_error_that_names_the_chains_key() {
     // With its own secret the chain is untouched and clean.
     let (code, stdout, stderr) = run(&db, SECRET, None, &["verify"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("verified 5 events in 1 chain: clean"), "{stdout}");
+    assert!(
+        stdout.contains("verified 5 events in 1 chain: clean"),
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -148,7 +163,10 @@ async fn one_rewritten_key_id_tampers_that_chain_only_and_the_report_is_written(
         "{stdout}"
     );
     assert!(stdout.contains("ok chain default: 5 events"), "{stdout}");
-    assert!(stderr.contains("tampered: chain billing seq 1: modified row"), "{stderr}");
+    assert!(
+        stderr.contains("tampered: chain billing seq 1: modified row"),
+        "{stderr}"
+    );
     assert!(stderr.contains("key_id was rewritten"), "{stderr}");
     assert!(!stderr.contains("not verifiable"), "{stderr}");
     let (code, stdout, _) = run(&db, SECRET, None, &["verify", "--json"]);
@@ -190,22 +208,34 @@ async fn chains_of_two_secrets_are_each_judged_on_their_own() {
     let (code, stdout, stderr) = run(&db, SECRET, None, &["verify"]);
     assert_eq!(code, 2, "{stdout}\n{stderr}");
     assert!(stdout.contains("ok chain alpha: 3 events"), "{stdout}");
-    assert!(stdout.contains("UNVERIFIABLE chain beta: rows 1..2"), "{stdout}");
-    assert!(stderr.contains("chain beta") && stderr.contains(&beta_key), "{stderr}");
+    assert!(
+        stdout.contains("UNVERIFIABLE chain beta: rows 1..2"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("chain beta") && stderr.contains(&beta_key),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(&db, SECRET, None, &["verify", "--chain", "alpha"]);
     assert_eq!(code, 0, "{stderr}");
     // The report refuses the database as a whole, and is made for the chain it can check.
     let (code, stdout, stderr) = run(&db, SECRET, None, &["report", "--json"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stdout.contains("\"status\":\"error\""), "{stdout}");
-    assert!(stderr.contains("chain beta") && stderr.contains(&beta_key), "{stderr}");
+    assert!(
+        stderr.contains("chain beta") && stderr.contains(&beta_key),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(&db, SECRET, None, &["report", "--chain", "alpha"]);
     assert_eq!(code, 0, "{stderr}");
 
     // Both keys (the other service's as a previous one): both chains are checked, clean.
     let (code, stdout, stderr) = run(&db, SECRET, Some(OTHER_SECRET), &["verify"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("verified 5 events in 2 chains: clean"), "{stdout}");
+    assert!(
+        stdout.contains("verified 5 events in 2 chains: clean"),
+        "{stdout}"
+    );
     let (code, _, stderr) = run(&db, SECRET, Some(OTHER_SECRET), &["report"]);
     assert_eq!(code, 0, "{stderr}");
 
@@ -218,9 +248,15 @@ async fn chains_of_two_secrets_are_each_judged_on_their_own() {
     .await;
     let (code, stdout, stderr) = run(&db, SECRET, None, &["verify"]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
-    assert!(stdout.contains("TAMPERED chain alpha: first bad seq 2"), "{stdout}");
+    assert!(
+        stdout.contains("TAMPERED chain alpha: first bad seq 2"),
+        "{stdout}"
+    );
     assert!(stdout.contains("UNVERIFIABLE chain beta"), "{stdout}");
-    assert!(stderr.contains("tampered: chain alpha seq 2: modified row"), "{stderr}");
+    assert!(
+        stderr.contains("tampered: chain alpha seq 2: modified row"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("not verifiable with the configured keys: chain beta"),
         "{stderr}"
@@ -239,5 +275,8 @@ async fn chains_of_two_secrets_are_each_judged_on_their_own() {
         (&"beta".into(), &"unverifiable".into())
     );
     assert_eq!(chains[1]["unverifiable"]["key_ids"][0], beta_key.as_str());
-    assert!(stderr.contains("not verifiable with the configured keys: chain beta"), "{stderr}");
+    assert!(
+        stderr.contains("not verifiable with the configured keys: chain beta"),
+        "{stderr}"
+    );
 }

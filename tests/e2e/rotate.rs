@@ -39,7 +39,9 @@ async fn rotation_appends_a_marker_and_the_chain_verifies_with_the_previous_secr
         .arg("verify")
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("not verifiable with the configured keys"))
+        .stderr(predicate::str::contains(
+            "not verifiable with the configured keys",
+        ))
         .stderr(predicate::str::contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"));
     // The second rotation takes the new secret from stdin, and the old keys from a keyring
     // file, which must not be readable by others.

@@ -329,17 +329,30 @@ impl AuditLog {
                     detail: detail.to_owned(),
                 })
             };
-            let Some(key) = keys.get(&row.key_id) else {
-                return Err(fail(
-                    Reason::UnknownKey,
-                    "the row is sealed with a key that is not configured",
-                ));
-            };
-            if !key.verify(row, &mut buf) {
-                return Err(fail(
-                    Reason::ModifiedRow,
-                    "the row's contents do not match its HMAC",
-                ));
+            // The same evidence as the verifier's: a rewritten key_id is tampering; a row no
+            // configured key seals cannot be judged alone (its chain's verdict says whether it
+            // is another secret's), so the read is refused without calling it either.
+            match crate::owner::row_seal(keys, row, &mut buf) {
+                crate::owner::RowSeal::Sealed => {}
+                crate::owner::RowSeal::Mismatch => {
+                    return Err(fail(
+                        Reason::ModifiedRow,
+                        "the row's contents do not match its HMAC",
+                    ));
+                }
+                crate::owner::RowSeal::Relabelled { .. } => {
+                    return Err(fail(
+                        Reason::ModifiedRow,
+                        "the row is sealed with a configured key, but its key_id was rewritten",
+                    ));
+                }
+                crate::owner::RowSeal::Foreign => {
+                    return Err(AuditError::KeyNotConfigured {
+                        chain: row.chain_id.clone(),
+                        seq: row.seq,
+                        key_id: row.key_id.clone(),
+                    });
+                }
             }
             // The predecessor's seal must be what this row says it follows.
             let prev_hmac = match i.checked_sub(1).and_then(|j| rows.get(j)) {
@@ -512,7 +525,10 @@ async fn run_writer(
         };
         match result {
             Ok(seqs) => {
-                if events.iter().any(|e| e.kind == crate::rotation::ROTATION_KIND) {
+                if events
+                    .iter()
+                    .any(|e| e.kind == crate::rotation::ROTATION_KIND)
+                {
                     guard.forget(&chain);
                 }
                 if let (Some(signer), Some(first), Some(last)) =

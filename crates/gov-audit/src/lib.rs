@@ -61,6 +61,20 @@ pub enum AuditError {
     /// An internal task stopped (the runtime is shutting down).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A row read with `verify_chain_on_read` names a key that is not configured and that no
+    /// configured key seals: it cannot be verified here (`governance verify` gives its chain's
+    /// verdict: another secret's, or tampered).
+    #[error(
+        "row {seq} of chain `{chain}` names key {key_id}, which is not configured, so it cannot be verified on read: set GOVERNANCE_AUDIT_SECRET (or GOVERNANCE_AUDIT_SECRET_PREVIOUS) to the secret of {key_id}; `governance verify --chain {chain}` gives the chain's verdict"
+    )]
+    KeyNotConfigured {
+        /// The chain.
+        chain: String,
+        /// The row's seq.
+        seq: i64,
+        /// The fingerprint the row names.
+        key_id: String,
+    },
     /// This handle may not append to the chain: its head was not sealed by the key the handle
     /// seals with, so appending would break the chain for good.
     #[error(transparent)]

@@ -157,7 +157,13 @@ impl Unverifiable {
         let parts: Vec<String> = self
             .seqs
             .iter()
-            .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}..{b}") })
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}..{b}")
+                }
+            })
             .collect();
         let one = self.seqs.len() == 1 && self.seqs[0].0 == self.seqs[0].1;
         format!("{} {}", if one { "row" } else { "rows" }, parts.join(", "))
@@ -276,13 +282,19 @@ pub fn check_head(
     let Some(row) = row.filter(|r| r.seq == head.seq) else {
         return broken(
             Reason::MissingRow,
-            format!("the head of chain `{chain}` is at seq {}, but that row is missing", head.seq),
+            format!(
+                "the head of chain `{chain}` is at seq {}, but that row is missing",
+                head.seq
+            ),
         );
     };
     if row.row_hmac != head.head_hmac {
         return broken(
             Reason::HeadMismatch,
-            format!("the head row of chain `{chain}` is not the row at seq {}", head.seq),
+            format!(
+                "the head row of chain `{chain}` is not the row at seq {}",
+                head.seq
+            ),
         );
     }
     let ours = keys.current().key_id().to_owned();

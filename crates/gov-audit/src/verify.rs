@@ -521,7 +521,11 @@ impl<'k> ChainCheck<'k> {
                     "seqs {} to {} are sealed with key {}, which is not configured, and this row with the configured key {} without a {} marker",
                     f.first,
                     f.last,
-                    f.key_ids.iter().map(String::as_str).collect::<Vec<_>>().join(", "),
+                    f.key_ids
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     row.key_id,
                     ROTATION_KIND
                 ),
@@ -1208,7 +1212,11 @@ mod tests {
     }
 
     /// The verdict of checking `rows` row by row, with what the check left unverified.
-    fn verdict(ring: &KeyRing, rows: &[AuditRecord], head: ChainHead) -> Result<Option<Unverifiable>, Finding> {
+    fn verdict(
+        ring: &KeyRing,
+        rows: &[AuditRecord],
+        head: ChainHead,
+    ) -> Result<Option<Unverifiable>, Finding> {
         let mut c = ChainCheck::new(ring, head);
         for (i, r) in rows.iter().enumerate() {
             c.check(r, rows.get(i + 1))?;
@@ -1227,7 +1235,11 @@ mod tests {
             .expect("unverifiable");
         assert_eq!(u.seqs, vec![(1, 6)]);
         assert_eq!(u.key_ids.iter().collect::<Vec<_>>(), vec![a.key_id()]);
-        assert!(u.advice.contains(a.key_id()) && u.advice.contains(b.key_id()), "{}", u.advice);
+        assert!(
+            u.advice.contains(a.key_id()) && u.advice.contains(b.key_id()),
+            "{}",
+            u.advice
+        );
         assert!(u.advice.contains("GOVERNANCE_AUDIT_SECRET"), "{}", u.advice);
         // The same with the paged, parallel driver.
         let paged = run_paged(&theirs, &rows, head.clone(), 4);
@@ -1256,10 +1268,17 @@ mod tests {
             let mut relabelled = rows.clone();
             relabelled[at].key_id = key(B).key_id().to_owned();
             let f = verdict(&ring, &relabelled, head.clone()).unwrap_err();
-            assert_eq!((f.seq, f.reason), (at as i64 + 1, Reason::ModifiedRow), "{f}");
+            assert_eq!(
+                (f.seq, f.reason),
+                (at as i64 + 1, Reason::ModifiedRow),
+                "{f}"
+            );
             assert!(f.detail.contains("key_id was rewritten"), "{f}");
             for page in [1, 2, 3] {
-                assert_eq!(run_paged(&ring, &relabelled, head.clone(), page), Err(f.clone()));
+                assert_eq!(
+                    run_paged(&ring, &relabelled, head.clone(), page),
+                    Err(f.clone())
+                );
             }
         }
         // Every key_id rewritten: each row is still proven ours.
@@ -1285,7 +1304,10 @@ mod tests {
         let (mut rows, _) = chain(&b, 3);
         let mut prev = rows[2].row_hmac.clone();
         for seq in 4..=5 {
-            let ev = AuditEvent::builder("a", "tool.call").payload(seq).build().unwrap();
+            let ev = AuditEvent::builder("a", "tool.call")
+                .payload(seq)
+                .build()
+                .unwrap();
             let mut r = AuditRecord::unsealed(&ev, seq, &prev, a.key_id());
             r.row_hmac = a.seal(&r).to_vec();
             prev.clone_from(&r.row_hmac);
@@ -1313,7 +1335,10 @@ mod tests {
         let mut prev = m.row_hmac.clone();
         rows.push(m);
         for seq in 5..=6 {
-            let ev = AuditEvent::builder("a", "tool.call").payload(seq).build().unwrap();
+            let ev = AuditEvent::builder("a", "tool.call")
+                .payload(seq)
+                .build()
+                .unwrap();
             let mut r = AuditRecord::unsealed(&ev, seq, &prev, b.key_id());
             r.row_hmac = b.seal(&r).to_vec();
             prev.clone_from(&r.row_hmac);
@@ -1330,8 +1355,16 @@ mod tests {
             .expect("no finding")
             .expect("the rows before the marker");
         assert_eq!(u.seqs, vec![(1, 4)]);
-        assert!(u.advice.contains("rotated to a configured key at seq 4"), "{}", u.advice);
-        assert!(u.advice.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"), "{}", u.advice);
+        assert!(
+            u.advice.contains("rotated to a configured key at seq 4"),
+            "{}",
+            u.advice
+        );
+        assert!(
+            u.advice.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"),
+            "{}",
+            u.advice
+        );
         // Holding only the old key: the rows from the marker on need the new secret.
         let u = verdict(&KeyRing::new(a.clone()), &rows, head.clone())
             .expect("no finding")

@@ -218,6 +218,7 @@ impl Error {
                     | AuditError::NothingToVerify
                     | AuditError::InvalidOptions(_)
                     | AuditError::NotWritable(_)
+                    | AuditError::KeyNotConfigured { .. }
             ),
             Self::ChainBroken(_)
             | Self::ScopeViolation { .. }

@@ -169,7 +169,11 @@ fn render(
                 "UNVERIFIABLE".yellow().bold(),
                 c.chain_id,
                 u.rows(),
-                u.key_ids.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                u.key_ids
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             None => out.line(format!(
                 "{} chain {}: {} events verified",

@@ -112,7 +112,11 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
                     "UNVERIFIABLE".yellow().bold(),
                     c.chain_id,
                     u.rows(),
-                    u.key_ids.iter().map(String::as_str).collect::<Vec<_>>().join(", "),
+                    u.key_ids
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     match c.events_checked {
                         0 => String::new(),
                         n => format!("; {n} events verified with the configured keys"),

@@ -185,7 +185,12 @@ async fn a_gate_decision_is_not_sealed_onto_a_chain_another_key_sealed(b: TestBa
     let agent = builder(&db, SECRET).connect().await.expect("agent handle");
     let req = agent
         .gates()
-        .request("agent-1", Some("s-1"), "send_payment", &serde_json::json!({"n": 1}))
+        .request(
+            "agent-1",
+            Some("s-1"),
+            "send_payment",
+            &serde_json::json!({"n": 1}),
+        )
         .await
         .expect("request");
     let (head, _) = extent(&db, "default").await;
@@ -335,7 +340,10 @@ async fn two_secrets_share_a_database_on_separate_chains(b: TestBackend) {
     let (chain, u) = report.unverifiable().next().expect("beta");
     assert_eq!(chain, "beta");
     assert!(u.key_ids.contains(&key_id(OTHER)), "{u:?}");
-    assert!(u.advice.contains(&key_id(SECRET)), "names the configured key: {u:?}");
+    assert!(
+        u.advice.contains(&key_id(SECRET)),
+        "names the configured key: {u:?}"
+    );
     a.close().await;
     b_.close().await;
     // A verifier holding both keys checks both.
