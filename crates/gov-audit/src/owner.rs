@@ -11,9 +11,10 @@
 //!   (a configuration problem, never tampering) only while nothing in it is evidence for a
 //!   configured key: no row names a configured key and no configured key seals any row. A
 //!   chain in which some rows are proven ours and others are not is tampered, at the first
-//!   such row. The one exception is a chain moved to a configured key by a rotation marker
-//!   whose proof verifies under that key: the rows before the marker are then unverifiable
-//!   (the earlier secret is missing from the key ring), not tampered.
+//!   such row. The exceptions are rotations: the rows before a marker whose proof verifies
+//!   under a configured key (the earlier secret is missing from the key ring), and the rows
+//!   from a marker sealed by a configured key that rotates the chain to a key the ring lacks
+//!   (the new secret is missing), are unverifiable, not tampered.
 //! - A writer ([`check_head`]) appends to a chain only when its head row is proven sealed by
 //!   the writer's current key, or is a marker proven to rotate the chain to that key.
 
