@@ -5,6 +5,7 @@ mod browser;
 mod checkpoint;
 mod docs;
 mod export_import;
+mod keys;
 mod local;
 mod migrate;
 mod outputs;

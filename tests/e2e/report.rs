@@ -584,7 +584,7 @@ async fn bad_input_is_refused_with_a_reason_and_writes_nothing() {
         .code(2)
         .stdout("")
         .stderr(predicate::str::contains(
-            "the audit secret does not match the key that sealed chain default",
+            "no report was made: not verifiable with the configured keys: chain default:",
         ));
     // Unreachable storage and malformed URLs: the documented codes, no URL echoed.
     governance(&db)

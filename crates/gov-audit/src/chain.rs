@@ -5,7 +5,7 @@
 //! chain's head row lock, so appends are serialised per chain across processes. Each caller is
 //! answered only after the transaction that holds its row has committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use gov_core::{AuditEvent, AuditRecord, ChainHead, EventFilter, EventId};
@@ -87,7 +87,7 @@ impl Job {
 
 struct Inner {
     store: Store,
-    keys: KeyRing,
+    guard: Arc<HeadGuard>,
     sealer: RowSealer,
     opts: AuditLogOptions,
     writers: Mutex<HashMap<String, mpsc::Sender<Job>>>,
@@ -102,7 +102,7 @@ pub struct AuditLog {
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("key_id", &self.inner.keys.current().key_id())
+            .field("key_id", &self.inner.guard.keys.current().key_id())
             .finish_non_exhaustive()
     }
 }
@@ -113,8 +113,12 @@ impl AuditLog {
         Self {
             inner: Arc::new(Inner {
                 sealer: RowSealer::new(keys.current().clone(), opts.signing.clone()),
+                guard: Arc::new(HeadGuard {
+                    store: store.clone(),
+                    keys,
+                    writable: Mutex::new(HashSet::new()),
+                }),
                 store,
-                keys,
                 opts,
                 writers: Mutex::new(HashMap::new()),
             }),
@@ -123,7 +127,18 @@ impl AuditLog {
 
     /// The key ring.
     pub fn keys(&self) -> &KeyRing {
-        &self.inner.keys
+        &self.inner.guard.keys
+    }
+
+    /// Checks, once per chain for this log, that this log may append to `chain`: the chain is
+    /// new, or its head row is proven sealed by the current key, or is a rotation marker proven
+    /// to move the chain to it (see [`crate::owner::check_head`]). Appends through
+    /// [`Self::append`] check by themselves; a caller that appends through the store in a
+    /// transaction of its own (gate decisions, budget changes) calls this first. A refusal is
+    /// [`AuditError::NotWritable`] (another key sealed the chain) or
+    /// [`AuditError::ChainBroken`] (the head row is damaged), and is not cached.
+    pub async fn ensure_writable(&self, chain: &str) -> Result<(), AuditError> {
+        self.inner.guard.ensure(chain).await
     }
 
     /// What seals (and signs) new rows.
@@ -149,6 +164,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(self.inner.opts.queue_depth);
         tokio::spawn(run_writer(
             self.inner.store.clone(),
+            Arc::clone(&self.inner.guard),
             self.inner.sealer.clone(),
             chain.to_owned(),
             self.inner.opts.clone(),
@@ -278,12 +294,13 @@ impl AuditLog {
                         detail: "the chain has rows but no head row: the head row was removed"
                             .into(),
                     }),
+                    unverifiable: None,
                 });
             }
         }
         let pool = verify::thread_pool(opts.threads)?;
         let signers = crate::signing::signers_from(&store.signer_keys().await?);
-        let keys = Arc::new(self.inner.keys.clone().with_signers(signers));
+        let keys = Arc::new(self.keys().clone().with_signers(signers));
         let any_rows = heads.iter().any(|h| h.seq > 0);
         for head in heads {
             let mut report = verify::verify_chain(store, &keys, head, opts, &pool).await?;
@@ -326,7 +343,7 @@ impl AuditLog {
     }
 
     async fn verify_rows(&self, rows: &[AuditRecord]) -> Result<(), AuditError> {
-        let keys = &self.inner.keys;
+        let keys = self.keys();
         let mut buf = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             let fail = |reason, detail: &str| {
@@ -336,17 +353,30 @@ impl AuditLog {
                     detail: detail.to_owned(),
                 })
             };
-            let Some(key) = keys.get(&row.key_id) else {
-                return Err(fail(
-                    Reason::UnknownKey,
-                    "the row is sealed with a key that is not configured",
-                ));
-            };
-            if !key.verify(row, &mut buf) {
-                return Err(fail(
-                    Reason::ModifiedRow,
-                    "the row's contents do not match its HMAC",
-                ));
+            // The same evidence as the verifier's: a rewritten key_id is tampering; a row no
+            // configured key seals cannot be judged alone (its chain's verdict says whether it
+            // is another secret's), so the read is refused without calling it either.
+            match crate::owner::row_seal(keys, row, &mut buf) {
+                crate::owner::RowSeal::Sealed => {}
+                crate::owner::RowSeal::Mismatch => {
+                    return Err(fail(
+                        Reason::ModifiedRow,
+                        "the row's contents do not match its HMAC",
+                    ));
+                }
+                crate::owner::RowSeal::Relabelled { .. } => {
+                    return Err(fail(
+                        Reason::ModifiedRow,
+                        "the row is sealed with a configured key, but its key_id was rewritten",
+                    ));
+                }
+                crate::owner::RowSeal::Foreign => {
+                    return Err(AuditError::KeyNotConfigured {
+                        chain: row.chain_id.clone(),
+                        seq: row.seq,
+                        key_id: row.key_id.clone(),
+                    });
+                }
             }
             // The predecessor's seal must be what this row says it follows.
             let prev_hmac = match i.checked_sub(1).and_then(|j| rows.get(j)) {
@@ -437,7 +467,48 @@ impl AuditLog {
 
     /// A pure check of rows already in hand (for tools that stream rows themselves).
     pub fn checker(&self, head: ChainHead) -> ChainCheck<'_> {
-        ChainCheck::new(&self.inner.keys, head)
+        ChainCheck::new(self.keys(), head)
+    }
+}
+
+/// What lets a log append to a chain: the chains whose head this log has checked.
+struct HeadGuard {
+    store: Store,
+    keys: KeyRing,
+    /// Chains this log may append to (checked once each; forgotten after this log rotates one).
+    writable: Mutex<HashSet<String>>,
+}
+
+impl HeadGuard {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        match self.writable.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    async fn ensure(&self, chain: &str) -> Result<(), AuditError> {
+        if self.cache().contains(chain) {
+            return Ok(());
+        }
+        let head = self.store.chain_head(chain).await?;
+        let row = match &head {
+            Some(h) if h.seq > 0 => self
+                .store
+                .read_chain_page(chain, h.seq - 1, 1)
+                .await?
+                .into_iter()
+                .next(),
+            _ => None,
+        };
+        crate::owner::check_head(&self.keys, chain, head.as_ref(), row.as_ref())?;
+        self.cache().insert(chain.to_owned());
+        Ok(())
+    }
+
+    /// After this log appended a rotation marker to `chain`, its key may no longer seal there.
+    fn forget(&self, chain: &str) {
+        self.cache().remove(chain);
     }
 }
 
@@ -449,6 +520,7 @@ enum Waiter {
 
 async fn run_writer(
     store: Store,
+    guard: Arc<HeadGuard>,
     sealer: RowSealer,
     chain: String,
     opts: AuditLogOptions,
@@ -495,9 +567,22 @@ async fn run_writer(
                 Err(_) => break,
             }
         }
-        let result = store.append_batch(&chain, &key_id, &events, &seal).await;
+        // Never seal onto a chain whose head another key sealed (once per chain: cached).
+        let result = match guard.ensure(&chain).await {
+            Ok(()) => store
+                .append_batch(&chain, &key_id, &events, &seal)
+                .await
+                .map_err(AuditError::from),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(seqs) => {
+                if events
+                    .iter()
+                    .any(|e| e.kind == crate::rotation::ROTATION_KIND)
+                {
+                    guard.forget(&chain);
+                }
                 if let (Some(signer), Some(first), Some(last)) =
                     (sealer.signer(), seqs.first(), seqs.last())
                     && checkpoint_due(opts.checkpoint_every, *first, *last)
@@ -526,8 +611,12 @@ async fn run_writer(
                 }
             }
             Err(e) => {
-                tracing::warn!(chain = %chain, events = events.len(), error = %e, "audit append failed");
-                let e = AuditError::from(e);
+                if matches!(e, AuditError::NotWritable(_)) {
+                    // A configuration error, returned to every caller; not a failure to log.
+                    tracing::debug!(chain = %chain, events = events.len(), error = %e, "audit append refused");
+                } else {
+                    tracing::warn!(chain = %chain, events = events.len(), error = %e, "audit append failed");
+                }
                 for w in waiters.drain(..) {
                     match w {
                         Waiter::One(done) => {

@@ -3,6 +3,8 @@
 //! - [`canonical`]: the versioned, length-prefixed bytes each row's HMAC covers (pure).
 //! - [`keys`]: the audit secret, HKDF-derived per-use keys, the salted key fingerprint (pure).
 //! - [`verify`]: the streaming, parallel verifier, its options and its findings.
+//! - [`owner`]: whose key sealed a chain: unverifiable with the configured keys versus
+//!   tampered, and whether a writer may append to a chain (pure).
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
 
@@ -10,6 +12,7 @@ pub mod canonical;
 mod chain;
 pub mod checkpoint;
 pub mod keys;
+pub mod owner;
 pub mod rotation;
 pub mod signing;
 pub mod verify;
@@ -24,6 +27,7 @@ use thiserror::Error;
 pub use chain::{Appended, AuditLog, AuditLogOptions};
 pub use checkpoint::{Checkpoint, CheckpointFile};
 pub use keys::{AuditSecret, ChainKey, DerivedKey, KeyError, KeyRing};
+pub use owner::{NotWritable, Unverifiable, Verdict};
 pub use signing::{RowSealer, SigVerdict, Signer, SignerError, SigningState};
 pub use verify::{
     ChainCheck, ChainReport, Finding, Reason, SignatureCounts, VerifyOptions, VerifyProgress,
@@ -57,6 +61,24 @@ pub enum AuditError {
     /// An internal task stopped (the runtime is shutting down).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A row read with `verify_chain_on_read` names a key that is not configured and that no
+    /// configured key seals: it cannot be verified here (`governance verify` gives its chain's
+    /// verdict: another secret's, or tampered).
+    #[error(
+        "row {seq} of chain `{chain}` names key {key_id}, which is not configured, so it cannot be verified on read: set GOVERNANCE_AUDIT_SECRET (or GOVERNANCE_AUDIT_SECRET_PREVIOUS) to the secret of {key_id}; `governance verify --chain {chain}` gives the chain's verdict"
+    )]
+    KeyNotConfigured {
+        /// The chain.
+        chain: String,
+        /// The row's seq.
+        seq: i64,
+        /// The fingerprint the row names.
+        key_id: String,
+    },
+    /// This handle may not append to the chain: its head was not sealed by the key the handle
+    /// seals with, so appending would break the chain for good.
+    #[error(transparent)]
+    NotWritable(NotWritable),
     /// The background writer for a chain stopped (the runtime is shutting down).
     #[error("the audit writer stopped; the event was not recorded")]
     WriterStopped,
@@ -65,6 +87,15 @@ pub enum AuditError {
 impl From<gov_store::StoreError> for AuditError {
     fn from(e: gov_store::StoreError) -> Self {
         Self::Store(Arc::new(e))
+    }
+}
+
+impl From<owner::HeadRefusal> for AuditError {
+    fn from(r: owner::HeadRefusal) -> Self {
+        match r {
+            owner::HeadRefusal::NotWritable(n) => Self::NotWritable(n),
+            owner::HeadRefusal::Broken(f) => Self::ChainBroken(f),
+        }
     }
 }
 

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::AuditError;
 use crate::keys::KeyRing;
+use crate::owner::{RowSeal, Stretch, Unverifiable, Verdict, row_seal};
+use crate::rotation::{MarkerError, ROTATION_KIND, check_marker};
 use crate::signing::SigVerdict;
 
 /// Rows fetched per page (one page is verified while the next is fetched).
@@ -131,12 +133,29 @@ pub struct ChainReport {
     pub range: Option<(i64, i64)>,
     /// The first problem, if any.
     pub finding: Option<Finding>,
+    /// Rows that no configured key can check, when nothing in them is evidence for a
+    /// configured key (absent otherwise, and whenever there is a finding): the chain, or its
+    /// part before a rotation to a configured key, was written with another secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverifiable: Option<Unverifiable>,
 }
 
 impl ChainReport {
-    /// True when no problem was found.
+    /// Tampered when there is a finding; else unverifiable when rows could not be checked with
+    /// the configured keys; else clean.
+    pub fn verdict(&self) -> Verdict {
+        if self.finding.is_some() {
+            Verdict::Tampered
+        } else if self.unverifiable.is_some() {
+            Verdict::Unverifiable
+        } else {
+            Verdict::Clean
+        }
+    }
+
+    /// True when every row was checked and none has a problem.
     pub fn is_clean(&self) -> bool {
-        self.finding.is_none()
+        self.verdict() == Verdict::Clean
     }
 }
 
@@ -164,6 +183,24 @@ impl VerifyReport {
     /// True when every chain is clean.
     pub fn is_clean(&self) -> bool {
         self.chains.iter().all(ChainReport::is_clean)
+    }
+
+    /// The worst verdict over the chains: tampered before unverifiable before clean. Each
+    /// chain is judged on its own (a chain that cannot be checked says nothing about another).
+    pub fn verdict(&self) -> Verdict {
+        self.chains
+            .iter()
+            .map(ChainReport::verdict)
+            .max()
+            .unwrap_or(Verdict::Clean)
+    }
+
+    /// The chains with rows the configured keys cannot check, and what to do about them.
+    pub fn unverifiable(&self) -> impl Iterator<Item = (&str, &Unverifiable)> {
+        self.chains.iter().filter_map(|c| match c.verdict() {
+            Verdict::Unverifiable => c.unverifiable.as_ref().map(|u| (c.chain_id.as_str(), u)),
+            _ => None,
+        })
     }
 
     /// The first chain with a problem.
@@ -276,12 +313,16 @@ struct CheckState {
     expect_key: Option<String>,
     /// Keys retired by rotation markers, with the marker's seq.
     retired: Vec<(String, i64)>,
+    /// Runs of rows that no configured key can check, ended (see `crate::owner`).
+    stretches: Vec<Stretch>,
+    /// The run being met: rows from the start of the check while no row is proven ours, or
+    /// rows after a marker (sealed by a configured key) to a key that is not configured.
+    open: Option<Stretch>,
+    /// Whether a row was proven sealed by a configured key (a row that passed, or a rotation
+    /// marker whose proof verifies under one). After that, a row no configured key seals is a
+    /// finding, unless a rotation to a key that is not configured came first.
+    ours: bool,
     buf: Vec<u8>,
-}
-
-/// Whether `row` is sealed by a key of the ring, at its stored seq.
-fn sealed(keys: &KeyRing, row: &AuditRecord, buf: &mut Vec<u8>) -> bool {
-    keys.get(&row.key_id).is_some_and(|k| k.verify(row, buf))
 }
 
 impl<'k> ChainCheck<'k> {
@@ -301,6 +342,9 @@ impl<'k> ChainCheck<'k> {
                 signatures: SignatureCounts::default(),
                 expect_key: None,
                 retired: Vec::new(),
+                stretches: Vec::new(),
+                open: None,
+                ours: false,
                 buf: Vec::with_capacity(1024),
             },
         }
@@ -342,18 +386,18 @@ impl<'k> ChainCheck<'k> {
     /// Checks the next row; `next` is the row after it, if already fetched (used to tell an
     /// inserted row from a modified one).
     pub fn check(&mut self, row: &AuditRecord, next: Option<&AuditRecord>) -> Result<(), Finding> {
-        let ok = sealed(self.keys, row, &mut self.s.buf);
+        let seal = row_seal(self.keys, row, &mut self.s.buf);
         let sig = crate::signing::judge(row, self.keys.signers());
-        self.check_sealed(row, next, ok, sig)
+        self.check_sealed(row, next, seal, sig)
     }
 
-    /// [`Self::check`] with the row's seal already recomputed: `ok` is whether a key of the ring
-    /// seals the row at its stored seq. Only a failing row costs further HMACs here.
+    /// [`Self::check`] with the row's seal already judged against the ring at its stored seq.
+    /// Only a failing row costs further HMACs here.
     fn check_sealed(
         &mut self,
         row: &AuditRecord,
         next: Option<&AuditRecord>,
-        ok: bool,
+        seal: RowSeal,
         sig: SigVerdict,
     ) -> Result<(), Finding> {
         let e = self.s.expected_seq;
@@ -396,8 +440,23 @@ impl<'k> ChainCheck<'k> {
             self.s.key_ids.insert(row.key_id.clone());
         }
         if self.keys.get(&row.key_id).is_none() {
+            if let RowSeal::Relabelled { sealed_with } = &seal {
+                return bad(
+                    row.seq,
+                    Reason::ModifiedRow,
+                    format!(
+                        "the row is sealed with the configured key {sealed_with}, but its key_id was rewritten to {}",
+                        row.key_id
+                    ),
+                );
+            }
             if self.inserted_before(row, next) {
                 return bad(row.seq, Reason::InsertedRow, "a row sealed with a foreign key was inserted here; the rows after it were renumbered".into());
+            }
+            if !self.s.ours || self.s.open.is_some() {
+                // Nothing so far is ours (the chain may have been written with another secret),
+                // or the chain was rotated to a key that is not configured.
+                return self.foreign_row(row);
             }
             return bad(
                 row.seq,
@@ -409,7 +468,7 @@ impl<'k> ChainCheck<'k> {
                 ),
             );
         }
-        if !ok {
+        if seal != RowSeal::Sealed {
             let lo = (row.seq - REORDER_WINDOW).max(1);
             let hi = row.seq + REORDER_WINDOW;
             if let Some(t) = (lo..=hi)
@@ -450,11 +509,89 @@ impl<'k> ChainCheck<'k> {
                 ),
             );
         }
+        if let Some(f) = &self.s.open
+            && self.s.expect_key.is_none()
+        {
+            // Rows no configured key seals, then one that a configured key seals, with no
+            // marker proven by a configured key in between: the chain changes keys unmarked.
+            return bad(
+                row.seq,
+                Reason::UnmarkedKeyChange,
+                format!(
+                    "seqs {} to {} are sealed with key {}, which is not configured, and this row with the configured key {} without a {} marker",
+                    f.first,
+                    f.last,
+                    f.key_ids
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    row.key_id,
+                    ROTATION_KIND
+                ),
+            );
+        }
         self.check_key_sequence(row)?;
         self.check_signature(row, sig)?;
+        self.s.ours = true;
         self.s.prev.clone_from(&row.row_hmac);
         self.s.expected_seq += 1;
         self.s.checked += 1;
+        Ok(())
+    }
+
+    /// A row that names no configured key and that none seals, while no row so far was proven
+    /// ours: it is not checked (its secret is not configured), but it must still follow the
+    /// row before it, and a rotation marker in it that a configured key proves hands the chain
+    /// over to that key.
+    fn foreign_row(&mut self, row: &AuditRecord) -> Result<(), Finding> {
+        if row.prev_hmac != self.s.prev {
+            return Err(Finding {
+                seq: row.seq,
+                reason: Reason::Fork,
+                detail: format!(
+                    "the row does not follow seq {}: its prev_hmac is not that row's row_hmac (rows are linked whatever key sealed them)",
+                    row.seq - 1
+                ),
+            });
+        }
+        let mut rotated_to = None;
+        if row.kind == ROTATION_KIND {
+            match check_marker(row, self.keys) {
+                Ok(to) => rotated_to = Some(to),
+                Err(MarkerError::BadProof) => {
+                    return Err(Finding {
+                        seq: row.seq,
+                        reason: Reason::ForgedRotation,
+                        detail: "the marker names a configured key, but its proof does not verify under it: it was not made by a holder of that key".into(),
+                    });
+                }
+                // A rotation between keys that are not configured, or not a marker at all.
+                Err(MarkerError::UnknownNewKey(_) | MarkerError::Malformed(_)) => {}
+            }
+        }
+        let mut stretch = self
+            .s
+            .open
+            .take()
+            .unwrap_or_else(|| Stretch::new(row.seq, None));
+        stretch.last = row.seq;
+        if !stretch.key_ids.contains(&row.key_id) {
+            stretch.key_ids.insert(row.key_id.clone());
+        }
+        match rotated_to {
+            Some(to) => {
+                // Proven by a configured key: the chain is that key's from here on.
+                stretch.closed_by = Some(row.seq);
+                self.s.stretches.push(stretch);
+                self.s.ours = true;
+                self.s.retired.push((row.key_id.clone(), row.seq));
+                self.s.expect_key = Some(to);
+            }
+            None => self.s.open = Some(stretch),
+        }
+        self.s.prev.clone_from(&row.row_hmac);
+        self.s.expected_seq += 1;
         Ok(())
     }
 
@@ -563,18 +700,28 @@ impl<'k> ChainCheck<'k> {
                 "the marker's proof does not verify under the new key: it was not made by a holder of that key".into(),
             ),
             Err(crate::rotation::MarkerError::Malformed(m)) => bad(Reason::ForgedRotation, m),
-            Err(crate::rotation::MarkerError::UnknownNewKey(k)) => bad(
-                Reason::UnknownKey,
-                format!(
-                    "the chain was rotated to key {k}, which is not among the configured keys: set GOVERNANCE_AUDIT_SECRET to the new secret and GOVERNANCE_AUDIT_SECRET_PREVIOUS to the old one"
-                ),
-            ),
+            Err(crate::rotation::MarkerError::UnknownNewKey(k)) => {
+                // A marker of ours to a key that is not configured: the rows from here on
+                // cannot be checked (the new secret is missing), which is no finding.
+                let mut stretch = Stretch::new(row.seq, Some(row.seq));
+                stretch.key_ids.insert(k.clone());
+                self.s.open = Some(stretch);
+                self.s.retired.push((row.key_id.clone(), row.seq));
+                self.s.expect_key = Some(k);
+                Ok(())
+            }
         }
     }
 
     /// Ends the check once every row up to the head has been fed.
     pub fn finish(&self) -> Result<(), Finding> {
         self.s.finish()
+    }
+
+    /// The rows fed so far that no configured key can check, when nothing in them is evidence
+    /// for a configured key (see [`ChainReport::unverifiable`]).
+    pub fn unverifiable(&self) -> Option<Unverifiable> {
+        self.s.unverifiable(self.keys)
     }
 }
 
@@ -609,8 +756,19 @@ impl CheckState {
         Ok(())
     }
 
-    fn report(self, finding: Option<Finding>) -> ChainReport {
+    fn unverifiable(&self, keys: &KeyRing) -> Option<Unverifiable> {
+        let mut all = self.stretches.clone();
+        all.extend(self.open.clone());
+        Unverifiable::new(&all, keys)
+    }
+
+    fn report(self, finding: Option<Finding>, keys: &KeyRing) -> ChainReport {
+        let unverifiable = match &finding {
+            None => self.unverifiable(keys),
+            Some(_) => None,
+        };
         ChainReport {
+            unverifiable,
             chain_id: self.head.chain_id,
             events_checked: self.checked + u64::from(finding.is_some()),
             head_seq: self.head.seq,
@@ -658,7 +816,7 @@ async fn on_pool<T: Send + 'static>(
 
 /// The last row of a page with its recomputed seal, held back until the next page shows the row
 /// after it.
-type HeldRow = Option<(AuditRecord, (bool, SigVerdict))>;
+type HeldRow = Option<(AuditRecord, (RowSeal, SigVerdict))>;
 
 /// Checks one page: every row's seal is recomputed in parallel on the current pool, then the
 /// rows are checked in order with those results. The page's last row is held back in `held`
@@ -669,24 +827,25 @@ fn check_page(
     mut page: Vec<AuditRecord>,
 ) -> Result<(), Finding> {
     let keys = check.keys;
-    let mut ok: Vec<(bool, SigVerdict)> = page
+    let mut ok: Vec<(RowSeal, SigVerdict)> = page
         .par_iter()
         .with_min_len(SEAL_PIECE)
         .map_init(
             || Vec::with_capacity(1024),
             |buf, r| {
                 (
-                    sealed(keys, r, buf),
+                    row_seal(keys, r, buf),
                     crate::signing::judge(r, keys.signers()),
                 )
             },
         )
         .collect();
-    if let Some((row, (row_ok, sig))) = held.take() {
-        check.check_sealed(&row, page.first(), row_ok, sig)?;
+    if let Some((row, (row_seal, sig))) = held.take() {
+        check.check_sealed(&row, page.first(), row_seal, sig)?;
     }
     for (i, pair) in page.windows(2).enumerate() {
-        check.check_sealed(&pair[0], Some(&pair[1]), ok[i].0, ok[i].1)?;
+        let (seal, sig) = ok[i].clone();
+        check.check_sealed(&pair[0], Some(&pair[1]), seal, sig)?;
     }
     if let (Some(last), Some(last_ok)) = (page.pop(), ok.pop()) {
         *held = Some((last, last_ok));
@@ -712,6 +871,7 @@ pub(crate) async fn verify_chain(
     opts: &VerifyOptions,
     pool: &rayon::ThreadPool,
 ) -> Result<ChainReport, AuditError> {
+    let ring: &KeyRing = keys;
     let chain = head.chain_id.clone();
     let head_seq = head.seq;
     let start = opts.from_seq.unwrap_or(1);
@@ -751,7 +911,7 @@ pub(crate) async fn verify_chain(
                             start - 1
                         ),
                     };
-                    return Ok(state.report(Some(f)));
+                    return Ok(state.report(Some(f), ring));
                 }
             }
         }
@@ -779,29 +939,29 @@ pub(crate) async fn verify_chain(
             .await?;
             (state, held) = (s, h);
             if let Err(f) = result {
-                return Ok(state.report(Some(f)));
+                return Ok(state.report(Some(f), ring));
             }
             progress(state.checked);
         }
-        if let Some((row, (row_ok, sig))) = held {
+        if let Some((row, (row_seal, sig))) = held {
             let keys = Arc::clone(keys);
             let (s, result) = on_pool(pool, move || {
                 let mut check = ChainCheck {
                     keys: &keys,
                     s: state,
                 };
-                let result = check.check_sealed(&row, None, row_ok, sig);
+                let result = check.check_sealed(&row, None, row_seal, sig);
                 (check.s, result)
             })
             .await?;
             state = s;
             if let Err(f) = result {
-                return Ok(state.report(Some(f)));
+                return Ok(state.report(Some(f), ring));
             }
             progress(state.checked);
         }
         if let Err(f) = state.finish() {
-            return Ok(state.report(Some(f)));
+            return Ok(state.report(Some(f), ring));
         }
     }
     if to_head {
@@ -819,11 +979,11 @@ pub(crate) async fn verify_chain(
                         row.seq
                     ),
                 };
-                return Ok(state.report(Some(f)));
+                return Ok(state.report(Some(f), ring));
             }
         }
     }
-    Ok(state.report(None))
+    Ok(state.report(None, ring))
 }
 
 /// Reads pages of rows after seq `after` up to seq `end` into `tx`, in order, until there are
@@ -979,8 +1139,8 @@ mod tests {
             for p in rows.chunks(page) {
                 check_page(&mut c, &mut held, p.to_vec())?;
             }
-            if let Some((row, (ok, sig))) = held {
-                c.check_sealed(&row, None, ok, sig)?;
+            if let Some((row, (seal, sig))) = held {
+                c.check_sealed(&row, None, seal, sig)?;
             }
             c.finish()?;
             Ok(c.checked())
@@ -1049,6 +1209,181 @@ mod tests {
                 assert_eq!(got, want, "case {i}, pages of {page}");
             }
         }
+    }
+
+    /// The verdict of checking `rows` row by row, with what the check left unverified.
+    fn verdict(
+        ring: &KeyRing,
+        rows: &[AuditRecord],
+        head: ChainHead,
+    ) -> Result<Option<Unverifiable>, Finding> {
+        let mut c = ChainCheck::new(ring, head);
+        for (i, r) in rows.iter().enumerate() {
+            c.check(r, rows.get(i + 1))?;
+        }
+        c.finish()?;
+        Ok(c.unverifiable())
+    }
+
+    #[test]
+    fn a_chain_sealed_with_another_secret_is_unverifiable_not_tampered() {
+        let (a, b) = (key(A), key(B));
+        let (rows, head) = chain(&a, 6);
+        let theirs = KeyRing::new(b.clone());
+        let u = verdict(&theirs, &rows, head.clone())
+            .expect("no finding")
+            .expect("unverifiable");
+        assert_eq!(u.seqs, vec![(1, 6)]);
+        assert_eq!(u.key_ids.iter().collect::<Vec<_>>(), vec![a.key_id()]);
+        assert!(
+            u.advice.contains(a.key_id()) && u.advice.contains(b.key_id()),
+            "{}",
+            u.advice
+        );
+        assert!(u.advice.contains("GOVERNANCE_AUDIT_SECRET"), "{}", u.advice);
+        // The same with the paged, parallel driver.
+        let paged = run_paged(&theirs, &rows, head.clone(), 4);
+        assert_eq!(paged, Ok(0), "no row is checked, none is a finding");
+        // Links, gaps and the head are checked whatever key sealed the rows.
+        let mut gap = rows.clone();
+        gap.remove(2);
+        let f = verdict(&theirs, &gap, head.clone()).unwrap_err();
+        assert_eq!((f.seq, f.reason), (3, Reason::MissingRow), "{f}");
+        let mut bad_head = head.clone();
+        bad_head.head_hmac = vec![3; 32];
+        let f = verdict(&theirs, &rows, bad_head).unwrap_err();
+        assert_eq!(f.reason, Reason::HeadMismatch, "{f}");
+        let mut cut = rows.clone();
+        cut[3].row_hmac = vec![4; 32];
+        let f = verdict(&theirs, &cut, head).unwrap_err();
+        assert_eq!((f.seq, f.reason), (5, Reason::Fork), "{f}");
+    }
+
+    #[test]
+    fn a_rewritten_key_id_is_tampering_not_another_secret() {
+        let a = key(A);
+        let ring = KeyRing::new(a.clone());
+        let (rows, head) = chain(&a, 5);
+        for at in [0, 2, 4] {
+            let mut relabelled = rows.clone();
+            relabelled[at].key_id = key(B).key_id().to_owned();
+            let f = verdict(&ring, &relabelled, head.clone()).unwrap_err();
+            assert_eq!(
+                (f.seq, f.reason),
+                (at as i64 + 1, Reason::ModifiedRow),
+                "{f}"
+            );
+            assert!(f.detail.contains("key_id was rewritten"), "{f}");
+            for page in [1, 2, 3] {
+                assert_eq!(
+                    run_paged(&ring, &relabelled, head.clone(), page),
+                    Err(f.clone())
+                );
+            }
+        }
+        // Every key_id rewritten: each row is still proven ours.
+        let mut all = rows.clone();
+        for r in &mut all {
+            r.key_id = "hk1_ffffffffffffffffffffffff".into();
+        }
+        let f = verdict(&ring, &all, head.clone()).unwrap_err();
+        assert_eq!((f.seq, f.reason), (1, Reason::ModifiedRow), "{f}");
+        // A single row claiming our key among another secret's rows is a finding too.
+        let b = key(B);
+        let (theirs, their_head) = chain(&b, 4);
+        let mut claimed = theirs.clone();
+        claimed[2].key_id = a.key_id().to_owned();
+        let f = verdict(&ring, &claimed, their_head).unwrap_err();
+        assert_eq!((f.seq, f.reason), (3, Reason::ModifiedRow), "{f}");
+    }
+
+    #[test]
+    fn rows_of_ours_after_another_secrets_rows_are_an_unmarked_key_change() {
+        // A writer with secret A appended to a chain that secret B started.
+        let (a, b) = (key(A), key(B));
+        let (mut rows, _) = chain(&b, 3);
+        let mut prev = rows[2].row_hmac.clone();
+        for seq in 4..=5 {
+            let ev = AuditEvent::builder("a", "tool.call")
+                .payload(seq)
+                .build()
+                .unwrap();
+            let mut r = AuditRecord::unsealed(&ev, seq, &prev, a.key_id());
+            r.row_hmac = a.seal(&r).to_vec();
+            prev.clone_from(&r.row_hmac);
+            rows.push(r);
+        }
+        let head = ChainHead {
+            chain_id: "default".into(),
+            seq: 5,
+            head_hmac: prev,
+        };
+        let f = verdict(&KeyRing::new(a.clone()), &rows, head.clone()).unwrap_err();
+        assert_eq!((f.seq, f.reason), (4, Reason::UnmarkedKeyChange), "{f}");
+        // Seen from B's side, the foreign rows come after ours: an unknown key.
+        let f = verdict(&KeyRing::new(b), &rows, head).unwrap_err();
+        assert_eq!((f.seq, f.reason), (4, Reason::UnknownKey), "{f}");
+    }
+
+    #[test]
+    fn rows_before_a_proven_rotation_to_our_key_need_the_earlier_secret() {
+        let (a, b) = (key(A), key(B));
+        let (mut rows, _) = chain(&a, 3);
+        let marker = crate::rotation::marker_event("default", &a, &b, "alice", "yearly").unwrap();
+        let mut m = AuditRecord::unsealed(&marker, 4, &rows[2].row_hmac, a.key_id());
+        m.row_hmac = a.seal(&m).to_vec();
+        let mut prev = m.row_hmac.clone();
+        rows.push(m);
+        for seq in 5..=6 {
+            let ev = AuditEvent::builder("a", "tool.call")
+                .payload(seq)
+                .build()
+                .unwrap();
+            let mut r = AuditRecord::unsealed(&ev, seq, &prev, b.key_id());
+            r.row_hmac = b.seal(&r).to_vec();
+            prev.clone_from(&r.row_hmac);
+            rows.push(r);
+        }
+        let head = ChainHead {
+            chain_id: "default".into(),
+            seq: 6,
+            head_hmac: prev,
+        };
+        let both = KeyRing::with_previous(b.clone(), [a.clone()]);
+        assert_eq!(verdict(&both, &rows, head.clone()), Ok(None));
+        let u = verdict(&KeyRing::new(b.clone()), &rows, head.clone())
+            .expect("no finding")
+            .expect("the rows before the marker");
+        assert_eq!(u.seqs, vec![(1, 4)]);
+        assert!(
+            u.advice.contains("rotated to a configured key at seq 4"),
+            "{}",
+            u.advice
+        );
+        assert!(
+            u.advice.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"),
+            "{}",
+            u.advice
+        );
+        // Holding only the old key: the rows from the marker on need the new secret.
+        let u = verdict(&KeyRing::new(a.clone()), &rows, head.clone())
+            .expect("no finding")
+            .expect("the rows from the marker");
+        assert_eq!(u.seqs, vec![(4, 6)]);
+        assert!(u.key_ids.contains(b.key_id()), "{u:?}");
+        assert!(u.advice.contains("rotated at seq 4 to key"), "{}", u.advice);
+        // Tampering after the marker is still found.
+        let mut edited = rows.clone();
+        edited[5].payload = "7".into();
+        let f = verdict(&KeyRing::new(b.clone()), &edited, head.clone()).unwrap_err();
+        assert_eq!((f.seq, f.reason), (6, Reason::ModifiedRow), "{f}");
+        // A forged proof naming our key is tampering, not a missing secret.
+        let mut forged = rows.clone();
+        let mut p: serde_json::Value = serde_json::from_str(&forged[3].payload).unwrap();
+        p["proof"] = hex::encode([0u8; 32]).into();
+        forged[3].payload = p.to_string();
+        let f = verdict(&KeyRing::new(b), &forged, head).unwrap_err();
+        assert_eq!((f.seq, f.reason), (4, Reason::ForgedRotation), "{f}");
     }
 
     #[test]

@@ -138,6 +138,10 @@ pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) ->
     };
     let chain = match state.gov.audit().verify_all().await {
         Ok(r) if r.is_clean() => json!({ "status": "clean", "events_checked": r.events_checked }),
+        Ok(r) if r.verdict() == gov_sdk::Verdict::Unverifiable => {
+            let chains: Vec<&str> = r.unverifiable().map(|(c, _)| c).collect();
+            json!({ "status": "unverifiable", "events_checked": r.events_checked, "chains": chains })
+        }
         Ok(r) => {
             let first = r
                 .first_finding()
@@ -340,11 +344,7 @@ pub(crate) async fn verify(
     user.check_csrf(csrf_header(&headers))?;
     let report = state.gov.audit().verify_all().await?;
     let mut v = serde_json::to_value(&report).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    v["status"] = json!(if report.is_clean() {
-        "clean"
-    } else {
-        "tampered"
-    });
+    v["status"] = json!(report.verdict().as_str());
     Ok(Json(v))
 }
 
@@ -417,11 +417,7 @@ pub(crate) async fn start_verification(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
             Ok(report) => {
-                j.status = if report.is_clean() {
-                    "clean"
-                } else {
-                    "tampered"
-                };
+                j.status = report.verdict().as_str();
                 j.report = serde_json::to_value(&report).ok();
             }
             Err(e) => {

@@ -586,11 +586,7 @@ pub(crate) async fn verify_chain(
     user.check_csrf(form.csrf.as_deref())?;
     let report = state.gov.audit().verify_all().await?;
     let view = VerifyView {
-        status: if report.is_clean() {
-            "clean"
-        } else {
-            "tampered"
-        },
+        status: report.verdict().as_str(),
         summary: format!("{} events checked", report.events_checked),
         chains: report
             .chains
@@ -601,10 +597,15 @@ pub(crate) async fn verify_chain(
                     c.events_checked,
                     c.signatures.signed,
                     c.signatures.unsigned + c.signatures.unsigned_local_failure,
-                    c.finding
-                        .as_ref()
-                        .map(|f| format!("seq {}: {}: {}", f.seq, f.reason.as_str(), f.detail))
-                        .unwrap_or_else(|| "clean".into()),
+                    match (&c.finding, &c.unverifiable) {
+                        (Some(f), _) => {
+                            format!("seq {}: {}: {}", f.seq, f.reason.as_str(), f.detail)
+                        }
+                        (None, Some(u)) => {
+                            format!("not verifiable with the configured keys: {}", u.advice)
+                        }
+                        (None, None) => "clean".into(),
+                    },
                 )
             })
             .collect(),

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gov_sdk::events::{self, EventKind};
-use gov_sdk::{AuditRecord, ChainId, EventFilter, Governance, Reason, VerifyReport};
+use gov_sdk::{AuditRecord, ChainId, EventFilter, Governance, Verdict, VerifyReport};
 use time::OffsetDateTime;
 
 use crate::ReportError;
@@ -54,8 +54,12 @@ pub enum Step {
 /// Collects the report: verifies the chains covered (whole), counts the period's events by
 /// chain, agent and kind, and lists oversight decisions, halts and denials.
 ///
-/// A secret that does not match the key of a chain's first row is refused with
-/// [`ReportError::WrongSecret`] rather than reported as tampering.
+/// Each chain is judged on its own, by the verifier's rule (`gov_audit::owner`): when no chain
+/// is tampered but some chain cannot be checked with the configured keys (nothing in it is
+/// sealed by, or names, a configured key), the report is refused with
+/// [`ReportError::WrongSecret`], a configuration error, naming the keys its rows need. When a
+/// chain is tampered, the report is made and records every chain's verdict, those that cannot
+/// be checked included.
 pub async fn collect(
     gov: &Governance,
     req: &ReportRequest,
@@ -85,14 +89,14 @@ pub async fn collect(
         }
         None => gov.audit().verify_all().await?,
     };
-    if let Some(c) = verified.chains.iter().find(|c| {
-        c.finding
-            .as_ref()
-            .is_some_and(|f| f.reason == Reason::UnknownKey && f.seq == 1)
-    }) {
+    if verified.verdict() == Verdict::Unverifiable {
+        let (chains, advice): (Vec<_>, Vec<_>) = verified
+            .unverifiable()
+            .map(|(c, u)| (c.to_owned(), format!("chain {c}: {}", u.advice)))
+            .unzip();
         return Err(ReportError::WrongSecret {
-            chain: c.chain_id.clone(),
-            key_id: gov.audit().key_id().to_owned(),
+            chains,
+            advice: advice.join("; "),
         });
     }
     let chains: Vec<String> = verified.chains.iter().map(|c| c.chain_id.clone()).collect();
@@ -392,9 +396,8 @@ fn denial(r: &AuditRecord) -> Denial {
 }
 
 fn verification(v: &VerifyReport) -> Verification {
-    let status = |clean: bool| if clean { "clean" } else { "tampered" };
     Verification {
-        status: status(v.is_clean()),
+        status: v.verdict().as_str(),
         rotation_aware: gov_sdk::ROTATION_AWARE,
         scope: "every row of each chain covered, from seq 1 to its head, whatever the period",
         events_checked: v.events_checked,
@@ -419,7 +422,7 @@ fn verification(v: &VerifyReport) -> Verification {
             .iter()
             .map(|c| ChainVerification {
                 chain_id: c.chain_id.clone(),
-                status: status(c.is_clean()),
+                status: c.verdict().as_str(),
                 events_checked: c.events_checked,
                 head_seq: c.head_seq,
                 finding: c.finding.as_ref().map(|f| FindingSummary {
@@ -427,6 +430,7 @@ fn verification(v: &VerifyReport) -> Verification {
                     reason: f.reason.as_str().to_owned(),
                     detail: f.detail.clone(),
                 }),
+                unverifiable: c.unverifiable.clone().filter(|_| c.finding.is_none()),
             })
             .collect(),
     }

@@ -220,7 +220,7 @@ pub(crate) fn render(r: &Article12Report) -> Result<String, ReportError> {
                         c.events_checked.to_string(),
                         c.head_seq.to_string(),
                         match &c.finding {
-                            None => "clean".into(),
+                            None => c.unfound_result(),
                             Some(f) => {
                                 format!("tampered at seq {}: {} ({})", f.seq, f.reason, f.detail)
                             }

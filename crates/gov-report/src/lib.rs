@@ -46,15 +46,17 @@ pub enum ReportError {
     /// The period is not a period.
     #[error("{0}")]
     Period(String),
-    /// The audit secret is not the one the chain was sealed with.
+    /// No chain is tampered, but some chain cannot be checked with the configured keys: it
+    /// was written with another secret (or, before a rotation, with an earlier one that is
+    /// not configured).
     #[error(
-        "the audit secret does not match the key that sealed chain {chain} (this secret's key is {key_id}): set GOVERNANCE_AUDIT_SECRET (or --audit-secret-file) to the secret the chain was written with; `governance verify` reports the chain's first row"
+        "no report was made: not verifiable with the configured keys: {advice}. `governance verify` shows every chain's verdict; --audit-secret-file reads the secret from a file"
     )]
     WrongSecret {
-        /// The chain whose first row's key is unknown.
-        chain: String,
-        /// The fingerprint of the configured key.
-        key_id: String,
+        /// The chains the configured keys cannot check.
+        chains: Vec<String>,
+        /// For each, the key fingerprints its rows name, the configured ones and what to set.
+        advice: String,
     },
     /// The report could not be rendered.
     #[error("cannot render the report: {0}")]

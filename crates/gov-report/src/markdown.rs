@@ -233,7 +233,7 @@ pub(crate) fn render(r: &Article12Report) -> String {
                 c.events_checked.to_string(),
                 c.head_seq.to_string(),
                 match &c.finding {
-                    None => "clean".into(),
+                    None => esc(&c.unfound_result()),
                     Some(f) => format!(
                         "tampered at seq {}: {} ({})",
                         f.seq,

@@ -213,7 +213,7 @@ pub struct Denial {
 /// Chain verification, whole chains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verification {
-    /// `clean` or `tampered`.
+    /// `clean` or `tampered` (a report is not made when the worst is `unverifiable`).
     pub status: &'static str,
     /// Whether the verifier follows key-rotation markers (rows sealed under earlier keys verify
     /// with the keyring; a key changes only at a valid marker).
@@ -235,7 +235,8 @@ pub struct Verification {
 pub struct ChainVerification {
     /// The chain.
     pub chain_id: String,
-    /// `clean` or `tampered`.
+    /// `clean`, `tampered`, or `unverifiable` (rows the configured keys cannot check; listed
+    /// only in a report made because another chain is tampered).
     pub status: &'static str,
     /// Rows checked.
     pub events_checked: u64,
@@ -243,6 +244,20 @@ pub struct ChainVerification {
     pub head_seq: i64,
     /// The first problem, if any.
     pub finding: Option<FindingSummary>,
+    /// The rows the configured keys cannot check, when `status` is `unverifiable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverifiable: Option<gov_sdk::Unverifiable>,
+}
+
+impl ChainVerification {
+    /// The result column of the rendered report for a chain without a finding: `clean`, or
+    /// which rows the configured keys cannot check and why.
+    pub fn unfound_result(&self) -> String {
+        match &self.unverifiable {
+            None => "clean".into(),
+            Some(u) => format!("not verifiable with the configured keys: {}", u.advice),
+        }
+    }
 }
 
 /// The first problem in a chain.

@@ -72,6 +72,9 @@ pub struct Config {
     /// (`$XDG_STATE_HOME` or `~/.local/state` on Linux). After `connect`, the folder in use
     /// (`None` when spooling is off). It must be private to the user (docs/storage.md).
     pub spool_dir: Option<std::path::PathBuf>,
+    /// Chains whose head `connect` checks this handle may append to (default: `default`).
+    /// Every other chain is checked before the handle's first append to it.
+    pub chains_checked_on_connect: Vec<String>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             llm: LlmConfig::default(),
             spool: true,
             spool_dir: None,
+            chains_checked_on_connect: vec![gov_core::ChainId::default().as_str().to_owned()],
         }
     }
 }
@@ -209,6 +213,23 @@ impl GovernanceBuilder {
     /// are migrated by their owner with `governance migrate`.
     pub fn migrate_on_connect(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
+        self
+    }
+
+    /// The chains `connect` checks this handle may append to (default: only `default`), so a
+    /// handle configured with another secret than the one that sealed them fails at once:
+    /// each chain must be new, or its head row proven sealed by this handle's current key (or
+    /// a rotation marker proven to move the chain to it). A chain not listed is checked the
+    /// same way before this handle's first append to it; a refusal is
+    /// [`gov_audit::AuditError::NotWritable`] naming the chain's key fingerprint and this
+    /// handle's. An empty list checks nothing at connect, for handles that only read or
+    /// verify (the CLI's).
+    pub fn check_chains_on_connect<I, S>(mut self, chains: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.chains_checked_on_connect = chains.into_iter().map(Into::into).collect();
         self
     }
 
@@ -404,6 +425,11 @@ impl GovernanceBuilder {
             ),
             audit_opts,
         );
+        // Refuse now, not at the first event, to append to a chain another key sealed.
+        for chain in &self.config.chains_checked_on_connect {
+            gov_core::ChainId::new(chain)?;
+            audit.ensure_writable(chain).await?;
+        }
         let mut config = self.config;
         let root = if config.spool {
             let root = config

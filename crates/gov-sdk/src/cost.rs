@@ -160,6 +160,7 @@ impl Reservation {
         event: &AuditEvent,
     ) -> Result<String> {
         let audit = &self.gov.inner.audit;
+        audit.ensure_writable(event.chain_id.as_str()).await?;
         let sealer = audit.sealer();
         let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
         let (outcome, seq) = self
@@ -386,6 +387,7 @@ impl<'g> Cost<'g> {
         let cfg = self.config();
         let id = uuid::Uuid::now_v7();
         let audit = &self.gov.inner.audit;
+        audit.ensure_writable(ev.chain_id.as_str()).await?;
         let sealer = audit.sealer();
         let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
         let outcome = self

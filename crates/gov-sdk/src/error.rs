@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gov_audit::{AuditError, Finding, KeyError};
+use gov_audit::{AuditError, Finding, KeyError, NotWritable};
 use gov_core::{BudgetDenial, EventError, ScopeDenial};
 use gov_store::StoreError;
 use thiserror::Error;
@@ -41,6 +41,12 @@ pub enum Error {
     /// The audit chain is broken (a read with `verify_chain_on_read`).
     #[error("the audit chain is broken at {0}")]
     ChainBroken(Finding),
+    /// This handle may not append to the chain: its head was sealed by a key the handle does
+    /// not seal with (another secret, an earlier key without a rotation marker, or a rotation
+    /// to another key), so appending would break the chain for good. A configuration error;
+    /// the message names the fingerprints and what to set.
+    #[error(transparent)]
+    NotWritable(NotWritable),
     /// Any other audit failure.
     #[error(transparent)]
     Audit(AuditError),
@@ -194,6 +200,7 @@ impl From<AuditError> for Error {
             AuditError::Key(k) => Self::Key(k),
             AuditError::Store(s) => Self::Store(s),
             AuditError::ChainBroken(f) => Self::ChainBroken(f),
+            AuditError::NotWritable(n) => Self::NotWritable(n),
             other => Self::Audit(other),
         }
     }
@@ -212,6 +219,7 @@ impl Error {
             Self::Config(_)
             | Self::Key(_)
             | Self::Event(_)
+            | Self::NotWritable(_)
             | Self::ReservedKind { .. }
             | Self::ActorReserved => true,
             Self::Store(e) => matches!(
@@ -229,6 +237,8 @@ impl Error {
                 AuditError::NoSuchChain(_)
                     | AuditError::NothingToVerify
                     | AuditError::InvalidOptions(_)
+                    | AuditError::NotWritable(_)
+                    | AuditError::KeyNotConfigured { .. }
             ),
             Self::ChainBroken(_)
             | Self::ScopeViolation { .. }

@@ -318,6 +318,13 @@ impl<'g> Gates<'g> {
             token_hash: token_hash.as_deref(),
             token_expires_at: approve.then_some(expires),
         };
+        // The decision's event is sealed in the store's transaction: never onto a chain whose
+        // head another key sealed.
+        self.gov
+            .inner
+            .audit
+            .ensure_writable(event.chain_id.as_str())
+            .await?;
         let sealer = self.gov.inner.audit.sealer();
         let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
         let outcome = match self

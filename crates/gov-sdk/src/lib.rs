@@ -60,8 +60,9 @@ pub use tail::Tail;
 
 pub use gov_audit::checkpoint::FILE_FORMAT as CHECKPOINT_FILE_FORMAT;
 pub use gov_audit::{
-    Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, Reason,
-    SignatureCounts, Signer, SignerError, VerifyOptions, VerifyProgress, VerifyReport,
+    Appended, AuditSecret, ChainReport, Checkpoint, CheckpointFile, Finding, KeyError, NotWritable,
+    Reason, SignatureCounts, Signer, SignerError, Unverifiable, Verdict, VerifyOptions,
+    VerifyProgress, VerifyReport,
 };
 /// The events governance itself writes, one payload type per kind (re-exported from gov-core).
 pub use gov_core::events;

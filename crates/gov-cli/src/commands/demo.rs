@@ -161,7 +161,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
     let clean = report.is_clean();
     if out.json() {
         out.emit_json(&serde_json::json!({
-            "status": if clean { "clean" } else { "tampered" },
+            "status": report.verdict().as_str(),
             "chain": chain,
             "events": logged,
             "sessions": args.sessions,
@@ -172,6 +172,14 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
         }));
     } else {
         match &report.finding {
+            None if !clean => out.line(format!(
+                "verify    {} {}",
+                "UNVERIFIABLE".yellow().bold(),
+                report
+                    .unverifiable
+                    .as_ref()
+                    .map_or("", |u| u.advice.as_str())
+            )),
             None => out.line(format!(
                 "verify    {} {} events, seq 1..{}, key {}",
                 "clean".green().bold(),
@@ -190,7 +198,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
     if !clean {
         gov.close().await;
         admin.close().await;
-        return Ok(ExitCode::from(crate::EXIT_TAMPERED));
+        return Ok(super::verify::conclude(out, std::slice::from_ref(&report)));
     }
     if args.no_serve {
         gov.close().await;

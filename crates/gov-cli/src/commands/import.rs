@@ -45,27 +45,11 @@ pub(crate) async fn run(args: ImportArgs, global: &Global, out: &Out) -> anyhow:
         Some(secret) => Some(verify(&url, secret, &summary).await?),
         None => None,
     };
-    let tampered = verified
-        .as_ref()
-        .is_some_and(|r| r.iter().any(|c| c.finding.is_some()));
-    render(out, target, &summary, verified.as_deref(), tampered)?;
-    if tampered {
-        if let Some((c, f)) = verified
-            .iter()
-            .flatten()
-            .find_map(|c| c.finding.as_ref().map(|f| (c, f)))
-        {
-            out.warn(format!(
-                "tampered: chain {} seq {}: {}: {}",
-                c.chain_id,
-                f.seq,
-                f.reason.as_str(),
-                f.detail
-            ));
-        }
-        return Ok(ExitCode::from(crate::EXIT_TAMPERED));
-    }
-    Ok(ExitCode::SUCCESS)
+    render(out, target, &summary, verified.as_deref())?;
+    Ok(match &verified {
+        Some(chains) => super::verify::conclude(out, chains),
+        None => ExitCode::SUCCESS,
+    })
 }
 
 /// What became of one chain.
@@ -108,18 +92,28 @@ fn render(
     target: &str,
     s: &Summary,
     verified: Option<&[gov_sdk::ChainReport]>,
-    tampered: bool,
 ) -> anyhow::Result<()> {
     if out.json() {
+        let verdict = verified.map(|chains| {
+            chains
+                .iter()
+                .map(gov_sdk::ChainReport::verdict)
+                .max()
+                .unwrap_or(gov_sdk::Verdict::Clean)
+        });
         let verify = match verified {
             Some(chains) => serde_json::json!({
-                "status": if tampered { "tampered" } else { "clean" },
+                "status": verdict.unwrap_or(gov_sdk::Verdict::Clean).as_str(),
                 "chains": serde_json::to_value(chains)?,
             }),
             None => serde_json::Value::Null,
         };
         out.emit_json(&serde_json::json!({
-            "status": if tampered { "tampered" } else { "ok" },
+            "status": match verdict {
+                Some(gov_sdk::Verdict::Tampered) => "tampered",
+                Some(gov_sdk::Verdict::Unverifiable) => "unverifiable",
+                Some(gov_sdk::Verdict::Clean) | None => "ok",
+            },
             "target": target,
             "chains": serde_json::to_value(&s.chains)?,
             "rows": s.rows(),
@@ -170,6 +164,17 @@ fn render(
     }
     for c in verified.unwrap_or_default() {
         match &c.finding {
+            None if let Some(u) = &c.unverifiable => out.line(format!(
+                "{} chain {}: {} sealed with key {} (not configured)",
+                "UNVERIFIABLE".yellow().bold(),
+                c.chain_id,
+                u.rows(),
+                u.key_ids
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
             None => out.line(format!(
                 "{} chain {}: {} events verified",
                 "ok".green().bold(),

@@ -59,6 +59,10 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
         // Nor do they spool: an operator action while storage is out of reach fails (exit 3),
         // and no command adopts a service's spool into the chain.
         .spool(false)
+        // Operator tools verify chains, whatever key sealed them (`verify` says which chains
+        // the configured keys cannot check); anything they append checks its chain's head
+        // first, as every SDK append does.
+        .check_chains_on_connect(Vec::<String>::new())
         .connect()
         .await?)
 }

@@ -145,6 +145,14 @@ pub(crate) async fn run(args: ReportArgs, global: &Global, out: &Out) -> anyhow:
         }
     }
     if !clean {
+        for c in &report.verification.chains {
+            if let Some(u) = &c.unverifiable {
+                out.warn(format!(
+                    "not verifiable with the configured keys: chain {}: {}",
+                    c.chain_id, u.advice
+                ));
+            }
+        }
         out.warn(format!(
             "tampered: the report was written and records where: {}",
             report

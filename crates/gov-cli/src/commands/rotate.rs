@@ -60,18 +60,15 @@ pub(crate) async fn run(args: RotateArgs, global: &Global, out: &Out) -> anyhow:
             "there is no chain to rotate: the database holds no audit events".into(),
         ));
     }
-    // Never rotate over a problem: the marker would sit on top of it.
+    // Never rotate over a problem: the marker would sit on top of it. Nor rotate a chain the
+    // current secret cannot check: the marker would be sealed with a key that never sealed it.
     for c in &chains {
         let report = gov.audit().verify_named(c).await?;
-        if let Some(f) = &report.finding {
+        if !report.is_clean() {
             gov.close().await;
-            out.warn(format!(
-                "tampered: chain {c} seq {}: {}: {}; nothing was rotated",
-                f.seq,
-                f.reason.as_str(),
-                f.detail
-            ));
-            return Ok(ExitCode::from(crate::EXIT_TAMPERED));
+            let code = super::verify::conclude(out, std::slice::from_ref(&report));
+            out.warn(format!("chain {c} is not clean: nothing was rotated"));
+            return Ok(code);
         }
     }
     let old_key = gov.audit().key_id().to_owned();

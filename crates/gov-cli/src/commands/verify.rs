@@ -92,16 +92,36 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
     };
     gov.close().await;
     let report = report?;
-    let clean = report.is_clean();
+    let verdict = report.verdict();
     if out.json() {
         let mut v = serde_json::to_value(&report)?;
-        v["status"] = serde_json::json!(if clean { "clean" } else { "tampered" });
+        v["status"] = serde_json::json!(verdict.as_str());
+        if let Some(chains) = v["chains"].as_array_mut() {
+            for (j, c) in chains.iter_mut().zip(&report.chains) {
+                j["status"] = serde_json::json!(c.verdict().as_str());
+            }
+        }
         v["rotation_aware"] = serde_json::json!(gov_sdk::ROTATION_AWARE);
         out.emit_json(&v);
     } else {
         for c in &report.chains {
             let (first, last) = c.range.unwrap_or((1, c.head_seq));
             match &c.finding {
+                None if let Some(u) = &c.unverifiable => out.line(format!(
+                    "{} chain {}: {} sealed with key {} (not configured){}",
+                    "UNVERIFIABLE".yellow().bold(),
+                    c.chain_id,
+                    u.rows(),
+                    u.key_ids
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    match c.events_checked {
+                        0 => String::new(),
+                        n => format!("; {n} events verified with the configured keys"),
+                    }
+                )),
                 None if first > last => out.line(format!(
                     "{} chain {}: no events from seq {first} (head at seq {})",
                     "--".dimmed(),
@@ -141,23 +161,50 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
             report.events_checked,
             if report.events_checked == 1 { "" } else { "s" },
             if n == 1 { "" } else { "s" },
-            if clean {
-                "clean".green().to_string()
-            } else {
-                "TAMPERED".red().bold().to_string()
+            match verdict {
+                gov_sdk::Verdict::Clean => "clean".green().to_string(),
+                gov_sdk::Verdict::Tampered => "TAMPERED".red().bold().to_string(),
+                gov_sdk::Verdict::Unverifiable => "NOT VERIFIABLE with the configured keys"
+                    .yellow()
+                    .bold()
+                    .to_string(),
             }
         ));
     }
-    if let Some((chain, f)) = report.first_finding() {
+    Ok(conclude(out, &report.chains))
+}
+
+/// Tells on stderr what the verdict over `chains` rests on (the first finding of a tampered
+/// chain; for each chain the configured keys cannot check, which key its rows name and what to
+/// set) and returns the exit code of the worst verdict: 1 tampered, 2 not verifiable with the
+/// configured keys (a configuration problem), 0 clean. Tampering beats configuration, so a
+/// missing secret for one chain never hides evidence of tampering in another.
+pub(crate) fn conclude(out: &Out, chains: &[gov_sdk::ChainReport]) -> ExitCode {
+    for c in chains {
+        if let (gov_sdk::Verdict::Unverifiable, Some(u)) = (c.verdict(), &c.unverifiable) {
+            out.warn(format!(
+                "not verifiable with the configured keys: chain {}: {}",
+                c.chain_id, u.advice
+            ));
+        }
+    }
+    if let Some((c, f)) = chains
+        .iter()
+        .find_map(|c| c.finding.as_ref().map(|f| (c, f)))
+    {
         out.warn(format!(
-            "tampered: chain {chain} seq {}: {}: {}",
+            "tampered: chain {} seq {}: {}: {}",
+            c.chain_id,
             f.seq,
             f.reason.as_str(),
             f.detail
         ));
-        return Ok(ExitCode::from(crate::EXIT_TAMPERED));
     }
-    Ok(ExitCode::SUCCESS)
+    match chains.iter().map(gov_sdk::ChainReport::verdict).max() {
+        Some(gov_sdk::Verdict::Tampered) => ExitCode::from(crate::EXIT_TAMPERED),
+        Some(gov_sdk::Verdict::Unverifiable) => ExitCode::from(crate::EXIT_CONFIG),
+        Some(gov_sdk::Verdict::Clean) | None => ExitCode::SUCCESS,
+    }
 }
 
 /// How the rows were signed, when any were: ` (8 signed, 2 unsigned)`.
@@ -237,6 +284,7 @@ async fn hold_checkpoints(
                 key_ids: Default::default(),
                 signatures: Default::default(),
                 range: None,
+                unverifiable: None,
                 finding: Some(finding.unwrap_or(gov_sdk::Finding {
                     seq: 1,
                     reason: gov_sdk::Reason::MissingRow,

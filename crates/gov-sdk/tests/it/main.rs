@@ -9,6 +9,7 @@ mod cost;
 mod embedded;
 mod enforce;
 mod gates;
+mod keys;
 mod llm;
 mod privileges;
 mod resilience;

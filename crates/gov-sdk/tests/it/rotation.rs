@@ -1,8 +1,10 @@
 //! HMAC key rotation on real Postgres: markers provable under both keys, a chain across three
 //! rotations, and each way a rotation can be faked or ignored, reported with its reason.
 
-use gov_sdk::{AuditEvent, AuditSecret, Governance, Reason};
-use gov_testdb::TestDb;
+use gov_sdk::{
+    AuditEvent, AuditRecord, AuditSecret, Error, Governance, NotWritable, Reason, Verdict,
+};
+use gov_testdb::{TestBackend, TestDb, TestStore};
 
 use crate::support::{SECRET, event};
 
@@ -20,6 +22,65 @@ async fn handle(db: &TestDb, current: &str, previous: &[&str]) -> Governance {
         .connect()
         .await
         .expect("connect")
+}
+
+/// A handle that only verifies: it checks no chain's head at connect.
+async fn verifier(url: &str, current: &str, previous: &[&str]) -> Governance {
+    Governance::builder()
+        .database_url(url)
+        .audit_secret(current)
+        .previous_audit_secrets(&previous.join(","))
+        .check_chains_on_connect(Vec::<String>::new())
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Appends a row sealed with `secret`'s key to the default chain behind the SDK's back, as a
+/// writer that skips the SDK's checks would (SQL as a superuser; the SDK refuses to).
+async fn seal_behind_the_sdks_back(db: &TestStore, secret: &str) {
+    let key = AuditSecret::parse(secret).expect("secret").chain_key();
+    let gov = verifier(db.url(), SECRET, &[]).await;
+    let head = gov
+        .audit()
+        .head("default")
+        .await
+        .expect("head")
+        .expect("a chain");
+    gov.close().await;
+    let at = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time");
+    let ev = AuditEvent::builder("agent-1", "tool.call")
+        .occurred_at(at)
+        .payload(serde_json::json!({ "n": 99 }))
+        .build()
+        .expect("event");
+    let mut r = AuditRecord::unsealed(&ev, head.seq + 1, &head.head_hmac, key.key_id());
+    r.row_hmac = key.seal(&r).to_vec();
+    db.tamper(&[
+        &format!(
+            "INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, kind, payload, prev_hmac, key_id, row_hmac) \
+             VALUES ('default', {}, '{}', '2026-09-21T14:13:20Z', 'agent-1', 'tool.call', '{}', {}, '{}', {})",
+            r.seq,
+            r.event_id.as_uuid(),
+            r.payload,
+            db.bytes_sql(&r.prev_hmac),
+            r.key_id,
+            db.bytes_sql(&r.row_hmac)
+        ),
+        &format!(
+            "UPDATE chain_heads SET seq = {}, head_hmac = {} WHERE chain_id = 'default'",
+            r.seq,
+            db.bytes_sql(&r.row_hmac)
+        ),
+    ])
+    .await;
+}
+
+fn not_writable(e: &Error) -> &NotWritable {
+    match e {
+        Error::NotWritable(n) => n,
+        other => panic!("expected a refusal to append, got {other:?}"),
+    }
 }
 
 async fn log(gov: &Governance, n: u64) {
@@ -56,38 +117,47 @@ async fn a_chain_across_three_rotations_verifies_clean_with_the_keyring() {
     assert!(report.is_clean(), "{:?}", report.finding);
     assert_eq!(report.events_checked, 23);
     assert_eq!(report.key_ids.len(), 4, "four keys sealed rows");
-    // Without the earlier keys the first row's key is unknown, and the message says what to set.
+    // Without the earlier keys the rows before the last rotation cannot be checked: a
+    // configuration problem (not tampering), and the advice says what to set.
     let bare = handle(&db, D, &[]).await;
-    let f = bare
-        .audit()
-        .verify_chain()
-        .await
-        .expect("verify")
-        .finding
-        .expect("unknown key");
-    assert_eq!((f.seq, f.reason), (1, Reason::UnknownKey));
+    let report = bare.audit().verify_chain().await.expect("verify");
+    assert_eq!(report.verdict(), Verdict::Unverifiable, "{report:?}");
+    let u = report.unverifiable.as_ref().expect("rows 1 to 18");
+    assert_eq!(u.seqs, vec![(1, 18)]);
+    assert_eq!(u.key_ids.len(), 3, "{u:?}");
     assert!(
-        f.detail.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"),
+        u.advice.contains("GOVERNANCE_AUDIT_SECRET_PREVIOUS"),
         "{}",
-        f.detail
+        u.advice
     );
+    assert_eq!(report.events_checked, 5, "the rows after the last rotation");
     bare.close().await;
     gov.close().await;
 }
 
 #[tokio::test]
 async fn a_row_sealed_with_the_retired_key_after_a_rotation_is_reported() {
-    let db = TestDb::new().await;
-    let old = handle(&db, SECRET, &[]).await;
+    let db = TestStore::new(TestBackend::Postgres).await;
+    let old = verifier(db.url(), SECRET, &[]).await;
     log(&old, 3).await;
     old.audit()
         .rotate_key("default", &secret(B), "alice", "leak")
         .await
         .expect("rotate");
-    // A writer that was never restarted keeps sealing with the old key.
-    log(&old, 1).await;
+    // A writer that was never restarted is refused by the SDK ...
+    let err = old
+        .audit()
+        .log(event("agent-1", "tool.call", 9))
+        .await
+        .expect_err("the key was retired");
+    assert!(
+        matches!(not_writable(&err), NotWritable::RotatedAway { seq: 4, .. }),
+        "{err:?}"
+    );
     old.close().await;
-    let gov = handle(&db, B, &[SECRET]).await;
+    // ... and a row sealed with the old key behind its back is caught.
+    seal_behind_the_sdks_back(&db, SECRET).await;
+    let gov = verifier(db.url(), B, &[SECRET]).await;
     let f = gov
         .audit()
         .verify_chain()
@@ -102,13 +172,25 @@ async fn a_row_sealed_with_the_retired_key_after_a_rotation_is_reported() {
 
 #[tokio::test]
 async fn a_key_change_without_a_marker_is_reported() {
-    let db = TestDb::new().await;
-    let a = handle(&db, SECRET, &[]).await;
+    let db = TestStore::new(TestBackend::Postgres).await;
+    let a = verifier(db.url(), SECRET, &[]).await;
     log(&a, 2).await;
     a.close().await;
-    // Someone restarts a writer with another secret and no rotation.
-    let b = handle(&db, B, &[SECRET]).await;
-    log(&b, 2).await;
+    // Someone restarts a writer with another secret and no rotation: the SDK refuses ...
+    let err = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(B)
+        .previous_audit_secrets(SECRET)
+        .connect()
+        .await
+        .expect_err("no marker moved the chain to this key");
+    assert!(
+        matches!(not_writable(&err), NotWritable::EarlierKey { .. }),
+        "{err:?}"
+    );
+    // ... and a row sealed with the new key behind its back is caught.
+    seal_behind_the_sdks_back(&db, B).await;
+    let b = verifier(db.url(), B, &[SECRET]).await;
     let f = b
         .audit()
         .verify_chain()
@@ -156,7 +238,8 @@ async fn a_forged_rotation_marker_is_reported() {
     ));
     gov_testdb::forge::append_unchecked(db.url(), SECRET, vec![forged]).await;
     a.close().await;
-    let gov = handle(&db, B, &[SECRET]).await;
+    // The marker is the head: no handle may seal after it, so this one only verifies.
+    let gov = verifier(db.url(), B, &[SECRET]).await;
     let f = gov
         .audit()
         .verify_chain()
@@ -170,7 +253,8 @@ async fn a_forged_rotation_marker_is_reported() {
         "{}",
         f.detail
     );
-    // A marker to a key the verifier does not hold cannot be checked: an unknown key.
+    // A marker to a key the verifier does not hold cannot be checked: the rows from it on
+    // need that key (a configuration problem), and no handle without it may append.
     let db2 = TestDb::new().await;
     let a = handle(&db2, SECRET, &[]).await;
     a.audit()
@@ -178,15 +262,27 @@ async fn a_forged_rotation_marker_is_reported() {
         .await
         .expect("rotate");
     a.close().await;
-    let f = handle(&db2, B, &[SECRET])
+    let report = verifier(db2.url(), B, &[SECRET])
         .await
         .audit()
         .verify_chain()
         .await
-        .expect("verify")
-        .finding
-        .expect("finding");
-    assert_eq!((f.seq, f.reason), (1, Reason::UnknownKey), "{}", f.detail);
+        .expect("verify");
+    assert_eq!(report.verdict(), Verdict::Unverifiable, "{report:?}");
+    let u = report.unverifiable.expect("from the marker");
+    assert_eq!(u.seqs, vec![(1, 1)]);
+    assert!(u.key_ids.contains(secret(C).chain_key().key_id()), "{u:?}");
+    let err = Governance::builder()
+        .database_url(db2.url())
+        .audit_secret(B)
+        .previous_audit_secrets(SECRET)
+        .connect()
+        .await
+        .expect_err("rotated to C");
+    assert!(
+        matches!(not_writable(&err), NotWritable::RotatedAway { .. }),
+        "{err:?}"
+    );
     gov.close().await;
 }
 
