@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 
 /// `governance console serve` on a free port; returns the process and its URL.
 fn serve(db_url: &str) -> (Killed, String) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("governance"))
+    let mut child = crate::support::bare_governance()
         .env("GOVERNANCE_DATABASE_URL", db_url)
         .env("GOVERNANCE_AUDIT_SECRET", SECRET)
         .env("NO_COLOR", "1")

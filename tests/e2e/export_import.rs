@@ -34,12 +34,7 @@ fn sqlite_url(dir: &Path, name: &str) -> String {
 
 /// `governance` with a clean environment, pointed at `url`, with the tests' audit secret.
 fn at(url: &str) -> Command {
-    let mut cmd = Command::cargo_bin("governance").expect("the governance binary is built");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GOVERNANCE_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = Command::from_std(crate::support::bare_governance());
     cmd.env("GOVERNANCE_DATABASE_URL", url)
         .env("GOVERNANCE_AUDIT_SECRET", SECRET)
         .env("NO_COLOR", "1");

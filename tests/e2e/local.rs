@@ -36,12 +36,7 @@ impl Drop for Home {
 /// `governance` with nothing configured: no GOVERNANCE_* variables, HOME and XDG_DATA_HOME in
 /// the test's own directory.
 fn bare(home: &Home) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("governance"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GOVERNANCE_") || k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = crate::support::bare_governance();
     cmd.env("HOME", &home.0)
         .env("XDG_DATA_HOME", home.data())
         .env("NO_COLOR", "1");

@@ -44,11 +44,7 @@ fn run_with_planted_links(
     args: &[&str],
 ) -> (i32, String) {
     let mut cmd = Command::new("sh");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GOVERNANCE_") {
-            cmd.env_remove(k);
-        }
-    }
+    crate::support::hermetic(&mut cmd);
     let status = cmd
         .current_dir(dir)
         .env("GOVERNANCE_DATABASE_URL", db.url())

@@ -9,7 +9,7 @@ use crate::support::{SECRET, governance};
 async fn two_processes_appending_to_one_chain_never_fork_it() {
     let db = TestDb::new().await;
     let spawn = || {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("governance"));
+        let mut cmd = crate::support::bare_governance();
         cmd.env("GOVERNANCE_DATABASE_URL", db.url())
             .env("GOVERNANCE_AUDIT_SECRET", SECRET)
             .args([

@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::support::SECRET;
 
@@ -34,12 +34,7 @@ impl Drop for Dir {
 /// `governance --database-url URL ARGS…` with nothing else configured but the secret; HOME and
 /// XDG_DATA_HOME point into `home`, so nothing outside it can be touched. Returns (code, stderr).
 fn run(home: &Path, url: &str, args: &[&str], stdin: &str) -> (i32, String) {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("governance"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GOVERNANCE_") || k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = crate::support::bare_governance();
     let mut child = cmd
         .env("HOME", home)
         .env("XDG_DATA_HOME", home.join("data"))

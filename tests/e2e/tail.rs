@@ -18,7 +18,7 @@ async fn log(gov: &Governance, agent: &str, n: u64) {
 }
 
 fn spawn_tail(db: &TestDb, args: &[&str]) -> std::process::Child {
-    std::process::Command::new(assert_cmd::cargo::cargo_bin("governance"))
+    crate::support::bare_governance()
         .env("GOVERNANCE_DATABASE_URL", db.url())
         .env("GOVERNANCE_AUDIT_SECRET", SECRET)
         .arg("--json")

@@ -63,17 +63,73 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
     cmd.args(extra).env(pg::ENV_TEST_URL, server.url());
+    let home = Hermetic::new()?;
+    home.apply(&mut cmd)?;
     // nextest does not run doc tests: run them first (examples are compile-checked), unless a
     // filter narrows the run, so that the suite's own summary is the last thing printed.
     let mut result = Ok(());
     if extra.is_empty() {
-        result = run(cargo().args(["test", "--doc", "--workspace", "--quiet"]));
+        let mut doc = cargo();
+        doc.args(["test", "--doc", "--workspace", "--quiet"]);
+        home.apply(&mut doc)?;
+        result = run(&mut doc);
     }
     if result.is_ok() {
         result = run(&mut cmd);
     }
     drop(server);
+    drop(home);
     result
+}
+
+/// A private home for one test run: HOME, the XDG folders and TMPDIR point into a fresh folder
+/// that is removed afterwards, and no `GOVERNANCE_*` or `PG*` variable of the caller's reaches
+/// the tests. Cargo and rustup keep their own homes, pinned before HOME moves.
+struct Hermetic(tempfile::TempDir);
+
+impl Hermetic {
+    fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("governance-tests-")
+            .tempdir()
+            .context("could not create the tests' private folder")?;
+        for sub in ["home", "data", "state", "config", "cache", "tmp"] {
+            std::fs::create_dir_all(dir.path().join(sub))
+                .with_context(|| format!("could not create the tests' {sub} folder"))?;
+        }
+        Ok(Self(dir))
+    }
+
+    fn apply(&self, cmd: &mut Command) -> Result<()> {
+        let real_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let pinned = |var: &str, default: &str| -> Option<std::ffi::OsString> {
+            std::env::var_os(var).or_else(|| {
+                real_home
+                    .as_ref()
+                    .map(|h| h.join(default).into_os_string())
+            })
+        };
+        if let Some(cargo_home) = pinned("CARGO_HOME", ".cargo") {
+            cmd.env("CARGO_HOME", cargo_home);
+        }
+        if let Some(rustup_home) = pinned("RUSTUP_HOME", ".rustup") {
+            cmd.env("RUSTUP_HOME", rustup_home);
+        }
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if (k.starts_with("GOVERNANCE_") && k != pg::ENV_TEST_URL) || k.starts_with("PG") {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        let p = self.0.path();
+        cmd.env("HOME", p.join("home"))
+            .env("XDG_DATA_HOME", p.join("data"))
+            .env("XDG_STATE_HOME", p.join("state"))
+            .env("XDG_CONFIG_HOME", p.join("config"))
+            .env("XDG_CACHE_HOME", p.join("cache"))
+            .env("TMPDIR", p.join("tmp"));
+        Ok(())
+    }
 }
 
 fn bench(extra: &[String]) -> Result<()> {
