@@ -450,11 +450,11 @@ async fn the_report_records_decisions_halts_and_denials_made_through_the_sdk() {
         .await
         .expect("deny");
     ops.presence()
-        .halt("pay-bot", "alice", "investigating")
+        .halt(&alice, "pay-bot", "investigating")
         .await
         .expect("halt");
     ops.presence()
-        .resume("pay-bot", "alice", "cleared")
+        .resume(&alice, "pay-bot", "cleared")
         .await
         .expect("resume");
     agent.close().await;

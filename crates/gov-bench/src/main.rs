@@ -406,7 +406,9 @@ async fn bench() -> Result<()> {
             .await?;
         gov.gates().approve(&op, req.id, "bench").await?;
         let approval = gov.gates().wait_for(req.id, Duration::from_secs(5)).await?;
-        gov.gates().consume(&approval, "send_email", &args).await?;
+        gov.gates()
+            .consume(&approval, "agent-0", Some("s-bench"), "send_email", &args)
+            .await?;
         gate.push(t.elapsed());
     }
     gate.sort_unstable();

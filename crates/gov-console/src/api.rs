@@ -237,12 +237,12 @@ pub(crate) async fn switch_agent(
     let changed = match action.as_str() {
         "halt" => {
             presence
-                .halt(&agent, user.username(), reason(&body)?)
+                .halt(&user.session.operator, &agent, reason(&body)?)
                 .await?
         }
         "resume" => {
             presence
-                .resume(&agent, user.username(), reason(&body)?)
+                .resume(&user.session.operator, &agent, reason(&body)?)
                 .await?
         }
         _ => return Err(AppError::NotFound.into()),

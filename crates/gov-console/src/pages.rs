@@ -297,12 +297,12 @@ pub(crate) async fn switch_agent(
     match action.as_str() {
         "halt" => {
             presence
-                .halt(&agent, user.username(), form.reason()?)
+                .halt(&user.session.operator, &agent, form.reason()?)
                 .await?
         }
         "resume" => {
             presence
-                .resume(&agent, user.username(), form.reason()?)
+                .resume(&user.session.operator, &agent, form.reason()?)
                 .await?
         }
         _ => return Err(AppError::NotFound),

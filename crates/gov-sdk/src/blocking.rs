@@ -169,8 +169,19 @@ impl Governance {
     }
 
     /// `gates().consume`.
-    pub fn consume(&self, approval: &Approval, tool: &str, args: &serde_json::Value) -> Result<()> {
-        self.run(self.gov.gates().consume(approval, tool, args))
+    pub fn consume(
+        &self,
+        approval: &Approval,
+        agent: &str,
+        session: Option<&str>,
+        tool: &str,
+        args: &serde_json::Value,
+    ) -> Result<()> {
+        self.run(
+            self.gov
+                .gates()
+                .consume(approval, agent, session, tool, args),
+        )
     }
 }
 

@@ -187,7 +187,12 @@ impl<'g> Contracts<'g> {
                     .await
                     .map(|_| ()),
                 Pre::HitlApproved => match approval {
-                    Some(a) => self.gov.gates().consume(a, ctx.tool, ctx.args).await,
+                    Some(a) => {
+                        self.gov
+                            .gates()
+                            .consume(a, ctx.agent, Some(ctx.session), ctx.tool, ctx.args)
+                            .await
+                    }
                     None => Err(Error::Config(
                         "no approval was given for a call that requires one".into(),
                     )),

@@ -434,12 +434,15 @@ impl<'g> Gates<'g> {
         }
     }
 
-    /// Spends an approval for exactly the approved action, once. Refused for another tool or
-    /// other arguments, a second use, an expired approval, or a token that is not the one issued.
+    /// Spends an approval for exactly the approved action, by the agent and in the session that
+    /// asked for it, once. Refused for another agent or session, another tool or other
+    /// arguments, a second use, an expired approval, or a token that is not the one issued.
     /// Audited as `gate.consumed`.
     pub async fn consume(
         &self,
         approval: &Approval,
+        agent: &str,
+        session: Option<&str>,
         tool: &str,
         args: &serde_json::Value,
     ) -> Result<()> {
@@ -450,7 +453,7 @@ impl<'g> Gates<'g> {
             .gov
             .inner
             .store
-            .consume_gate(id, &token_hash, &hash)
+            .consume_gate(id, &token_hash, &hash, agent, session)
             .await?;
         if outcome != "ok" {
             return Err(Error::ApprovalRefused {
@@ -485,6 +488,7 @@ fn refusal(code: &str) -> &'static str {
         "not_approved" => "the request is not approved",
         "already_consumed" => "the approval was already used",
         "wrong_action" => "the approval is for a different action",
+        "wrong_agent" => "the approval was granted to another agent or session",
         "bad_token" => "the token is not the one issued for this approval",
         _ => "refused",
     }

@@ -155,7 +155,7 @@ impl<'g> Loops<'g> {
                 );
                 self.gov
                     .presence()
-                    .halt(agent, "governance:loop-detector", &reason)
+                    .system_halt(agent, crate::presence::LOOP_DETECTOR_ACTOR, &reason)
                     .await?;
                 Err(Error::LoopDetected {
                     agent: agent.to_owned(),

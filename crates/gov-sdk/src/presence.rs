@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use gov_core::events::{self, SystemEvent};
-use gov_core::{AgentId, AgentPresence, PresenceState};
+use gov_core::{AgentId, AgentPresence, OperatorRole, PresenceState};
 
-use crate::{Error, Governance, Result};
+use crate::{Error, Governance, Operator, Result};
 
 /// Halt states by agent, with when each was read and the invalidation generation it was read in.
 #[derive(Debug, Default)]
@@ -69,8 +69,7 @@ pub struct Presence<'g> {
     gov: &'g Governance,
 }
 
-fn check_operator(operator: &str, reason: &str) -> Result<()> {
-    AgentId::new(operator).map_err(|e| Error::Config(format!("operator identity: {e}")))?;
+fn check_reason(reason: &str) -> Result<()> {
     if reason.trim().is_empty() {
         return Err(Error::Config(
             "a halt or resume needs a reason; say why".into(),
@@ -84,6 +83,11 @@ fn check_operator(operator: &str, reason: &str) -> Result<()> {
     Ok(())
 }
 
+/// The actor a service's own halts are recorded under.
+pub(crate) const SERVICE_ACTOR: &str = "governance:service";
+/// The actor the loop detector's halts are recorded under.
+pub(crate) const LOOP_DETECTOR_ACTOR: &str = "governance:loop-detector";
+
 impl<'g> Presence<'g> {
     pub(crate) fn new(gov: &'g Governance) -> Self {
         Self { gov }
@@ -95,37 +99,99 @@ impl<'g> Presence<'g> {
         Ok(self.gov.inner.store.heartbeat(agent).await?)
     }
 
-    /// Halts an agent: every gate refuses it until an operator resumes it. Audited as
-    /// `agent.halted` with the operator as actor. Returns whether it was running before.
-    pub async fn halt(&self, agent: &str, operator: &str, reason: &str) -> Result<bool> {
-        self.switch(agent, true, operator, reason).await
+    /// Halts an agent for an authenticated operator: every gate refuses it until an operator
+    /// resumes it. Audited as `agent.halted` with the operator as actor, in one transaction with
+    /// the oversight record that backs it in the report. Returns whether it was running before.
+    /// A viewer may not; on Postgres only an operator connection may (the application role
+    /// halts with [`Self::halt_self`]).
+    pub async fn halt(&self, operator: &Operator, agent: &str, reason: &str) -> Result<bool> {
+        self.operator_switch(operator, agent, true, reason).await
     }
 
-    /// Resumes a halted agent. Audited as `agent.resumed`. Returns whether it was halted.
-    pub async fn resume(&self, agent: &str, operator: &str, reason: &str) -> Result<bool> {
-        self.switch(agent, false, operator, reason).await
+    /// Resumes a halted agent for an authenticated operator. Audited as `agent.resumed`, backed
+    /// by an oversight record. Returns whether it was halted. On Postgres only an operator
+    /// connection may: the application role can never resume.
+    pub async fn resume(&self, operator: &Operator, agent: &str, reason: &str) -> Result<bool> {
+        self.operator_switch(operator, agent, false, reason).await
     }
 
-    async fn switch(&self, agent: &str, halt: bool, operator: &str, reason: &str) -> Result<bool> {
+    /// Halts an agent on the service's own behalf (a kill switch in its code). Recorded under
+    /// the actor `governance:service`, never a person's name: halting is always safe, but only an
+    /// operator's halt is evidence of human oversight. Returns whether it was running before.
+    pub async fn halt_self(&self, agent: &str, reason: &str) -> Result<bool> {
+        self.system_halt(agent, SERVICE_ACTOR, reason).await
+    }
+
+    /// A halt by a part of the system (`governance:…` actor).
+    pub(crate) async fn system_halt(&self, agent: &str, actor: &str, reason: &str) -> Result<bool> {
         AgentId::new(agent)?;
-        check_operator(operator, reason)?;
+        check_reason(reason)?;
         let inner = &self.gov.inner;
-        let changed = inner
-            .store
-            .set_halted(agent, halt, operator, reason)
-            .await?;
+        let changed = inner.store.service_halt(agent, actor, reason).await?;
         inner.shared.halts.invalidate(agent);
-        let change = events::HaltChange {
+        let event = events::AgentHalted(events::HaltChange {
             reason: reason.to_owned(),
             changed,
-        };
-        let b = if halt {
-            events::AgentHalted(change).event(agent)
-        } else {
-            events::AgentResumed(change).event(agent)
-        };
-        let event = b.actor(operator).build()?;
+        })
+        .event(agent)
+        .actor(actor)
+        .build()?;
         self.gov.audit().record(event).await?;
+        Ok(changed)
+    }
+
+    async fn operator_switch(
+        &self,
+        operator: &Operator,
+        agent: &str,
+        halt: bool,
+        reason: &str,
+    ) -> Result<bool> {
+        AgentId::new(agent)?;
+        check_reason(reason)?;
+        if operator.role() < OperatorRole::Operator {
+            return Err(Error::Config(format!(
+                "{} is a viewer: only an operator or admin may halt or resume an agent",
+                operator.username()
+            )));
+        }
+        let inner = &self.gov.inner;
+        let event = |changed: bool| {
+            let change = events::HaltChange {
+                reason: reason.to_owned(),
+                changed,
+            };
+            let b = if halt {
+                events::AgentHalted(change).event(agent)
+            } else {
+                events::AgentResumed(change).event(agent)
+            };
+            b.actor(operator.username()).build()
+        };
+        let (if_changed, if_unchanged) = (event(true)?, event(false)?);
+        // Sealed in the store's transaction: never onto a chain whose head another key sealed.
+        inner
+            .audit
+            .ensure_writable(if_changed.chain_id.as_str())
+            .await?;
+        let sealer = inner.audit.sealer();
+        let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
+        let switch = gov_store::HaltSwitch {
+            agent,
+            halt,
+            operator: operator.username(),
+            reason,
+        };
+        let changed = inner
+            .store
+            .operator_switch(
+                &switch,
+                (&if_changed, &if_unchanged),
+                sealer.key().key_id(),
+                &seal,
+            )
+            .await?;
+        inner.shared.halts.invalidate(agent);
         Ok(changed)
     }
 

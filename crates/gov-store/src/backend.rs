@@ -14,8 +14,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    CheckpointRow, ConsoleSession, Decision, Listener, LlmClientRow, MigrateReport, NewSession,
-    OperatorChange, OperatorRecord, Privileges, Reserve, Result, Sealer, SignerKeyRow,
+    CheckpointRow, ConsoleSession, Decision, HaltSwitch, Listener, LlmClientRow, MigrateReport,
+    NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges, Reserve, Result,
+    Sealer, SignerKeyRow,
 };
 
 /// Schema, roles, notifications and the connection pool.
@@ -114,14 +115,19 @@ pub trait EnforceStore {
     async fn scope_policies(&self) -> Result<Vec<ScopePolicy>>;
     /// Records a heartbeat.
     async fn heartbeat(&self, agent: &str) -> Result<()>;
-    /// Halts or resumes; whether the state changed (announced).
-    async fn set_halted(
+    /// Halts on the service's own behalf; whether the state changed (announced).
+    async fn service_halt(&self, agent: &str, actor: &str, reason: &str) -> Result<bool>;
+    /// Halts or resumes for an operator, with its event and oversight record, in one
+    /// transaction; whether the state changed.
+    async fn operator_switch(
         &self,
-        agent: &str,
-        halted: bool,
-        operator: &str,
-        reason: &str,
+        s: &HaltSwitch<'_>,
+        events: (&AuditEvent, &AuditEvent),
+        key_id: &str,
+        seal: Sealer<'_>,
     ) -> Result<bool>;
+    /// The oversight records backing these events.
+    async fn oversight_records(&self, event_ids: &[Uuid]) -> Result<Vec<OversightRecord>>;
     /// Whether an agent is halted.
     async fn is_halted(&self, agent: &str) -> Result<bool>;
     /// One presence row.
@@ -216,8 +222,14 @@ pub trait GateStore {
         seal: Sealer<'_>,
     ) -> Result<String>;
     /// Spends an approval once; `ok` or why not.
-    async fn consume_gate(&self, id: Uuid, token_hash: &[u8], action_hash: &[u8])
-    -> Result<String>;
+    async fn consume_gate(
+        &self,
+        id: Uuid,
+        token_hash: &[u8],
+        action_hash: &[u8],
+        agent: &str,
+        session: Option<&str>,
+    ) -> Result<String>;
 }
 
 /// Console sign-in sessions.

@@ -22,7 +22,10 @@ pub use error::{Result, StoreError};
 pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
-pub use types::{Decision, NewSession, OperatorChange, OperatorRecord, Privileges, Reserve};
+pub use types::{
+    Decision, HaltSwitch, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
+    Reserve,
+};
 
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
@@ -497,16 +500,32 @@ impl Store {
         dispatch!(self, s => s.heartbeat(agent).await)
     }
 
-    /// Halts (`true`) or resumes (`false`) an agent; returns whether the state changed.
-    /// Announced on [`HALT_CHANNEL`].
-    pub async fn set_halted(
+    /// Halts an agent on the service's own behalf (`actor` in the `governance:` namespace, never
+    /// a person); returns whether it was running. Announced on [`HALT_CHANNEL`].
+    pub async fn service_halt(&self, agent: &str, actor: &str, reason: &str) -> Result<bool> {
+        dispatch!(self, s => s.service_halt(agent, actor, reason).await)
+    }
+
+    /// Halts or resumes an agent for an authenticated operator, in one transaction with the
+    /// audit event and the oversight record that backs it: `events.0` is sealed when the state
+    /// changed, `events.1` when it did not. Returns whether it changed. On Postgres only an
+    /// operator connection may (the application role gets [`StoreError::PermissionDenied`]).
+    pub async fn operator_switch(
         &self,
-        agent: &str,
-        halted: bool,
-        operator: &str,
-        reason: &str,
+        s: &HaltSwitch<'_>,
+        events: (&AuditEvent, &AuditEvent),
+        key_id: &str,
+        seal: Sealer<'_>,
     ) -> Result<bool> {
-        dispatch!(self, s => s.set_halted(agent, halted, operator, reason).await)
+        dispatch!(self, st => st.operator_switch(s, events, key_id, seal).await)
+    }
+
+    /// The oversight records backing these events (those that have one).
+    pub async fn oversight_records(
+        &self,
+        event_ids: &[uuid::Uuid],
+    ) -> Result<Vec<OversightRecord>> {
+        dispatch!(self, s => s.oversight_records(event_ids).await)
     }
 
     /// Whether an agent is halted (an agent never seen is not).
@@ -665,14 +684,16 @@ impl Store {
         dispatch!(self, s => s.decide_gate(d, event, key_id, seal).await)
     }
 
-    /// Spends an approval once. Returns `ok` or why not.
+    /// Spends an approval once, for the agent and session that asked. Returns `ok` or why not.
     pub async fn consume_gate(
         &self,
         id: uuid::Uuid,
         token_hash: &[u8],
         action_hash: &[u8],
+        agent: &str,
+        session: Option<&str>,
     ) -> Result<String> {
-        dispatch!(self, s => s.consume_gate(id, token_hash, action_hash).await)
+        dispatch!(self, s => s.consume_gate(id, token_hash, action_hash, agent, session).await)
     }
 
     /// Records a wrapped LLM client in the coverage registry, unless the same (provider,

@@ -90,6 +90,39 @@ pub struct Decision<'a> {
     pub token_expires_at: Option<OffsetDateTime>,
 }
 
+/// A halt or resume by an authenticated operator, recorded with the event it backs.
+#[derive(Debug)]
+pub struct HaltSwitch<'a> {
+    /// The agent.
+    pub agent: &'a str,
+    /// Halt (`true`) or resume (`false`).
+    pub halt: bool,
+    /// The operator's user name.
+    pub operator: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+/// Evidence of one human-oversight decision: the row an operator path wrote in the transaction
+/// of the audit event it backs (`oversight_decisions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OversightRecord {
+    /// The audit event it backs.
+    pub event_id: Uuid,
+    /// `gate.approved`, `gate.denied`, `agent.halted` or `agent.resumed`.
+    pub kind: String,
+    /// The agent decided on.
+    pub agent_id: String,
+    /// The operator who decided.
+    pub operator: String,
+    /// The gate request, for gate decisions.
+    pub request_id: Option<Uuid>,
+    /// Why.
+    pub reason: String,
+    /// When the database recorded it.
+    pub decided_at: OffsetDateTime,
+}
+
 /// What the connected role may do to the audit tables (for health and for `migrate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Privileges {

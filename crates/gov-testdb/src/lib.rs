@@ -162,6 +162,14 @@ impl TestDb {
                 Err(e) => panic!("cannot create the test database: {e}"),
             }
         }
+        // A clone does not inherit database-level privileges: revoke TEMP as `governance
+        // migrate` does on the database it migrates.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("revoke TEMP on the test database");
         let _ = conn.close().await;
         Self {
             url: with_database(&server_url(), &name),

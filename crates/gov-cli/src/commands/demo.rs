@@ -151,7 +151,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
         let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         out.line(format!("          {}", kinds.join(", ")));
     }
-    let gates = walk_gates(&gov, &args.agent).await?;
+    let gates = walk_gates(&gov, &admin, &args.agent).await?;
     if human {
         for line in &gates.lines {
             out.line(line);
@@ -278,14 +278,16 @@ struct GateWalk {
 
 /// Takes the simulated agent through every gate: an allowed and a denied tool, spend until the
 /// session budget refuses, a loop, a request left waiting for approval, and a halted agent.
-async fn walk_gates(gov: &Governance, agent: &str) -> anyhow::Result<GateWalk> {
+async fn walk_gates(gov: &Governance, admin: &Admin, agent: &str) -> anyhow::Result<GateWalk> {
     use gov_sdk::{BudgetPolicy, MicroUsd, ScopePolicy, TokenUsage};
     let mut lines = Vec::new();
     let session = format!("run-{}", time::OffsetDateTime::now_utc().unix_timestamp());
     gov.presence().heartbeat(agent).await?;
     if gov.presence().is_halted(agent).await? {
+        // Only an authenticated operator resumes: the demo signs in as its scripted operator.
+        let operator = demo_operator(gov, admin).await?;
         gov.presence()
-            .resume(agent, "demo", "a new demo run starts")
+            .resume(&operator, agent, "a new demo run starts")
             .await?;
     }
     gov.scope()
@@ -387,10 +389,10 @@ async fn walk_gates(gov: &Governance, agent: &str) -> anyhow::Result<GateWalk> {
     let other = format!("{agent}-2");
     gov.presence().heartbeat(&other).await?;
     gov.presence()
-        .halt(&other, "demo", "runaway loop in a test session")
+        .halt_self(&other, "runaway loop in a test session")
         .await?;
     lines.push(format!(
-        "halt      {other} halted by demo (a heartbeat never clears it)"
+        "halt      {other} halted by its service (a heartbeat never clears it; only an operator resumes it)"
     ));
     Ok(GateWalk {
         lines,
@@ -440,4 +442,21 @@ mod tests {
         );
         assert_eq!(display_url("postgres://h/db"), "h/db");
     }
+}
+
+/// The demo's scripted operator (`demo-operator`, role operator), signed in with a password
+/// made for this run: the demo's own resumes are an operator's, recorded as such.
+async fn demo_operator(gov: &Governance, admin: &Admin) -> anyhow::Result<gov_sdk::Operator> {
+    const NAME: &str = "demo-operator";
+    let (_, password) = AuditSecret::generate().map_err(gov_sdk::Error::from)?;
+    let password: String = password.chars().take(24).collect();
+    if admin.operators().await?.iter().any(|u| u.username == NAME) {
+        admin.reset_operator_password(NAME, &password).await?;
+        admin.set_operator_disabled(NAME, false).await?;
+    } else {
+        admin
+            .add_operator(NAME, gov_sdk::OperatorRole::Operator, &password)
+            .await?;
+    }
+    Ok(gov.operators().authenticate(NAME, &password).await?)
 }

@@ -17,7 +17,7 @@ use gov_sdk::{
 use gov_testdb::{TestBackend, TestStore};
 use serde_json::json;
 
-use crate::support::{SECRET, event};
+use crate::support::{SECRET, event, operator};
 
 /// Expands each behaviour into one `#[tokio::test]` per backend.
 macro_rules! conformance {
@@ -1006,11 +1006,29 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
     assert_eq!(approval.approved_by, "alice");
     assert!(ops.gates().pending().await.expect("pending").is_empty());
 
+    // Bound to the agent and the session that asked: another agent (through its own handle
+    // or this one), or the same agent in another session or none, cannot spend it.
+    for (who, session) in [
+        ("mallory", Some("s-1")),
+        ("billing", Some("s-2")),
+        ("billing", None),
+    ] {
+        let err = agent
+            .gates()
+            .consume(&approval, who, session, "send_payment", &args)
+            .await
+            .expect_err("another agent or session");
+        assert_eq!(
+            refusal(&err),
+            "the approval was granted to another agent or session",
+            "{who} {session:?}"
+        );
+    }
     // Bound to the action, and used once.
     let other = json!({ "to": "cfo@example.com", "amount": 12000 });
     let err = agent
         .gates()
-        .consume(&approval, "send_payment", &other)
+        .consume(&approval, "billing", Some("s-1"), "send_payment", &other)
         .await
         .expect_err("another action");
     assert_eq!(refusal(&err), "the approval is for a different action");
@@ -1018,6 +1036,8 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
         .gates()
         .consume(
             &approval,
+            "billing",
+            Some("s-1"),
             "send_payment",
             &json!({ "amount": 1200, "to": "cfo@example.com" }),
         )
@@ -1025,7 +1045,7 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
         .expect("consume");
     let err = agent
         .gates()
-        .consume(&approval, "send_payment", &args)
+        .consume(&approval, "billing", Some("s-1"), "send_payment", &args)
         .await
         .expect_err("a replay");
     assert_eq!(refusal(&err), "the approval was already used");
@@ -1092,7 +1112,7 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let err = agent
         .gates()
-        .consume(&lapsing, "wire", &json!({ "n": 3 }))
+        .consume(&lapsing, "billing", None, "wire", &json!({ "n": 3 }))
         .await
         .expect_err("expired");
     assert_eq!(refusal(&err), "the request or approval has expired");
@@ -1150,9 +1170,11 @@ async fn halts_hold_until_resume_and_heartbeats_never_clear_them(b: TestBackend)
         .expect("not halted"); // warms the cache
     agent.scope().check("billing", "x").await.expect("allowed");
 
+    let alice = operator(&ops, "alice@example.com").await;
+    let bob = operator(&ops, "bob").await;
     assert!(
         ops.presence()
-            .halt("billing", "alice@example.com", "runaway spend")
+            .halt(&alice, "billing", "runaway spend")
             .await
             .expect("halt")
     );
@@ -1208,16 +1230,15 @@ async fn halts_hold_until_resume_and_heartbeats_never_clear_them(b: TestBackend)
     // Halting twice changes nothing; halting needs an identity and a reason.
     assert!(
         !ops.presence()
-            .halt("billing", "alice@example.com", "again")
+            .halt(&alice, "billing", "again")
             .await
             .expect("halt")
     );
-    assert!(ops.presence().halt("billing", "", "x").await.is_err());
-    assert!(ops.presence().halt("billing", "alice", "  ").await.is_err());
+    assert!(ops.presence().halt(&alice, "billing", "  ").await.is_err());
 
     assert!(
         ops.presence()
-            .resume("billing", "bob", "spend reviewed")
+            .resume(&bob, "billing", "spend reviewed")
             .await
             .expect("resume")
     );
@@ -1265,7 +1286,7 @@ async fn halts_hold_until_resume_and_heartbeats_never_clear_them(b: TestBackend)
     }
     assert!(
         ops.presence()
-            .resume("billing", "bob", "done")
+            .resume(&bob, "billing", "done")
             .await
             .expect("resume")
     );

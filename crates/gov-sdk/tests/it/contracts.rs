@@ -187,7 +187,7 @@ async fn failed_preconditions_stop_the_tool_before_it_runs() {
     assert_eq!(condition(&err), ("pre", "budget_available".into()));
 
     gov.presence()
-        .halt("bot", "alice", "investigating")
+        .halt_self("bot", "investigating")
         .await
         .unwrap();
     let err = gov

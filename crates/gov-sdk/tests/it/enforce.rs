@@ -8,7 +8,7 @@ use gov_sdk::{
 };
 use gov_testdb::TestDb;
 
-use crate::support::{SECRET, connect};
+use crate::support::{SECRET, connect, operator};
 
 fn policy() -> ScopePolicy {
     ScopePolicy::new("billing".parse().expect("agent id"))
@@ -148,10 +148,12 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
         .await
         .unwrap(); // warms the cache
 
+    let alice = operator(&operator_side, "alice@example.com").await;
+    let bob = operator(&operator_side, "bob").await;
     assert!(
         operator_side
             .presence()
-            .halt("billing", "alice@example.com", "runaway spend")
+            .halt(&alice, "billing", "runaway spend")
             .await
             .unwrap()
     );
@@ -196,12 +198,12 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
         .unwrap();
     let err = app_side
         .presence()
-        .resume("billing", "billing", "let me out")
+        .resume(&bob, "billing", "let me out")
         .await
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("only an operator connection may resume"),
+            .contains("only an operator connection may halt for an operator or resume"),
         "{err}"
     );
     assert!(
@@ -215,7 +217,7 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
     assert!(
         operator_side
             .presence()
-            .resume("billing", "bob", "spend reviewed")
+            .resume(&bob, "billing", "spend reviewed")
             .await
             .unwrap()
     );
@@ -267,7 +269,7 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
     ));
     operator_side
         .presence()
-        .resume("billing", "bob", "done")
+        .resume(&bob, "billing", "done")
         .await
         .unwrap();
 
@@ -276,18 +278,11 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
     assert_eq!(halted[0].actor.as_deref(), Some("alice@example.com"));
     let resumed = kinds(&operator_side, "agent.resumed").await;
     assert_eq!(resumed[0].actor.as_deref(), Some("bob"));
-    // Halting needs an identity and a reason.
+    // Halting needs a reason.
     assert!(
         operator_side
             .presence()
-            .halt("billing", "", "x")
-            .await
-            .is_err()
-    );
-    assert!(
-        operator_side
-            .presence()
-            .halt("billing", "alice", "  ")
+            .halt(&alice, "billing", "  ")
             .await
             .is_err()
     );
@@ -441,10 +436,7 @@ async fn modules_turned_off_stop_enforcing_but_keep_recording() {
             .unwrap(),
         ["a", "b"]
     );
-    gov.presence()
-        .halt("stranger", "alice", "test")
-        .await
-        .unwrap();
+    gov.presence().halt_self("stranger", "test").await.unwrap();
     gov.presence().assert_not_halted("stranger").await.unwrap();
     assert!(
         gov.presence().is_halted("stranger").await.unwrap(),

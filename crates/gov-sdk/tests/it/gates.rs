@@ -105,14 +105,14 @@ async fn an_approval_wakes_the_waiter_and_unlocks_that_action_once() {
     let err = s
         .agent
         .gates()
-        .consume(&approval, "send_payment", &other)
+        .consume(&approval, "billing", Some("s-1"), "send_payment", &other)
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "the approval is for a different action");
     let err = s
         .agent
         .gates()
-        .consume(&approval, "delete_account", &args)
+        .consume(&approval, "billing", Some("s-1"), "delete_account", &args)
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "the approval is for a different action");
@@ -121,6 +121,8 @@ async fn an_approval_wakes_the_waiter_and_unlocks_that_action_once() {
         .gates()
         .consume(
             &approval,
+            "billing",
+            Some("s-1"),
             "send_payment",
             &json!({ "amount": 1200, "to": "cfo@example.com" }),
         )
@@ -129,7 +131,7 @@ async fn an_approval_wakes_the_waiter_and_unlocks_that_action_once() {
     let err = s
         .agent
         .gates()
-        .consume(&approval, "send_payment", &args)
+        .consume(&approval, "billing", Some("s-1"), "send_payment", &args)
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "the approval was already used");
@@ -218,7 +220,7 @@ async fn self_approval_the_agents_own_handle_viewers_and_unknown_approvers_are_r
         reason(
             &s.agent
                 .gates()
-                .consume(&forged, "wire", &json!({}))
+                .consume(&forged, "billing", None, "wire", &json!({}))
                 .await
                 .unwrap_err()
         ),
@@ -263,7 +265,7 @@ async fn expired_approvals_denials_and_halted_agents() {
     let err = s
         .agent
         .gates()
-        .consume(&approval, "wire", &json!({ "n": 1 }))
+        .consume(&approval, "billing", None, "wire", &json!({ "n": 1 }))
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "the request or approval has expired");
@@ -307,7 +309,7 @@ async fn expired_approvals_denials_and_halted_agents() {
 
     s.ops
         .presence()
-        .halt("billing", "alice", "incident")
+        .halt(&alice, "billing", "incident")
         .await
         .unwrap();
     let err = s

@@ -1093,7 +1093,7 @@ async fn a_halted_agent_never_reaches_the_provider() {
     let oa = openai_server(ResponseTemplate::new(200)).await;
     let an = anthropic_server(ResponseTemplate::new(200)).await;
     gov.presence()
-        .halt(AGENT, "alice", "runaway spend")
+        .halt_self(AGENT, "runaway spend")
         .await
         .expect("halt");
     let e1 = openai_client(&gov, &oa.uri())
@@ -1108,7 +1108,7 @@ async fn a_halted_agent_never_reaches_the_provider() {
         .expect_err("halted");
     for e in [&e1, &e2] {
         assert!(
-            matches!(e, Error::Halted { by: Some(b), .. } if b == "alice"),
+            matches!(e, Error::Halted { by: Some(b), .. } if b == "governance:service"),
             "{e}"
         );
     }

@@ -48,6 +48,23 @@ async fn the_app_role_can_append_and_read_but_never_change_or_remove() {
         "UPDATE gate_requests SET status = 'approved'",
         "SELECT governance_decide(gen_random_uuid(), 'me', true, 'x', NULL, NULL)",
         "SELECT * FROM operators",
+        // No temporary objects, nothing new in the schema: nothing to shadow the owner's with.
+        "CREATE TEMP TABLE gate_requests (id uuid)",
+        "CREATE TABLE public.shadow (id uuid)",
+        "CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'",
+        // A request is asked for, never decided: status, decider and token are the owner's.
+        "INSERT INTO gate_requests (id, agent_id, tool, action_hash, args, expires_at, status, \
+             decided_by, token_hash, token_expires_at) VALUES (gen_random_uuid(), 'a', 'wire', \
+             sha256('x'), '{}', now() + interval '1 hour', 'approved', 'alice', sha256('t'), \
+             now() + interval '1 hour')",
+        "INSERT INTO gate_requests (id, agent_id, tool, action_hash, args, expires_at, \
+             decided_by) VALUES (gen_random_uuid(), 'a', 'wire', sha256('x'), '{}', \
+             now() + interval '1 hour', 'alice')",
+        // Halting in an operator's name, and evidence of oversight, are the operators'.
+        "SELECT governance_halt('a', 'alice', 'x')",
+        "INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, reason) \
+             VALUES (gen_random_uuid(), 'gate.approved', 'a', 'alice', 'x')",
+        "UPDATE oversight_decisions SET operator = 'alice'",
     ] {
         let err = as_app_role(&db, sql).await.expect_err(sql);
         assert!(
@@ -111,4 +128,168 @@ async fn migrate_is_idempotent_and_creates_the_role() {
     // A superuser name is refused as an application role.
     let err = admin.ensure_app_role("postgres", None).await.unwrap_err();
     assert!(err.to_string().contains("superuser"), "{err}");
+}
+
+/// Every function in the schema, definer or not, resolves names through
+/// `pg_catalog, public, pg_temp`; the application role holds exactly its allowlist and can
+/// create nothing.
+#[tokio::test]
+async fn the_catalog_holds_the_boundary() {
+    let db = TestDb::new().await;
+    let pool = db.admin_pool().await;
+    let functions: Vec<(String, bool, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig FROM pg_proc p \
+         WHERE p.pronamespace = 'public'::regnamespace AND p.prokind = 'f' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(functions.iter().any(|(_, definer, _)| *definer));
+    for (f, _, config) in &functions {
+        assert_eq!(
+            config.as_deref(),
+            Some(&["search_path=pg_catalog, public, pg_temp".to_owned()][..]),
+            "{f}"
+        );
+    }
+
+    let role = APP_ROLE;
+    let tables: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT c.relname::text, string_agg(pr.p, ', ' ORDER BY pr.p) FROM pg_class c \
+         CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', \
+             'REFERENCES', 'TRIGGER']) AS pr(p) \
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'v', 'S') \
+           AND has_table_privilege('{role}', c.oid, pr.p) \
+         GROUP BY 1 ORDER BY 1"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let tables: Vec<(&str, &str)> = tables
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            ("_sqlx_migrations", "SELECT"),
+            ("agent_presence", "SELECT"),
+            ("applied_records", "INSERT, SELECT"),
+            ("audit_events", "INSERT, SELECT"),
+            ("budget_counters", "INSERT, SELECT, UPDATE"),
+            ("budget_policies", "DELETE, INSERT, SELECT, UPDATE"),
+            ("budget_reservations", "INSERT, SELECT, UPDATE"),
+            ("budget_usage", "INSERT, SELECT, UPDATE"),
+            ("chain_heads", "INSERT, SELECT, UPDATE"),
+            ("checkpoints", "INSERT, SELECT"),
+            ("gate_requests", "SELECT"),
+            ("governance_instance", "SELECT"),
+            ("llm_clients", "INSERT, SELECT"),
+            ("oversight_decisions", "SELECT"),
+            ("scope_policies", "DELETE, INSERT, SELECT, UPDATE"),
+            ("signer_keys", "INSERT, SELECT"),
+        ]
+    );
+    // Column privileges: on gate_requests, inserting the asking columns only.
+    let columns: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT a.attname::text, pr.p FROM pg_attribute a \
+         CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE']) AS pr(p) \
+         WHERE a.attrelid = 'gate_requests'::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+           AND has_column_privilege('{role}', a.attrelid, a.attnum, pr.p) ORDER BY a.attnum, 2"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let columns: Vec<String> = columns.iter().map(|(c, p)| format!("{p} {c}")).collect();
+    assert_eq!(
+        columns,
+        [
+            "INSERT id",
+            "INSERT agent_id",
+            "INSERT session_id",
+            "INSERT tool",
+            "INSERT action_hash",
+            "INSERT args",
+            "INSERT requested_at",
+            "INSERT expires_at",
+        ]
+    );
+    // Functions it may call (trigger functions aside: they cannot be called directly). The
+    // budget functions run with the caller's privileges; the definer functions are the
+    // heartbeat, the service's own halt and spending an approval.
+    let callable: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT p.proname::text FROM pg_proc p \
+         WHERE p.pronamespace = 'public'::regnamespace AND p.prorettype <> 'trigger'::regtype \
+           AND has_function_privilege('{role}', p.oid, 'EXECUTE') ORDER BY 1"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        callable,
+        [
+            "governance_append_expected",
+            "governance_consume",
+            "governance_expire_reservations",
+            "governance_heartbeat",
+            "governance_lock_counters",
+            "governance_record_spend",
+            "governance_reserve",
+            "governance_reserve_logged",
+            "governance_service_halt",
+            "governance_settle",
+            "governance_settle_logged",
+            "governance_track",
+            "governance_track_once",
+        ]
+    );
+    let (temp, create): (bool, bool) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT has_database_privilege('{role}', current_database(), 'TEMP'), \
+                has_schema_privilege('{role}', 'public', 'CREATE')"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((temp, create), (false, false));
+    pool.close().await;
+}
+
+/// Even where a database administrator grants TEMP back to the application role, a temporary
+/// table cannot stand in for the one a definer function reads: consuming an approval that a
+/// shadow table says exists is refused, because the function resolves `gate_requests` in the
+/// schema before `pg_temp`.
+#[tokio::test]
+async fn a_temporary_table_cannot_stand_in_for_the_real_one() {
+    let db = TestDb::new().await;
+    let pool = db.admin_pool().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "GRANT TEMP ON DATABASE \"{}\" TO {APP_ROLE}",
+        db.name()
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut conn = sqlx::PgConnection::connect(&db.app_url()).await.unwrap();
+    for sql in [
+        "CREATE TEMP TABLE gate_requests (LIKE public.gate_requests)",
+        "INSERT INTO pg_temp.gate_requests (id, agent_id, tool, action_hash, args, requested_at, \
+             expires_at, status, decided_by, token_hash, token_expires_at) VALUES \
+             ('00000000-0000-0000-0000-000000000001', 'a', 'wire', sha256('x'), '{}', now(), \
+             now() + interval '1 hour', 'approved', 'alice', sha256('t'), \
+             now() + interval '1 hour')",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let outcome: String = sqlx::query_scalar(
+        "SELECT governance_consume('00000000-0000-0000-0000-000000000001', sha256('t'), \
+             sha256('x'), 'a', NULL)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "unknown_request");
 }

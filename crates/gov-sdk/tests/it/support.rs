@@ -22,3 +22,18 @@ pub(crate) fn event(agent: &str, kind: &str, n: u64) -> AuditEvent {
         .build()
         .expect("valid event")
 }
+
+/// The password of the operator accounts tests make.
+pub(crate) const OPERATOR_PW: &str = "correct horse battery staple";
+
+/// An operator account `name` (role operator) made on `gov` and signed in.
+pub(crate) async fn operator(gov: &Governance, name: &str) -> gov_sdk::Operator {
+    gov.operators()
+        .add(name, gov_sdk::OperatorRole::Operator, OPERATOR_PW)
+        .await
+        .expect("add an operator");
+    gov.operators()
+        .authenticate(name, OPERATOR_PW)
+        .await
+        .expect("the operator signs in")
+}

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use gov_core::{AgentId, AgentPresence, ScopePolicy};
+use gov_core::{AgentId, AgentPresence, AuditEvent, ScopePolicy};
 use sqlx::FromRow;
 use sqlx::postgres::PgListener;
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::PgStore;
 use crate::backend::EnforceStore;
-use crate::{Result, StoreError};
+use crate::{HaltSwitch, OversightRecord, Result, Sealer, StoreError};
 
 #[derive(FromRow)]
 struct PolicyRow {
@@ -127,40 +129,95 @@ impl EnforceStore for PgStore {
         Ok(())
     }
 
-    async fn set_halted(
+    async fn service_halt(&self, agent: &str, actor: &str, reason: &str) -> Result<bool> {
+        // language=PostgreSQL
+        let changed: bool = sqlx::query_scalar("SELECT governance_service_halt($1, $2, $3)")
+            .bind(agent)
+            .bind(actor)
+            .bind(reason)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(changed)
+    }
+
+    async fn operator_switch(
         &self,
-        agent: &str,
-        halted: bool,
-        operator: &str,
-        reason: &str,
+        s: &HaltSwitch<'_>,
+        events: (&AuditEvent, &AuditEvent),
+        key_id: &str,
+        seal: Sealer<'_>,
     ) -> Result<bool> {
-        // Returns whether the state changed. A resume needs a role with EXECUTE on
-        // governance_resume, which the application role does not have.
-        let q = if halted {
+        // governance_halt (with an operator's name) and governance_resume are for operator
+        // connections: the application role has EXECUTE on neither.
+        let mut tx = self.pool.begin().await?;
+        let q = if s.halt {
             // language=PostgreSQL
             sqlx::query_scalar("SELECT governance_halt($1, $2, $3)")
-                .bind(agent)
-                .bind(operator)
-                .bind(reason)
+                .bind(s.agent)
+                .bind(s.operator)
+                .bind(s.reason)
         } else {
             // language=PostgreSQL
             sqlx::query_scalar("SELECT governance_resume($1, $2)")
-                .bind(agent)
-                .bind(operator)
+                .bind(s.agent)
+                .bind(s.operator)
         };
-        let changed: bool =
-            q.fetch_one(&self.pool)
-                .await
-                .map_err(|e| {
-                    match StoreError::from(e) {
-                StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
-                    "only an operator connection may resume an agent; the application role cannot"
-                        .into(),
-                ),
-                other => other,
-            }
-                })?;
+        let changed: bool = q.fetch_one(&mut *tx).await.map_err(|e| match StoreError::from(e) {
+            StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
+                "only an operator connection may halt for an operator or resume an agent; the application role cannot"
+                    .into(),
+            ),
+            other => other,
+        })?;
+        let event = if changed { events.0 } else { events.1 };
+        super::gates::insert_oversight(&mut tx, event, s.operator, None, s.reason).await?;
+        let sealed = super::heads::Recording::new(seal);
+        super::audit::append_in(
+            &mut tx,
+            event.chain_id.as_str(),
+            key_id,
+            std::slice::from_ref(event),
+            &|row| sealed.seal(row),
+        )
+        .await?;
+        tx.commit().await?;
+        self.heads.committed(event.chain_id.as_str(), sealed.last());
         Ok(changed)
+    }
+
+    async fn oversight_records(&self, event_ids: &[Uuid]) -> Result<Vec<OversightRecord>> {
+        // language=PostgreSQL
+        let rows: Vec<(
+            Uuid,
+            String,
+            String,
+            String,
+            Option<Uuid>,
+            String,
+            OffsetDateTime,
+        )> = sqlx::query_as(
+            "SELECT event_id, kind, agent_id, operator, request_id, reason, decided_at \
+                 FROM oversight_decisions WHERE event_id = ANY($1)",
+        )
+        .bind(event_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(event_id, kind, agent_id, operator, request_id, reason, decided_at)| {
+                    OversightRecord {
+                        event_id,
+                        kind,
+                        agent_id,
+                        operator,
+                        request_id,
+                        reason,
+                        decided_at,
+                    }
+                },
+            )
+            .collect())
     }
 
     async fn is_halted(&self, agent: &str) -> Result<bool> {

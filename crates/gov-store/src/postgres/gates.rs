@@ -199,6 +199,7 @@ impl GateStore for PgStore {
             tx.rollback().await?;
             return Ok(outcome);
         }
+        insert_oversight(&mut tx, event, d.operator, Some(d.id), d.reason).await?;
         let sealed = super::heads::Recording::new(seal);
         super::audit::append_in(
             &mut tx,
@@ -218,14 +219,43 @@ impl GateStore for PgStore {
         id: Uuid,
         token_hash: &[u8],
         action_hash: &[u8],
+        agent: &str,
+        session: Option<&str>,
     ) -> Result<String> {
         // language=PostgreSQL
-        let outcome: String = sqlx::query_scalar("SELECT governance_consume($1, $2, $3)")
+        let outcome: String = sqlx::query_scalar("SELECT governance_consume($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(token_hash)
             .bind(action_hash)
+            .bind(agent)
+            .bind(session)
             .fetch_one(&self.pool)
             .await?;
         Ok(outcome)
     }
+}
+
+/// Writes the oversight record backing `event` (a decision, halt or resume by `operator`) in the
+/// operator path's transaction. The application role has no INSERT on the table.
+pub(crate) async fn insert_oversight(
+    conn: &mut sqlx::PgConnection,
+    event: &AuditEvent,
+    operator: &str,
+    request_id: Option<Uuid>,
+    reason: &str,
+) -> Result<()> {
+    // language=PostgreSQL
+    sqlx::query(
+        "INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, request_id, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.event_id.as_uuid())
+    .bind(&event.kind)
+    .bind(event.agent_id.as_str())
+    .bind(operator)
+    .bind(request_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -4,11 +4,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use gov_core::{AgentId, AgentPresence, ScopePolicy};
+use gov_core::{AgentId, AgentPresence, AuditEvent, ScopePolicy};
+use sqlx::SqliteConnection;
+use uuid::Uuid;
 
-use super::{SqliteStore, now_us};
+use super::audit::append_in;
+use super::{SqliteStore, from_us, now_us};
 use crate::backend::EnforceStore;
-use crate::{Result, StoreError};
+use crate::{HaltSwitch, OversightRecord, Result, Sealer, StoreError};
 
 type PolicyRow = (String, String, String, String);
 type PresenceRow = (
@@ -119,51 +122,72 @@ impl EnforceStore for SqliteStore {
         Ok(())
     }
 
-    async fn set_halted(
-        &self,
-        agent: &str,
-        halted: bool,
-        operator: &str,
-        reason: &str,
-    ) -> Result<bool> {
-        // SQLite has no roles: any connection may resume (on Postgres only operators can).
-        let now = now_us();
-        let (_turn, mut tx) = self.write_tx().await?;
-        let was: Option<bool> =
-            sqlx::query_scalar("SELECT halted FROM agent_presence WHERE agent_id = ?")
-                .bind(agent)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let was = was.unwrap_or(false);
-        if halted {
-            sqlx::query(
-                "INSERT INTO agent_presence (agent_id, halted, halted_by, halted_at, halt_reason, updated_at) \
-                 VALUES (?1, 1, ?2, ?3, ?4, ?3) \
-                 ON CONFLICT (agent_id) DO UPDATE SET halted = 1, halted_by = ?2, halted_at = ?3, \
-                     halt_reason = ?4, updated_at = ?3",
-            )
-            .bind(agent)
-            .bind(operator)
-            .bind(now)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            sqlx::query(
-                "INSERT INTO agent_presence (agent_id, halted, resumed_by, resumed_at, updated_at) \
-                 VALUES (?1, 0, ?2, ?3, ?3) \
-                 ON CONFLICT (agent_id) DO UPDATE SET halted = 0, resumed_by = ?2, resumed_at = ?3, \
-                     updated_at = ?3",
-            )
-            .bind(agent)
-            .bind(operator)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    async fn service_halt(&self, agent: &str, actor: &str, reason: &str) -> Result<bool> {
+        if !is_service_actor(actor) {
+            return Err(StoreError::InvalidArgument(
+                "a service halt is recorded under a governance: actor".into(),
+            ));
         }
+        let (_turn, mut tx) = self.write_tx().await?;
+        let changed = switch_in(&mut tx, agent, true, actor, reason).await?;
         tx.commit().await?;
         self.written().await;
-        Ok(was != halted)
+        Ok(changed)
+    }
+
+    async fn operator_switch(
+        &self,
+        s: &HaltSwitch<'_>,
+        events: (&AuditEvent, &AuditEvent),
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<bool> {
+        // SQLite has no roles: the SDK only calls this for an authenticated operator.
+        let (_turn, mut tx) = self.write_tx().await?;
+        let changed = switch_in(&mut tx, s.agent, s.halt, s.operator, s.reason).await?;
+        let event = if changed { events.0 } else { events.1 };
+        super::gates::insert_oversight(&mut tx, event, s.operator, None, s.reason).await?;
+        append_in(
+            &mut tx,
+            event.chain_id.as_str(),
+            key_id,
+            std::slice::from_ref(event),
+            seal,
+        )
+        .await?;
+        tx.commit().await?;
+        self.written().await;
+        Ok(changed)
+    }
+
+    async fn oversight_records(&self, event_ids: &[Uuid]) -> Result<Vec<OversightRecord>> {
+        type Row = (Uuid, String, String, String, Option<Uuid>, String, i64);
+        let mut out = Vec::new();
+        for chunk in event_ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT event_id, kind, agent_id, operator, request_id, reason, decided_at \
+                 FROM oversight_decisions WHERE event_id IN ({marks})"
+            );
+            let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for (event_id, kind, agent_id, operator, request_id, reason, at) in
+                q.fetch_all(&self.pool).await?
+            {
+                out.push(OversightRecord {
+                    event_id,
+                    kind,
+                    agent_id,
+                    operator,
+                    request_id,
+                    reason,
+                    decided_at: from_us(at)?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn is_halted(&self, agent: &str) -> Result<bool> {
@@ -193,4 +217,58 @@ impl EnforceStore for SqliteStore {
         let now = now_us();
         Ok(rows.into_iter().map(|r| presence(now, r)).collect())
     }
+}
+
+/// The rule of `governance_service_halt`: `governance:` and a lower-case name.
+fn is_service_actor(actor: &str) -> bool {
+    actor.strip_prefix("governance:").is_some_and(|name| {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && name.len() <= 64
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    })
+}
+
+/// Halts or resumes in `tx`; whether the state changed.
+async fn switch_in(
+    tx: &mut SqliteConnection,
+    agent: &str,
+    halted: bool,
+    by: &str,
+    reason: &str,
+) -> Result<bool> {
+    let now = now_us();
+    let was: Option<bool> =
+        sqlx::query_scalar("SELECT halted FROM agent_presence WHERE agent_id = ?")
+            .bind(agent)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let was = was.unwrap_or(false);
+    if halted {
+        sqlx::query(
+            "INSERT INTO agent_presence (agent_id, halted, halted_by, halted_at, halt_reason, updated_at) \
+             VALUES (?1, 1, ?2, ?3, ?4, ?3) \
+             ON CONFLICT (agent_id) DO UPDATE SET halted = 1, halted_by = ?2, halted_at = ?3, \
+                 halt_reason = ?4, updated_at = ?3",
+        )
+        .bind(agent)
+        .bind(by)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO agent_presence (agent_id, halted, resumed_by, resumed_at, updated_at) \
+             VALUES (?1, 0, ?2, ?3, ?3) \
+             ON CONFLICT (agent_id) DO UPDATE SET halted = 0, resumed_by = ?2, resumed_at = ?3, \
+                 updated_at = ?3",
+        )
+        .bind(agent)
+        .bind(by)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(was != halted)
 }

@@ -29,8 +29,15 @@ type GateRow = (
     Option<i64>,
 );
 
-/// (status, action_hash, token_hash, token_expires_at)
-type ConsumeRow = (String, Vec<u8>, Option<Vec<u8>>, Option<i64>);
+/// (status, action_hash, token_hash, token_expires_at, agent_id, session_id)
+type ConsumeRow = (
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    String,
+    Option<String>,
+);
 
 const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
      status, decided_by, decision_reason, token_expires_at";
@@ -245,6 +252,7 @@ impl GateStore for SqliteStore {
         .bind(d.id)
         .execute(&mut *tx)
         .await?;
+        insert_oversight(&mut tx, event, d.operator, Some(d.id), d.reason).await?;
         append_in(
             &mut tx,
             event.chain_id.as_str(),
@@ -263,10 +271,13 @@ impl GateStore for SqliteStore {
         id: Uuid,
         token_hash: &[u8],
         action_hash: &[u8],
+        agent: &str,
+        session: Option<&str>,
     ) -> Result<String> {
         let (_turn, mut tx) = self.write_tx().await?;
         let r: Option<ConsumeRow> = sqlx::query_as(
-            "SELECT status, action_hash, token_hash, token_expires_at FROM gate_requests WHERE id = ?",
+            "SELECT status, action_hash, token_hash, token_expires_at, agent_id, session_id \
+             FROM gate_requests WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -276,15 +287,18 @@ impl GateStore for SqliteStore {
             None => "unknown_request",
             Some((status, ..)) if status == "consumed" => "already_consumed",
             Some((status, ..)) if status != "approved" => "not_approved",
+            Some((.., asker, asked_in)) if asker != agent || asked_in.as_deref() != session => {
+                "wrong_agent"
+            }
             Some((_, action, ..)) if action != action_hash => "wrong_action",
-            Some((_, _, stored, _))
+            Some((_, _, stored, ..))
                 if !stored
                     .as_deref()
                     .is_some_and(|s| bool::from(s.ct_eq(token_hash))) =>
             {
                 "bad_token"
             }
-            Some((.., expires)) if expires.is_some_and(|t| t < now) => "expired",
+            Some((_, _, _, expires, ..)) if expires.is_some_and(|t| t < now) => "expired",
             Some(_) => {
                 sqlx::query(
                     "UPDATE gate_requests SET status = 'consumed', consumed_at = ? WHERE id = ?",
@@ -302,4 +316,29 @@ impl GateStore for SqliteStore {
         }
         Ok(outcome.into())
     }
+}
+
+/// Writes the oversight record backing `event` (a decision, halt or resume by `operator`) in the
+/// operator path's transaction.
+pub(crate) async fn insert_oversight(
+    conn: &mut sqlx::SqliteConnection,
+    event: &AuditEvent,
+    operator: &str,
+    request_id: Option<Uuid>,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, request_id, reason, \
+             decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(event.event_id.as_uuid())
+    .bind(&event.kind)
+    .bind(event.agent_id.as_str())
+    .bind(operator)
+    .bind(request_id)
+    .bind(reason)
+    .bind(now_us())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
