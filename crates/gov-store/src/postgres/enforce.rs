@@ -187,7 +187,7 @@ impl EnforceStore for PgStore {
 
     async fn oversight_records(&self, event_ids: &[Uuid]) -> Result<Vec<OversightRecord>> {
         // language=PostgreSQL
-        let rows: Vec<(
+        type Row = (
             Uuid,
             String,
             String,
@@ -195,7 +195,8 @@ impl EnforceStore for PgStore {
             Option<Uuid>,
             String,
             OffsetDateTime,
-        )> = sqlx::query_as(
+        );
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT event_id, kind, agent_id, operator, request_id, reason, decided_at \
                  FROM oversight_decisions WHERE event_id = ANY($1)",
         )
