@@ -430,20 +430,6 @@ async fn simulate(
     Ok(kinds)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::display_url;
-
-    #[test]
-    fn display_url_drops_credentials_and_parameters() {
-        assert_eq!(
-            display_url("postgres://u:secret@h:5432/db?sslmode=require"),
-            "h:5432/db"
-        );
-        assert_eq!(display_url("postgres://h/db"), "h/db");
-    }
-}
-
 /// The demo's scripted operator (`demo-operator`, role operator), signed in with a password
 /// made for this run: the demo's own resumes are an operator's, recorded as such.
 async fn demo_operator(gov: &Governance, admin: &Admin) -> anyhow::Result<gov_sdk::Operator> {
@@ -459,4 +445,18 @@ async fn demo_operator(gov: &Governance, admin: &Admin) -> anyhow::Result<gov_sd
             .await?;
     }
     Ok(gov.operators().authenticate(NAME, &password).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_url;
+
+    #[test]
+    fn display_url_drops_credentials_and_parameters() {
+        assert_eq!(
+            display_url("postgres://u:secret@h:5432/db?sslmode=require"),
+            "h:5432/db"
+        );
+        assert_eq!(display_url("postgres://h/db"), "h/db");
+    }
 }
