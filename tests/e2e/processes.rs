@@ -79,7 +79,7 @@ async fn the_demo_logs_verifies_and_reports() {
         "the next was refused: budget.denied",
         "loop.detected (warn)",
         "wire_money is waiting for a human",
-        "demo-agent-2 halted by demo",
+        "demo-agent-2 halted by its service",
     ] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }

@@ -58,7 +58,7 @@ async fn seed_fixed(db: &TestDb) {
     let r1 = "0193a0f0-0000-7000-8000-000000000001";
     let r2 = "0193a0f0-0000-7000-8000-000000000002";
     // (time, kind, session, actor, payload) on the default chain, agent support-bot.
-    let default: [Seed; 13] = [
+    let default: [Seed; 14] = [
         (
             datetime!(2026-10-15 12:00 UTC),
             "tool.call",
@@ -143,6 +143,14 @@ async fn seed_fixed(db: &TestDb) {
             Some("carol"),
             json!({ "reason": "prompt fixed", "changed": true }),
         ),
+        // Written with the secret but outside every operator path: no oversight record backs it.
+        (
+            datetime!(2026-11-02 10:04 UTC),
+            "gate.approved",
+            Some("s-3"),
+            Some("mallory"),
+            json!({ "request_id": r2, "tool": "refund", "reason": "trust me" }),
+        ),
         (
             datetime!(2026-11-02 10:05 UTC),
             "contract.violated",
@@ -159,7 +167,25 @@ async fn seed_fixed(db: &TestDb) {
         if let Some(a) = actor {
             b = b.actor(a);
         }
-        log(db.url(), b).await;
+        let event = b.build().expect("event");
+        let id = event.event_id.as_uuid();
+        gov_testdb::forge::append_unchecked(db.url(), SECRET, vec![event]).await;
+        // The operators' decisions, halts and resumes get the record their operator path
+        // writes in the same transaction; mallory's claim gets none.
+        if let Some(operator) = actor.filter(|a| *a != "mallory") {
+            let pool = db.admin_pool().await;
+            sqlx::query(
+                "INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, reason) \
+                 VALUES ($1, $2, 'support-bot', $3, 'seeded')",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(operator)
+            .execute(&pool)
+            .await
+            .expect("seed an oversight record");
+            pool.close().await;
+        }
     }
     for (i, t) in [
         datetime!(2026-11-03 08:00 UTC),
@@ -243,12 +269,21 @@ async fn the_article12_report_matches_its_golden_file_in_each_form() {
     // The JSON form states what the period holds.
     let (_, out, _) = report(&db, &[&PERIOD[..], &["--json"]].concat());
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(v["totals"]["events"], 15, "{v:#}");
+    assert_eq!(v["totals"]["events"], 16, "{v:#}");
     assert_eq!(v["events_by_kind"]["tool.call"], 4);
     assert_eq!(v["human_oversight"]["decisions"][0]["decided_by"], "alice");
     assert_eq!(v["human_oversight"]["decisions"][1]["decided_by"], "bob");
     assert_eq!(
-        v["verification"]["events_checked"], 17,
+        (
+            v["human_oversight"]["approved"].as_u64(),
+            v["events_by_kind"]["gate.approved"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "mallory's claim is recorded but not counted"
+    );
+    assert_eq!(v["human_oversight"]["unbacked"][0]["claimed_by"], "mallory");
+    assert_eq!(
+        v["verification"]["events_checked"], 18,
         "every row verified"
     );
     assert_eq!(v["verification"]["status"], "clean");
@@ -508,6 +543,62 @@ async fn the_report_records_decisions_halts_and_denials_made_through_the_sdk() {
         "tool wire_money: tool_not_allowed"
     );
     assert_eq!(v["verification"]["status"], "clean");
+    assert_eq!(h["unbacked"], json!([]));
+    assert_eq!(halts["unbacked"], json!([]));
+
+    // The agent's side holds the audit secret, so it can seal any row it likes into the chain
+    // (here through the forge, as its own code could): an approval and a resume in alice's name.
+    // The chain verifies clean, but no operator path recorded them: the report neither counts
+    // nor lists them as oversight, and names them apart.
+    let forged = |kind: &str, payload: serde_json::Value| {
+        AuditEvent::builder("pay-bot", kind)
+            .session("s-9")
+            .actor("alice")
+            .payload(payload)
+            .build()
+            .expect("event")
+    };
+    gov_testdb::forge::append_unchecked(
+        &db.app_url(),
+        SECRET,
+        vec![
+            forged(
+                "gate.approved",
+                json!({ "request_id": req.id, "tool": "wire_money", "reason": "looks fine" }),
+            ),
+            forged(
+                "agent.resumed",
+                json!({ "reason": "all clear", "changed": true }),
+            ),
+        ],
+    )
+    .await;
+    let out = governance(&db)
+        .args(["report", "--from", "1h", "--json"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["verification"]["status"], "clean");
+    let h = &v["human_oversight"];
+    assert_eq!(
+        (h["approved"].as_u64(), h["denied"].as_u64()),
+        (Some(1), Some(1)),
+        "{h:#}"
+    );
+    assert_eq!(h["decisions"].as_array().map(Vec::len), Some(2));
+    let claims = h["unbacked"].as_array().expect("unbacked");
+    assert_eq!(claims.len(), 1, "{h:#}");
+    assert_eq!(
+        (&claims[0]["kind"], &claims[0]["claimed_by"]),
+        (&json!("gate.approved"), &json!("alice"))
+    );
+    let halts = &v["halts"];
+    assert_eq!(
+        (halts["halted"].as_u64(), halts["resumed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(halts["unbacked"][0]["kind"], "agent.resumed");
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Collecting the report from the audit chain: verification, counts, then the listed events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gov_sdk::events::{self, EventKind};
 use gov_sdk::{AuditRecord, ChainId, EventFilter, Governance, Verdict, VerifyReport};
@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 use crate::ReportError;
 use crate::model::{
     Article12Report, At, ChainVerification, Coverage, Decision, Denial, Denials, FORMAT,
-    FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT, System, Totals, Verification,
+    FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT, System, Totals, UnbackedClaim,
+    Verification,
 };
 
 /// At most this many events are listed per section; the counts stay complete.
@@ -141,24 +142,36 @@ pub async fn collect(
     totals.agents = agents.len() as u64;
     let count = |kind: EventKind| events_by_kind.get(kind.as_str()).copied().unwrap_or(0);
 
-    let mut human_oversight = Oversight {
+    // Decisions, halts and resumes are human-rate: every one in the period is read and checked
+    // against the oversight record its operator path wrote; only backed ones count.
+    let (rows, _) = list(gov, req, &chains, &DECISIONS, usize::MAX, progress).await?;
+    let (backed, unbacked) = cross_check(gov, rows).await?;
+    let approved = backed
+        .iter()
+        .filter(|r| r.system_kind() == Some(EventKind::GateApproved))
+        .count() as u64;
+    let human_oversight = Oversight {
         requested: count(EventKind::GateRequested),
-        approved: count(EventKind::GateApproved),
-        denied: count(EventKind::GateDenied),
-        ..Oversight::default()
+        approved,
+        denied: backed.len() as u64 - approved,
+        truncated: backed.len() > MAX_LISTED,
+        decisions: backed.iter().take(MAX_LISTED).map(decision).collect(),
+        unbacked,
     };
-    let (rows, truncated) = list(gov, req, &chains, &DECISIONS, progress).await?;
-    human_oversight.truncated = truncated;
-    human_oversight.decisions = rows.iter().map(decision).collect();
 
-    let mut halts = Halts {
-        halted: count(EventKind::AgentHalted),
-        resumed: count(EventKind::AgentResumed),
-        ..Halts::default()
+    let (rows, _) = list(gov, req, &chains, &HALTS, usize::MAX, progress).await?;
+    let (backed, unbacked) = cross_check(gov, rows).await?;
+    let halted = backed
+        .iter()
+        .filter(|r| r.system_kind() == Some(EventKind::AgentHalted))
+        .count() as u64;
+    let halts = Halts {
+        halted,
+        resumed: backed.len() as u64 - halted,
+        truncated: backed.len() > MAX_LISTED,
+        events: backed.iter().take(MAX_LISTED).map(halt).collect(),
+        unbacked,
     };
-    let (rows, truncated) = list(gov, req, &chains, &HALTS, progress).await?;
-    halts.truncated = truncated;
-    halts.events = rows.iter().map(halt).collect();
 
     let mut denials = Denials {
         scope: count(EventKind::ScopeDenied),
@@ -167,7 +180,7 @@ pub async fn collect(
         contracts: count(EventKind::ContractViolated),
         ..Denials::default()
     };
-    let (rows, truncated) = list(gov, req, &chains, &DENIALS, progress).await?;
+    let (rows, truncated) = list(gov, req, &chains, &DENIALS, MAX_LISTED, progress).await?;
     denials.truncated = truncated;
     denials.events = rows.iter().map(denial).collect();
 
@@ -255,6 +268,7 @@ async fn list(
     req: &ReportRequest,
     chains: &[String],
     kinds: &[EventKind],
+    max: usize,
     progress: &(dyn Fn(Step) + Sync),
 ) -> Result<(Vec<AuditRecord>, bool), ReportError> {
     let mut rows = Vec::new();
@@ -275,7 +289,7 @@ async fn list(
                 let Some(last) = page.last() else { break };
                 filter.after_seq = Some(last.seq);
                 for r in page {
-                    if rows.len() == MAX_LISTED {
+                    if rows.len() == max {
                         truncated = true;
                         break 'kinds;
                     }
@@ -316,6 +330,50 @@ fn decision(r: &AuditRecord) -> Decision {
         request_id: payload.as_ref().map(|p| p.request_id.to_string()),
         reason: payload.map(|p| p.reason),
     }
+}
+
+/// The actor namespace of the system's own halts (the loop detector, a service's kill switch):
+/// those are not human oversight and need no oversight record.
+const SYSTEM_ACTOR: &str = "governance:";
+
+/// Splits oversight events into those an oversight record backs (same event, kind, agent and
+/// operator) and claims without one. A halt by the system itself (`governance:` actor) stands
+/// on its own: it claims no human.
+async fn cross_check(
+    gov: &Governance,
+    rows: Vec<AuditRecord>,
+) -> Result<(Vec<AuditRecord>, Vec<UnbackedClaim>), ReportError> {
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.event_id.as_uuid()).collect();
+    let mut records: HashMap<uuid::Uuid, gov_sdk::OversightRecord> = HashMap::new();
+    for chunk in ids.chunks(5_000) {
+        for o in gov.audit().oversight_records(chunk).await? {
+            records.insert(o.event_id, o);
+        }
+    }
+    let mut backed = Vec::with_capacity(rows.len());
+    let mut unbacked = Vec::new();
+    for r in rows {
+        let system = r.system_kind() == Some(EventKind::AgentHalted)
+            && r.actor
+                .as_deref()
+                .is_some_and(|a| a.starts_with(SYSTEM_ACTOR));
+        let matches = records.get(&r.event_id.as_uuid()).is_some_and(|o| {
+            o.kind == r.kind
+                && o.agent_id == r.agent_id
+                && r.actor.as_deref() == Some(o.operator.as_str())
+        });
+        if system || matches {
+            backed.push(r);
+        } else {
+            unbacked.push(UnbackedClaim {
+                at: at(&r),
+                agent_id: r.agent_id.clone(),
+                kind: r.kind.clone(),
+                claimed_by: r.actor.clone(),
+            });
+        }
+    }
+    Ok((backed, unbacked))
 }
 
 fn halt(r: &AuditRecord) -> HaltEvent {

@@ -175,6 +175,35 @@ pub(crate) fn render(r: &Article12Report) -> Result<String, ReportError> {
         ),
         note: truncated(r.halts.truncated),
     });
+    let claims: Vec<&crate::UnbackedClaim> = r
+        .human_oversight
+        .unbacked
+        .iter()
+        .chain(&r.halts.unbacked)
+        .collect();
+    if !claims.is_empty() {
+        sections.push(Section {
+            title: "Oversight claims without evidence",
+            summary: crate::unbacked_summary(claims.len()),
+            table: table(
+                vec!["Time", "Chain", "Seq", "Agent", "Kind", "Claimed by"],
+                claims
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            rfc3339(c.at.occurred_at),
+                            c.at.chain_id.clone(),
+                            c.at.seq.to_string(),
+                            c.agent_id.clone(),
+                            c.kind.clone(),
+                            or_dash(&c.claimed_by),
+                        ]
+                    })
+                    .collect(),
+            ),
+            note: None,
+        });
+    }
     let d = &r.denials;
     sections.push(Section {
         title: "Denials",

@@ -31,7 +31,7 @@ pub use collect::{MAX_LISTED, ReportRequest, Step, collect};
 pub use model::{
     AgentSummary, Article12Report, At, COVERAGE_DEFINITION, ChainVerification, Coverage, Decision,
     Denial, Denials, FORMAT, FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT,
-    System, Totals, Verification,
+    System, Totals, UnbackedClaim, Verification,
 };
 
 use time::OffsetDateTime;
@@ -155,4 +155,18 @@ pub(crate) fn coverage_text(c: &Coverage) -> String {
             c.reason.unwrap_or("no reason recorded")
         ),
     }
+}
+
+/// The account of oversight claims without evidence, in every form of the report.
+pub(crate) fn unbacked_summary(n: usize) -> String {
+    let (events, claim) = if n == 1 {
+        ("1 event claims".to_owned(), "it is")
+    } else {
+        (format!("{n} events claim"), "they are")
+    };
+    format!(
+        "{events} a human decision, halt or resume that no operator path recorded: {claim} \
+         not counted above. Such an event was written with the audit secret outside the \
+         operator paths (the console, the CLI and the SDK's operator calls); investigate."
+    )
 }

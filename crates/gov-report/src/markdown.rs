@@ -189,6 +189,31 @@ pub(crate) fn render(r: &Article12Report) -> String {
         truncated(&mut o, r.halts.truncated);
     }
 
+    let claims: Vec<&crate::UnbackedClaim> = r
+        .human_oversight
+        .unbacked
+        .iter()
+        .chain(&r.halts.unbacked)
+        .collect();
+    if !claims.is_empty() {
+        let _ = writeln!(o, "\n## Oversight claims without evidence\n");
+        let _ = writeln!(o, "{}\n", crate::unbacked_summary(claims.len()));
+        table(
+            &mut o,
+            &["Time", "Chain", "Seq", "Agent", "Kind", "Claimed by"],
+            claims.iter().map(|c| {
+                vec![
+                    rfc3339(c.at.occurred_at),
+                    esc(&c.at.chain_id),
+                    c.at.seq.to_string(),
+                    esc(&c.agent_id),
+                    esc(&c.kind),
+                    opt(&c.claimed_by),
+                ]
+            }),
+        );
+    }
+
     let d = &r.denials;
     let _ = writeln!(o, "\n## Denials\n");
     let _ = writeln!(

@@ -122,6 +122,24 @@ pub struct Oversight {
     pub decisions: Vec<Decision>,
     /// True when more decisions exist than are listed.
     pub truncated: bool,
+    /// Events that claim a human decision but have no oversight record behind them: not made
+    /// by an operator path, so neither counted nor listed as decisions. Oldest first.
+    pub unbacked: Vec<UnbackedClaim>,
+}
+
+/// An event that claims human oversight (a decision, or a halt or resume in a person's name)
+/// without the oversight record the operator path writes in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnbackedClaim {
+    /// Where it is recorded.
+    #[serde(flatten)]
+    pub at: At,
+    /// The agent it names.
+    pub agent_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whom it names as the operator.
+    pub claimed_by: Option<String>,
 }
 
 /// One decision on a gate request.
@@ -157,6 +175,9 @@ pub struct Halts {
     pub events: Vec<HaltEvent>,
     /// True when more exist than are listed.
     pub truncated: bool,
+    /// Halts and resumes in a person's name without an oversight record behind them: neither
+    /// counted nor listed. Oldest first.
+    pub unbacked: Vec<UnbackedClaim>,
 }
 
 /// One halt or resume.

@@ -167,6 +167,17 @@ impl<'g> Audit<'g> {
         Ok(self.gov.inner.audit.events(filter, verify).await?)
     }
 
+    /// The oversight records backing these events: the rows the operator paths wrote, in the
+    /// transaction of each decision, halt or resume, for an authenticated operator. An event
+    /// that claims human oversight without one was not made by an operator path (the report
+    /// lists such claims apart and does not count them).
+    pub async fn oversight_records(
+        &self,
+        event_ids: &[uuid::Uuid],
+    ) -> Result<Vec<gov_store::OversightRecord>> {
+        Ok(self.gov.inner.store.oversight_records(event_ids).await?)
+    }
+
     /// Event counts per (chain, agent, kind), and per (chain, agent) with `kind: None`, for
     /// events with `occurred_at` in `[since, until)`; one chain or all of them.
     pub async fn event_counts(

@@ -73,7 +73,7 @@ pub use gov_core::{
     ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds, PriceTable,
     ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
-pub use gov_store::{MigrateReport, Privileges};
+pub use gov_store::{MigrateReport, OversightRecord, Privileges};
 
 use std::sync::Arc;
 
