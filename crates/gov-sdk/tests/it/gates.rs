@@ -312,11 +312,20 @@ async fn expired_approvals_denials_and_halted_agents() {
         .halt(&alice, "billing", "incident")
         .await
         .unwrap();
-    let err = s
-        .agent
-        .gates()
-        .request("billing", None, "wire", &json!({}))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Halted { .. }), "{err}");
+    // The agent's handle learns of the halt by notification, within its cache bound (1 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match s
+            .agent
+            .gates()
+            .request("billing", None, "wire", &json!({}))
+            .await
+        {
+            Err(Error::Halted { .. }) => break,
+            other if std::time::Instant::now() > deadline => {
+                panic!("the halt never reached the agent: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
