@@ -1138,6 +1138,33 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
             "gate.approved:alice",
         ]
     );
+    // Each decision committed its oversight record with its event; nothing else has one.
+    let gate_events: Vec<_> = ops
+        .audit()
+        .events(&EventFilter::default())
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|r| r.kind.starts_with("gate."))
+        .collect();
+    let ids: Vec<_> = gate_events.iter().map(|r| r.event_id.as_uuid()).collect();
+    let mut backed: Vec<String> = ops
+        .audit()
+        .oversight_records(&ids)
+        .await
+        .expect("oversight records")
+        .into_iter()
+        .map(|o| format!("{}:{}:{}", o.kind, o.operator, o.agent_id))
+        .collect();
+    backed.sort();
+    assert_eq!(
+        backed,
+        [
+            "gate.approved:alice:billing",
+            "gate.approved:alice:billing",
+            "gate.denied:alice:billing",
+        ]
+    );
     assert!(ops.audit().verify_chain().await.expect("verify").is_clean());
 }
 
@@ -1319,6 +1346,28 @@ async fn halts_hold_until_resume_and_heartbeats_never_clear_them(b: TestBackend)
             .collect::<Vec<_>>(),
         [Some("bob"), Some("bob")]
     );
+    // Each operator halt and resume committed its oversight record with its event.
+    let ids: Vec<_> = halted
+        .iter()
+        .chain(&resumed)
+        .map(|r| r.event_id.as_uuid())
+        .collect();
+    let records = ops
+        .audit()
+        .oversight_records(&ids)
+        .await
+        .expect("oversight records");
+    assert_eq!(records.len(), 4);
+    for r in halted.iter().chain(&resumed) {
+        let o = records
+            .iter()
+            .find(|o| o.event_id == r.event_id.as_uuid())
+            .expect("a record for each");
+        assert_eq!(
+            (o.kind.as_str(), Some(o.operator.as_str())),
+            (r.kind.as_str(), r.actor.as_deref())
+        );
+    }
 }
 
 fn billing_policy() -> ScopePolicy {
