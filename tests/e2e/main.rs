@@ -3,6 +3,7 @@
 
 mod browser;
 mod checkpoint;
+mod demo;
 mod docs;
 mod export_import;
 mod keys;

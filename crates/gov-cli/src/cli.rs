@@ -170,9 +170,9 @@ pub(crate) struct CompletionsArgs {
 pub(crate) struct BudgetArgs {
     /// The agent
     pub(crate) agent: String,
-    /// The session to show next to today's totals
-    #[arg(long, default_value = "-")]
-    pub(crate) session: String,
+    /// Also show this session's spend against its cap (default: today's totals only)
+    #[arg(long)]
+    pub(crate) session: Option<String>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }
