@@ -41,9 +41,10 @@ pub(crate) async fn run(args: BudgetArgs, global: &Global, out: &Out) -> anyhow:
             "agent {} was never seen in this database (no budget policy, no spend today, no heartbeat); {}",
             args.agent,
             if known.is_empty() {
-                "no agent is known here yet: is --database-url the service's database?".to_owned()
+                "no agent has reported here yet: is --database-url the service's database?"
+                    .to_owned()
             } else {
-                format!("known agents: {}", known.join(", "))
+                format!("agents known here: {}", known.join(", "))
             }
         )));
     }
