@@ -452,14 +452,13 @@ async fn demo_login(
     Ok((password, kept_in))
 }
 
-/// Writes a new file only its owner may read.
+/// Creates a new file (never one that exists, nor through a symlink planted at its name) that
+/// only its owner may read.
 fn keep_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    crate::local::ensure_data_dir().map_err(std::io::Error::other)?;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
