@@ -50,7 +50,7 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Run a simulated agent through every gate, verify the chain, then serve the console
     #[command(
-        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses the local SQLite database in your data directory (shown); without GOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too."
+        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses the local SQLite database in your data directory (shown); without GOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too.\nIt listens on --bind before writing anything, so a second demo while one runs stops at once and changes nothing. The console user is demo; its password is kept in your data directory and printed each run. While the console is served, a simulated workload (labelled) keeps the agent working until Ctrl-C."
     )]
     Demo(DemoArgs),
     /// Follow audit events live, as any process appends them (Postgres: LISTEN/NOTIFY; SQLite: a
@@ -152,7 +152,8 @@ pub(crate) struct DemoArgs {
     /// Agent id of the simulated agent
     #[arg(long, default_value = "demo-agent")]
     pub(crate) agent: String,
-    /// Exit after the simulation instead of serving the console
+    /// Exit after the simulation and the verification instead of serving the console (no approval
+    /// request is left waiting then)
     #[arg(long)]
     pub(crate) no_serve: bool,
     /// Where the console listens
