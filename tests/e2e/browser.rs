@@ -67,7 +67,9 @@ async fn browser() -> (Killed, Client) {
     }
     let port = free_port();
     let driver = Killed(
-        Command::new(CHROMEDRIVER)
+        // Hermetic like every process a test starts: Chromium writes its profile, crash reports
+        // and dconf cache under HOME and the XDG folders.
+        crate::support::hermetic(&mut Command::new(CHROMEDRIVER))
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

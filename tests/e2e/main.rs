@@ -3,8 +3,10 @@
 
 mod browser;
 mod checkpoint;
+mod demo;
 mod docs;
 mod export_import;
+mod first_hour;
 mod keys;
 mod local;
 mod migrate;

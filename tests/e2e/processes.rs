@@ -72,13 +72,14 @@ async fn the_demo_logs_verifies_and_reports() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("logged    300 events"), "{stdout}");
+    assert!(stdout.contains("logged    300 tool events"), "{stdout}");
     // Every gate was walked, and the chain holds those events too.
     for line in [
         "scope     search_docs allowed; delete_customer denied",
         "the next was refused: budget.denied",
         "loop.detected (warn)",
-        "wire_money is waiting for a human",
+        "approval  skipped with --no-serve",
+        "calls through the SDK's guard to a simulated gpt-4o-mini",
         "demo-agent-2 halted by its service",
     ] {
         assert!(stdout.contains(line), "{line}: {stdout}");

@@ -3,7 +3,9 @@
 //! - `test [ARGS]`: the whole suite against a real Postgres (`GOVERNANCE_TEST_DATABASE_URL`,
 //!   else the local server on 127.0.0.1:5432, else a throwaway cluster from `initdb`/`pg_ctl`).
 //! - `bench`: benchmarks, JSON on stdout and in `target/bench/bench.json`.
-//! - `ci`: fmt check, clippy, rustdoc with warnings denied, tidy, then `test`.
+//! - `ci`: fmt check, clippy, rustdoc with warnings denied, tidy, README's quick start
+//!   (`governance demo --no-serve`), then `test` in the same private home, which the suite must
+//!   leave as the quick start left it.
 //! - `tidy`: repository rules (dependency graph, module docs, no ignored tests, documented
 //!   configuration).
 
@@ -54,6 +56,11 @@ fn has_nextest() -> bool {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    test_in(extra, &Hermetic::new()?)
+}
+
+/// Runs the suite with `home` as its HOME.
+fn test_in(extra: &[String], home: &Hermetic) -> Result<()> {
     let server = pg::Server::find_or_start()?;
     eprintln!("xtask: tests use Postgres at {}", server.display());
     let mut cmd = cargo();
@@ -63,7 +70,6 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
     cmd.args(extra).env(pg::ENV_TEST_URL, server.url());
-    let home = Hermetic::new()?;
     home.apply(&mut cmd)?;
     // nextest does not run doc tests: run them first (examples are compile-checked), unless a
     // filter narrows the run, so that the suite's own summary is the last thing printed.
@@ -78,7 +84,6 @@ fn test(extra: &[String]) -> Result<()> {
         result = run(&mut cmd);
     }
     drop(server);
-    drop(home);
     result
 }
 
@@ -88,6 +93,31 @@ fn test(extra: &[String]) -> Result<()> {
 struct Hermetic(tempfile::TempDir);
 
 impl Hermetic {
+    /// The folders a user's tools write to (TMPDIR, which tests use freely, is not one).
+    const USER_FOLDERS: [&str; 5] = ["home", "data", "state", "config", "cache"];
+
+    /// Every file and folder under the user folders, relative to the private folder.
+    fn listing(&self) -> Vec<String> {
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+                if p.is_dir() {
+                    walk(&p, root, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for sub in Self::USER_FOLDERS {
+            walk(&self.0.path().join(sub), self.0.path(), &mut out);
+        }
+        out.sort();
+        out
+    }
+
     fn new() -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("governance-tests-")
@@ -163,5 +193,39 @@ fn ci() -> Result<()> {
         .args(["doc", "--no-deps", "--workspace", "--quiet"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     tidy::run()?;
-    test(&[])
+    // README's quick start, then README's test command, in one private home: the suite must
+    // pass beside a newcomer's demo data and add nothing to it.
+    let home = Hermetic::new()?;
+    let mut demo = cargo();
+    demo.args([
+        "run",
+        "--quiet",
+        "-p",
+        "gov-cli",
+        "--",
+        "demo",
+        "--no-serve",
+    ]);
+    home.apply(&mut demo)?;
+    let started = std::time::Instant::now();
+    run(&mut demo)?;
+    eprintln!(
+        "xtask: README's quick start (governance demo --no-serve) took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let before = home.listing();
+    let started = std::time::Instant::now();
+    test_in(&[], &home)?;
+    eprintln!(
+        "xtask: README's test command took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let after = home.listing();
+    let added: Vec<&String> = after.iter().filter(|p| !before.contains(p)).collect();
+    if !added.is_empty() {
+        bail!(
+            "the tests left files in HOME (every process a test starts must be hermetic): {added:?}"
+        );
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Repository rules, checked by `cargo xtask tidy` and by a test:
 //! the crate dependency graph, module docs on every file, no ignored or should-panic tests,
-//! and every `GOVERNANCE_*` variable documented in docs/configuration.md.
+//! every `GOVERNANCE_*` variable documented in docs/configuration.md, README's SDK snippet equal
+//! to the quickstart example the suite runs, and every relative link in README.md and docs/*.md
+//! resolving to a file (and none naming a design document the repository does not have).
 
 use std::path::{Path, PathBuf};
 
@@ -113,9 +115,128 @@ fn problems() -> Vec<String> {
             rest = &tail[end..];
         }
     }
+    problems.extend(readme_snippet(&root));
+    problems.extend(doc_links(&root));
     problems.sort();
     problems.dedup();
     problems
+}
+
+/// The example README shows, up to its test module.
+const QUICKSTART: &str = "crates/gov-sdk/examples/quickstart.rs";
+
+/// The fenced blocks of a Markdown text whose info string is `lang`.
+fn fenced_blocks(text: &str, lang: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    // Inside a block: `Some(Some(text))` when it is one of ours, `Some(None)` when it is not.
+    let mut current: Option<Option<String>> = None;
+    for line in text.lines() {
+        let fence = line.trim_start().starts_with("```");
+        match (&mut current, fence) {
+            (None, true) => {
+                let info = line.trim_start().trim_start_matches('`').trim();
+                current = Some((info == lang).then(String::new));
+            }
+            (None, false) => {}
+            (Some(block), true) => {
+                if let Some(b) = block.take() {
+                    blocks.push(b);
+                }
+                current = None;
+            }
+            (Some(Some(block)), false) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (Some(None), false) => {}
+        }
+    }
+    blocks
+}
+
+/// README's SDK snippet must be the quickstart example (without its test module), so the code a
+/// newcomer copies is the code the suite runs.
+fn readme_snippet(root: &Path) -> Vec<String> {
+    let (Ok(readme), Ok(example)) = (
+        std::fs::read_to_string(root.join("README.md")),
+        std::fs::read_to_string(root.join(QUICKSTART)),
+    ) else {
+        return vec![format!("README.md or {QUICKSTART} cannot be read")];
+    };
+    let shown = match example.find("\n#[cfg(test)]") {
+        Some(i) => format!("{}\n", example[..i].trim_end()),
+        None => example.clone(),
+    };
+    if fenced_blocks(&readme, "rust").contains(&shown) {
+        Vec::new()
+    } else {
+        vec![format!(
+            "README.md: no ```rust block equals {QUICKSTART} (up to its test module); copy the example into README's \"Using the SDK\""
+        )]
+    }
+}
+
+/// Every relative link in README.md and docs/*.md resolves to a file or folder of the
+/// repository, and none names the design document the repository does not have.
+fn doc_links(root: &Path) -> Vec<String> {
+    let mut files = vec![root.join("README.md"), root.join("console-web/README.md")];
+    if let Ok(entries) = std::fs::read_dir(root.join("docs")) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "md") {
+                files.push(e.path());
+            }
+        }
+    }
+    let design = concat!("DESIGN", ".md");
+    let mut problems = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let rel = f.strip_prefix(root).unwrap_or(&f).display().to_string();
+        if text.contains(design) {
+            problems.push(format!(
+                "{rel}: names {design}, which is not in the repository"
+            ));
+        }
+        let dir = f.parent().unwrap_or(root);
+        for target in relative_links(&text) {
+            if !dir.join(&target).exists() {
+                problems.push(format!("{rel}: the link ({target}) leads nowhere"));
+            }
+        }
+    }
+    problems
+}
+
+/// The relative targets of a Markdown text's inline links, `[text](target)`, without their
+/// `#fragment`; links in fenced code blocks are not links.
+fn relative_links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            let tail = &rest[i + 2..];
+            let Some(end) = tail.find(')') else {
+                break;
+            };
+            let target = tail[..end].split_whitespace().next().unwrap_or("");
+            let path = target.split('#').next().unwrap_or("");
+            if !path.is_empty() && !path.contains("://") && !path.starts_with("mailto:") {
+                out.push(path.to_owned());
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
 }
 
 pub(crate) fn run() -> Result<()> {
@@ -136,6 +257,19 @@ mod tests {
     fn tidy() {
         let p = super::problems();
         assert!(p.is_empty(), "{}", p.join("\n"));
+    }
+
+    #[test]
+    fn finds_relative_links_outside_code() {
+        let md =
+            "See [a](docs/a.md#x), [b](https://b.example/) and [c](#c).\n```\n[d](d.md)\n```\n";
+        assert_eq!(super::relative_links(md), ["docs/a.md"]);
+    }
+
+    #[test]
+    fn reads_fenced_blocks_of_one_language() {
+        let md = "```sh\nls\n```\n```rust\nfn main() {}\n```\n";
+        assert_eq!(super::fenced_blocks(md, "rust"), ["fn main() {}\n"]);
     }
 
     #[test]

@@ -45,15 +45,16 @@ pub(crate) enum Command {
     Migrate(MigrateArgs),
     /// Verify the audit chain: every chain, or the one named
     #[command(
-        after_help = "Examples:\n  governance verify\n  governance verify --chain billing --json\n\nEach chain is judged on its own: clean, tampered, or not verifiable with the configured keys (written with\nanother secret: stderr names the key its rows need). The worst wins, tampered before configuration.\nExit codes: 0 clean, 1 tampered (seq and reason on stderr), 2 configuration (including a chain the configured\nkeys cannot check), 3 storage unreachable."
+        after_help = "Examples:\n  governance verify\n  governance verify --chain billing --json\n\nEach chain is judged on its own: clean, tampered, or not verifiable with the configured keys (written with another secret: stderr names the key its rows need). The worst wins, tampered before configuration.\nExit codes: 0 clean, 1 tampered (seq and reason on stderr), 2 configuration (including a chain the configured keys cannot check), 3 storage unreachable."
     )]
     Verify(VerifyArgs),
     /// Run a simulated agent through every gate, verify the chain, then serve the console
     #[command(
-        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses the local SQLite database in your data directory (shown); without\nGOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too."
+        after_help = "Examples:\n  governance demo\n  governance demo --events 1000 --sessions 8 --no-serve\n\nWithout GOVERNANCE_DATABASE_URL it uses the local SQLite database in your data directory (shown); without GOVERNANCE_AUDIT_SECRET it keeps a generated demo secret in a file (shown) so later runs verify too.\nIt listens on --bind before writing anything, so a second demo while one runs stops at once and changes nothing. The console user is demo; its password is kept in your data directory and printed each run. While the console is served, a simulated workload (labelled) keeps the agent working until Ctrl-C."
     )]
     Demo(DemoArgs),
-    /// Follow audit events live, as any process appends them (LISTEN/NOTIFY, no polling)
+    /// Follow audit events live, as any process appends them (Postgres: LISTEN/NOTIFY; SQLite: a
+    /// short poll of the notification table)
     #[command(
         after_help = "Examples:\n  governance tail\n  governance tail --agent billing-agent --kind scope.denied --since 1h\n  governance tail --json --since 2026-11-25T09:00:00Z | jq .kind"
     )]
@@ -65,13 +66,13 @@ pub(crate) enum Command {
     Budget(BudgetArgs),
     /// Write the EU AI Act Article 12 evidence report for a period (JSON, Markdown or HTML)
     #[command(
-        after_help = "Examples:\n  governance report --from 2026-11-01 --to 2026-11-30 --output nov.md\n  governance report --chain billing --from 30d --as json > report.json\n  governance report --from 2026-10-01 --output q4.html\n\nThe period is from --from (included) to --to (excluded); a bare date as --to includes that whole day.\nThe chains covered are verified whole, whatever the period.\nExit codes: 0 written and the chains verify clean, 1 written but a chain is tampered (the report says where),\n2 usage or configuration (bad dates, unknown chain, or no chain tampered but one the configured keys cannot\ncheck: nothing written), 3 storage unreachable."
+        after_help = "Examples:\n  governance report --from 2026-11-01 --to 2026-11-30 --output nov.md\n  governance report --chain billing --from 30d --as json > report.json\n  governance report --from 2026-10-01 --output q4.html\n\nThe period is from --from (included) to --to (excluded); a bare date as --to includes that whole day.\nThe chains covered are verified whole, whatever the period.\nExit codes: 0 written and the chains verify clean, 1 written but a chain is tampered (the report says where), 2 usage or configuration (bad dates, unknown chain, or no chain tampered but one the configured keys cannot check: nothing written), 3 storage unreachable."
     )]
     Report(ReportArgs),
     /// Rotate the audit secret: append a key-rotation marker, provable under the old and the new key
     #[command(
         name = "rotate-chain-key",
-        after_help = "Examples:\n  GOVERNANCE_AUDIT_SECRET_NEW=$(cat new.key) governance rotate-chain-key --operator alice\n  openssl rand -hex 32 | tee new.key | governance rotate-chain-key --chain billing --reason \"yearly rotation\"\n\nThe old secret is the current one (GOVERNANCE_AUDIT_SECRET or --audit-secret-file); the new one comes from\nGOVERNANCE_AUDIT_SECRET_NEW, else the first line of standard input, never from the command line.\nEach chain is verified first and is not rotated when it is tampered. Afterwards, run every writer with\nGOVERNANCE_AUDIT_SECRET=<new> and GOVERNANCE_AUDIT_SECRET_PREVIOUS=<old>.\nExit codes: 0 rotated, 1 a chain is tampered (nothing rotated), 2 usage or configuration (including a chain the\ncurrent secret cannot check: nothing rotated), 3 storage unreachable."
+        after_help = "Examples:\n  GOVERNANCE_AUDIT_SECRET_NEW=$(cat new.key) governance rotate-chain-key --operator alice\n  openssl rand -hex 32 | tee new.key | governance rotate-chain-key --chain billing --reason \"yearly rotation\"\n\nThe old secret is the current one (GOVERNANCE_AUDIT_SECRET or --audit-secret-file); the new one comes from GOVERNANCE_AUDIT_SECRET_NEW, else the first line of standard input, never from the command line.\nEach chain is verified first and is not rotated when it is tampered. Afterwards, run every writer with GOVERNANCE_AUDIT_SECRET=<new> and GOVERNANCE_AUDIT_SECRET_PREVIOUS=<old>.\nExit codes: 0 rotated, 1 a chain is tampered (nothing rotated), 2 usage or configuration (including a chain the current secret cannot check: nothing rotated), 3 storage unreachable."
     )]
     RotateChainKey(RotateArgs),
     /// Sign each chain's head with Ed25519, store it and print it (keep the output away from the database)
@@ -82,16 +83,17 @@ pub(crate) enum Command {
     /// Write audit chains, their signer keys and checkpoints to a file (JSON Lines) that
     /// `governance import` reads into another database
     #[command(
-        after_help = "Examples:\n  governance export --output chains.jsonl\n  governance export --chain billing --chain default > two-chains.jsonl\n  governance --database-url sqlite:///var/lib/governance.db export | governance --database-url postgres://owner@db/app import\n\nRows are copied as they were sealed (nothing is re-sealed), so no audit secret is needed. Each chain is\nexported up to the head it has when the export starts; rows appended meanwhile are left for the next export.\nThe file ends with a trailer that counts its lines, so `governance import` refuses a cut-off file.\nExit codes: 0 written, 1 a chain's rows do not link up (nothing usable written), 2 usage or configuration\n(no such chain, unwritable --output, schema not migrated), 3 storage unreachable."
+        after_help = "Examples:\n  governance export --output chains.jsonl\n  governance export --chain billing --chain default > two-chains.jsonl\n  governance --database-url sqlite:///var/lib/governance.db export | governance --database-url postgres://owner@db/app import\n\nRows are copied as they were sealed (nothing is re-sealed), so no audit secret is needed. Each chain is exported up to the head it has when the export starts; rows appended meanwhile are left for the next export.\nThe file ends with a trailer that counts its lines, so `governance import` refuses a cut-off file.\nExit codes: 0 written, 1 a chain's rows do not link up (nothing usable written), 2 usage or configuration (no such chain, unwritable --output, schema not migrated), 3 storage unreachable."
     )]
     Export(ExportArgs),
     /// Read a file written by `governance export` into this database: signer keys, then the rows,
     /// verbatim, then the checkpoints
     #[command(
-        after_help = "Examples:\n  governance migrate && governance import --input chains.jsonl --verify\n  governance --database-url sqlite:///var/lib/governance.db import -i chains.jsonl\n  governance --database-url postgres://a@old/app export | governance --database-url postgres://a@new/app import\n\nThe whole file is checked before anything is written: its header and version, every line, the links\nbetween rows, the trailer's counts, and that each chain is empty here or already holds the file's rows\n(those are skipped, so an interrupted import is resumed by running it again). Seals are checked by\n`governance verify` on the target, or at once with --verify (which needs the audit secret).\nExit codes: 0 imported, 1 --verify found a chain tampered, 2 --verify found a chain the configured keys cannot\ncheck, or usage or configuration (a damaged or cut-off\nfile, an unknown version, a chain here that the file does not continue, schema not migrated), 3 storage unreachable."
+        after_help = "Examples:\n  governance migrate && governance import --input chains.jsonl --verify\n  governance --database-url sqlite:///var/lib/governance.db import -i chains.jsonl\n  governance --database-url postgres://a@old/app export | governance --database-url postgres://a@new/app import\n\nThe whole file is checked before anything is written: its header and version, every line, the links between rows, the trailer's counts, and that each chain is empty here or already holds the file's rows (those are skipped, so an interrupted import is resumed by running it again). Seals are checked by `governance verify` on the target, or at once with --verify (which needs the audit secret).\nExit codes: 0 imported, 1 --verify found a chain tampered, 2 --verify found a chain the configured keys cannot check, or usage or configuration (a damaged or cut-off file, an unknown version, a chain here that the file does not continue, schema not migrated), 3 storage unreachable."
     )]
     Import(ImportArgs),
-    /// Manage console and CLI users (operators who approve, deny, halt and resume)
+    /// Serve the web console (serve) and manage its users, the operators who approve, deny, halt
+    /// and resume (add-user, list-users, disable-user, reset-password, set-role)
     #[command(subcommand)]
     Console(ConsoleCommand),
     /// Print shell completions
@@ -150,7 +152,8 @@ pub(crate) struct DemoArgs {
     /// Agent id of the simulated agent
     #[arg(long, default_value = "demo-agent")]
     pub(crate) agent: String,
-    /// Exit after the simulation instead of serving the console
+    /// Exit after the simulation and the verification instead of serving the console (no approval
+    /// request is left waiting then)
     #[arg(long)]
     pub(crate) no_serve: bool,
     /// Where the console listens
@@ -170,9 +173,9 @@ pub(crate) struct CompletionsArgs {
 pub(crate) struct BudgetArgs {
     /// The agent
     pub(crate) agent: String,
-    /// The session to show next to today's totals
-    #[arg(long, default_value = "-")]
-    pub(crate) session: String,
+    /// Also show this session's spend against its cap (default: today's totals only)
+    #[arg(long)]
+    pub(crate) session: Option<String>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }
@@ -181,7 +184,7 @@ pub(crate) struct BudgetArgs {
 pub(crate) enum ConsoleCommand {
     /// Serve the web console (sign-in, dashboard, agents, approvals, live events, costs, chain)
     #[command(
-        after_help = "Examples:\n  governance console serve\n  governance console serve --bind 0.0.0.0:8080 --secure-cookies   # behind HTTPS\n\nConnect with the schema owner's database URL, as for the other console commands; sign in with a\nuser made by `governance console add-user`."
+        after_help = "Examples:\n  governance console serve\n  governance console serve --bind 0.0.0.0:8080 --secure-cookies   # behind HTTPS\n\nConnect with the schema owner's database URL, as for the other console commands; sign in with a user made by `governance console add-user`."
     )]
     Serve(ServeArgs),
     /// Add a user; the password is read from a prompt, or from standard input when it is not a

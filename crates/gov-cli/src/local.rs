@@ -6,13 +6,25 @@
 //! then `governance verify` works with nothing configured.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gov_sdk::AuditSecret;
 use gov_sdk::admin::Admin;
 
 /// Set once the local database is in use (so the kept local secret may be used).
 static USING_LOCAL: AtomicBool = AtomicBool::new(false);
+
+/// How many migrations this run applied to the local database (0: none, or not local).
+static MIGRATED_HERE: AtomicU64 = AtomicU64::new(0);
+
+/// The migrations this run applied to the local database when it created or upgraded it, so a
+/// command does not then report a schema it just migrated as "current".
+pub(crate) fn migrated_here() -> Option<u64> {
+    match MIGRATED_HERE.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
 
 fn config(message: String) -> anyhow::Error {
     anyhow::Error::new(gov_sdk::Error::Config(message))
@@ -74,7 +86,8 @@ pub(crate) async fn database_url() -> anyhow::Result<String> {
     let created = Admin::ensure_database(&url).await?;
     let admin = Admin::connect(&url).await?;
     if !admin.schema_is_current().await? {
-        admin.migrate().await?;
+        let m = admin.migrate().await?;
+        MIGRATED_HERE.store(m.applied as u64, Ordering::Relaxed);
     }
     admin.close().await;
     USING_LOCAL.store(true, Ordering::Relaxed);

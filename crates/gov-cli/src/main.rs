@@ -97,8 +97,13 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("GOVERNANCE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Colour only on a terminal, and never with NO_COLOR: a log read from a file or a pipe
+    // must not carry escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }

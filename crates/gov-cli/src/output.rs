@@ -49,3 +49,9 @@ impl Out {
         }
     }
 }
+
+/// `1 event`, `2 events`.
+pub(crate) fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}

@@ -72,7 +72,21 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::error!(error = %self, "console request failed");
         }
-        let body = crate::pages::error_page(status, &self.public_message());
-        (status, body).into_response()
+        let message = self.public_message();
+        let mut response =
+            (status, crate::pages::error_page(status, &message, None)).into_response();
+        // The page is drawn without navigation here, where the user is unknown;
+        // `crate::pages::error_nav` draws it again with the navigation of a signed-in user.
+        response
+            .extensions_mut()
+            .insert(ShownError { status, message });
+        response
     }
+}
+
+/// What an error page said, so that it can be drawn again with the navigation.
+#[derive(Debug, Clone)]
+pub(crate) struct ShownError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
 }

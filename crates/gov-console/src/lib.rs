@@ -125,6 +125,10 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            pages::error_nav,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             api::measure,
         ))
         .with_state(state);

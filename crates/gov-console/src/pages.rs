@@ -76,9 +76,9 @@ struct ErrorPage<'a> {
 }
 
 /// An error page (plain text if even that cannot be rendered).
-pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error_page(status: StatusCode, message: &str, nav: Option<Nav>) -> Response {
     match (ErrorPage {
-        nav: None,
+        nav,
         flash: None,
         status: status.as_u16(),
         message,
@@ -92,6 +92,36 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
 
 pub(crate) async fn not_found() -> AppError {
     AppError::NotFound
+}
+
+/// Middleware: an error page shown to a signed-in user keeps the navigation bar (the error
+/// itself is drawn where the user is not known). The session is looked up only for error pages.
+pub(crate) async fn error_nav(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers().clone();
+    let response = next.run(req).await;
+    let Some(shown) = response
+        .extensions()
+        .get::<crate::error::ShownError>()
+        .cloned()
+    else {
+        return response;
+    };
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.headers = headers;
+    let Ok(user) = <CurrentUser as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+        &mut parts, &state,
+    )
+    .await
+    else {
+        return response;
+    };
+    let mut again = error_page(shown.status, &shown.message, Nav::of(&user));
+    *again.status_mut() = shown.status;
+    again
 }
 
 pub(crate) async fn css() -> impl IntoResponse {
@@ -818,6 +848,24 @@ pub(crate) async fn agent(
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    #[test]
+    fn the_report_download_is_named_after_its_period() {
+        let name = super::report_name(
+            Some(datetime!(2026-11-01 0:00 UTC)),
+            datetime!(2026-12-01 0:00 UTC),
+        );
+        assert_eq!(name, "article12-2026-11-01-to-2026-11-30");
+        assert_eq!(
+            super::report_name(None, datetime!(2026-12-02 13:05 UTC)),
+            "article12-to-2026-12-02"
+        );
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReportQuery {
     from: Option<String>,
@@ -838,6 +886,21 @@ fn day(text: Option<&str>, end: bool) -> Result<Option<OffsetDateTime>, AppError
     } else {
         start
     }))
+}
+
+/// The download's name, after the period it covers: `article12-2026-11-01-to-2026-11-30` (the
+/// last day included), `article12-to-2026-11-30` from the start of the record.
+fn report_name(from: Option<OffsetDateTime>, to: OffsetDateTime) -> String {
+    // `to` is exclusive: the last day covered is the day before it, unless it is mid-day (now).
+    let last = if to.time() == time::Time::MIDNIGHT {
+        (to - time::Duration::days(1)).date()
+    } else {
+        to.date()
+    };
+    match from {
+        Some(f) => format!("article12-{}-to-{last}", f.date()),
+        None => format!("article12-to-{last}"),
+    }
 }
 
 /// `GET /report`: the Article 12 evidence report as a download.
@@ -874,6 +937,15 @@ pub(crate) async fn report(
             user.username()
         ),
     };
+    if let Some(from) = from
+        && from >= to
+    {
+        return Err(AppError::BadRequest(format!(
+            "the period is empty: the first day ({}) must not be after the last day ({})",
+            from.date(),
+            (to - time::Duration::days(1)).date()
+        )));
+    }
     let report = gov_report::collect(&state.gov, &req, &|_| {})
         .await
         .map_err(|e| match e {
@@ -882,7 +954,7 @@ pub(crate) async fn report(
         })?;
     let body =
         gov_report::render(&report, format).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    let name = format!("attachment; filename=\"article12-{}.{ext}\"", now.date());
+    let name = format!("attachment; filename=\"{}.{ext}\"", report_name(from, to));
     Ok((
         [
             (header::CONTENT_TYPE, mime.to_owned()),

@@ -21,8 +21,33 @@ pub(crate) async fn run(args: BudgetArgs, global: &Global, out: &Out) -> anyhow:
     let url = super::database_url(global).await?;
     let secret = super::audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
-    let snap = gov.cost().snapshot(&args.agent, &args.session).await?;
+    let session = args.session.as_deref().unwrap_or("-");
+    let snap = gov.cost().snapshot(&args.agent, session).await?;
+    let unknown = if snap.status.policy.is_none() && snap.by_model.is_empty() {
+        let known: Vec<String> = gov
+            .presence()
+            .list()
+            .await?
+            .into_iter()
+            .filter_map(|a| a.presence.map(|p| p.agent_id))
+            .collect();
+        (!known.contains(&args.agent)).then_some(known)
+    } else {
+        None
+    };
     gov.close().await;
+    if let Some(known) = unknown {
+        return Err(super::config_error(format!(
+            "agent {} was never seen in this database (no budget policy, no spend today, no heartbeat); {}",
+            args.agent,
+            if known.is_empty() {
+                "no agent has reported here yet: is --database-url the service's database?"
+                    .to_owned()
+            } else {
+                format!("agents known here: {}", known.join(", "))
+            }
+        )));
+    }
     if out.json() {
         let mut v = serde_json::to_value(&snap)?;
         v["agent"] = serde_json::json!(args.agent);
@@ -54,9 +79,9 @@ pub(crate) async fn run(args: BudgetArgs, global: &Global, out: &Out) -> anyhow:
                     tokens(tok),
                 ]
             };
-            if args.session != "-" {
+            if let Some(session) = &args.session {
                 t.add_row(row(
-                    &format!("session {}", args.session),
+                    &format!("session {session}"),
                     &snap.status.session,
                     policy.per_session,
                     policy.per_session_tokens,

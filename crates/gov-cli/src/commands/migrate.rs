@@ -13,7 +13,11 @@ const ENV_APP_ROLE_PASSWORD: &str = "GOVERNANCE_APP_ROLE_PASSWORD";
 pub(crate) async fn run(args: MigrateArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     let url = super::database_url(global).await?;
     let admin = Admin::connect_or_create(&url).await?;
-    let report = admin.migrate().await?;
+    let mut report = admin.migrate().await?;
+    // The local database is created and migrated as soon as it is opened: count those.
+    if let Some(n) = crate::local::migrated_here() {
+        report.applied += usize::try_from(n).unwrap_or(0);
+    }
     let password = std::env::var(ENV_APP_ROLE_PASSWORD)
         .ok()
         .filter(|p| !p.is_empty());

@@ -127,10 +127,10 @@ pub(crate) async fn run(args: ReportArgs, global: &Global, out: &Out) -> anyhow:
                 }));
             } else {
                 out.line(format!(
-                    "wrote the Article 12 evidence report to {}: {} events, {} agents; chain verification {}",
+                    "wrote the Article 12 evidence report to {}: {}, {}; chain verification {}",
                     path.display(),
-                    report.totals.events,
-                    report.totals.agents,
+                    crate::output::plural(report.totals.events, "event", "events"),
+                    crate::output::plural(report.totals.agents, "agent", "agents"),
                     report.verification.status
                 ));
             }

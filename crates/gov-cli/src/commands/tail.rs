@@ -47,6 +47,18 @@ pub(crate) async fn run(args: TailArgs, global: &Global, out: &Out) -> anyhow::R
     let secret = super::audit_secret(&args.secret)?;
     let gov: Governance = super::connect(&url, secret).await?;
     let mut tail = gov.audit().tail(filter).await?;
+    // Say so at once: otherwise a quiet chain looks like a hung command. On stderr, so stdout
+    // holds only events.
+    out.warn(format!(
+        "following chain {} on {}{}, Ctrl-C to stop",
+        args.chain,
+        super::demo::display_url(&url),
+        if since.is_some() {
+            " (events since --since first)"
+        } else {
+            " (new events only; --since 10m shows recent ones first)"
+        }
+    ));
     let mut seen = 0u64;
     while args.limit.is_none_or(|l| seen < l) {
         let r = tail.next().await?;

@@ -119,7 +119,10 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
                         .join(", "),
                     match c.events_checked {
                         0 => String::new(),
-                        n => format!("; {n} events verified with the configured keys"),
+                        n => format!(
+                            "; {} verified with the configured keys",
+                            crate::output::plural(n, "event", "events")
+                        ),
                     }
                 )),
                 None if first > last => out.line(format!(
@@ -129,10 +132,10 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
                     c.head_seq
                 )),
                 None => out.line(format!(
-                    "{} chain {}: {} events, seq {first}..{last}{}",
+                    "{} chain {}: {}, seq {first}..{last}{}",
                     "ok".green().bold(),
                     c.chain_id,
-                    c.events_checked,
+                    crate::output::plural(c.events_checked, "event", "events"),
                     signatures(&c.signatures),
                 )),
                 Some(f) => out.line(format!(

@@ -888,3 +888,55 @@ async fn the_route_table_under_every_role() {
     );
     c.gov.close().await;
 }
+
+#[tokio::test]
+async fn errors_speak_the_web_keep_the_navigation_and_downloads_are_named_after_their_period() {
+    let c = console(ConsoleConfig::default()).await;
+    c.gov
+        .audit()
+        .log(
+            AuditEvent::builder("pay-bot", "tool.call")
+                .build()
+                .expect("event"),
+        )
+        .await
+        .expect("log");
+    let vera = c.login("vera").await;
+    // A period that ends before it starts: said in the form's words, not the CLI's flags, on a
+    // page that keeps the navigation of the signed-in user.
+    let r = c
+        .get("/report?from=2026-11-30&to=2026-11-01&as=md", Some(&vera))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("the period is empty"), "{}", r.body);
+    assert!(
+        !r.body.contains("--from") && !r.body.contains("--to"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("vera (viewer)"),
+        "navigation kept: {}",
+        r.body
+    );
+    assert!(r.body.contains("href=\"/costs\""), "{}", r.body);
+    // A page that does not exist keeps the navigation too; signed out, no navigation.
+    let r = c.get("/no-such-page", Some(&vera)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("vera (viewer)"), "{}", r.body);
+    let r = c.get("/no-such-page", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.body.contains("(viewer)"), "{}", r.body);
+    // The download is named after the period chosen, the last day included.
+    let r = c
+        .get("/report?from=2026-11-01&to=2026-11-30&as=md", Some(&vera))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .expect("header"),
+        "attachment; filename=\"article12-2026-11-01-to-2026-11-30.md\""
+    );
+    c.gov.close().await;
+}
