@@ -77,8 +77,16 @@ fn with_nothing_configured_the_demo_and_every_command_use_a_local_sqlite_file() 
         assert_eq!(mode(&db.with_file_name("demo-audit-secret")), 0o600);
     }
     assert!(stdout.contains("logged    200 tool events"), "{stdout}");
+    let sqlite_migrations = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../migrations/sqlite"
+    ))
+    .expect("the SQLite migrations")
+    .count();
     assert!(
-        stdout.contains("migrate   2 applied to the new local database"),
+        stdout.contains(&format!(
+            "migrate   {sqlite_migrations} applied to the new local database"
+        )),
         "a database just created is not reported as current: {stdout}"
     );
     // Without a console nobody could decide a request, so none is left waiting.
