@@ -103,11 +103,8 @@ impl Hermetic {
     fn apply(&self, cmd: &mut Command) -> Result<()> {
         let real_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
         let pinned = |var: &str, default: &str| -> Option<std::ffi::OsString> {
-            std::env::var_os(var).or_else(|| {
-                real_home
-                    .as_ref()
-                    .map(|h| h.join(default).into_os_string())
-            })
+            std::env::var_os(var)
+                .or_else(|| real_home.as_ref().map(|h| h.join(default).into_os_string()))
         };
         if let Some(cargo_home) = pinned("CARGO_HOME", ".cargo") {
             cmd.env("CARGO_HOME", cargo_home);

@@ -596,6 +596,23 @@ impl Store {
         dispatch!(self, s => s.track(id, agent, session, model, micros, usage).await)
     }
 
+    /// Settles reservation `id` when its settlement may have committed already (its reply was
+    /// lost): the spend counts once however often this runs. An open or expired reservation is
+    /// settled; a settled one is left alone (`already_settled`); a released or unknown one has
+    /// the spend recorded as tracked, once per `id` (`tracked`, then `already_tracked`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle_once(
+        &self,
+        id: uuid::Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<String> {
+        dispatch!(self, s => s.settle_once(id, agent, session, model, micros, usage).await)
+    }
+
     /// Policy, session counter and today's counter in one round trip.
     pub async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         dispatch!(self, s => s.budget_status(agent, session).await)

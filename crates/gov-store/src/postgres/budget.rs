@@ -462,6 +462,31 @@ impl BudgetStore for PgStore {
         Ok(applied)
     }
 
+    async fn settle_once(
+        &self,
+        id: Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<String> {
+        // language=PostgreSQL
+        let outcome: String =
+            sqlx::query_scalar("SELECT governance_settle_once($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(id)
+                .bind(agent)
+                .bind(session)
+                .bind(model)
+                .bind(micros)
+                .bind(to_i64(usage.input_tokens))
+                .bind(to_i64(usage.output_tokens))
+                .bind(to_i64(usage.cached_input_tokens))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(outcome)
+    }
+
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         // One round trip: policy, session counter and today's counter.
         // language=PostgreSQL

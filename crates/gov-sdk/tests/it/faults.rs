@@ -1,0 +1,279 @@
+//! Faults that must not lose or double an acknowledged record (issue 14, items 6 to 10): a
+//! settlement whose reply is lost, expired reservations, a full disk.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gov_sdk::llm::openai::{ChatMessage, ChatRequest};
+use gov_sdk::{
+    BudgetPolicy, CostConfig, Governance, MicroUsd, ModelPrice, PriceTable, ScopePolicy,
+};
+use gov_testdb::{Proxy, TestBackend, TestStore};
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::SECRET;
+
+const AGENT: &str = "agent-1";
+const SESSION: &str = "s-1";
+
+/// A folder of its own, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!(
+            "gov-faults-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&d).expect("helper");
+        Self(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn prices() -> PriceTable {
+    let mut prices = PriceTable::builtin();
+    // One micro-USD per input token, two per output token.
+    prices.set(
+        "openai",
+        "gpt-test",
+        ModelPrice {
+            input: 1_000_000,
+            output: 2_000_000,
+            cached_input: 500_000,
+        },
+    );
+    prices
+}
+
+async fn openai_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+            "model": "gpt-test",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+        })))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn wait_drained(gov: &Governance, within: Duration) {
+    let start = Instant::now();
+    while gov.audit().spooled() > 0 {
+        assert!(
+            start.elapsed() < within,
+            "the spool did not drain: {} left",
+            gov.audit().spooled()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A settlement whose reply is lost after it committed is not counted a second time: the
+/// agent's spend equals the sum of the receipts, and nothing stays reserved.
+#[tokio::test]
+async fn a_settlement_whose_reply_is_lost_counts_once() {
+    const CALLS: u64 = 5;
+    let db = TestStore::new(TestBackend::Postgres).await;
+    let root = TempDir::new("settle");
+    let (proxy, through) = Proxy::for_url(&db.app_url()).await;
+    // In clear, so the proxy can read the replies.
+    let sep = if through.contains('?') { '&' } else { '?' };
+    let through = format!("{through}{sep}sslmode=disable");
+    let gov = Governance::builder()
+        .database_url(&through)
+        .audit_secret(SECRET)
+        .spool_dir(&root.0)
+        .acquire_timeout(Duration::from_secs(2))
+        .warn_on_no_wrappers(false)
+        .cost(CostConfig {
+            prices: prices(),
+            ..CostConfig::default()
+        })
+        .connect()
+        .await
+        .expect("connect");
+    gov.scope()
+        .register(ScopePolicy::new(AGENT.parse().expect("agent")).allow_apis(["openai:gpt-test"]))
+        .await
+        .expect("scope");
+    gov.cost()
+        .register(BudgetPolicy::new(AGENT.parse().expect("agent")).per_session(MicroUsd(1_000_000)))
+        .await
+        .expect("budget");
+    let server = openai_server().await;
+    let client = gov
+        .llm()
+        .openai(server.uri())
+        .api_key("sk-test")
+        .build()
+        .await
+        .expect("client");
+    let mut receipts = 0;
+    for n in 0..CALLS {
+        // The settlement's answer names its outcome ("settled"): that reply is lost.
+        proxy.lose_reply_containing(b"settled");
+        let out = client
+            .chat(
+                AGENT,
+                SESSION,
+                ChatRequest::new("gpt-test", vec![ChatMessage::user("Hello, world")])
+                    .max_tokens(100),
+            )
+            .await
+            .expect("governed call");
+        receipts += out.receipt.cost.0;
+        gov.llm().settled().await;
+        wait_drained(&gov, Duration::from_secs(30)).await;
+        assert_eq!(
+            proxy.replies_lost(),
+            n + 1,
+            "the settlement's reply was lost"
+        );
+    }
+    let status = gov
+        .cost()
+        .snapshot(AGENT, SESSION)
+        .await
+        .expect("snapshot")
+        .status;
+    assert_eq!(receipts, 50 * CALLS as i64);
+    assert_eq!(
+        status.session.spent,
+        MicroUsd(receipts),
+        "spend equals the receipts: {status:?}"
+    );
+    assert_eq!(status.day.spent, MicroUsd(receipts));
+    assert_eq!(status.session.reserved, MicroUsd(0), "nothing stays held");
+    // Every llm.response is in the chain once.
+    let responses = gov
+        .audit()
+        .events(&gov_sdk::EventFilter {
+            kind: Some("llm.response".into()),
+            limit: Some(100),
+            ..gov_sdk::EventFilter::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(responses.len() as u64, CALLS);
+    assert!(gov.audit().verify_all().await.expect("verify").is_clean());
+    gov.close().await;
+}
+
+async fn raw_store(db: &TestStore) -> gov_store::Store {
+    gov_store::Store::connect(&db.app_url(), &gov_store::StoreOptions::default())
+        .await
+        .expect("connect")
+}
+
+fn reserve(id: uuid::Uuid, ttl: Duration) -> gov_store::Reserve<'static> {
+    gov_store::Reserve {
+        id,
+        agent: AGENT,
+        session: SESSION,
+        model: "gpt-test",
+        micros: 100,
+        tokens: 10,
+        ttl,
+        allow_unbudgeted: true,
+    }
+}
+
+/// `settle_once`, on both backends: however often it runs, and whatever happened to the
+/// reservation before, the spend counts once.
+#[tokio::test]
+async fn a_repeated_settlement_counts_once_on_both_backends() {
+    let usage = gov_sdk::TokenUsage {
+        input_tokens: 7,
+        output_tokens: 3,
+        cached_input_tokens: 0,
+    };
+    for backend in [TestBackend::Postgres, TestBackend::Sqlite] {
+        let db = TestStore::new(backend).await;
+        let store = raw_store(&db).await;
+        let spent = || async {
+            store
+                .budget_status(AGENT, SESSION)
+                .await
+                .expect("status")
+                .session
+        };
+        // Settled (its reply lost), then settled again: once.
+        let a = uuid::Uuid::now_v7();
+        assert!(
+            store
+                .reserve(&reserve(a, Duration::from_secs(600)))
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        assert_eq!(store.settle(a, 40, &usage, false).await.unwrap(), "settled");
+        for _ in 0..2 {
+            let o = store
+                .settle_once(a, AGENT, SESSION, "gpt-test", 40, &usage)
+                .await
+                .unwrap();
+            assert_eq!(o, "already_settled", "{backend:?}");
+        }
+        assert_eq!(spent().await.spent, MicroUsd(40), "{backend:?}");
+        // Never settled (nothing committed): settled by the replay, once.
+        let b = uuid::Uuid::now_v7();
+        assert!(
+            store
+                .reserve(&reserve(b, Duration::from_secs(600)))
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let o = store
+            .settle_once(b, AGENT, SESSION, "gpt-test", 5, &usage)
+            .await
+            .unwrap();
+        assert_eq!(o, "settled", "{backend:?}");
+        let o = store
+            .settle_once(b, AGENT, SESSION, "gpt-test", 5, &usage)
+            .await
+            .unwrap();
+        assert_eq!(o, "already_settled", "{backend:?}");
+        assert_eq!(spent().await.spent, MicroUsd(45), "{backend:?}");
+        assert_eq!(spent().await.reserved, MicroUsd(0), "{backend:?}");
+        // Released meanwhile (a dropped reservation): the spend is tracked, once.
+        let c = uuid::Uuid::now_v7();
+        assert!(
+            store
+                .reserve(&reserve(c, Duration::from_secs(600)))
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        assert_eq!(
+            store.settle(c, 0, &Default::default(), true).await.unwrap(),
+            "released"
+        );
+        let o = store
+            .settle_once(c, AGENT, SESSION, "gpt-test", 3, &usage)
+            .await
+            .unwrap();
+        assert_eq!(o, "tracked", "{backend:?}");
+        let o = store
+            .settle_once(c, AGENT, SESSION, "gpt-test", 3, &usage)
+            .await
+            .unwrap();
+        assert_eq!(o, "already_tracked", "{backend:?}");
+        assert_eq!(spent().await.spent, MicroUsd(48), "{backend:?}");
+        store.close().await;
+    }
+}
