@@ -277,3 +277,57 @@ async fn a_repeated_settlement_counts_once_on_both_backends() {
         store.close().await;
     }
 }
+
+/// A reservation whose holder died (never settled, never released) stops counting once it
+/// expires: `check_or_raise` allows again without anyone reserving first, on both backends.
+#[tokio::test]
+async fn an_expired_hold_stops_blocking_the_budget_check() {
+    for backend in [TestBackend::Postgres, TestBackend::Sqlite] {
+        let db = TestStore::new(backend).await;
+        let gov = Governance::builder()
+            .database_url(db.app_url())
+            .audit_secret(SECRET)
+            .spool(false)
+            .warn_on_no_wrappers(false)
+            .cost(CostConfig {
+                prices: prices(),
+                reservation_ttl: Duration::from_secs(1),
+                ..CostConfig::default()
+            })
+            .connect()
+            .await
+            .expect("connect");
+        gov.cost()
+            .register(BudgetPolicy::new(AGENT.parse().expect("agent")).per_session(MicroUsd(210)))
+            .await
+            .expect("budget");
+        // 10 input tokens and at most 100 output tokens: 210 micro-USD, the whole cap.
+        let held = gov
+            .cost()
+            .reserve(AGENT, SESSION, "gpt-test", 10, Some(100))
+            .await
+            .expect("reserve");
+        assert_eq!(held.reserved(), MicroUsd(210));
+        // The holder crashes: nothing settles or releases the reservation.
+        std::mem::forget(held);
+        let refused = gov.cost().check_or_raise(AGENT, SESSION).await;
+        assert!(
+            matches!(refused, Err(gov_sdk::Error::BudgetExceeded { .. })),
+            "{backend:?}: the live hold blocks: {refused:?}"
+        );
+        // Once it has expired, the check allows again, and the status shows nothing held.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            match gov.cost().check_or_raise(AGENT, SESSION).await {
+                Ok(s) => break s,
+                Err(gov_sdk::Error::BudgetExceeded { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{backend:?}: an expired hold still blocks the check: {e}"),
+            }
+        };
+        assert_eq!(status.session.reserved, MicroUsd(0), "{backend:?}");
+        assert_eq!(status.day.reserved, MicroUsd(0), "{backend:?}");
+        gov.close().await;
+    }
+}

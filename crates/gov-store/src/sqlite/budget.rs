@@ -562,10 +562,43 @@ impl BudgetStore for SqliteStore {
 
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         let mut conn = self.pool.acquire().await?;
-        let pol = policy(&mut conn, agent).await?;
-        let s = counter(&mut conn, agent, &format!("s:{session}")).await?;
-        let d = counter(&mut conn, agent, &format!("d:{}", today())).await?;
+        // One read transaction, so the counters and the expired holds are one snapshot.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let day = today();
+        let pol = policy(&mut tx, agent).await?;
+        let mut s = counter(&mut tx, agent, &format!("s:{session}")).await?;
+        let mut d = counter(&mut tx, agent, &format!("d:{day}")).await?;
+        // Holds that expired but were not closed yet (expiry runs inside the next reservation)
+        // are not counted: a crashed holder's reservation stops blocking at its expiry.
+        let now = now_us();
+        let (xs_m, xs_t): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(micros), 0), coalesce(sum(tokens), 0) FROM budget_reservations \
+             WHERE agent_id = ? AND closed_at IS NULL AND expires_at < ? AND session_id = ?",
+        )
+        .bind(agent)
+        .bind(now)
+        .bind(session)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (xd_m, xd_t): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(micros), 0), coalesce(sum(tokens), 0) FROM budget_reservations \
+             WHERE agent_id = ? AND closed_at IS NULL AND expires_at < ? AND day = ?",
+        )
+        .bind(agent)
+        .bind(now)
+        .bind(&day)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
         drop(conn);
+        let unexpired = |c: &mut Option<Counter>, micros: i64, tokens: i64| {
+            if let Some(c) = c {
+                c.reserved_micros = (c.reserved_micros - micros).max(0);
+                c.reserved_tokens = (c.reserved_tokens - tokens).max(0);
+            }
+        };
+        unexpired(&mut s, xs_m, xs_t);
+        unexpired(&mut d, xd_m, xd_t);
         let policy = match pol {
             Some(p) => {
                 let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
