@@ -14,6 +14,13 @@ pub enum StoreError {
         "the database is unreachable ({0}); check that it is running and the URL's host and port"
     )]
     Unavailable(String),
+    /// The disk holding the database is full (SQLite's `SQLITE_FULL`, Postgres's
+    /// `disk_full`): storage is out of reach for writes until space is freed, so observation
+    /// is spooled as in any outage.
+    #[error(
+        "storage unavailable: the disk holding the database is full; free space on it (writes resume by themselves once there is room)"
+    )]
+    DiskFull,
     /// The server refused the credentials.
     #[error("the database refused the credentials in the URL; check the user name and password")]
     AuthFailed,
@@ -52,7 +59,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the failure means storage is (for now) out of reach, as opposed to a refusal.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::DiskFull)
     }
 }
 
@@ -99,6 +106,7 @@ impl From<sqlx::Error> for StoreError {
                     (Some("1811"), _) => Self::PermissionDenied(
                         "the table refuses this change (it is append-only)".into(),
                     ),
+                    (_, Some(13)) => Self::DiskFull,
                     (_, Some(5 | 6)) => {
                         Self::Unavailable("the database file stayed locked by another writer".into())
                     }
@@ -127,6 +135,8 @@ impl From<sqlx::Error> for StoreError {
                 let code = db.code().map(|c| c.into_owned());
                 match code.as_deref() {
                     Some("28P01" | "28000") => Self::AuthFailed,
+                    // disk_full, out_of_memory
+                    Some("53100") => Self::DiskFull,
                     Some("3D000") => Self::NoSuchDatabase,
                     Some("42P01") => Self::NotMigrated("a governance table is missing".into()),
                     Some("42501") => Self::PermissionDenied(

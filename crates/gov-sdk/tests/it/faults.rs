@@ -331,3 +331,157 @@ async fn an_expired_hold_stops_blocking_the_budget_check() {
         gov.close().await;
     }
 }
+
+/// Set in the child process of the full-disk test: the small file system it runs on.
+const DISK: &str = "GOV_TEST_FAULTS_DISK";
+const FULL_TEST: &str = "faults::a_full_disk_spools_and_writes_resume_once_space_is_freed";
+
+fn big_event(n: u64) -> gov_sdk::AuditEvent {
+    gov_sdk::AuditEvent::builder(AGENT, "tool.call")
+        .session(SESSION)
+        .payload(json!({ "n": n, "blob": "x".repeat(16 * 1024) }))
+        .build()
+        .expect("event")
+}
+
+/// The child: a SQLite file on a 4 MiB file system of its own (a tmpfs in a private mount
+/// namespace), the spool on the ordinary disk. It fills the disk, expects the records that do
+/// not fit to be spooled (not refused with an unclassified database error), frees the space and
+/// expects durable writes again with every acknowledged record in the chain once.
+async fn full_disk_child(disk: PathBuf) {
+    let spool = TempDir::new("full-spool");
+    let url = format!("sqlite://{}", disk.join("governance.db").display());
+    let gov = Governance::builder()
+        .database_url(&url)
+        .migrate_on_connect(true)
+        .audit_secret(SECRET)
+        .spool_dir(&spool.0)
+        .acquire_timeout(Duration::from_secs(2))
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect");
+    let mut acked = Vec::new();
+    for n in 0..3 {
+        let at = gov.audit().log(big_event(n)).await.expect("log");
+        assert!(at.seq().is_some(), "durable while there is room");
+        acked.push(at.event_id());
+    }
+    // Fill what is left of the disk.
+    let ballast = disk.join("ballast");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&ballast).expect("ballast");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Log until the database runs out of room: those records are spooled.
+    let mut spooled = 0;
+    let mut n = 3;
+    while spooled < 3 {
+        assert!(n < 500, "the disk never filled up");
+        match gov.audit().log(big_event(n)).await {
+            Ok(at) => {
+                if at.seq().is_none() {
+                    spooled += 1;
+                }
+                acked.push(at.event_id());
+            }
+            Err(e) => panic!("a full disk refused a record instead of spooling it: {e}"),
+        }
+        n += 1;
+    }
+    // A write that is not observation fails, and says why.
+    let refused = gov
+        .cost()
+        .register(BudgetPolicy::new(AGENT.parse().expect("agent")).per_session(MicroUsd(5)))
+        .await
+        .expect_err("no room for a policy");
+    let msg = refused.to_string();
+    assert!(msg.contains("disk") && msg.contains("full"), "{msg}");
+    assert!(refused.is_unavailable(), "{msg}");
+    // Space is freed: the spool drains and new records are durable again.
+    std::fs::remove_file(&ballast).expect("free the space");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let at = gov
+            .audit()
+            .log(
+                gov_sdk::AuditEvent::builder(AGENT, "tool.call")
+                    .session(SESSION)
+                    .payload(json!({ "n": n }))
+                    .build()
+                    .expect("event"),
+            )
+            .await
+            .expect("log");
+        acked.push(at.event_id());
+        n += 1;
+        if at.seq().is_some() && gov.audit().spooled() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no durable write 30 s after space was freed ({} spooled)",
+            gov.audit().spooled()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = gov
+        .audit()
+        .events(&gov_sdk::EventFilter {
+            limit: Some(10_000),
+            ..gov_sdk::EventFilter::default()
+        })
+        .await
+        .expect("events");
+    for id in &acked {
+        let count = rows.iter().filter(|r| r.event_id == *id).count();
+        assert_eq!(count, 1, "acknowledged event {id} is in the chain once");
+    }
+    assert!(gov.audit().verify_all().await.expect("verify").is_clean());
+    gov.close().await;
+    println!(
+        "full-disk child: {} acknowledged, {spooled} spooled, all durable once",
+        acked.len()
+    );
+}
+
+/// SQLite on a full disk: the records that do not fit are spooled (SQLITE_FULL is "storage
+/// unavailable: disk full", not an unclassified error), a write that cannot spool says the disk
+/// is full, and once space is freed the same process writes durably again (no pooled
+/// connection is left in a failed transaction). The disk is a 4 MiB tmpfs in a private mount
+/// namespace of a child process (`unshare`; as an unprivileged user, in a user namespace).
+#[tokio::test]
+async fn a_full_disk_spools_and_writes_resume_once_space_is_freed() {
+    if let Ok(disk) = std::env::var(DISK) {
+        full_disk_child(PathBuf::from(disk)).await;
+        return;
+    }
+    let disk = TempDir::new("disk");
+    let mut cmd = std::process::Command::new("unshare");
+    // Root may mount in a private mount namespace; anyone else needs a user namespace.
+    let root =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if !matches!(root, Ok(true)) {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=4m,mode=700 tmpfs "$0" && exec "$@""#)
+        .arg(&disk.0)
+        .arg(std::env::current_exe().expect("test binary"))
+        .args(["--exact", FULL_TEST, "--nocapture", "--test-threads", "1"])
+        .env(DISK, &disk.0);
+    let out = cmd.output().expect("run unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("full-disk child:"),
+        "the child on a full disk failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    if let Some(line) = stdout.lines().find(|l| l.contains("full-disk child:")) {
+        eprintln!("{line}");
+    }
+}

@@ -178,6 +178,28 @@ pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
     create_file(&path)
 }
 
+/// Whether a connection coming back to the pool may be handed out again: not when a transaction
+/// is still open on it. A transaction dropped after a failure is rolled back by a queued
+/// `ROLLBACK`; when SQLite had already rolled it back itself (as it does on `SQLITE_FULL` and
+/// some I/O errors), that `ROLLBACK` fails and the connection would stay marked as inside a
+/// transaction, so every later `BEGIN IMMEDIATE` on it would fail: such a connection is closed
+/// (the pool opens a fresh one), and closing it rolls back whatever SQLite still holds.
+async fn clean_after_release(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // Let a queued rollback run, then look again.
+    if conn.ping().await.is_err() {
+        return false;
+    }
+    if conn.is_in_transaction() {
+        tracing::debug!("a SQLite connection left inside a failed transaction is closed");
+        return false;
+    }
+    true
+}
+
 impl SqliteStore {
     /// Opens the database named by `url`; a missing file is created (mode 600, its missing
     /// directories 700) only with [`StoreOptions::create_if_missing`], else refused.
@@ -232,6 +254,7 @@ impl SqliteStore {
             })
             .acquire_timeout(opts.acquire_timeout)
             .test_before_acquire(false)
+            .after_release(|conn, _| Box::pin(async move { Ok(clean_after_release(conn).await) }))
             .connect_with(connect)
             .await?;
         Ok(Self {
