@@ -5,6 +5,7 @@ mod browser;
 mod checkpoint;
 mod docs;
 mod export_import;
+mod faults;
 mod keys;
 mod local;
 mod migrate;

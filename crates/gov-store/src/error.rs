@@ -38,6 +38,19 @@ pub enum StoreError {
     /// A write conflicted with the chain's constraints (a fork or a duplicate).
     #[error("the write conflicts with the audit chain: {0}")]
     Conflict(String),
+    /// A chain's head is not where an import found it when it checked the file: something else
+    /// appended to the chain in between. Nothing of the chain was written.
+    #[error(
+        "chain {chain} was appended to after the import checked it (its head moved from seq {expected} to seq {found}); nothing of it was imported"
+    )]
+    ChainMoved {
+        /// The chain.
+        chain: String,
+        /// The head seq the import checked.
+        expected: i64,
+        /// The head seq found when it began writing.
+        found: i64,
+    },
     /// An argument was refused before it reached the database.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

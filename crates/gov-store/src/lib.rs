@@ -8,6 +8,7 @@
 
 pub mod backend;
 mod error;
+mod import;
 mod notify;
 mod postgres;
 mod sqlite;
@@ -19,6 +20,7 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventCount, EventFilter};
 use time::OffsetDateTime;
 
 pub use error::{Result, StoreError};
+pub use import::ChainImport;
 pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};

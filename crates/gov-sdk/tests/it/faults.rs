@@ -485,3 +485,74 @@ async fn a_full_disk_spools_and_writes_resume_once_space_is_freed() {
         eprintln!("{line}");
     }
 }
+
+/// A chain import is one transaction fenced on the head the import checked, on both
+/// backends: nothing lands until it commits, a dropped import leaves nothing, and a chain
+/// appended to since the check is refused before anything is written.
+#[tokio::test]
+async fn a_chain_import_is_one_transaction_fenced_on_the_checked_head() {
+    for backend in [TestBackend::Postgres, TestBackend::Sqlite] {
+        let source = TestStore::new(backend).await;
+        let gov = Governance::builder()
+            .database_url(source.url())
+            .audit_secret(SECRET)
+            .spool(false)
+            .warn_on_no_wrappers(false)
+            .connect()
+            .await
+            .expect("connect");
+        for n in 0..5 {
+            gov.audit().log(big_event(n)).await.expect("log");
+        }
+        gov.close().await;
+        let src = raw_store(&source).await;
+        let rows = src.read_chain_page("default", 0, 100).await.expect("rows");
+        assert_eq!(rows.len(), 5);
+        src.close().await;
+
+        let target = TestStore::new(backend).await;
+        let store = gov_store::Store::connect(target.url(), &gov_store::StoreOptions::default())
+            .await
+            .expect("connect");
+        let zero = [0u8; 32];
+        // Dropped before its commit: nothing is there.
+        let mut import = store
+            .begin_chain_import("default", (0, &zero))
+            .await
+            .expect("begin");
+        import.rows(&rows[..2]).await.expect("rows 1..2");
+        import.rows(&rows[2..]).await.expect("rows 3..5");
+        drop(import);
+        let head = store.chain_head("default").await.expect("head");
+        assert!(
+            head.is_none_or(|h| h.seq == 0),
+            "{backend:?}: nothing landed"
+        );
+        // Committed: all of it.
+        let mut import = store
+            .begin_chain_import("default", (0, &zero))
+            .await
+            .expect("begin");
+        import.rows(&rows).await.expect("rows");
+        import.commit().await.expect("commit");
+        assert_eq!(store.chain_head("default").await.unwrap().unwrap().seq, 5);
+        // The head the caller checked is gone: refused, nothing written.
+        let refused = store
+            .begin_chain_import("default", (0, &zero))
+            .await
+            .expect_err("the chain moved");
+        assert!(
+            matches!(
+                refused,
+                gov_store::StoreError::ChainMoved {
+                    expected: 0,
+                    found: 5,
+                    ..
+                }
+            ),
+            "{backend:?}: {refused}"
+        );
+        assert_eq!(store.chain_head("default").await.unwrap().unwrap().seq, 5);
+        store.close().await;
+    }
+}
