@@ -6,6 +6,7 @@ mod checkpoint;
 mod demo;
 mod docs;
 mod export_import;
+mod faults;
 mod first_hour;
 mod keys;
 mod local;

@@ -5,7 +5,7 @@
 use gov_core::{AuditRecord, ChainHead, ChainId, OperatorRole};
 use gov_store::{MigrateReport, OperatorChange, Privileges, Store, StoreOptions};
 
-pub use gov_store::{CheckpointRow, SignerKeyRow};
+pub use gov_store::{ChainImport, CheckpointRow, SignerKeyRow, StoreError};
 
 use crate::{Error, Result};
 
@@ -216,6 +216,20 @@ impl Admin {
     pub async fn import_rows(&self, chain: &str, rows: &[AuditRecord]) -> Result<()> {
         ChainId::new(chain)?;
         Ok(self.store.import_rows(chain, rows).await?)
+    }
+
+    /// Begins importing `chain` in one transaction fenced on the head the caller checked
+    /// (`expected`: its seq and seal, seq 0 when the chain is empty or absent): the head is held
+    /// until [`ChainImport::commit`], so nothing appends in between, and when something
+    /// appended since the check, nothing is written and the error is
+    /// [`gov_store::StoreError::ChainMoved`].
+    pub async fn begin_chain_import(
+        &self,
+        chain: &str,
+        expected: (i64, &[u8]),
+    ) -> Result<ChainImport> {
+        ChainId::new(chain)?;
+        Ok(self.store.begin_chain_import(chain, expected).await?)
     }
 
     /// Every registered signer key, revoked ones included.

@@ -587,6 +587,39 @@ impl<'g> Cost<'g> {
         Ok(cost)
     }
 
+    /// Settles reservation `id` after its settlement failed with `cause`, which may have
+    /// committed (a lost reply): the settlement is written again, or spooled when storage is
+    /// out of reach, as a record the database applies once (`Store::settle_once`): an open or
+    /// expired reservation is settled, a settled one is left alone, a released one has the
+    /// spend tracked once. Never counts the spend twice.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn settle_again(
+        &self,
+        id: uuid::Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        usage: TokenUsage,
+        cause: Option<Error>,
+    ) -> Result<MicroUsd> {
+        let cost = self.cost_of(model, &usage)?;
+        check_track(agent, session, model, cost.0, &usage)?;
+        let record = crate::spool::Record::Settle {
+            id,
+            agent: agent.to_owned(),
+            session: session.to_owned(),
+            model: model.to_owned(),
+            micros: cost.0,
+            usage,
+        };
+        let spool = &self.gov.inner.spool;
+        match cause {
+            Some(cause) => spool.submit_after(self.gov, record, cause).await?,
+            None => spool.submit(self.gov, record).await?,
+        };
+        Ok(cost)
+    }
+
     /// Today's (UTC) spend of one agent, by model, most expensive first.
     pub async fn usage_today(&self, agent: &str) -> Result<Vec<gov_core::ModelUsage>> {
         Ok(self.gov.inner.store.usage_today(agent).await?)

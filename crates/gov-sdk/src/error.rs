@@ -231,6 +231,7 @@ impl Error {
                     | StoreError::PermissionDenied(_)
                     | StoreError::InvalidArgument(_)
                     | StoreError::Conflict(_)
+                    | StoreError::ChainMoved { .. }
             ),
             Self::Audit(a) => matches!(
                 a,

@@ -183,6 +183,17 @@ pub trait BudgetStore {
         micros: i64,
         usage: &TokenUsage,
     ) -> Result<bool>;
+    /// Settles a reservation whose settlement may have committed already, counting the spend
+    /// once (see [`crate::Store::settle_once`]); the outcome.
+    async fn settle_once(
+        &self,
+        id: Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<String>;
     /// Policy and both counters.
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus>;
     /// Today's spend of one agent by model.

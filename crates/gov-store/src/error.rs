@@ -14,6 +14,13 @@ pub enum StoreError {
         "the database is unreachable ({0}); check that it is running and the URL's host and port"
     )]
     Unavailable(String),
+    /// The disk holding the database is full (SQLite's `SQLITE_FULL`, Postgres's
+    /// `disk_full`): storage is out of reach for writes until space is freed, so observation
+    /// is spooled as in any outage.
+    #[error(
+        "storage unavailable: the disk holding the database is full; free space on it (writes resume by themselves once there is room)"
+    )]
+    DiskFull,
     /// The server refused the credentials.
     #[error("the database refused the credentials in the URL; check the user name and password")]
     AuthFailed,
@@ -31,6 +38,19 @@ pub enum StoreError {
     /// A write conflicted with the chain's constraints (a fork or a duplicate).
     #[error("the write conflicts with the audit chain: {0}")]
     Conflict(String),
+    /// A chain's head is not where an import found it when it checked the file: something else
+    /// appended to the chain in between. Nothing of the chain was written.
+    #[error(
+        "chain {chain} was appended to after the import checked it (its head moved from seq {expected} to seq {found}); nothing of it was imported"
+    )]
+    ChainMoved {
+        /// The chain.
+        chain: String,
+        /// The head seq the import checked.
+        expected: i64,
+        /// The head seq found when it began writing.
+        found: i64,
+    },
     /// An argument was refused before it reached the database.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -52,7 +72,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the failure means storage is (for now) out of reach, as opposed to a refusal.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::DiskFull)
     }
 }
 
@@ -99,6 +119,7 @@ impl From<sqlx::Error> for StoreError {
                     (Some("1811"), _) => Self::PermissionDenied(
                         "the table refuses this change (it is append-only)".into(),
                     ),
+                    (_, Some(13)) => Self::DiskFull,
                     (_, Some(5 | 6)) => {
                         Self::Unavailable("the database file stayed locked by another writer".into())
                     }
@@ -127,6 +148,8 @@ impl From<sqlx::Error> for StoreError {
                 let code = db.code().map(|c| c.into_owned());
                 match code.as_deref() {
                     Some("28P01" | "28000") => Self::AuthFailed,
+                    // disk_full, out_of_memory
+                    Some("53100") => Self::DiskFull,
                     Some("3D000") => Self::NoSuchDatabase,
                     Some("42P01") => Self::NotMigrated("a governance table is missing".into()),
                     Some("42501") => Self::PermissionDenied(

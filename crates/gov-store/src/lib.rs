@@ -8,6 +8,7 @@
 
 pub mod backend;
 mod error;
+mod import;
 mod notify;
 mod postgres;
 mod sqlite;
@@ -19,6 +20,7 @@ use gov_core::{AuditEvent, AuditRecord, ChainHead, EventCount, EventFilter};
 use time::OffsetDateTime;
 
 pub use error::{Result, StoreError};
+pub use import::ChainImport;
 pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
@@ -613,6 +615,23 @@ impl Store {
         usage: &TokenUsage,
     ) -> Result<bool> {
         dispatch!(self, s => s.track(id, agent, session, model, micros, usage).await)
+    }
+
+    /// Settles reservation `id` when its settlement may have committed already (its reply was
+    /// lost): the spend counts once however often this runs. An open or expired reservation is
+    /// settled; a settled one is left alone (`already_settled`); a released or unknown one has
+    /// the spend recorded as tracked, once per `id` (`tracked`, then `already_tracked`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle_once(
+        &self,
+        id: uuid::Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<String> {
+        dispatch!(self, s => s.settle_once(id, agent, session, model, micros, usage).await)
     }
 
     /// Policy, session counter and today's counter in one round trip.

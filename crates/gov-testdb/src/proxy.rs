@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -16,6 +17,60 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
+    trap: Arc<Trap>,
+}
+
+/// A one-shot trap on replies: the next chunk the server sends that contains `pattern` is
+/// dropped, with its connection (the client sees the connection break after the server did
+/// the work: a lost reply).
+#[derive(Debug, Default)]
+struct Trap {
+    pattern: Mutex<Option<Vec<u8>>>,
+    sprung: std::sync::atomic::AtomicU64,
+}
+
+impl Trap {
+    /// Whether `chunk` springs the trap (disarming it).
+    fn springs(&self, chunk: &[u8]) -> bool {
+        let mut p = self.pattern.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = p
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && chunk.windows(p.len()).any(|w| w == p));
+        if hit {
+            *p = None;
+            self.sprung.fetch_add(1, Ordering::AcqRel);
+        }
+        hit
+    }
+}
+
+/// Forwards one connection both ways until either side closes or the trap springs.
+async fn forward(mut client: TcpStream, target: SocketAddr, trap: Arc<Trap>) {
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    // No Nagle delay: the proxy must not add latency of its own.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let up = tokio::io::copy(&mut cr, &mut sw);
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if trap.springs(&buf[..n]) || cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        () = down => {}
+    }
 }
 
 impl Proxy {
@@ -44,25 +99,19 @@ impl Proxy {
         let addr = listener.local_addr().expect("the proxy's address");
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let trap: Arc<Trap> = Arc::default();
         let accept = {
-            let (cut, conns) = (cut.clone(), conns.clone());
+            let (cut, conns, trap) = (cut.clone(), conns.clone(), trap.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut client, _)) = listener.accept().await else {
+                    let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
                     if cut.load(Ordering::Acquire) {
                         drop(client);
                         continue;
                     }
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(target).await {
-                            // No Nagle delay: the proxy must not add latency of its own.
-                            let _ = client.set_nodelay(true);
-                            let _ = server.set_nodelay(true);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
+                    let task = tokio::spawn(forward(client, target, trap.clone()));
                     let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
                     c.retain(|h| !h.is_finished());
                     c.push(task.abort_handle());
@@ -75,7 +124,20 @@ impl Proxy {
             cut,
             conns,
             accept,
+            trap,
         }
+    }
+
+    /// Arms a one-shot trap: the next reply chunk from the server that contains `pattern`
+    /// never reaches the client, and its connection is closed. The server did the work (a
+    /// statement that ran in autocommit has committed): the client sees a lost reply.
+    pub fn lose_reply_containing(&self, pattern: &[u8]) {
+        *self.trap.pattern.lock().unwrap_or_else(|p| p.into_inner()) = Some(pattern.to_vec());
+    }
+
+    /// How many replies the trap has dropped.
+    pub fn replies_lost(&self) -> u64 {
+        self.trap.sprung.load(Ordering::Acquire)
     }
 
     /// Drops every connection and refuses new ones.

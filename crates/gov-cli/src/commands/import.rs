@@ -5,8 +5,10 @@
 //! header and version, every line's shape, the links between each chain's rows, the trailer's
 //! counts, that signer ids do not clash, and that each chain is empty in the target or already
 //! holds a prefix of the file's rows (those are skipped, so a stopped import resumes). The
-//! second writes signer keys, then rows in batches of at most [`BATCH_ROWS`] of one chain (each
-//! batch one transaction that must continue the chain's head), then checkpoints. Seals are not
+//! second writes signer keys, then each chain's rows in one transaction fenced on the head the
+//! first pass found (sent in batches of at most [`BATCH_ROWS`]; the chain's head is held until
+//! the commit, so a service appending to it waits, and a chain appended to since the check is
+//! refused with nothing of it written), then checkpoints. Seals are not
 //! checked here (that needs the audit secret): `--verify`, or `governance verify`, does it.
 //! Standard input is copied to a private temporary file first, so it can be read twice.
 
@@ -24,7 +26,7 @@ use crate::cli::{Global, ImportArgs};
 use crate::output::Out;
 use crate::transfer::{FORMAT, Header, Line, MAX_LINE_BYTES, VERSION};
 
-/// Rows per `import_rows` call (one transaction).
+/// Rows per statement (a chain's rows are one transaction however many batches they take).
 const BATCH_ROWS: usize = 1_000;
 
 pub(crate) async fn run(args: ImportArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
@@ -426,6 +428,9 @@ struct ChainCheck {
 struct Plan {
     /// Per chain, in header order: rows up to this seq are already in the target.
     skip_upto: Vec<(String, i64, i64)>,
+    /// Per chain: the target's head as the check found it (seq 0 when empty or absent), which
+    /// the chain's import is fenced on.
+    target_heads: BTreeMap<String, (i64, Vec<u8>)>,
     /// Signer ids already registered in the target with the same key.
     signers_present: BTreeSet<String>,
 }
@@ -602,6 +607,7 @@ async fn check(admin: &Admin, input: &Input) -> anyhow::Result<Plan> {
         return Err(lines.refuse(&format!("line {} follows the end line", lines.number)));
     }
     let mut skip_upto = Vec::new();
+    let mut fences = BTreeMap::new();
     for hc in &header.chains {
         let Some(c) = chains.get(&hc.chain_id) else {
             continue;
@@ -621,9 +627,11 @@ async fn check(admin: &Admin, input: &Input) -> anyhow::Result<Plan> {
         }
         let skip = already_there(admin, &hc.chain_id, c).await?;
         skip_upto.push((hc.chain_id.clone(), c.head_seq, skip));
+        fences.insert(hc.chain_id.clone(), (c.target_seq, c.target_hmac.clone()));
     }
     Ok(Plan {
         skip_upto,
+        target_heads: fences,
         signers_present,
     })
 }
@@ -696,10 +704,29 @@ async fn import(admin: &Admin, input: &Input, out: &Out) -> anyhow::Result<Summa
     let mut written = Written::default();
     let result = write(admin, input, &plan, &mut written, out).await;
     if let Err(e) = result {
-        return Err(e.context(format!(
-            "the import stopped: {}; run the same import again to continue (rows already there are skipped)",
-            written.describe()
-        )));
+        let moved = e
+            .chain()
+            .find_map(|c| match c.downcast_ref::<gov_sdk::Error>() {
+                Some(gov_sdk::Error::Store(s)) => match &**s {
+                    gov_sdk::admin::StoreError::ChainMoved { chain, .. } => Some(chain.clone()),
+                    _ => None,
+                },
+                _ => None,
+            });
+        return Err(match moved {
+            // Running the same import again cannot succeed: the chain now holds rows the file
+            // does not have.
+            Some(chain) => e.context(format!(
+                "the import was refused: a service is appending to chain {chain} in the target database; \
+                 import a chain only where nothing writes to it yet (stop its writers, or import into a \
+                 new database before pointing services at it); {}",
+                written.describe()
+            )),
+            None => e.context(format!(
+                "the import stopped: {}; run the same import again to continue (rows already there are skipped)",
+                written.describe()
+            )),
+        });
     }
     let chains = plan
         .skip_upto
@@ -723,7 +750,7 @@ async fn import(admin: &Admin, input: &Input, out: &Out) -> anyhow::Result<Summa
     })
 }
 
-/// The second pass: signers, rows in batches, checkpoints.
+/// The second pass: signers, each chain's rows in one transaction, checkpoints.
 async fn write(
     admin: &Admin,
     input: &Input,
@@ -736,6 +763,7 @@ async fn write(
         .iter()
         .map(|(c, _, s)| (c.as_str(), *s))
         .collect();
+    let mut fences = plan.target_heads.clone();
     let total: i64 = plan.skip_upto.iter().map(|(_, h, s)| h - s).sum();
     let bar = crate::progress::bar(out, u64::try_from(total).unwrap_or(0), "importing");
     let mut lines = input.lines()?;
@@ -743,6 +771,8 @@ async fn write(
     lines.next_line()?;
     // One batch at a time: a chain's rows are sent when the batch is full, when the next row
     // belongs to another chain, and before the checkpoints, so memory holds one batch at most.
+    // A chain's rows are committed together when its last row has been sent.
+    let mut open: Option<Open> = None;
     let mut batch: Vec<AuditRecord> = Vec::with_capacity(BATCH_ROWS);
     while let Some((_, line)) = lines.next_parsed()? {
         match line {
@@ -764,16 +794,35 @@ async fn write(
                 if rec.seq <= skip.get(rec.chain_id.as_str()).copied().unwrap_or(0) {
                     continue;
                 }
-                if batch.first().is_some_and(|b| b.chain_id != rec.chain_id) {
-                    flush(admin, &mut batch, written, &bar).await?;
+                if open.as_ref().is_some_and(|o| o.chain != rec.chain_id) {
+                    finish(&mut open, &mut batch, written, &mut fences, &bar).await?;
+                }
+                if open.is_none() {
+                    let (seq, hmac) = fences
+                        .get(&rec.chain_id)
+                        .cloned()
+                        .unwrap_or((0, vec![0; 32]));
+                    let import = admin
+                        .begin_chain_import(&rec.chain_id, (seq, &hmac))
+                        .await
+                        .with_context(|| {
+                            format!("chain {}: nothing of it was imported", rec.chain_id)
+                        })?;
+                    open = Some(Open {
+                        chain: rec.chain_id.clone(),
+                        import,
+                        first: rec.seq,
+                    });
                 }
                 batch.push(rec);
-                if batch.len() >= BATCH_ROWS {
-                    flush(admin, &mut batch, written, &bar).await?;
+                if batch.len() >= BATCH_ROWS
+                    && let Some(o) = open.as_mut()
+                {
+                    send(o, &mut batch, &bar).await?;
                 }
             }
             Line::Checkpoint(cp) => {
-                flush(admin, &mut batch, written, &bar).await?;
+                finish(&mut open, &mut batch, written, &mut fences, &bar).await?;
                 let row = cp.to_row().map_err(|e| lines.refuse(&e))?;
                 admin.put_checkpoint(&row).await?;
                 written.checkpoints += 1;
@@ -781,29 +830,74 @@ async fn write(
             Line::End(_) => break,
         }
     }
-    flush(admin, &mut batch, written, &bar).await?;
+    finish(&mut open, &mut batch, written, &mut fences, &bar).await?;
     bar.finish_and_clear();
     Ok(())
 }
 
-/// Sends the batch (rows of one chain, in seq order) in one transaction and empties it.
-async fn flush(
-    admin: &Admin,
+/// A chain whose import transaction is open.
+struct Open {
+    chain: String,
+    import: gov_sdk::admin::ChainImport,
+    /// The first seq it writes.
+    first: i64,
+}
+
+/// Sends the batch (rows of the open chain, in seq order) inside its transaction.
+async fn send(
+    open: &mut Open,
     batch: &mut Vec<AuditRecord>,
-    written: &mut Written,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return Ok(());
     };
-    let (chain, from, to) = (first.chain_id.clone(), first.seq, last.seq);
-    admin
-        .import_rows(&chain, batch)
+    let (from, to) = (first.seq, last.seq);
+    open.import
+        .rows(batch)
         .await
-        .with_context(|| format!("chain {chain}: rows {from}..{to} could not be imported"))?;
-    let entry = written.rows.entry(chain).or_insert((from, to));
-    entry.1 = to;
+        .map_err(gov_sdk::Error::from)
+        .with_context(|| {
+            format!(
+                "chain {}: rows {from}..{to} could not be imported; nothing of the chain was",
+                open.chain
+            )
+        })?;
     bar.inc(batch.len() as u64);
     batch.clear();
+    Ok(())
+}
+
+/// Sends what is left of the open chain's rows and commits them all.
+async fn finish(
+    open: &mut Option<Open>,
+    batch: &mut Vec<AuditRecord>,
+    written: &mut Written,
+    fences: &mut BTreeMap<String, (i64, Vec<u8>)>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let Some(mut o) = open.take() else {
+        return Ok(());
+    };
+    send(&mut o, batch, bar).await?;
+    let (seq, hmac) = o.import.head();
+    let head = (seq, hmac.to_vec());
+    o.import
+        .commit()
+        .await
+        .map_err(gov_sdk::Error::from)
+        .with_context(|| {
+            format!(
+                "chain {}: its rows could not be committed; nothing of it was imported",
+                o.chain
+            )
+        })?;
+    let entry = written
+        .rows
+        .entry(o.chain.clone())
+        .or_insert((o.first, head.0));
+    entry.1 = head.0;
+    // Rows of this chain later in the file continue from here.
+    fences.insert(o.chain, head);
     Ok(())
 }

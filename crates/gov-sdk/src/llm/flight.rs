@@ -479,15 +479,26 @@ impl Ending {
     ) {
         match (reservation, event) {
             (Some(r), Ok(ev)) if r.commits_with_event() => {
+                let id = r.id();
                 match r.settle_logged(usage, &ev).await {
                     Ok(Ok(_)) => {}
                     // The event is in the chain; the reservation was closed already.
-                    Ok(Err(e)) => self.settle_failed(usage, &e).await,
-                    // Nothing was committed: the event is observation and the spend is
-                    // tracked, both spooled at once when storage is out of reach (the event
-                    // first, so the tracking queues behind it without waiting for storage).
+                    Ok(Err(e)) => {
+                        let warned = e.to_string();
+                        self.settle_failed(id, usage, &warned, None).await;
+                    }
+                    // Nothing was committed, or all was and the reply was lost: the event is
+                    // observation (skipped on replay when it is in the chain already) and the
+                    // settlement is written again as a record the database applies once, both
+                    // spooled at once when storage is out of reach (the event first, so the
+                    // settlement queues behind it without waiting for storage).
                     Err(e) => {
                         let warned = e.to_string();
+                        let cause = e.is_unavailable().then(|| {
+                            Error::from(gov_store::StoreError::Unavailable(
+                                "a settlement's answer did not arrive".into(),
+                            ))
+                        });
                         log_after(
                             &self.gov,
                             ev,
@@ -496,16 +507,18 @@ impl Ending {
                             e,
                         )
                         .await;
-                        self.settle_failed(usage, &warned).await;
+                        self.settle_failed(id, usage, &warned, cause).await;
                     }
                 }
             }
             (reservation, event) => {
                 let settle = async {
-                    if let Some(r) = reservation
-                        && let Err(e) = r.settle(usage).await
-                    {
-                        self.settle_failed(usage, &e).await;
+                    if let Some(r) = reservation {
+                        let id = r.id();
+                        if let Err(e) = r.settle(usage).await {
+                            let warned = e.to_string();
+                            self.settle_failed(id, usage, &warned, Some(e)).await;
+                        }
                     }
                 };
                 let append = async {
@@ -529,18 +542,26 @@ impl Ending {
         }
     }
 
-    /// Settlement failed (storage): record the spend as tracked (spooled when storage is out
-    /// of reach).
-    async fn settle_failed(&self, usage: TokenUsage, e: &(dyn std::fmt::Display + Sync)) {
+    /// Settlement of reservation `id` failed (`warned`; `cause` when storage was out of reach)
+    /// or found the reservation closed: the settlement is written again as a record the
+    /// database applies once (spooled at once when storage is out of reach), so a settlement
+    /// that committed with its reply lost is not counted twice.
+    async fn settle_failed(
+        &self,
+        id: uuid::Uuid,
+        usage: TokenUsage,
+        warned: &str,
+        cause: Option<Error>,
+    ) {
         let agent = &self.agent;
-        tracing::warn!(%agent, error = %e, "could not settle an LLM call's reservation; its spend is tracked instead");
+        tracing::warn!(%agent, reservation = %id, error = %warned, "could not settle an LLM call's reservation; the settlement is retried once storage answers");
         if let Err(e) = self
             .gov
             .cost()
-            .track(agent, &self.session, &self.model, usage)
+            .settle_again(id, agent, &self.session, &self.model, usage, cause)
             .await
         {
-            tracing::warn!(%agent, error = %e, "could not track an LLM call's spend");
+            tracing::warn!(%agent, error = %e, "could not record an LLM call's spend");
         }
     }
 }

@@ -72,6 +72,16 @@ pub(crate) enum Record {
     },
     /// A pending gate request.
     GateRequest { record: GateRecord },
+    /// The settlement of reservation `id`, whose first try failed and may have committed (its
+    /// reply was lost): replayed, the spend counts once (`Store::settle_once`).
+    Settle {
+        id: Uuid,
+        agent: String,
+        session: String,
+        model: String,
+        micros: i64,
+        usage: TokenUsage,
+    },
 }
 
 impl Record {
@@ -81,6 +91,7 @@ impl Record {
             Self::Audit { event } => event.event_id.as_uuid(),
             Self::Track { id, .. } => *id,
             Self::GateRequest { record } => record.id,
+            Self::Settle { id, .. } => *id,
         }
     }
 
@@ -89,6 +100,14 @@ impl Record {
         match self {
             Self::Audit { event } => Ok(event.validate()?),
             Self::Track {
+                agent,
+                session,
+                model,
+                micros,
+                usage,
+                ..
+            }
+            | Self::Settle {
                 agent,
                 session,
                 model,
@@ -348,6 +367,21 @@ async fn apply_one(gov: &Governance, record: &Record) -> crate::Result<Option<Ap
                 .store
                 .track(*id, agent, session, model, *micros, usage)
                 .await?;
+            Ok(None)
+        }
+        Record::Settle {
+            id,
+            agent,
+            session,
+            model,
+            micros,
+            usage,
+        } => {
+            let outcome = inner
+                .store
+                .settle_once(*id, agent, session, model, *micros, usage)
+                .await?;
+            tracing::debug!(reservation = %id, outcome, "settled a reservation whose settlement had failed");
             Ok(None)
         }
         Record::GateRequest { record } => match inner.store.insert_gate_request(record).await {

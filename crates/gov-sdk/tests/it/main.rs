@@ -8,6 +8,7 @@ mod contracts;
 mod cost;
 mod embedded;
 mod enforce;
+mod faults;
 mod gates;
 mod keys;
 mod llm;

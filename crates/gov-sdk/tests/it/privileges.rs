@@ -239,6 +239,7 @@ async fn the_catalog_holds_the_boundary() {
             "governance_service_halt",
             "governance_settle",
             "governance_settle_logged",
+            "governance_settle_once",
             "governance_track",
             "governance_track_once",
         ]

@@ -134,60 +134,7 @@ impl ChainStore for PgStore {
         }
         let mut tx = self.pool.begin().await?;
         let head = lock_head(&mut tx, chain_id, None).await?;
-        crate::check_continues(chain_id, &head, rows)?;
-        let col = |f: fn(&AuditRecord) -> String| rows.iter().map(f).collect::<Vec<_>>();
-        let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id.as_uuid()).collect();
-        let occurred_at: Vec<OffsetDateTime> = rows.iter().map(|r| r.occurred_at).collect();
-        let session: Vec<Option<String>> = rows.iter().map(|r| r.session_id.clone()).collect();
-        let actor: Vec<Option<String>> = rows.iter().map(|r| r.actor.clone()).collect();
-        let parent: Vec<Option<Uuid>> = rows
-            .iter()
-            .map(|r| r.parent_event_id.map(|p| p.as_uuid()))
-            .collect();
-        let prev: Vec<Vec<u8>> = rows.iter().map(|r| r.prev_hmac.clone()).collect();
-        let hmac: Vec<Vec<u8>> = rows.iter().map(|r| r.row_hmac.clone()).collect();
-        let signature: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.signature.clone()).collect();
-        let signer: Vec<Option<String>> = rows.iter().map(|r| r.signer_key_id.clone()).collect();
-        let last = rows
-            .last()
-            .map(|r| (r.seq, r.row_hmac.clone()))
-            .unwrap_or(head);
-        // language=PostgreSQL
-        sqlx::query(
-            "WITH ins AS ( \
-               INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
-                   kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, \
-                   signer_key_id, signature_status) \
-               SELECT $1, u.* FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], \
-                   $6::text[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], \
-                   $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::text[]) AS u \
-             ), upd AS ( \
-               UPDATE chain_heads SET seq = $17, head_hmac = $18, updated_at = now() WHERE chain_id = $1 \
-             ) \
-             SELECT pg_notify($19, $1 || ':' || $17::text)",
-        )
-        .bind(chain_id)
-        .bind(&seq)
-        .bind(&event_id)
-        .bind(&occurred_at)
-        .bind(col(|r| r.agent_id.clone()))
-        .bind(&session)
-        .bind(col(|r| r.kind.clone()))
-        .bind(&actor)
-        .bind(&parent)
-        .bind(col(|r| r.payload.clone()))
-        .bind(&prev)
-        .bind(col(|r| r.key_id.clone()))
-        .bind(&hmac)
-        .bind(&signature)
-        .bind(&signer)
-        .bind(col(|r| r.signature_status.clone()))
-        .bind(last.0)
-        .bind(&last.1)
-        .bind(AUDIT_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+        let last = import_locked(&mut tx, chain_id, &head, rows).await?;
         tx.commit().await?;
         self.heads.committed(chain_id, Some(last));
         Ok(())
@@ -394,6 +341,71 @@ pub(crate) async fn lock_head(
                 .await?
         }
     })
+}
+
+/// Appends imported `rows` after `head`, the chain's head row that the caller's transaction
+/// holds locked, and moves the head (announced at commit); the new head.
+pub(crate) async fn import_locked(
+    conn: &mut sqlx::PgConnection,
+    chain_id: &str,
+    head: &(i64, Vec<u8>),
+    rows: &[AuditRecord],
+) -> Result<(i64, Vec<u8>)> {
+    crate::check_continues(chain_id, head, rows)?;
+    let col = |f: fn(&AuditRecord) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id.as_uuid()).collect();
+    let occurred_at: Vec<OffsetDateTime> = rows.iter().map(|r| r.occurred_at).collect();
+    let session: Vec<Option<String>> = rows.iter().map(|r| r.session_id.clone()).collect();
+    let actor: Vec<Option<String>> = rows.iter().map(|r| r.actor.clone()).collect();
+    let parent: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.parent_event_id.map(|p| p.as_uuid()))
+        .collect();
+    let prev: Vec<Vec<u8>> = rows.iter().map(|r| r.prev_hmac.clone()).collect();
+    let hmac: Vec<Vec<u8>> = rows.iter().map(|r| r.row_hmac.clone()).collect();
+    let signature: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.signature.clone()).collect();
+    let signer: Vec<Option<String>> = rows.iter().map(|r| r.signer_key_id.clone()).collect();
+    let last = rows
+        .last()
+        .map(|r| (r.seq, r.row_hmac.clone()))
+        .unwrap_or_else(|| head.clone());
+    // language=PostgreSQL
+    sqlx::query(
+        "WITH ins AS ( \
+           INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, \
+               kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, \
+               signer_key_id, signature_status) \
+           SELECT $1, u.* FROM UNNEST($2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], \
+               $6::text[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bytea[], \
+               $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::text[]) AS u \
+         ), upd AS ( \
+           UPDATE chain_heads SET seq = $17, head_hmac = $18, updated_at = now() WHERE chain_id = $1 \
+         ) \
+         SELECT pg_notify($19, $1 || ':' || $17::text)",
+    )
+    .bind(chain_id)
+    .bind(&seq)
+    .bind(&event_id)
+    .bind(&occurred_at)
+    .bind(col(|r| r.agent_id.clone()))
+    .bind(&session)
+    .bind(col(|r| r.kind.clone()))
+    .bind(&actor)
+    .bind(&parent)
+    .bind(col(|r| r.payload.clone()))
+    .bind(&prev)
+    .bind(col(|r| r.key_id.clone()))
+    .bind(&hmac)
+    .bind(&signature)
+    .bind(&signer)
+    .bind(col(|r| r.signature_status.clone()))
+    .bind(last.0)
+    .bind(&last.1)
+    .bind(AUDIT_CHANNEL)
+    .execute(&mut *conn)
+    .await?;
+    Ok(last)
 }
 
 /// Appends `events` after `head`, the (seq, head_hmac) of the chain's head row, which the

@@ -462,22 +462,61 @@ impl BudgetStore for PgStore {
         Ok(applied)
     }
 
+    async fn settle_once(
+        &self,
+        id: Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<String> {
+        // language=PostgreSQL
+        let outcome: String =
+            sqlx::query_scalar("SELECT governance_settle_once($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(id)
+                .bind(agent)
+                .bind(session)
+                .bind(model)
+                .bind(micros)
+                .bind(to_i64(usage.input_tokens))
+                .bind(to_i64(usage.output_tokens))
+                .bind(to_i64(usage.cached_input_tokens))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(outcome)
+    }
+
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
-        // One round trip: policy, session counter and today's counter.
+        // One round trip: policy, session counter and today's counter. Holds that expired
+        // but were not closed yet (expiry runs inside the next reservation) are not counted: a
+        // crashed holder's reservation stops blocking at its expiry, not at the next reserve.
         // language=PostgreSQL
         let r: StatusRow = sqlx::query_as(
             "SELECT p.agent_id IS NOT NULL AS has_policy, p.per_session_micros, p.per_day_micros, \
                     p.per_session_tokens, p.per_day_tokens, p.max_session_seconds, \
-                    s.spent_micros AS s_spent, s.reserved_micros AS s_reserved, \
-                    s.spent_tokens AS s_spent_tokens, s.reserved_tokens AS s_reserved_tokens, \
+                    s.spent_micros AS s_spent, \
+                    greatest(s.reserved_micros - xs.micros, 0) AS s_reserved, \
+                    s.spent_tokens AS s_spent_tokens, \
+                    greatest(s.reserved_tokens - xs.tokens, 0) AS s_reserved_tokens, \
                     (extract(epoch FROM now() - s.started_at) * 1000000)::bigint AS s_age_us, \
-                    d.spent_micros AS d_spent, d.reserved_micros AS d_reserved, \
-                    d.spent_tokens AS d_spent_tokens, d.reserved_tokens AS d_reserved_tokens \
-             FROM (SELECT $1::text AS agent_id) a \
+                    d.spent_micros AS d_spent, \
+                    greatest(d.reserved_micros - xd.micros, 0) AS d_reserved, \
+                    d.spent_tokens AS d_spent_tokens, \
+                    greatest(d.reserved_tokens - xd.tokens, 0) AS d_reserved_tokens \
+             FROM (SELECT $1::text AS agent_id, ((now() AT TIME ZONE 'UTC')::date) AS today) a \
              LEFT JOIN budget_policies p ON p.agent_id = a.agent_id \
              LEFT JOIN budget_counters s ON s.agent_id = a.agent_id AND s.period = 's:' || $2::text \
              LEFT JOIN budget_counters d ON d.agent_id = a.agent_id \
-                 AND d.period = 'd:' || ((now() AT TIME ZONE 'UTC')::date)::text",
+                 AND d.period = 'd:' || a.today::text \
+             CROSS JOIN LATERAL (SELECT coalesce(sum(x.micros), 0)::bigint AS micros, \
+                     coalesce(sum(x.tokens), 0)::bigint AS tokens FROM budget_reservations x \
+                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL \
+                     AND x.expires_at < now() AND x.session_id = $2::text) xs \
+             CROSS JOIN LATERAL (SELECT coalesce(sum(x.micros), 0)::bigint AS micros, \
+                     coalesce(sum(x.tokens), 0)::bigint AS tokens FROM budget_reservations x \
+                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL \
+                     AND x.expires_at < now() AND x.day = a.today) xd",
         )
         .bind(agent)
         .bind(session)

@@ -9,6 +9,8 @@ mod heads;
 mod llm;
 mod signers;
 
+pub(crate) use audit::{import_locked, lock_head};
+
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::str::FromStr;
@@ -94,6 +96,11 @@ impl PgStore {
             pool,
             heads: Arc::default(),
         }
+    }
+
+    /// Records the head an import committed (the optimistic appends' cache).
+    pub(crate) fn imported(&self, chain_id: &str, head: (i64, Vec<u8>)) {
+        self.heads.committed(chain_id, Some(head));
     }
 
     /// The underlying pool.

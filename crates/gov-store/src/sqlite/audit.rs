@@ -112,14 +112,7 @@ impl ChainStore for SqliteStore {
         }
         let (_turn, mut tx) = self.write_tx().await?;
         let head = head_in(&mut tx, chain_id).await?;
-        crate::check_continues(chain_id, &head, rows)?;
-        let recorded = now_us();
-        for r in rows {
-            insert_row(&mut tx, r, recorded).await?;
-        }
-        if let Some(last) = rows.last() {
-            move_head(&mut tx, chain_id, last.seq, &last.row_hmac).await?;
-        }
+        import_in(&mut tx, chain_id, &head, rows).await?;
         tx.commit().await?;
         self.written().await;
         Ok(())
@@ -300,6 +293,28 @@ impl ChainStore for SqliteStore {
 
 /// The chain's head (seq, head_hmac) read inside a write transaction (which holds the write
 /// lock, so it cannot move under the caller); a new chain's head row is created at seq 0.
+/// Appends imported `rows` after `head` inside the caller's write transaction and moves the
+/// head; the new head.
+pub(crate) async fn import_in(
+    conn: &mut SqliteConnection,
+    chain_id: &str,
+    head: &(i64, Vec<u8>),
+    rows: &[AuditRecord],
+) -> Result<(i64, Vec<u8>)> {
+    crate::check_continues(chain_id, head, rows)?;
+    let recorded = now_us();
+    for r in rows {
+        insert_row(conn, r, recorded).await?;
+    }
+    match rows.last() {
+        Some(last) => {
+            move_head(conn, chain_id, last.seq, &last.row_hmac).await?;
+            Ok((last.seq, last.row_hmac.clone()))
+        }
+        None => Ok(head.clone()),
+    }
+}
+
 pub(crate) async fn head_in(conn: &mut SqliteConnection, chain_id: &str) -> Result<(i64, Vec<u8>)> {
     let head: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT seq, head_hmac FROM chain_heads WHERE chain_id = ?")

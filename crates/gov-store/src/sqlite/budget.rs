@@ -339,6 +339,34 @@ async fn settle_in(
     Ok(outcome.into())
 }
 
+/// Records spend without a reservation once per record `id`; whether it was new.
+#[allow(clippy::too_many_arguments)]
+async fn track_in(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    agent: &str,
+    session: &str,
+    model: &str,
+    micros: i64,
+    usage: &TokenUsage,
+) -> Result<bool> {
+    let fresh = sqlx::query(
+        "INSERT INTO applied_records (record_id, applied_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(now_us())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if fresh {
+        let day = today();
+        ensure_counters(conn, agent, &day, session).await?;
+        record_spend(conn, agent, &day, session, model, micros, usage).await?;
+    }
+    Ok(fresh)
+}
+
 fn counter_of(c: Option<Counter>) -> BudgetCounter {
     let c = c.unwrap_or_default();
     BudgetCounter {
@@ -486,34 +514,91 @@ impl BudgetStore for SqliteStore {
         micros: i64,
         usage: &TokenUsage,
     ) -> Result<bool> {
-        let day = today();
         let (_turn, mut tx) = self.write_tx().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO applied_records (record_id, applied_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(now_us())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        let fresh = track_in(&mut tx, id, agent, session, model, micros, usage).await?;
+        if fresh {
+            tx.commit().await?;
+        } else {
             // Applied before: nothing to change (the transaction ends without a write).
             tx.rollback().await?;
-            return Ok(false);
         }
-        ensure_counters(&mut tx, agent, &day, session).await?;
-        record_spend(&mut tx, agent, &day, session, model, micros, usage).await?;
+        Ok(fresh)
+    }
+
+    async fn settle_once(
+        &self,
+        id: Uuid,
+        agent: &str,
+        session: &str,
+        model: &str,
+        micros: i64,
+        usage: &TokenUsage,
+    ) -> Result<String> {
+        let (_turn, mut tx) = self.write_tx().await?;
+        // The rules of `governance_settle_once` (Postgres migration 20261202000020).
+        let state: Option<(Option<i64>, Option<String>)> =
+            sqlx::query_as("SELECT closed_at, outcome FROM budget_reservations WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match state {
+            Some((_, Some(o))) if o == "settled" || o == "expired_then_settled" => {
+                "already_settled".to_owned()
+            }
+            Some((closed, o)) if closed.is_none() || o.as_deref() == Some("expired") => {
+                settle_in(&mut tx, id, micros, usage, false).await?
+            }
+            _ => {
+                if track_in(&mut tx, id, agent, session, model, micros, usage).await? {
+                    "tracked".to_owned()
+                } else {
+                    "already_tracked".to_owned()
+                }
+            }
+        };
         tx.commit().await?;
-        Ok(true)
+        Ok(outcome)
     }
 
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         let mut conn = self.pool.acquire().await?;
-        let pol = policy(&mut conn, agent).await?;
-        let s = counter(&mut conn, agent, &format!("s:{session}")).await?;
-        let d = counter(&mut conn, agent, &format!("d:{}", today())).await?;
+        // One read transaction, so the counters and the expired holds are one snapshot.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let day = today();
+        let pol = policy(&mut tx, agent).await?;
+        let mut s = counter(&mut tx, agent, &format!("s:{session}")).await?;
+        let mut d = counter(&mut tx, agent, &format!("d:{day}")).await?;
+        // Holds that expired but were not closed yet (expiry runs inside the next reservation)
+        // are not counted: a crashed holder's reservation stops blocking at its expiry.
+        let now = now_us();
+        let (xs_m, xs_t): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(micros), 0), coalesce(sum(tokens), 0) FROM budget_reservations \
+             WHERE agent_id = ? AND closed_at IS NULL AND expires_at < ? AND session_id = ?",
+        )
+        .bind(agent)
+        .bind(now)
+        .bind(session)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (xd_m, xd_t): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(micros), 0), coalesce(sum(tokens), 0) FROM budget_reservations \
+             WHERE agent_id = ? AND closed_at IS NULL AND expires_at < ? AND day = ?",
+        )
+        .bind(agent)
+        .bind(now)
+        .bind(&day)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
         drop(conn);
+        let unexpired = |c: &mut Option<Counter>, micros: i64, tokens: i64| {
+            if let Some(c) = c {
+                c.reserved_micros = (c.reserved_micros - micros).max(0);
+                c.reserved_tokens = (c.reserved_tokens - tokens).max(0);
+            }
+        };
+        unexpired(&mut s, xs_m, xs_t);
+        unexpired(&mut d, xd_m, xd_t);
         let policy = match pol {
             Some(p) => {
                 let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));

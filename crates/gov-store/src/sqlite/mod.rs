@@ -15,6 +15,8 @@ mod gates;
 mod llm;
 mod signers;
 
+pub(crate) use audit::{head_in, import_in};
+
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -178,6 +180,28 @@ pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
     create_file(&path)
 }
 
+/// Whether a connection coming back to the pool may be handed out again: not when a transaction
+/// is still open on it. A transaction dropped after a failure is rolled back by a queued
+/// `ROLLBACK`; when SQLite had already rolled it back itself (as it does on `SQLITE_FULL` and
+/// some I/O errors), that `ROLLBACK` fails and the connection would stay marked as inside a
+/// transaction, so every later `BEGIN IMMEDIATE` on it would fail: such a connection is closed
+/// (the pool opens a fresh one), and closing it rolls back whatever SQLite still holds.
+async fn clean_after_release(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // Let a queued rollback run, then look again.
+    if conn.ping().await.is_err() {
+        return false;
+    }
+    if conn.is_in_transaction() {
+        tracing::debug!("a SQLite connection left inside a failed transaction is closed");
+        return false;
+    }
+    true
+}
+
 impl SqliteStore {
     /// Opens the database named by `url`; a missing file is created (mode 600, its missing
     /// directories 700) only with [`StoreOptions::create_if_missing`], else refused.
@@ -232,6 +256,7 @@ impl SqliteStore {
             })
             .acquire_timeout(opts.acquire_timeout)
             .test_before_acquire(false)
+            .after_release(|conn, _| Box::pin(async move { Ok(clean_after_release(conn).await) }))
             .connect_with(connect)
             .await?;
         Ok(Self {
@@ -280,21 +305,34 @@ impl SqliteStore {
     }
 
     async fn applied_versions(&self) -> Result<Vec<i64>> {
-        let rows =
-            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
-            .collect()
+        let mut conn = self.pool.acquire().await?;
+        applied_versions_in(&mut conn).await
     }
+}
+
+/// The migrations applied to the database `conn` is on.
+async fn applied_versions_in(conn: &mut sqlx::SqliteConnection) -> Result<Vec<i64>> {
+    let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
+        .collect()
 }
 
 impl Backend for SqliteStore {
     async fn migrate(&self) -> Result<MigrateReport> {
-        let before = self.applied_versions().await.unwrap_or_default();
-        MIGRATOR.run(&self.pool).await?;
-        let after = self.applied_versions().await?;
+        // sqlx takes no lock for SQLite migrations, so two processes migrating a new file at
+        // once both applied the first migration and one failed ("table already exists"). All
+        // migrations run in one `BEGIN EXCLUSIVE` transaction on one connection (each
+        // migration a savepoint inside it): a second migrate waits for the first (up to the
+        // busy timeout), then finds every migration applied.
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN EXCLUSIVE").await?;
+        let before = applied_versions_in(&mut tx).await.unwrap_or_default();
+        MIGRATOR.run(&mut *tx).await?;
+        let after = applied_versions_in(&mut tx).await?;
+        tx.commit().await?;
         Ok(crate::migrate_report(&before, &after, &MIGRATOR))
     }
 
