@@ -86,7 +86,10 @@ async fn unreachable_storage_exits_3_without_leaking_the_url() {
         ])
         .assert()
         .code(3)
-        .stdout(predicate::str::contains("\"exit_code\":3"))
+        .stdout(
+            predicate::str::contains("\"exit_code\":3")
+                .and(predicate::str::contains("\"kind\":\"unavailable\"")),
+        )
         .stderr(
             predicate::str::contains("unreachable").and(predicate::str::contains("hunter2").not()),
         );

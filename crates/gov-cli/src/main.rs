@@ -15,16 +15,17 @@ mod when;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gov_sdk::ErrorKind;
 
 use crate::cli::{Cli, Command};
 use crate::output::Out;
 
 /// Exit code: a chain failed verification.
-pub(crate) const EXIT_TAMPERED: u8 = 1;
+const EXIT_TAMPERED: u8 = 1;
 /// Exit code: bad usage or configuration.
-pub(crate) const EXIT_CONFIG: u8 = 2;
+const EXIT_CONFIG: u8 = 2;
 /// Exit code: storage unreachable or failing.
-pub(crate) const EXIT_STORAGE: u8 = 3;
+const EXIT_STORAGE: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,11 +37,13 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
+            let kind = ErrorKind::Internal;
             out.error(
                 &anyhow::anyhow!("cannot start the async runtime: {e}"),
-                EXIT_STORAGE,
+                kind,
+                exit_code_for(kind),
             );
-            return ExitCode::from(EXIT_STORAGE);
+            return ExitCode::from(exit_code_for(kind));
         }
     };
     let result = runtime.block_on(async {
@@ -62,33 +65,36 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            let code = exit_code(&err);
-            out.error(&err, code);
+            let kind = kind_of(&err);
+            let code = exit_code_for(kind);
+            out.error(&err, kind, code);
             ExitCode::from(code)
         }
     }
 }
 
-/// Maps an error to the documented exit code.
-fn exit_code(err: &anyhow::Error) -> u8 {
+/// The kind of an error the CLI returns, in the SDK's one classification ([`ErrorKind`]): an
+/// SDK or report error (wrapped in context or not) keeps its own; an error of the CLI's own
+/// (such as a file it cannot write) is a usage or configuration error.
+fn kind_of(err: &anyhow::Error) -> ErrorKind {
     if let Some(e) = err.downcast_ref::<gov_report::ReportError>() {
-        return match e {
-            gov_report::ReportError::Sdk(e) => sdk_exit_code(e),
-            e if e.is_config() => EXIT_CONFIG,
-            _ => EXIT_STORAGE,
-        };
+        return e.kind();
     }
-    match err.downcast_ref::<gov_sdk::Error>() {
-        Some(e) => sdk_exit_code(e),
-        None => EXIT_CONFIG,
-    }
+    err.downcast_ref::<gov_sdk::Error>()
+        .map_or(ErrorKind::Config, gov_sdk::Error::kind)
 }
 
-fn sdk_exit_code(e: &gov_sdk::Error) -> u8 {
-    match e {
-        e if e.is_config() => EXIT_CONFIG,
-        gov_sdk::Error::ChainBroken(_) => EXIT_TAMPERED,
-        gov_sdk::Error::Store(_) => EXIT_STORAGE,
+/// The exit code of each kind of error (docs/cli.md, "Exit codes").
+pub(crate) fn exit_code_for(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Tampered => EXIT_TAMPERED,
+        ErrorKind::Unavailable | ErrorKind::Internal => EXIT_STORAGE,
+        ErrorKind::Config
+        | ErrorKind::NotFound
+        | ErrorKind::Unauthenticated
+        | ErrorKind::Refused
+        | ErrorKind::Upstream => EXIT_CONFIG,
+        // A kind added to the SDK after this table: "any other error exits 2".
         _ => EXIT_CONFIG,
     }
 }
@@ -106,4 +112,53 @@ fn init_logging() {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of error and its exit code (docs/cli.md): the table covers them all.
+    #[test]
+    fn every_error_kind_has_its_documented_exit_code() {
+        let table = [
+            (ErrorKind::Config, 2),
+            (ErrorKind::NotFound, 2),
+            (ErrorKind::Unauthenticated, 2),
+            (ErrorKind::Refused, 2),
+            (ErrorKind::Upstream, 2),
+            (ErrorKind::Tampered, 1),
+            (ErrorKind::Unavailable, 3),
+            (ErrorKind::Internal, 3),
+        ];
+        for kind in ErrorKind::ALL {
+            let (_, code) = table
+                .iter()
+                .find(|(k, _)| k == kind)
+                .unwrap_or_else(|| panic!("no exit code in the table for {kind}"));
+            assert_eq!(exit_code_for(*kind), *code, "{kind}");
+        }
+        assert_eq!(table.len(), ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn errors_map_through_their_kind_even_under_context() {
+        let exit_code = |e: &anyhow::Error| exit_code_for(kind_of(e));
+        let unavailable = anyhow::Error::new(gov_sdk::Error::from(
+            gov_sdk::StoreError::Unavailable("refused".into()),
+        ))
+        .context("reading the chain");
+        assert_eq!(exit_code(&unavailable), EXIT_STORAGE);
+        let report = anyhow::Error::new(gov_report::ReportError::Period("empty".into()));
+        assert_eq!(exit_code(&report), EXIT_CONFIG);
+        let report_sdk = anyhow::Error::new(gov_report::ReportError::Sdk(
+            gov_sdk::Error::ChainBroken(gov_sdk::Finding {
+                seq: 3,
+                reason: gov_sdk::Reason::ModifiedRow,
+                detail: "row 3".into(),
+            }),
+        ));
+        assert_eq!(exit_code(&report_sdk), EXIT_TAMPERED);
+        assert_eq!(exit_code(&anyhow::anyhow!("a file")), EXIT_CONFIG);
+    }
 }

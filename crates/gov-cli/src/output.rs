@@ -36,13 +36,15 @@ impl Out {
         let _ = writeln!(stderr, "{s}");
     }
 
-    /// Reports an error: `error: …` on stderr and, with `--json`, an object on stdout.
-    pub(crate) fn error(&self, err: &anyhow::Error, code: u8) {
+    /// Reports an error: `error: …` on stderr and, with `--json`, an object on stdout that
+    /// also names its kind and exit code.
+    pub(crate) fn error(&self, err: &anyhow::Error, kind: gov_sdk::ErrorKind, code: u8) {
         let mut stderr = anstream::stderr();
         let _ = writeln!(stderr, "{} {err:#}", "error:".red().bold());
         if self.json {
             self.emit_json(&serde_json::json!({
                 "status": "error",
+                "kind": kind.as_str(),
                 "exit_code": code,
                 "message": format!("{err:#}"),
             }));

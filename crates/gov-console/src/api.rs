@@ -89,7 +89,11 @@ impl IntoResponse for ApiError {
         }
         (
             status,
-            Json(json!({ "error": self.0.public_message(), "status": status.as_u16() })),
+            Json(json!({
+                "error": self.0.public_message(),
+                "kind": self.0.kind(),
+                "status": status.as_u16(),
+            })),
         )
             .into_response()
     }
@@ -148,7 +152,8 @@ pub(crate) async fn health(State(state): State<AppState>, headers: HeaderMap) ->
                 .map(|(c, f)| json!({ "chain": c, "seq": f.seq, "reason": f.reason.as_str() }));
             json!({ "status": "tampered", "events_checked": r.events_checked, "first": first })
         }
-        Err(gov_sdk::Error::Audit(_)) => json!({ "status": "empty" }),
+        // No audit events at all: nothing to verify.
+        Err(e) if e.kind() == gov_sdk::ErrorKind::NotFound => json!({ "status": "empty" }),
         Err(_) => json!({ "status": "unknown" }),
     };
     let grants = match state.gov.privileges().await {
@@ -423,7 +428,7 @@ pub(crate) async fn start_verification(
             Err(e) => {
                 tracing::warn!(error = %e, "console verification failed");
                 j.status = "failed";
-                j.error = Some(if e.is_config() {
+                j.error = Some(if !crate::error::status_for(e.kind()).is_server_error() {
                     e.to_string()
                 } else {
                     "verification could not complete; the cause is in the console's log".into()

@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gov_sdk::ErrorKind;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum AppError {
     /// The SDK refused or failed.
     #[error(transparent)]
     Sdk(#[from] gov_sdk::Error),
+    /// A report could not be made.
+    #[error(transparent)]
+    Report(#[from] gov_report::ReportError),
     /// A page could not be rendered.
     #[error("rendering failed")]
     Render(#[from] askama::Error),
@@ -42,13 +46,26 @@ impl AppError {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Sdk(e) => match e {
-                gov_sdk::Error::ApprovalRefused { .. } => StatusCode::CONFLICT,
-                gov_sdk::Error::AuthenticationFailed => StatusCode::UNAUTHORIZED,
-                e if e.is_config() => StatusCode::BAD_REQUEST,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            },
+            Self::Sdk(e) => status_for(e.kind()),
+            Self::Report(e) => status_for(e.kind()),
             Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `kind` of the API's JSON error body: an SDK or report error's [`ErrorKind`] name
+    /// (`config`, `not_found`, `refused`, `unavailable`, ...), or the console's own
+    /// (`unauthenticated`, `forbidden`, `rate_limited`, `bad_request`, `not_found`,
+    /// `internal`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => ErrorKind::Unauthenticated.as_str(),
+            Self::Forbidden(_) | Self::Csrf => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound => ErrorKind::NotFound.as_str(),
+            Self::Sdk(e) => e.kind().as_str(),
+            Self::Report(e) => e.kind().as_str(),
+            Self::Render(_) => ErrorKind::Internal.as_str(),
         }
     }
 
@@ -84,9 +101,75 @@ impl IntoResponse for AppError {
     }
 }
 
+/// The status of each kind of SDK error: 4xx show the message (what to fix), 5xx only that the
+/// request failed.
+pub(crate) fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Config => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        // Enforcement or an approval's state refused it (already decided, self-approval,
+        // a halted agent): the request conflicts with the current state.
+        ErrorKind::Refused => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::Tampered | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // A kind added to the SDK after this table: a failure whose cause is logged.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// What an error page said, so that it can be drawn again with the navigation.
 #[derive(Debug, Clone)]
 pub(crate) struct ShownError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of SDK error and its status: the table covers them all.
+    #[test]
+    fn every_error_kind_has_its_status() {
+        let table = [
+            (ErrorKind::Config, StatusCode::BAD_REQUEST),
+            (ErrorKind::NotFound, StatusCode::NOT_FOUND),
+            (ErrorKind::Unauthenticated, StatusCode::UNAUTHORIZED),
+            (ErrorKind::Refused, StatusCode::CONFLICT),
+            (ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (ErrorKind::Upstream, StatusCode::BAD_GATEWAY),
+            (ErrorKind::Tampered, StatusCode::INTERNAL_SERVER_ERROR),
+            (ErrorKind::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+        ];
+        for kind in ErrorKind::ALL {
+            let (_, status) = table
+                .iter()
+                .find(|(k, _)| k == kind)
+                .unwrap_or_else(|| panic!("no status in the table for {kind}"));
+            assert_eq!(status_for(*kind), *status, "{kind}");
+        }
+        assert_eq!(table.len(), ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn sdk_errors_answer_by_their_kind_and_5xx_hide_the_cause() {
+        let refused = AppError::Sdk(gov_sdk::Error::ApprovalRefused {
+            request_id: uuid::Uuid::nil(),
+            reason: "already decided".into(),
+        });
+        assert_eq!(refused.status(), StatusCode::CONFLICT);
+        assert_eq!(refused.kind(), "refused");
+        assert!(refused.public_message().contains("already decided"));
+        let down = AppError::Sdk(gov_sdk::Error::from(gov_sdk::StoreError::Unavailable(
+            "connection refused".into(),
+        )));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.kind(), "unavailable");
+        assert!(!down.public_message().contains("connection refused"));
+        let period = AppError::Report(gov_report::ReportError::Period("empty".into()));
+        assert_eq!(period.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(period.kind(), "config");
+    }
 }

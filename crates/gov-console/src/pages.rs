@@ -948,12 +948,8 @@ pub(crate) async fn report(
     }
     let report = gov_report::collect(&state.gov, &req, &|_| {})
         .await
-        .map_err(|e| match e {
-            gov_report::ReportError::Sdk(e) => AppError::Sdk(e),
-            other => AppError::BadRequest(other.to_string()),
-        })?;
-    let body =
-        gov_report::render(&report, format).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        .map_err(AppError::Report)?;
+    let body = gov_report::render(&report, format).map_err(AppError::Report)?;
     let name = format!("attachment; filename=\"{}.{ext}\"", report_name(from, to));
     Ok((
         [

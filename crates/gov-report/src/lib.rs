@@ -64,13 +64,23 @@ pub enum ReportError {
 }
 
 impl ReportError {
+    /// What kind of failure this is, in the SDK's one classification: an SDK error keeps its
+    /// own kind, a bad period or keys that cannot check a chain are configuration, a failed
+    /// rendering is internal.
+    pub fn kind(&self) -> gov_sdk::ErrorKind {
+        match self {
+            Self::Sdk(e) => e.kind(),
+            Self::Period(_) | Self::WrongSecret { .. } => gov_sdk::ErrorKind::Config,
+            Self::Render(_) => gov_sdk::ErrorKind::Internal,
+        }
+    }
+
     /// True for errors the operator fixes by changing the command or configuration.
     pub fn is_config(&self) -> bool {
-        match self {
-            Self::Sdk(e) => e.is_config(),
-            Self::Period(_) | Self::WrongSecret { .. } => true,
-            Self::Render(_) => false,
-        }
+        matches!(
+            self.kind(),
+            gov_sdk::ErrorKind::Config | gov_sdk::ErrorKind::NotFound
+        )
     }
 }
 

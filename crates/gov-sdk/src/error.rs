@@ -206,54 +206,276 @@ impl From<AuditError> for Error {
     }
 }
 
-impl Error {
-    /// Storage is out of reach (connection refused, timed out, server shutting down).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Store(e) if e.is_unavailable())
-    }
+/// What kind of failure an [`enum@Error`] is: the one classification that every surface maps
+/// (the CLI to its exit code, the console to its HTTP status and the `kind` of its JSON error
+/// body). New kinds may be added; match with a fallback arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Configuration or usage the operator or the caller must fix: a bad URL, refused database
+    /// credentials, a missing database or schema, a lacking privilege, a missing or weak
+    /// secret, a chain sealed with another key, an invalid event or argument, a write that
+    /// conflicts with the chain.
+    Config,
+    /// What was named does not exist: an unknown chain, or no audit events at all to verify.
+    NotFound,
+    /// Sign-in failed (unknown user, wrong password or disabled account: one answer for all).
+    Unauthenticated,
+    /// Enforcement refused the action: a halted agent, a scope violation, a budget, a loop, a
+    /// contract, an approval pending, denied or refused.
+    Refused,
+    /// Storage is out of reach (connection refused or timed out, the server shutting down), or
+    /// whether the agent is halted could not be established because of it. Retrying later may
+    /// succeed.
+    Unavailable,
+    /// An audit chain is broken (tampered or damaged).
+    Tampered,
+    /// The governed tool or the LLM provider failed after the gates let the call through.
+    Upstream,
+    /// Anything else: a stored value that cannot be decoded, a database error that is not a
+    /// configuration problem, an internal task stopped.
+    Internal,
+}
 
-    /// The failure is one of configuration or usage (bad URL, credentials, secret, missing
-    /// schema, unknown chain, nothing to verify), which the operator must fix.
-    pub fn is_config(&self) -> bool {
+impl ErrorKind {
+    /// Every kind, in declaration order (for tables that must cover them all).
+    pub const ALL: &'static [ErrorKind] = &[
+        Self::Config,
+        Self::NotFound,
+        Self::Unauthenticated,
+        Self::Refused,
+        Self::Unavailable,
+        Self::Tampered,
+        Self::Upstream,
+        Self::Internal,
+    ];
+
+    /// A stable snake_case name (`config`, `not_found`, `unauthenticated`, `refused`,
+    /// `unavailable`, `tampered`, `upstream`, `internal`), as surfaces print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::NotFound => "not_found",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
+            Self::Tampered => "tampered",
+            Self::Upstream => "upstream",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn store_kind(e: &StoreError) -> ErrorKind {
+    match e {
+        StoreError::InvalidUrl(_)
+        | StoreError::AuthFailed
+        | StoreError::NoSuchDatabase
+        | StoreError::NotMigrated(_)
+        | StoreError::PermissionDenied(_)
+        | StoreError::InvalidArgument(_)
+        | StoreError::Conflict(_)
+        | StoreError::ChainMoved { .. } => ErrorKind::Config,
+        StoreError::Unavailable(_) | StoreError::DiskFull => ErrorKind::Unavailable,
+        StoreError::Corrupt(_) | StoreError::Database { .. } => ErrorKind::Internal,
+    }
+}
+
+fn audit_kind(e: &AuditError) -> ErrorKind {
+    match e {
+        AuditError::Key(_)
+        | AuditError::InvalidOptions(_)
+        | AuditError::NotWritable(_)
+        | AuditError::KeyNotConfigured { .. } => ErrorKind::Config,
+        AuditError::NoSuchChain(_) | AuditError::NothingToVerify => ErrorKind::NotFound,
+        AuditError::Store(s) => store_kind(s),
+        AuditError::ChainBroken(_) => ErrorKind::Tampered,
+        AuditError::Internal(_) | AuditError::WriterStopped => ErrorKind::Internal,
+    }
+}
+
+impl Error {
+    /// What kind of failure this is. The only place where errors are classified: exit codes,
+    /// HTTP statuses, [`Error::is_config`] and [`Error::is_unavailable`] all derive from it.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Config(_)
             | Self::Key(_)
             | Self::Event(_)
             | Self::NotWritable(_)
             | Self::ReservedKind { .. }
-            | Self::ActorReserved => true,
-            Self::Store(e) => matches!(
-                **e,
-                StoreError::InvalidUrl(_)
-                    | StoreError::AuthFailed
-                    | StoreError::NoSuchDatabase
-                    | StoreError::NotMigrated(_)
-                    | StoreError::PermissionDenied(_)
-                    | StoreError::InvalidArgument(_)
-                    | StoreError::Conflict(_)
-                    | StoreError::ChainMoved { .. }
-            ),
-            Self::Audit(a) => matches!(
-                a,
-                AuditError::NoSuchChain(_)
-                    | AuditError::NothingToVerify
-                    | AuditError::InvalidOptions(_)
-                    | AuditError::NotWritable(_)
-                    | AuditError::KeyNotConfigured { .. }
-            ),
-            Self::ChainBroken(_)
-            | Self::ScopeViolation { .. }
+            | Self::ActorReserved => ErrorKind::Config,
+            Self::Store(e) => store_kind(e),
+            Self::Audit(a) => audit_kind(a),
+            Self::ChainBroken(_) => ErrorKind::Tampered,
+            Self::ScopeViolation { .. }
             | Self::Halted { .. }
-            | Self::HaltStateUnknown { .. }
             | Self::LoopDetected { .. }
             | Self::BudgetExceeded { .. }
-            | Self::AuthenticationFailed
             | Self::ContractViolation { .. }
-            | Self::ToolFailed { .. }
-            | Self::Provider { .. }
             | Self::ApprovalPending { .. }
             | Self::ApprovalDenied { .. }
-            | Self::ApprovalRefused { .. } => false,
+            | Self::ApprovalRefused { .. } => ErrorKind::Refused,
+            Self::HaltStateUnknown { .. } => ErrorKind::Unavailable,
+            Self::AuthenticationFailed => ErrorKind::Unauthenticated,
+            Self::ToolFailed { .. } | Self::Provider { .. } => ErrorKind::Upstream,
         }
+    }
+
+    /// Storage is out of reach (connection refused, timed out, server shutting down), or the
+    /// halt state could not be established because of it: [`ErrorKind::Unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    /// The failure is one of configuration or usage (bad URL, credentials, secret, missing
+    /// schema, unknown chain, nothing to verify), which the operator must fix:
+    /// [`ErrorKind::Config`] or [`ErrorKind::NotFound`].
+    pub fn is_config(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Config | ErrorKind::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(e: StoreError) -> Error {
+        Error::from(e)
+    }
+
+    fn a(e: AuditError) -> Error {
+        Error::Audit(e)
+    }
+
+    /// One error of each classified shape, with the kind it must have.
+    fn table() -> Vec<(Error, ErrorKind)> {
+        vec![
+            (Error::Config("x".into()), ErrorKind::Config),
+            (Error::Key(KeyError::Missing), ErrorKind::Config),
+            (Error::ActorReserved, ErrorKind::Config),
+            (
+                Error::ReservedKind {
+                    kind: "gate.approved".into(),
+                },
+                ErrorKind::Config,
+            ),
+            (s(StoreError::InvalidUrl("x".into())), ErrorKind::Config),
+            (s(StoreError::AuthFailed), ErrorKind::Config),
+            (s(StoreError::NoSuchDatabase), ErrorKind::Config),
+            (s(StoreError::NotMigrated("x".into())), ErrorKind::Config),
+            (
+                s(StoreError::PermissionDenied("x".into())),
+                ErrorKind::Config,
+            ),
+            (
+                s(StoreError::InvalidArgument("x".into())),
+                ErrorKind::Config,
+            ),
+            (s(StoreError::Conflict("x".into())), ErrorKind::Config),
+            (
+                s(StoreError::Unavailable("x".into())),
+                ErrorKind::Unavailable,
+            ),
+            (s(StoreError::Corrupt("x".into())), ErrorKind::Internal),
+            (a(AuditError::NoSuchChain("c".into())), ErrorKind::NotFound),
+            (a(AuditError::NothingToVerify), ErrorKind::NotFound),
+            (a(AuditError::InvalidOptions("x".into())), ErrorKind::Config),
+            (
+                a(AuditError::KeyNotConfigured {
+                    chain: "c".into(),
+                    seq: 1,
+                    key_id: "k".into(),
+                }),
+                ErrorKind::Config,
+            ),
+            (a(AuditError::Internal("x")), ErrorKind::Internal),
+            (a(AuditError::WriterStopped), ErrorKind::Internal),
+            (
+                a(AuditError::Store(Arc::new(StoreError::Unavailable(
+                    "x".into(),
+                )))),
+                ErrorKind::Unavailable,
+            ),
+            (
+                Error::Halted {
+                    agent: "a".into(),
+                    by: None,
+                    reason: None,
+                },
+                ErrorKind::Refused,
+            ),
+            (
+                Error::ApprovalRefused {
+                    request_id: uuid::Uuid::nil(),
+                    reason: "x".into(),
+                },
+                ErrorKind::Refused,
+            ),
+            (
+                Error::ApprovalPending {
+                    request_id: uuid::Uuid::nil(),
+                },
+                ErrorKind::Refused,
+            ),
+            (
+                Error::HaltStateUnknown {
+                    agent: "a".into(),
+                    cause: "x".into(),
+                },
+                ErrorKind::Unavailable,
+            ),
+            (Error::AuthenticationFailed, ErrorKind::Unauthenticated),
+            (
+                Error::ToolFailed {
+                    tool: "t".into(),
+                    message: "x".into(),
+                },
+                ErrorKind::Upstream,
+            ),
+        ]
+    }
+
+    #[test]
+    fn errors_are_classified_and_the_predicates_follow_the_kind() {
+        for (err, kind) in table() {
+            assert_eq!(err.kind(), kind, "{err}");
+            assert_eq!(
+                err.is_config(),
+                matches!(kind, ErrorKind::Config | ErrorKind::NotFound),
+                "{err}"
+            );
+            assert_eq!(
+                err.is_unavailable(),
+                kind == ErrorKind::Unavailable,
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_audit_error_converts_to_the_same_kind() {
+        for e in [
+            AuditError::Key(KeyError::Missing),
+            AuditError::Store(Arc::new(StoreError::Unavailable("x".into()))),
+            AuditError::NothingToVerify,
+            AuditError::WriterStopped,
+        ] {
+            assert_eq!(Error::from(e.clone()).kind(), Error::Audit(e).kind());
+        }
+    }
+
+    #[test]
+    fn kind_names_are_distinct_and_cover_all() {
+        let names: std::collections::BTreeSet<&str> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        assert_eq!(ErrorKind::Tampered.to_string(), "tampered");
     }
 }

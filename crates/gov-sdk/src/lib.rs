@@ -49,7 +49,7 @@ pub use config::{
 };
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, MAX_TRACKED_MICROS, Reservation, Settlement};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use gates::{Approval, GateConfig, Gates};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
 pub use operators::{Operator, Operators, Session};
@@ -64,16 +64,20 @@ pub use gov_audit::{
     Reason, SignatureCounts, Signer, SignerError, Unverifiable, Verdict, VerifyOptions,
     VerifyProgress, VerifyReport,
 };
+// Types the SDK's public API reaches (`Error::Store`, `Error::Audit`, `VerifyOptions::validate`,
+// `Config::store`, `Config::audit`, `AuditSecret`'s derived keys), so that a host can name them
+// without depending on the lower crates.
+pub use gov_audit::{AuditError, AuditLogOptions, ChainKey, DerivedKey, SigningState};
 /// The events governance itself writes, one payload type per kind (re-exported from gov-core).
 pub use gov_core::events;
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
-    BudgetDenial, BudgetPolicy, BudgetStatus, ChainHead, ChainId, EventCount, EventError,
-    EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice,
-    ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds, PriceTable,
-    ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
+    BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead, ChainId, EventCount,
+    EventError, EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd,
+    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds,
+    PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
-pub use gov_store::{MigrateReport, OversightRecord, Privileges};
+pub use gov_store::{MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions};
 
 use std::sync::Arc;
 

@@ -166,7 +166,9 @@ pub(crate) async fn run(args: ReportArgs, global: &Global, out: &Out) -> anyhow:
                 .collect::<Vec<_>>()
                 .join("; ")
         ));
-        return Ok(ExitCode::from(crate::EXIT_TAMPERED));
+        return Ok(ExitCode::from(crate::exit_code_for(
+            gov_sdk::ErrorKind::Tampered,
+        )));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -204,8 +204,12 @@ pub(crate) fn conclude(out: &Out, chains: &[gov_sdk::ChainReport]) -> ExitCode {
         ));
     }
     match chains.iter().map(gov_sdk::ChainReport::verdict).max() {
-        Some(gov_sdk::Verdict::Tampered) => ExitCode::from(crate::EXIT_TAMPERED),
-        Some(gov_sdk::Verdict::Unverifiable) => ExitCode::from(crate::EXIT_CONFIG),
+        Some(gov_sdk::Verdict::Tampered) => {
+            ExitCode::from(crate::exit_code_for(gov_sdk::ErrorKind::Tampered))
+        }
+        Some(gov_sdk::Verdict::Unverifiable) => {
+            ExitCode::from(crate::exit_code_for(gov_sdk::ErrorKind::Config))
+        }
         Some(gov_sdk::Verdict::Clean) | None => ExitCode::SUCCESS,
     }
 }

@@ -493,6 +493,12 @@ async fn halting_and_approving_need_the_csrf_token_and_an_operator_role() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(
+        (&v["kind"], &v["status"]),
+        (&"refused".into(), &409.into()),
+        "{v}"
+    );
     // The API without the CSRF header, and a denial through it.
     let r = c
         .post_json(

@@ -105,8 +105,11 @@ async fn verifying_an_empty_database_is_an_error_not_a_pass() {
     let gov = connect(&db).await;
     let err = gov.audit().verify_all().await.unwrap_err();
     assert!(err.is_config(), "{err}");
+    // The console's health check says `empty` for this kind, and only for it.
+    assert_eq!(err.kind(), gov_sdk::ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("nothing was verified"), "{err}");
     let err = gov.audit().verify_named("nope").await.unwrap_err();
+    assert_eq!(err.kind(), gov_sdk::ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
 }
 
@@ -240,6 +243,7 @@ async fn connection_errors_are_classified_and_leak_nothing() {
         .await
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+    assert_eq!(err.kind(), gov_sdk::ErrorKind::Unavailable, "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
     for url in [
         "mysql://x@h/db",
