@@ -16,8 +16,17 @@ function follow(table) {
   if (kind && kind.value) params.set("kind", kind.value);
   const source = new EventSource(table.dataset.stream + "?" + params.toString());
   source.onopen = () => { if (status) status.textContent = "live"; };
+  // On reconnect the browser sends the last id it saw (Last-Event-ID: <chain>:<seq>) and the
+  // server sends everything after it first, so a reconnect loses nothing.
   source.onerror = () => { if (status) status.textContent = "reconnecting…"; };
+  // This page fell behind the live feed: the server says so, then sends what it missed from
+  // the database, in order, before continuing live.
+  source.addEventListener("lagged", (msg) => {
+    const note = JSON.parse(msg.data);
+    if (status) status.textContent = "catching up (" + note.missed + " events behind)…";
+  });
   source.addEventListener("audit", (msg) => {
+    if (status && status.textContent !== "live") status.textContent = "live";
     const e = JSON.parse(msg.data);
     const row = document.createElement("tr");
     row.className = "fresh";
@@ -88,6 +97,8 @@ function watchApprovals(table) {
     const e = JSON.parse(msg.data);
     if (e.kind.startsWith("gate.")) redrawApprovals(table);
   });
+  // Fell behind the live feed: redraw from the API rather than trust what arrives.
+  source.addEventListener("lagged", () => redrawApprovals(table));
 }
 
 // The chain page verifies in the background and shows progress; without JS the form posts and

@@ -49,10 +49,10 @@ fn output(cmd: &mut std::process::Command) -> (i32, String, String) {
 }
 
 /// Two `governance migrate` started together on a new SQLite file both succeed (they take
-/// turns), five times over; the file then verifies clean and is at the latest schema.
+/// turns), ten times over; the file then verifies clean and is at the latest schema.
 #[test]
 fn two_migrates_at_once_on_a_fresh_sqlite_file_both_succeed() {
-    for round in 0..5 {
+    for round in 0..10 {
         let dir = TempDir::new("migrate");
         let url = format!("sqlite://{}", dir.0.join("governance.db").display());
         let children: Vec<_> = (0..2)

@@ -208,3 +208,168 @@ pub(crate) async fn bench() -> Result<serde_json::Value> {
         "sse_delivery_p99_us": round(percentile(&lat, 0.99)),
     }))
 }
+
+/// What one SSE client of [`sse_load`] saw.
+#[derive(Debug, Default)]
+struct Seen {
+    audit: u64,
+    lagged: u64,
+    /// Events whose seq was not the one after the previous (a gap or a repeat).
+    out_of_order: u64,
+    last_seq: i64,
+}
+
+/// `clients` SSE subscribers while events are written at `rate` per second for `secs`: every
+/// client must see every event once, in seq order (told `lagged` and caught up from the
+/// database when it falls behind). Returns the figures.
+pub(crate) async fn sse_load(clients: usize, rate: u64, secs: u64) -> Result<serde_json::Value> {
+    let db = TestDb::new().await;
+    let gov = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .max_connections(20)
+        .connect()
+        .await?;
+    gov.operators()
+        .add("bench", OperatorRole::Admin, PW)
+        .await?;
+    // The follower starts at the head: one row first, so every client's seq count starts at 1.
+    gov.audit()
+        .log(AuditEvent::builder("bench", "bench.start").build()?)
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let config = gov_console::ConsoleConfig {
+        sign_ins_per_minute: 10_000,
+        ..gov_console::ConsoleConfig::default()
+    };
+    let server = tokio::spawn(gov_console::serve_on(gov.clone(), config, listener));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let cookie = sign_in(&client, &base).await?;
+    let sse_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let total = rate * secs;
+    let start_seq = 1;
+    let end_seq = start_seq + i64::try_from(total).unwrap_or(i64::MAX);
+    let mut subs = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (client, url, cookie) = (
+            sse_client.clone(),
+            format!("{base}/events/stream"),
+            cookie.clone(),
+        );
+        subs.push(tokio::spawn(async move {
+            let mut res = client.get(&url).header("cookie", &cookie).send().await?;
+            anyhow::ensure!(res.status().is_success(), "subscribe: {}", res.status());
+            let mut seen = Seen {
+                last_seq: start_seq,
+                ..Seen::default()
+            };
+            let mut text = String::new();
+            while seen.last_seq < end_seq {
+                let Some(chunk) = res.chunk().await? else {
+                    break;
+                };
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find("\n\n") {
+                    let block: String = text.drain(..end + 2).collect();
+                    if block.contains("event: lagged") {
+                        seen.lagged += 1;
+                    }
+                    let seq = block
+                        .lines()
+                        .find_map(|l| l.strip_prefix("id: default:"))
+                        .and_then(|s| s.parse::<i64>().ok());
+                    // The start row (seq 1) comes or not, as the client connected before or
+                    // after the follower broadcast it.
+                    if let Some(seq) = seq.filter(|s| *s > start_seq) {
+                        seen.audit += 1;
+                        if seq != seen.last_seq + 1 {
+                            seen.out_of_order += 1;
+                        }
+                        seen.last_seq = seq;
+                    }
+                }
+            }
+            anyhow::Ok(seen)
+        }));
+    }
+    let health = client
+        .get(format!("{base}/health/governance"))
+        .header("cookie", &cookie);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = health
+            .try_clone()
+            .context("clone")?
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["live_subscribers"].as_u64().unwrap_or(0) >= clients as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "subscribers did not connect: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writers at a fixed rate: 20 tasks, each on its own tick.
+    const WRITERS: u64 = 20;
+    let began = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let gov = gov.clone();
+        let per = total / WRITERS + u64::from(w < total % WRITERS);
+        let every = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
+        writers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for i in 0..per {
+                tick.tick().await;
+                let ev = AuditEvent::builder(format!("agent-{w}"), "bench.sse")
+                    .payload(serde_json::json!({ "i": i }))
+                    .build()?;
+                gov.audit().log(ev).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    let written_in = began.elapsed();
+    let mut seen = Vec::with_capacity(clients);
+    for s in subs {
+        seen.push(
+            tokio::time::timeout(Duration::from_secs(120), s)
+                .await
+                .context("an SSE client did not get every event within 2 minutes")???,
+        );
+    }
+    let caught_up_in = began.elapsed();
+    server.abort();
+    gov.close().await;
+    let min_delivered = seen.iter().map(|s| s.audit).min().unwrap_or(0);
+    let out_of_order: u64 = seen.iter().map(|s| s.out_of_order).sum();
+    anyhow::ensure!(
+        out_of_order == 0 && min_delivered >= total,
+        "SSE clients missed or repeated events: {out_of_order} out of order, fewest delivered {min_delivered} of {total}"
+    );
+    Ok(serde_json::json!({
+        "clients": clients,
+        "events": total,
+        "target_events_per_s": rate,
+        "written_events_per_s": (total as f64 / written_in.as_secs_f64()).round(),
+        "deliveries": seen.iter().map(|s| s.audit).sum::<u64>(),
+        "deliveries_per_s": (seen.iter().map(|s| s.audit).sum::<u64>() as f64 / caught_up_in.as_secs_f64()).round(),
+        "every_client_caught_up_s": round(caught_up_in.as_secs_f64()),
+        "clients_told_lagged": seen.iter().filter(|s| s.lagged > 0).count(),
+        "lagged_notices": seen.iter().map(|s| s.lagged).sum::<u64>(),
+        "missed_or_repeated": out_of_order,
+    }))
+}

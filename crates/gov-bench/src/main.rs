@@ -2,7 +2,9 @@
 //! on one chain), verification throughput over 100,000 and 1,000,000 events on one core and on
 //! all cores with the verifier's peak memory, and the `SELECT 1` round trip on the same pool as
 //! the reference, and the console's figures (`console`: dashboard and `/api` requests per second
-//! under load, SSE delivery latency to 1,000 subscribers; `gov-bench console` runs those alone),
+//! under load, SSE delivery latency to 1,000 subscribers, 200 SSE clients at 2,000 events/s
+//! each checked for every event once and in order; `gov-bench console` runs the first two
+//! alone, `gov-bench sse [SECONDS]` the last),
 //! and the time a governed LLM call adds over a direct one (`llm_guarded_path`, `llm.rs`;
 //! `gov-bench llm` runs it alone), and the audit and budget figures of the Postgres and SQLite
 //! backends side by side (`backends`, `backends.rs`; `gov-bench backends` runs it alone).
@@ -116,6 +118,18 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(console::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench sse [SECONDS]`: 200 SSE clients while events are written at 2,000 per second
+    // (10 seconds unless given), every client checked for every event once, in order.
+    if args.first().map(String::as_str) == Some("sse") {
+        let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(console::sse_load(200, 2_000, secs))?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -433,7 +447,9 @@ async fn bench() -> Result<()> {
     let (v1m_one, v1m_all) = verify_in_children(db.url(), pin).await?;
 
     eprintln!("bench: console");
-    let console = console::bench().await?;
+    let mut console = console::bench().await?;
+    eprintln!("bench: 200 SSE clients at 2,000 events/s for 10 s");
+    console["sse_200_clients_2000_per_s"] = console::sse_load(200, 2_000, 10).await?;
     let backends = backends::bench().await?;
     eprintln!("bench: a guarded LLM call over a direct one, mock provider on loopback");
     let llm = llm::bench(&gov).await?;

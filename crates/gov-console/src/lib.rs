@@ -40,6 +40,9 @@ pub struct ConsoleConfig {
     pub sign_ins_per_minute: u32,
     /// The chain whose events the live view follows (default `default`).
     pub live_chain: String,
+    /// Live events held for subscribers that are behind (default 4,096); one that falls
+    /// further behind is told (`event: lagged`) and caught up from the database.
+    pub live_buffer: usize,
 }
 
 impl Default for ConsoleConfig {
@@ -49,6 +52,7 @@ impl Default for ConsoleConfig {
             session_ttl: Duration::from_secs(8 * 3600),
             sign_ins_per_minute: 5,
             live_chain: "default".into(),
+            live_buffer: events::DEFAULT_LIVE_BUFFER,
         }
     }
 }
@@ -68,7 +72,11 @@ pub(crate) struct AppState {
 /// shared by every subscriber).
 pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
     let state = AppState {
-        events: events::Broadcaster::start(gov.clone(), config.live_chain.clone()),
+        events: events::Broadcaster::start(
+            gov.clone(),
+            config.live_chain.clone(),
+            config.live_buffer,
+        ),
         limiter: Arc::new(auth::SignInLimiter::new(config.sign_ins_per_minute)),
         latency: Arc::new(api::Latency::default()),
         verify_job: Arc::default(),

@@ -76,6 +76,9 @@ impl StoreError {
     }
 }
 
+/// What [`StoreError::Unavailable`] says when a SQLite file stayed locked by another writer.
+pub(crate) const SQLITE_BUSY: &str = "the database file stayed locked by another writer";
+
 /// `Result` with [`enum@StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -120,9 +123,7 @@ impl From<sqlx::Error> for StoreError {
                         "the table refuses this change (it is append-only)".into(),
                     ),
                     (_, Some(13)) => Self::DiskFull,
-                    (_, Some(5 | 6)) => {
-                        Self::Unavailable("the database file stayed locked by another writer".into())
-                    }
+                    (_, Some(5 | 6)) => Self::Unavailable(SQLITE_BUSY.into()),
                     (_, Some(14)) => Self::Unavailable(
                         "the database file cannot be opened; check the path and its directory's permissions".into(),
                     ),

@@ -3,4 +3,5 @@
 //! headers, live events over SSE and the report download; revocation of sessions on both backends.
 
 mod http;
+mod live;
 mod revocation;

@@ -180,6 +180,17 @@ pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
     create_file(&path)
 }
 
+/// SQLite's "database is busy" or "locked" (primary codes 5 and 6).
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 /// Whether a connection coming back to the pool may be handed out again: not when a transaction
 /// is still open on it. A transaction dropped after a failure is rolled back by a queued
 /// `ROLLBACK`; when SQLite had already rolled it back itself (as it does on `SQLITE_FULL` and
@@ -237,7 +248,7 @@ impl SqliteStore {
                 .to_string()
         };
         // An in-memory database lives as long as a connection to it: keep exactly one, forever.
-        let pool = SqlitePoolOptions::new()
+        let options = SqlitePoolOptions::new()
             .max_connections(if memory {
                 1
             } else {
@@ -256,9 +267,19 @@ impl SqliteStore {
             })
             .acquire_timeout(opts.acquire_timeout)
             .test_before_acquire(false)
-            .after_release(|conn, _| Box::pin(async move { Ok(clean_after_release(conn).await) }))
-            .connect_with(connect)
-            .await?;
+            .after_release(|conn, _| Box::pin(async move { Ok(clean_after_release(conn).await) }));
+        // The first connection sets WAL mode, which SQLite may refuse at once (without waiting
+        // for the busy timeout) while another process creates or migrates a new file: retry.
+        let deadline =
+            tokio::time::Instant::now() + opts.acquire_timeout.max(Duration::from_secs(5));
+        let pool = loop {
+            match options.clone().connect_with(connect.clone()).await {
+                Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
         Ok(Self {
             pool,
             shared: shared_for(&key),
@@ -304,6 +325,22 @@ impl SqliteStore {
         }
     }
 
+    /// One try at [`Backend::migrate`].
+    async fn migrate_once(&self) -> Result<MigrateReport> {
+        // sqlx takes no lock for SQLite migrations, so two processes migrating a new file at
+        // once both applied the first migration and one failed ("table already exists"). All
+        // migrations run in one `BEGIN EXCLUSIVE` transaction on one connection (each
+        // migration a savepoint inside it): a second migrate waits for the first (up to the
+        // busy timeout), then finds every migration applied.
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN EXCLUSIVE").await?;
+        let before = applied_versions_in(&mut tx).await.unwrap_or_default();
+        MIGRATOR.run(&mut *tx).await?;
+        let after = applied_versions_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(crate::migrate_report(&before, &after, &MIGRATOR))
+    }
+
     async fn applied_versions(&self) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
         applied_versions_in(&mut conn).await
@@ -322,18 +359,19 @@ async fn applied_versions_in(conn: &mut sqlx::SqliteConnection) -> Result<Vec<i6
 
 impl Backend for SqliteStore {
     async fn migrate(&self) -> Result<MigrateReport> {
-        // sqlx takes no lock for SQLite migrations, so two processes migrating a new file at
-        // once both applied the first migration and one failed ("table already exists"). All
-        // migrations run in one `BEGIN EXCLUSIVE` transaction on one connection (each
-        // migration a savepoint inside it): a second migrate waits for the first (up to the
-        // busy timeout), then finds every migration applied.
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN EXCLUSIVE").await?;
-        let before = applied_versions_in(&mut tx).await.unwrap_or_default();
-        MIGRATOR.run(&mut *tx).await?;
-        let after = applied_versions_in(&mut tx).await?;
-        tx.commit().await?;
-        Ok(crate::migrate_report(&before, &after, &MIGRATOR))
+        // SQLite may answer BUSY at once (not after its busy timeout) while another process
+        // migrates a new file: try again until it is done, for as long as a write would wait.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.migrate_once().await {
+                Err(StoreError::Unavailable(m))
+                    if m == crate::error::SQLITE_BUSY && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn check_schema(&self) -> Result<()> {
