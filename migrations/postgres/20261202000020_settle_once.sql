@@ -1,4 +1,4 @@
--- Idempotent settlement (issue 14, item 7). A settlement whose reply is lost may have
+-- Idempotent settlement. A settlement whose reply is lost may have
 -- committed; the SDK then spools the settlement itself, keyed by the reservation id, instead
 -- of tracking the spend as new (which counted it twice). Replayed any number of times, it
 -- counts the spend once:
