@@ -496,27 +496,26 @@ impl BudgetStore for PgStore {
             "SELECT p.agent_id IS NOT NULL AS has_policy, p.per_session_micros, p.per_day_micros, \
                     p.per_session_tokens, p.per_day_tokens, p.max_session_seconds, \
                     s.spent_micros AS s_spent, \
-                    greatest(s.reserved_micros - xs.micros, 0) AS s_reserved, \
+                    greatest(s.reserved_micros - x.s_micros, 0) AS s_reserved, \
                     s.spent_tokens AS s_spent_tokens, \
-                    greatest(s.reserved_tokens - xs.tokens, 0) AS s_reserved_tokens, \
+                    greatest(s.reserved_tokens - x.s_tokens, 0) AS s_reserved_tokens, \
                     (extract(epoch FROM now() - s.started_at) * 1000000)::bigint AS s_age_us, \
                     d.spent_micros AS d_spent, \
-                    greatest(d.reserved_micros - xd.micros, 0) AS d_reserved, \
+                    greatest(d.reserved_micros - x.d_micros, 0) AS d_reserved, \
                     d.spent_tokens AS d_spent_tokens, \
-                    greatest(d.reserved_tokens - xd.tokens, 0) AS d_reserved_tokens \
+                    greatest(d.reserved_tokens - x.d_tokens, 0) AS d_reserved_tokens \
              FROM (SELECT $1::text AS agent_id, ((now() AT TIME ZONE 'UTC')::date) AS today) a \
              LEFT JOIN budget_policies p ON p.agent_id = a.agent_id \
              LEFT JOIN budget_counters s ON s.agent_id = a.agent_id AND s.period = 's:' || $2::text \
              LEFT JOIN budget_counters d ON d.agent_id = a.agent_id \
                  AND d.period = 'd:' || a.today::text \
-             CROSS JOIN LATERAL (SELECT coalesce(sum(x.micros), 0)::bigint AS micros, \
-                     coalesce(sum(x.tokens), 0)::bigint AS tokens FROM budget_reservations x \
-                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL \
-                     AND x.expires_at < now() AND x.session_id = $2::text) xs \
-             CROSS JOIN LATERAL (SELECT coalesce(sum(x.micros), 0)::bigint AS micros, \
-                     coalesce(sum(x.tokens), 0)::bigint AS tokens FROM budget_reservations x \
-                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL \
-                     AND x.expires_at < now() AND x.day = a.today) xd",
+             CROSS JOIN LATERAL (SELECT \
+                     coalesce(sum(x.micros) FILTER (WHERE x.session_id = $2::text), 0)::bigint AS s_micros, \
+                     coalesce(sum(x.tokens) FILTER (WHERE x.session_id = $2::text), 0)::bigint AS s_tokens, \
+                     coalesce(sum(x.micros) FILTER (WHERE x.day = a.today), 0)::bigint AS d_micros, \
+                     coalesce(sum(x.tokens) FILTER (WHERE x.day = a.today), 0)::bigint AS d_tokens \
+                 FROM budget_reservations x \
+                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL AND x.expires_at < now()) x",
         )
         .bind(agent)
         .bind(session)

@@ -562,43 +562,45 @@ impl BudgetStore for SqliteStore {
 
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         let mut conn = self.pool.acquire().await?;
-        // One read transaction, so the counters and the expired holds are one snapshot.
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let day = today();
-        let pol = policy(&mut tx, agent).await?;
-        let mut s = counter(&mut tx, agent, &format!("s:{session}")).await?;
-        let mut d = counter(&mut tx, agent, &format!("d:{day}")).await?;
-        // Holds that expired but were not closed yet (expiry runs inside the next reservation)
-        // are not counted: a crashed holder's reservation stops blocking at its expiry.
-        let now = now_us();
-        let (xs_m, xs_t): (i64, i64) = sqlx::query_as(
-            "SELECT coalesce(sum(micros), 0), coalesce(sum(tokens), 0) FROM budget_reservations \
-             WHERE agent_id = ? AND closed_at IS NULL AND expires_at < ? AND session_id = ?",
+        let pol = policy(&mut conn, agent).await?;
+        // The session and day counters, less the holds that expired but were not closed yet
+        // (expiry runs inside the next reservation): a crashed holder's reservation stops
+        // blocking at its expiry. One statement, so counters and holds are one snapshot.
+        let (s_period, d_period) = (format!("s:{session}"), format!("d:{day}"));
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT c.period, c.spent_micros, \
+                 max(c.reserved_micros - coalesce(x.micros, 0), 0), c.spent_tokens, \
+                 max(c.reserved_tokens - coalesce(x.tokens, 0), 0), c.started_at \
+             FROM budget_counters c \
+             LEFT JOIN (SELECT 's:' || session_id AS period, sum(micros) AS micros, \
+                     sum(tokens) AS tokens FROM budget_reservations \
+                 WHERE agent_id = ?1 AND closed_at IS NULL AND expires_at < ?4 \
+                     AND session_id = ?5 GROUP BY session_id \
+                 UNION ALL SELECT 'd:' || day, sum(micros), sum(tokens) FROM budget_reservations \
+                 WHERE agent_id = ?1 AND closed_at IS NULL AND expires_at < ?4 AND day = ?6 \
+                 GROUP BY day) x ON x.period = c.period \
+             WHERE c.agent_id = ?1 AND c.period IN (?2, ?3)",
         )
         .bind(agent)
-        .bind(now)
+        .bind(&s_period)
+        .bind(&d_period)
+        .bind(now_us())
         .bind(session)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (xd_m, xd_t): (i64, i64) = sqlx::query_as(
-            "SELECT coalesce(sum(micros), 0), coalesce(sum(tokens), 0) FROM budget_reservations \
-             WHERE agent_id = ? AND closed_at IS NULL AND expires_at < ? AND day = ?",
-        )
-        .bind(agent)
-        .bind(now)
         .bind(&day)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
-        tx.rollback().await?;
         drop(conn);
-        let unexpired = |c: &mut Option<Counter>, micros: i64, tokens: i64| {
-            if let Some(c) = c {
-                c.reserved_micros = (c.reserved_micros - micros).max(0);
-                c.reserved_tokens = (c.reserved_tokens - tokens).max(0);
-            }
+        let pick = |period: &str| {
+            rows.iter().find(|r| r.0 == period).map(|r| Counter {
+                spent_micros: r.1,
+                reserved_micros: r.2,
+                spent_tokens: r.3,
+                reserved_tokens: r.4,
+                started_at: r.5,
+            })
         };
-        unexpired(&mut s, xs_m, xs_t);
-        unexpired(&mut d, xd_m, xd_t);
+        let (s, d) = (pick(&s_period), pick(&d_period));
         let policy = match pol {
             Some(p) => {
                 let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
