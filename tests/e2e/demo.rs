@@ -347,8 +347,36 @@ async fn a_second_demo_on_a_taken_port_writes_nothing_and_the_password_is_kept()
     let page = http(&addr, "GET", "/approvals", &[("Cookie", &cookie)], "");
     assert!(page.starts_with("HTTP/1.1 200"), "still signed in: {page}");
     sign_in(&addr, "demo", &password);
-    let _ = first.0.kill();
-    let _ = first.0.wait();
+    // Ctrl-C: the demo stops, and its undecided request does not stay waiting.
+    let pid = first.0.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.0.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM gate_requests WHERE status = 'pending'"
+        )
+        .await,
+        0,
+        "no request is left waiting"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM oversight_decisions WHERE kind = 'gate.denied' \
+             AND operator = 'demo-operator'"
+        )
+        .await,
+        1
+    );
 
     // The next demo that serves reuses the kept password.
     let (_second, again) = serving_demo(&db, &free_addr());

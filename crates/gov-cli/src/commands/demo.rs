@@ -337,6 +337,12 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
 
     // Serve the console, with a demo admin whose password is kept between runs.
     let login = demo_login(&gov, &admin).await;
+    // Whoever stops the demo before deciding its request leaves nothing waiting: the demo's
+    // scripted operator denies it on the way out.
+    let closer = match gates.pending {
+        Some(_) => demo_operator(&gov, &admin).await.ok(),
+        None => None,
+    };
     admin.close().await;
     let (password, kept_in) = match login {
         Ok(l) => l,
@@ -398,6 +404,21 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
         Ok(Ok(Err(e))) => out.warn(format!("workload  stopped: {e}")),
         Ok(_) => {}
         Err(_) => out.warn("workload  did not stop within 10 s"),
+    }
+    if let (Some(id), Some(operator)) = (gates.pending, &closer)
+        && matches!(gov.gates().get(id).await, Ok(r) if r.status == gov_sdk::GateStatus::Pending)
+    {
+        match gov
+            .gates()
+            .deny(operator, id, "the demo stopped before anyone decided")
+            .await
+        {
+            Ok(()) => out
+                .line("approval  the undecided wire_money request was denied as the demo stopped"),
+            Err(e) => out.warn(format!(
+                "approval  the wire_money request stays pending: {e}"
+            )),
+        }
     }
     gov.close().await;
     served?;

@@ -178,10 +178,10 @@ fn render(
                     .join(", ")
             )),
             None => out.line(format!(
-                "{} chain {}: {} events verified",
+                "{} chain {}: {} verified",
                 "ok".green().bold(),
                 c.chain_id,
-                c.events_checked
+                crate::output::plural(c.events_checked, "event", "events")
             )),
             Some(f) => out.line(format!(
                 "{} chain {}: first bad seq {} ({})",
