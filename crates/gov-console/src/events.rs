@@ -46,8 +46,10 @@ pub(crate) struct Live {
 pub(crate) struct Broadcaster {
     tx: broadcast::Sender<Live>,
     chain: Arc<str>,
-    /// The seq of the last event broadcast (0 before the first).
+    /// The seq of the last event broadcast, or of the head the feed started after.
     last: Arc<AtomicI64>,
+    /// True once the feed follows the chain from a known seq (`last`).
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Broadcaster {
@@ -58,9 +60,27 @@ impl Broadcaster {
         let last = Arc::new(AtomicI64::new(0));
         let chain_name: Arc<str> = chain.clone().into();
         let seen = last.clone();
+        let (started, ready) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut after: Option<i64> = None;
             loop {
+                // Start after a head read here, so `last` says exactly where the feed begins:
+                // a subscriber catches up from the database to there, never from 0 and never
+                // past an event the feed will not send.
+                if after.is_none() {
+                    match gov.audit().head(&chain).await {
+                        Ok(h) => {
+                            let h = h.map_or(0, |h| h.seq);
+                            after = Some(h);
+                            seen.fetch_max(h, Ordering::AcqRel);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live events: cannot read the chain's head yet");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
                 let filter = EventFilter {
                     chain_id: chain.parse().ok(),
                     after_seq: after,
@@ -68,6 +88,7 @@ impl Broadcaster {
                 };
                 match gov.audit().tail(filter).await {
                     Ok(mut tail) => loop {
+                        started.send_if_modified(|r| !std::mem::replace(r, true));
                         match tail.next().await {
                             Ok(r) => {
                                 after = Some(r.seq);
@@ -98,7 +119,14 @@ impl Broadcaster {
             tx,
             chain: chain_name,
             last,
+            ready,
         }
+    }
+
+    /// Waits (at most a few seconds) until the feed follows the chain from a known seq.
+    pub(crate) async fn ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
     }
 
     /// A new subscription, and the seq of the last event broadcast before it (read first, so
@@ -247,6 +275,7 @@ pub(crate) async fn stream(
     headers: HeaderMap,
     Query(f): Query<LiveFilter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    state.events.ready().await;
     let (feed, head) = state.events.subscribe();
     let chain = state.events.chain.clone();
     let last = resume_after(&headers, &chain).unwrap_or(head);
