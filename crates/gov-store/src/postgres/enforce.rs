@@ -170,18 +170,13 @@ impl EnforceStore for PgStore {
             other => other,
         })?;
         let event = if changed { events.0 } else { events.1 };
-        super::gates::insert_oversight(&mut tx, event, s.operator, None, s.reason).await?;
-        let sealed = super::heads::Recording::new(seal);
-        super::audit::append_in(
-            &mut tx,
-            event.chain_id.as_str(),
-            key_id,
-            std::slice::from_ref(event),
-            &|row| sealed.seal(row),
-        )
-        .await?;
-        tx.commit().await?;
-        self.heads.committed(event.chain_id.as_str(), sealed.last());
+        let oversight = super::gates::Oversight {
+            operator: s.operator,
+            request_id: None,
+            reason: s.reason,
+        };
+        self.commit_oversight(tx, event, &oversight, key_id, seal)
+            .await?;
         Ok(changed)
     }
 

@@ -199,18 +199,13 @@ impl GateStore for PgStore {
             tx.rollback().await?;
             return Ok(outcome);
         }
-        insert_oversight(&mut tx, event, d.operator, Some(d.id), d.reason).await?;
-        let sealed = super::heads::Recording::new(seal);
-        super::audit::append_in(
-            &mut tx,
-            event.chain_id.as_str(),
-            key_id,
-            std::slice::from_ref(event),
-            &|row| sealed.seal(row),
-        )
-        .await?;
-        tx.commit().await?;
-        self.heads.committed(event.chain_id.as_str(), sealed.last());
+        let oversight = Oversight {
+            operator: d.operator,
+            request_id: Some(d.id),
+            reason: d.reason,
+        };
+        self.commit_oversight(tx, event, &oversight, key_id, seal)
+            .await?;
         Ok(outcome)
     }
 
@@ -235,9 +230,43 @@ impl GateStore for PgStore {
     }
 }
 
+/// Who decided what, for [`PgStore::commit_oversight`].
+pub(crate) struct Oversight<'a> {
+    pub(crate) operator: &'a str,
+    pub(crate) request_id: Option<Uuid>,
+    pub(crate) reason: &'a str,
+}
+
+impl PgStore {
+    /// Finishes an operator path's transaction: the oversight record backing `event`, then
+    /// `event` sealed onto its chain, then the commit (and the head cache).
+    pub(crate) async fn commit_oversight(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        event: &AuditEvent,
+        o: &Oversight<'_>,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<()> {
+        insert_oversight(&mut tx, event, o.operator, o.request_id, o.reason).await?;
+        let sealed = super::heads::Recording::new(seal);
+        super::audit::append_in(
+            &mut tx,
+            event.chain_id.as_str(),
+            key_id,
+            std::slice::from_ref(event),
+            &|row| sealed.seal(row),
+        )
+        .await?;
+        tx.commit().await?;
+        self.heads.committed(event.chain_id.as_str(), sealed.last());
+        Ok(())
+    }
+}
+
 /// Writes the oversight record backing `event` (a decision, halt or resume by `operator`) in the
 /// operator path's transaction. The application role has no INSERT on the table.
-pub(crate) async fn insert_oversight(
+async fn insert_oversight(
     conn: &mut sqlx::PgConnection,
     event: &AuditEvent,
     operator: &str,
