@@ -72,6 +72,10 @@ pub struct Config {
     /// (`$XDG_STATE_HOME` or `~/.local/state` on Linux). After `connect`, the folder in use
     /// (`None` when spooling is off). It must be private to the user (docs/storage.md).
     pub spool_dir: Option<std::path::PathBuf>,
+    /// The longest an observation (an audit event, tracked spend, a gate request) waits for
+    /// storage before it is spooled instead (default 5 s; only with the spool on). A write
+    /// that answers later is not written twice: the replay skips what storage already holds.
+    pub observation_deadline: Duration,
     /// Chains whose head `connect` checks this handle may append to (default: `default`).
     /// Every other chain is checked before the handle's first append to it.
     pub chains_checked_on_connect: Vec<String>,
@@ -92,6 +96,7 @@ impl Default for Config {
             llm: LlmConfig::default(),
             spool: true,
             spool_dir: None,
+            observation_deadline: Duration::from_secs(5),
             chains_checked_on_connect: vec![gov_core::ChainId::default().as_str().to_owned()],
         }
     }
@@ -242,6 +247,13 @@ impl GovernanceBuilder {
     /// How long to wait for a connection before storage counts as unavailable (default 5 s).
     pub fn acquire_timeout(mut self, d: Duration) -> Self {
         self.config.store.acquire_timeout = d;
+        self
+    }
+
+    /// The longest an observation waits for storage before it is spooled (default 5 s; see
+    /// [`Config::observation_deadline`]).
+    pub fn observation_deadline(mut self, d: Duration) -> Self {
+        self.config.observation_deadline = d.max(Duration::from_millis(1));
         self
     }
 
@@ -462,6 +474,7 @@ impl GovernanceBuilder {
                     .map(|p| (p.chain_key().key_id().to_owned(), p.spool_key())),
             ),
             max_batch: config.audit.max_batch_events,
+            deadline: config.observation_deadline,
         })?;
         let spool_task = spool.shared();
         let shared = std::sync::Arc::new(crate::notify::Shared::default());

@@ -10,7 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 /// Forwards connections on a local port to a target; [`Proxy::cut`] drops every connection
-/// and refuses new ones (accepted, then closed at once) until [`Proxy::restore`].
+/// and refuses new ones (accepted, then closed at once) until [`Proxy::restore`];
+/// [`Proxy::stall`] keeps every connection open but forwards nothing either way (a partition,
+/// a frozen server) until [`Proxy::resume`].
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
@@ -18,6 +20,13 @@ pub struct Proxy {
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
     trap: Arc<Trap>,
+    stalled: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Waits until the proxy is not stalled.
+async fn flowing(stalled: &mut tokio::sync::watch::Receiver<bool>) {
+    // The sender lives as long as the proxy, which outlives its connections.
+    let _ = stalled.wait_for(|s| !*s).await;
 }
 
 /// A one-shot trap on replies: the next chunk the server sends that contains `pattern` is
@@ -45,7 +54,13 @@ impl Trap {
 }
 
 /// Forwards one connection both ways until either side closes or the trap springs.
-async fn forward(mut client: TcpStream, target: SocketAddr, trap: Arc<Trap>) {
+async fn forward(
+    mut client: TcpStream,
+    target: SocketAddr,
+    trap: Arc<Trap>,
+    stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    flowing(&mut stalled.clone()).await;
     let Ok(mut server) = TcpStream::connect(target).await else {
         return;
     };
@@ -54,21 +69,36 @@ async fn forward(mut client: TcpStream, target: SocketAddr, trap: Arc<Trap>) {
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    let up = tokio::io::copy(&mut cr, &mut sw);
+    let up = async {
+        let mut stalled = stalled.clone();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            flowing(&mut stalled).await;
+            if sw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
     let down = async {
+        let mut stalled = stalled.clone();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match sr.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            flowing(&mut stalled).await;
             if trap.springs(&buf[..n]) || cw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
         }
     };
     tokio::select! {
-        _ = up => {}
+        () = up => {}
         () = down => {}
     }
 }
@@ -100,8 +130,10 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let trap: Arc<Trap> = Arc::default();
+        let stalled = Arc::new(tokio::sync::watch::Sender::new(false));
         let accept = {
             let (cut, conns, trap) = (cut.clone(), conns.clone(), trap.clone());
+            let stalled = stalled.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -111,7 +143,8 @@ impl Proxy {
                         drop(client);
                         continue;
                     }
-                    let task = tokio::spawn(forward(client, target, trap.clone()));
+                    let task =
+                        tokio::spawn(forward(client, target, trap.clone(), stalled.subscribe()));
                     let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
                     c.retain(|h| !h.is_finished());
                     c.push(task.abort_handle());
@@ -125,7 +158,19 @@ impl Proxy {
             conns,
             accept,
             trap,
+            stalled,
         }
+    }
+
+    /// Stops forwarding, both ways, on every connection, without closing any (and holds new
+    /// ones the same way): the client's requests go unanswered until [`Self::resume`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Forwards again what a [`Self::stall`] held, and everything after.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Arms a one-shot trap: the next reply chunk from the server that contains `pattern`

@@ -191,6 +191,8 @@ pub(crate) struct Setup {
     pub(crate) instance: Option<gov_store::Instance>,
     pub(crate) keys: format::Keys,
     pub(crate) max_batch: usize,
+    /// The longest a write to storage may take before its record is spooled instead.
+    pub(crate) deadline: Duration,
 }
 
 /// The spool of one handle (or none, for a handle that never spools).
@@ -208,6 +210,8 @@ pub(crate) struct Shared {
     db: String,
     keys: format::Keys,
     max_batch: usize,
+    /// See [`Setup::deadline`].
+    deadline: Duration,
     state: Mutex<State>,
     len: AtomicUsize,
     /// Storage was last found out of reach: new records are spooled at once.
@@ -267,6 +271,7 @@ impl Spool {
             db,
             keys: setup.keys,
             max_batch: setup.max_batch.max(1),
+            deadline: setup.deadline,
             state: Mutex::new(State::default()),
             len: AtomicUsize::new(0),
             down: AtomicBool::new(false),
@@ -316,7 +321,7 @@ impl Spool {
             return apply_one(gov, &record).await.map(Ack::Durable);
         };
         if sh.len.load(Ordering::Acquire) == 0 && !sh.stopped.load(Ordering::Acquire) {
-            return match apply_one(gov, &record).await {
+            return match sh.in_time(apply_one(gov, &record)).await {
                 Ok(a) => Ok(Ack::Durable(a)),
                 Err(e) if transient(&e) => sh.spool_after(record, e).await,
                 Err(e) => Err(e),
@@ -453,6 +458,24 @@ async fn apply_batch(
 }
 
 impl Shared {
+    /// Runs a write to storage within the deadline; past it, the write counts as storage out
+    /// of reach (an audit event still queued in its chain's writer may land later: the
+    /// replay checks what is stored before writing again, and event ids are unique).
+    async fn in_time<T>(
+        &self,
+        write: impl std::future::Future<Output = crate::Result<T>>,
+    ) -> crate::Result<T> {
+        match tokio::time::timeout(self.deadline, write).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Store(Arc::new(gov_store::StoreError::Unavailable(
+                format!(
+                    "storage did not answer within {} ms (the observation deadline)",
+                    self.deadline.as_millis()
+                ),
+            )))),
+        }
+    }
+
     fn store_len(&self, st: &State) {
         self.len.store(st.queue.len(), Ordering::Release);
     }
@@ -785,7 +808,7 @@ impl Shared {
                 )
             };
             let n = records.len();
-            match apply_batch(gov, records, maybe_applied).await {
+            match self.in_time(apply_batch(gov, records, maybe_applied)).await {
                 Ok(landed) => {
                     dir::fault("replay-committed");
                     lock(&self.state).solo = false;
@@ -1073,7 +1096,8 @@ pub(crate) async fn run(gov: std::sync::Weak<crate::Inner>, sh: Arc<Shared>) {
         }
         if sh.down.load(Ordering::Acquire) {
             let probe = Instant::now();
-            if let Err(e) = g.inner.store.ping().await {
+            let ping = async { g.inner.store.ping().await.map_err(Error::from) };
+            if let Err(e) = sh.in_time(ping).await {
                 tracing::debug!(error = %e, took_ms = probe.elapsed().as_millis() as u64, "storage still out of reach");
                 continue;
             }
@@ -1117,6 +1141,7 @@ mod tests {
                 [],
             ),
             max_batch: 1_000,
+            deadline: Duration::from_secs(5),
         }
     }
 

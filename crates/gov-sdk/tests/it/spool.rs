@@ -711,9 +711,13 @@ async fn a_torn_last_line_costs_that_record_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loaded_process_returns_to_durable_writes_soon_after_an_outage() {
     const TASKS: usize = 64;
-    // `RUST_LOG=gov_sdk=info` shows the spool's own account of the outage.
+    // The spool's own account of the outage is printed if the test fails (`RUST_LOG` to choose).
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("gov_sdk=info,gov_audit=warn")
+            }),
+        )
         .with_test_writer()
         .try_init();
     let db = TestStore::new(TestBackend::Postgres).await;
@@ -729,11 +733,12 @@ async fn a_loaded_process_returns_to_durable_writes_soon_after_an_outage() {
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
     // Each task logs in a loop and keeps (n, event id, durable?, when) for what was acknowledged.
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
-            let (gov, stop) = (gov.clone(), stop.clone());
+            let (gov, stop, answered) = (gov.clone(), stop.clone(), answered.clone());
             tokio::spawn(async move {
                 let agent = format!("task-{t}");
                 let mut acked = Vec::new();
@@ -745,6 +750,7 @@ async fn a_loaded_process_returns_to_durable_writes_soon_after_an_outage() {
                         .await
                         .expect("log never fails");
                     acked.push((n, at.event_id(), at.seq().is_some(), start.elapsed()));
+                    answered.fetch_add(1, Ordering::AcqRel);
                     n += 1;
                 }
                 acked
@@ -765,14 +771,16 @@ async fn a_loaded_process_returns_to_durable_writes_soon_after_an_outage() {
     proxy.restore();
     // The tasks keep logging until the spool has emptied and two more seconds have passed (a
     // generous bound: a process that never converges fails here, after a minute).
+    let answered_then = answered.load(Ordering::Acquire);
     let drained_at = loop {
         if gov.audit().spooled() == 0 {
             break start.elapsed();
         }
         assert!(
             start.elapsed() < restored_again_at + Duration::from_secs(60),
-            "the spool never emptied while the tasks kept logging: {} records wait",
-            gov.audit().spooled()
+            "the spool never emptied while the tasks kept logging: {} records wait; {} calls answered since the last restore",
+            gov.audit().spooled(),
+            answered.load(Ordering::Acquire) - answered_then,
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
@@ -842,5 +850,90 @@ async fn a_loaded_process_returns_to_durable_writes_soon_after_an_outage() {
         }
     }
     assert!(gov.audit().verify_chain().await.unwrap().is_clean());
+    gov.close().await;
+}
+
+/// Storage that stops answering without closing anything (a partition, a frozen server):
+/// every `log()` returns `Spooled` once the observation deadline passes instead of waiting for
+/// ever, and once storage answers again every event is stored once, in order. A write that was
+/// only late lands on its own and its spooled copy is not written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_that_stops_answering_spools_once_the_deadline_passes() {
+    const TASKS: usize = 8;
+    const EACH: u64 = 5;
+    let db = TestStore::new(TestBackend::Postgres).await;
+    let root = TempDir::new("stall");
+    let (proxy, through) = Proxy::for_url(&db.app_url()).await;
+    let gov = Governance::builder()
+        .database_url(&through)
+        .audit_secret(SECRET)
+        .spool_dir(&root.0)
+        .acquire_timeout(Duration::from_millis(500))
+        .observation_deadline(Duration::from_millis(300))
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .unwrap();
+    let first = gov.audit().log(event("before", 0)).await.unwrap();
+    assert!(first.seq().is_some(), "durable while storage answers");
+
+    proxy.stall();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let gov = gov.clone();
+            tokio::spawn(async move {
+                let agent = format!("stalled-{t}");
+                let mut acked = Vec::new();
+                for n in 0..EACH {
+                    let at = gov
+                        .audit()
+                        .log(event(&agent, n))
+                        .await
+                        .expect("log never fails");
+                    acked.push((at.event_id(), at.seq().is_some()));
+                }
+                acked
+            })
+        })
+        .collect();
+    // A liveness bound, not a timing check: without a deadline these calls never return.
+    let acked = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    })
+    .await
+    .expect("every log() returned while storage was silent");
+    assert_eq!(acked.len(), TASKS * EACH as usize);
+    assert!(
+        acked.iter().all(|(_, durable)| !durable),
+        "nothing can be durable while storage is silent: every call was spooled"
+    );
+    assert!(gov.audit().spooled() > 0);
+
+    proxy.resume();
+    drained(&gov, Duration::from_secs(60)).await;
+    let rows = all_rows(&gov).await;
+    let mut seen: HashMap<gov_sdk::EventId, usize> = HashMap::new();
+    for r in &rows {
+        *seen.entry(r.event_id).or_default() += 1;
+    }
+    assert!(seen.values().all(|c| *c == 1), "no event twice: {seen:?}");
+    for (id, _) in &acked {
+        assert_eq!(seen.get(id), Some(&1), "acknowledged event {id} is stored");
+    }
+    let mut last_n: HashMap<&str, u64> = HashMap::new();
+    for r in &rows {
+        let n = r.payload_json().unwrap()["n"].as_u64().unwrap();
+        if let Some(prev) = last_n.insert(r.agent_id.as_str(), n) {
+            assert!(n > prev, "{}: event {n} after {prev}", r.agent_id);
+        }
+    }
+    assert!(gov.audit().verify_chain().await.unwrap().is_clean());
+    // Durable again.
+    let after = gov.audit().log(event("after", 0)).await.unwrap();
+    assert!(after.seq().is_some(), "durable once storage answers again");
     gov.close().await;
 }
