@@ -15,6 +15,7 @@ mod llm;
 mod privileges;
 mod resilience;
 mod rotation;
+mod rules;
 mod sessions;
 mod signatures;
 mod spool;
