@@ -16,6 +16,7 @@ mod privileges;
 mod resilience;
 mod rotation;
 mod rules;
+mod schema;
 mod sessions;
 mod signatures;
 mod spool;
