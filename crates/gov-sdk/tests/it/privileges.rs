@@ -308,9 +308,11 @@ async fn approved(db: &TestDb, token_expires: &str) -> sqlx::PgConnection {
     )))
     .execute(&pool)
     .await
-    .unwrap();
+    .expect("an approved request");
     pool.close().await;
-    sqlx::PgConnection::connect(&db.app_url()).await.unwrap()
+    sqlx::PgConnection::connect(&db.app_url())
+        .await
+        .expect("connect as the app role")
 }
 
 async fn consume_sql(conn: &mut sqlx::PgConnection, args: &str) -> String {
@@ -319,7 +321,7 @@ async fn consume_sql(conn: &mut sqlx::PgConnection, args: &str) -> String {
     )))
     .fetch_one(conn)
     .await
-    .unwrap()
+    .expect("governance_consume")
 }
 
 /// The application role calls `governance_consume` directly, presenting NULL for the token
