@@ -6,6 +6,9 @@
 //! - `ci`: fmt check, clippy, rustdoc with warnings denied, tidy, README's quick start
 //!   (`governance demo --no-serve`), then `test` in the same private home, which the suite must
 //!   leave as the quick start left it.
+//! - `schema`: writes `migrations/postgres/schema.sql`, the current body of every Postgres
+//!   function after all migrations (the test `schema::the_function_snapshot_is_current` checks
+//!   it; tidy checks that it exists).
 //! - `tidy`: repository rules (dependency graph, module docs, no ignored tests, documented
 //!   configuration).
 
@@ -24,9 +27,10 @@ fn main() -> Result<()> {
         "test" => test(&rest),
         "bench" => bench(&rest),
         "ci" => ci(),
+        "schema" => schema(),
         "tidy" => tidy::run(),
         _ => {
-            eprintln!("usage: cargo xtask <test [ARGS] | bench | ci | tidy>");
+            eprintln!("usage: cargo xtask <test [ARGS] | bench | ci | schema | tidy>");
             bail!("unknown task {task:?}")
         }
     }
@@ -53,6 +57,27 @@ fn has_nextest() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Writes `migrations/postgres/schema.sql` from a freshly migrated database: the snapshot test
+/// run with `XTASK_WRITE_SCHEMA=1`.
+fn schema() -> Result<()> {
+    let server = pg::Server::find_or_start()?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "gov-sdk",
+        "--test",
+        "it",
+        "--",
+        "--exact",
+        "schema::the_function_snapshot_is_current",
+    ])
+    .env(pg::ENV_TEST_URL, server.url())
+    .env("XTASK_WRITE_SCHEMA", "1");
+    Hermetic::new()?.apply(&mut cmd)?;
+    run(&mut cmd)
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -78,6 +78,13 @@ fn problems() -> Vec<String> {
         }
     }
 
+    // The snapshot of the Postgres functions (`cargo xtask schema`); the test
+    // `schema::the_function_snapshot_is_current` checks that it is current.
+    if !root.join("migrations/postgres/schema.sql").is_file() {
+        problems
+            .push("migrations/postgres/schema.sql is missing: run `cargo xtask schema`".to_owned());
+    }
+
     let mut files = Vec::new();
     for dir in ["crates", "xtask", "tests"] {
         rust_files(&root.join(dir), &mut files);

@@ -1,4 +1,5 @@
-//! Budget policies and the reasons a budget refuses. The atomic arithmetic runs in storage.
+//! Budget policies and the reasons a budget refuses. The rules are in [`crate::rules`]; the
+//! atomic arithmetic runs in storage.
 
 use std::time::Duration;
 
@@ -164,49 +165,21 @@ pub struct BudgetStatus {
 }
 
 impl BudgetStatus {
-    /// The first cap with no headroom left, if any.
+    /// The first cap with no headroom left, if any: the budget check's rule
+    /// ([`crate::rules::check_caps`]) asking for one micro-USD and one token.
     pub fn exhausted(&self) -> Option<BudgetRefusal> {
-        let Some(p) = &self.policy else {
-            return None;
-        };
-        let used = |c: &BudgetCounter| c.spent.0 + c.reserved.0;
-        let used_tokens = |c: &BudgetCounter| c.spent_tokens + c.reserved_tokens;
-        let refuse = |denial, cap: i64, used: i64| {
-            (used >= cap).then_some(BudgetRefusal {
-                denial,
-                cap: Some(cap),
-                used: Some(used),
-            })
-        };
-        if let (Some(max), Some(age)) = (p.max_session_duration, self.session_age)
-            && age > max
-        {
-            return Some(BudgetRefusal {
-                denial: BudgetDenial::SessionExpired,
-                cap: Some(i64::try_from(max.as_secs()).unwrap_or(i64::MAX)),
-                used: Some(i64::try_from(age.as_secs()).unwrap_or(i64::MAX)),
-            });
-        }
-        let tok = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
-        p.per_session
-            .and_then(|c| refuse(BudgetDenial::SessionUsd, c.0, used(&self.session)))
-            .or_else(|| {
-                p.per_day
-                    .and_then(|c| refuse(BudgetDenial::DayUsd, c.0, used(&self.day)))
-            })
-            .or_else(|| {
-                p.per_session_tokens.and_then(|c| {
-                    refuse(
-                        BudgetDenial::SessionTokens,
-                        tok(c),
-                        used_tokens(&self.session),
-                    )
-                })
-            })
-            .or_else(|| {
-                p.per_day_tokens
-                    .and_then(|c| refuse(BudgetDenial::DayTokens, tok(c), used_tokens(&self.day)))
-            })
+        let policy = self.policy.as_ref()?;
+        let age = self.session_age.map(crate::rules::micros);
+        crate::rules::check_caps(
+            &crate::rules::Caps::of(policy),
+            &self.session,
+            age.map(|_| 0),
+            &self.day,
+            age.unwrap_or(0),
+            1,
+            1,
+        )
+        .err()
     }
 }
 

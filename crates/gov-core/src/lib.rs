@@ -14,6 +14,7 @@ mod ids;
 mod presence;
 mod pricing;
 mod record;
+pub mod rules;
 mod scope;
 
 pub use action::action_hash;

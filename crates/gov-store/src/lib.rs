@@ -25,8 +25,8 @@ pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
 pub use types::{
-    Decision, HaltSwitch, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
-    Reserve,
+    Clock, Decision, HaltSwitch, NewSession, OperatorChange, OperatorRecord, OversightRecord,
+    Privileges, Reserve,
 };
 
 use backend::{
@@ -129,6 +129,9 @@ pub struct StoreOptions {
     /// not exist (default false: a mistyped path is an error, not a new empty database).
     /// Postgres databases are never created by connecting.
     pub create_if_missing: bool,
+    /// The clock the enforcement rules run on (default: the system clock; tests set a manual
+    /// one to control expiry).
+    pub clock: Clock,
 }
 
 impl Default for StoreOptions {
@@ -138,6 +141,7 @@ impl Default for StoreOptions {
             acquire_timeout: Duration::from_secs(5),
             application_name: "governance".to_owned(),
             create_if_missing: false,
+            clock: Clock::system(),
         }
     }
 }

@@ -153,3 +153,78 @@ impl Privileges {
             || self.can_truncate)
     }
 }
+
+/// The clock the enforcement rules run on (reservation expiry, session age, the UTC day, gate
+/// and approval expiry): read once per operation and passed to the rule, on SQLite to
+/// `gov_core::rules` and on Postgres as the functions' `p_now`, so both backends decide on the
+/// same clock. The system clock unless a test sets a manual one ([`Clock::manual`]), which
+/// every clone shares.
+#[derive(Clone, Default)]
+pub struct Clock(Option<std::sync::Arc<std::sync::atomic::AtomicI64>>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(None)
+    }
+
+    /// A clock that stands still at `start` until moved ([`Clock::advance`], [`Clock::set`]).
+    pub fn manual(start: OffsetDateTime) -> Self {
+        Self(Some(std::sync::Arc::new(
+            std::sync::atomic::AtomicI64::new(to_micros(start)),
+        )))
+    }
+
+    /// Now, as microseconds since the Unix epoch.
+    pub fn now_us(&self) -> i64 {
+        match &self.0 {
+            Some(t) => t.load(std::sync::atomic::Ordering::SeqCst),
+            None => to_micros(OffsetDateTime::now_utc()),
+        }
+    }
+
+    /// Now.
+    pub fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.now_us()) * 1000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Moves a manual clock forward; the system clock cannot be moved (returns false).
+    pub fn advance(&self, d: Duration) -> bool {
+        match &self.0 {
+            Some(t) => {
+                t.fetch_add(
+                    gov_core::rules::micros(d),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets a manual clock; the system clock cannot be set (returns false).
+    pub fn set(&self, to: OffsetDateTime) -> bool {
+        match &self.0 {
+            Some(t) => {
+                t.store(to_micros(to), std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(_) => write!(f, "Clock::manual({})", self.now_us()),
+            None => f.write_str("Clock::system"),
+        }
+    }
+}
+
+/// A time as microseconds since the Unix epoch (saturating).
+fn to_micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}

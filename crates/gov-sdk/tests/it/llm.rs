@@ -1857,8 +1857,8 @@ async fn reserve_logged_sql(
 ) -> (String, Option<String>, Option<i64>) {
     sqlx::query_as(
         "SELECT outcome, reason, cur_seq FROM governance_reserve_logged(gen_random_uuid(), $1, \
-             $2, 'gpt-test', 203, 103, 600, false, $3, $4, $5, gen_random_uuid(), now(), $1, $2, \
-             'llm.request', NULL, NULL, '{}', 'k1', $6, NULL, NULL, 'unsigned')",
+             $2, 'gpt-test', 203, 103, 600000000, false, $3, $4, $5, gen_random_uuid(), now(), $1, $2, \
+             'llm.request', NULL, NULL, '{}', 'k1', $6, NULL, NULL, 'unsigned', now())",
     )
     .bind(AGENT)
     .bind(SESSION)
@@ -1914,8 +1914,8 @@ async fn the_one_statement_functions_change_nothing_on_a_stale_head_or_a_refusal
     // A stale head (caught before reserving): nothing changes; the current head comes back.
     let row: (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
         "SELECT outcome, cur_seq, cur_hmac FROM governance_reserve_logged(gen_random_uuid(), \
-         $1, $2, 'gpt-test', 1, 1, 600, false, 'c', 0, $3, gen_random_uuid(), now(), $1, $2, \
-         'llm.request', NULL, NULL, '{}', 'k1', $4, NULL, NULL, 'unsigned')",
+         $1, $2, 'gpt-test', 1, 1, 600000000, false, 'c', 0, $3, gen_random_uuid(), now(), $1, \
+         $2, 'llm.request', NULL, NULL, '{}', 'k1', $4, NULL, NULL, 'unsigned', now())",
     )
     .bind(AGENT)
     .bind(SESSION)
@@ -1944,7 +1944,7 @@ async fn the_one_statement_functions_change_nothing_on_a_stale_head_or_a_refusal
             let row: (Option<String>, Option<i64>) = sqlx::query_as(
                 "SELECT outcome, cur_seq FROM governance_settle_logged($1::uuid, 48, 10, 20, 4, \
                  false, 'c', $2, $3, gen_random_uuid(), now(), $4, $5, 'llm.response', NULL, \
-                 NULL, '{}', 'k1', $6, NULL, NULL, 'unsigned')",
+                 NULL, '{}', 'k1', $6, NULL, NULL, 'unsigned', now())",
             )
             .bind(&id)
             .bind(expect)

@@ -15,6 +15,8 @@ mod llm;
 mod privileges;
 mod resilience;
 mod rotation;
+mod rules;
+mod schema;
 mod sessions;
 mod signatures;
 mod spool;

@@ -46,7 +46,7 @@ async fn the_app_role_can_append_and_read_but_never_change_or_remove() {
         "UPDATE agent_presence SET halted = false",
         "SELECT governance_resume('a', 'me')",
         "UPDATE gate_requests SET status = 'approved'",
-        "SELECT governance_decide(gen_random_uuid(), 'me', true, 'x', NULL, NULL)",
+        "SELECT governance_decide(gen_random_uuid(), 'me', true, 'x', NULL, NULL, now())",
         "SELECT * FROM operators",
         // No temporary objects, nothing new in the schema: nothing to shadow the owner's with.
         "CREATE TEMP TABLE gate_requests (id uuid)",
@@ -287,10 +287,98 @@ async fn a_temporary_table_cannot_stand_in_for_the_real_one() {
     }
     let outcome: String = sqlx::query_scalar(
         "SELECT governance_consume('00000000-0000-0000-0000-000000000001', sha256('t'), \
-             sha256('x'), 'a', NULL)",
+             sha256('x'), 'a', NULL, now())",
     )
     .fetch_one(&mut conn)
     .await
     .unwrap();
     assert_eq!(outcome, "unknown_request");
+}
+
+/// An approved request (id ...02, agent `a`, no session, action sha256('x'), token sha256('t'))
+/// whose approval expires at `token_expires` (SQL), written as the owner; then the application
+/// role's connection.
+async fn approved(db: &TestDb, token_expires: &str) -> sqlx::PgConnection {
+    let pool = db.admin_pool().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO gate_requests (id, agent_id, tool, action_hash, args, requested_at, \
+             expires_at, status, decided_by, token_hash, token_expires_at) VALUES \
+             ('00000000-0000-0000-0000-000000000002', 'a', 'wire', sha256('x'), '{{}}', now(), \
+             now() + interval '1 hour', 'approved', 'alice', sha256('t'), {token_expires})"
+    )))
+    .execute(&pool)
+    .await
+    .expect("an approved request");
+    pool.close().await;
+    sqlx::PgConnection::connect(&db.app_url())
+        .await
+        .expect("connect as the app role")
+}
+
+async fn consume_sql(conn: &mut sqlx::PgConnection, args: &str) -> String {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT governance_consume('00000000-0000-0000-0000-000000000002', {args})"
+    )))
+    .fetch_one(conn)
+    .await
+    .expect("governance_consume")
+}
+
+/// The application role calls `governance_consume` directly, presenting NULL for the token
+/// (or the action): `<>` with a NULL is NULL, which the function once took as a match and
+/// spent the approval without its token. Every NULL is refused, and the approval stays
+/// spendable by its token.
+#[tokio::test]
+async fn a_null_token_or_action_never_spends_an_approval() {
+    let db = TestDb::new().await;
+    let mut conn = approved(&db, "now() + interval '1 hour'").await;
+    for (args, refusal) in [
+        ("NULL, sha256('x'), 'a', NULL, now()", "bad_token"),
+        ("sha256('t'), NULL, 'a', NULL, now()", "wrong_action"),
+        ("sha256('t'), sha256('x'), NULL, NULL, now()", "wrong_agent"),
+    ] {
+        assert_eq!(consume_sql(&mut conn, args).await, refusal, "{args}");
+    }
+    assert_eq!(
+        consume_sql(&mut conn, "sha256('t'), sha256('x'), 'a', NULL, now()").await,
+        "ok"
+    );
+}
+
+/// The caller's clock decides expiry, but across the privilege boundary the database's clock
+/// is a floor: the application role cannot stretch an approval that expired an hour ago by
+/// passing yesterday as the time.
+#[tokio::test]
+async fn an_old_caller_time_cannot_stretch_an_approval() {
+    let db = TestDb::new().await;
+    let mut conn = approved(&db, "now() - interval '1 hour'").await;
+    assert_eq!(
+        consume_sql(
+            &mut conn,
+            "sha256('t'), sha256('x'), 'a', NULL, now() - interval '1 day'"
+        )
+        .await,
+        "expired"
+    );
+}
+
+/// The approval token's hash is compared as SHA-256 digests of both sides (docs/security.md),
+/// never with `<>` on the stored hash itself, whose timing could tell an attacker how much of
+/// a guess matches.
+#[tokio::test]
+async fn the_token_is_compared_by_digest() {
+    let db = TestDb::new().await;
+    let pool = db.admin_pool().await;
+    let body: String = sqlx::query_scalar(
+        "SELECT pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.proname = 'governance_consume'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(
+        body.contains("sha256(r.token_hash) <> sha256(p_token_hash)"),
+        "{body}"
+    );
+    assert!(!body.contains("r.token_hash <> p_token_hash"), "{body}");
 }

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use gov_core::rules;
 use gov_core::{
     AgentId, AuditEvent, AuditRecord, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal,
     BudgetStatus, MicroUsd, ModelUsage, TokenUsage, ZERO_HMAC,
@@ -172,7 +173,7 @@ impl PgStore {
         // language=PostgreSQL
         let (ok, reason, cap, used, seq, hmac): ReserveRow = sqlx::query_as(
             "SELECT r.ok, r.reason, r.cap, r.used, h.seq, h.head_hmac \
-             FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8) AS r \
+             FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8, $10) AS r \
              LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
                  WHERE chain_id = $9 AND r.ok FOR UPDATE) AS h ON true",
         )
@@ -182,9 +183,10 @@ impl PgStore {
         .bind(r.model)
         .bind(r.micros)
         .bind(r.tokens)
-        .bind(to_i64(r.ttl.as_secs().max(1)))
+        .bind(rules::reservation_ttl_micros(r.ttl))
         .bind(r.allow_unbudgeted)
         .bind(chain)
+        .bind(self.clock.now())
         .fetch_one(&mut *tx)
         .await?;
         if !ok {
@@ -214,7 +216,7 @@ impl PgStore {
         // language=PostgreSQL
         let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
             "SELECT s.outcome, h.seq, h.head_hmac \
-             FROM governance_settle($1, $2, $3, $4, $5, $6) AS s(outcome) \
+             FROM governance_settle($1, $2, $3, $4, $5, $6, $8) AS s(outcome) \
              LEFT JOIN LATERAL (SELECT seq, head_hmac FROM chain_heads \
                  WHERE chain_id = $7 AND s.outcome IS NOT NULL FOR UPDATE) AS h ON true",
         )
@@ -225,6 +227,7 @@ impl PgStore {
         .bind(to_i64(usage.cached_input_tokens))
         .bind(release)
         .bind(chain)
+        .bind(self.clock.now())
         .fetch_one(&mut *tx)
         .await?;
         let seq = self
@@ -296,15 +299,16 @@ impl BudgetStore for PgStore {
     async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
         // language=PostgreSQL
         let (ok, reason, cap, used): (bool, Option<String>, Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT * FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8)")
+            sqlx::query_as("SELECT * FROM governance_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(r.id)
                 .bind(r.agent)
                 .bind(r.session)
                 .bind(r.model)
                 .bind(r.micros)
                 .bind(r.tokens)
-                .bind(to_i64(r.ttl.as_secs().max(1)))
+                .bind(rules::reservation_ttl_micros(r.ttl))
                 .bind(r.allow_unbudgeted)
+                .bind(self.clock.now())
                 .fetch_one(&self.pool)
                 .await?;
         if ok {
@@ -336,7 +340,7 @@ impl BudgetStore for PgStore {
                 // language=PostgreSQL
                 let q = sqlx::query_as(
                     "SELECT * FROM governance_reserve_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
                 )
                 .bind(r.id)
                 .bind(r.agent)
@@ -344,10 +348,13 @@ impl BudgetStore for PgStore {
                 .bind(r.model)
                 .bind(r.micros)
                 .bind(r.tokens)
-                .bind(to_i64(r.ttl.as_secs().max(1)))
+                .bind(rules::reservation_ttl_micros(r.ttl))
                 .bind(r.allow_unbudgeted);
                 let (outcome, reason, cap, used, seq, hmac): ReserveLoggedRow =
-                    bind_row(q, &head, &record).fetch_one(&self.pool).await?;
+                    bind_row(q, &head, &record)
+                        .bind(self.clock.now())
+                        .fetch_one(&self.pool)
+                        .await?;
                 match outcome.as_str() {
                     "ok" => {
                         tip.committed((head.0 + 1, record.row_hmac));
@@ -373,13 +380,14 @@ impl BudgetStore for PgStore {
     ) -> Result<String> {
         // language=PostgreSQL
         let outcome: String =
-            sqlx::query_scalar("SELECT governance_settle($1, $2, $3, $4, $5, $6)")
+            sqlx::query_scalar("SELECT governance_settle($1, $2, $3, $4, $5, $6, $7)")
                 .bind(id)
                 .bind(micros)
                 .bind(to_i64(usage.input_tokens))
                 .bind(to_i64(usage.output_tokens))
                 .bind(to_i64(usage.cached_input_tokens))
                 .bind(release)
+                .bind(self.clock.now())
                 .fetch_one(&self.pool)
                 .await?;
         Ok(outcome)
@@ -411,7 +419,7 @@ impl BudgetStore for PgStore {
                 // language=PostgreSQL
                 let q = sqlx::query_as(
                     "SELECT * FROM governance_settle_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
                 )
                 .bind(id)
                 .bind(micros)
@@ -420,7 +428,10 @@ impl BudgetStore for PgStore {
                 .bind(to_i64(usage.cached_input_tokens))
                 .bind(release);
                 let (outcome, seq, hmac): (Option<String>, Option<i64>, Option<Vec<u8>>) =
-                    bind_row(q, &head, &record).fetch_one(&self.pool).await?;
+                    bind_row(q, &head, &record)
+                        .bind(self.clock.now())
+                        .fetch_one(&self.pool)
+                        .await?;
                 match outcome {
                     Some(outcome) => {
                         tip.committed((head.0 + 1, record.row_hmac));
@@ -448,7 +459,7 @@ impl BudgetStore for PgStore {
     ) -> Result<bool> {
         // language=PostgreSQL
         let applied: bool =
-            sqlx::query_scalar("SELECT governance_track_once($1, $2, $3, $4, $5, $6, $7, $8)")
+            sqlx::query_scalar("SELECT governance_track_once($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(id)
                 .bind(agent)
                 .bind(session)
@@ -457,6 +468,7 @@ impl BudgetStore for PgStore {
                 .bind(to_i64(usage.input_tokens))
                 .bind(to_i64(usage.output_tokens))
                 .bind(to_i64(usage.cached_input_tokens))
+                .bind(self.clock.now())
                 .fetch_one(&self.pool)
                 .await?;
         Ok(applied)
@@ -473,7 +485,7 @@ impl BudgetStore for PgStore {
     ) -> Result<String> {
         // language=PostgreSQL
         let outcome: String =
-            sqlx::query_scalar("SELECT governance_settle_once($1, $2, $3, $4, $5, $6, $7, $8)")
+            sqlx::query_scalar("SELECT governance_settle_once($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(id)
                 .bind(agent)
                 .bind(session)
@@ -482,6 +494,7 @@ impl BudgetStore for PgStore {
                 .bind(to_i64(usage.input_tokens))
                 .bind(to_i64(usage.output_tokens))
                 .bind(to_i64(usage.cached_input_tokens))
+                .bind(self.clock.now())
                 .fetch_one(&self.pool)
                 .await?;
         Ok(outcome)
@@ -499,12 +512,12 @@ impl BudgetStore for PgStore {
                     greatest(s.reserved_micros - x.s_micros, 0) AS s_reserved, \
                     s.spent_tokens AS s_spent_tokens, \
                     greatest(s.reserved_tokens - x.s_tokens, 0) AS s_reserved_tokens, \
-                    (extract(epoch FROM now() - s.started_at) * 1000000)::bigint AS s_age_us, \
+                    (extract(epoch FROM $3 - s.started_at) * 1000000)::bigint AS s_age_us, \
                     d.spent_micros AS d_spent, \
                     greatest(d.reserved_micros - x.d_micros, 0) AS d_reserved, \
                     d.spent_tokens AS d_spent_tokens, \
                     greatest(d.reserved_tokens - x.d_tokens, 0) AS d_reserved_tokens \
-             FROM (SELECT $1::text AS agent_id, ((now() AT TIME ZONE 'UTC')::date) AS today) a \
+             FROM (SELECT $1::text AS agent_id, (($3::timestamptz AT TIME ZONE 'UTC')::date) AS today) a \
              LEFT JOIN budget_policies p ON p.agent_id = a.agent_id \
              LEFT JOIN budget_counters s ON s.agent_id = a.agent_id AND s.period = 's:' || $2::text \
              LEFT JOIN budget_counters d ON d.agent_id = a.agent_id \
@@ -515,10 +528,11 @@ impl BudgetStore for PgStore {
                      coalesce(sum(x.micros) FILTER (WHERE x.day = a.today), 0)::bigint AS d_micros, \
                      coalesce(sum(x.tokens) FILTER (WHERE x.day = a.today), 0)::bigint AS d_tokens \
                  FROM budget_reservations x \
-                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL AND x.expires_at < now()) x",
+                 WHERE x.agent_id = a.agent_id AND x.closed_at IS NULL AND x.expires_at < $3) x",
         )
         .bind(agent)
         .bind(session)
+        .bind(self.clock.now())
         .fetch_one(&self.pool)
         .await?;
         let policy = if r.has_policy {
@@ -570,9 +584,11 @@ impl BudgetStore for PgStore {
         // language=PostgreSQL
         let rows: Vec<UsageRow> = sqlx::query_as(
             "SELECT model, calls, input_tokens, output_tokens, cached_tokens, micros FROM budget_usage \
-             WHERE agent_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date ORDER BY micros DESC, model",
+             WHERE agent_id = $1 AND day = ($2::timestamptz AT TIME ZONE 'UTC')::date \
+             ORDER BY micros DESC, model",
         )
         .bind(agent)
+        .bind(self.clock.now())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -592,9 +608,10 @@ impl BudgetStore for PgStore {
         // language=PostgreSQL
         let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
-             FROM budget_usage WHERE day = (now() AT TIME ZONE 'UTC')::date \
+             FROM budget_usage WHERE day = ($1::timestamptz AT TIME ZONE 'UTC')::date \
              ORDER BY agent_id, micros DESC, model",
         )
+        .bind(self.clock.now())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

@@ -168,9 +168,10 @@ impl GateStore for PgStore {
 
     async fn pending_gates(&self) -> Result<Vec<GateRecord>> {
         let sql = format!(
-            "SELECT {GATE_COLUMNS} FROM gate_requests WHERE status = 'pending' AND expires_at > now() ORDER BY requested_at"
+            "SELECT {GATE_COLUMNS} FROM gate_requests WHERE status = 'pending' AND expires_at > $1 ORDER BY requested_at"
         );
         let rows: Vec<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.clock.now())
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(TryInto::try_into).collect()
@@ -186,13 +187,14 @@ impl GateStore for PgStore {
         let mut tx = self.pool.begin().await?;
         // language=PostgreSQL
         let outcome: String =
-            sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6)")
+            sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6, $7)")
                 .bind(d.id)
                 .bind(d.operator)
                 .bind(d.approve)
                 .bind(d.reason)
                 .bind(d.token_hash)
                 .bind(d.token_expires_at)
+                .bind(self.clock.now())
                 .fetch_one(&mut *tx)
                 .await?;
         if outcome != "ok" {
@@ -218,14 +220,16 @@ impl GateStore for PgStore {
         session: Option<&str>,
     ) -> Result<String> {
         // language=PostgreSQL
-        let outcome: String = sqlx::query_scalar("SELECT governance_consume($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(token_hash)
-            .bind(action_hash)
-            .bind(agent)
-            .bind(session)
-            .fetch_one(&self.pool)
-            .await?;
+        let outcome: String =
+            sqlx::query_scalar("SELECT governance_consume($1, $2, $3, $4, $5, $6)")
+                .bind(id)
+                .bind(token_hash)
+                .bind(action_hash)
+                .bind(agent)
+                .bind(session)
+                .bind(self.clock.now())
+                .fetch_one(&self.pool)
+                .await?;
         Ok(outcome)
     }
 }

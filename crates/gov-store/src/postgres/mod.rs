@@ -28,6 +28,8 @@ pub struct PgStore {
     pool: PgPool,
     /// The chain heads this process last saw (the LLM path's optimistic appends).
     heads: Arc<heads::Heads>,
+    /// The clock the rules run on (passed to the functions as `p_now`).
+    pub(crate) clock: crate::Clock,
 }
 
 fn valid_role_name(role: &str) -> bool {
@@ -87,7 +89,9 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(connect)
             .await?;
-        Ok(Self::from_pool(pool))
+        let mut store = Self::from_pool(pool);
+        store.clock = opts.clock.clone();
+        Ok(store)
     }
 
     /// Wraps an existing pool (tests and embedding services).
@@ -95,6 +99,7 @@ impl PgStore {
         Self {
             pool,
             heads: Arc::default(),
+            clock: crate::Clock::system(),
         }
     }
 

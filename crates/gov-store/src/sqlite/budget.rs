@@ -1,19 +1,21 @@
-//! Budgets on SQLite: the same rules as the Postgres functions of the budgets migration, run in
-//! `BEGIN IMMEDIATE` transactions. Holding the database's write lock from the first statement,
+//! Budgets on SQLite: the rules of `gov_core::rules` (which the Postgres functions run too),
+//! applied between this file's reads and writes in `BEGIN IMMEDIATE` transactions, at the
+//! store's clock. Holding the database's write lock from the first statement,
 //! a check of the caps and the reservation that follows cannot interleave with any other
 //! writer, in this process or another, so concurrent callers never overspend.
 
 use std::time::Duration;
 
+use gov_core::rules::{self, Caps, ReservationState, SettleOnceRoute};
 use gov_core::{
-    AgentId, AuditEvent, BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus,
-    MicroUsd, ModelUsage, TokenUsage,
+    AgentId, AuditEvent, BudgetCounter, BudgetPolicy, BudgetRefusal, BudgetStatus, MicroUsd,
+    ModelUsage, TokenUsage,
 };
 use sqlx::{FromRow, SqliteConnection};
 use uuid::Uuid;
 
 use super::audit::append_in;
-use super::{SqliteStore, now_us, today};
+use super::{SqliteStore, day_of, now_us};
 use crate::backend::BudgetStore;
 use crate::{Reserve, Result, Sealer, StoreError};
 
@@ -47,7 +49,6 @@ struct Reservation {
     model: String,
     micros: i64,
     tokens: i64,
-    closed_at: Option<i64>,
     outcome: Option<String>,
 }
 
@@ -81,6 +82,7 @@ async fn ensure_counters(
     agent: &str,
     day: &str,
     session: &str,
+    now: i64,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO budget_counters (agent_id, period, started_at) VALUES (?1, ?2, ?4), (?1, ?3, ?4) \
@@ -89,7 +91,7 @@ async fn ensure_counters(
     .bind(agent)
     .bind(format!("d:{day}"))
     .bind(format!("s:{session}"))
-    .bind(now_us())
+    .bind(now)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -183,78 +185,37 @@ async fn record_spend(
     Ok(())
 }
 
-/// The reservation rules (see `governance_reserve` in the Postgres budgets migration).
+/// A reservation at `now` ([`rules::admit`], [`rules::check_caps`]).
 async fn reserve_in(
     conn: &mut SqliteConnection,
     r: &Reserve<'_>,
+    now: i64,
 ) -> Result<Result<(), BudgetRefusal>> {
-    let now = now_us();
-    let day = today();
+    let day = day_of(now);
     expire(conn, r.agent, now).await?;
     let pol = policy(conn, r.agent).await?;
-    if pol.is_none() && !r.allow_unbudgeted {
-        return Ok(Err(BudgetRefusal {
-            denial: BudgetDenial::NoPolicy,
-            cap: None,
-            used: None,
-        }));
+    if let Err(refusal) = rules::admit(pol.is_some(), r.allow_unbudgeted) {
+        return Ok(Err(refusal));
     }
-    ensure_counters(conn, r.agent, &day, r.session).await?;
-    let d = counter(conn, r.agent, &format!("d:{day}"))
-        .await?
-        .unwrap_or_default();
-    let s = counter(conn, r.agent, &format!("s:{}", r.session))
-        .await?
-        .unwrap_or_default();
+    ensure_counters(conn, r.agent, &day, r.session, now).await?;
+    let d = counter(conn, r.agent, &format!("d:{day}")).await?;
+    let s = counter(conn, r.agent, &format!("s:{}", r.session)).await?;
     if let Some(p) = pol {
-        let refuse = |denial, cap: i64, used: i64| {
-            Ok(Err(BudgetRefusal {
-                denial,
-                cap: Some(cap),
-                used: Some(used),
-            }))
-        };
-        if let Some(max) = p.max_session_seconds {
-            let age_s = (now - s.started_at) / 1_000_000;
-            if now - s.started_at > max.saturating_mul(1_000_000) {
-                return refuse(BudgetDenial::SessionExpired, max, age_s);
-            }
-        }
-        // The caps in the order Postgres checks them: (denial, cap, used so far, this call).
-        let caps = [
-            (
-                BudgetDenial::SessionUsd,
-                p.per_session_micros,
-                s.spent_micros + s.reserved_micros,
-                r.micros,
-            ),
-            (
-                BudgetDenial::DayUsd,
-                p.per_day_micros,
-                d.spent_micros + d.reserved_micros,
-                r.micros,
-            ),
-            (
-                BudgetDenial::SessionTokens,
-                p.per_session_tokens,
-                s.spent_tokens + s.reserved_tokens,
-                r.tokens,
-            ),
-            (
-                BudgetDenial::DayTokens,
-                p.per_day_tokens,
-                d.spent_tokens + d.reserved_tokens,
-                r.tokens,
-            ),
-        ];
-        for (denial, cap, used, more) in caps {
-            if let Some(cap) = cap.filter(|cap| used + more > *cap) {
-                return refuse(denial, cap, used);
-            }
+        let started = s.as_ref().map(|c| c.started_at);
+        let check = rules::check_caps(
+            &p.caps(),
+            &counter_of(s),
+            started,
+            &counter_of(d),
+            now,
+            r.micros,
+            r.tokens,
+        );
+        if let Err(refusal) = check {
+            return Ok(Err(refusal));
         }
     }
     add_reserved(conn, r.agent, &day, r.session, r.micros, r.tokens).await?;
-    let ttl = i64::try_from(r.ttl.as_micros().max(1_000_000)).unwrap_or(i64::MAX);
     sqlx::query(
         "INSERT INTO budget_reservations (id, agent_id, session_id, day, model, micros, tokens, \
              created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -267,35 +228,40 @@ async fn reserve_in(
     .bind(r.micros)
     .bind(r.tokens)
     .bind(now)
-    .bind(now.saturating_add(ttl))
+    .bind(rules::reservation_expires_at(now, r.ttl))
     .execute(&mut *conn)
     .await?;
     Ok(Ok(()))
 }
 
-/// The settlement rules (see `governance_settle` in the Postgres budgets migration).
+/// A settlement or release at `now` ([`rules::settle`]).
 async fn settle_in(
     conn: &mut SqliteConnection,
     id: Uuid,
     micros: i64,
     usage: &TokenUsage,
     release: bool,
+    now: i64,
 ) -> Result<String> {
     let r: Option<Reservation> = sqlx::query_as(
-        "SELECT agent_id, session_id, day, model, micros, tokens, closed_at, outcome \
+        "SELECT agent_id, session_id, day, model, micros, tokens, outcome \
          FROM budget_reservations WHERE id = ?",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
+    let state = r
+        .as_ref()
+        .map(|r| {
+            ReservationState::from_stored(r.outcome.as_deref())
+                .ok_or_else(|| StoreError::Corrupt("reservation outcome".into()))
+        })
+        .transpose()?;
+    let step = rules::settle(state, release);
     let Some(r) = r else {
-        return Ok("unknown".into());
+        return Ok(step.outcome.as_str().into());
     };
-    if r.closed_at.is_some() && r.outcome.as_deref() != Some("expired") {
-        return Ok("already_closed".into());
-    }
-    let now = now_us();
-    let outcome = if r.closed_at.is_none() {
+    if step.return_hold {
         add_reserved(
             conn,
             &r.agent_id,
@@ -305,26 +271,20 @@ async fn settle_in(
             -r.tokens,
         )
         .await?;
-        let outcome = if release { "released" } else { "settled" };
-        sqlx::query("UPDATE budget_reservations SET closed_at = ?, outcome = ? WHERE id = ?")
-            .bind(now)
-            .bind(outcome)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        outcome
-    } else {
-        // It expired first; the spend still happened and is recorded.
-        if release {
-            return Ok("already_closed".into());
-        }
-        sqlx::query("UPDATE budget_reservations SET outcome = 'expired_then_settled' WHERE id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        "expired_then_settled"
-    };
-    if !release {
+    }
+    if let Some(state) = step.state {
+        sqlx::query(
+            "UPDATE budget_reservations SET outcome = ?, \
+                 closed_at = CASE WHEN ? THEN ? ELSE closed_at END WHERE id = ?",
+        )
+        .bind(state.as_stored())
+        .bind(step.close)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if step.record_spend {
         record_spend(
             conn,
             &r.agent_id,
@@ -336,7 +296,7 @@ async fn settle_in(
         )
         .await?;
     }
-    Ok(outcome.into())
+    Ok(step.outcome.as_str().into())
 }
 
 /// Records spend without a reservation once per record `id`; whether it was new.
@@ -349,22 +309,35 @@ async fn track_in(
     model: &str,
     micros: i64,
     usage: &TokenUsage,
+    now: i64,
 ) -> Result<bool> {
     let fresh = sqlx::query(
         "INSERT INTO applied_records (record_id, applied_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
     )
     .bind(id)
-    .bind(now_us())
+    .bind(now)
     .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
     if fresh {
-        let day = today();
-        ensure_counters(conn, agent, &day, session).await?;
+        let day = day_of(now);
+        ensure_counters(conn, agent, &day, session, now).await?;
         record_spend(conn, agent, &day, session, model, micros, usage).await?;
     }
     Ok(fresh)
+}
+
+impl PolicyRow {
+    fn caps(&self) -> Caps {
+        Caps {
+            per_session_micros: self.per_session_micros,
+            per_day_micros: self.per_day_micros,
+            per_session_tokens: self.per_session_tokens,
+            per_day_tokens: self.per_day_tokens,
+            max_session_seconds: self.max_session_seconds,
+        }
+    }
 }
 
 fn counter_of(c: Option<Counter>) -> BudgetCounter {
@@ -429,7 +402,7 @@ impl BudgetStore for SqliteStore {
 
     async fn reserve(&self, r: &Reserve<'_>) -> Result<Result<(), BudgetRefusal>> {
         let (_turn, mut tx) = self.write_tx().await?;
-        let outcome = reserve_in(&mut tx, r).await?;
+        let outcome = reserve_in(&mut tx, r, self.clock.now_us()).await?;
         // A refusal commits what it did too (expiring old reservations), as on Postgres.
         tx.commit().await?;
         Ok(outcome)
@@ -443,7 +416,7 @@ impl BudgetStore for SqliteStore {
         seal: Sealer<'_>,
     ) -> Result<Result<i64, BudgetRefusal>> {
         let (_turn, mut tx) = self.write_tx().await?;
-        if let Err(refusal) = reserve_in(&mut tx, r).await? {
+        if let Err(refusal) = reserve_in(&mut tx, r, self.clock.now_us()).await? {
             tx.commit().await?;
             return Ok(Err(refusal));
         }
@@ -471,7 +444,7 @@ impl BudgetStore for SqliteStore {
         release: bool,
     ) -> Result<String> {
         let (_turn, mut tx) = self.write_tx().await?;
-        let outcome = settle_in(&mut tx, id, micros, usage, release).await?;
+        let outcome = settle_in(&mut tx, id, micros, usage, release, self.clock.now_us()).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -487,7 +460,7 @@ impl BudgetStore for SqliteStore {
         seal: Sealer<'_>,
     ) -> Result<(String, i64)> {
         let (_turn, mut tx) = self.write_tx().await?;
-        let outcome = settle_in(&mut tx, id, micros, usage, release).await?;
+        let outcome = settle_in(&mut tx, id, micros, usage, release, self.clock.now_us()).await?;
         let seqs = append_in(
             &mut tx,
             event.chain_id.as_str(),
@@ -515,7 +488,17 @@ impl BudgetStore for SqliteStore {
         usage: &TokenUsage,
     ) -> Result<bool> {
         let (_turn, mut tx) = self.write_tx().await?;
-        let fresh = track_in(&mut tx, id, agent, session, model, micros, usage).await?;
+        let fresh = track_in(
+            &mut tx,
+            id,
+            agent,
+            session,
+            model,
+            micros,
+            usage,
+            self.clock.now_us(),
+        )
+        .await?;
         if fresh {
             tx.commit().await?;
         } else {
@@ -535,21 +518,24 @@ impl BudgetStore for SqliteStore {
         usage: &TokenUsage,
     ) -> Result<String> {
         let (_turn, mut tx) = self.write_tx().await?;
-        // The rules of `governance_settle_once` (Postgres migration 20261202000020).
-        let state: Option<(Option<i64>, Option<String>)> =
-            sqlx::query_as("SELECT closed_at, outcome FROM budget_reservations WHERE id = ?")
+        // `rules::settle_once`, as `governance_settle_once` runs it on Postgres.
+        let now = self.clock.now_us();
+        let stored: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT outcome FROM budget_reservations WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let outcome = match state {
-            Some((_, Some(o))) if o == "settled" || o == "expired_then_settled" => {
-                "already_settled".to_owned()
-            }
-            Some((closed, o)) if closed.is_none() || o.as_deref() == Some("expired") => {
-                settle_in(&mut tx, id, micros, usage, false).await?
-            }
-            _ => {
-                if track_in(&mut tx, id, agent, session, model, micros, usage).await? {
+        let state = stored
+            .map(|(o,)| {
+                ReservationState::from_stored(o.as_deref())
+                    .ok_or_else(|| StoreError::Corrupt("reservation outcome".into()))
+            })
+            .transpose()?;
+        let outcome = match rules::settle_once(state) {
+            SettleOnceRoute::AlreadySettled => "already_settled".to_owned(),
+            SettleOnceRoute::Settle => settle_in(&mut tx, id, micros, usage, false, now).await?,
+            SettleOnceRoute::Track => {
+                if track_in(&mut tx, id, agent, session, model, micros, usage, now).await? {
                     "tracked".to_owned()
                 } else {
                     "already_tracked".to_owned()
@@ -562,7 +548,8 @@ impl BudgetStore for SqliteStore {
 
     async fn budget_status(&self, agent: &str, session: &str) -> Result<BudgetStatus> {
         let mut conn = self.pool.acquire().await?;
-        let day = today();
+        let now = self.clock.now_us();
+        let day = day_of(now);
         let pol = policy(&mut conn, agent).await?;
         // The session and day counters, less the holds that expired but were not closed yet
         // (expiry runs inside the next reservation): a crashed holder's reservation stops
@@ -585,7 +572,7 @@ impl BudgetStore for SqliteStore {
         .bind(agent)
         .bind(&s_period)
         .bind(&d_period)
-        .bind(now_us())
+        .bind(now)
         .bind(session)
         .bind(&day)
         .fetch_all(&mut *conn)
@@ -618,7 +605,6 @@ impl BudgetStore for SqliteStore {
             }
             None => None,
         };
-        let now = now_us();
         let session_age = s
             .as_ref()
             .map(|c| Duration::from_micros(u64::try_from(now - c.started_at).unwrap_or(0)));
@@ -636,7 +622,7 @@ impl BudgetStore for SqliteStore {
              WHERE agent_id = ? AND day = ? ORDER BY micros DESC, model",
         )
         .bind(agent)
-        .bind(today())
+        .bind(day_of(self.clock.now_us()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(usage_of).collect())
@@ -647,7 +633,7 @@ impl BudgetStore for SqliteStore {
             "SELECT agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
              FROM budget_usage WHERE day = ? ORDER BY agent_id, micros DESC, model",
         )
-        .bind(today())
+        .bind(day_of(self.clock.now_us()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

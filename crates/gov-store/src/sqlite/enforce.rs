@@ -243,7 +243,12 @@ async fn switch_in(
             .bind(agent)
             .fetch_optional(&mut *tx)
             .await?;
-    let was = was.unwrap_or(false);
+    // `gov_core::rules::halt` / `resume`: whether the state changed.
+    let changed = if halted {
+        gov_core::rules::halt(was)
+    } else {
+        gov_core::rules::resume(was)
+    };
     if halted {
         sqlx::query(
             "INSERT INTO agent_presence (agent_id, halted, halted_by, halted_at, halt_reason, updated_at) \
@@ -270,5 +275,5 @@ async fn switch_in(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(was != halted)
+    Ok(changed)
 }

@@ -1,11 +1,12 @@
-//! Operators and gate requests on SQLite. Decisions and consumption follow the rules of the
-//! Postgres functions `governance_decide` / `governance_consume`, in write transactions; a
-//! decision commits with its audit event. SQLite has no roles, so who may decide is enforced by
+//! Operators and gate requests on SQLite. Decisions and consumption apply `gov_core::rules`
+//! (`may_decide`, `may_consume`, which the Postgres functions `governance_decide` /
+//! `governance_consume` run too) at the store's clock, in write transactions; a decision
+//! commits with its audit event. SQLite has no roles, so who may decide is enforced by
 //! these rules (operator exists, enabled, not a viewer, not the requesting agent) and by the
 //! console and CLI, not by the database.
 
+use gov_core::rules::{self, ApprovalView, DecidingOperator, PendingView, Presented};
 use gov_core::{AuditEvent, GateRecord, GateStatus, OperatorRole};
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -191,7 +192,7 @@ impl GateStore for SqliteStore {
              ORDER BY requested_at"
         );
         let rows: Vec<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now_us())
+            .bind(self.clock.now_us())
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(gate).collect()
@@ -210,30 +211,41 @@ impl GateStore for SqliteStore {
                 .bind(d.operator)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let now = now_us();
-        let refusal = match op {
-            None => Some("unknown_operator"),
-            Some((_, true)) => Some("operator_disabled"),
-            Some((r, _)) if r != "admin" && r != "operator" => Some("not_allowed"),
-            Some(_) => {
-                let r: Option<(String, String, i64)> = sqlx::query_as(
+        let op = op
+            .map(|(r, disabled)| {
+                Ok::<_, StoreError>(DecidingOperator {
+                    role: role(&r)?,
+                    disabled,
+                })
+            })
+            .transpose()?;
+        let now = self.clock.now_us();
+        // The request is read only once the operator may decide (as on Postgres).
+        let request: Option<(String, String, i64)> = match op {
+            Some(o) if !o.disabled && o.role >= OperatorRole::Operator => {
+                sqlx::query_as(
                     "SELECT agent_id, status, expires_at FROM gate_requests WHERE id = ?",
                 )
                 .bind(d.id)
                 .fetch_optional(&mut *tx)
-                .await?;
-                match r {
-                    None => Some("unknown_request"),
-                    Some((_, status, _)) if status != "pending" => Some("not_pending"),
-                    Some((_, _, expires)) if expires < now => Some("expired"),
-                    Some((agent, _, _)) if agent == d.operator => Some("self_approval"),
-                    Some(_) => None,
-                }
+                .await?
             }
+            _ => None,
         };
-        if let Some(why) = refusal {
+        let request = request
+            .as_ref()
+            .map(|(agent, status, expires_at)| {
+                Ok::<_, StoreError>(PendingView {
+                    agent_id: agent,
+                    status: GateStatus::parse(status)
+                        .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
+                    expires_at: *expires_at,
+                })
+            })
+            .transpose()?;
+        if let Err(why) = rules::may_decide(d.operator, op, || request, now) {
             tx.rollback().await?;
-            return Ok(why.into());
+            return Ok(why.as_str().into());
         }
         sqlx::query(
             "UPDATE gate_requests SET status = ?, decided_by = ?, decided_at = ?, \
@@ -282,24 +294,30 @@ impl GateStore for SqliteStore {
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let now = now_us();
-        let outcome = match r {
-            None => "unknown_request",
-            Some((status, ..)) if status == "consumed" => "already_consumed",
-            Some((status, ..)) if status != "approved" => "not_approved",
-            Some((.., asker, asked_in)) if asker != agent || asked_in.as_deref() != session => {
-                "wrong_agent"
-            }
-            Some((_, action, ..)) if action != action_hash => "wrong_action",
-            Some((_, _, stored, ..))
-                if !stored
-                    .as_deref()
-                    .is_some_and(|s| bool::from(s.ct_eq(token_hash))) =>
-            {
-                "bad_token"
-            }
-            Some((_, _, _, expires, ..)) if expires.is_some_and(|t| t < now) => "expired",
-            Some(_) => {
+        let now = self.clock.now_us();
+        let presented = Presented {
+            token_hash,
+            action_hash,
+            agent_id: agent,
+            session_id: session,
+        };
+        let view = r
+            .as_ref()
+            .map(|(status, action, stored, expires, asker, asked_in)| {
+                Ok::<_, StoreError>(ApprovalView {
+                    status: GateStatus::parse(status)
+                        .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
+                    agent_id: asker,
+                    session_id: asked_in.as_deref(),
+                    action_hash: action,
+                    token_hash: stored.as_deref(),
+                    token_expires_at: *expires,
+                })
+            })
+            .transpose()?;
+        let outcome = match rules::may_consume(view, &presented, now) {
+            Err(why) => why.as_str(),
+            Ok(()) => {
                 sqlx::query(
                     "UPDATE gate_requests SET status = 'consumed', consumed_at = ? WHERE id = ?",
                 )

@@ -78,6 +78,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     shared: Arc<Shared>,
     last_prune: Arc<AtomicI64>,
+    /// The clock the rules run on.
+    pub(crate) clock: crate::Clock,
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -96,9 +98,10 @@ pub(crate) fn from_us(us: i64) -> Result<OffsetDateTime> {
         .map_err(|_| StoreError::Corrupt("a stored time is out of range".into()))
 }
 
-/// Today's UTC date, `YYYY-MM-DD` (the day budgets count against).
-pub(crate) fn today() -> String {
-    let d = OffsetDateTime::now_utc().date();
+/// The UTC day of a time in microseconds since the epoch, `YYYY-MM-DD` (the day budgets count
+/// against).
+pub(crate) fn day_of(us: i64) -> String {
+    let d = from_us(us).unwrap_or(OffsetDateTime::UNIX_EPOCH).date();
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
@@ -284,6 +287,7 @@ impl SqliteStore {
             pool,
             shared: shared_for(&key),
             last_prune: Arc::new(AtomicI64::new(0)),
+            clock: opts.clock.clone(),
         })
     }
 
