@@ -15,11 +15,14 @@ use crate::{Hermetic, cargo, has_nextest, pg, run};
 
 /// The fault tests, as a nextest filter: the spool's unit and integration tests (kills at each
 /// step of adoption, tears at every byte offset, a loaded process after an outage), the fault
-/// tests (lost settlement replies, a full disk, fenced imports), the Postgres outages and the
-/// crash drill.
-const FILTER: &str = "package(gov-sdk) & (test(/^spool::/) | test(/^faults::/) | test(/^resilience::/) | test(/^crash::/))";
+/// tests (lost settlement replies, a full disk, fenced imports) and the Postgres outages.
+const FILTER: &str =
+    "package(gov-sdk) & (test(/^spool::/) | test(/^faults::/) | test(/^resilience::/))";
 /// The same, as `cargo test` name filters (when nextest is not installed).
-const NAMES: [&str; 4] = ["spool::", "faults::", "resilience::", "crash::"];
+const NAMES: [&str; 3] = ["spool::", "faults::", "resilience::"];
+/// The crash drill, run on its own afterwards so that no other test competes with its load.
+const DRILL_FILTER: &str = "package(gov-sdk) & test(/^crash::/)";
+const DRILL_NAME: &str = "crash::";
 /// Makes the crash drill run (it skips without).
 const DRILL: &str = "GOV_TEST_FAULTS_DRILL";
 /// The folder the scenarios write their figures to.
@@ -55,26 +58,40 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
         server.display()
     );
     let nextest = has_nextest();
-    let mut cmd = cargo();
-    if nextest {
-        cmd.args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--no-fail-fast",
-            "-E",
-            FILTER,
-        ]);
-    } else {
-        cmd.args(["test", "-p", "gov-sdk", "--no-fail-fast", "--"])
-            .args(NAMES);
-    }
-    cmd.env(pg::ENV_TEST_URL, server.url());
-    home.apply(&mut cmd)?;
-    cmd.env(DRILL, "1").env(REPORT, &figures);
-    let tests = run(&mut cmd);
+    let phase = |filter: &str, names: &[&str], drill: bool| -> Result<()> {
+        let mut cmd = cargo();
+        if nextest {
+            cmd.args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "-E",
+                filter,
+            ]);
+        } else {
+            cmd.args(["test", "-p", "gov-sdk", "--no-fail-fast", "--"])
+                .args(names);
+            if !drill {
+                cmd.args(["--skip", DRILL_NAME]);
+            }
+        }
+        cmd.env(pg::ENV_TEST_URL, server.url());
+        home.apply(&mut cmd)?;
+        cmd.env(REPORT, &figures);
+        if drill {
+            cmd.env(DRILL, "1");
+        }
+        run(&mut cmd)
+    };
+    let tests = phase(FILTER, &NAMES, false);
+    let drill = phase(DRILL_FILTER, &[DRILL_NAME], true);
     drop(server);
-    let tests_list = if nextest { listed() } else { Vec::new() };
+    let tests_list = if nextest {
+        listed(&format!("({FILTER}) | ({DRILL_FILTER})"))
+    } else {
+        Vec::new()
+    };
 
     let mut scenarios = serde_json::Map::new();
     if let Ok(entries) = std::fs::read_dir(&figures) {
@@ -95,9 +112,13 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
     let (checks, failed) = acceptance(&scenarios);
     let summary = json!({
         "tests": {
-            "filter": if nextest { FILTER.to_owned() } else { NAMES.join(" ") },
+            "filter": if nextest {
+                format!("({FILTER}) | ({DRILL_FILTER})")
+            } else {
+                format!("{} {DRILL_NAME}", NAMES.join(" "))
+            },
             "count": if nextest { Some(tests_list.len()) } else { None },
-            "passed": tests.is_ok(),
+            "passed": tests.is_ok() && drill.is_ok(),
         },
         "acceptance": checks,
         "scenarios": scenarios,
@@ -112,6 +133,7 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     tests.context("a fault test failed")?;
+    drill.context("the crash drill failed")?;
     if !failed.is_empty() {
         bail!("the fault suite's acceptance failed: {}", failed.join("; "));
     }
@@ -119,14 +141,14 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
 }
 
 /// The fault tests nextest runs (for the summary's count).
-fn listed() -> Vec<String> {
+fn listed(filter: &str) -> Vec<String> {
     let out = cargo()
         .args([
             "nextest",
             "list",
             "--workspace",
             "-E",
-            FILTER,
+            filter,
             "--message-format",
             "oneline",
         ])
