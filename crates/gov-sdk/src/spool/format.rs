@@ -644,6 +644,11 @@ mod tests {
                     let q = quarantine(&spool);
                     if torn {
                         assert_eq!(q.len(), 1, "cut at {cut}: the torn bytes are kept aside");
+                        assert!(
+                            q[0].0.starts_with(&format!("{id}.spool-")),
+                            "cut at {cut}: the torn line is kept aside, not the whole file ({}); {wrong} cuts so far cost earlier records",
+                            q[0].0
+                        );
                         let text = String::from_utf8(q[0].1.clone()).unwrap();
                         let kept: Vec<serde_json::Value> = text
                             .lines()
