@@ -113,8 +113,10 @@ async fn write_child() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
+        let parent = std::os::unix::process::parent_id();
         tokio::spawn(async move {
-            while !stop_file.exists() {
+            // Stops when told, or when the drill that started it is gone.
+            while !stop_file.exists() && std::os::unix::process::parent_id() == parent {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             stop.store(true, Ordering::Release);
@@ -188,6 +190,18 @@ fn child(role: &str, vars: &[(&str, &str)], fault: Option<&str>, out: &Path) -> 
         cmd.env("GOVERNANCE_SPOOL_FAULT", f);
     }
     cmd.spawn().expect("helper")
+}
+
+/// Child processes, killed (SIGKILL) if the drill fails before they exit.
+struct Children(Vec<Option<Child>>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for mut c in self.0.iter_mut().filter_map(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// One answer a writer printed.
@@ -337,21 +351,23 @@ async fn a_postgres_crash_under_load_loses_doubles_and_reorders_nothing() {
     let files: Vec<PathBuf> = (0..WRITERS)
         .map(|w| work.0.join(format!("w{w}.out")))
         .collect();
-    let mut writers: Vec<Option<Child>> = (0..WRITERS)
-        .map(|w| {
-            Some(child(
-                "write",
-                &[
-                    (URL, &url),
-                    (ROOT, roots[w].to_str().expect("helper")),
-                    (WRITER, &w.to_string()),
-                    (STOP, stop.to_str().expect("helper")),
-                ],
-                None,
-                &files[w],
-            ))
-        })
-        .collect();
+    let mut writers = Children(
+        (0..WRITERS)
+            .map(|w| {
+                Some(child(
+                    "write",
+                    &[
+                        (URL, &url),
+                        (ROOT, roots[w].to_str().expect("helper")),
+                        (WRITER, &w.to_string()),
+                        (STOP, stop.to_str().expect("helper")),
+                    ],
+                    None,
+                    &files[w],
+                ))
+            })
+            .collect(),
+    );
     // Under load: every writer has had answers from each of its tasks…
     until(&files, Duration::from_secs(60), "the writers start", |p| {
         p.iter().all(|p| p.acks.len() >= 2 * TASKS)
@@ -377,7 +393,7 @@ async fn a_postgres_crash_under_load_loses_doubles_and_reorders_nothing() {
         },
     )
     .await;
-    let mut w0 = writers[0].take().expect("helper");
+    let mut w0 = writers.0[0].take().expect("helper");
     w0.kill().expect("SIGKILL writer 0");
     let killed = w0.wait().expect("helper");
     {
@@ -459,7 +475,7 @@ async fn a_postgres_crash_under_load_loses_doubles_and_reorders_nothing() {
     );
     tokio::time::sleep(until_stop).await;
     std::fs::write(&stop, b"stop").expect("helper");
-    for (w, c) in writers.iter_mut().enumerate() {
+    for (w, c) in writers.0.iter_mut().enumerate() {
         if let Some(c) = c.take() {
             let status = exited(c, Duration::from_secs(90), &format!("writer {w}")).await;
             assert!(status.success(), "writer {w}: {status:?}");
