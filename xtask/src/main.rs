@@ -3,15 +3,19 @@
 //! - `test [ARGS]`: the whole suite against a real Postgres (`GOVERNANCE_TEST_DATABASE_URL`,
 //!   else the local server on 127.0.0.1:5432, else a throwaway cluster from `initdb`/`pg_ctl`).
 //! - `bench`: benchmarks, JSON on stdout and in `target/bench/bench.json`.
+//! - `faults`: the fault suite (kills, torn spool files, a Postgres crash under load, cut
+//!   settlement replies, a full disk), its figures as JSON on stdout and in
+//!   `target/faults/faults.json`; see docs/storage.md.
 //! - `ci`: fmt check, clippy, rustdoc with warnings denied, tidy, README's quick start
-//!   (`governance demo --no-serve`), then `test` in the same private home, which the suite must
-//!   leave as the quick start left it.
+//!   (`governance demo --no-serve`), then `test` and `faults` in the same private home, which
+//!   they must leave as the quick start left it.
 //! - `schema`: writes `migrations/postgres/schema.sql`, the current body of every Postgres
 //!   function after all migrations (the test `schema::the_function_snapshot_is_current` checks
 //!   it; tidy checks that it exists).
 //! - `tidy`: repository rules (dependency graph, module docs, no ignored tests, documented
 //!   configuration).
 
+mod faults;
 mod pg;
 mod tidy;
 
@@ -26,11 +30,12 @@ fn main() -> Result<()> {
     match task.as_str() {
         "test" => test(&rest),
         "bench" => bench(&rest),
+        "faults" => faults::run_all(),
         "ci" => ci(),
         "schema" => schema(),
         "tidy" => tidy::run(),
         _ => {
-            eprintln!("usage: cargo xtask <test [ARGS] | bench | ci | schema | tidy>");
+            eprintln!("usage: cargo xtask <test [ARGS] | bench | faults | ci | schema | tidy>");
             bail!("unknown task {task:?}")
         }
     }
@@ -245,6 +250,7 @@ fn ci() -> Result<()> {
         "xtask: README's test command took {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    faults::run_in(&home)?;
     let after = home.listing();
     let added: Vec<&String> = after.iter().filter(|p| !before.contains(p)).collect();
     if !added.is_empty() {

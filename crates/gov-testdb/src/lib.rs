@@ -368,6 +368,16 @@ impl Cluster {
         Self::run(cmd);
     }
 
+    /// Crashes the server: an immediate shutdown (every server process quits at once, no
+    /// checkpoint; the next start runs crash recovery from the write-ahead log).
+    pub fn crash(&self) {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop");
+        Self::run(cmd);
+    }
+
     /// Starts the server again on the same port and data.
     pub fn start_again(&self) {
         let opts = format!(

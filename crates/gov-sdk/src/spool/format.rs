@@ -499,4 +499,254 @@ mod tests {
         assert_eq!(c.rejected.len(), 2);
         assert!(c.rejected[1].bytes.len() <= MAX_LINE);
     }
+
+    /// Tears through the whole adoption path (read, validate, copy, quarantine, remove), at
+    /// every byte offset of a file's last line and of a header, for ASCII and multi-byte
+    /// payloads: a tear costs at most the torn record, never an earlier one (nor an earlier
+    /// file's), and the torn bytes are kept in the quarantine exactly as they were.
+    mod adoption {
+        use std::path::{Path, PathBuf};
+
+        use gov_core::AuditEvent;
+        use uuid::Uuid;
+
+        use super::super::super::{Record, Setup, Spool, dir, identity, lock};
+        use super::super::{Keys, header_line, record_line};
+
+        const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+
+        fn setup(root: &Path, instance: &gov_store::Instance) -> Setup {
+            let secret = gov_audit::AuditSecret::parse(SECRET).unwrap();
+            Setup {
+                root: Some(root.to_owned()),
+                instance: Some(instance.clone()),
+                keys: Keys::new(
+                    (secret.chain_key().key_id().to_owned(), secret.spool_key()),
+                    [],
+                ),
+                max_batch: 1_000,
+            }
+        }
+
+        fn records(text: &str) -> Vec<Record> {
+            (0..3)
+                .map(|n| Record::Audit {
+                    event: AuditEvent::builder("agent", "tool.call")
+                        .session("s")
+                        .payload(serde_json::json!({ "n": n, "text": text }))
+                        .build()
+                        .unwrap(),
+                })
+                .collect()
+        }
+
+        /// A spool file's bytes holding `records`, and where its last line starts.
+        fn spool_bytes(s: &Setup, db: &str, id: Uuid, records: &[Record]) -> (Vec<u8>, usize) {
+            let mut bytes = header_line(&s.keys, db, id);
+            let mut last = bytes.len();
+            for (n, r) in records.iter().enumerate() {
+                last = bytes.len();
+                let json = serde_json::to_vec(r).unwrap();
+                bytes.extend(record_line(&s.keys, db, id, n as u64, &json));
+            }
+            (bytes, last)
+        }
+
+        /// Puts `bytes` in `root`'s folder for `db` as file `id`, as a process that died left it.
+        fn place(root: &Path, db: &str, id: Uuid, bytes: &[u8]) -> PathBuf {
+            dir::ensure_private(root).unwrap();
+            dir::ensure_private(&root.join(db)).unwrap();
+            let path = root.join(db).join(format!("{id}.spool"));
+            std::fs::write(&path, bytes).unwrap();
+            path
+        }
+
+        /// What a handle opened on `root` adopted: the queued records' JSON, in order.
+        fn adopted(spool: &Spool) -> Vec<serde_json::Value> {
+            let sh = spool.shared.as_ref().unwrap();
+            lock(&sh.state)
+                .queue
+                .iter()
+                .map(|e| serde_json::to_value(&e.record).unwrap())
+                .collect()
+        }
+
+        /// The quarantine folder's files (name, bytes), sorted by name.
+        fn quarantine(spool: &Spool) -> Vec<(String, Vec<u8>)> {
+            let q = dir::quarantine_dir(spool.dir().unwrap());
+            let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&q)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            (name, std::fs::read(e.path()).unwrap())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.sort();
+            out
+        }
+
+        fn tempdir(tag: &str) -> PathBuf {
+            let d = std::env::temp_dir().join(format!("gov-spool-tears-{tag}-{}", Uuid::now_v7()));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
+
+        /// Writes figures to the fault report when `cargo xtask faults` asks for them.
+        fn report(scenario: &str, figures: &serde_json::Value) {
+            if let Some(dir) = std::env::var_os("GOV_TEST_FAULTS_REPORT") {
+                let path = Path::new(&dir).join(format!("{scenario}.json"));
+                std::fs::write(path, serde_json::to_vec_pretty(figures).unwrap()).unwrap();
+            }
+        }
+
+        fn values(records: &[Record]) -> Vec<serde_json::Value> {
+            records
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap())
+                .collect()
+        }
+
+        #[test]
+        fn a_tear_at_every_byte_of_the_last_line_costs_that_record_only() {
+            let instance = gov_store::Instance {
+                id: Uuid::now_v7(),
+                locator: "sqlite:/tears".into(),
+            };
+            let db = identity(&instance);
+            let base = tempdir("last");
+            let (mut cuts, mut wrong, mut quarantined) = (0, 0, 0);
+            for text in ["plain ASCII text only", "é😀 日本語のテキスト 🦀 ü"] {
+                let recs = records(text);
+                let id = Uuid::now_v7();
+                let (bytes, last) = spool_bytes(&setup(&base, &instance), &db, id, &recs);
+                let end = bytes.len();
+                assert!(
+                    text.is_ascii() || bytes[last..].iter().any(|b| *b >= 0x80),
+                    "the last line holds multi-byte characters"
+                );
+                for cut in last..=end {
+                    let root = base.join(format!("{}-{cut}", text.len()));
+                    let path = place(&root, &db, id, &bytes[..cut]);
+                    let spool = Spool::open(setup(&root, &instance)).unwrap();
+                    // Whole up to its MAC'd bytes (only the newline missing): kept; cut inside
+                    // the line: that record only is lost; cut at the line's start: nothing torn.
+                    let torn = cut > last && cut < end - 1;
+                    let kept = if cut >= end - 1 { 3 } else { 2 };
+                    let got = adopted(&spool);
+                    if got[..] != values(&recs[..kept])[..] {
+                        eprintln!("{text:?} cut at {cut} of {last}..{end}: adopted {got:?}");
+                        wrong += 1;
+                    }
+                    assert!(!path.exists(), "cut at {cut}: the adopted file is removed");
+                    let q = quarantine(&spool);
+                    if torn {
+                        assert_eq!(q.len(), 1, "cut at {cut}: the torn bytes are kept aside");
+                        assert!(
+                            q[0].0.starts_with(&format!("{id}.spool-")),
+                            "cut at {cut}: the torn line is kept aside, not the whole file ({}); {wrong} cuts so far cost earlier records",
+                            q[0].0
+                        );
+                        let text = String::from_utf8(q[0].1.clone()).unwrap();
+                        let kept: Vec<serde_json::Value> = text
+                            .lines()
+                            .map(|l| serde_json::from_str(l).unwrap())
+                            .collect();
+                        assert_eq!(kept.len(), 1, "cut at {cut}: one line kept aside");
+                        assert_eq!(
+                            kept[0]["hex"].as_str().unwrap(),
+                            hex::encode(&bytes[last..cut]),
+                            "cut at {cut}: the torn bytes, exactly"
+                        );
+                        assert_eq!(kept[0]["line"], 4, "cut at {cut}");
+                        quarantined += 1;
+                    } else {
+                        assert!(q.is_empty(), "cut at {cut}: nothing is quarantined: {q:?}");
+                    }
+                    drop(spool);
+                    let _ = std::fs::remove_dir_all(&root);
+                    cuts += 1;
+                }
+            }
+            let _ = std::fs::remove_dir_all(&base);
+            report(
+                "tears_last_line",
+                &serde_json::json!({
+                    "payloads": ["ASCII", "multi-byte UTF-8"],
+                    "cuts": cuts,
+                    "torn_lines_quarantined": quarantined,
+                    "earlier_records_lost": wrong,
+                }),
+            );
+            assert_eq!(
+                wrong, 0,
+                "a tear cost an earlier record, or kept a torn one"
+            );
+            assert!(cuts > 400, "{cuts} cuts");
+        }
+
+        #[test]
+        fn a_tear_at_every_byte_of_a_header_costs_no_record_of_an_earlier_file() {
+            let instance = gov_store::Instance {
+                id: Uuid::now_v7(),
+                locator: "sqlite:/tears".into(),
+            };
+            let db = identity(&instance);
+            let base = tempdir("header");
+            let (mut cuts, mut wrong, mut quarantined) = (0, 0, 0);
+            for text in ["plain ASCII text only", "é😀 日本語のテキスト 🦀 ü"] {
+                let recs = records(text);
+                // An earlier file, whole; then a file whose creation a crash cut short.
+                let earlier = Uuid::now_v7();
+                let (earlier_bytes, _) = spool_bytes(&setup(&base, &instance), &db, earlier, &recs);
+                let torn_id = Uuid::now_v7();
+                let header = header_line(&setup(&base, &instance).keys, &db, torn_id);
+                for cut in 0..=header.len() {
+                    let root = base.join(format!("{}-{cut}", text.len()));
+                    let first = place(&root, &db, earlier, &earlier_bytes);
+                    let torn = place(&root, &db, torn_id, &header[..cut]);
+                    let spool = Spool::open(setup(&root, &instance)).unwrap();
+                    let got = adopted(&spool);
+                    if got != values(&recs) {
+                        eprintln!("header cut at {cut}: adopted {got:?}");
+                        wrong += 1;
+                    }
+                    assert!(!first.exists() && !torn.exists(), "header cut at {cut}");
+                    let q = quarantine(&spool);
+                    if cut < header.len() {
+                        assert_eq!(
+                            q.len(),
+                            1,
+                            "header cut at {cut}: the torn file is kept aside"
+                        );
+                        assert!(
+                            q[0].0.starts_with(&format!("{torn_id}.spool.")),
+                            "{}",
+                            q[0].0
+                        );
+                        assert_eq!(q[0].1, &header[..cut], "header cut at {cut}: as it was");
+                        quarantined += 1;
+                    } else {
+                        assert!(q.is_empty(), "a whole header: nothing quarantined: {q:?}");
+                    }
+                    drop(spool);
+                    let _ = std::fs::remove_dir_all(&root);
+                    cuts += 1;
+                }
+            }
+            let _ = std::fs::remove_dir_all(&base);
+            report(
+                "tears_header",
+                &serde_json::json!({
+                    "payloads": ["ASCII", "multi-byte UTF-8"],
+                    "cuts": cuts,
+                    "torn_files_quarantined": quarantined,
+                    "earlier_records_lost": wrong,
+                }),
+            );
+            assert_eq!(wrong, 0, "a torn header cost an earlier file's records");
+        }
+    }
 }

@@ -169,7 +169,20 @@ async fn a_settlement_whose_reply_is_lost_counts_once() {
         .await
         .expect("events");
     assert_eq!(responses.len() as u64, CALLS);
-    assert!(gov.audit().verify_all().await.expect("verify").is_clean());
+    let clean = gov.audit().verify_all().await.expect("verify").is_clean();
+    crate::support::report(
+        "settlement",
+        &json!({
+            "calls": CALLS,
+            "settlement_replies_lost": proxy.replies_lost(),
+            "receipts_micro_usd": receipts,
+            "spent_micro_usd": status.session.spent.0,
+            "reserved_micro_usd": status.session.reserved.0,
+            "llm_responses_stored": responses.len(),
+            "verify_clean": clean,
+        }),
+    );
+    assert!(clean);
     gov.close().await;
 }
 
@@ -362,10 +375,12 @@ async fn full_disk_child(disk: PathBuf) {
         .await
         .expect("connect");
     let mut acked = Vec::new();
+    let mut durable = 0;
     for n in 0..3 {
         let at = gov.audit().log(big_event(n)).await.expect("log");
         assert!(at.seq().is_some(), "durable while there is room");
         acked.push(at.event_id());
+        durable += 1;
     }
     // Fill what is left of the disk.
     let ballast = disk.join("ballast");
@@ -385,6 +400,8 @@ async fn full_disk_child(disk: PathBuf) {
             Ok(at) => {
                 if at.seq().is_none() {
                     spooled += 1;
+                } else {
+                    durable += 1;
                 }
                 acked.push(at.event_id());
             }
@@ -403,6 +420,8 @@ async fn full_disk_child(disk: PathBuf) {
     assert!(refused.is_unavailable(), "{msg}");
     // Space is freed: the spool drains and new records are durable again.
     std::fs::remove_file(&ballast).expect("free the space");
+    let freed = Instant::now();
+    let mut first_durable_after_free = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let at = gov
@@ -418,6 +437,12 @@ async fn full_disk_child(disk: PathBuf) {
             .expect("log");
         acked.push(at.event_id());
         n += 1;
+        if at.seq().is_some() {
+            durable += 1;
+            first_durable_after_free.get_or_insert(freed.elapsed());
+        } else {
+            spooled += 1;
+        }
         if at.seq().is_some() && gov.audit().spooled() == 0 {
             break;
         }
@@ -436,11 +461,35 @@ async fn full_disk_child(disk: PathBuf) {
         })
         .await
         .expect("events");
-    for id in &acked {
-        let count = rows.iter().filter(|r| r.event_id == *id).count();
-        assert_eq!(count, 1, "acknowledged event {id} is in the chain once");
+    let drained_after_free = freed.elapsed();
+    let mut stored: std::collections::HashMap<gov_sdk::EventId, usize> = Default::default();
+    for r in &rows {
+        *stored.entry(r.event_id).or_default() += 1;
     }
-    assert!(gov.audit().verify_all().await.expect("verify").is_clean());
+    let lost = acked.iter().filter(|id| !stored.contains_key(id)).count();
+    let duplicates = stored.values().filter(|c| **c > 1).count();
+    let clean = gov.audit().verify_all().await.expect("verify").is_clean();
+    crate::support::report(
+        "full_disk",
+        &json!({
+            "acknowledged_durable": durable,
+            "acknowledged_spooled": spooled,
+            "lost": lost,
+            "duplicates": duplicates,
+            "first_durable_after_space_freed_ms": first_durable_after_free.map(|d| d.as_millis() as u64),
+            "spool_drained_after_space_freed_ms": drained_after_free.as_millis() as u64,
+            "verify_clean": clean,
+        }),
+    );
+    for id in &acked {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "acknowledged event {id} is in the chain once"
+        );
+    }
+    assert_eq!(duplicates, 0, "no event twice");
+    assert!(clean);
     gov.close().await;
     println!(
         "full-disk child: {} acknowledged, {spooled} spooled, all durable once",

@@ -6,6 +6,7 @@ mod chain;
 mod conformance;
 mod contracts;
 mod cost;
+mod crash;
 mod embedded;
 mod enforce;
 mod faults;

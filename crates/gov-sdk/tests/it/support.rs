@@ -37,3 +37,16 @@ pub(crate) async fn operator(gov: &Governance, name: &str) -> gov_sdk::Operator 
         .await
         .expect("the operator signs in")
 }
+
+/// Set by `cargo xtask faults`: the folder fault tests write their figures to, one
+/// `<scenario>.json` each.
+pub(crate) const FAULTS_REPORT: &str = "GOV_TEST_FAULTS_REPORT";
+
+/// Writes a fault scenario's figures to the fault report, when `cargo xtask faults` asks.
+pub(crate) fn report(scenario: &str, figures: &serde_json::Value) {
+    if let Some(dir) = std::env::var_os(FAULTS_REPORT) {
+        let path = std::path::Path::new(&dir).join(format!("{scenario}.json"));
+        let bytes = serde_json::to_vec_pretty(figures).expect("figures are JSON");
+        std::fs::write(&path, bytes).expect("write the fault report");
+    }
+}
