@@ -6,7 +6,10 @@
 //! folder entry) before [`Ack::Spooled`] is returned. While records wait, a later record takes
 //! its place behind them, so order is kept: while storage is down it is spooled at once; while
 //! storage answers it joins the replay in memory and the caller waits for the replay to reach
-//! it (then it is durable), so a loaded process drains the spool instead of refilling it.
+//! it (then it is durable), so a loaded process drains the spool instead of refilling it. No
+//! caller waits longer than the observation deadline ([`Setup::deadline`]): a write to storage
+//! that has no answer by then counts as storage out of reach, and a caller the replay has not
+//! reached by then has its record (and every other one waiting in memory) written to the file.
 //!
 //! A background task replays the queue in order, one transaction per batch, and stops at the
 //! first batch that fails (a later batch never lands before an earlier one). While storage is
@@ -667,11 +670,25 @@ impl Shared {
                 Some(record)
             }
         };
+        let stopped = |_| Error::Config("the spool stopped before the record was written".into());
         let Some(record) = record else {
             self.kick.notify_one();
-            return rx.await.map_err(|_| {
-                Error::Config("the spool stopped before the record was written".into())
-            });
+            let mut rx = rx;
+            return match tokio::time::timeout(self.deadline, &mut rx).await {
+                Ok(answer) => answer.map_err(stopped),
+                Err(_) => {
+                    // The replay has not reached this record within the deadline (a long
+                    // backlog, or a replay held up): what waits in memory goes to the file, so
+                    // no caller waits longer than the deadline for the replay.
+                    tracing::warn!(
+                        deadline_ms = self.deadline.as_millis() as u64,
+                        waiting = self.len.load(Ordering::Acquire),
+                        "the replay did not reach a waiting record within the observation deadline: records waiting in memory are spooled"
+                    );
+                    self.persist_pending().await;
+                    rx.await.map_err(stopped)
+                }
+            };
         };
         match self.push(record, false).await {
             Ok(()) => Ok(Outcome::Spooled),
