@@ -282,7 +282,10 @@ mod tests {
         assert!(acceptance(&map).1.is_empty(), "{:?}", acceptance(&map).1);
         let mut slow = map.clone();
         slow["crash"]["per_writer"][1]["back_to_durable_after_return_ms"] = json!(2_500);
-        assert!(acceptance(&slow).1.is_empty(), "speed is an aim, not a check");
+        assert!(
+            acceptance(&slow).1.is_empty(),
+            "speed is an aim, not a check"
+        );
         assert_eq!(aims(&slow)[0]["met"], json!(false));
         assert_eq!(aims(&map)[0]["met"], json!(true));
         let mut never = map.clone();

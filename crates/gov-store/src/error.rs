@@ -163,6 +163,16 @@ impl From<sqlx::Error> for StoreError {
                     {
                         Self::Unavailable(format!("SQLSTATE {c}"))
                     }
+                    // read_only_sql_transaction: a standby, or a primary made read-only
+                    // (demoted, fenced): writes need another server, nothing is wrong with
+                    // the data.
+                    Some("25006") => Self::Unavailable(
+                        "the server is read-only (a standby, or a primary being demoted): writes need the primary".into(),
+                    ),
+                    // query_canceled: a statement_timeout, or cancelled by an operator.
+                    Some("57014") => Self::Unavailable(
+                        "the statement was cancelled (statement_timeout, or by an operator)".into(),
+                    ),
                     Some("23505") => Self::Conflict(
                         "a row with this seq, predecessor or event id already exists".into(),
                     ),

@@ -525,6 +525,7 @@ mod tests {
                     [],
                 ),
                 max_batch: 1_000,
+                deadline: std::time::Duration::from_secs(5),
             }
         }
 

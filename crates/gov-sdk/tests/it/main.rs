@@ -9,6 +9,7 @@ mod cost;
 mod crash;
 mod embedded;
 mod enforce;
+mod failover;
 mod faults;
 mod gates;
 mod keys;

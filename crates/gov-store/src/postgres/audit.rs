@@ -121,7 +121,7 @@ impl ChainStore for PgStore {
             )));
         }
         let sealed = Recording::new(seal);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let seqs = append_in(&mut tx, chain_id, key_id, events, &|r| sealed.seal(r)).await?;
         tx.commit().await?;
         self.heads.committed(chain_id, sealed.last());
@@ -132,7 +132,7 @@ impl ChainStore for PgStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let head = lock_head(&mut tx, chain_id, None).await?;
         let last = import_locked(&mut tx, chain_id, &head, rows).await?;
         tx.commit().await?;
@@ -145,7 +145,7 @@ impl ChainStore for PgStore {
         let found: Vec<Uuid> =
             sqlx::query_scalar("SELECT event_id FROM audit_events WHERE event_id = ANY($1)")
                 .bind(ids)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pool())
                 .await?;
         Ok(found)
     }
@@ -155,7 +155,7 @@ impl ChainStore for PgStore {
         let head: Option<HeadRow> =
             sqlx::query_as("SELECT chain_id, seq, head_hmac FROM chain_heads WHERE chain_id = $1")
                 .bind(chain_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await?;
         Ok(head.map(Into::into))
     }
@@ -164,7 +164,7 @@ impl ChainStore for PgStore {
         // language=PostgreSQL
         let heads: Vec<HeadRow> =
             sqlx::query_as("SELECT chain_id, seq, head_hmac FROM chain_heads ORDER BY chain_id")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pool())
                 .await?;
         Ok(heads.into_iter().map(Into::into).collect())
     }
@@ -181,7 +181,7 @@ impl ChainStore for PgStore {
                FROM c WHERE c.chain_id IS NOT NULL \
              ) SELECT chain_id FROM c WHERE chain_id IS NOT NULL",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(ids)
     }
@@ -199,7 +199,7 @@ impl ChainStore for PgStore {
             .bind(chain_id)
             .bind(after_seq)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.pool())
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -217,7 +217,7 @@ impl ChainStore for PgStore {
             .bind(chain_id)
             .bind(after_seq)
             .bind(upto_seq)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.pool())
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -242,7 +242,7 @@ impl ChainStore for PgStore {
         .bind(chain_id)
         .bind(since)
         .bind(until)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -287,7 +287,7 @@ impl ChainStore for PgStore {
             q.push(" AND occurred_at < ").push_bind(t);
         }
         q.push(" ORDER BY seq LIMIT ").push_bind(limit);
-        let rows: Vec<RecordRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<RecordRow> = q.build_query_as().fetch_all(&self.pool()).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 }

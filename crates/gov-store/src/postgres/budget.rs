@@ -151,7 +151,7 @@ impl PgStore {
         let stored: Option<Head> =
             sqlx::query_as("SELECT seq, head_hmac FROM chain_heads WHERE chain_id = $1")
                 .bind(chain)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await?;
         let head = stored.unwrap_or_else(|| (0, ZERO_HMAC.to_vec()));
         tip.observed(head.clone());
@@ -168,7 +168,7 @@ impl PgStore {
         seal: Sealer<'_>,
     ) -> Result<Result<i64, BudgetRefusal>> {
         let chain = event.chain_id.as_str();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // The head is locked by the same statement, after the function has locked the counters.
         // language=PostgreSQL
         let (ok, reason, cap, used, seq, hmac): ReserveRow = sqlx::query_as(
@@ -212,7 +212,7 @@ impl PgStore {
         seal: Sealer<'_>,
     ) -> Result<(String, i64)> {
         let chain = event.chain_id.as_str();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // language=PostgreSQL
         let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
             "SELECT s.outcome, h.seq, h.head_hmac \
@@ -282,7 +282,7 @@ impl BudgetStore for PgStore {
         .bind(tokens(p.per_session_tokens))
         .bind(tokens(p.per_day_tokens))
         .bind(p.max_session_duration.map(|d| to_i64(d.as_secs().max(1))))
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -291,7 +291,7 @@ impl BudgetStore for PgStore {
         // language=PostgreSQL
         let r = sqlx::query("DELETE FROM budget_policies WHERE agent_id = $1")
             .bind(agent)
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -309,7 +309,7 @@ impl BudgetStore for PgStore {
                 .bind(rules::reservation_ttl_micros(r.ttl))
                 .bind(r.allow_unbudgeted)
                 .bind(self.clock.now())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         if ok {
             return Ok(Ok(()));
@@ -353,7 +353,7 @@ impl BudgetStore for PgStore {
                 let (outcome, reason, cap, used, seq, hmac): ReserveLoggedRow =
                     bind_row(q, &head, &record)
                         .bind(self.clock.now())
-                        .fetch_one(&self.pool)
+                        .fetch_one(&self.pool())
                         .await?;
                 match outcome.as_str() {
                     "ok" => {
@@ -388,7 +388,7 @@ impl BudgetStore for PgStore {
                 .bind(to_i64(usage.cached_input_tokens))
                 .bind(release)
                 .bind(self.clock.now())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(outcome)
     }
@@ -430,7 +430,7 @@ impl BudgetStore for PgStore {
                 let (outcome, seq, hmac): (Option<String>, Option<i64>, Option<Vec<u8>>) =
                     bind_row(q, &head, &record)
                         .bind(self.clock.now())
-                        .fetch_one(&self.pool)
+                        .fetch_one(&self.pool())
                         .await?;
                 match outcome {
                     Some(outcome) => {
@@ -469,7 +469,7 @@ impl BudgetStore for PgStore {
                 .bind(to_i64(usage.output_tokens))
                 .bind(to_i64(usage.cached_input_tokens))
                 .bind(self.clock.now())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(applied)
     }
@@ -495,7 +495,7 @@ impl BudgetStore for PgStore {
                 .bind(to_i64(usage.output_tokens))
                 .bind(to_i64(usage.cached_input_tokens))
                 .bind(self.clock.now())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(outcome)
     }
@@ -533,7 +533,7 @@ impl BudgetStore for PgStore {
         .bind(agent)
         .bind(session)
         .bind(self.clock.now())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool())
         .await?;
         let policy = if r.has_policy {
             let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
@@ -589,7 +589,7 @@ impl BudgetStore for PgStore {
         )
         .bind(agent)
         .bind(self.clock.now())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -612,7 +612,7 @@ impl BudgetStore for PgStore {
              ORDER BY agent_id, micros DESC, model",
         )
         .bind(self.clock.now())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()

@@ -12,7 +12,7 @@ impl SessionStore for PgStore {
         // Expired sessions are swept on each sign-in, so the table never grows without bound.
         // language=PostgreSQL
         sqlx::query("DELETE FROM console_sessions WHERE expires_at < now()")
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         // Only for the account as it was authenticated, under a share lock on its row: a reset,
         // disable or role change (`update_operator`) either waits for this session and then
@@ -30,7 +30,7 @@ impl SessionStore for PgStore {
         .bind(n.expires_at)
         .bind(n.password_hash)
         .bind(n.role.as_str())
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -42,7 +42,7 @@ impl SessionStore for PgStore {
              WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT o.disabled",
         )
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.pool())
         .await?;
         row.map(|(username, role, csrf_token, expires_at)| {
             Ok(ConsoleSession {
@@ -59,7 +59,7 @@ impl SessionStore for PgStore {
     async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
             .bind(token_hash)
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         Ok(())
     }

@@ -64,7 +64,7 @@ const PRESENCE_COLUMNS: &str = "agent_id, \
 impl PgStore {
     /// A dedicated listening connection on `channels`.
     pub(crate) async fn listen_channels(&self, channels: &[&str]) -> Result<PgListener> {
-        let mut l = PgListener::connect_with(&self.pool).await?;
+        let mut l = PgListener::connect_with(&self.pool()).await?;
         l.listen_all(channels.iter().copied()).await?;
         Ok(l)
     }
@@ -84,7 +84,7 @@ impl EnforceStore for PgStore {
         .bind(v(&p.allowed_tools))
         .bind(v(&p.allowed_apis))
         .bind(v(&p.hidden_tools))
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl EnforceStore for PgStore {
         // language=PostgreSQL
         let r = sqlx::query("DELETE FROM scope_policies WHERE agent_id = $1")
             .bind(agent)
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -104,7 +104,7 @@ impl EnforceStore for PgStore {
             "SELECT agent_id, allowed_tools, allowed_apis, hidden_tools FROM scope_policies WHERE agent_id = $1",
         )
         .bind(agent)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.pool())
         .await?;
         row.map(TryInto::try_into).transpose()
     }
@@ -114,7 +114,7 @@ impl EnforceStore for PgStore {
         let rows: Vec<PolicyRow> = sqlx::query_as(
             "SELECT agent_id, allowed_tools, allowed_apis, hidden_tools FROM scope_policies ORDER BY agent_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
@@ -124,7 +124,7 @@ impl EnforceStore for PgStore {
         // language=PostgreSQL
         sqlx::query("SELECT governance_heartbeat($1)")
             .bind(agent)
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         Ok(())
     }
@@ -135,7 +135,7 @@ impl EnforceStore for PgStore {
             .bind(agent)
             .bind(actor)
             .bind(reason)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
         Ok(changed)
     }
@@ -149,7 +149,7 @@ impl EnforceStore for PgStore {
     ) -> Result<bool> {
         // governance_halt (with an operator's name) and governance_resume are for operator
         // connections: the application role has EXECUTE on neither.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let q = if s.halt {
             // language=PostgreSQL
             sqlx::query_scalar("SELECT governance_halt($1, $2, $3)")
@@ -196,7 +196,7 @@ impl EnforceStore for PgStore {
                  FROM oversight_decisions WHERE event_id = ANY($1)",
         )
         .bind(event_ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -221,7 +221,7 @@ impl EnforceStore for PgStore {
         let halted: Option<bool> =
             sqlx::query_scalar("SELECT halted FROM agent_presence WHERE agent_id = $1")
                 .bind(agent)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await?;
         Ok(halted.unwrap_or(false))
     }
@@ -230,7 +230,7 @@ impl EnforceStore for PgStore {
         let sql = format!("SELECT {PRESENCE_COLUMNS} FROM agent_presence WHERE agent_id = $1");
         let row: Option<PresenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(agent)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await?;
         Ok(row.map(Into::into))
     }
@@ -238,7 +238,7 @@ impl EnforceStore for PgStore {
     async fn presences(&self) -> Result<Vec<AgentPresence>> {
         let sql = format!("SELECT {PRESENCE_COLUMNS} FROM agent_presence ORDER BY agent_id");
         let rows: Vec<PresenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.pool())
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }

@@ -62,7 +62,7 @@ impl GateStore for PgStore {
             .bind(username)
             .bind(role.as_str())
             .bind(password_hash)
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await
             .map_err(|e| match StoreError::from(e) {
                 StoreError::Conflict(_) => {
@@ -78,7 +78,7 @@ impl GateStore for PgStore {
         let rows: Vec<(String, String, bool, OffsetDateTime)> = sqlx::query_as(
             "SELECT username, role, disabled, created_at FROM operators ORDER BY username",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         rows.into_iter()
             .map(|(u, r, d, c)| {
@@ -90,7 +90,7 @@ impl GateStore for PgStore {
     }
 
     async fn update_operator(&self, username: &str, change: &OperatorChange<'_>) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // language=PostgreSQL
         let r = sqlx::query(
             "UPDATE operators SET disabled = COALESCE($2, disabled), \
@@ -124,7 +124,7 @@ impl GateStore for PgStore {
             "SELECT username, role, password_hash, disabled FROM operators WHERE username = $1",
         )
         .bind(username)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.pool())
         .await?;
         row.map(|(username, role, password_hash, disabled)| {
             Ok(OperatorRecord {
@@ -152,7 +152,7 @@ impl GateStore for PgStore {
         .bind(&g.args)
         .bind(g.requested_at)
         .bind(g.expires_at)
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -161,7 +161,7 @@ impl GateStore for PgStore {
         let sql = format!("SELECT {GATE_COLUMNS} FROM gate_requests WHERE id = $1");
         let row: Option<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await?;
         row.map(TryInto::try_into).transpose()
     }
@@ -172,7 +172,7 @@ impl GateStore for PgStore {
         );
         let rows: Vec<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(self.clock.now())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.pool())
             .await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
@@ -184,7 +184,7 @@ impl GateStore for PgStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<String> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // language=PostgreSQL
         let outcome: String =
             sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6, $7)")
@@ -228,7 +228,7 @@ impl GateStore for PgStore {
                 .bind(agent)
                 .bind(session)
                 .bind(self.clock.now())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(outcome)
     }

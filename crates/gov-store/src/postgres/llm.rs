@@ -27,7 +27,7 @@ impl RegistryStore for PgStore {
         .bind(&c.wrapper)
         .bind(&c.model_family)
         .bind(&c.host_digest)
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -38,7 +38,7 @@ impl RegistryStore for PgStore {
             "SELECT provider, wrapper, model_family, host_digest, registered_at FROM llm_clients \
              ORDER BY registered_at, provider, wrapper, model_family, host_digest",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()

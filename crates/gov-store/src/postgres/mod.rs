@@ -6,15 +6,15 @@ mod console;
 mod enforce;
 mod gates;
 mod heads;
+mod hosts;
 mod llm;
 mod signers;
 
 pub(crate) use audit::{import_locked, lock_head};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Row};
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::backend::Backend;
 use crate::{Listener, MigrateReport, Privileges, Result, StoreError, StoreOptions};
@@ -22,10 +22,11 @@ use crate::{Listener, MigrateReport, Privileges, Result, StoreError, StoreOption
 /// Migrations for PostgreSQL, embedded from `migrations/postgres`.
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// A pool of connections to one PostgreSQL database.
+/// A pool of connections to one PostgreSQL database (on the server of the URL's list that
+/// satisfies its `target_session_attrs`: see `hosts`).
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    current: Arc<RwLock<hosts::Current>>,
     /// The chain heads this process last saw (the LLM path's optimistic appends).
     heads: Arc<heads::Heads>,
     /// The clock the rules run on (passed to the functions as `p_now`).
@@ -43,7 +44,10 @@ fn valid_role_name(role: &str) -> bool {
 /// `postgres` database to do so. Returns whether it was created.
 pub(crate) async fn ensure_database(url: &str) -> Result<bool> {
     use sqlx::Connection;
-    let opts = PgConnectOptions::from_str(url)?;
+    let target = hosts::parse(url, "governance")?;
+    let (i, probe) = hosts::resolve(&target, std::time::Duration::from_secs(10)).await?;
+    let _ = probe.close().await;
+    let opts: PgConnectOptions = target.servers[i].clone();
     let name = opts
         .get_database()
         .ok_or_else(|| StoreError::InvalidUrl("it names no database".into()))?
@@ -71,33 +75,30 @@ impl PgStore {
     /// Connects (one connection is opened at once, so an unreachable server fails here).
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
         use sqlx::Connection;
-        let connect = PgConnectOptions::from_str(url)?.application_name(&opts.application_name);
-        // One direct attempt first: the pool would retry a refused connection until its
-        // timeout and then report only the timeout, hiding the cause.
-        let probe = tokio::time::timeout(
-            opts.acquire_timeout,
-            sqlx::PgConnection::connect_with(&connect),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("timed out connecting".into()))??;
+        let target = hosts::parse(url, &opts.application_name)?;
+        // One direct attempt first (on each server in turn, for a list): the pool would retry
+        // a refused connection until its timeout and then report only the timeout, hiding the
+        // cause.
+        let (server, probe) = hosts::resolve(&target, opts.acquire_timeout).await?;
+        // The pool's first connection is this one's successor: keep the probe's open until the
+        // pool has its own, so a server that accepts one connection accepts the next.
+        let pool = hosts::pool_for(&target, server, opts);
+        let first = pool.acquire().await;
         let _ = probe.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(opts.max_connections)
-            .min_connections(0)
-            .acquire_timeout(opts.acquire_timeout)
-            // A ping before every checkout would double the cost of each check.
-            .test_before_acquire(false)
-            .connect_with(connect)
-            .await?;
-        let mut store = Self::from_pool(pool);
-        store.clock = opts.clock.clone();
+        drop(first?);
+        let store = Self {
+            current: Arc::new(RwLock::new(hosts::Current { pool, server })),
+            heads: Arc::default(),
+            clock: opts.clock.clone(),
+        };
+        hosts::start_monitor(&store.current, target, opts.clone());
         Ok(store)
     }
 
     /// Wraps an existing pool (tests and embedding services).
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
-            pool,
+            current: Arc::new(RwLock::new(hosts::Current { pool, server: 0 })),
             heads: Arc::default(),
             clock: crate::Clock::system(),
         }
@@ -108,16 +109,17 @@ impl PgStore {
         self.heads.committed(chain_id, Some(head));
     }
 
-    /// The underlying pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The pool in use (on a multi-host URL, the monitor may move it to another server: take
+    /// it again for each piece of work rather than keeping it).
+    pub fn pool(&self) -> PgPool {
+        hosts::read(&self.current).pool.clone()
     }
 
     async fn applied_versions(&self) -> Result<Vec<i64>> {
         // language=PostgreSQL
         let rows =
             sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pool())
                 .await?;
         rows.iter()
             .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
@@ -128,7 +130,7 @@ impl PgStore {
 impl Backend for PgStore {
     async fn migrate(&self) -> Result<MigrateReport> {
         let before = self.applied_versions().await.unwrap_or_default();
-        MIGRATOR.run(&self.pool).await.map_err(|e| match StoreError::from(e) {
+        MIGRATOR.run(&self.pool()).await.map_err(|e| match StoreError::from(e) {
             StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
                 "this role may not change the schema; run `governance migrate` as the role that owns the database, not the application role".into(),
             ),
@@ -157,11 +159,11 @@ impl Backend for PgStore {
              END $$"
         );
         sqlx::query(sqlx::AssertSqlSafe(create))
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
             .bind(role)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
         if row.try_get::<bool, _>(0)? || row.try_get::<bool, _>(1)? {
             return Err(StoreError::InvalidArgument(format!(
@@ -174,15 +176,15 @@ impl Backend for PgStore {
             )
             .bind(role)
             .bind(pw)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
             sqlx::query(sqlx::AssertSqlSafe(stmt))
-                .execute(&self.pool)
+                .execute(&self.pool())
                 .await?;
         }
         sqlx::query("SELECT governance_grant_app_role($1)")
             .bind(role)
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         Ok(())
     }
@@ -198,7 +200,7 @@ impl Backend for PgStore {
                     has_table_privilege('audit_events', 'DELETE'), \
                     has_table_privilege('audit_events', 'TRUNCATE')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool())
         .await?;
         Ok(Privileges {
             role: row.try_get(0)?,
@@ -216,19 +218,19 @@ impl Backend for PgStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.pool()).await?;
         Ok(())
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
     }
 
     async fn instance(&self) -> Result<crate::Instance> {
         // language=PostgreSQL
         let (id, name): (uuid::Uuid, String) =
             sqlx::query_as("SELECT id, current_database()::text FROM governance_instance")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(crate::Instance {
             id,

@@ -36,12 +36,12 @@ impl SignerStore for PgStore {
         .bind(id)
         .bind(public_key)
         .bind(label)
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         let stored: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT public_key FROM signer_keys WHERE signer_key_id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await?;
         Ok(stored.as_deref() == Some(public_key))
     }
@@ -57,12 +57,12 @@ impl SignerStore for PgStore {
         .bind(&row.label)
         .bind(row.created_at)
         .bind(row.revoked_at)
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         let stored: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT public_key FROM signer_keys WHERE signer_key_id = $1")
                 .bind(&row.signer_key_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await?;
         Ok(stored.as_deref() == Some(&row.public_key[..]))
     }
@@ -72,7 +72,7 @@ impl SignerStore for PgStore {
             "SELECT signer_key_id, public_key, label, created_at, revoked_at \
              FROM signer_keys ORDER BY signer_key_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -92,7 +92,7 @@ impl SignerStore for PgStore {
              WHERE signer_key_id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -108,7 +108,7 @@ impl SignerStore for PgStore {
         .bind(c.signed_at)
         .bind(&c.signer_key_id)
         .bind(&c.signature)
-        .execute(&self.pool)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -119,7 +119,7 @@ impl SignerStore for PgStore {
              FROM checkpoints WHERE chain_id = $1 ORDER BY seq, signer_key_id",
         )
         .bind(chain_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
