@@ -21,3 +21,4 @@ mod sessions;
 mod signatures;
 mod spool;
 mod support;
+mod transfer;
