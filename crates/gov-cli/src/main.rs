@@ -9,7 +9,6 @@ mod commands;
 mod local;
 mod output;
 mod progress;
-mod transfer;
 mod when;
 
 use std::process::ExitCode;
@@ -74,10 +73,13 @@ fn main() -> ExitCode {
 }
 
 /// The kind of an error the CLI returns, in the SDK's one classification ([`ErrorKind`]): an
-/// SDK or report error (wrapped in context or not) keeps its own; an error of the CLI's own
+/// SDK, transfer or report error (wrapped in context or not) keeps its own; an error of the CLI's own
 /// (such as a file it cannot write) is a usage or configuration error.
 fn kind_of(err: &anyhow::Error) -> ErrorKind {
     if let Some(e) = err.downcast_ref::<gov_report::ReportError>() {
+        return e.kind();
+    }
+    if let Some(e) = err.downcast_ref::<gov_sdk::admin::transfer::TransferError>() {
         return e.kind();
     }
     err.downcast_ref::<gov_sdk::Error>()

@@ -33,3 +33,52 @@ pub(crate) fn spinner(out: &Out) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
+
+/// An export's or an import's progress: a spinner while the import checks the file, then a bar
+/// counting the rows written (`what`: "exporting", "importing").
+pub(crate) struct Transfer<'a> {
+    out: &'a Out,
+    what: &'static str,
+    spinner: std::sync::OnceLock<ProgressBar>,
+    bar: std::sync::OnceLock<ProgressBar>,
+}
+
+impl<'a> Transfer<'a> {
+    pub(crate) fn new(out: &'a Out, what: &'static str) -> Self {
+        Self {
+            out,
+            what,
+            spinner: std::sync::OnceLock::new(),
+            bar: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl gov_sdk::admin::transfer::Progress for Transfer<'_> {
+    fn checking(&self, file: &str) {
+        let s = self.spinner.get_or_init(|| spinner(self.out));
+        s.set_message(format!("checking {file}"));
+    }
+
+    fn checked(&self) {
+        if let Some(s) = self.spinner.get() {
+            s.finish_and_clear();
+        }
+    }
+
+    fn rows(&self, total: u64) {
+        self.bar.get_or_init(|| bar(self.out, total, self.what));
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(b) = self.bar.get() {
+            b.inc(n);
+        }
+    }
+
+    fn rows_done(&self) {
+        if let Some(b) = self.bar.get() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod event;
 pub mod events;
 mod gate;
 mod ids;
+mod links;
 mod presence;
 mod pricing;
 mod record;
@@ -25,6 +26,7 @@ pub use error::{EventError, IdError};
 pub use event::{AuditEvent, AuditEventBuilder, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
 pub use gate::{GateRecord, GateStatus, OperatorRole};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
+pub use links::{ChainLinks, LinkBreak};
 pub use presence::{AgentPresence, LoopWindow, PresenceState, PresenceThresholds};
 pub use pricing::{MicroUsd, ModelPrice, PRICING_VERSION, PriceTable, TokenUsage};
 pub use record::{

@@ -1,6 +1,9 @@
 //! Administration that needs no audit secret: migrations, the application role, privileges,
-//! and moving sealed chains between databases (export and import: rows are copied as they are,
-//! never re-sealed). Run as the role that owns the schema (not as the application role).
+//! and moving sealed chains between databases ([`transfer`]: export and import; rows are copied
+//! as they are, never re-sealed). Run as the role that owns the schema (not as the application
+//! role).
+
+pub mod transfer;
 
 use gov_core::{AuditRecord, ChainHead, ChainId, OperatorRole};
 use gov_store::{MigrateReport, OperatorChange, Privileges, Store, StoreOptions};

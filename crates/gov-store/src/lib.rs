@@ -276,7 +276,7 @@ pub(crate) fn check_continues(
     head: &(i64, Vec<u8>),
     rows: &[AuditRecord],
 ) -> Result<()> {
-    let (mut seq, mut prev) = (head.0, head.1.as_slice());
+    let mut links = gov_core::ChainLinks::at(head.0, &head.1);
     for r in rows {
         if r.chain_id != chain_id {
             return Err(StoreError::InvalidArgument(format!(
@@ -284,14 +284,12 @@ pub(crate) fn check_continues(
                 r.chain_id
             )));
         }
-        if r.seq != seq + 1 || r.prev_hmac != prev {
+        if links.push(r).is_err() {
             return Err(StoreError::Conflict(format!(
                 "row {} of chain {chain_id} does not continue the chain here (its head is at seq {}); import into an empty chain or continue from the head",
                 r.seq, head.0
             )));
         }
-        seq = r.seq;
-        prev = &r.row_hmac;
     }
     Ok(())
 }

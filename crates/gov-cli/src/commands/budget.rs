@@ -18,8 +18,9 @@ fn tokens(c: Option<u64>) -> String {
 
 pub(crate) async fn run(args: BudgetArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     gov_sdk::AgentId::new(&args.agent).map_err(gov_sdk::Error::from)?;
-    let url = super::database_url(global).await?;
-    let secret = super::audit_secret(&args.secret)?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
+    let secret = target.audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
     let session = args.session.as_deref().unwrap_or("-");
     let snap = gov.cost().snapshot(&args.agent, session).await?;

@@ -24,8 +24,9 @@ pub(crate) async fn run(
     })?;
     // Here a key that cannot be loaded is an error: a checkpoint is only worth its signature.
     let signer = Signer::load(url, "checkpoint").map_err(|e| config(format!("{e}")))?;
-    let db = super::database_url(global).await?;
-    let secret = super::audit_secret(&args.secret)?;
+    let target = super::Target::resolve(global).await?;
+    let db = target.url.clone();
+    let secret = target.audit_secret(&args.secret)?;
     let gov = super::connect(&db, secret).await?;
     let chains = match &args.chain {
         Some(c) => vec![c.clone()],

@@ -54,9 +54,10 @@ pub(crate) async fn run(
     global: &Global,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    let url = super::database_url(global).await?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
     if let ConsoleCommand::Serve(args) = cmd {
-        return serve(args, &url, out).await;
+        return serve(args, &target, out).await;
     }
     // Read the password before connecting, so a typo does not leave a connection waiting.
     let password = match &cmd {
@@ -134,8 +135,13 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: crate::cli::ServeArgs, url: &str, out: &Out) -> anyhow::Result<ExitCode> {
-    let secret = super::audit_secret(&args.secret)?;
+async fn serve(
+    args: crate::cli::ServeArgs,
+    target: &super::Target,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let url = target.url.as_str();
+    let secret = target.audit_secret(&args.secret)?;
     let gov = super::connect(url, secret).await?;
     let config = gov_console::ConsoleConfig {
         secure_cookies: args.secure_cookies,

@@ -178,7 +178,8 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
         true => None,
         false => Some(listen(args.bind).await?),
     };
-    let url = super::database_url(global).await?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
     let (secret, kept) = match (
         &args.secret.audit_secret_file,
         std::env::var(gov_sdk::ENV_AUDIT_SECRET),
@@ -187,7 +188,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             let (s, path) = demo_secret()?;
             (s, Some(path))
         }
-        _ => (super::audit_secret(&args.secret)?, None),
+        _ => (target.audit_secret(&args.secret)?, None),
     };
 
     let human = !out.json();
@@ -203,7 +204,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
         }
     }
     let admin = Admin::connect_or_create(&url).await?;
-    let migrate_line = match crate::local::migrated_here() {
+    let migrate_line = match target.migrated_here() {
         Some(applied) => format!("migrate   {applied} applied to the new local database"),
         None if admin.schema_is_current().await? => "migrate   schema is current".to_owned(),
         None => {

@@ -11,11 +11,12 @@ use crate::output::Out;
 const ENV_APP_ROLE_PASSWORD: &str = "GOVERNANCE_APP_ROLE_PASSWORD";
 
 pub(crate) async fn run(args: MigrateArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
-    let url = super::database_url(global).await?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
     let admin = Admin::connect_or_create(&url).await?;
     let mut report = admin.migrate().await?;
     // The local database is created and migrated as soon as it is opened: count those.
-    if let Some(n) = crate::local::migrated_here() {
+    if let Some(n) = target.migrated_here() {
         report.applied += usize::try_from(n).unwrap_or(0);
     }
     let password = std::env::var(ENV_APP_ROLE_PASSWORD)

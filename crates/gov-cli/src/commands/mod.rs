@@ -21,30 +21,63 @@ use gov_sdk::{AuditSecret, Governance};
 
 use crate::cli::{Global, SecretArgs};
 
-/// The database URL from the flag or environment; without one, the local SQLite database in
-/// the platform's data directory (created, migrated and announced).
-pub(crate) async fn database_url(global: &Global) -> anyhow::Result<String> {
-    match &global.database_url {
-        Some(url) => Ok(url.clone()),
-        None => crate::local::database_url().await,
-    }
+/// The database a command works on, resolved once from the arguments: the URL from the flag
+/// or environment, or without one the local SQLite database in the platform's data directory
+/// (created, migrated and announced when resolved). What depends on which it is (the local
+/// database's kept secret, the migrations applied to open it) is asked of this value.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// The database URL.
+    pub(crate) url: String,
+    /// Set when the local database is in use.
+    local: Option<crate::local::Opened>,
 }
 
-/// The audit secret from `--audit-secret-file` or `GOVERNANCE_AUDIT_SECRET`.
-pub(crate) fn audit_secret(args: &SecretArgs) -> anyhow::Result<AuditSecret> {
-    let text = match &args.audit_secret_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the audit secret file {}", path.display()))
-            .map_err(|e| anyhow::Error::new(gov_sdk::Error::Config(format!("{e:#}"))))?,
-        None => match std::env::var(gov_sdk::ENV_AUDIT_SECRET) {
-            Ok(text) => text,
-            Err(_) => match crate::local::kept_secret()? {
-                Some(secret) => return Ok(secret),
-                None => String::new(),
+impl Target {
+    /// Resolves the database from `global`.
+    pub(crate) async fn resolve(global: &Global) -> anyhow::Result<Self> {
+        Ok(match &global.database_url {
+            Some(url) => Self {
+                url: url.clone(),
+                local: None,
             },
-        },
-    };
-    Ok(AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?)
+            None => {
+                let opened = crate::local::open().await?;
+                Self {
+                    url: opened.url.clone(),
+                    local: Some(opened),
+                }
+            }
+        })
+    }
+
+    /// The migrations applied to the local database when it was opened (created or upgraded),
+    /// so a command does not then report a schema it just migrated as "current"; `None` when
+    /// none were, or the database is not the local one.
+    pub(crate) fn migrated_here(&self) -> Option<u64> {
+        self.local.as_ref().map(|l| l.migrated).filter(|n| *n > 0)
+    }
+
+    /// The audit secret from `--audit-secret-file` or `GOVERNANCE_AUDIT_SECRET`; on the local
+    /// database, the secret kept beside it (by `governance demo`) when neither is set.
+    pub(crate) fn audit_secret(&self, args: &SecretArgs) -> anyhow::Result<AuditSecret> {
+        let text = match &args.audit_secret_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the audit secret file {}", path.display()))
+                .map_err(|e| anyhow::Error::new(gov_sdk::Error::Config(format!("{e:#}"))))?,
+            None => match std::env::var(gov_sdk::ENV_AUDIT_SECRET) {
+                Ok(text) => text,
+                Err(_) => match self.local.as_ref().map(|_| crate::local::kept_secret()) {
+                    Some(kept) => match kept? {
+                        Some(secret) => return Ok(secret),
+                        None => String::new(),
+                    },
+                    None => String::new(),
+                },
+            },
+        };
+        Ok(AuditSecret::parse(&text).map_err(gov_sdk::Error::from)?)
+    }
 }
 
 /// Connects the SDK handle.

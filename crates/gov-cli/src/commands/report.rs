@@ -91,8 +91,9 @@ pub(crate) async fn run(args: ReportArgs, global: &Global, out: &Out) -> anyhow:
             "--json prints the report itself as one JSON object; drop --as, or write this form to a file with --output".into(),
         ));
     }
-    let url = super::database_url(global).await?;
-    let secret = super::audit_secret(&args.secret)?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
+    let secret = target.audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
     let req = ReportRequest {
         from,

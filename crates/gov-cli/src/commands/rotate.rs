@@ -46,8 +46,9 @@ pub(crate) async fn run(args: RotateArgs, global: &Global, out: &Out) -> anyhow:
     if let Some(c) = &args.chain {
         gov_sdk::ChainId::new(c).map_err(gov_sdk::Error::from)?;
     }
-    let url = super::database_url(global).await?;
-    let secret = super::audit_secret(&args.secret)?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
+    let secret = target.audit_secret(&args.secret)?;
     let new = new_secret()?;
     let gov = super::connect(&url, secret).await?;
     let chains = match &args.chain {

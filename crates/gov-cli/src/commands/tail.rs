@@ -43,8 +43,9 @@ pub(crate) async fn run(args: TailArgs, global: &Global, out: &Out) -> anyhow::R
             .build()
             .map_err(gov_sdk::Error::from)?;
     }
-    let url = super::database_url(global).await?;
-    let secret = super::audit_secret(&args.secret)?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
+    let secret = target.audit_secret(&args.secret)?;
     let gov: Governance = super::connect(&url, secret).await?;
     let mut tail = gov.audit().tail(filter).await?;
     // Say so at once: otherwise a quiet chain looks like a hung command. On stderr, so stdout

@@ -52,8 +52,9 @@ fn progress_bar(out: &Out) -> ProgressBar {
 
 pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow::Result<ExitCode> {
     check_range(&args)?;
-    let url = super::database_url(global).await?;
-    let secret = super::audit_secret(&args.secret)?;
+    let target = super::Target::resolve(global).await?;
+    let url = target.url.clone();
+    let secret = target.audit_secret(&args.secret)?;
     let gov = super::connect(&url, secret).await?;
     let bar = progress_bar(out);
     let shown = bar.clone();

@@ -23,3 +23,4 @@ mod sessions;
 mod signatures;
 mod spool;
 mod support;
+mod transfer;

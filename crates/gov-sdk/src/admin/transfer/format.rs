@@ -1,5 +1,4 @@
-//! The export file that `governance export` writes and `governance import` reads: JSON Lines,
-//! version 1.
+//! The export file: JSON Lines, version 1.
 //!
 //! Line 1 is the header (`format`, `version`, the chains and their heads), then one line per
 //! signer key, per audit row (chain by chain, in seq order) and per checkpoint, and last an
@@ -8,20 +7,23 @@
 //! `occurred_at` is sealed to the microsecond). Rows carry every stored field of an audit row,
 //! so they import verbatim and still verify. This module only converts and checks lines; it
 //! does no I/O of its own.
+//!
+//! A line's own shape is checked here ([`RowLine::into_record`] and the others); how lines fit
+//! together (sections, links between rows, the trailer's counts) is the import's check.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use gov_sdk::admin::{CheckpointRow, SignerKeyRow};
-use gov_sdk::{AuditRecord, EventId};
+use gov_core::{AuditRecord, EventId, MAX_PAYLOAD_BYTES};
+use gov_store::{CheckpointRow, SignerKeyRow};
 
 /// The header's `format`.
-pub(crate) const FORMAT: &str = "governance-export";
+pub const FORMAT: &str = "governance-export";
 /// The file version this build writes and reads.
-pub(crate) const VERSION: u64 = 1;
+pub const VERSION: u64 = 1;
 /// Longest line read (a 64 KiB payload escaped as `\u00XX` stays well below it).
-pub(crate) const MAX_LINE_BYTES: usize = 1 << 20;
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// Bytes as lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,11 +285,11 @@ impl RowLine {
                 "occurred_at has digits below the microsecond, which the chain does not store",
             ));
         }
-        if self.payload.len() > gov_sdk::MAX_PAYLOAD_BYTES {
+        if self.payload.len() > MAX_PAYLOAD_BYTES {
             return Err(at(&format!(
                 "the payload has {} bytes, more than the {} a row may hold",
                 self.payload.len(),
-                gov_sdk::MAX_PAYLOAD_BYTES
+                MAX_PAYLOAD_BYTES
             )));
         }
         Ok(AuditRecord {
