@@ -250,6 +250,15 @@ impl GovernanceBuilder {
         self
     }
 
+    /// The longest one storage call may take before storage counts as out of reach (default
+    /// 10 s): a server that stops answering without closing the connection never holds a
+    /// check longer; enforcement then refuses. `None` removes the bound. Schema changes and
+    /// imports are not bounded. See [`gov_store::StoreOptions::call_timeout`].
+    pub fn storage_call_timeout(mut self, d: Option<Duration>) -> Self {
+        self.config.store.call_timeout = d.map(|d| d.max(Duration::from_millis(1)));
+        self
+    }
+
     /// The longest an observation waits for storage before it is spooled (default 5 s; see
     /// [`Config::observation_deadline`]).
     pub fn observation_deadline(mut self, d: Duration) -> Self {

@@ -4,10 +4,16 @@
 //! While the listener is down the caches are not trusted: checks read storage directly, and
 //! fail closed when storage is out of reach. After a reconnect the caches are rebuilt before
 //! they are trusted again.
+//!
+//! A connection can die silently (a partition, a frozen server: nothing closes it, so nothing
+//! is ever received). On Postgres a watchdog proves the listener still hears: after
+//! [`HEARTBEAT`] without any notification it sends one on a channel of this handle's own and
+//! expects it back within [`HEARTBEAT`]; when it does not come, the listener is dropped (the
+//! caches stop being trusted at once) and connects again.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gov_store::{GATE_CHANNEL, HALT_CHANNEL, Listener, Notice, POLICY_CHANNEL, Store};
 
@@ -23,7 +29,17 @@ pub(crate) struct Shared {
     pub(crate) halts: HaltCache,
     /// Gate notifications (`<id>:<status>`), for `wait_for`.
     pub(crate) gates: tokio::sync::broadcast::Sender<String>,
+    /// This handle's own channel, on which the watchdog proves the listener hears.
+    ping_channel: String,
+    /// When the listener last received anything, and the last watchdog payload it received.
+    heard: Mutex<(Instant, String)>,
+    /// Tells the listener task to drop a connection that no longer hears.
+    restart: tokio::sync::Notify,
 }
+
+/// How long the listener may go without hearing anything before the watchdog checks it, and
+/// how long the check may take.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl Default for Shared {
     fn default() -> Self {
@@ -32,6 +48,9 @@ impl Default for Shared {
             scope: ScopeCache::default(),
             halts: HaltCache::default(),
             gates: tokio::sync::broadcast::channel(1_024).0,
+            ping_channel: format!("gov_ping_{}", uuid::Uuid::now_v7().simple()),
+            heard: Mutex::new((Instant::now(), String::new())),
+            restart: tokio::sync::Notify::new(),
         }
     }
 }
@@ -48,7 +67,24 @@ impl Shared {
         Ok(())
     }
 
+    fn heard(&self, payload: Option<&str>) -> std::sync::MutexGuard<'_, (Instant, String)> {
+        let mut h = match self.heard.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        h.0 = Instant::now();
+        if let Some(p) = payload {
+            p.clone_into(&mut h.1);
+        }
+        h
+    }
+
     async fn apply(&self, store: &Store, channel: &str, payload: &str) {
+        if channel == self.ping_channel {
+            drop(self.heard(Some(payload)));
+            return;
+        }
+        drop(self.heard(None));
         match channel {
             POLICY_CHANNEL => match store.scope_policy(payload).await {
                 Ok(p) => self.scope.put(payload, p),
@@ -73,13 +109,63 @@ impl Shared {
 /// fresh handle starts with trusted caches when storage is reachable.
 pub(crate) async fn start(store: Store, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     let first = connect(&store, &shared).await;
+    if matches!(store, Store::Postgres(_)) {
+        tokio::spawn(watchdog(store.clone(), Arc::downgrade(&shared)));
+    }
     tokio::spawn(run(store, shared, first))
 }
 
 const CHANNELS: &[&str] = &[POLICY_CHANNEL, HALT_CHANNEL, GATE_CHANNEL];
 
+/// Proves the listener still hears (see the module's doc); stops with the handle.
+async fn watchdog(store: Store, shared: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(sh) = shared.upgrade() else { return };
+        if !sh.healthy() {
+            continue;
+        }
+        let since = match sh.heard.lock() {
+            Ok(g) => g.0.elapsed(),
+            Err(p) => p.into_inner().0.elapsed(),
+        };
+        if since < HEARTBEAT {
+            continue;
+        }
+        let token = uuid::Uuid::now_v7().simple().to_string();
+        let sent =
+            tokio::time::timeout(HEARTBEAT, store.notify_listener(&sh.ping_channel, &token)).await;
+        let came_back = match sent {
+            Ok(Ok(_)) => {
+                let until = Instant::now() + HEARTBEAT;
+                loop {
+                    let got = match sh.heard.lock() {
+                        Ok(g) => g.1 == token,
+                        Err(p) => p.into_inner().1 == token,
+                    };
+                    if got || Instant::now() >= until {
+                        break got;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            _ => false,
+        };
+        if !came_back {
+            tracing::warn!(
+                "the notification listener stopped hearing (a connection that went silent): reconnecting; checks read storage meanwhile"
+            );
+            sh.healthy.store(false, Ordering::Release);
+            sh.halts.clear();
+            sh.restart.notify_one();
+        }
+    }
+}
+
 async fn connect(store: &Store, shared: &Shared) -> Option<Listener> {
-    let listener = match store.listen(CHANNELS).await {
+    let mut channels = CHANNELS.to_vec();
+    channels.push(&shared.ping_channel);
+    let listener = match store.listen(&channels).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "notification listener could not connect");
@@ -108,7 +194,15 @@ async fn run(store: Store, shared: Arc<Shared>, mut listener: Option<Listener>) 
             listener = connect(&store, &shared).await;
             continue;
         };
-        match l.recv().await {
+        let notice = tokio::select! {
+            n = l.recv() => n,
+            () = shared.restart.notified() => {
+                // The watchdog found it deaf: drop it (cancelling its wait) and connect again.
+                listener = None;
+                continue;
+            }
+        };
+        match notice {
             Ok(Notice::Message { channel, payload }) => {
                 backoff = Duration::from_millis(100);
                 shared.apply(&store, &channel, &payload).await;

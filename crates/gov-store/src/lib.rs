@@ -34,8 +34,24 @@ use backend::{
     SignerStore,
 };
 
-/// Calls the same typed method on whichever backend the store holds.
+/// Calls the same typed method on whichever backend the store holds, within the store's
+/// deadline ([`StoreOptions::call_timeout`]).
 macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        $self
+            .bounded(async {
+                match $self {
+                    Store::Postgres($s) => $call,
+                    Store::Sqlite($s) => $call,
+                }
+            })
+            .await
+    };
+}
+
+/// [`dispatch!`] without the deadline: schema changes, imports and closing, which take as
+/// long as they take.
+macro_rules! dispatch_unbounded {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             Store::Postgres($s) => $call,
@@ -132,6 +148,11 @@ pub struct StoreOptions {
     /// The clock the enforcement rules run on (default: the system clock; tests set a manual
     /// one to control expiry).
     pub clock: Clock,
+    /// The longest one storage call may take before storage counts as out of reach
+    /// (observation spools, enforcement refuses): a server that stops answering without
+    /// closing the connection never holds a caller longer (default 10 s; `None`: no bound).
+    /// Schema changes and imports are not bounded.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -142,6 +163,7 @@ impl Default for StoreOptions {
             application_name: "governance".to_owned(),
             create_if_missing: false,
             clock: Clock::system(),
+            call_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -305,6 +327,24 @@ impl Store {
         }
     }
 
+    /// Runs one storage call within the deadline; past it, storage counts as out of reach
+    /// (observation spools, enforcement refuses).
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let deadline = match self {
+            Self::Postgres(s) => s.deadline,
+            Self::Sqlite(s) => s.deadline,
+        };
+        match deadline {
+            Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "storage did not answer within {} ms (the store's call timeout)",
+                    d.as_millis()
+                )))
+            }),
+            None => call.await,
+        }
+    }
+
     /// Which backend this store uses.
     pub fn kind(&self) -> BackendKind {
         match self {
@@ -324,7 +364,7 @@ impl Store {
 
     /// Applies the embedded migrations (idempotent).
     pub async fn migrate(&self) -> Result<MigrateReport> {
-        dispatch!(self, s => s.migrate().await)
+        dispatch_unbounded!(self, s => s.migrate().await)
     }
 
     /// Fails with [`StoreError::NotMigrated`] when the schema is missing or older than this build.
@@ -335,7 +375,7 @@ impl Store {
     /// Creates the least-privilege application role if missing and grants it what the SDK
     /// needs and nothing more. `password` (if any) is set on the role.
     pub async fn ensure_app_role(&self, role: &str, password: Option<&str>) -> Result<()> {
-        dispatch!(self, s => s.ensure_app_role(role, password).await)
+        dispatch_unbounded!(self, s => s.ensure_app_role(role, password).await)
     }
 
     /// What the connected role may do to the audit tables.
@@ -359,7 +399,7 @@ impl Store {
     /// transaction. They must continue the chain's head here: consecutive seqs, each naming its
     /// predecessor's seal; otherwise nothing is written ([`StoreError::Conflict`]).
     pub async fn import_rows(&self, chain_id: &str, rows: &[AuditRecord]) -> Result<()> {
-        dispatch!(self, s => s.import_rows(chain_id, rows).await)
+        dispatch_unbounded!(self, s => s.import_rows(chain_id, rows).await)
     }
 
     /// Which of `ids` are already stored as audit events.
@@ -430,7 +470,7 @@ impl Store {
     /// Stores a signer's key with its recorded creation and revocation times (an import); kept
     /// as it is when already there. Returns false when the id is registered with another key.
     pub async fn import_signer(&self, row: &SignerKeyRow) -> Result<bool> {
-        dispatch!(self, s => s.import_signer(row).await)
+        dispatch_unbounded!(self, s => s.import_signer(row).await)
     }
 
     /// Every registered signer.
@@ -472,6 +512,26 @@ impl Store {
     /// Ends a session.
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         dispatch!(self, s => s.delete_session(token_hash).await)
+    }
+
+    /// Sends `payload` on `channel` for a listener to prove it still hears (Postgres NOTIFY);
+    /// `Ok(false)` on SQLite, whose notifications are local to the file and need no proof.
+    pub async fn notify_listener(&self, channel: &str, payload: &str) -> Result<bool> {
+        match self {
+            Self::Postgres(s) => {
+                self.bounded(async {
+                    // language=PostgreSQL
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(channel)
+                        .bind(payload)
+                        .execute(&s.pool())
+                        .await?;
+                    Ok(true)
+                })
+                .await
+            }
+            Self::Sqlite(_) => Ok(false),
+        }
     }
 
     /// Opens a dedicated listening connection on `channels`.
@@ -735,7 +795,7 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        dispatch!(self, s => s.close().await)
+        dispatch_unbounded!(self, s => s.close().await)
     }
 
     /// What identifies this database (the local spool belongs to one).

@@ -278,3 +278,74 @@ async fn the_handle_moves_to_the_next_server_when_the_one_in_use_stops_answering
     gov.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that stops answering without closing anything: a read never holds its caller past
+/// the store's call timeout (storage out of reach: enforcement refuses), and the listener's
+/// watchdog notices it no longer hears, so the scope cache stops being trusted and checks
+/// read storage (and refuse while it is silent) instead of answering from a stale cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_bounds_every_call_and_the_caches_stop_trusting_a_deaf_listener() {
+    let db = TestStore::new(TestBackend::Postgres).await;
+    // The policy is there before the handle connects (no notification of it in flight).
+    let direct = Governance::builder()
+        .database_url(db.app_url())
+        .audit_secret(SECRET)
+        .spool(false)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect");
+    direct
+        .scope()
+        .register(
+            gov_sdk::ScopePolicy::new("billing".parse().expect("agent")).allow_tools(["search"]),
+        )
+        .await
+        .unwrap();
+    direct.close().await;
+    let (proxy, through) = Proxy::for_url(&db.app_url()).await;
+    let gov = Governance::builder()
+        .database_url(&through)
+        .audit_secret(SECRET)
+        .spool(false)
+        .acquire_timeout(Duration::from_millis(500))
+        .storage_call_timeout(Some(Duration::from_millis(400)))
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect");
+    gov.scope().check("billing", "search").await.unwrap();
+
+    proxy.stall();
+    // A read: out of reach once the timeout passes, never a wait for ever (liveness bound).
+    let read = tokio::time::timeout(Duration::from_secs(60), gov.audit().chain_ids())
+        .await
+        .expect("a read on a silent server returns");
+    let err = read.expect_err("nothing can be read from a silent server");
+    assert!(err.is_unavailable(), "{err}");
+    // The scope cache: trusted while the listener hears; refused (read from storage, which
+    // is silent) once the watchdog finds the listener deaf.
+    let start = Instant::now();
+    let refusal = loop {
+        match gov.scope().policy("billing").await {
+            Ok(_) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the scope cache was trusted for a minute on a listener that hears nothing"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(refusal.is_unavailable(), "{refusal}");
+
+    proxy.resume();
+    // Back: the listener connects again and the cache is rebuilt.
+    let start = Instant::now();
+    while gov.scope().check("billing", "search").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gov.close().await;
+}

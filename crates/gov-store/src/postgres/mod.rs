@@ -31,6 +31,8 @@ pub struct PgStore {
     heads: Arc<heads::Heads>,
     /// The clock the rules run on (passed to the functions as `p_now`).
     pub(crate) clock: crate::Clock,
+    /// See [`StoreOptions::call_timeout`].
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 fn valid_role_name(role: &str) -> bool {
@@ -90,6 +92,7 @@ impl PgStore {
             current: Arc::new(RwLock::new(hosts::Current { pool, server })),
             heads: Arc::default(),
             clock: opts.clock.clone(),
+            deadline: opts.call_timeout,
         };
         hosts::start_monitor(&store.current, target, opts.clone());
         Ok(store)
@@ -101,6 +104,7 @@ impl PgStore {
             current: Arc::new(RwLock::new(hosts::Current { pool, server: 0 })),
             heads: Arc::default(),
             clock: crate::Clock::system(),
+            deadline: None,
         }
     }
 

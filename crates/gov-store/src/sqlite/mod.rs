@@ -80,6 +80,8 @@ pub struct SqliteStore {
     last_prune: Arc<AtomicI64>,
     /// The clock the rules run on.
     pub(crate) clock: crate::Clock,
+    /// See [`crate::StoreOptions::call_timeout`].
+    pub(crate) deadline: Option<Duration>,
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -288,6 +290,7 @@ impl SqliteStore {
             shared: shared_for(&key),
             last_prune: Arc::new(AtomicI64::new(0)),
             clock: opts.clock.clone(),
+            deadline: opts.call_timeout,
         })
     }
 
