@@ -6,7 +6,10 @@
 //! folder entry) before [`Ack::Spooled`] is returned. While records wait, a later record takes
 //! its place behind them, so order is kept: while storage is down it is spooled at once; while
 //! storage answers it joins the replay in memory and the caller waits for the replay to reach
-//! it (then it is durable), so a loaded process drains the spool instead of refilling it. No
+//! it (then it is durable), so a loaded process drains the spool instead of refilling it. Once
+//! no spooled record waits (only callers' records in memory), new records are written
+//! directly again: a caller waiting in memory has nothing else outstanding, so order holds,
+//! and the replay empties instead of answered callers queueing again behind the others. No
 //! caller waits longer than the observation deadline ([`Setup::deadline`]): a write to storage
 //! that has no answer by then counts as storage out of reach, and a caller the replay has not
 //! reached by then has its record (and every other one waiting in memory) written to the file.
@@ -182,6 +185,8 @@ struct Segments {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Entry>,
+    /// Queued entries that live in a spool file (the rest wait in memory with their caller).
+    filed: usize,
     segs: Segments,
     /// Replay one record per transaction until one succeeds (a batch was refused).
     solo: bool,
@@ -217,6 +222,8 @@ pub(crate) struct Shared {
     deadline: Duration,
     state: Mutex<State>,
     len: AtomicUsize,
+    /// [`State::filed`], readable without the lock.
+    filed: AtomicUsize,
     /// Storage was last found out of reach: new records are spooled at once.
     down: AtomicBool,
     stopped: AtomicBool,
@@ -277,6 +284,7 @@ impl Spool {
             deadline: setup.deadline,
             state: Mutex::new(State::default()),
             len: AtomicUsize::new(0),
+            filed: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             kick: Notify::new(),
@@ -323,7 +331,12 @@ impl Spool {
         let Some(sh) = &self.shared else {
             return apply_one(gov, &record).await.map(Ack::Durable);
         };
-        if sh.len.load(Ordering::Acquire) == 0 && !sh.stopped.load(Ordering::Acquire) {
+        // Direct while nothing spooled waits. Records that only wait in memory for the replay
+        // belong to callers still waiting for them, so nothing a later call writes can pass
+        // an earlier record of the same caller; writing directly then lets the replay finish
+        // instead of every answered caller queueing again behind the others (a convoy that
+        // never empties under load).
+        if sh.filed.load(Ordering::Acquire) == 0 && !sh.stopped.load(Ordering::Acquire) {
             return match sh.in_time(apply_one(gov, &record)).await {
                 Ok(a) => Ok(Ack::Durable(a)),
                 Err(e) if transient(&e) => sh.spool_after(record, e).await,
@@ -480,6 +493,7 @@ impl Shared {
     }
 
     fn store_len(&self, st: &State) {
+        self.filed.store(st.filed, Ordering::Release);
         self.len.store(st.queue.len(), Ordering::Release);
     }
 
@@ -629,6 +643,7 @@ impl Shared {
                 maybe_applied,
                 attempts: 0,
             });
+            st.filed += 1;
             self.store_len(&st);
             st.segs.written
         };
@@ -723,6 +738,7 @@ impl Shared {
                     match written {
                         Some(serial) => {
                             e.seg = Some(serial);
+                            st.filed += 1;
                             spooled.extend(e.waiter.take());
                         }
                         None => {
@@ -773,10 +789,11 @@ impl Shared {
         let n = n.min(st.queue.len());
         let taken: Vec<Entry> = st.queue.drain(..n).collect();
         for e in &taken {
-            if let Some(serial) = e.seg
-                && let Some(s) = st.segs.list.iter_mut().find(|s| s.serial == serial)
-            {
-                s.live = s.live.saturating_sub(1);
+            if let Some(serial) = e.seg {
+                st.filed = st.filed.saturating_sub(1);
+                if let Some(s) = st.segs.list.iter_mut().find(|s| s.serial == serial) {
+                    s.live = s.live.saturating_sub(1);
+                }
             }
         }
         let empty = st.queue.is_empty();
@@ -1061,6 +1078,7 @@ impl Shared {
                     maybe_applied: true,
                     attempts: 0,
                 });
+                st.filed += 1;
             }
             self.store_len(&st);
             st.segs.written
