@@ -15,6 +15,7 @@ pub mod keys;
 pub mod owner;
 pub mod rotation;
 pub mod signing;
+pub mod tree;
 pub mod verify;
 
 #[cfg(test)]
