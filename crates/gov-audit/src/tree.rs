@@ -614,7 +614,10 @@ mod tests {
     }
 
     fn data() -> Vec<Vec<u8>> {
-        LEAVES.iter().map(|l| hex::decode(l).expect("hex")).collect()
+        LEAVES
+            .iter()
+            .map(|l| hex::decode(l).expect("hex"))
+            .collect()
     }
 
     fn leaves() -> Vec<Hash> {
@@ -731,10 +734,7 @@ mod tests {
             root: unhex(ROOTS[5]),
             proof: path,
         };
-        assert!(matches!(
-            p.verify(),
-            Err(ProofError::LeafIdentity { .. })
-        ));
+        assert!(matches!(p.verify(), Err(ProofError::LeafIdentity { .. })));
         let proof = Proof::Inclusion(p);
         let text = proof.to_json().to_string();
         assert_eq!(Proof::from_json(&text).expect("parses"), proof);
