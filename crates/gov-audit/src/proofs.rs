@@ -297,8 +297,14 @@ impl<'a> ChainTree<'a> {
                 "seq {seq} is not a row: seqs start at 1"
             )));
         }
-        self.check_size(size, "tree size")?;
         let index = seq.unsigned_abs() - 1;
+        if index >= self.size {
+            return Err(AuditError::InvalidOptions(format!(
+                "row {seq} is beyond the head of chain {} (seq {})",
+                self.chain, self.size
+            )));
+        }
+        self.check_size(size, "tree size")?;
         if index >= size {
             return Err(AuditError::InvalidOptions(format!(
                 "row {seq} is not in the tree of size {size}: the size must be at least the seq"
