@@ -107,7 +107,7 @@ pub type Source<'a> = &'a mut dyn FnMut(Subtree) -> Hash;
 /// MTH(D[start:end]), from perfect subtrees (`start < end`).
 fn mth(start: u64, end: u64, f: Source<'_>) -> Hash {
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         let height = n.trailing_zeros();
         return f(Subtree {
             height,
