@@ -46,6 +46,7 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["report"],
         &["rotate-chain-key"],
         &["checkpoint"],
+        &["prove"],
         &["export"],
         &["import"],
         &["console", "serve"],

@@ -13,6 +13,7 @@ mod local;
 mod migrate;
 mod outputs;
 mod processes;
+mod prove;
 mod report;
 mod rotate;
 mod spool;

@@ -5,6 +5,9 @@
 //! - [`verify`]: the streaming, parallel verifier, its options and its findings.
 //! - [`owner`]: whose key sealed a chain: unverifiable with the configured keys versus
 //!   tampered, and whether a writer may append to a chain (pure).
+//! - [`tree`]: the chain's Merkle tree (RFC 9162), its proofs and their verification (pure).
+//! - [`proofs`]: the tree kept as tiles in the database, brought up to date lazily; proofs
+//!   from storage.
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
 
@@ -13,8 +16,10 @@ mod chain;
 pub mod checkpoint;
 pub mod keys;
 pub mod owner;
+pub mod proofs;
 pub mod rotation;
 pub mod signing;
+pub mod tree;
 pub mod verify;
 
 #[cfg(test)]

@@ -162,6 +162,7 @@ fn render() -> Value {
             )),
             "checkpoint": cp,
         },
+        "tree": tree_vectors(&rows),
         "rotation": {
             "marker_seq": marker.seq,
             "new_secret_hex": NEW_SECRET,
@@ -170,6 +171,91 @@ fn render() -> Value {
             "proof": hex::encode(new.tag(&msg)),
         },
     })
+}
+
+/// The Merkle tree over the rows (docs/audit-chain.md, "The Merkle tree").
+fn tree_vectors(rows: &[AuditRecord]) -> Value {
+    use crate::tree;
+    let leaves: Vec<tree::Hash> = rows
+        .iter()
+        .map(|r| tree::leaf_hash(&tree::leaf_data(r)))
+        .collect();
+    let mut src = |s: tree::Subtree| {
+        let a = (s.index << s.height) as usize;
+        tree::root_of(&leaves[a..a + (1usize << s.height)])
+    };
+    let size = rows.len() as u64;
+    json!({
+        "leaves": rows.iter().zip(&leaves).map(|(r, h)| json!({
+            "seq": r.seq,
+            "leaf_data_hex": hex::encode(tree::leaf_data(r)),
+            "leaf_hash": hex::encode(h),
+        })).collect::<Vec<_>>(),
+        "roots": (1..=leaves.len()).map(|n| json!({
+            "tree_size": n,
+            "root": hex::encode(tree::root_of(&leaves[..n])),
+        })).collect::<Vec<_>>(),
+        "inclusion": {
+            "seq": 3,
+            "tree_size": size,
+            "proof": tree::inclusion_path(2, size, &mut src).iter().map(hex::encode).collect::<Vec<_>>(),
+        },
+        "consistency": {
+            "from_size": 2,
+            "to_size": size,
+            "proof": tree::consistency_path(2, size, &mut src).iter().map(hex::encode).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// The published tree vectors, checked on their own terms: leaf data from the published rows,
+/// roots by the definition, proofs by the verifier.
+fn check_tree(published: &Value) {
+    use crate::tree;
+    let t = &published["tree"];
+    let unhex = |v: &Value| -> tree::Hash {
+        hex::decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let mut leaves = Vec::new();
+    let mut data = Vec::new();
+    for (v, l) in published["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(t["leaves"].as_array().unwrap())
+    {
+        let row: AuditRecord = serde_json::from_value(v["row"].clone()).unwrap();
+        let d = tree::leaf_data(&row);
+        assert_eq!(hex::encode(&d), l["leaf_data_hex"], "seq {}", row.seq);
+        // The leaf data is the magic, the version, the canonical bytes and the seal.
+        let expected = format!(
+            "474f56544c45414601{:08x}{}{:08x}{}",
+            v["canonical_hex"].as_str().unwrap().len() / 2,
+            v["canonical_hex"].as_str().unwrap(),
+            32,
+            v["row_hmac"].as_str().unwrap()
+        );
+        assert_eq!(l["leaf_data_hex"], expected.as_str());
+        assert_eq!(hex::encode(tree::leaf_hash(&d)), l["leaf_hash"]);
+        leaves.push(tree::leaf_hash(&d));
+        data.push(d);
+    }
+    for r in t["roots"].as_array().unwrap() {
+        let n = r["tree_size"].as_u64().unwrap() as usize;
+        assert_eq!(hex::encode(tree::root_of(&leaves[..n])), r["root"]);
+    }
+    let root = tree::root_of(&leaves);
+    let size = leaves.len() as u64;
+    let inc = &t["inclusion"];
+    let path: Vec<tree::Hash> = inc["proof"].as_array().unwrap().iter().map(unhex).collect();
+    tree::verify_inclusion(&data[2], 2, size, &path, &root).expect("inclusion");
+    let con = &t["consistency"];
+    let path: Vec<tree::Hash> = con["proof"].as_array().unwrap().iter().map(unhex).collect();
+    tree::verify_consistency(2, size, &tree::root_of(&leaves[..2]), &root, &path)
+        .expect("consistency");
 }
 
 #[test]
@@ -224,6 +310,7 @@ fn the_published_vectors_match_this_code() {
         );
         prev = row.row_hmac.clone();
     }
+    check_tree(&published);
     let rot = &published["rotation"];
     let new = AuditSecret::parse(rot["new_secret_hex"].as_str().unwrap())
         .unwrap()

@@ -7,7 +7,9 @@
 //! alone, `gov-bench sse [SECONDS]` the last),
 //! and the time a governed LLM call adds over a direct one (`llm_guarded_path`, `llm.rs`;
 //! `gov-bench llm` runs it alone), and the audit and budget figures of the Postgres and SQLite
-//! backends side by side (`backends`, `backends.rs`; `gov-bench backends` runs it alone).
+//! backends side by side (`backends`, `backends.rs`; `gov-bench backends` runs it alone), and
+//! the Merkle tree's (`tlog`, `tlog.rs`: proof generation over 100,000 events, append
+//! throughput with and without the tree; `gov-bench tlog` runs it alone).
 //! Prints one JSON object on stdout.
 //!
 //! Peak memory is measured in a child process (this binary again, with the hidden subcommand
@@ -20,6 +22,7 @@
 mod backends;
 mod console;
 mod llm;
+mod tlog;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -140,6 +143,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(backends::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench tlog`: the Merkle tree's figures alone.
+    if args.first().map(String::as_str) == Some("tlog") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(tlog::bench_alone())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -427,6 +440,9 @@ async fn bench() -> Result<()> {
     }
     gate.sort_unstable();
 
+    // The Merkle tree over the 100,000 events.
+    let tlog = tlog::figures(&gov, db.url(), "verify").await?;
+
     // One core against all, and peak memory, at 100,000 events and then at
     // 1,000,000 (last, so that the million rows weigh on no other figure).
     let pin = can_pin();
@@ -455,6 +471,7 @@ async fn bench() -> Result<()> {
     let llm = llm::bench(&gov).await?;
     let out = serde_json::json!({
         "llm_guarded_path": llm,
+        "tlog": tlog,
         "backends": backends,
         "console": console,
         "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),

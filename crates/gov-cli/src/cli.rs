@@ -80,6 +80,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance checkpoint --signing-key file:///etc/governance/operator.key --output heads.json\n  GOVERNANCE_SIGNING_KEY=env://OPERATOR_KEY governance checkpoint --chain billing\n\nLater, `governance verify --checkpoint heads.json` proves the chains still extend those heads:\na cut tail or a chain rebuilt without the signing key fails.\nExit codes: 0 signed, 2 usage or configuration (no key, unreadable key, no such chain), 3 storage unreachable."
     )]
     Checkpoint(CheckpointArgs),
+    /// Prove from the chain's Merkle tree that a row is included (--seq) or that a tree extends
+    /// an older one (--from, --to), or check such a proof offline (--verify FILE)
+    #[command(
+        after_help = "Examples:\n  governance prove --chain billing --seq 42\n  governance prove --seq 42 --size 1000 --json > proof.json\n  governance prove --from 1000 --to 2000 --json > consistency.json\n  governance prove --verify proof.json\n\nThe tree is RFC 9162's over the rows as sealed (docs/audit-chain.md, \"The Merkle tree\"); --size defaults to the head. --verify needs no database and no secret: it checks the file's hashes alone, so compare the root with one you hold (a signed checkpoint, an auditor's copy) to learn more than the file's own consistency.\nExit codes: 0 proved or the proof holds, 1 the proof does not hold, 2 usage or configuration (no such chain, a seq or size beyond the head, a file that is not a proof), 3 storage unreachable."
+    )]
+    Prove(ProveArgs),
     /// Write audit chains, their signer keys and checkpoints to a file (JSON Lines) that
     /// `governance import` reads into another database
     #[command(
@@ -333,6 +339,28 @@ pub(crate) struct RotateArgs {
     pub(crate) reason: String,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProveArgs {
+    /// The chain
+    #[arg(long, default_value = "default", conflicts_with = "verify")]
+    pub(crate) chain: String,
+    /// Prove that the row with this seq is in the tree
+    #[arg(long, value_name = "N", allow_negative_numbers = true, required_unless_present_any = ["from", "verify"], conflicts_with_all = ["from", "to", "verify"])]
+    pub(crate) seq: Option<i64>,
+    /// The size of the tree to prove it in (default: the chain's head)
+    #[arg(long, value_name = "S", requires = "seq")]
+    pub(crate) size: Option<u64>,
+    /// Prove that the tree of this size is a prefix of the tree of size --to
+    #[arg(long, value_name = "S1", requires = "to", conflicts_with = "verify")]
+    pub(crate) from: Option<u64>,
+    /// The larger tree's size, for --from
+    #[arg(long, value_name = "S2", requires = "from")]
+    pub(crate) to: Option<u64>,
+    /// Check a proof file written by `governance prove --json`, with no database
+    #[arg(long, value_name = "FILE")]
+    pub(crate) verify: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

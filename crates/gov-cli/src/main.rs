@@ -20,7 +20,7 @@ use crate::cli::{Cli, Command};
 use crate::output::Out;
 
 /// Exit code: a chain failed verification.
-const EXIT_TAMPERED: u8 = 1;
+pub(crate) const EXIT_TAMPERED: u8 = 1;
 /// Exit code: bad usage or configuration.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code: storage unreachable or failing.
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             Command::Report(args) => commands::report::run(args, &cli.global, &out).await,
             Command::RotateChainKey(args) => commands::rotate::run(args, &cli.global, &out).await,
             Command::Checkpoint(args) => commands::checkpoint::run(args, &cli.global, &out).await,
+            Command::Prove(args) => commands::prove::run(args, &cli.global, &out).await,
             Command::Export(args) => commands::export::run(args, &cli.global, &out).await,
             Command::Import(args) => commands::import::run(args, &cli.global, &out).await,
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,

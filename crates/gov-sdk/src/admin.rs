@@ -235,6 +235,42 @@ impl Admin {
         Ok(self.store.begin_chain_import(chain, expected).await?)
     }
 
+    /// The inclusion proof of row `seq` of `chain` in the chain's Merkle tree of `size` leaves
+    /// (default: the head), with the row's leaf data and the tree's root. The chain's tree tiles
+    /// are brought up to its head first, outside any append (see
+    /// [`gov_audit::proofs::ChainTree`]); a role that may not write them still gets the proof.
+    pub async fn prove_inclusion(
+        &self,
+        chain: &str,
+        seq: i64,
+        size: Option<u64>,
+    ) -> Result<gov_audit::tree::InclusionProof> {
+        ChainId::new(chain)?;
+        let mut tree = gov_audit::proofs::ChainTree::open(&self.store, chain).await?;
+        Ok(tree.inclusion(seq, size).await?)
+    }
+
+    /// The consistency proof of `chain`'s Merkle tree from size `from` to size `to`, with both
+    /// roots.
+    pub async fn prove_consistency(
+        &self,
+        chain: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<gov_audit::tree::ConsistencyProof> {
+        ChainId::new(chain)?;
+        let mut tree = gov_audit::proofs::ChainTree::open(&self.store, chain).await?;
+        Ok(tree.consistency(from, to).await?)
+    }
+
+    /// The root of `chain`'s Merkle tree of `size` leaves (default: the head), and that size.
+    pub async fn tree_root(&self, chain: &str, size: Option<u64>) -> Result<(u64, [u8; 32])> {
+        ChainId::new(chain)?;
+        let mut tree = gov_audit::proofs::ChainTree::open(&self.store, chain).await?;
+        let size = size.unwrap_or(tree.size());
+        Ok((size, tree.root(size).await?))
+    }
+
     /// Every registered signer key, revoked ones included.
     pub async fn signer_keys(&self) -> Result<Vec<SignerKeyRow>> {
         Ok(self.store.signer_keys().await?)

@@ -67,6 +67,9 @@ pub use gov_audit::{
 // Types the SDK's public API reaches (`Error::Store`, `Error::Audit`, `VerifyOptions::validate`,
 // `Config::store`, `Config::audit`, `AuditSecret`'s derived keys), so that a host can name them
 // without depending on the lower crates.
+/// The chain's Merkle tree: leaf encoding, proofs and their offline verification (re-exported
+/// from gov-audit).
+pub use gov_audit::tree;
 pub use gov_audit::{AuditError, AuditLogOptions, ChainKey, DerivedKey, SigningState};
 /// The events governance itself writes, one payload type per kind (re-exported from gov-core).
 pub use gov_core::events;

@@ -16,12 +16,19 @@ use uuid::Uuid;
 use crate::{
     CheckpointRow, ConsoleSession, Decision, HaltSwitch, Listener, LlmClientRow, MigrateReport,
     NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges, Reserve, Result,
-    Sealer, SignerKeyRow,
+    Sealer, SignerKeyRow, TreeTile,
 };
 
 /// Schema, roles, notifications and the connection pool.
 pub trait Backend:
-    ChainStore + SignerStore + EnforceStore + BudgetStore + GateStore + SessionStore + RegistryStore
+    ChainStore
+    + TreeStore
+    + SignerStore
+    + EnforceStore
+    + BudgetStore
+    + GateStore
+    + SessionStore
+    + RegistryStore
 {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<MigrateReport>;
@@ -85,6 +92,23 @@ pub trait ChainStore {
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
     ) -> Result<Vec<EventCount>>;
+}
+
+/// The tiles of each chain's Merkle tree (a cache written outside the append transaction).
+pub trait TreeStore {
+    /// The indices of a chain's stored tiles at `level`, in order.
+    async fn tree_tile_indices(&self, chain_id: &str, level: u8) -> Result<Vec<u64>>;
+    /// Stored tiles with `from <= idx <= to`, with their hashes or only their roots.
+    async fn tree_tiles(
+        &self,
+        chain_id: &str,
+        level: u8,
+        from: u64,
+        to: u64,
+        with_hashes: bool,
+    ) -> Result<Vec<TreeTile>>;
+    /// Stores tiles, keeping any already stored.
+    async fn put_tree_tiles(&self, chain_id: &str, tiles: &[TreeTile]) -> Result<()>;
 }
 
 /// Signer public keys and stored checkpoints.

@@ -31,7 +31,7 @@ pub use types::{
 
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
-    SignerStore,
+    SignerStore, TreeStore,
 };
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
@@ -199,6 +199,19 @@ pub struct ConsoleSession {
     pub csrf_token: String,
     /// When it expires.
     pub expires_at: OffsetDateTime,
+}
+
+/// A full tile of a chain's Merkle tree, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeTile {
+    /// The level: the tile holds hashes of perfect subtrees of height `8 * level`.
+    pub level: u8,
+    /// Its index within the level: it holds the subtrees `256 * idx` to `256 * idx + 255`.
+    pub idx: u64,
+    /// The 256 hashes, 32 bytes each, in order (empty when read without them).
+    pub hashes: Vec<u8>,
+    /// The hash of the subtree of height `8 * (level + 1)` the 256 hashes make.
+    pub root: Vec<u8>,
 }
 
 /// A signed chain head, as stored.
@@ -491,6 +504,29 @@ impl Store {
     /// A chain's stored checkpoints, by seq.
     pub async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
         dispatch!(self, s => s.checkpoints(chain_id).await)
+    }
+
+    /// The indices of a chain's stored tiles at `level`, in order.
+    pub async fn tree_tile_indices(&self, chain_id: &str, level: u8) -> Result<Vec<u64>> {
+        dispatch!(self, s => s.tree_tile_indices(chain_id, level).await)
+    }
+
+    /// A chain's stored tiles at `level` with `from <= idx <= to`, in order; with their 256
+    /// hashes only when `with_hashes` (else just their roots).
+    pub async fn tree_tiles(
+        &self,
+        chain_id: &str,
+        level: u8,
+        from: u64,
+        to: u64,
+        with_hashes: bool,
+    ) -> Result<Vec<TreeTile>> {
+        dispatch!(self, s => s.tree_tiles(chain_id, level, from, to, with_hashes).await)
+    }
+
+    /// Stores full tiles of a chain's tree; a tile already stored is kept as it is.
+    pub async fn put_tree_tiles(&self, chain_id: &str, tiles: &[TreeTile]) -> Result<()> {
+        dispatch!(self, s => s.put_tree_tiles(chain_id, tiles).await)
     }
 
     /// Today's (UTC) spend of every agent, by model.

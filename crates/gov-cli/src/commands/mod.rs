@@ -8,6 +8,7 @@ pub(crate) mod demo;
 pub(crate) mod export;
 pub(crate) mod import;
 pub(crate) mod migrate;
+pub(crate) mod prove;
 pub(crate) mod report;
 pub(crate) mod rotate;
 pub(crate) mod tail;

@@ -24,3 +24,4 @@ mod signatures;
 mod spool;
 mod support;
 mod transfer;
+mod tree;

@@ -176,6 +176,8 @@ async fn the_catalog_holds_the_boundary() {
             ("agent_presence", "SELECT"),
             ("applied_records", "INSERT, SELECT"),
             ("audit_events", "INSERT, SELECT"),
+            // The Merkle tree's tiles: a cache the owner writes; the service reads it only.
+            ("audit_tree_tiles", "SELECT"),
             ("budget_counters", "INSERT, SELECT, UPDATE"),
             ("budget_policies", "DELETE, INSERT, SELECT, UPDATE"),
             ("budget_reservations", "INSERT, SELECT, UPDATE"),
