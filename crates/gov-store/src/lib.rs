@@ -347,14 +347,24 @@ impl Store {
             Self::Postgres(s) => s.deadline,
             Self::Sqlite(s) => s.deadline,
         };
-        match deadline {
-            Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
+        let Some(d) = deadline else {
+            return call.await;
+        };
+        let generation = match self {
+            Self::Postgres(s) => Some(s.generation()),
+            Self::Sqlite(_) => None,
+        };
+        match tokio::time::timeout(d, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let (Self::Postgres(s), Some(g)) = (self, generation) {
+                    s.retire(g);
+                }
                 Err(StoreError::Unavailable(format!(
                     "storage did not answer within {} ms (the store's call timeout)",
                     d.as_millis()
                 )))
-            }),
-            None => call.await,
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! one client's storage without stopping the server other tests share.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -12,7 +12,8 @@ use tokio::task::AbortHandle;
 /// Forwards connections on a local port to a target; [`Proxy::cut`] drops every connection
 /// and refuses new ones (accepted, then closed at once) until [`Proxy::restore`];
 /// [`Proxy::stall`] keeps every connection open but forwards nothing either way (a partition,
-/// a frozen server) until [`Proxy::resume`].
+/// a frozen server) until [`Proxy::resume`]; [`Proxy::silence`] does that for ever to the
+/// connections open now, while new ones flow (a frozen node whose clients reconnect elsewhere).
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
@@ -21,6 +22,10 @@ pub struct Proxy {
     accept: AbortHandle,
     trap: Arc<Trap>,
     stalled: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Connections numbered below this are silent for ever.
+    silent_below: Arc<AtomicU64>,
+    /// How many connections were accepted.
+    accepted: Arc<AtomicU64>,
 }
 
 /// Waits until the proxy is not stalled.
@@ -53,12 +58,20 @@ impl Trap {
     }
 }
 
-/// Forwards one connection both ways until either side closes or the trap springs.
+/// Waits for ever once connection `id` has been silenced.
+async fn unless_silenced(id: u64, silent_below: &AtomicU64) {
+    if id < silent_below.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Forwards connection number `id` both ways until either side closes or the trap springs.
 async fn forward(
     mut client: TcpStream,
     target: SocketAddr,
     trap: Arc<Trap>,
     stalled: tokio::sync::watch::Receiver<bool>,
+    (id, silent_below): (u64, Arc<AtomicU64>),
 ) {
     flowing(&mut stalled.clone()).await;
     let Ok(mut server) = TcpStream::connect(target).await else {
@@ -78,6 +91,7 @@ async fn forward(
                 Ok(n) => n,
             };
             flowing(&mut stalled).await;
+            unless_silenced(id, &silent_below).await;
             if sw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
@@ -92,6 +106,7 @@ async fn forward(
                 Ok(n) => n,
             };
             flowing(&mut stalled).await;
+            unless_silenced(id, &silent_below).await;
             if trap.springs(&buf[..n]) || cw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
@@ -131,9 +146,12 @@ impl Proxy {
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let trap: Arc<Trap> = Arc::default();
         let stalled = Arc::new(tokio::sync::watch::Sender::new(false));
+        let silent_below: Arc<AtomicU64> = Arc::default();
+        let accepted: Arc<AtomicU64> = Arc::default();
         let accept = {
             let (cut, conns, trap) = (cut.clone(), conns.clone(), trap.clone());
-            let stalled = stalled.clone();
+            let (stalled, silent_below, accepted) =
+                (stalled.clone(), silent_below.clone(), accepted.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -143,8 +161,14 @@ impl Proxy {
                         drop(client);
                         continue;
                     }
-                    let task =
-                        tokio::spawn(forward(client, target, trap.clone(), stalled.subscribe()));
+                    let id = accepted.fetch_add(1, Ordering::AcqRel);
+                    let task = tokio::spawn(forward(
+                        client,
+                        target,
+                        trap.clone(),
+                        stalled.subscribe(),
+                        (id, silent_below.clone()),
+                    ));
                     let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
                     c.retain(|h| !h.is_finished());
                     c.push(task.abort_handle());
@@ -159,7 +183,17 @@ impl Proxy {
             accept,
             trap,
             stalled,
+            silent_below,
+            accepted,
         }
+    }
+
+    /// Makes every connection open now silent for ever: it stays open, and nothing more is
+    /// forwarded on it either way (not even what a [`Self::resume`] would release). New
+    /// connections are forwarded as usual.
+    pub fn silence(&self) {
+        self.silent_below
+            .store(self.accepted.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Stops forwarding, both ways, on every connection, without closing any (and holds new

@@ -360,3 +360,78 @@ async fn a_silent_server_bounds_every_call_and_the_caches_stop_trusting_a_deaf_l
     }
     gov.close().await;
 }
+
+/// Connections that go silent for ever (a frozen node, a partition that never heals for them)
+/// while the server takes new ones: each call on one costs its deadline once, then the handle
+/// opens new connections and is `Durable` again without a restart. The driver checks every
+/// connection handed back to its pool with a round trip that has no time limit, so without the
+/// store retiring the pool a call timed out on, the silent connections would hold every slot
+/// for ever and the handle would spool until the operating system gave up on them (hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_go_silent_for_ever_cost_a_deadline_not_the_pool() {
+    let db = TestStore::new(TestBackend::Postgres).await;
+    let (proxy, through) = Proxy::for_url(&db.app_url()).await;
+    let dir = root("silent");
+    let gov = Governance::builder()
+        .database_url(&through)
+        .audit_secret(SECRET)
+        .spool_dir(&dir)
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(800))
+        .storage_call_timeout(Some(Duration::from_millis(500)))
+        .observation_deadline(Duration::from_secs(1))
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect");
+    // Both of the pool's connections open and in use.
+    let mut acked = Vec::new();
+    let audit = gov.audit();
+    let (a, b) = tokio::join!(audit.log(event("a", 0)), audit.log(event("a", 1)));
+    for at in [a.unwrap(), b.unwrap()] {
+        assert!(at.seq().is_some(), "durable before the silence");
+        acked.push(at.event_id());
+    }
+    proxy.silence();
+    let start = Instant::now();
+    let mut n = 2;
+    let mut spooled = 0;
+    loop {
+        let at = tokio::time::timeout(Duration::from_secs(60), gov.audit().log(event("a", n)))
+            .await
+            .expect("a log() on silent connections returns")
+            .expect("log never fails");
+        acked.push(at.event_id());
+        n += 1;
+        if at.seq().is_some() {
+            break;
+        }
+        spooled += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never durable again: {spooled} records spooled on connections that stay silent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spooled > 0, "the silence was noticed");
+    drained(&gov).await;
+    let rows = gov
+        .audit()
+        .events(&gov_sdk::EventFilter::default())
+        .await
+        .unwrap();
+    let mut seen: HashMap<gov_sdk::EventId, usize> = HashMap::new();
+    for r in &rows {
+        *seen.entry(r.event_id).or_default() += 1;
+    }
+    for id in &acked {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "acknowledged event {id} stored once"
+        );
+    }
+    assert!(gov.audit().verify_chain().await.unwrap().is_clean());
+    gov.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

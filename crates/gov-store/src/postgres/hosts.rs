@@ -271,6 +271,34 @@ pub(crate) fn pool_for(target: &Target, i: usize, opts: &StoreOptions) -> PgPool
 pub(crate) struct Current {
     pub(crate) pool: PgPool,
     pub(crate) server: usize,
+    /// Counts the pools this store has had (a swap or a retirement makes a new one).
+    pub(crate) generation: u64,
+}
+
+/// Replaces the pool of generation `generation` by a fresh one on the same server (a call on
+/// it passed its deadline: its connection may be silent for ever, and the driver's check of a
+/// returned connection waits for an answer without a limit, so the slot would never come back).
+/// Callers that timed out together retire it once.
+pub(crate) fn retire(
+    current: &RwLock<Current>,
+    generation: u64,
+    target: &Target,
+    opts: &StoreOptions,
+) {
+    let old = {
+        let mut c = write(current);
+        if c.generation != generation || c.pool.is_closed() {
+            return;
+        }
+        let fresh = pool_for(target, c.server, opts);
+        c.generation += 1;
+        std::mem::replace(&mut c.pool, fresh)
+    };
+    tracing::warn!(
+        "a storage call passed its deadline: its connections are left to close on their own and new ones are opened"
+    );
+    // Idle connections close now; a silent one holds only its own slot in the retired pool.
+    tokio::spawn(async move { old.close().await });
 }
 
 /// Checks the server in use every [`MONITOR_EVERY`]; when it does not answer or no longer
@@ -309,6 +337,7 @@ pub(crate) async fn monitor(current: Weak<RwLock<Current>>, target: Target, opts
                     }
                     c.pool = fresh;
                     c.server = i;
+                    c.generation += 1;
                 }
                 tracing::warn!(
                     from = server + 1,

@@ -34,6 +34,9 @@ pub struct PgStore {
     pub(crate) clock: crate::Clock,
     /// See [`StoreOptions::call_timeout`].
     pub(crate) deadline: Option<std::time::Duration>,
+    /// Where a fresh pool comes from when a call passes its deadline (none for a pool handed
+    /// in by [`PgStore::from_pool`]).
+    renew: Option<Arc<(hosts::Target, StoreOptions)>>,
 }
 
 fn valid_role_name(role: &str) -> bool {
@@ -90,10 +93,15 @@ impl PgStore {
         let _ = probe.close().await;
         drop(first?);
         let store = Self {
-            current: Arc::new(RwLock::new(hosts::Current { pool, server })),
+            current: Arc::new(RwLock::new(hosts::Current {
+                pool,
+                server,
+                generation: 0,
+            })),
             heads: Arc::default(),
             clock: opts.clock.clone(),
             deadline: opts.call_timeout,
+            renew: Some(Arc::new((target.clone(), opts.clone()))),
         };
         hosts::start_monitor(&store.current, target, opts.clone());
         Ok(store)
@@ -102,10 +110,27 @@ impl PgStore {
     /// Wraps an existing pool (tests and embedding services).
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
-            current: Arc::new(RwLock::new(hosts::Current { pool, server: 0 })),
+            current: Arc::new(RwLock::new(hosts::Current {
+                pool,
+                server: 0,
+                generation: 0,
+            })),
             heads: Arc::default(),
             clock: crate::Clock::system(),
             deadline: None,
+            renew: None,
+        }
+    }
+
+    /// Which pool is in use (see [`Self::retire`]).
+    pub(crate) fn generation(&self) -> u64 {
+        hosts::read(&self.current).generation
+    }
+
+    /// Replaces pool `generation` by a fresh one: a call on it passed its deadline.
+    pub(crate) fn retire(&self, generation: u64) {
+        if let Some(renew) = &self.renew {
+            hosts::retire(&self.current, generation, &renew.0, &renew.1);
         }
     }
 
