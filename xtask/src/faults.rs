@@ -1,7 +1,8 @@
 //! `cargo xtask faults`: the fault suite. Runs every fault test of the SDK (the spool under
 //! kills at each step of adoption and torn files, settlement replies cut by a proxy, a full
 //! SQLite disk freed again, Postgres outages) and the Postgres crash drill (4 writer processes
-//! × 64 tasks, the server crashed and restarted mid-load, a writer killed), collects the
+//! × 64 tasks, the server crashed and restarted mid-load, a writer killed), the failover drill
+//! (a primary killed under load and its synchronous standby promoted), collects the
 //! figures each scenario writes, checks the acceptance bounds, and prints a JSON summary, also
 //! written to `target/faults/faults.json`.
 
@@ -20,9 +21,10 @@ const FILTER: &str =
     "package(gov-sdk) & (test(/^spool::/) | test(/^faults::/) | test(/^resilience::/))";
 /// The same, as `cargo test` name filters (when nextest is not installed).
 const NAMES: [&str; 3] = ["spool::", "faults::", "resilience::"];
-/// The crash drill, run on its own afterwards so that no other test competes with its load.
-const DRILL_FILTER: &str = "package(gov-sdk) & test(/^crash::/)";
-const DRILL_NAME: &str = "crash::";
+/// The crash and failover drills, run on their own afterwards so that no other test competes
+/// with their load (nextest runs them one after the other: `test-threads` is 1 for them).
+const DRILL_FILTER: &str = "package(gov-sdk) & (test(/^crash::/) | test(/^promote::/))";
+const DRILL_NAMES: [&str; 2] = ["crash::", "promote::"];
 /// Makes the crash drill run (it skips without).
 const DRILL: &str = "GOV_TEST_FAULTS_DRILL";
 /// The folder the scenarios write their figures to.
@@ -31,6 +33,8 @@ const REPORT: &str = "GOV_TEST_FAULTS_REPORT";
 /// A speed figure, so it is reported beside the measurement, never a failure (a writer that
 /// never returns to `Durable` is one).
 const BACK_TO_DURABLE_AIM_MS: i64 = 2_000;
+/// The aim: `Durable` again for good within this long of the standby's promotion.
+const PROMOTION_TO_DURABLE_AIM_MS: i64 = 5_000;
 
 fn out_dir() -> Result<PathBuf> {
     Ok(std::env::current_dir()
@@ -74,7 +78,9 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
             cmd.args(["test", "-p", "gov-sdk", "--no-fail-fast", "--"])
                 .args(names);
             if !drill {
-                cmd.args(["--skip", DRILL_NAME]);
+                for name in DRILL_NAMES {
+                    cmd.args(["--skip", name]);
+                }
             }
         }
         cmd.env(pg::ENV_TEST_URL, server.url());
@@ -82,11 +88,13 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
         cmd.env(REPORT, &figures);
         if drill {
             cmd.env(DRILL, "1");
+            // One drill at a time: each loads both cores on its own.
+            cmd.arg("--test-threads=1");
         }
         run(&mut cmd)
     };
     let tests = phase(FILTER, &NAMES, false);
-    let drill = phase(DRILL_FILTER, &[DRILL_NAME], true);
+    let drill = phase(DRILL_FILTER, &DRILL_NAMES, true);
     drop(server);
     let tests_list = if nextest {
         listed(&format!("({FILTER}) | ({DRILL_FILTER})"))
@@ -117,7 +125,7 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
             "filter": if nextest {
                 format!("({FILTER}) | ({DRILL_FILTER})")
             } else {
-                format!("{} {DRILL_NAME}", NAMES.join(" "))
+                format!("{} {}", NAMES.join(" "), DRILL_NAMES.join(" "))
             },
             "count": if nextest { Some(tests_list.len()) } else { None },
             "passed": tests.is_ok() && drill.is_ok(),
@@ -136,7 +144,7 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     tests.context("a fault test failed")?;
-    drill.context("the crash drill failed")?;
+    drill.context("the crash or failover drill failed")?;
     if !failed.is_empty() {
         bail!("the fault suite's acceptance failed: {}", failed.join("; "));
     }
@@ -198,6 +206,16 @@ fn aims(s: &serde_json::Map<String, Value>) -> Value {
             "build": "the test profile (unoptimised)",
         }));
     }
+    if let Some(p) = s.get("promote") {
+        let back = int(p, "back_to_durable_after_promotion_ms");
+        out.push(json!({
+            "figure": "failover: back to Durable for good after the standby's promotion (ms)",
+            "measured": back,
+            "aim": PROMOTION_TO_DURABLE_AIM_MS,
+            "met": back.is_some_and(|b| b <= PROMOTION_TO_DURABLE_AIM_MS),
+            "build": "the test profile (unoptimised)",
+        }));
+    }
     Value::Array(out)
 }
 
@@ -217,6 +235,7 @@ fn acceptance(s: &serde_json::Map<String, Value>) -> (Value, Vec<String>) {
     let mut checks = Vec::new();
     for scenario in [
         "crash",
+        "promote",
         "full_disk",
         "settlement",
         "tears_last_line",
@@ -251,6 +270,20 @@ fn acceptance(s: &serde_json::Map<String, Value>) -> (Value, Vec<String>) {
             format!("per writer (ms): {back:?}"),
         ));
     }
+    if let Some(p) = s.get("promote") {
+        let errors = int(p, "errors");
+        checks.push(check(
+            "promote: log() never failed during the failover",
+            errors == Some(0),
+            format!("{errors:?} errors"),
+        ));
+        let ends = p.get("every_task_ends_durable").and_then(Value::as_bool);
+        checks.push(check(
+            "promote: Durable again after the promotion, without a restart",
+            ends == Some(true),
+            format!("every task's last answer Durable: {ends:?}"),
+        ));
+    }
     if let Some(v) = s.get("settlement") {
         let (r, sp) = (int(v, "receipts_micro_usd"), int(v, "spent_micro_usd"));
         checks.push(check(
@@ -273,6 +306,9 @@ mod tests {
                 "per_writer": [
                     {"killed": true, "back_to_durable_after_return_ms": null},
                     {"killed": false, "back_to_durable_after_return_ms": 300}]},
+            "promote": {"lost": 0, "duplicates": 0, "out_of_order": 0, "verify_clean": true,
+                "errors": 0, "every_task_ends_durable": true,
+                "back_to_durable_after_promotion_ms": 1_900},
             "full_disk": {"lost": 0, "duplicates": 0, "verify_clean": true},
             "settlement": {"receipts_micro_usd": 250, "spent_micro_usd": 250},
             "tears_last_line": {"earlier_records_lost": 0},

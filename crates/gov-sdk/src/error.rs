@@ -281,7 +281,8 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         | StoreError::PermissionDenied(_)
         | StoreError::InvalidArgument(_)
         | StoreError::Conflict(_)
-        | StoreError::ChainMoved { .. } => ErrorKind::Config,
+        | StoreError::ChainMoved { .. }
+        | StoreError::Pooler(_) => ErrorKind::Config,
         StoreError::Unavailable(_) | StoreError::DiskFull => ErrorKind::Unavailable,
         StoreError::Corrupt(_) | StoreError::Database { .. } => ErrorKind::Internal,
     }

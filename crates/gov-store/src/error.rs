@@ -51,6 +51,13 @@ pub enum StoreError {
         /// The head seq found when it began writing.
         found: i64,
     },
+    /// A connection pooler between this process and the database (PgBouncer, a cloud proxy)
+    /// refuses what the connection needs, or hands consecutive statements to different server
+    /// sessions where they must share one. A configuration to change, never a data error.
+    #[error(
+        "the connection pooler in front of the database cannot carry this connection: {0} (docs/scaling.md, \"Connection poolers\")"
+    )]
+    Pooler(String),
     /// An argument was refused before it reached the database.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -153,6 +160,30 @@ impl From<sqlx::Error> for StoreError {
                     Some("53100") => Self::DiskFull,
                     Some("3D000") => Self::NoSuchDatabase,
                     Some("42P01") => Self::NotMigrated("a governance table is missing".into()),
+                    // A pooler refusing a startup parameter it does not know (PgBouncer says
+                    // "unsupported startup parameter: NAME"; only the name is repeated).
+                    Some("08P01") if db.message().starts_with("unsupported startup parameter") => {
+                        let name = db
+                            .message()
+                            .rsplit(':')
+                            .next()
+                            .map(str::trim)
+                            .filter(|n| {
+                                !n.is_empty()
+                                    && n.len() <= 64
+                                    && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            })
+                            .unwrap_or("unknown");
+                        Self::Pooler(format!(
+                            "it refuses the connection parameter `{name}`; remove it from the URL, or list it in the pooler's ignore_startup_parameters"
+                        ))
+                    }
+                    // invalid_sql_statement_name / duplicate_prepared_statement on the driver's
+                    // own statements: a pooler in transaction mode moved this connection to
+                    // another server session between two statements.
+                    Some("26000" | "42P05") if db.message().contains("sqlx_s_") => Self::Pooler(
+                        "the connection's prepared statements vanished or collided between calls, as behind a pooler in transaction mode (PgBouncer pool_mode=transaction before 1.21); use session mode, PgBouncer 1.21 or later with max_prepared_statements, or a direct connection".into(),
+                    ),
                     Some("42501") => Self::PermissionDenied(
                         "the statement needs a privilege this role does not have".into(),
                     ),

@@ -11,6 +11,7 @@
 //! of its own (see [`TestBackend`]). [`Proxy`] puts a TCP proxy a test can cut and restore in
 //! front of the server: one client's outage.
 
+mod bouncer;
 pub mod forge;
 mod proxy;
 mod store;
@@ -22,6 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
+pub use bouncer::{Bouncer, PoolMode};
 pub use proxy::Proxy;
 pub use store::{TestBackend, TestStore};
 
@@ -297,8 +299,8 @@ impl Cluster {
         );
     }
 
-    /// Creates and starts a cluster on a free local port.
-    pub fn start() -> Self {
+    /// A cluster's folder and port, not yet created on disk by a Postgres tool.
+    fn allocate() -> Self {
         let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -330,12 +332,17 @@ impl Cluster {
             chown.args(["-R", "postgres:postgres"]).arg(&dir);
             Self::run(chown);
         }
-        let c = Self {
+        Self {
             bin,
             dir,
             port,
             as_postgres,
-        };
+        }
+    }
+
+    /// Creates and starts a cluster on a free local port.
+    pub fn start() -> Self {
+        let c = Self::allocate();
         let mut initdb = c.tool("initdb");
         initdb
             .args([
@@ -352,6 +359,44 @@ impl Cluster {
         Self::run(initdb);
         c.start_again();
         c
+    }
+
+    /// Creates and starts a streaming standby of this cluster (`pg_basebackup -R`) on a free
+    /// local port, connecting as `application_name` (name it in the primary's
+    /// `synchronous_standby_names` to make it synchronous).
+    pub fn standby(&self, application_name: &str) -> Self {
+        let c = Self::allocate();
+        let mut backup = c.tool("pg_basebackup");
+        backup
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-X", "stream", "-R", "--no-sync", "-D"])
+            .arg(c.dir.join("data"));
+        Self::run(backup);
+        // The last setting in the file wins: connect under the name the primary waits for.
+        let conninfo = format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={application_name}'\n",
+            self.port
+        );
+        let auto = c.dir.join("data").join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).expect("the standby's postgresql.auto.conf");
+        text.push_str(&conninfo);
+        std::fs::write(&auto, text).expect("write postgresql.auto.conf");
+        c.start_again();
+        c
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting until it takes writes).
+    pub fn promote(&self) {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.args(["-w", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("promote");
+        Self::run(cmd);
+    }
+
+    /// The port the cluster listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The superuser URL of the cluster's `postgres` database.

@@ -21,6 +21,10 @@ pub enum TestBackend {
     Postgres,
     /// An embedded SQLite file, migrated when created.
     Sqlite,
+    /// A Postgres database as for [`TestBackend::Postgres`], reached through a private
+    /// PgBouncer in session mode (see [`crate::Bouncer`]). Its [`TestStore::app_url`] is refused
+    /// by the pooler (the role is switched with a startup parameter PgBouncer does not carry).
+    PgBouncer,
 }
 
 impl TestBackend {
@@ -29,6 +33,7 @@ impl TestBackend {
         match self {
             Self::Postgres => "postgres",
             Self::Sqlite => "sqlite",
+            Self::PgBouncer => "pgbouncer",
         }
     }
 }
@@ -43,6 +48,8 @@ impl std::fmt::Display for TestBackend {
 #[derive(Debug)]
 pub struct TestStore {
     inner: Inner,
+    /// The pooler in front of a Postgres database, and the owner's URL through it.
+    pooled: Option<(crate::Bouncer, String)>,
 }
 
 #[derive(Debug)]
@@ -70,15 +77,29 @@ impl TestStore {
     /// A fresh database of `backend`, migrated and ready for `Governance::connect`.
     pub async fn new(backend: TestBackend) -> Self {
         let inner = match backend {
-            TestBackend::Postgres => Inner::Postgres(TestDb::new().await),
+            TestBackend::Postgres | TestBackend::PgBouncer => Inner::Postgres(TestDb::new().await),
             TestBackend::Sqlite => Inner::Sqlite(new_sqlite().await),
         };
-        Self { inner }
+        let pooled = match (&inner, backend) {
+            (Inner::Postgres(db), TestBackend::PgBouncer) => {
+                let server = crate::server_url();
+                let bouncer = tokio::task::spawn_blocking(move || {
+                    crate::Bouncer::start(&server, crate::PoolMode::Session, 20)
+                })
+                .await
+                .expect("start pgbouncer");
+                let through = bouncer.url_for(db.url());
+                Some((bouncer, through))
+            }
+            _ => None,
+        };
+        Self { inner, pooled }
     }
 
     /// The backend of this database.
     pub fn backend(&self) -> TestBackend {
         match self.inner {
+            Inner::Postgres(_) if self.pooled.is_some() => TestBackend::PgBouncer,
             Inner::Postgres(_) => TestBackend::Postgres,
             Inner::Sqlite(_) => TestBackend::Sqlite,
         }
@@ -87,6 +108,9 @@ impl TestStore {
     /// The URL of the database as its owner: the Postgres superuser, or the SQLite file
     /// (`sqlite:///abs/path/governance.db`).
     pub fn url(&self) -> &str {
+        if let Some((_, through)) = &self.pooled {
+            return through;
+        }
         match &self.inner {
             Inner::Postgres(db) => db.url(),
             Inner::Sqlite(f) => &f.url,
@@ -97,6 +121,9 @@ impl TestStore {
     /// Postgres. SQLite has no roles (whoever can open the file can write it), so there this
     /// is [`Self::url`].
     pub fn app_url(&self) -> String {
+        if let (Some((bouncer, _)), Inner::Postgres(db)) = (&self.pooled, &self.inner) {
+            return bouncer.url_for(&db.app_url());
+        }
         match &self.inner {
             Inner::Postgres(db) => db.app_url(),
             Inner::Sqlite(f) => f.url.clone(),

@@ -3,7 +3,10 @@
 //! Each behaviour is one `async fn(TestBackend)` written once against the SDK's public API; the
 //! `conformance!` list at the top expands every one into `conformance::postgres::<name>` and
 //! `conformance::sqlite::<name>` tests (run one backend with a filter such as
-//! `conformance::sqlite::`). Raw SQL appears only to tamper with the chain behind the guards'
+//! `conformance::sqlite::`), and every behaviour that does not connect as the application role
+//! into `conformance::pgbouncer::<name>`: Postgres through PgBouncer in session mode (the role
+//! is switched with a startup parameter the pooler does not carry; `pooler::` tests that it
+//! says so). Raw SQL appears only to tamper with the chain behind the guards'
 //! back (`TestStore::tamper`) or to probe the guards (`TestStore::exec`), written in the SQL
 //! both backends share wherever it can be.
 
@@ -21,9 +24,10 @@ use crate::support::{SECRET, event, operator};
 
 /// Expands each behaviour into one `#[tokio::test]` per backend.
 macro_rules! conformance {
-    ($($name:ident),+ $(,)?) => {
-        conformance!(@backend postgres, Postgres; $($name),+);
-        conformance!(@backend sqlite, Sqlite; $($name),+);
+    ($($name:ident),+ $(,)?; as the application role: $($app:ident),+ $(,)?) => {
+        conformance!(@backend postgres, Postgres; $($name),+, $($app),+);
+        conformance!(@backend sqlite, Sqlite; $($name),+, $($app),+);
+        conformance!(@backend pgbouncer, PgBouncer; $($name),+);
     };
     (@backend $module:ident, $backend:ident; $($name:ident),+) => {
         mod $module {
@@ -54,12 +58,13 @@ conformance! {
     concurrent_reservations_never_overspend,
     settle_release_and_expiry_outcomes,
     day_and_token_caps_span_sessions,
-    gates_approve_once_deny_and_refuse_self_approval,
     halts_hold_until_resume_and_heartbeats_never_clear_them,
     scope_allows_denies_hides_and_audits,
     a_policy_changed_by_another_handle_is_seen,
     a_follower_sees_events_another_handle_appends,
-    an_agent_handle_cannot_log_governance_records,
+    an_agent_handle_cannot_log_governance_records;
+    as the application role:
+    gates_approve_once_deny_and_refuse_self_approval,
 }
 
 /// Another strong secret: an attacker's, or a wrong configuration.
@@ -429,7 +434,7 @@ async fn swapped_rows_are_reordered_rows(b: TestBackend) {
 fn forged_row_sql(db: &TestStore, seq: i64, prev: &[u8], key_id: &str, row_hmac: &[u8]) -> String {
     let (prev, hmac) = (db.bytes_sql(prev), db.bytes_sql(row_hmac));
     match db.backend() {
-        TestBackend::Postgres => format!(
+        TestBackend::Postgres | TestBackend::PgBouncer => format!(
             "INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, kind, payload, prev_hmac, key_id, row_hmac) \
              VALUES ('default', {seq}, gen_random_uuid(), now(), 'agent-1', 's-1', 'tool.call', '{{\"n\":\"forged\"}}', {prev}, '{key_id}', {hmac})"
         ),

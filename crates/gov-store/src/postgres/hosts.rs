@@ -161,7 +161,13 @@ pub(crate) fn parse(url: &str, application_name: &str) -> Result<Target> {
             return Err(bad("its host list has an empty entry"));
         }
         let one = format!("{scheme}://{userinfo}{host}{path}{query}");
-        servers.push(PgConnectOptions::from_str(&one)?.application_name(application_name));
+        // No `extra_float_digits` startup parameter (the driver's default): values travel in
+        // binary, and poolers such as PgBouncer refuse startup parameters they do not know.
+        servers.push(
+            PgConnectOptions::from_str(&one)?
+                .application_name(application_name)
+                .extra_float_digits(None),
+        );
     }
     Ok(Target { servers, attrs })
 }
