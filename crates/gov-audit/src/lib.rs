@@ -6,6 +6,7 @@
 //! - [`owner`]: whose key sealed a chain: unverifiable with the configured keys versus
 //!   tampered, and whether a writer may append to a chain (pure).
 //! - [`tree`]: the chain's Merkle tree (RFC 9162), its proofs and their verification (pure).
+//! - [`note`]: C2SP signed notes, checkpoints and cosignatures (pure).
 //! - [`proofs`]: the tree kept as tiles in the database, brought up to date lazily; proofs
 //!   from storage.
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
@@ -15,6 +16,7 @@ pub mod canonical;
 mod chain;
 pub mod checkpoint;
 pub mod keys;
+pub mod note;
 pub mod owner;
 pub mod proofs;
 pub mod rotation;
