@@ -429,6 +429,29 @@ impl AuditLog {
         store_checkpoint(store, signer, &head).await
     }
 
+    /// Signs the head of `chain` twice with `signer`: the v1 checkpoint (stored, as
+    /// [`Self::checkpoint`]) and, at the same seq, the C2SP checkpoint note of origin
+    /// `<log_name>/<chain>` whose root is recomputed from the stored rows, never read from the
+    /// tree tiles, so a forged tile can never be signed.
+    pub async fn checkpoint_note(
+        &self,
+        chain: &str,
+        signer: &Signer,
+        log_name: &str,
+    ) -> Result<(Checkpoint, crate::checkpoint::NoteCheckpoint), AuditError> {
+        crate::checkpoint::origin(log_name, chain)
+            .map_err(|e| AuditError::InvalidOptions(e.to_string()))?;
+        let cp = self.checkpoint(chain, signer).await?;
+        let size = cp.seq.unsigned_abs();
+        let roots = crate::proofs::roots_from_rows(&self.inner.store, chain, &[size]).await?;
+        let root = *roots
+            .get(&size)
+            .ok_or(AuditError::Internal("the root of the checkpoint's size"))?;
+        let note = crate::checkpoint::sign_note(signer, log_name, chain, size, root)
+            .map_err(|e| AuditError::InvalidOptions(e.to_string()))?;
+        Ok((cp, note))
+    }
+
     /// Checks that `chain`'s stored rows still hold the head `cp` recorded, and that `cp` is
     /// signed by the key it names. `Ok(None)` when it holds. Whether that key is trusted (for
     /// instance registered) is for the caller to judge; see [`Self::signer_registered`].

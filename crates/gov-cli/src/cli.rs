@@ -376,11 +376,29 @@ pub(crate) struct CheckpointArgs {
         value_name = "URL"
     )]
     pub(crate) signing_key: Option<String>,
+    /// `json`: the v1 checkpoint file; `note`: C2SP checkpoint notes (origin
+    /// `<log name>/<chain>`, root recomputed from the rows), which witnesses cosign. Both store
+    /// the v1 checkpoint in the database
+    #[arg(long, value_enum, default_value_t = CheckpointFormat::Json)]
+    pub(crate) format: CheckpointFormat,
+    /// The log's name, the first half of each checkpoint's origin `<log name>/<chain>` (a
+    /// schema-less URL such as example.com/governance; needed with --format note)
+    #[arg(long, env = "GOVERNANCE_LOG_NAME", value_name = "NAME")]
+    pub(crate) log_name: Option<String>,
     /// Write the checkpoints to this file (replaced whole) as well as stdout
     #[arg(long, short, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+/// The form `governance checkpoint` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CheckpointFormat {
+    /// `governance.checkpoints.v1` JSON (what `verify --checkpoint` reads)
+    Json,
+    /// C2SP checkpoint notes (c2sp.org/tlog-checkpoint), one per chain
+    Note,
 }
 
 #[derive(Debug, Args)]

@@ -263,6 +263,24 @@ impl<'g> Audit<'g> {
         Ok(self.gov.inner.audit.checkpoint(chain, signer).await?)
     }
 
+    /// Signs the head of `chain` with `signer` as a v1 checkpoint (stored) and as a C2SP
+    /// checkpoint note of origin `<log_name>/<chain>` over the root recomputed from the rows
+    /// (docs/audit-chain.md, "Checkpoints as signed notes").
+    pub async fn checkpoint_note(
+        &self,
+        chain: &str,
+        signer: &gov_audit::Signer,
+        log_name: &str,
+    ) -> Result<(gov_audit::Checkpoint, gov_audit::checkpoint::NoteCheckpoint)> {
+        gov_core::ChainId::new(chain)?;
+        Ok(self
+            .gov
+            .inner
+            .audit
+            .checkpoint_note(chain, signer, log_name)
+            .await?)
+    }
+
     /// Checks that the stored chain still holds the head `cp` recorded, and that `cp` is
     /// signed by the key it names; `None` when it holds.
     pub async fn check_checkpoint(

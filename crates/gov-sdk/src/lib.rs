@@ -70,6 +70,9 @@ pub use gov_audit::{
 /// The chain's Merkle tree: leaf encoding, proofs and their offline verification (re-exported
 /// from gov-audit).
 pub use gov_audit::tree;
+/// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
+pub use gov_audit::note;
+pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheckpoint};
 pub use gov_audit::{AuditError, AuditLogOptions, ChainKey, DerivedKey, SigningState};
 /// The events governance itself writes, one payload type per kind (re-exported from gov-core).
 pub use gov_core::events;
