@@ -9,6 +9,7 @@
 //! - [`note`]: C2SP signed notes, checkpoints and cosignatures (pure).
 //! - [`proofs`]: the tree kept as tiles in the database, brought up to date lazily; proofs
 //!   from storage.
+//! - [`witness`]: the c2sp.org/tlog-witness decision and request body (pure).
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
 
@@ -23,6 +24,7 @@ pub mod rotation;
 pub mod signing;
 pub mod tree;
 pub mod verify;
+pub mod witness;
 
 #[cfg(test)]
 mod vectors;
