@@ -72,6 +72,8 @@ pub use gov_audit::{
 pub use gov_audit::tree;
 /// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
 pub use gov_audit::note;
+/// The c2sp.org/tlog-witness decision and request body (re-exported from gov-audit).
+pub use gov_audit::witness;
 pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheckpoint};
 pub use gov_audit::{AuditError, AuditLogOptions, ChainKey, DerivedKey, SigningState};
 /// The events governance itself writes, one payload type per kind (re-exported from gov-core).
@@ -83,7 +85,7 @@ pub use gov_core::{
     ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds,
     PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
-pub use gov_store::{MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions};
+pub use gov_store::{CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions};
 
 use std::sync::Arc;
 

@@ -24,7 +24,17 @@ pub(crate) async fn run(
     })?;
     // Here a key that cannot be loaded is an error: a checkpoint is only worth its signature.
     let signer = Signer::load(url, "checkpoint").map_err(|e| config(format!("{e}")))?;
-    let log_name = match (args.format, args.log_name.as_deref()) {
+    let peers = args
+        .witness
+        .iter()
+        .map(|w| super::witness::parse_peer(w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let format = if peers.is_empty() {
+        args.format
+    } else {
+        CheckpointFormat::Note
+    };
+    let log_name = match (format, args.log_name.as_deref()) {
         (CheckpointFormat::Note, None) => {
             return Err(config(
                 "a checkpoint note needs the log's name: pass --log-name example.com/governance (or set GOVERNANCE_LOG_NAME)".into(),
@@ -52,7 +62,7 @@ pub(crate) async fn run(
     };
     let mut notes = Vec::new();
     for c in &chains {
-        let result = match args.format {
+        let result = match format {
             CheckpointFormat::Json => gov.audit().checkpoint_with(c, &signer).await,
             CheckpointFormat::Note => gov
                 .audit()
@@ -71,8 +81,16 @@ pub(crate) async fn run(
             }
         }
     }
+    for cp in &mut notes {
+        for peer in &peers {
+            if let Err(e) = super::witness::push(&gov, peer, cp).await {
+                gov.close().await;
+                return Err(e);
+            }
+        }
+    }
     gov.close().await;
-    if args.format == CheckpointFormat::Note {
+    if format == CheckpointFormat::Note {
         return emit_notes(&notes, args.output.as_deref(), out);
     }
     let text = serde_json::to_string_pretty(&file)? + "\n";

@@ -12,6 +12,7 @@ pub(crate) mod prove;
 pub(crate) mod report;
 pub(crate) mod rotate;
 pub(crate) mod tail;
+pub(crate) mod witness;
 pub(crate) mod verify;
 
 use std::io::Write as _;
