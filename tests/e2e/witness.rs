@@ -44,7 +44,14 @@ impl Drop for WitnessProcess {
 fn start_witness(dir: &std::path::Path, log: &str) -> (WitnessProcess, String) {
     let key = key_file(dir, "witness.key", "5c");
     let mut child = bare_governance()
-        .args(["witness", "serve", "--key", &key, "--name", "witness.example/w1"])
+        .args([
+            "witness",
+            "serve",
+            "--key",
+            &key,
+            "--name",
+            "witness.example/w1",
+        ])
         .arg("--state")
         .arg(dir.join("state"))
         .args(["--listen", "127.0.0.1:0", "--log", log])
@@ -95,7 +102,10 @@ async fn a_history_rebuilt_with_every_key_is_caught_by_the_witness() {
     let (code, stdout, stderr) = checkpoint(&db, &key, None);
     assert_eq!(code, 0, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
-    let log_vkey = v["checkpoints"][0]["vkey"].as_str().expect("vkey").to_owned();
+    let log_vkey = v["checkpoints"][0]["vkey"]
+        .as_str()
+        .expect("vkey")
+        .to_owned();
     let (_witness, peer) = start_witness(&dir, &format!("example.com/gov/default={log_vkey}"));
 
     // First contact (the log knows no size: the witness's 409 tells it 0), then growth with a
@@ -205,7 +215,15 @@ async fn the_witness_answers_by_the_spec_and_keeps_its_state() {
     assert_eq!((status, body.as_str()), (409, "4\n"));
     assert_eq!(ctype.as_deref(), Some("text/x.tlog.size"));
     // Another root at the same size (a rebuilt chain, signed by the log's key): 422.
-    tamper(&db, &["DELETE FROM audit_events", "DELETE FROM checkpoints", "UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')"]).await;
+    tamper(
+        &db,
+        &[
+            "DELETE FROM audit_events",
+            "DELETE FROM checkpoints",
+            "UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')",
+        ],
+    )
+    .await;
     seed(&db, 4).await;
     let (_, stdout, _) = checkpoint(&db, &key, None);
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");

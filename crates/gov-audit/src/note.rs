@@ -66,7 +66,10 @@ pub fn key_id(name: &str, sig_type: u8, public: &[u8; 32]) -> [u8; 4] {
 
 /// Whether `name` may name a key: non-empty, no Unicode space, no `+`, no control character.
 pub fn valid_key_name(name: &str) -> bool {
-    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control())
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c == '+' || c.is_control())
 }
 
 /// Whether `text` may be a note's text: ends in a newline, no control character but newline.
@@ -362,7 +365,12 @@ pub struct CheckpointText {
 impl CheckpointText {
     /// The note text, final newline included.
     pub fn text(&self) -> String {
-        let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root));
+        let mut s = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        );
         for e in &self.extensions {
             s.push_str(e);
             s.push('\n');
@@ -377,7 +385,10 @@ impl CheckpointText {
             return Err(bad("not a note text"));
         }
         let mut lines = text[..text.len() - 1].split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or_else(|| bad("no origin"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("no origin"))?;
         let size = lines.next().ok_or_else(|| bad("no tree size"))?;
         if size.is_empty()
             || !size.bytes().all(|b| b.is_ascii_digit())
@@ -385,7 +396,9 @@ impl CheckpointText {
         {
             return Err(bad("the tree size is not a decimal without leading zeroes"));
         }
-        let size: u64 = size.parse().map_err(|_| bad("the tree size is too large"))?;
+        let size: u64 = size
+            .parse()
+            .map_err(|_| bad("the tree size is too large"))?;
         let root = lines.next().ok_or_else(|| bad("no root hash"))?;
         let root: Hash = B64
             .decode(root)
@@ -435,7 +448,11 @@ mod tests {
     fn go_sumdb_note_sign_vector_byte_for_byte() {
         let s = peter();
         let vkey = Vkey::parse(PETER_VKEY).unwrap();
-        assert_eq!(vkey.public, s.public_key(), "the vkey is the seed's public key");
+        assert_eq!(
+            vkey.public,
+            s.public_key(),
+            "the vkey is the seed's public key"
+        );
         assert_eq!(vkey.to_string(), PETER_VKEY);
         assert_eq!(hex::encode(vkey.key_id()), "c74f20a3");
         let line = sign(TEXT, "PeterNeumann", &s).unwrap();
@@ -473,11 +490,16 @@ mod tests {
             format!("{TEXT}\n"),
             format!("{TEXT}\n{}", &sig[..sig.len() - 1]),
             format!("\x01{TEXT}\n{sig}"),
-            format!("{TEXT}\n\u{2014} Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="),
+            format!(
+                "{TEXT}\n\u{2014} Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+            ),
             format!("{TEXT}\n{sig}Unexpected line.\n"),
         ] {
             assert!(
-                matches!(open(&m, std::slice::from_ref(&peter)), Err(NoteError::Malformed(_))),
+                matches!(
+                    open(&m, std::slice::from_ref(&peter)),
+                    Err(NoteError::Malformed(_))
+                ),
                 "{m:?}"
             );
         }
@@ -486,7 +508,9 @@ mod tests {
     #[test]
     fn c2sp_signed_note_example_verifies() {
         // c2sp.org/signed-note, "Example".
-        let vkey = Vkey::parse("example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k").unwrap();
+        let vkey =
+            Vkey::parse("example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k")
+                .unwrap();
         let note = "This is an example message.\n\n\u{2014} example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
         let (n, v) = open(note, &[vkey]).unwrap();
         assert_eq!(n.text, "This is an example message.\n");
@@ -505,7 +529,8 @@ mod tests {
     #[test]
     fn c2sp_checkpoint_example_parses_and_renders() {
         // c2sp.org/tlog-checkpoint's example text.
-        let text = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let text =
+            "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
         let c = CheckpointText::parse(text).unwrap();
         assert_eq!(c.origin, "example.com/behind-the-sofa");
         assert_eq!(c.size, 20_852_163);
@@ -523,7 +548,8 @@ mod tests {
     #[test]
     fn cosignature_round_trip_and_message() {
         let w = Signer::from_key(SigningKey::from_bytes(&[7u8; 32]), "w");
-        let text = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let text =
+            "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
         // The spec's example message.
         assert_eq!(
             cosignature_message(text, 1_679_315_147),
@@ -531,7 +557,10 @@ mod tests {
         );
         let line = cosign(text, "witness.example/w1", &w, 1_679_315_147).unwrap();
         let key = Vkey::new("witness.example/w1", TYPE_COSIGNATURE_V1, w.public_key()).unwrap();
-        assert_eq!(check_line(text, &line, &key), LineCheck::Valid(Some(1_679_315_147)));
+        assert_eq!(
+            check_line(text, &line, &key),
+            LineCheck::Valid(Some(1_679_315_147))
+        );
         // The same key as a type 0x01 key has another ID: the line is not its.
         let plain = Vkey::new("witness.example/w1", TYPE_ED25519, w.public_key()).unwrap();
         assert_eq!(check_line(text, &line, &plain), LineCheck::NotThisKey);

@@ -287,10 +287,28 @@ mod tests {
             root: a.checkpoint.root,
         };
         assert!(decide(&req(5, 9, &log), &keys, Some(&state)).is_ok());
-        assert_eq!(decide(&req(0, 9, &log), &keys, Some(&state)), Err(Refusal::Conflict(5)));
-        assert_eq!(decide(&req(5, 9, &log), &[], Some(&state)).unwrap_err().status(), 404);
-        assert_eq!(decide(&req(5, 9, &other), &keys, Some(&state)).unwrap_err().status(), 403);
-        assert_eq!(decide(&req(9, 5, &log), &keys, Some(&state)).unwrap_err().status(), 400);
+        assert_eq!(
+            decide(&req(0, 9, &log), &keys, Some(&state)),
+            Err(Refusal::Conflict(5))
+        );
+        assert_eq!(
+            decide(&req(5, 9, &log), &[], Some(&state))
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            decide(&req(5, 9, &other), &keys, Some(&state))
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            decide(&req(9, 5, &log), &keys, Some(&state))
+                .unwrap_err()
+                .status(),
+            400
+        );
         // A proof that does not lead from the witness's root: 422.
         let mut bad = req(5, 9, &log);
         bad.proof[0][0] ^= 1;
@@ -300,7 +318,12 @@ mod tests {
             size: 5,
             root: [9u8; 32],
         };
-        assert_eq!(decide(&req(5, 9, &log), &keys, Some(&forked)).unwrap_err().status(), 422);
+        assert_eq!(
+            decide(&req(5, 9, &log), &keys, Some(&forked))
+                .unwrap_err()
+                .status(),
+            422
+        );
         assert_eq!(Refusal::Conflict(5).body(), "5\n");
     }
 }

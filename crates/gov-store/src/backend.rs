@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    CheckpointRow, ConsoleSession, CosignatureRow, Decision, HaltSwitch, Listener, LlmClientRow, MigrateReport,
-    NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges, Reserve, Result,
-    Sealer, SignerKeyRow, TreeTile,
+    CheckpointRow, ConsoleSession, CosignatureRow, Decision, HaltSwitch, Listener, LlmClientRow,
+    MigrateReport, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
+    Reserve, Result, Sealer, SignerKeyRow, TreeTile,
 };
 
 /// Schema, roles, notifications and the connection pool.

@@ -12,8 +12,8 @@ pub(crate) mod prove;
 pub(crate) mod report;
 pub(crate) mod rotate;
 pub(crate) mod tail;
-pub(crate) mod witness;
 pub(crate) mod verify;
+pub(crate) mod witness;
 
 use std::io::Write as _;
 use std::path::Path;

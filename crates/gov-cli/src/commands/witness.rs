@@ -88,7 +88,11 @@ impl Witness {
     async fn add_checkpoint(&self, body: &str) -> Result<String, Refusal> {
         let req = AddCheckpoint::parse(body)?;
         let origin = origin_of(&req)?;
-        let keys = self.logs.get(&origin).map(Vec::as_slice).unwrap_or_default();
+        let keys = self
+            .logs
+            .get(&origin)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let _turn = self.turn.lock().await;
         let state = if keys.is_empty() {
             None
@@ -232,12 +236,9 @@ pub(crate) async fn push(
             checkpoint: cp.note.clone(),
         }
         .render();
-        let resp = client
-            .post(&url)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("witness {} at {url} is unreachable: {e}", peer.vkey.name))?;
+        let resp = client.post(&url).body(body).send().await.map_err(|e| {
+            anyhow::anyhow!("witness {} at {url} is unreachable: {e}", peer.vkey.name)
+        })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         match status {
