@@ -111,3 +111,72 @@ async fn checkpoint_and_verify_refuse_bad_input() {
         .code(2)
         .stderr(predicate::str::contains("cannot read the checkpoint file"));
 }
+
+/// `governance ARGS --json` parsed, after asserting success.
+fn json_of(db: &gov_testdb::TestDb, args: &[&str]) -> serde_json::Value {
+    let out = governance(db)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run governance");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[tokio::test]
+async fn a_checkpoint_note_signs_the_root_of_the_rows_never_a_forged_tile() {
+    let db = gov_testdb::TestDb::new().await;
+    seed(&db, 300).await;
+    let key = format!("file://{}", key_file().display());
+    // The honest root (the tiles are written from the rows here).
+    let honest = json_of(&db, &["prove", "--seq", "1", "--size", "300"])["root"]
+        .as_str()
+        .expect("root")
+        .to_owned();
+    // Someone who bypasses the triggers forges the first tile: roots read from tiles change.
+    tamper(
+        &db,
+        &["UPDATE audit_tree_tiles SET hashes = decode(repeat('ab', 8192), 'hex'), root = decode(repeat('cd', 32), 'hex') WHERE level = 0 AND idx = 0"],
+    )
+    .await;
+    let forged = json_of(&db, &["prove", "--seq", "300"])["root"]
+        .as_str()
+        .expect("root")
+        .to_owned();
+    assert_ne!(forged, honest, "the forged tile reaches tile-based roots");
+    let v = json_of(
+        &db,
+        &[
+            "checkpoint",
+            "--signing-key",
+            &key,
+            "--format",
+            "note",
+            "--log-name",
+            "example.com/gov",
+        ],
+    );
+    assert_eq!(v["format"], "governance.checkpoint-notes.v1");
+    let cp = &v["checkpoints"][0];
+    assert_eq!(cp["root"].as_str(), Some(honest.as_str()), "{v}");
+    assert_eq!(cp["origin"], "example.com/gov/default");
+    // The note is a C2SP checkpoint that the log's vkey verifies.
+    let vkey = gov_audit::note::Vkey::parse(cp["vkey"].as_str().expect("vkey")).expect("vkey");
+    let (note, verified) =
+        gov_audit::note::open(cp["note"].as_str().expect("note"), &[vkey]).expect("verifies");
+    assert_eq!(verified.len(), 1);
+    let text = gov_audit::note::CheckpointText::parse(&note.text).expect("checkpoint");
+    assert_eq!(text.size, 300);
+    assert_eq!(hex::encode(text.root), honest);
+    // Without a log name the note form is refused.
+    governance(&db)
+        .args(["checkpoint", "--signing-key", &key, "--format", "note"])
+        .env_remove("GOVERNANCE_LOG_NAME")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--log-name"));
+}

@@ -24,3 +24,4 @@ mod tamper;
 mod users;
 mod verify;
 mod verify_range;
+mod witness;

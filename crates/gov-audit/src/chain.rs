@@ -306,6 +306,9 @@ impl AuditLog {
             let mut report = verify::verify_chain(store, &keys, head, opts, &pool).await?;
             if report.finding.is_none() && !opts.is_range() {
                 report.finding = stored_checkpoints_hold(store, &keys, &report).await?;
+                if report.finding.is_none() {
+                    report.finding = stored_cosignatures_hold(store, &report).await?;
+                }
             }
             chains.push(report);
         }
@@ -427,6 +430,29 @@ impl AuditLog {
             .filter(|h| h.seq > 0)
             .ok_or_else(|| AuditError::NoSuchChain(chain.to_owned()))?;
         store_checkpoint(store, signer, &head).await
+    }
+
+    /// Signs the head of `chain` twice with `signer`: the v1 checkpoint (stored, as
+    /// [`Self::checkpoint`]) and, at the same seq, the C2SP checkpoint note of origin
+    /// `<log_name>/<chain>` whose root is recomputed from the stored rows, never read from the
+    /// tree tiles, so a forged tile can never be signed.
+    pub async fn checkpoint_note(
+        &self,
+        chain: &str,
+        signer: &Signer,
+        log_name: &str,
+    ) -> Result<(Checkpoint, crate::checkpoint::NoteCheckpoint), AuditError> {
+        crate::checkpoint::origin(log_name, chain)
+            .map_err(|e| AuditError::InvalidOptions(e.to_string()))?;
+        let cp = self.checkpoint(chain, signer).await?;
+        let size = cp.seq.unsigned_abs();
+        let roots = crate::proofs::roots_from_rows(&self.inner.store, chain, &[size]).await?;
+        let root = *roots
+            .get(&size)
+            .ok_or(AuditError::Internal("the root of the checkpoint's size"))?;
+        let note = crate::checkpoint::sign_note(signer, log_name, chain, size, root)
+            .map_err(|e| AuditError::InvalidOptions(e.to_string()))?;
+        Ok((cp, note))
     }
 
     /// Checks that `chain`'s stored rows still hold the head `cp` recorded, and that `cp` is
@@ -747,6 +773,60 @@ async fn stored_checkpoints_hold(
         }
         if let Some(f) = holds_head(store, &cp.chain_id, cp.seq, &cp.head_hmac, &what).await? {
             return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks the witness cosignatures stored for a chain that verified clean: each must verify
+/// under the witness key stored with it (`bad_cosignature`), and the rows must still give the
+/// cosigned root at its size (`cosignature_mismatch`; `missing_row` beyond the head).
+async fn stored_cosignatures_hold(
+    store: &Store,
+    report: &verify::ChainReport,
+) -> Result<Option<Finding>, AuditError> {
+    let cosigs = store.cosignatures(&report.chain_id).await?;
+    if cosigs.is_empty() {
+        return Ok(None);
+    }
+    let head = report.head_seq.max(0).unsigned_abs();
+    let mut sizes = Vec::new();
+    for c in &cosigs {
+        let seq = c.tree_size;
+        let what = format!(
+            "the cosignature of {} by witness {} at size {}",
+            c.origin, c.witness_name, c.tree_size
+        );
+        if !crate::witness::stored_cosignature_verifies(c) {
+            return Ok(Some(Finding {
+                seq,
+                reason: Reason::BadCosignature,
+                detail: format!("{what} does not verify under the witness key stored with it"),
+            }));
+        }
+        if c.tree_size.unsigned_abs() > head {
+            return Ok(Some(Finding {
+                seq,
+                reason: Reason::MissingRow,
+                detail: format!(
+                    "{what} covers seq {seq}, but the chain ends at seq {head}: the tail was cut off"
+                ),
+            }));
+        }
+        sizes.push(c.tree_size.unsigned_abs());
+    }
+    let roots = crate::proofs::roots_from_rows(store, &report.chain_id, &sizes).await?;
+    for c in &cosigs {
+        let size = c.tree_size.unsigned_abs();
+        if roots.get(&size).map(|r| r.as_slice()) != Some(c.root_hash.as_slice()) {
+            return Ok(Some(Finding {
+                seq: c.tree_size,
+                reason: Reason::CosignatureMismatch,
+                detail: format!(
+                    "witness {} cosigned another root for {} at size {size} than the rows give: the chain was rebuilt or rewritten up to there",
+                    c.witness_name, c.origin
+                ),
+            }));
         }
     }
     Ok(None)

@@ -131,3 +131,69 @@ impl Checkpoint {
         verify_with(&public, &msg, &sig)
     }
 }
+
+/// The `format` of the JSON form of note checkpoints (`governance checkpoint --format note --json`).
+pub const NOTE_FORMAT: &str = "governance.checkpoint-notes.v1";
+
+/// A chain's checkpoint as a C2SP signed note (c2sp.org/tlog-checkpoint): origin
+/// `<log name>/<chain id>`, the tree size (the head's seq), the root recomputed from the rows,
+/// signed with Ed25519 under the key name `origin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteCheckpoint {
+    /// The chain.
+    pub chain_id: String,
+    /// The origin line.
+    pub origin: String,
+    /// The tree size.
+    pub size: u64,
+    /// The root, hex.
+    pub root: String,
+    /// The log's verifier key (`origin+keyid+base64(0x01 || public key)`), for witnesses.
+    pub vkey: String,
+    /// The signed note (text, blank line, signature lines; cosignatures appended once stored).
+    pub note: String,
+}
+
+/// The origin of a chain's checkpoints: `<log name>/<chain id>`.
+pub fn origin(log_name: &str, chain_id: &str) -> Result<String, crate::note::NoteError> {
+    let o = format!("{log_name}/{chain_id}");
+    if log_name.is_empty() || !crate::note::valid_key_name(&o) {
+        return Err(crate::note::NoteError::Malformed(format!(
+            "log name {log_name:?}: it must be non-empty, without spaces or `+` (e.g. example.com/governance)"
+        )));
+    }
+    Ok(o)
+}
+
+/// Signs the checkpoint of `chain_id` at `size` with root `root` under the origin's name.
+pub fn sign_note(
+    signer: &Signer,
+    log_name: &str,
+    chain_id: &str,
+    size: u64,
+    root: crate::tree::Hash,
+) -> Result<NoteCheckpoint, crate::note::NoteError> {
+    use crate::note::{CheckpointText, Note, TYPE_ED25519, Vkey, sign};
+    let origin = origin(log_name, chain_id)?;
+    let text = CheckpointText {
+        origin: origin.clone(),
+        size,
+        root,
+        extensions: Vec::new(),
+    }
+    .text();
+    let line = sign(&text, &origin, signer)?;
+    let vkey = Vkey::new(&origin, TYPE_ED25519, signer.public_key())?;
+    Ok(NoteCheckpoint {
+        chain_id: chain_id.to_owned(),
+        origin,
+        size,
+        root: hex::encode(root),
+        vkey: vkey.to_string(),
+        note: Note {
+            text,
+            signatures: vec![line],
+        }
+        .render(),
+    })
+}

@@ -6,8 +6,10 @@
 //! - [`owner`]: whose key sealed a chain: unverifiable with the configured keys versus
 //!   tampered, and whether a writer may append to a chain (pure).
 //! - [`tree`]: the chain's Merkle tree (RFC 9162), its proofs and their verification (pure).
+//! - [`note`]: C2SP signed notes, checkpoints and cosignatures (pure).
 //! - [`proofs`]: the tree kept as tiles in the database, brought up to date lazily; proofs
 //!   from storage.
+//! - [`witness`]: the c2sp.org/tlog-witness decision and request body (pure).
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
 
@@ -15,12 +17,14 @@ pub mod canonical;
 mod chain;
 pub mod checkpoint;
 pub mod keys;
+pub mod note;
 pub mod owner;
 pub mod proofs;
 pub mod rotation;
 pub mod signing;
 pub mod tree;
 pub mod verify;
+pub mod witness;
 
 #[cfg(test)]
 mod vectors;

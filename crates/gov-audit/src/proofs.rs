@@ -368,3 +368,57 @@ impl<'a> ChainTree<'a> {
         })
     }
 }
+
+/// Rows read per page while roots are recomputed from the rows.
+const ROOT_PAGE: u32 = 2_000;
+
+/// The roots of the trees of each of `sizes` leaves, recomputed from the stored rows alone (one
+/// pass in seq order, never a tile): what a signer signs and what a cosigned root is checked
+/// against. A row missing below the largest size is `missing_row`. Memory: one hash per level.
+pub async fn roots_from_rows(
+    store: &Store,
+    chain: &str,
+    sizes: &[u64],
+) -> Result<HashMap<u64, Hash>, AuditError> {
+    let mut out = HashMap::new();
+    let mut wanted: Vec<u64> = sizes.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut wanted = wanted.into_iter().peekable();
+    let mut range = tree::CompactRange::default();
+    while wanted.peek() == Some(&0) {
+        out.insert(0, tree::empty_root());
+        wanted.next();
+    }
+    let Some(&last) = wanted.clone().last().as_ref() else {
+        return Ok(out);
+    };
+    let mut after = 0i64;
+    while range.size() < last {
+        let rows = store.read_chain_page(chain, after, ROOT_PAGE).await?;
+        if rows.is_empty() {
+            return Err(missing(
+                range.size() + 1,
+                "the row is missing, so the chain's tree cannot be built; run governance verify",
+            ));
+        }
+        for r in rows {
+            if r.seq.unsigned_abs() != range.size() + 1 || r.seq < 1 {
+                return Err(missing(
+                    range.size() + 1,
+                    "the row is missing, so the chain's tree cannot be built; run governance verify",
+                ));
+            }
+            after = r.seq;
+            range.push(tree::leaf_hash(&tree::leaf_data(&r)));
+            while wanted.peek() == Some(&range.size()) {
+                out.insert(range.size(), range.root());
+                wanted.next();
+            }
+            if range.size() >= last {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

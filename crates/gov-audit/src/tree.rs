@@ -91,6 +91,49 @@ pub fn root_of(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// The leaves seen so far as the roots of their perfect subtrees, largest first (one per set
+/// bit of the size): the root of any prefix in one pass over the leaves, in memory of one hash
+/// per level.
+#[derive(Debug, Clone, Default)]
+pub struct CompactRange {
+    size: u64,
+    /// (height, hash), heights strictly decreasing.
+    stack: Vec<(u32, Hash)>,
+}
+
+impl CompactRange {
+    /// Appends the next leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut cur = (0u32, leaf);
+        while let Some(&(h, left)) = self.stack.last() {
+            if h != cur.0 {
+                break;
+            }
+            self.stack.pop();
+            cur = (h + 1, node_hash(&left, &cur.1));
+        }
+        self.stack.push(cur);
+        self.size += 1;
+    }
+
+    /// The number of leaves pushed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// MTH of the leaves pushed (RFC 9162: the perfect subtrees folded from the right).
+    pub fn root(&self) -> Hash {
+        let mut it = self.stack.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else {
+            return empty_root();
+        };
+        for (_, left) in it {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
 /// A perfect subtree: the `2^height` leaves from `index << height`, whose hash never changes
 /// once they exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -504,6 +547,17 @@ impl Proof {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_range_gives_every_prefix_root() {
+        let leaves: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut r = CompactRange::default();
+        assert_eq!(r.root(), empty_root());
+        for (n, l) in leaves.iter().enumerate() {
+            r.push(*l);
+            assert_eq!(r.root(), root_of(&leaves[..=n]), "size {}", n + 1);
+        }
+    }
 
     // RFC 6962 / RFC 9162 known answers, as published by transparency-dev/merkle
     // (testonly/constants.go and testonly/reference_test.go at

@@ -65,6 +65,11 @@ pub enum Reason {
     CheckpointMismatch,
     /// A checkpoint's own signature does not verify, or its signer is not registered.
     BadCheckpoint,
+    /// A witness cosigned a root at a tree size that the rows no longer give: the chain was
+    /// rebuilt or rewritten up to there, by someone holding every key.
+    CosignatureMismatch,
+    /// A stored witness cosignature does not verify under the witness key stored with it.
+    BadCosignature,
 }
 
 impl Reason {
@@ -87,6 +92,8 @@ impl Reason {
             Self::BadSignature => "bad signature",
             Self::CheckpointMismatch => "checkpoint mismatch",
             Self::BadCheckpoint => "bad checkpoint",
+            Self::CosignatureMismatch => "cosignature mismatch",
+            Self::BadCosignature => "bad cosignature",
         }
     }
 }

@@ -102,6 +102,10 @@ pub(crate) enum Command {
     /// and resume (add-user, list-users, disable-user, reset-password, set-role)
     #[command(subcommand)]
     Console(ConsoleCommand),
+    /// Run a C2SP tlog witness (serve) that cosigns the checkpoints of the logs it is given, only
+    /// when each is consistent with the last one it cosigned
+    #[command(subcommand)]
+    Witness(WitnessCommand),
     /// Print shell completions
     #[command(
         after_help = "Example:\n  governance completions bash > /etc/bash_completion.d/governance"
@@ -184,6 +188,34 @@ pub(crate) struct BudgetArgs {
     pub(crate) session: Option<String>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WitnessCommand {
+    /// Serve POST /add-checkpoint (c2sp.org/tlog-witness) on --listen
+    #[command(
+        after_help = "Example:\n  governance witness serve --key file:///etc/witness.key --name witness.example/w1 \\\n    --state /var/lib/witness --listen 127.0.0.1:7380 \\\n    --log example.com/governance/default=<log vkey or hex public key>\n\nPrints `listening on http://ADDR` and the witness's vkey (give it to the log: `governance checkpoint --witness URL=VKEY`).\nExit codes: 0 stopped, 2 usage or configuration (bad key, state folder, log)."
+    )]
+    Serve(WitnessServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WitnessServeArgs {
+    /// The witness's Ed25519 key: file:///path (hex seed or PKCS#8 PEM, mode 600) or env://VAR
+    #[arg(long, value_name = "URL")]
+    pub(crate) key: String,
+    /// The witness's name (its key name in cosignature lines), e.g. witness.example/w1
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: String,
+    /// The folder holding one state file per log (the last checkpoint cosigned)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state: std::path::PathBuf,
+    /// Address to listen on (port 0: any free port, printed)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7380")]
+    pub(crate) listen: String,
+    /// A log to witness: ORIGIN=PUBKEY, the key as the log's vkey or 64 hex digits (repeat)
+    #[arg(long = "log", value_name = "ORIGIN=PUBKEY", required = true)]
+    pub(crate) logs: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,11 +408,34 @@ pub(crate) struct CheckpointArgs {
         value_name = "URL"
     )]
     pub(crate) signing_key: Option<String>,
+    /// `json`: the v1 checkpoint file; `note`: C2SP checkpoint notes (origin
+    /// `<log name>/<chain>`, root recomputed from the rows), which witnesses cosign. Both store
+    /// the v1 checkpoint in the database
+    #[arg(long, value_enum, default_value_t = CheckpointFormat::Json)]
+    pub(crate) format: CheckpointFormat,
+    /// The log's name, the first half of each checkpoint's origin `<log name>/<chain>` (a
+    /// schema-less URL such as example.com/governance; needed with --format note)
+    #[arg(long, env = "GOVERNANCE_LOG_NAME", value_name = "NAME")]
+    pub(crate) log_name: Option<String>,
+    /// A witness to send each checkpoint note to, with a consistency proof from the size it last
+    /// cosigned; its cosignatures are checked and stored (repeat for several; implies --format
+    /// note). `URL=VKEY`, the vkey being the witness's (name+keyid+base64(0x04 || key))
+    #[arg(long, value_name = "URL=VKEY")]
+    pub(crate) witness: Vec<String>,
     /// Write the checkpoints to this file (replaced whole) as well as stdout
     #[arg(long, short, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+/// The form `governance checkpoint` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CheckpointFormat {
+    /// `governance.checkpoints.v1` JSON (what `verify --checkpoint` reads)
+    Json,
+    /// C2SP checkpoint notes (c2sp.org/tlog-checkpoint), one per chain
+    Note,
 }
 
 #[derive(Debug, Args)]

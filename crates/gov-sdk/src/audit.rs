@@ -263,6 +263,66 @@ impl<'g> Audit<'g> {
         Ok(self.gov.inner.audit.checkpoint(chain, signer).await?)
     }
 
+    /// Signs the head of `chain` with `signer` as a v1 checkpoint (stored) and as a C2SP
+    /// checkpoint note of origin `<log_name>/<chain>` over the root recomputed from the rows
+    /// (docs/audit-chain.md, "Checkpoints as signed notes").
+    pub async fn checkpoint_note(
+        &self,
+        chain: &str,
+        signer: &gov_audit::Signer,
+        log_name: &str,
+    ) -> Result<(gov_audit::Checkpoint, gov_audit::checkpoint::NoteCheckpoint)> {
+        gov_core::ChainId::new(chain)?;
+        Ok(self
+            .gov
+            .inner
+            .audit
+            .checkpoint_note(chain, signer, log_name)
+            .await?)
+    }
+
+    /// The witness cosignatures stored for `chain`, by tree size.
+    pub async fn cosignatures(&self, chain: &str) -> Result<Vec<gov_store::CosignatureRow>> {
+        Ok(self.gov.inner.store.cosignatures(chain).await?)
+    }
+
+    /// Stores a witness cosignature after checking it verifies (on Postgres only the owner may:
+    /// the application role cannot write `witness_cosignatures`).
+    pub async fn store_cosignature(&self, row: &gov_store::CosignatureRow) -> Result<()> {
+        if !gov_audit::witness::stored_cosignature_verifies(row) {
+            return Err(crate::Error::Config(format!(
+                "the cosignature of witness {} does not verify; it was not stored",
+                row.witness_name
+            )));
+        }
+        Ok(self.gov.inner.store.put_cosignature(row).await?)
+    }
+
+    /// The consistency proof of `chain`'s tree from `from` to `to` leaves (empty when `from` is
+    /// 0 or equals `to`), checked against `to_root`, the root the rows give: a tree tile that
+    /// disagrees with the rows is refused rather than sent.
+    pub async fn consistency_for(
+        &self,
+        chain: &str,
+        from: u64,
+        to: u64,
+        to_root: &[u8; 32],
+    ) -> Result<Vec<[u8; 32]>> {
+        if from == 0 || from == to {
+            return Ok(Vec::new());
+        }
+        let mut tree = gov_audit::proofs::ChainTree::open(&self.gov.inner.store, chain).await?;
+        let p = tree.consistency(from, to).await?;
+        if &p.to_root != to_root {
+            return Err(crate::Error::Audit(gov_audit::AuditError::from(
+                gov_store::StoreError::Corrupt(format!(
+                    "the stored tree tiles of chain {chain} give another root at size {to} than its rows: a tile was changed; run governance verify"
+                )),
+            )));
+        }
+        Ok(p.proof)
+    }
+
     /// Checks that the stored chain still holds the head `cp` recorded, and that `cp` is
     /// signed by the key it names; `None` when it holds.
     pub async fn check_checkpoint(

@@ -67,9 +67,14 @@ pub use gov_audit::{
 // Types the SDK's public API reaches (`Error::Store`, `Error::Audit`, `VerifyOptions::validate`,
 // `Config::store`, `Config::audit`, `AuditSecret`'s derived keys), so that a host can name them
 // without depending on the lower crates.
+pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheckpoint};
+/// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
+pub use gov_audit::note;
 /// The chain's Merkle tree: leaf encoding, proofs and their offline verification (re-exported
 /// from gov-audit).
 pub use gov_audit::tree;
+/// The c2sp.org/tlog-witness decision and request body (re-exported from gov-audit).
+pub use gov_audit::witness;
 pub use gov_audit::{AuditError, AuditLogOptions, ChainKey, DerivedKey, SigningState};
 /// The events governance itself writes, one payload type per kind (re-exported from gov-core).
 pub use gov_core::events;
@@ -80,7 +85,9 @@ pub use gov_core::{
     ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds,
     PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
-pub use gov_store::{MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions};
+pub use gov_store::{
+    CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions,
+};
 
 use std::sync::Arc;
 

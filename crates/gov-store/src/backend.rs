@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    CheckpointRow, ConsoleSession, Decision, HaltSwitch, Listener, LlmClientRow, MigrateReport,
-    NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges, Reserve, Result,
-    Sealer, SignerKeyRow, TreeTile,
+    CheckpointRow, ConsoleSession, CosignatureRow, Decision, HaltSwitch, Listener, LlmClientRow,
+    MigrateReport, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
+    Reserve, Result, Sealer, SignerKeyRow, TreeTile,
 };
 
 /// Schema, roles, notifications and the connection pool.
@@ -125,6 +125,10 @@ pub trait SignerStore {
     async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()>;
     /// A chain's checkpoints.
     async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>>;
+    /// Stores a witness cosignature (idempotent).
+    async fn put_cosignature(&self, c: &CosignatureRow) -> Result<()>;
+    /// A chain's witness cosignatures, by tree size.
+    async fn cosignatures(&self, chain_id: &str) -> Result<Vec<CosignatureRow>>;
 }
 
 /// Scope policies, heartbeats and halts.

@@ -214,6 +214,28 @@ pub struct TreeTile {
     pub root: Vec<u8>,
 }
 
+/// A witness's cosignature of a chain's checkpoint (c2sp.org/tlog-cosignature, Ed25519
+/// `cosignature/v1`), stored by the log's operator tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CosignatureRow {
+    /// The chain.
+    pub chain_id: String,
+    /// The checkpoint's origin line.
+    pub origin: String,
+    /// The checkpoint's tree size.
+    pub tree_size: i64,
+    /// The checkpoint's root hash (32 bytes).
+    pub root_hash: Vec<u8>,
+    /// The witness's key name.
+    pub witness_name: String,
+    /// The witness's Ed25519 public key (32 bytes).
+    pub witness_key: Vec<u8>,
+    /// The cosignature's timestamp (POSIX seconds).
+    pub cosigned_at: i64,
+    /// The Ed25519 signature (64 bytes).
+    pub signature: Vec<u8>,
+}
+
 /// A signed chain head, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRow {
@@ -509,6 +531,16 @@ impl Store {
     /// Stores a checkpoint (idempotent).
     pub async fn put_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
         dispatch!(self, s => s.put_checkpoint(c).await)
+    }
+
+    /// Stores a witness cosignature (idempotent). On Postgres only the owner may.
+    pub async fn put_cosignature(&self, c: &CosignatureRow) -> Result<()> {
+        dispatch!(self, s => s.put_cosignature(c).await)
+    }
+
+    /// A chain's stored witness cosignatures, by tree size.
+    pub async fn cosignatures(&self, chain_id: &str) -> Result<Vec<CosignatureRow>> {
+        dispatch!(self, s => s.cosignatures(chain_id).await)
     }
 
     /// A chain's stored checkpoints, by seq.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use gov_sdk::{CheckpointFile, Signer};
 
-use crate::cli::{CheckpointArgs, Global};
+use crate::cli::{CheckpointArgs, CheckpointFormat, Global};
 use crate::output::Out;
 
 fn config(message: String) -> anyhow::Error {
@@ -24,6 +24,24 @@ pub(crate) async fn run(
     })?;
     // Here a key that cannot be loaded is an error: a checkpoint is only worth its signature.
     let signer = Signer::load(url, "checkpoint").map_err(|e| config(format!("{e}")))?;
+    let peers = args
+        .witness
+        .iter()
+        .map(|w| super::witness::parse_peer(w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let format = if peers.is_empty() {
+        args.format
+    } else {
+        CheckpointFormat::Note
+    };
+    let log_name = match (format, args.log_name.as_deref()) {
+        (CheckpointFormat::Note, None) => {
+            return Err(config(
+                "a checkpoint note needs the log's name: pass --log-name example.com/governance (or set GOVERNANCE_LOG_NAME)".into(),
+            ));
+        }
+        (_, name) => name.unwrap_or_default().to_owned(),
+    };
     let target = super::Target::resolve(global).await?;
     let db = target.url.clone();
     let secret = target.audit_secret(&args.secret)?;
@@ -42,18 +60,39 @@ pub(crate) async fn run(
         format: gov_sdk::CHECKPOINT_FILE_FORMAT.to_owned(),
         checkpoints: Vec::new(),
     };
+    let mut notes = Vec::new();
     for c in &chains {
-        let cp = gov.audit().checkpoint_with(c, &signer).await;
-        let cp = match cp {
-            Ok(cp) => cp,
+        let result = match format {
+            CheckpointFormat::Json => gov.audit().checkpoint_with(c, &signer).await,
+            CheckpointFormat::Note => gov
+                .audit()
+                .checkpoint_note(c, &signer, &log_name)
+                .await
+                .map(|(cp, note)| {
+                    notes.push(note);
+                    cp
+                }),
+        };
+        match result {
+            Ok(cp) => file.checkpoints.push(cp),
             Err(e) => {
                 gov.close().await;
                 return Err(e.into());
             }
-        };
-        file.checkpoints.push(cp);
+        }
+    }
+    for cp in &mut notes {
+        for peer in &peers {
+            if let Err(e) = super::witness::push(&gov, peer, cp).await {
+                gov.close().await;
+                return Err(e);
+            }
+        }
     }
     gov.close().await;
+    if format == CheckpointFormat::Note {
+        return emit_notes(&notes, args.output.as_deref(), out);
+    }
     let text = serde_json::to_string_pretty(&file)? + "\n";
     if let Some(path) = &args.output {
         super::write_atomically(path, &text, "the checkpoints")?;
@@ -66,6 +105,32 @@ pub(crate) async fn run(
                 "signed chain {} at seq {} with {}",
                 cp.chain_id, cp.seq, cp.signer_key_id
             ));
+        }
+    } else {
+        out.line(text.trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints (and writes) checkpoint notes: one after another, each ending with its signature
+/// lines; with `--json`, one object of format `governance.checkpoint-notes.v1`.
+fn emit_notes(
+    notes: &[gov_sdk::NoteCheckpoint],
+    output: Option<&std::path::Path>,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let text: String = notes.iter().map(|n| n.note.as_str()).collect();
+    if let Some(path) = output {
+        super::write_atomically(path, &text, "the checkpoint notes")?;
+    }
+    if out.json() {
+        out.emit_json(&serde_json::json!({
+            "format": gov_sdk::CHECKPOINT_NOTE_FORMAT,
+            "checkpoints": notes,
+        }));
+    } else if output.is_some() {
+        for n in notes {
+            out.line(format!("signed {} at size {}", n.origin, n.size));
         }
     } else {
         out.line(text.trim_end());

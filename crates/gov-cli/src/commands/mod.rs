@@ -13,6 +13,7 @@ pub(crate) mod report;
 pub(crate) mod rotate;
 pub(crate) mod tail;
 pub(crate) mod verify;
+pub(crate) mod witness;
 
 use std::io::Write as _;
 use std::path::Path;

@@ -190,6 +190,7 @@ async fn the_catalog_holds_the_boundary() {
             ("oversight_decisions", "SELECT"),
             ("scope_policies", "DELETE, INSERT, SELECT, UPDATE"),
             ("signer_keys", "INSERT, SELECT"),
+            ("witness_cosignatures", "SELECT"),
         ]
     );
     // Column privileges: on gate_requests, inserting the asking columns only.

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::PgStore;
 use crate::backend::SignerStore;
-use crate::{CheckpointRow, Result, SignerKeyRow};
+use crate::{CheckpointRow, CosignatureRow, Result, SignerKeyRow};
 
 #[derive(FromRow)]
 struct SignerRow {
@@ -130,6 +130,49 @@ impl SignerStore for PgStore {
                 signed_at: r.signed_at,
                 signer_key_id: r.signer_key_id,
                 signature: r.signature,
+            })
+            .collect())
+    }
+    async fn put_cosignature(&self, c: &CosignatureRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO witness_cosignatures (chain_id, origin, tree_size, root_hash, \
+             witness_name, witness_key, cosigned_at, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&c.chain_id)
+        .bind(&c.origin)
+        .bind(c.tree_size)
+        .bind(&c.root_hash)
+        .bind(&c.witness_name)
+        .bind(&c.witness_key)
+        .bind(c.cosigned_at)
+        .bind(&c.signature)
+        .execute(&self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn cosignatures(&self, chain_id: &str) -> Result<Vec<CosignatureRow>> {
+        type Row = (String, String, i64, Vec<u8>, String, Vec<u8>, i64, Vec<u8>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT chain_id, origin, tree_size, root_hash, witness_name, witness_key, \
+             cosigned_at, signature FROM witness_cosignatures WHERE chain_id = $1 \
+             ORDER BY tree_size, witness_name, cosigned_at",
+        )
+        .bind(chain_id)
+        .fetch_all(&self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CosignatureRow {
+                chain_id: r.0,
+                origin: r.1,
+                tree_size: r.2,
+                root_hash: r.3,
+                witness_name: r.4,
+                witness_key: r.5,
+                cosigned_at: r.6,
+                signature: r.7,
             })
             .collect())
     }

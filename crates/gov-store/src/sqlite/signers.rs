@@ -2,7 +2,7 @@
 
 use super::{SqliteStore, from_us, now_us, to_us};
 use crate::backend::SignerStore;
-use crate::{CheckpointRow, Result, SignerKeyRow};
+use crate::{CheckpointRow, CosignatureRow, Result, SignerKeyRow};
 
 type SignerRow = (String, Vec<u8>, String, i64, Option<i64>);
 type CpRow = (String, i64, Vec<u8>, i64, String, Vec<u8>);
@@ -117,5 +117,49 @@ impl SignerStore for SqliteStore {
                 },
             )
             .collect()
+    }
+    async fn put_cosignature(&self, c: &CosignatureRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO witness_cosignatures (chain_id, origin, tree_size, root_hash, \
+             witness_name, witness_key, cosigned_at, signature, recorded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&c.chain_id)
+        .bind(&c.origin)
+        .bind(c.tree_size)
+        .bind(&c.root_hash)
+        .bind(&c.witness_name)
+        .bind(&c.witness_key)
+        .bind(c.cosigned_at)
+        .bind(&c.signature)
+        .bind(now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cosignatures(&self, chain_id: &str) -> Result<Vec<CosignatureRow>> {
+        type Row = (String, String, i64, Vec<u8>, String, Vec<u8>, i64, Vec<u8>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT chain_id, origin, tree_size, root_hash, witness_name, witness_key, \
+             cosigned_at, signature FROM witness_cosignatures WHERE chain_id = ? \
+             ORDER BY tree_size, witness_name, cosigned_at",
+        )
+        .bind(chain_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CosignatureRow {
+                chain_id: r.0,
+                origin: r.1,
+                tree_size: r.2,
+                root_hash: r.3,
+                witness_name: r.4,
+                witness_key: r.5,
+                cosigned_at: r.6,
+                signature: r.7,
+            })
+            .collect())
     }
 }
