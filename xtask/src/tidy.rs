@@ -8,20 +8,144 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-/// (crate, dependency) pairs that break the architecture.
-const FORBIDDEN: &[(&str, &str)] = &[
-    ("gov-cli", "sqlx"),
-    ("gov-cli", "gov-store"),
-    ("gov-console", "sqlx"),
-    ("gov-console", "gov-store"),
-    ("gov-core", "sqlx"),
-    ("gov-core", "tokio"),
-    ("gov-core", "gov-store"),
-    ("gov-audit", "sqlx"),
-    ("gov-report", "sqlx"),
-    ("gov-report", "gov-store"),
-    ("gov-sdk", "sqlx"),
+/// The crate graph, as an allowlist: each workspace crate and the workspace crates it may
+/// depend on (normal dependencies; dev-dependencies may add `gov-testdb` and lower layers).
+/// A new crate or a new edge is a decision: add it here and to ARCHITECTURE.md's map.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("gov-core", &[]),
+    ("gov-store", &["gov-core"]),
+    ("gov-audit", &["gov-core", "gov-store"]),
+    ("gov-sdk", &["gov-core", "gov-audit", "gov-store"]),
+    ("gov-report", &["gov-sdk"]),
+    ("gov-console", &["gov-sdk", "gov-report"]),
+    ("gov-cli", &["gov-sdk", "gov-report", "gov-console"]),
+    ("gov-testdb", &["gov-core", "gov-audit", "gov-store"]),
+    ("gov-bench", &["gov-sdk", "gov-console", "gov-testdb"]),
+    ("xtask", &[]),
 ];
+
+/// Outside crates only some layers may use (normal dependencies): the database driver stays
+/// in the store (and the test support crate, which creates and drops databases); the pure core
+/// has no async runtime.
+const EXTERNAL: &[(&str, &[&str])] = &[
+    ("sqlx", &["gov-store", "gov-testdb"]),
+    (
+        "tokio",
+        &[
+            "gov-store",
+            "gov-audit",
+            "gov-sdk",
+            "gov-report",
+            "gov-console",
+            "gov-cli",
+            "gov-testdb",
+            "gov-bench",
+        ],
+    ),
+];
+
+/// One dependency edge of the workspace, as `cargo metadata` reports it.
+#[derive(Debug)]
+struct Edge {
+    from: String,
+    to: String,
+    /// `None` for a normal dependency, `Some("dev")` or `Some("build")`.
+    kind: Option<String>,
+}
+
+/// The workspace's crates and their dependency edges, from `cargo metadata --no-deps`.
+fn workspace_edges(root: &Path) -> Result<(Vec<String>, Vec<Edge>)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(root)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    edges_of(&serde_json::from_slice(&out.stdout)?)
+}
+
+/// The crates and edges of a `cargo metadata` document.
+fn edges_of(meta: &serde_json::Value) -> Result<(Vec<String>, Vec<Edge>)> {
+    let Some(packages) = meta["packages"].as_array() else {
+        bail!("cargo metadata: no packages");
+    };
+    let mut crates = Vec::new();
+    let mut edges = Vec::new();
+    for p in packages {
+        let Some(name) = p["name"].as_str() else {
+            continue;
+        };
+        crates.push(name.to_owned());
+        for d in p["dependencies"].as_array().into_iter().flatten() {
+            if let Some(to) = d["name"].as_str() {
+                edges.push(Edge {
+                    from: name.to_owned(),
+                    to: to.to_owned(),
+                    kind: d["kind"].as_str().map(str::to_owned),
+                });
+            }
+        }
+    }
+    Ok((crates, edges))
+}
+
+/// Whether `lower` is a layer below `krate` in the crate map (directly or through others).
+fn below(krate: &str, lower: &str) -> bool {
+    LAYERS
+        .iter()
+        .find(|(c, _)| *c == krate)
+        .is_some_and(|(_, deps)| deps.iter().any(|d| *d == lower || below(d, lower)))
+}
+
+/// What breaks the allowlists.
+fn graph_problems(crates: &[String], edges: &[Edge]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let allowed = |krate: &str| LAYERS.iter().find(|(c, _)| *c == krate).map(|(_, d)| *d);
+    for c in crates {
+        if allowed(c).is_none() {
+            problems.push(format!(
+                "{c} is not in xtask's crate map (LAYERS): add it with the crates it may use, and to ARCHITECTURE.md"
+            ));
+        }
+    }
+    for e in edges {
+        let workspace = crates.contains(&e.to);
+        let layer_ok = allowed(&e.from).is_none_or(|ok| ok.contains(&e.to.as_str()));
+        let external_ok = EXTERNAL
+            .iter()
+            .find(|(x, _)| *x == e.to)
+            .is_none_or(|(_, ok)| ok.contains(&e.from.as_str()));
+        // Tests may use the test support crate and anything below the crate.
+        let test_ok = e.to == "gov-testdb" || below(&e.from, &e.to);
+        match e.kind.as_deref() {
+            None if workspace && !layer_ok => problems.push(format!(
+                "{} must not depend on {} (see ARCHITECTURE.md's crate map)",
+                e.from, e.to
+            )),
+            None if !workspace && !external_ok => problems.push(format!(
+                "{} must not depend on {} (see ARCHITECTURE.md)",
+                e.from, e.to
+            )),
+            Some("dev") if workspace && !test_ok => problems.push(format!(
+                "{}'s tests must not depend on {}: a crate above it",
+                e.from, e.to
+            )),
+            _ => {}
+        }
+    }
+    problems
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -43,39 +167,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The names in a manifest's `[dependencies]` table (not dev- or build-dependencies).
-fn normal_dependencies(manifest: &str) -> Vec<String> {
-    let mut in_deps = false;
-    let mut deps = Vec::new();
-    for line in manifest.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
-            continue;
-        }
-        if in_deps && let Some((name, _)) = line.split_once('=') {
-            let name = name.trim().split('.').next().unwrap_or("").trim();
-            if !name.is_empty() && !name.starts_with('#') {
-                deps.push(name.to_owned());
-            }
-        }
-    }
-    deps
-}
-
 fn problems() -> Vec<String> {
     let root = root();
     let mut problems = Vec::new();
 
-    for (krate, dep) in FORBIDDEN {
-        let path = root.join("crates").join(krate).join("Cargo.toml");
-        if let Ok(m) = std::fs::read_to_string(&path)
-            && normal_dependencies(&m).iter().any(|d| d == dep)
-        {
-            problems.push(format!(
-                "{krate} must not depend on {dep} (see ARCHITECTURE.md)"
-            ));
-        }
+    match workspace_edges(&root) {
+        Ok((crates, edges)) => problems.extend(graph_problems(&crates, &edges)),
+        Err(e) => problems.push(format!("the crate graph could not be read: {e}")),
     }
 
     // The snapshot of the Postgres functions (`cargo xtask schema`); the test
@@ -279,10 +377,62 @@ mod tests {
         assert_eq!(super::fenced_blocks(md, "rust"), ["fn main() {}\n"]);
     }
 
+    fn meta(edges: &[(&str, &str, Option<&str>)]) -> serde_json::Value {
+        let mut names: Vec<&str> = super::LAYERS.iter().map(|(c, _)| *c).collect();
+        names.extend(edges.iter().map(|(f, _, _)| *f));
+        names.sort();
+        names.dedup();
+        let packages: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let deps: Vec<_> = edges
+                    .iter()
+                    .filter(|(f, _, _)| f == n)
+                    .map(|(_, t, k)| serde_json::json!({ "name": t, "kind": k }))
+                    .collect();
+                serde_json::json!({ "name": n, "dependencies": deps })
+            })
+            .collect();
+        serde_json::json!({ "packages": packages })
+    }
+
+    fn graph(edges: &[(&str, &str, Option<&str>)]) -> Vec<String> {
+        let (crates, edges) = super::edges_of(&meta(edges)).expect("metadata");
+        super::graph_problems(&crates, &edges)
+    }
+
     #[test]
-    fn reads_only_normal_dependencies() {
-        let m =
-            "[dependencies]\nfoo.workspace = true\nbar = \"1\"\n[dev-dependencies]\nsqlx = \"1\"\n";
-        assert_eq!(super::normal_dependencies(m), ["foo", "bar"]);
+    fn the_crate_map_allows_only_its_edges() {
+        assert!(graph(&[("gov-sdk", "gov-store", None), ("gov-store", "sqlx", None)]).is_empty());
+        assert_eq!(
+            graph(&[("gov-core", "gov-sdk", None)]),
+            ["gov-core must not depend on gov-sdk (see ARCHITECTURE.md's crate map)"]
+        );
+        assert_eq!(
+            graph(&[("gov-sdk", "sqlx", None), ("gov-core", "tokio", None)]),
+            [
+                "gov-core must not depend on tokio (see ARCHITECTURE.md)",
+                "gov-sdk must not depend on sqlx (see ARCHITECTURE.md)"
+            ]
+        );
+        assert_eq!(
+            graph(&[("gov-new", "gov-core", None)]),
+            [
+                "gov-new is not in xtask's crate map (LAYERS): add it with the crates it may use, and to ARCHITECTURE.md"
+            ]
+        );
+        // Dev-dependencies: the test support crate and lower layers, never a crate above.
+        assert!(
+            graph(&[
+                ("gov-cli", "gov-testdb", Some("dev")),
+                ("gov-cli", "gov-core", Some("dev")),
+                ("gov-sdk", "tokio", Some("dev")),
+            ])
+            .is_empty()
+        );
+        assert_eq!(
+            graph(&[("gov-store", "gov-sdk", Some("dev"))]),
+            ["gov-store's tests must not depend on gov-sdk: a crate above it"]
+        );
     }
 }
