@@ -3,7 +3,7 @@
 
 use predicates::prelude::*;
 
-use crate::support::{governance, seed, tamper, verify};
+use crate::support::{governance, seed, verify};
 
 fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -44,9 +44,7 @@ async fn a_checkpoint_file_proves_a_cut_tail() {
         .args(["verify", "--checkpoint", path])
         .assert()
         .success();
-    tamper(
-        &db,
-        &[
+    db.tamper(&[
             "DELETE FROM audit_events WHERE seq > 6",
             "UPDATE chain_heads h SET seq = 6, head_hmac = e.row_hmac FROM audit_events e WHERE e.seq = 6",
             "DELETE FROM checkpoints",
@@ -138,9 +136,7 @@ async fn a_checkpoint_note_signs_the_root_of_the_rows_never_a_forged_tile() {
         .expect("root")
         .to_owned();
     // Someone who bypasses the triggers forges the first tile: roots read from tiles change.
-    tamper(
-        &db,
-        &["UPDATE audit_tree_tiles SET hashes = decode(repeat('ab', 8192), 'hex'), root = decode(repeat('cd', 32), 'hex') WHERE level = 0 AND idx = 0"],
+    db.tamper(&["UPDATE audit_tree_tiles SET hashes = decode(repeat('ab', 8192), 'hex'), root = decode(repeat('cd', 32), 'hex') WHERE level = 0 AND idx = 0"],
     )
     .await;
     let forged = json_of(&db, &["prove", "--seq", "300"])["root"]

@@ -6,7 +6,7 @@
 use gov_sdk::{AuditEvent, Governance};
 use gov_testdb::TestDb;
 
-use crate::support::{OTHER_SECRET, SECRET, governance, seed, tamper};
+use crate::support::{OTHER_SECRET, SECRET, governance, seed};
 
 const THIRD: &str = "c4d1e8f2a9b3c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2";
 
@@ -150,9 +150,7 @@ async fn one_rewritten_key_id_tampers_that_chain_only_and_the_report_is_written(
     log_to(&db, SECRET, "billing", 4).await;
     // An attacker relabels the first row of one chain to a key nobody holds, hoping the whole
     // database reads as "wrong secret".
-    tamper(
-        &db,
-        &["UPDATE audit_events SET key_id = 'hk1_0123456789ab0123456789ab' WHERE chain_id = 'billing' AND seq = 1"],
+    db.tamper(&["UPDATE audit_events SET key_id = 'hk1_0123456789ab0123456789ab' WHERE chain_id = 'billing' AND seq = 1"],
     )
     .await;
 
@@ -241,10 +239,9 @@ async fn chains_of_two_secrets_are_each_judged_on_their_own() {
 
     // Tampering in alpha beats the configuration problem of beta: exit 1, both told, and the
     // report is written with each chain's verdict.
-    tamper(
-        &db,
-        &["UPDATE audit_events SET payload = '{\"n\":700}' WHERE chain_id = 'alpha' AND seq = 2"],
-    )
+    db.tamper(&[
+        "UPDATE audit_events SET payload = '{\"n\":700}' WHERE chain_id = 'alpha' AND seq = 2",
+    ])
     .await;
     let (code, stdout, stderr) = run(&db, SECRET, None, &["verify"]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");

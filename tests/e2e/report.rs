@@ -8,7 +8,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-use crate::support::{OTHER_SECRET, SECRET, governance, tamper};
+use crate::support::{OTHER_SECRET, SECRET, governance};
 
 /// 2026-12-01T00:00:00Z: the fixed "now" of the golden reports.
 const NOW_EPOCH: &str = "1796083200";
@@ -605,9 +605,7 @@ async fn the_report_records_decisions_halts_and_denials_made_through_the_sdk() {
 async fn a_tampered_chain_is_reported_and_exits_1() {
     let db = TestDb::new().await;
     seed_fixed(&db).await;
-    tamper(
-        &db,
-        &["UPDATE audit_events SET payload = '{\"tool\":\"nothing-to-see\"}' WHERE chain_id = 'default' AND seq = 5"],
+    db.tamper(&["UPDATE audit_events SET payload = '{\"tool\":\"nothing-to-see\"}' WHERE chain_id = 'default' AND seq = 5"],
     )
     .await;
     let (code, out, err) = report(&db, &[&PERIOD[..], &["--json"]].concat());

@@ -3,7 +3,7 @@
 
 use predicates::prelude::*;
 
-use crate::support::{OTHER_SECRET, SECRET, governance, seed, tamper, verify};
+use crate::support::{OTHER_SECRET, SECRET, governance, seed, verify};
 
 const THIRD: &str = "c4d1e8f2a9b3c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2";
 
@@ -151,11 +151,8 @@ async fn rotation_refuses_bad_input_and_tampered_chains() {
         .code(2)
         .stderr(predicate::str::contains("unexpected argument"));
     // A tampered chain is not rotated.
-    tamper(
-        &db,
-        &["UPDATE audit_events SET payload = '{}' WHERE seq = 2"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET payload = '{}' WHERE seq = 2"])
+        .await;
     governance(&db)
         .env("GOVERNANCE_AUDIT_SECRET_NEW", OTHER_SECRET)
         .arg("rotate-chain-key")

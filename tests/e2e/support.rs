@@ -79,25 +79,6 @@ pub(crate) async fn seed(db: &TestDb, n: u64) {
     gov.close().await;
 }
 
-/// Runs statements as a superuser with triggers bypassed (`session_replication_role = replica`),
-/// as an attacker with database access would.
-pub(crate) async fn tamper(db: &TestDb, statements: &[&str]) {
-    let pool = db.admin_pool().await;
-    let mut tx = pool.begin().await.expect("begin");
-    sqlx::query("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .expect("bypass triggers");
-    for s in statements {
-        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-            .execute(&mut *tx)
-            .await
-            .unwrap_or_else(|e| panic!("{s}: {e}"));
-    }
-    tx.commit().await.expect("commit");
-    pool.close().await;
-}
-
 /// Runs `governance verify` and returns (exit code, stdout, stderr).
 pub(crate) fn verify(db: &TestDb, args: &[&str]) -> (i32, String, String) {
     let out = governance(db)

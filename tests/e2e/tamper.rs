@@ -5,7 +5,7 @@ use gov_core::AuditRecord;
 use gov_sdk::{EventFilter, Governance};
 use gov_testdb::TestDb;
 
-use crate::support::{OTHER_SECRET, SECRET, seed, tamper, verify};
+use crate::support::{OTHER_SECRET, SECRET, seed, verify};
 
 async fn assert_tampered(db: &TestDb, seq: i64, reason: &str) {
     let (code, stdout, stderr) = verify(db, &[]);
@@ -61,50 +61,43 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn an_edited_payload_is_a_modified_row() {
     let db = fresh(20).await;
-    tamper(
-        &db,
-        &["UPDATE audit_events SET payload = '{\"n\":700}' WHERE seq = 7"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET payload = '{\"n\":700}' WHERE seq = 7"])
+        .await;
     assert_tampered(&db, 7, "modified row").await;
 }
 
 #[tokio::test]
 async fn an_edited_agent_is_a_modified_row() {
     let db = fresh(20).await;
-    tamper(
-        &db,
-        &["UPDATE audit_events SET agent_id = 'someone-else' WHERE seq = 3"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET agent_id = 'someone-else' WHERE seq = 3"])
+        .await;
     assert_tampered(&db, 3, "modified row").await;
 }
 
 #[tokio::test]
 async fn a_deleted_middle_row_is_a_missing_row() {
     let db = fresh(20).await;
-    tamper(&db, &["DELETE FROM audit_events WHERE seq = 10"]).await;
+    db.tamper(&["DELETE FROM audit_events WHERE seq = 10"])
+        .await;
     assert_tampered(&db, 10, "missing row").await;
 }
 
 #[tokio::test]
 async fn a_cut_tail_is_missing_rows_against_the_head() {
     let db = fresh(20).await;
-    tamper(&db, &["DELETE FROM audit_events WHERE seq > 17"]).await;
+    db.tamper(&["DELETE FROM audit_events WHERE seq > 17"])
+        .await;
     assert_tampered(&db, 18, "missing row").await;
 }
 
 #[tokio::test]
 async fn two_swapped_rows_are_reordered_rows() {
     let db = fresh(20).await;
-    tamper(
-        &db,
-        &[
-            "UPDATE audit_events SET seq = 1000005 WHERE seq = 5",
-            "UPDATE audit_events SET seq = 5 WHERE seq = 6",
-            "UPDATE audit_events SET seq = 6 WHERE seq = 1000005",
-        ],
-    )
+    db.tamper(&[
+        "UPDATE audit_events SET seq = 1000005 WHERE seq = 5",
+        "UPDATE audit_events SET seq = 5 WHERE seq = 6",
+        "UPDATE audit_events SET seq = 6 WHERE seq = 1000005",
+    ])
     .await;
     assert_tampered(&db, 5, "reordered rows").await;
 }
@@ -120,15 +113,12 @@ async fn a_row_inserted_mid_chain_is_an_inserted_row() {
         hex(&[7u8; 32]),
         r11.key_id
     );
-    tamper(
-        &db,
-        &[
-            "UPDATE audit_events SET seq = seq + 1000000 WHERE seq >= 12",
-            "UPDATE audit_events SET seq = seq - 1000000 + 1 WHERE seq >= 1000000",
-            &insert,
-            "UPDATE chain_heads SET seq = 21",
-        ],
-    )
+    db.tamper(&[
+        "UPDATE audit_events SET seq = seq + 1000000 WHERE seq >= 12",
+        "UPDATE audit_events SET seq = seq - 1000000 + 1 WHERE seq >= 1000000",
+        &insert,
+        "UPDATE chain_heads SET seq = 21",
+    ])
     .await;
     assert_tampered(&db, 12, "inserted row").await;
 }
@@ -143,7 +133,7 @@ async fn a_row_appended_past_the_head_is_an_inserted_row() {
         hex(&r20.row_hmac),
         r20.key_id
     );
-    tamper(&db, &[&insert]).await;
+    db.tamper(&[&insert]).await;
     assert_tampered(&db, 21, "inserted row").await;
 }
 
@@ -163,7 +153,7 @@ async fn a_row_resealed_with_another_key_is_an_unknown_key() {
         r9.key_id,
         hex(&hmac)
     );
-    tamper(&db, &[&update]).await;
+    db.tamper(&[&update]).await;
     assert_tampered(&db, 9, "unknown key").await;
 }
 
@@ -181,7 +171,7 @@ async fn a_row_resealed_with_another_key_under_our_key_id_is_a_modified_row() {
         r4.payload,
         hex(&hmac)
     );
-    tamper(&db, &[&update]).await;
+    db.tamper(&[&update]).await;
     assert_tampered(&db, 4, "modified row").await;
 }
 
@@ -198,14 +188,15 @@ async fn an_authentic_row_on_another_branch_is_a_fork() {
         hex(&r10.prev_hmac),
         hex(&hmac)
     );
-    tamper(&db, &[&update]).await;
+    db.tamper(&[&update]).await;
     assert_tampered(&db, 10, "fork").await;
 }
 
 #[tokio::test]
 async fn a_removed_head_row_is_reported_not_skipped() {
     let db = fresh(5).await;
-    tamper(&db, &["DELETE FROM chain_heads WHERE chain_id = 'default'"]).await;
+    db.tamper(&["DELETE FROM chain_heads WHERE chain_id = 'default'"])
+        .await;
     assert_tampered(&db, 1, "head mismatch").await;
     // Naming the chain gives the same answer, not "no such chain".
     let (code, _, stderr) = verify(&db, &["--chain", "default"]);

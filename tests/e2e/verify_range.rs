@@ -9,7 +9,7 @@ use gov_sdk::{AuditEvent, Governance, VerifyOptions, VerifyProgress};
 use gov_testdb::TestDb;
 use predicates::prelude::*;
 
-use crate::support::{SECRET, governance, seed, tamper, verify};
+use crate::support::{SECRET, governance, seed, verify};
 
 fn json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).expect("json on stdout")
@@ -19,11 +19,8 @@ fn json(stdout: &str) -> serde_json::Value {
 async fn a_range_that_excludes_a_modified_row_is_clean_and_one_that_includes_it_names_it() {
     let db = TestDb::new().await;
     seed(&db, 20).await;
-    tamper(
-        &db,
-        &["UPDATE audit_events SET payload = '{\"n\":700}' WHERE seq = 7"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET payload = '{\"n\":700}' WHERE seq = 7"])
+        .await;
     let (code, _, stderr) = verify(&db, &[]);
     assert_eq!(code, 1, "{stderr}");
 
@@ -77,7 +74,8 @@ async fn a_range_that_excludes_a_modified_row_is_clean_and_one_that_includes_it_
 async fn the_first_row_of_a_range_must_follow_the_row_before_it() {
     let db = TestDb::new().await;
     seed(&db, 20).await;
-    tamper(&db, &["DELETE FROM audit_events WHERE seq = 10"]).await;
+    db.tamper(&["DELETE FROM audit_events WHERE seq = 10"])
+        .await;
     let (code, _, stderr) = verify(&db, &["--from", "11"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("seq 10: missing row"), "{stderr}");
@@ -95,7 +93,8 @@ async fn the_first_row_of_a_range_must_follow_the_row_before_it() {
 async fn the_head_is_checked_only_when_the_range_reaches_it() {
     let db = TestDb::new().await;
     seed(&db, 20).await;
-    tamper(&db, &["DELETE FROM audit_events WHERE seq > 17"]).await;
+    db.tamper(&["DELETE FROM audit_events WHERE seq > 17"])
+        .await;
     let (code, _, stderr) = verify(&db, &["--to", "17"]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = verify(&db, &["--to", "19"]);
@@ -218,11 +217,8 @@ async fn progress_comes_page_by_page_and_one_thread_finds_what_all_find() {
     assert_eq!(seen.lock().unwrap().last().map(|p| p.total), Some(2_001));
 
     // A bad row where one page ends and the next begins is named alike on one thread and all.
-    tamper(
-        &db,
-        &["UPDATE audit_events SET agent_id = 'someone-else' WHERE seq = 2000"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET agent_id = 'someone-else' WHERE seq = 2000"])
+        .await;
     for threads in [Some(1), None] {
         let (opts, _) = options(threads);
         let report = gov.audit().verify_with(None, &opts).await.unwrap();

@@ -6,7 +6,7 @@
 
 use std::io::BufRead as _;
 
-use crate::support::{bare_governance, governance, seed, tamper, verify};
+use crate::support::{bare_governance, governance, seed, verify};
 
 fn temp_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -129,24 +129,21 @@ async fn a_history_rebuilt_with_every_key_is_caught_by_the_witness() {
 
     // One changed byte of a stored cosignature is a finding.
     let flip = "UPDATE witness_cosignatures SET signature = set_byte(signature, 5, get_byte(signature, 5) # 1) WHERE tree_size = 10";
-    tamper(&db, &[flip]).await;
+    db.tamper(&[flip]).await;
     let (code, _, stderr) = verify(&db, &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("bad cosignature"), "{stderr}");
-    tamper(&db, &[flip]).await;
+    db.tamper(&[flip]).await;
     assert_eq!(verify(&db, &[]).0, 0);
 
     // The owner rebuilds the history with every key: rows rewritten through the SDK with the
     // HMAC secret, v1 checkpoints re-signed with the signing key, tiles dropped.
-    tamper(
-        &db,
-        &[
-            "DELETE FROM audit_events",
-            "DELETE FROM checkpoints",
-            "DELETE FROM audit_tree_tiles",
-            "UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')",
-        ],
-    )
+    db.tamper(&[
+        "DELETE FROM audit_events",
+        "DELETE FROM checkpoints",
+        "DELETE FROM audit_tree_tiles",
+        "UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')",
+    ])
     .await;
     seed(&db, 15).await;
     governance(&db)
@@ -159,7 +156,7 @@ async fn a_history_rebuilt_with_every_key_is_caught_by_the_witness() {
     assert!(stderr.contains("cosignature mismatch"), "{stderr}");
     // Even with the cosignatures deleted too, the witness refuses the rebuilt tree and keeps
     // its state.
-    tamper(&db, &["DELETE FROM witness_cosignatures"]).await;
+    db.tamper(&["DELETE FROM witness_cosignatures"]).await;
     seed(&db, 1).await;
     let (code, _, stderr) = checkpoint(&db, &key, Some(&peer));
     assert_eq!(code, 1, "{stderr}");
@@ -215,14 +212,11 @@ async fn the_witness_answers_by_the_spec_and_keeps_its_state() {
     assert_eq!((status, body.as_str()), (409, "4\n"));
     assert_eq!(ctype.as_deref(), Some("text/x.tlog.size"));
     // Another root at the same size (a rebuilt chain, signed by the log's key): 422.
-    tamper(
-        &db,
-        &[
-            "DELETE FROM audit_events",
-            "DELETE FROM checkpoints",
-            "UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')",
-        ],
-    )
+    db.tamper(&[
+        "DELETE FROM audit_events",
+        "DELETE FROM checkpoints",
+        "UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')",
+    ])
     .await;
     seed(&db, 4).await;
     let (_, stdout, _) = checkpoint(&db, &key, None);

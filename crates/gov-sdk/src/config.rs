@@ -259,6 +259,16 @@ impl GovernanceBuilder {
         self
     }
 
+    /// The clock the enforcement rules decide expiry on (reservations, session age, the UTC
+    /// day, gate requests and approvals). The system clock unless set; tests pass
+    /// [`Clock::manual`](crate::Clock::manual) and move it instead of sleeping. On Postgres the
+    /// database's own clock stays a floor where the application role consumes an approval, so
+    /// a clock set back cannot revive an expired approval.
+    pub fn clock(mut self, clock: crate::Clock) -> Self {
+        self.config.store.clock = clock;
+        self
+    }
+
     /// The longest an observation waits for storage before it is spooled (default 5 s; see
     /// [`Config::observation_deadline`]).
     pub fn observation_deadline(mut self, d: Duration) -> Self {

@@ -177,7 +177,7 @@ impl<'g> Gates<'g> {
         let hash = action_hash(tool, args)?;
         let canonical =
             serde_json_canonicalizer::to_string(args).map_err(|e| Error::Config(e.to_string()))?;
-        let now = truncate_micros(OffsetDateTime::now_utc());
+        let now = truncate_micros(self.gov.inner.config.store.clock.now());
         let ttl = self.gov.inner.config.gates.request_ttl;
         let record = GateRecord {
             id: Uuid::now_v7(),
@@ -288,8 +288,8 @@ impl<'g> Gates<'g> {
             });
         }
         let request = self.get(id).await?;
-        let expires =
-            truncate_micros(OffsetDateTime::now_utc()) + self.gov.inner.config.gates.approval_ttl;
+        let expires = truncate_micros(self.gov.inner.config.store.clock.now())
+            + self.gov.inner.config.gates.approval_ttl;
         let token =
             approve.then(|| self.token(id, &request.action_hash, operator.username(), expires));
         let token_hash = token
@@ -381,7 +381,9 @@ impl<'g> Gates<'g> {
                 request_id: id,
                 reason: refusal("already_consumed").into(),
             }),
-            GateStatus::Pending if r.expires_at <= OffsetDateTime::now_utc() => {
+            // The rule's comparison (`gov_core::rules::is_expired`: strictly after), on the
+            // store's clock.
+            GateStatus::Pending if r.expires_at < self.gov.inner.config.store.clock.now() => {
                 Err(Error::ApprovalRefused {
                     request_id: id,
                     reason: refusal("expired").into(),

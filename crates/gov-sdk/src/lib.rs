@@ -86,7 +86,7 @@ pub use gov_core::{
     PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{
-    CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions,
+    Clock, CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions,
 };
 
 use std::sync::Arc;

@@ -206,6 +206,26 @@ impl TestDb {
             .expect("connect to the test database")
     }
 
+    /// Runs `statements` in one transaction as a superuser with the append-only guards bypassed
+    /// (`SET LOCAL session_replication_role = replica`), as an attacker with database access
+    /// would, and panics naming the statement that fails.
+    pub async fn tamper(&self, statements: &[&str]) {
+        let pool = self.admin_pool().await;
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *tx)
+            .await
+            .expect("bypass triggers");
+        for s in statements {
+            sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        tx.commit().await.expect("commit");
+        pool.close().await;
+    }
+
     /// An empty database (no migrations), for testing `migrate` itself.
     pub async fn empty() -> Self {
         let mut rnd = [0u8; 8];

@@ -174,22 +174,7 @@ impl TestStore {
     /// connection ever sees the schema unguarded.
     pub async fn tamper(&self, statements: &[&str]) {
         match &self.inner {
-            Inner::Postgres(db) => {
-                let pool = db.admin_pool().await;
-                let mut tx = pool.begin().await.expect("begin");
-                sqlx::query("SET LOCAL session_replication_role = replica")
-                    .execute(&mut *tx)
-                    .await
-                    .expect("bypass triggers");
-                for s in statements {
-                    sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap_or_else(|e| panic!("{s}: {e}"));
-                }
-                tx.commit().await.expect("commit");
-                pool.close().await;
-            }
+            Inner::Postgres(db) => db.tamper(statements).await,
             Inner::Sqlite(f) => {
                 let pool = sqlite_pool(&f.path).await;
                 let mut tx = pool

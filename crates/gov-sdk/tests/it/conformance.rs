@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use gov_sdk::{
-    AuditEvent, AuditRecord, AuditSecret, BudgetDenial, BudgetPolicy, CostConfig, Error,
+    AuditEvent, AuditRecord, AuditSecret, BudgetDenial, BudgetPolicy, Clock, CostConfig, Error,
     EventFilter, Finding, GateConfig, Governance, GovernanceBuilder, MicroUsd, ModelPrice,
     OperatorRole, PresenceState, PriceTable, Reason, ScopeDenial, ScopePolicy, Signer, TokenUsage,
 };
@@ -630,7 +630,13 @@ fn unit_prices() -> PriceTable {
 }
 
 async fn budgeted(db: &TestStore, ttl: Duration) -> Governance {
+    budgeted_on(db, ttl, Clock::system()).await
+}
+
+/// As [`budgeted`], deciding expiry on `clock`.
+async fn budgeted_on(db: &TestStore, ttl: Duration, clock: Clock) -> Governance {
     builder(db)
+        .clock(clock)
         .max_connections(6)
         .cost(CostConfig {
             prices: unit_prices(),
@@ -801,7 +807,8 @@ async fn settle_release_and_expiry_outcomes(b: TestBackend) {
 
     // An abandoned reservation expires and stops holding budget; settled late, its spend is
     // still recorded.
-    let short = budgeted(&db, Duration::from_secs(1)).await;
+    let clock = Clock::manual(time::OffsetDateTime::now_utc());
+    let short = budgeted_on(&db, Duration::from_secs(1), clock.clone()).await;
     short
         .cost()
         .register(BudgetPolicy::new("b".parse().expect("agent")).per_session(MicroUsd(100)))
@@ -818,7 +825,7 @@ async fn settle_release_and_expiry_outcomes(b: TestBackend) {
         .await
         .expect_err("the cap is held");
     assert_eq!(denial(&err), Some(BudgetDenial::SessionUsd), "{err}");
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    clock.advance(Duration::from_millis(1_001));
     let fresh = short
         .cost()
         .reserve("b", "s", "unit-model", 0, Some(100))
@@ -927,14 +934,18 @@ fn refusal(e: &Error) -> String {
 
 async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
     let db = TestStore::new(b).await;
+    // Every handle decides expiry on one clock, which stands still until the test moves it.
+    let clock = Clock::manual(time::OffsetDateTime::now_utc());
     // The agent connects as the application role where the backend has roles.
     let agent = Governance::builder()
         .database_url(db.app_url())
         .audit_secret(SECRET)
+        .clock(clock.clone())
         .connect()
         .await
         .expect("agent handle");
     let ops = builder(&db)
+        .clock(clock.clone())
         .gate_config(GateConfig::default())
         .connect()
         .await
@@ -1097,6 +1108,7 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
     ));
     // An approval lapses after its time to live.
     let brief = builder(&db)
+        .clock(clock.clone())
         .gate_config(GateConfig {
             approval_ttl: Duration::from_secs(1),
             ..GateConfig::default()
@@ -1114,7 +1126,7 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
         .wait_for(open.id, Duration::from_secs(10))
         .await
         .expect("approved");
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    clock.advance(Duration::from_secs(2));
     let err = agent
         .gates()
         .consume(&lapsing, "billing", None, "wire", &json!({ "n": 3 }))

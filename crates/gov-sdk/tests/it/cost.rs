@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use gov_sdk::{
-    BudgetDenial, BudgetPolicy, CostConfig, Error, EventFilter, Governance, MicroUsd, ModelPrice,
-    PriceTable, TokenUsage,
+    BudgetDenial, BudgetPolicy, Clock, CostConfig, Error, EventFilter, Governance, MicroUsd,
+    ModelPrice, PriceTable, TokenUsage,
 };
 use gov_testdb::TestDb;
 use proptest::prelude::*;
@@ -27,6 +27,11 @@ fn prices() -> PriceTable {
 }
 
 async fn gov(db: &TestDb, f: impl FnOnce(CostConfig) -> CostConfig) -> Governance {
+    gov_on(db, Clock::system(), f).await
+}
+
+/// As [`gov`], deciding expiry on `clock`.
+async fn gov_on(db: &TestDb, clock: Clock, f: impl FnOnce(CostConfig) -> CostConfig) -> Governance {
     let cost = f(CostConfig {
         prices: prices(),
         ..CostConfig::default()
@@ -35,6 +40,7 @@ async fn gov(db: &TestDb, f: impl FnOnce(CostConfig) -> CostConfig) -> Governanc
         .database_url(db.url())
         .audit_secret(SECRET)
         .max_connections(20)
+        .clock(clock)
         .cost(cost)
         .connect()
         .await
@@ -280,7 +286,8 @@ async fn day_and_token_caps_span_sessions_and_check_or_raise_sees_them() {
 #[tokio::test]
 async fn abandoned_reservations_expire_and_dropped_ones_are_released() {
     let db = TestDb::new().await;
-    let gov = gov(&db, |c| CostConfig {
+    let clock = Clock::manual(time::OffsetDateTime::now_utc());
+    let gov = gov_on(&db, clock.clone(), |c| CostConfig {
         reservation_ttl: Duration::from_secs(1),
         ..c
     })
@@ -301,7 +308,7 @@ async fn abandoned_reservations_expire_and_dropped_ones_are_released() {
             .is_err()
     );
     std::mem::forget(held); // a crashed caller: neither settled nor dropped
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    clock.advance(Duration::from_millis(1_001));
     let r = gov
         .cost()
         .reserve("a", "s", "unit-model", 0, Some(100))
@@ -328,7 +335,8 @@ async fn abandoned_reservations_expire_and_dropped_ones_are_released() {
 #[tokio::test]
 async fn sessions_past_their_time_limit_are_refused() {
     let db = TestDb::new().await;
-    let gov = gov(&db, |c| c).await;
+    let clock = Clock::manual(time::OffsetDateTime::now_utc());
+    let gov = gov_on(&db, clock.clone(), |c| c).await;
     gov.cost()
         .register(
             BudgetPolicy::new("a".parse().unwrap()).max_session_duration(Duration::from_secs(1)),
@@ -342,7 +350,7 @@ async fn sessions_past_their_time_limit_are_refused() {
         .settle(usage(1, 1))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    clock.advance(Duration::from_millis(1_100));
     let err = gov
         .cost()
         .reserve("a", "s", "unit-model", 1, Some(1))

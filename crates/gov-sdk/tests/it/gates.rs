@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use gov_sdk::{Approval, Error, EventFilter, GateConfig, Governance, OperatorRole};
+use gov_sdk::{Approval, Clock, Error, EventFilter, GateConfig, Governance, OperatorRole};
 use gov_testdb::TestDb;
 use serde_json::json;
 
@@ -14,14 +14,18 @@ struct Setup {
     db: TestDb,
     agent: Governance,
     ops: Governance,
+    /// The clock both handles decide expiry on: it stands still until a test moves it.
+    clock: Clock,
 }
 
 async fn setup(gates: GateConfig) -> Setup {
     let db = TestDb::new().await;
+    let clock = Clock::manual(time::OffsetDateTime::now_utc());
     // The agent connects as the least-privilege application role, as in production.
     let agent = Governance::builder()
         .database_url(db.app_url())
         .audit_secret(SECRET)
+        .clock(clock.clone())
         .connect()
         .await
         .expect("agent handle");
@@ -29,6 +33,7 @@ async fn setup(gates: GateConfig) -> Setup {
         .database_url(db.url())
         .audit_secret(SECRET)
         .gate_config(gates)
+        .clock(clock.clone())
         .connect()
         .await
         .expect("operator handle");
@@ -42,7 +47,12 @@ async fn setup(gates: GateConfig) -> Setup {
             .await
             .expect("add operator");
     }
-    Setup { db, agent, ops }
+    Setup {
+        db,
+        agent,
+        ops,
+        clock,
+    }
 }
 
 fn reason(e: &Error) -> String {
@@ -261,7 +271,7 @@ async fn expired_approvals_denials_and_halted_agents() {
         .wait_for(req.id, Duration::from_secs(5))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    s.clock.advance(Duration::from_secs(2));
     let err = s
         .agent
         .gates()

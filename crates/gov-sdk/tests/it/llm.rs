@@ -839,25 +839,6 @@ async fn a_call_over_budget_never_reaches_the_provider() {
     assert_spent(&gov, 0).await;
 }
 
-/// Runs statements as a superuser who bypasses the triggers (an attacker with database access,
-/// or a broken chain head).
-async fn tamper(db: &TestDb, statements: &[&str]) {
-    let pool = db.admin_pool().await;
-    let mut tx = pool.begin().await.expect("begin");
-    sqlx::query("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .expect("bypass triggers");
-    for s in statements {
-        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-            .execute(&mut *tx)
-            .await
-            .unwrap_or_else(|e| panic!("{s}: {e}"));
-    }
-    tx.commit().await.expect("commit");
-    pool.close().await;
-}
-
 async fn open_reservations(db: &TestDb) -> i64 {
     let pool = db.admin_pool().await;
     let n: i64 =
@@ -886,11 +867,8 @@ async fn a_reservation_never_commits_without_its_llm_request() {
         .await
         .expect("log");
     // The head row is moved back behind the chain's back: the next append collides with seq 1.
-    tamper(
-        &db,
-        &["UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')"],
-    )
-    .await;
+    db.tamper(&["UPDATE chain_heads SET seq = 0, head_hmac = decode(repeat('00', 32), 'hex')"])
+        .await;
     let err = client
         .chat(AGENT, SESSION, chat())
         .await
@@ -909,9 +887,7 @@ async fn a_reservation_never_commits_without_its_llm_request() {
     assert_eq!(kinds(&chain(&gov).await), ["tool.call"]);
 
     // Put the head back: calls go through, and the chain verifies.
-    tamper(
-        &db,
-        &["UPDATE chain_heads h SET seq = 1, head_hmac = e.row_hmac FROM audit_events e WHERE e.seq = 1"],
+    db.tamper(&["UPDATE chain_heads h SET seq = 1, head_hmac = e.row_hmac FROM audit_events e WHERE e.seq = 1"],
     )
     .await;
     client

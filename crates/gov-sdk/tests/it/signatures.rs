@@ -36,24 +36,6 @@ async fn log(gov: &Governance, n: u64) {
     }
 }
 
-/// Runs statements as a superuser with triggers bypassed, as an attacker with database access.
-async fn tamper(db: &TestDb, statements: &[&str]) {
-    let pool = db.admin_pool().await;
-    let mut tx = pool.begin().await.expect("begin");
-    sqlx::query("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .expect("bypass triggers");
-    for s in statements {
-        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-            .execute(&mut *tx)
-            .await
-            .unwrap_or_else(|e| panic!("{s}: {e}"));
-    }
-    tx.commit().await.expect("commit");
-    pool.close().await;
-}
-
 async fn finding(gov: &Governance) -> (i64, Reason, String) {
     let f = gov
         .audit()
@@ -89,17 +71,12 @@ async fn a_stripped_signature_is_reported_even_when_the_status_is_rewritten() {
     let db = TestDb::new().await;
     let gov = signed(&db, "ephemeral").await;
     log(&gov, 6).await;
-    tamper(
-        &db,
-        &["UPDATE audit_events SET signature = NULL WHERE seq = 3"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET signature = NULL WHERE seq = 3"])
+        .await;
     assert_eq!(finding(&gov).await.1, Reason::StrippedSignature);
     // Every trace removed: no signature, no signer, status "unsigned". The signer id is sealed,
     // so the row only verifies with it put back.
-    tamper(
-        &db,
-        &["UPDATE audit_events SET signature = NULL, signer_key_id = NULL, signature_status = 'unsigned' WHERE seq = 3"],
+    db.tamper(&["UPDATE audit_events SET signature = NULL, signer_key_id = NULL, signature_status = 'unsigned' WHERE seq = 3"],
     )
     .await;
     let (seq, reason, detail) = finding(&gov).await;
@@ -112,15 +89,12 @@ async fn unregistered_revoked_and_bad_signatures_are_reported() {
     let db = TestDb::new().await;
     let gov = signed(&db, "ephemeral").await;
     log(&gov, 4).await;
-    tamper(
-        &db,
-        &["UPDATE audit_events SET signature = decode(repeat('ab', 64), 'hex') WHERE seq = 2"],
-    )
+    db.tamper(&[
+        "UPDATE audit_events SET signature = decode(repeat('ab', 64), 'hex') WHERE seq = 2",
+    ])
     .await;
     assert_eq!(finding(&gov).await.1, Reason::BadSignature);
-    tamper(
-        &db,
-        &[
+    db.tamper(&[
             "UPDATE audit_events a SET signature = b.signature FROM audit_events b WHERE a.seq = 2 AND b.seq = 1",
         ],
     )
@@ -135,7 +109,7 @@ async fn unregistered_revoked_and_bad_signatures_are_reported() {
     let db = TestDb::new().await;
     let gov = signed(&db, "ephemeral").await;
     log(&gov, 3).await;
-    tamper(&db, &["DELETE FROM signer_keys"]).await;
+    db.tamper(&["DELETE FROM signer_keys"]).await;
     let (seq, reason, _) = finding(&gov).await;
     assert_eq!((seq, reason), (1, Reason::UnregisteredSigner));
     gov.close().await;
@@ -181,9 +155,7 @@ async fn a_checkpoint_catches_a_cut_tail_and_a_chain_rebuilt_without_the_signing
 
     // Cut the tail, move the head back and remove the stored checkpoints: the chain alone
     // verifies clean, the checkpoint held elsewhere does not.
-    tamper(
-        &db,
-        &[
+    db.tamper(&[
             "DELETE FROM audit_events WHERE seq > 7",
             "UPDATE chain_heads h SET seq = 7, head_hmac = e.row_hmac FROM audit_events e WHERE e.seq = 7",
             "DELETE FROM checkpoints",
@@ -212,14 +184,11 @@ async fn a_checkpoint_catches_a_cut_tail_and_a_chain_rebuilt_without_the_signing
         .await
         .expect("checkpoint");
     gov.close().await;
-    tamper(
-        &db,
-        &[
-            "DELETE FROM audit_events",
-            "DELETE FROM chain_heads",
-            "DELETE FROM checkpoints",
-        ],
-    )
+    db.tamper(&[
+        "DELETE FROM audit_events",
+        "DELETE FROM chain_heads",
+        "DELETE FROM checkpoints",
+    ])
     .await;
     let forger = plain(&db).await;
     log(&forger, 5).await;
@@ -277,9 +246,7 @@ async fn automatic_checkpoints_are_stored_and_checked_by_every_verification() {
     assert_eq!(seqs, [5, 10]);
     assert!(gov.audit().verify_chain().await.expect("verify").is_clean());
     // Cut the tail below the last checkpoint: the stored checkpoint reports it.
-    tamper(
-        &db,
-        &[
+    db.tamper(&[
             "DELETE FROM audit_events WHERE seq > 8",
             "UPDATE chain_heads h SET seq = 8, head_hmac = e.row_hmac FROM audit_events e WHERE e.seq = 8",
         ],
@@ -288,13 +255,10 @@ async fn automatic_checkpoints_are_stored_and_checked_by_every_verification() {
     let (seq, reason, detail) = finding(&gov).await;
     assert_eq!((seq, reason), (10, Reason::MissingRow), "{detail}");
     // A stored checkpoint with a forged signature is reported as such.
-    tamper(
-        &db,
-        &[
-            "DELETE FROM checkpoints WHERE seq = 10",
-            "UPDATE checkpoints SET signature = decode(repeat('cd', 64), 'hex')",
-        ],
-    )
+    db.tamper(&[
+        "DELETE FROM checkpoints WHERE seq = 10",
+        "UPDATE checkpoints SET signature = decode(repeat('cd', 64), 'hex')",
+    ])
     .await;
     assert_eq!(finding(&gov).await.1, Reason::BadCheckpoint);
     gov.close().await;
