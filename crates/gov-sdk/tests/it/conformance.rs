@@ -20,7 +20,7 @@ use gov_sdk::{
 use gov_testdb::{TestBackend, TestStore};
 use serde_json::json;
 
-use crate::support::{SECRET, event, operator};
+use crate::support::{OPERATOR_PW, OTHER_SECRET, SECRET, event, eventually, operator};
 
 /// Expands each behaviour into one `#[tokio::test]` per backend.
 macro_rules! conformance {
@@ -67,9 +67,6 @@ conformance! {
     gates_approve_once_deny_and_refuse_self_approval,
 }
 
-/// Another strong secret: an attacker's, or a wrong configuration.
-const OTHER_SECRET: &str = "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
-const PW: &str = "correct horse battery staple";
 /// How long a change made through one handle may take to reach another (SQLite listeners in
 /// another pool poll the notification table).
 const PROPAGATION: Duration = Duration::from_secs(5);
@@ -136,20 +133,6 @@ async fn kinds(gov: &Governance, kind: &str) -> Vec<AuditRecord> {
         })
         .await
         .expect("read events")
-}
-
-/// Waits up to `limit` for `f` to hold; how long it took.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,13 +938,13 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
         ("billing", OperatorRole::Admin),
     ] {
         ops.operators()
-            .add(name, role, PW)
+            .add(name, role, OPERATOR_PW)
             .await
             .expect("add operator");
     }
     let alice = ops
         .operators()
-        .authenticate("alice", PW)
+        .authenticate("alice", OPERATOR_PW)
         .await
         .expect("alice");
 
@@ -988,7 +971,7 @@ async fn gates_approve_once_deny_and_refuse_self_approval(b: TestBackend) {
     // The requester can never approve its own request, even as an admin.
     let same = ops
         .operators()
-        .authenticate("billing", PW)
+        .authenticate("billing", OPERATOR_PW)
         .await
         .expect("billing");
     let err = ops

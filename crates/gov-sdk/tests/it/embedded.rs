@@ -3,7 +3,7 @@
 
 use gov_sdk::{AuditEvent, BudgetPolicy, Governance, MicroUsd, TokenUsage};
 
-const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+use crate::support::SECRET;
 
 #[tokio::test]
 async fn an_in_memory_database_migrated_on_connect_runs_the_whole_sdk() {

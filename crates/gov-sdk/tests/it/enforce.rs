@@ -1,6 +1,6 @@
 //! Scope, presence and halts, loop detection: on real Postgres, across handles.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gov_sdk::{
     Error, EventFilter, Governance, LoopAction, LoopConfig, LoopVerdict, PresenceState,
@@ -8,7 +8,7 @@ use gov_sdk::{
 };
 use gov_testdb::TestDb;
 
-use crate::support::{SECRET, connect, operator};
+use crate::support::{SECRET, connect, eventually, operator};
 
 fn policy() -> ScopePolicy {
     ScopePolicy::new("billing".parse().expect("agent id"))
@@ -25,23 +25,6 @@ async fn kinds(gov: &Governance, kind: &str) -> Vec<gov_sdk::AuditRecord> {
         })
         .await
         .expect("read events")
-}
-
-/// Waits up to `limit` for `f` to hold.
-async fn eventually<F, Fut>(limit: Duration, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test]
@@ -115,7 +98,7 @@ async fn a_policy_changed_elsewhere_is_reloaded_without_restart() {
     let b = connect(&db).await;
     assert!(a.scope().check("billing", "send_email").await.is_err());
     b.scope().register(policy()).await.unwrap();
-    let took = eventually(Duration::from_secs(5), || async {
+    let took = eventually("the change is seen", Duration::from_secs(5), || async {
         a.scope().check("billing", "send_email").await.is_ok()
     })
     .await;
@@ -124,7 +107,7 @@ async fn a_policy_changed_elsewhere_is_reloaded_without_restart() {
         .register(ScopePolicy::new("billing".parse().unwrap()).allow_tools(["read_invoice"]))
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), || async {
+    eventually("the change is seen", Duration::from_secs(5), || async {
         a.scope().check("billing", "send_email").await.is_err()
     })
     .await;
@@ -157,7 +140,7 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
             .await
             .unwrap()
     );
-    let took = eventually(Duration::from_millis(500), || async {
+    let took = eventually("the change is seen", Duration::from_millis(500), || async {
         agent_side
             .presence()
             .assert_not_halted("billing")
@@ -221,7 +204,7 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
             .await
             .unwrap()
     );
-    eventually(Duration::from_millis(500), || async {
+    eventually("the change is seen", Duration::from_millis(500), || async {
         agent_side
             .presence()
             .assert_not_halted("billing")
@@ -251,7 +234,7 @@ async fn a_halt_from_another_handle_blocks_within_the_cache_bound_and_survives_h
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually(Duration::from_millis(500), || async {
+    eventually("the change is seen", Duration::from_millis(500), || async {
         agent_side
             .presence()
             .assert_not_halted("billing")
@@ -313,7 +296,7 @@ async fn halt_checks_fail_closed_when_storage_is_out_of_reach() {
         .execute(&admin)
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), || async {
+    eventually("the change is seen", Duration::from_secs(5), || async {
         matches!(
             gov.presence().assert_not_halted("billing").await,
             Err(Error::HaltStateUnknown { .. })
@@ -327,7 +310,7 @@ async fn halt_checks_fail_closed_when_storage_is_out_of_reach() {
         .execute(&admin)
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), || async {
+    eventually("the change is seen", Duration::from_secs(10), || async {
         gov.presence().assert_not_halted("billing").await.is_ok()
     })
     .await;

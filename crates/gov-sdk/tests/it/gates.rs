@@ -6,9 +6,7 @@ use gov_sdk::{Approval, Clock, Error, EventFilter, GateConfig, Governance, Opera
 use gov_testdb::TestDb;
 use serde_json::json;
 
-use crate::support::SECRET;
-
-const PW: &str = "correct horse battery staple";
+use crate::support::{OPERATOR_PW, SECRET};
 
 struct Setup {
     db: TestDb,
@@ -43,7 +41,7 @@ async fn setup(gates: GateConfig) -> Setup {
         ("billing", OperatorRole::Admin),
     ] {
         ops.operators()
-            .add(name, role, PW)
+            .add(name, role, OPERATOR_PW)
             .await
             .expect("add operator");
     }
@@ -89,7 +87,12 @@ async fn an_approval_wakes_the_waiter_and_unlocks_that_action_once() {
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let alice = s.ops.operators().authenticate("alice", PW).await.unwrap();
+    let alice = s
+        .ops
+        .operators()
+        .authenticate("alice", OPERATOR_PW)
+        .await
+        .unwrap();
     s.ops
         .gates()
         .approve(&alice, req.id, "expected invoice")
@@ -173,7 +176,12 @@ async fn self_approval_the_agents_own_handle_viewers_and_unknown_approvers_are_r
         .await
         .unwrap();
     // An operator account named like the agent is the requester.
-    let same = s.ops.operators().authenticate("billing", PW).await.unwrap();
+    let same = s
+        .ops
+        .operators()
+        .authenticate("billing", OPERATOR_PW)
+        .await
+        .unwrap();
     assert_eq!(
         reason(
             &s.ops
@@ -185,7 +193,12 @@ async fn self_approval_the_agents_own_handle_viewers_and_unknown_approvers_are_r
         "a requester cannot approve its own request"
     );
     // The agent's own connection cannot decide, even holding a real operator.
-    let alice = s.ops.operators().authenticate("alice", PW).await.unwrap();
+    let alice = s
+        .ops
+        .operators()
+        .authenticate("alice", OPERATOR_PW)
+        .await
+        .unwrap();
     let err = s
         .agent
         .gates()
@@ -194,7 +207,12 @@ async fn self_approval_the_agents_own_handle_viewers_and_unknown_approvers_are_r
         .unwrap_err();
     assert!(reason(&err).contains("can never approve"), "{err}");
     // Viewers read, never decide.
-    let victor = s.ops.operators().authenticate("victor", PW).await.unwrap();
+    let victor = s
+        .ops
+        .operators()
+        .authenticate("victor", OPERATOR_PW)
+        .await
+        .unwrap();
     assert_eq!(
         reason(
             &s.ops
@@ -206,7 +224,7 @@ async fn self_approval_the_agents_own_handle_viewers_and_unknown_approvers_are_r
         "a viewer cannot decide"
     );
     // Unknown users and wrong passwords get the same answer.
-    for (u, p) in [("mallory", PW), ("alice", "wrong password!!")] {
+    for (u, p) in [("mallory", OPERATOR_PW), ("alice", "wrong password!!")] {
         assert!(matches!(
             s.ops.operators().authenticate(u, p).await,
             Err(Error::AuthenticationFailed)
@@ -257,7 +275,12 @@ async fn expired_approvals_denials_and_halted_agents() {
         ..GateConfig::default()
     })
     .await;
-    let alice = s.ops.operators().authenticate("alice", PW).await.unwrap();
+    let alice = s
+        .ops
+        .operators()
+        .authenticate("alice", OPERATOR_PW)
+        .await
+        .unwrap();
     let req = s
         .agent
         .gates()

@@ -11,7 +11,7 @@ use gov_sdk::{
 };
 use gov_testdb::{TestBackend, TestStore};
 
-use crate::support::SECRET;
+use crate::support::{OPERATOR_PW, SECRET};
 
 /// Expands each behaviour into one `#[tokio::test]` per backend.
 macro_rules! both_backends {
@@ -42,7 +42,6 @@ both_backends! {
 
 /// Another strong secret: a wrong configuration, or another service's.
 const OTHER: &str = "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
-const PW: &str = "correct horse battery staple";
 
 fn key_id(secret: &str) -> String {
     AuditSecret::parse(secret)
@@ -200,12 +199,12 @@ async fn a_gate_decision_is_not_sealed_onto_a_chain_another_key_sealed(b: TestBa
     // store's own transaction, so it is checked there too.
     let ops = unchecked(&db, OTHER).await;
     ops.operators()
-        .add("alice", OperatorRole::Operator, PW)
+        .add("alice", OperatorRole::Operator, OPERATOR_PW)
         .await
         .expect("add operator");
     let alice = ops
         .operators()
-        .authenticate("alice", PW)
+        .authenticate("alice", OPERATOR_PW)
         .await
         .expect("alice");
     let err = ops

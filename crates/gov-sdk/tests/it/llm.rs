@@ -20,14 +20,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::SECRET;
+use crate::support::{OTHER_SECRET, SECRET};
 
 const AGENT: &str = "agent-1";
 const SESSION: &str = "s-1";
 /// A key the provider echoes in its error text: it must never reach an error or the chain.
 const KEY: &str = "sk-test-do-not-leak-4242";
-/// Another strong audit secret.
-const OTHER_SECRET: &str = "3b7e1f0a9c2d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e2f4a6b8c0d1e3f";
 
 /// One micro-USD per input token, two per output token, half a micro-USD per cached token.
 fn price() -> ModelPrice {

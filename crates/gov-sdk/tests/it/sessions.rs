@@ -12,9 +12,8 @@ use gov_sdk::admin::Admin;
 use gov_sdk::{Error, Governance, OperatorRole};
 use gov_testdb::{TestBackend, TestStore};
 
-use crate::support::SECRET;
+use crate::support::{OPERATOR_PW, SECRET};
 
-const PW: &str = "correct horse battery staple";
 const NEW_PW: &str = "another long enough password";
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -66,7 +65,10 @@ async fn setup(backend: TestBackend) -> Setup {
         ("oscar", OperatorRole::Operator),
         ("vera", OperatorRole::Viewer),
     ] {
-        gov.operators().add(name, role, PW).await.expect("add user");
+        gov.operators()
+            .add(name, role, OPERATOR_PW)
+            .await
+            .expect("add user");
     }
     let admin = Admin::connect(db.url()).await.expect("admin");
     Setup {
@@ -113,8 +115,11 @@ impl Setup {
 async fn a_password_reset_ends_every_session_of_the_user(backend: TestBackend) {
     let s = setup(backend).await;
     // Two browsers of oscar (one of them the attacker's stolen cookie), one of vera.
-    let (laptop, stolen) = (s.sign_in("oscar", PW).await, s.sign_in("oscar", PW).await);
-    let other = s.sign_in("vera", PW).await;
+    let (laptop, stolen) = (
+        s.sign_in("oscar", OPERATOR_PW).await,
+        s.sign_in("oscar", OPERATOR_PW).await,
+    );
+    let other = s.sign_in("vera", OPERATOR_PW).await;
     s.admin
         .reset_operator_password("oscar", NEW_PW)
         .await
@@ -130,7 +135,7 @@ async fn a_password_reset_ends_every_session_of_the_user(backend: TestBackend) {
     assert!(s.live(&other).await, "{backend}: other users keep theirs");
     // The old password no longer signs in; the new one does.
     assert!(matches!(
-        s.gov.operators().authenticate("oscar", PW).await,
+        s.gov.operators().authenticate("oscar", OPERATOR_PW).await,
         Err(Error::AuthenticationFailed)
     ));
     s.sign_in("oscar", NEW_PW).await;
@@ -139,7 +144,7 @@ async fn a_password_reset_ends_every_session_of_the_user(backend: TestBackend) {
 
 async fn disable_then_enable_does_not_revive_a_session(backend: TestBackend) {
     let s = setup(backend).await;
-    let stolen = s.sign_in("oscar", PW).await;
+    let stolen = s.sign_in("oscar", OPERATOR_PW).await;
     // Through the CLI's path (Admin).
     s.admin
         .set_operator_disabled("oscar", true)
@@ -155,11 +160,11 @@ async fn disable_then_enable_does_not_revive_a_session(backend: TestBackend) {
         "{backend}: an enable revived a session taken before the disable"
     );
     // Through the console's path (an admin's Operator).
-    let stolen = s.sign_in("vera", PW).await;
+    let stolen = s.sign_in("vera", OPERATOR_PW).await;
     let ada = s
         .gov
         .operators()
-        .authenticate("ada", PW)
+        .authenticate("ada", OPERATOR_PW)
         .await
         .expect("ada");
     s.gov
@@ -176,13 +181,13 @@ async fn disable_then_enable_does_not_revive_a_session(backend: TestBackend) {
         !s.live(&stolen).await,
         "{backend}: an enable revived a session taken before the disable"
     );
-    s.sign_in("vera", PW).await;
+    s.sign_in("vera", OPERATOR_PW).await;
     s.close().await;
 }
 
 async fn a_role_change_ends_the_session_and_the_next_one_has_the_new_role(backend: TestBackend) {
     let s = setup(backend).await;
-    let stolen = s.sign_in("oscar", PW).await;
+    let stolen = s.sign_in("oscar", OPERATOR_PW).await;
     s.admin
         .set_operator_role("oscar", OperatorRole::Viewer)
         .await
@@ -191,7 +196,7 @@ async fn a_role_change_ends_the_session_and_the_next_one_has_the_new_role(backen
         !s.live(&stolen).await,
         "{backend}: a session outlived a role change"
     );
-    let token = s.sign_in("oscar", PW).await;
+    let token = s.sign_in("oscar", OPERATOR_PW).await;
     let session = s
         .gov
         .operators()
@@ -204,13 +209,13 @@ async fn a_role_change_ends_the_session_and_the_next_one_has_the_new_role(backen
     let ada = s
         .gov
         .operators()
-        .authenticate("ada", PW)
+        .authenticate("ada", OPERATOR_PW)
         .await
         .expect("ada");
     let vera = s
         .gov
         .operators()
-        .authenticate("vera", PW)
+        .authenticate("vera", OPERATOR_PW)
         .await
         .expect("vera");
     let ops = s.gov.operators();
@@ -249,7 +254,7 @@ async fn a_sign_in_that_raced_a_change_starts_no_session(backend: TestBackend) {
     let checked = s
         .gov
         .operators()
-        .authenticate("oscar", PW)
+        .authenticate("oscar", OPERATOR_PW)
         .await
         .expect("authenticate");
     s.admin
@@ -265,7 +270,7 @@ async fn a_sign_in_that_raced_a_change_starts_no_session(backend: TestBackend) {
     let checked = s
         .gov
         .operators()
-        .authenticate("vera", PW)
+        .authenticate("vera", OPERATOR_PW)
         .await
         .expect("authenticate");
     s.admin
@@ -282,7 +287,7 @@ async fn a_sign_in_that_raced_a_change_starts_no_session(backend: TestBackend) {
     let checked = s
         .gov
         .operators()
-        .authenticate("ada", PW)
+        .authenticate("ada", OPERATOR_PW)
         .await
         .expect("authenticate");
     s.admin
@@ -299,7 +304,7 @@ async fn a_sign_in_that_raced_a_change_starts_no_session(backend: TestBackend) {
 
 async fn only_a_fresh_sign_in_starts_a_session(backend: TestBackend) {
     let s = setup(backend).await;
-    let token = s.sign_in("oscar", PW).await;
+    let token = s.sign_in("oscar", OPERATOR_PW).await;
     let session = s
         .gov
         .operators()
@@ -318,7 +323,7 @@ async fn only_a_fresh_sign_in_starts_a_session(backend: TestBackend) {
     let op = s
         .gov
         .operators()
-        .authenticate("oscar", PW)
+        .authenticate("oscar", OPERATOR_PW)
         .await
         .expect("authenticate");
     let shown = format!("{op:?}");

@@ -1,10 +1,15 @@
 //! Shared helpers.
 
+use std::time::{Duration, Instant};
+
 use gov_sdk::{AuditEvent, Governance};
 use gov_testdb::TestDb;
 
 /// A strong test secret (hex, 32 bytes).
 pub(crate) const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+/// Another strong secret: an attacker's, or a wrong configuration.
+pub(crate) const OTHER_SECRET: &str =
+    "3b8f1d2c9a4e7f60b5c1d8e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
 
 pub(crate) async fn connect(db: &TestDb) -> Governance {
     Governance::builder()
@@ -49,4 +54,19 @@ pub(crate) fn report(scenario: &str, figures: &serde_json::Value) {
         let bytes = serde_json::to_vec_pretty(figures).expect("figures are JSON");
         std::fs::write(&path, bytes).expect("write the fault report");
     }
+}
+
+/// Waits for `f` to hold, checking every 5 ms, and fails naming `what` when it has not held
+/// within `limit` (a liveness bound, not a speed figure); how long it took.
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
 }
