@@ -1,7 +1,6 @@
 //! Faults of operator commands run as processes (issue 14, item 10): an import into a chain a
 //! service is appending to, and two `governance migrate` at once on a fresh SQLite file.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -9,27 +8,6 @@ use gov_sdk::{AuditEvent, Governance};
 use gov_testdb::TestDb;
 
 use crate::support::SECRET;
-
-/// A directory of this test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "gov-e2e-faults-{tag}-{}-{}",
-            std::process::id(),
-            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `governance` pointed at `url` (hermetic, through the support helpers).
 fn at(url: &str) -> std::process::Command {
@@ -53,8 +31,8 @@ fn output(cmd: &mut std::process::Command) -> (i32, String, String) {
 #[test]
 fn two_migrates_at_once_on_a_fresh_sqlite_file_both_succeed() {
     for round in 0..10 {
-        let dir = TempDir::new("migrate");
-        let url = format!("sqlite://{}", dir.0.join("governance.db").display());
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
         let children: Vec<_> = (0..2)
             .map(|_| {
                 at(&url)
@@ -137,10 +115,10 @@ async fn seed_sqlite(url: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_racing_a_service_on_its_chain_is_whole_or_refused_before_writing() {
     const ROWS: usize = 4_000;
-    let dir = TempDir::new("import");
-    let source = format!("sqlite://{}", dir.0.join("source.db").display());
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let source = format!("sqlite://{}", dir.path().join("source.db").display());
     seed_sqlite(&source, ROWS).await;
-    let file = dir.0.join("chains.jsonl");
+    let file = dir.path().join("chains.jsonl");
     let (code, _, stderr) = output(at(&source).args(["export", "--output"]).arg(&file));
     assert_eq!(code, 0, "export: {stderr}");
 

@@ -28,22 +28,11 @@ async fn service(url: &str, root: &std::path::Path) -> Governance {
         .expect("connect")
 }
 
-/// A folder removed on drop, even when the test fails.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn operator_commands_adopt_no_spool() {
     let db = TestDb::new().await;
-    let tmp = TempDir(
-        std::env::temp_dir().join(format!("gov-e2e-spool-{}", uuid::Uuid::now_v7().simple())),
-    );
-    let root = tmp.0.clone();
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let root = tmp.path().to_path_buf();
     // A service logs one event, loses the database, spools three, and stops.
     let (proxy, through) = Proxy::for_url(db.url()).await;
     let gov = service(&through, &root).await;

@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gov_sdk::admin::Admin;
-use gov_sdk::{AuditEvent, AuditRecord, EventFilter, Governance};
+use gov_sdk::{AuditEvent, Governance};
 use gov_testdb::Cluster;
 use serde_json::json;
 
-use crate::support::SECRET;
+use crate::support::{SECRET, TempDir, all_rows};
 
 /// Set by `cargo xtask faults`: run the drill.
 pub(crate) const DRILL: &str = "GOV_TEST_FAULTS_DRILL";
@@ -55,27 +55,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// A folder of its own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "gov-crash-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7().simple()
-        ));
-        std::fs::create_dir_all(&d).expect("helper");
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 async fn handle(url: &str, root: &Path) -> Governance {
@@ -265,30 +244,6 @@ async fn until(files: &[PathBuf], within: Duration, what: &str, done: impl Fn(&[
         assert!(start.elapsed() < within, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Every row of every chain, in seq order per chain.
-async fn all_rows(gov: &Governance) -> Vec<AuditRecord> {
-    let mut rows = Vec::new();
-    for chain in gov.audit().chain_ids().await.expect("helper") {
-        let mut after = 0;
-        loop {
-            let page = gov
-                .audit()
-                .events(&EventFilter {
-                    chain_id: Some(chain.parse().expect("helper")),
-                    after_seq: Some(after),
-                    limit: Some(5_000),
-                    ..EventFilter::default()
-                })
-                .await
-                .expect("helper");
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            rows.extend(page);
-        }
-    }
-    rows
 }
 
 /// Waits for a child, killing it (and failing) after `within`.

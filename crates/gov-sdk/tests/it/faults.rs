@@ -13,31 +13,10 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::SECRET;
+use crate::support::{SECRET, TempDir};
 
 const AGENT: &str = "agent-1";
 const SESSION: &str = "s-1";
-
-/// A folder of its own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "gov-faults-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7().simple()
-        ));
-        std::fs::create_dir_all(&d).expect("helper");
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn prices() -> PriceTable {
     let mut prices = PriceTable::builtin();

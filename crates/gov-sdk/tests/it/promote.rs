@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gov_sdk::admin::Admin;
-use gov_sdk::{AuditEvent, EventFilter, Governance};
+use gov_sdk::{AuditEvent, Governance};
 use gov_testdb::Cluster;
 use serde_json::json;
 
-use crate::support::SECRET;
+use crate::support::{SECRET, all_rows};
 
 const TASKS: usize = 64;
 /// How long the load runs before the primary is killed, and after the promotion.
@@ -216,25 +216,7 @@ async fn a_promoted_standby_takes_over_without_losing_or_doubling_an_event() {
         .connect()
         .await
         .expect("connect");
-    let mut rows = Vec::new();
-    for chain in reader.audit().chain_ids().await.expect("helper") {
-        let mut after = 0;
-        loop {
-            let page = reader
-                .audit()
-                .events(&EventFilter {
-                    chain_id: Some(chain.parse().expect("helper")),
-                    after_seq: Some(after),
-                    limit: Some(5_000),
-                    ..EventFilter::default()
-                })
-                .await
-                .expect("helper");
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            rows.extend(page);
-        }
-    }
+    let rows = all_rows(&reader).await;
     let mut stored: HashMap<gov_sdk::EventId, usize> = HashMap::new();
     for r in &rows {
         *stored.entry(r.event_id).or_default() += 1;

@@ -15,12 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gov_sdk::{
-    AuditEvent, AuditRecord, BudgetPolicy, EventFilter, Governance, Logged, MicroUsd, TokenUsage,
-};
+use gov_sdk::{AuditEvent, AuditRecord, BudgetPolicy, Governance, Logged, MicroUsd, TokenUsage};
 use gov_testdb::{Proxy, TestBackend, TestStore};
 
-use crate::support::SECRET;
+use crate::support::{SECRET, TempDir, all_rows};
 
 /// Set in a child process: what it does (`write` or `adopt`).
 const ROLE: &str = "GOV_TEST_SPOOL_ROLE";
@@ -31,27 +29,6 @@ const EVENTS: &str = "GOV_TEST_SPOOL_EVENTS";
 /// Tracked calls a writer makes (1,000 input tokens of gpt-4o-mini: 150 µ$ each).
 const TRACKS: u64 = 4;
 const TRACK_MICROS: i64 = 150;
-
-/// A folder of its own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "gov-spool-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7().simple()
-        ));
-        std::fs::create_dir_all(&d).expect("helper");
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 async fn handle(url: &str, root: &Path) -> Governance {
     Governance::builder()
@@ -83,30 +60,6 @@ fn event(agent: &str, n: u64) -> AuditEvent {
         .payload(serde_json::json!({ "n": n, "text": "é😀 日本" }))
         .build()
         .expect("helper")
-}
-
-/// Every row of every chain, in seq order per chain.
-async fn all_rows(gov: &Governance) -> Vec<AuditRecord> {
-    let mut rows = Vec::new();
-    for chain in gov.audit().chain_ids().await.expect("helper") {
-        let mut after = 0;
-        loop {
-            let page = gov
-                .audit()
-                .events(&EventFilter {
-                    chain_id: Some(chain.parse().expect("helper")),
-                    after_seq: Some(after),
-                    limit: Some(5_000),
-                    ..EventFilter::default()
-                })
-                .await
-                .expect("helper");
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            rows.extend(page);
-        }
-    }
-    rows
 }
 
 async fn drained(gov: &Governance, within: Duration) {

@@ -1,8 +1,9 @@
 //! Shared helpers.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use gov_sdk::{AuditEvent, Governance};
+use gov_sdk::{AuditEvent, AuditRecord, EventFilter, Governance};
 use gov_testdb::TestDb;
 
 /// A strong test secret (hex, 32 bytes).
@@ -69,4 +70,49 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start.elapsed()
+}
+
+/// A folder of its own under the system's temporary folder, removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!(
+            "gov-test-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&d).expect("a temporary folder");
+        Self(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every row of every chain, in seq order per chain.
+pub(crate) async fn all_rows(gov: &Governance) -> Vec<AuditRecord> {
+    let mut rows = Vec::new();
+    for chain in gov.audit().chain_ids().await.expect("chain ids") {
+        let mut after = 0;
+        loop {
+            let page = gov
+                .audit()
+                .events(&EventFilter {
+                    chain_id: Some(chain.parse().expect("chain id")),
+                    after_seq: Some(after),
+                    limit: Some(5_000),
+                    ..EventFilter::default()
+                })
+                .await
+                .expect("read events");
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            rows.extend(page);
+        }
+    }
+    rows
 }
