@@ -23,7 +23,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 /// The verdict of the last verification, as `/health/governance` reports it in
-/// `chain_integrity` (fields in the order the response has always had).
+/// `chain_integrity`.
+// Fields in alphabetical order, the order of the keys before the body was typed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub(crate) struct ChainIntegrity {
     /// The unverifiable chains (rows the console's keys cannot check), when `unverifiable`.

@@ -24,7 +24,8 @@ pub(crate) struct AgentList {
     agents: Vec<Agent>,
 }
 
-/// One agent (fields in the order the response has always had).
+/// One agent.
+// Fields in alphabetical order, the order of the keys before the body was typed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Agent {
     agent_id: String,
@@ -55,7 +56,7 @@ pub(crate) struct AgentSwitched {
     path = "/api/agents",
     tag = "agents",
     responses(
-        (status = 200, body = AgentList),
+        (status = 200, description = "the agents with a presence record", body = AgentList),
         (status = 401, description = "not signed in", body = super::ErrorBody),
     )
 )]

@@ -26,7 +26,8 @@ pub(crate) struct PendingList {
     pending: Vec<PendingGate>,
 }
 
-/// A gate request waiting for a decision (fields in the order the response has always had).
+/// A gate request waiting for a decision.
+// Fields in alphabetical order, the order of the keys before the body was typed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PendingGate {
     agent_id: String,
@@ -65,7 +66,7 @@ pub(crate) enum Decision {
     path = "/api/approvals",
     tag = "approvals",
     responses(
-        (status = 200, body = PendingList),
+        (status = 200, description = "the pending requests", body = PendingList),
         (status = 401, description = "not signed in", body = super::ErrorBody),
     )
 )]

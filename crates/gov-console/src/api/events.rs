@@ -54,7 +54,7 @@ pub(crate) struct EventList {
     tag = "events",
     params(EventsQuery),
     responses(
-        (status = 200, body = EventList),
+        (status = 200, description = "the rows, in seq order", body = EventList),
         (status = 400, description = "not a chain or agent id", body = super::ErrorBody),
         (status = 401, description = "not signed in", body = super::ErrorBody),
     )

@@ -86,11 +86,13 @@ pub(crate) struct HealthStatus {
     status: Reachability,
 }
 
-/// What a signed-in user sees (fields in the order the response has always had).
+/// What a signed-in user sees.
+// Fields in alphabetical order, the order of the keys before the body was typed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct HealthDetails {
-    /// When `chain_integrity` was computed (RFC 3339): the start of the last verification,
-    /// reused for `ConsoleConfig::chain_check_interval` or until an operator verifies.
+    /// When `chain_integrity` was computed (RFC 3339): the start of the verification it comes
+    /// from. It is reused for the console's chain check interval (`--chain-check-secs`, 300 s by
+    /// default) or until a user verifies the chains.
     chain_checked_at: String,
     chain_integrity: ChainIntegrity,
     grants: Grants,
@@ -114,6 +116,7 @@ pub(crate) enum Health {
 
 /// The connection's grants on the audit table; only `least_privilege` (null) when they cannot
 /// be read.
+// Fields in alphabetical order, the order of the keys before the body was typed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Grants {
     #[serde(skip_serializing_if = "Option::is_none")]
