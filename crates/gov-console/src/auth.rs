@@ -14,11 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::routing::{get, post};
-use axum::{Form, Router};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use gov_sdk::{OperatorRole, Session};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};

@@ -277,6 +277,9 @@ mod tests {
             json(&tampered),
             r#"{"events_checked":3,"first":null,"status":"tampered"}"#
         );
-        assert_eq!(json(&status(IntegrityStatus::Empty)), r#"{"status":"empty"}"#);
+        assert_eq!(
+            json(&status(IntegrityStatus::Empty)),
+            r#"{"status":"empty"}"#
+        );
     }
 }

@@ -158,7 +158,10 @@ async fn start_verification(
 ) -> Result<Response, ApiError> {
     csrf_allowed(&headers, &user)?;
     {
-        let mut job = state.verify_job.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut job = state
+            .verify_job
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if job.status == JobStatus::Running {
             let body = AlreadyRunning {
                 error: "a verification is already running",

@@ -125,14 +125,21 @@ mod tests {
 
     #[test]
     fn the_longest_bar_is_full_width_and_a_zero_bar_still_shows() {
-        let chart = Chart::of(&[("a".into(), 2_000_000), ("b".into(), 0), ("c".into(), 1_000_000)]);
+        let chart = Chart::of(&[
+            ("a".into(), 2_000_000),
+            ("b".into(), 0),
+            ("c".into(), 1_000_000),
+        ]);
         assert_eq!((chart.width, chart.height), (720, 88));
         let widths: Vec<i64> = chart.bars.iter().map(|b| b.width).collect();
         assert_eq!(widths, [420, 1, 210]);
         assert_eq!(chart.bars[2].y, 57);
         assert_eq!(chart.bars[2].text_y, 71);
         assert_eq!(chart.bars[0].value_x, 180 + 420 + 6);
-        assert_eq!(chart.bars[0].value, gov_sdk::MicroUsd(2_000_000).to_string());
+        assert_eq!(
+            chart.bars[0].value,
+            gov_sdk::MicroUsd(2_000_000).to_string()
+        );
     }
 
     #[test]
@@ -156,6 +163,9 @@ mod tests {
         assert!(page.contains("<svg"), "{page}");
         assert!(!page.contains("<script>&"), "{page}");
         assert!(page.contains("&#60;script&#62;&#38;"), "{page}");
-        assert!(page.contains(r#"<rect x="180" y="5" width="420" height="18" class="bar"/>"#), "{page}");
+        assert!(
+            page.contains(r#"<rect x="180" y="5" width="420" height="18" class="bar"/>"#),
+            "{page}"
+        );
     }
 }

@@ -269,3 +269,20 @@ pub(crate) fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
     id.parse()
         .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
 }
+
+#[cfg(test)]
+mod tests {
+    /// askama escapes every value unless a template says `|safe`; none does.
+    #[test]
+    fn no_template_marks_a_value_safe() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).expect("templates") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("template");
+            assert!(!text.contains("|safe"), "{} uses |safe", path.display());
+            checked += 1;
+        }
+        assert!(checked > 5, "{checked} templates");
+    }
+}

@@ -143,7 +143,10 @@ async fn cached_until_an_operator_verifies(backend: TestBackend) {
     let (status, first_at, v) = c.health().await;
     assert_eq!(status, "clean", "{backend}: {v}");
     assert_eq!(v["chain_integrity"]["events_checked"], 3, "{v}");
-    assert!(first_at >= before - Duration::from_secs(1), "{backend}: {v}");
+    assert!(
+        first_at >= before - Duration::from_secs(1),
+        "{backend}: {v}"
+    );
 
     c.db.tamper(&[TAMPER]).await;
     // Answered from the cache: the same status, computed at the same time.
@@ -159,7 +162,10 @@ async fn cached_until_an_operator_verifies(backend: TestBackend) {
     assert_eq!(status, "tampered", "{backend}: {v}");
     assert!(at >= first_at, "{backend}: {v}");
     assert_eq!(v["chain_integrity"]["first"]["seq"], 2, "{backend}: {v}");
-    assert_eq!(v["chain_integrity"]["first"]["chain"], "default", "{backend}: {v}");
+    assert_eq!(
+        v["chain_integrity"]["first"]["chain"], "default",
+        "{backend}: {v}"
+    );
     c.gov.close().await;
 }
 
@@ -180,7 +186,8 @@ async fn the_chain_pages_verification_refreshes_the_health_status() {
     let (status, first_at, _) = c.health().await;
     assert_eq!(status, "clean");
     c.db.tamper(&[TAMPER]).await;
-    let req = Request::post("/chain").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let req =
+        Request::post("/chain").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     let req = req
         .header(header::COOKIE, &c.cookie)
         .body(Body::from(format!("csrf={}", c.csrf)))
@@ -220,7 +227,10 @@ async fn a_stale_status_is_refreshed_in_the_background() {
             break;
         }
         assert_eq!(status, "clean", "{v}");
-        assert!(tokio::time::Instant::now() < deadline, "never refreshed: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refreshed: {v}"
+        );
         tokio::task::yield_now().await;
     }
     c.gov.close().await;

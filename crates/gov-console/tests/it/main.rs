@@ -5,6 +5,6 @@
 
 mod health;
 mod http;
-mod openapi;
 mod live;
+mod openapi;
 mod revocation;

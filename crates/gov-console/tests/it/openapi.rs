@@ -53,7 +53,10 @@ fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 fn check_openapi_31(doc: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let mut bad = |p: String| problems.push(p);
-    if !doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")) {
+    if !doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.1."))
+    {
         bad(format!("openapi is {}, not 3.1.x", doc["openapi"]));
     }
     for field in ["title", "version"] {
@@ -66,7 +69,10 @@ fn check_openapi_31(doc: &Value) -> Vec<String> {
         .cloned()
         .unwrap_or_default();
     for (name, s) in &schemes {
-        if !matches!(s["type"].as_str(), Some("apiKey" | "http" | "oauth2" | "openIdConnect" | "mutualTLS")) {
+        if !matches!(
+            s["type"].as_str(),
+            Some("apiKey" | "http" | "oauth2" | "openIdConnect" | "mutualTLS")
+        ) {
             bad(format!("security scheme {name}: type {}", s["type"]));
         }
         if s["type"] == "apiKey"
@@ -77,12 +83,16 @@ fn check_openapi_31(doc: &Value) -> Vec<String> {
         }
     }
     let requirement_ok = |req: &Value| {
-        req.as_object()
-            .is_some_and(|r| r.iter().all(|(k, v)| schemes.contains_key(k) && v.is_array()))
+        req.as_object().is_some_and(|r| {
+            r.iter()
+                .all(|(k, v)| schemes.contains_key(k) && v.is_array())
+        })
     };
     for req in doc["security"].as_array().into_iter().flatten() {
         if !requirement_ok(req) {
-            bad(format!("top-level security {req} names an undefined scheme"));
+            bad(format!(
+                "top-level security {req} names an undefined scheme"
+            ));
         }
     }
     let Some(paths) = doc["paths"].as_object() else {
@@ -131,7 +141,9 @@ fn check_openapi_31(doc: &Value) -> Vec<String> {
                 if place == "path" {
                     in_path.insert(name);
                     if p["required"] != true {
-                        bad(format!("{method} {path}: path parameter {name} not required"));
+                        bad(format!(
+                            "{method} {path}: path parameter {name} not required"
+                        ));
                     }
                 }
             }
@@ -142,7 +154,9 @@ fn check_openapi_31(doc: &Value) -> Vec<String> {
             }
             for req in op["security"].as_array().into_iter().flatten() {
                 if !requirement_ok(req) {
-                    bad(format!("{method} {path}: security {req} names an undefined scheme"));
+                    bad(format!(
+                        "{method} {path}: security {req} names an undefined scheme"
+                    ));
                 }
             }
         }
@@ -150,9 +164,7 @@ fn check_openapi_31(doc: &Value) -> Vec<String> {
     let mut all = Vec::new();
     refs(doc, &mut all);
     for r in all {
-        let target = r
-            .strip_prefix('#')
-            .and_then(|pointer| doc.pointer(pointer));
+        let target = r.strip_prefix('#').and_then(|pointer| doc.pointer(pointer));
         if target.is_none() {
             bad(format!("$ref {r} does not resolve"));
         }
@@ -179,38 +191,110 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     for (name, fields) in [
         ("AgentList", &["agents"][..]),
-        ("Agent", &["agent_id", "halt_reason", "halted", "halted_by", "seconds_since_heartbeat", "state"]),
+        (
+            "Agent",
+            &[
+                "agent_id",
+                "halt_reason",
+                "halted",
+                "halted_by",
+                "seconds_since_heartbeat",
+                "state",
+            ],
+        ),
         ("AgentSwitched", &["agent_id", "changed", "halted"]),
         ("PendingList", &["pending"]),
-        ("PendingGate", &["agent_id", "args", "expires_at", "id", "requested_at", "session_id", "tool"]),
+        (
+            "PendingGate",
+            &[
+                "agent_id",
+                "args",
+                "expires_at",
+                "id",
+                "requested_at",
+                "session_id",
+                "tool",
+            ],
+        ),
         ("Decided", &["id", "status"]),
         ("EventList", &["events"]),
-        ("VerifyJob", &["status", "started_by", "chain", "checked", "total", "done_events", "report", "error"]),
+        (
+            "VerifyJob",
+            &[
+                "status",
+                "started_by",
+                "chain",
+                "checked",
+                "total",
+                "done_events",
+                "report",
+                "error",
+            ],
+        ),
         ("Started", &["status"]),
         ("AlreadyRunning", &["error", "status"]),
         ("ErrorBody", &["error", "kind", "status"]),
         ("ReasonBody", &["reason"]),
         ("HealthStatus", &["status"]),
-        ("HealthDetails", &["chain_checked_at", "chain_integrity", "grants", "key_resolution", "latency", "live_subscribers", "status"]),
-        ("ChainIntegrity", &["chains", "events_checked", "first", "status"]),
+        (
+            "HealthDetails",
+            &[
+                "chain_checked_at",
+                "chain_integrity",
+                "grants",
+                "key_resolution",
+                "latency",
+                "live_subscribers",
+                "status",
+            ],
+        ),
+        (
+            "ChainIntegrity",
+            &["chains", "events_checked", "first", "status"],
+        ),
         ("Finding", &["chain", "reason", "seq"]),
-        ("Grants", &["can_update_or_delete", "has_roles", "least_privilege", "note", "owns_audit_table", "role", "superuser"]),
+        (
+            "Grants",
+            &[
+                "can_update_or_delete",
+                "has_roles",
+                "least_privilege",
+                "note",
+                "owns_audit_table",
+                "role",
+                "superuser",
+            ],
+        ),
         ("KeyResolution", &["current_key_id", "rotation_aware"]),
         ("Latencies", &["p50_us", "p95_us"]),
     ] {
         let props = schemas
             .get(name)
             .and_then(|s| s["properties"].as_object())
-            .unwrap_or_else(|| panic!("no schema {name} with properties: {}", schemas.keys().cloned().collect::<Vec<_>>().join(", ")));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no schema {name} with properties: {}",
+                    schemas.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            });
         let got: BTreeSet<&str> = props.keys().map(String::as_str).collect();
         let want: BTreeSet<&str> = fields.iter().copied().collect();
         assert_eq!(got, want, "{name}");
     }
-    for name in ["Verified", "Health", "Decision", "JobStatus", "ReportStatus", "IntegrityStatus", "Reachability"] {
+    for name in [
+        "Verified",
+        "Health",
+        "Decision",
+        "JobStatus",
+        "ReportStatus",
+        "IntegrityStatus",
+        "Reachability",
+    ] {
         assert!(schemas.contains_key(name), "no schema {name}");
     }
     assert_eq!(
-        doc["paths"]["/api/agents/{agent}/halt"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        doc["paths"]["/api/agents/{agent}/halt"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
         "#/components/schemas/ReasonBody"
     );
 
@@ -248,7 +332,12 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
     let gate = c
         .gov
         .gates()
-        .request("bot-x", None, "wire_money", &serde_json::json!({"amount": 1}))
+        .request(
+            "bot-x",
+            None,
+            "wire_money",
+            &serde_json::json!({"amount": 1}),
+        )
         .await
         .expect("request");
     let mut methods_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -271,17 +360,29 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
             let documented = methods.contains(&method.to_ascii_lowercase().as_str());
             if path == "/events/stream" && documented {
                 // A stream that does not end: its status is all this test reads.
-                let res = tower::ServiceExt::oneshot(c.app.clone(), req).await.expect("response");
+                let res = tower::ServiceExt::oneshot(c.app.clone(), req)
+                    .await
+                    .expect("response");
                 assert_eq!(res.status(), StatusCode::OK, "{method} {path}");
                 continue;
             }
             let r = c.send(req).await;
             if documented {
                 let routed = r.status != StatusCode::METHOD_NOT_ALLOWED
-                    && !(r.status == StatusCode::NOT_FOUND && r.body.contains("\"error\":\"not found\""));
-                assert!(routed, "{method} {path} is described but not served: {} {}", r.status, r.body);
+                    && !(r.status == StatusCode::NOT_FOUND
+                        && r.body.contains("\"error\":\"not found\""));
+                assert!(
+                    routed,
+                    "{method} {path} is described but not served: {} {}",
+                    r.status, r.body
+                );
                 // Refusals by state are fine (the deny after the approve is a 409).
-                assert!(!r.status.is_server_error(), "{method} {path}: {} {}", r.status, r.body);
+                assert!(
+                    !r.status.is_server_error(),
+                    "{method} {path}: {} {}",
+                    r.status,
+                    r.body
+                );
             } else {
                 assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
@@ -290,10 +391,18 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
 
     // An action no route serves is the API's JSON 404.
     let r = c
-        .post_json("/api/agents/bot-x/explode", &ada, Some(&ada.csrf), serde_json::json!({"reason": "x"}))
+        .post_json(
+            "/api/agents/bot-x/explode",
+            &ada,
+            Some(&ada.csrf),
+            serde_json::json!({"reason": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let v: Value = serde_json::from_str(&r.body).expect("json");
-    assert_eq!(v, serde_json::json!({"error": "not found", "kind": "not_found", "status": 404}));
+    assert_eq!(
+        v,
+        serde_json::json!({"error": "not found", "kind": "not_found", "status": 404})
+    );
     c.gov.close().await;
 }
