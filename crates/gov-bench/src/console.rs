@@ -198,10 +198,10 @@ pub(crate) async fn bench() -> Result<serde_json::Value> {
         .collect();
     lat.sort();
     server.abort();
-    let health = health(&gov, &client).await?;
+    let health_figures = health_figures(&gov, &client).await?;
     gov.close().await;
     Ok(serde_json::json!({
-        "health": health,
+        "health": health_figures,
         "dashboard_requests_per_s_32_clients": dash_rate.round(),
         "dashboard_p50_us": round(percentile(&dash, 0.50)),
         "dashboard_p99_us": round(percentile(&dash, 0.99)),
@@ -383,7 +383,7 @@ pub(crate) async fn sse_load(clients: usize, rate: u64, secs: u64) -> Result<ser
 /// Signed-in `/health/governance` under load (8 clients, 5 s each) over a chain of
 /// [`HEALTH_EVENTS`] rows: served from the cached chain status, then by a console that verifies
 /// every chain on each request.
-async fn health(gov: &Governance, client: &reqwest::Client) -> Result<serde_json::Value> {
+async fn health_figures(gov: &Governance, client: &reqwest::Client) -> Result<serde_json::Value> {
     eprintln!("bench: /health/governance over {HEALTH_EVENTS} events, cached and verifying");
     let mut writers = Vec::new();
     for w in 0..16 {
@@ -402,7 +402,10 @@ async fn health(gov: &Governance, client: &reqwest::Client) -> Result<serde_json
         w.await??;
     }
     let mut figures = serde_json::Map::new();
-    figures.insert("chain_events".into(), serde_json::json!(gov.audit().verify_all().await?.events_checked));
+    figures.insert(
+        "chain_events".into(),
+        serde_json::json!(gov.audit().verify_all().await?.events_checked),
+    );
     for (name, interval) in [
         ("cached", gov_console::DEFAULT_CHAIN_CHECK_INTERVAL),
         ("verifying", Duration::ZERO),
@@ -430,9 +433,18 @@ async fn health(gov: &Governance, client: &reqwest::Client) -> Result<serde_json
         );
         let (rate, lat) = load(client, format!("{base}/health/governance"), &cookie, 8, 5).await?;
         server.abort();
-        figures.insert(format!("{name}_requests_per_s_8_clients"), serde_json::json!(rate.round()));
-        figures.insert(format!("{name}_p50_us"), serde_json::json!(round(percentile(&lat, 0.50))));
-        figures.insert(format!("{name}_p99_us"), serde_json::json!(round(percentile(&lat, 0.99))));
+        figures.insert(
+            format!("{name}_requests_per_s_8_clients"),
+            serde_json::json!(rate.round()),
+        );
+        figures.insert(
+            format!("{name}_p50_us"),
+            serde_json::json!(round(percentile(&lat, 0.50))),
+        );
+        figures.insert(
+            format!("{name}_p99_us"),
+            serde_json::json!(round(percentile(&lat, 0.99))),
+        );
     }
     Ok(serde_json::Value::Object(figures))
 }
