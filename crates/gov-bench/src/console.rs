@@ -1,6 +1,8 @@
 //! Console figures: dashboard and `/api` requests per second under concurrent load over real
-//! HTTP on loopback, and the delivery latency of live events to 1,000 SSE subscribers (from the
-//! moment `audit().log()` is called to the moment each subscriber has read the event).
+//! HTTP on loopback, the delivery latency of live events to 1,000 SSE subscribers (from the
+//! moment `audit().log()` is called to the moment each subscriber has read the event), and
+//! signed-in `/health/governance` requests per second with the chain status cached (the
+//! default) against verifying every chain on each request (`chain_check_interval` zero).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use crate::{SECRET, percentile, round};
 const PW: &str = "correct horse battery staple";
 const SUBSCRIBERS: usize = 1_000;
 const MARKS: usize = 20;
+/// Rows in the chain while health is measured.
+const HEALTH_EVENTS: usize = 5_000;
 
 /// Signs in and returns the `gov_session=…` cookie.
 async fn sign_in(client: &reqwest::Client, base: &str) -> Result<String> {
@@ -194,8 +198,10 @@ pub(crate) async fn bench() -> Result<serde_json::Value> {
         .collect();
     lat.sort();
     server.abort();
+    let health_figures = health_figures(&gov, &client).await?;
     gov.close().await;
     Ok(serde_json::json!({
+        "health": health_figures,
         "dashboard_requests_per_s_32_clients": dash_rate.round(),
         "dashboard_p50_us": round(percentile(&dash, 0.50)),
         "dashboard_p99_us": round(percentile(&dash, 0.99)),
@@ -372,4 +378,73 @@ pub(crate) async fn sse_load(clients: usize, rate: u64, secs: u64) -> Result<ser
         "lagged_notices": seen.iter().map(|s| s.lagged).sum::<u64>(),
         "missed_or_repeated": out_of_order,
     }))
+}
+
+/// Signed-in `/health/governance` under load (8 clients, 5 s each) over a chain of
+/// [`HEALTH_EVENTS`] rows: served from the cached chain status, then by a console that verifies
+/// every chain on each request.
+async fn health_figures(gov: &Governance, client: &reqwest::Client) -> Result<serde_json::Value> {
+    eprintln!("bench: /health/governance over {HEALTH_EVENTS} events, cached and verifying");
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let gov = gov.clone();
+        writers.push(tokio::spawn(async move {
+            for i in (w..HEALTH_EVENTS).step_by(16) {
+                let ev = AuditEvent::builder("bench", "bench.health")
+                    .payload(serde_json::json!({ "i": i }))
+                    .build()?;
+                gov.audit().log(ev).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    let mut figures = serde_json::Map::new();
+    figures.insert(
+        "chain_events".into(),
+        serde_json::json!(gov.audit().verify_all().await?.events_checked),
+    );
+    for (name, interval) in [
+        ("cached", gov_console::DEFAULT_CHAIN_CHECK_INTERVAL),
+        ("verifying", Duration::ZERO),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let config = gov_console::ConsoleConfig {
+            sign_ins_per_minute: 10_000,
+            chain_check_interval: interval,
+            ..gov_console::ConsoleConfig::default()
+        };
+        let server = tokio::spawn(gov_console::serve_on(gov.clone(), config, listener));
+        let cookie = sign_in(client, &base).await?;
+        // The first request fills the cache (cached) or verifies like every other (verifying).
+        let first: serde_json::Value = client
+            .get(format!("{base}/health/governance"))
+            .header("cookie", &cookie)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(
+            first["chain_integrity"]["status"] == "clean",
+            "health did not report a clean chain: {first}"
+        );
+        let (rate, lat) = load(client, format!("{base}/health/governance"), &cookie, 8, 5).await?;
+        server.abort();
+        figures.insert(
+            format!("{name}_requests_per_s_8_clients"),
+            serde_json::json!(rate.round()),
+        );
+        figures.insert(
+            format!("{name}_p50_us"),
+            serde_json::json!(round(percentile(&lat, 0.50))),
+        );
+        figures.insert(
+            format!("{name}_p99_us"),
+            serde_json::json!(round(percentile(&lat, 0.99))),
+        );
+    }
+    Ok(serde_json::Value::Object(figures))
 }

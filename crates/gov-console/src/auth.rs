@@ -13,11 +13,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
-use axum::Form;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use gov_sdk::{OperatorRole, Session};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -25,6 +26,13 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::AppError;
+
+/// `GET`/`POST /login` and `POST /logout`.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+}
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "gov_session";

@@ -142,10 +142,22 @@ impl Broadcaster {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Which live events a subscriber wants.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LiveFilter {
+    /// Only this agent's events.
     agent: Option<String>,
+    /// Only events of this kind.
     kind: Option<String>,
+}
+
+/// The data of an `event: lagged`: how many events this subscriber missed, and the id after
+/// which the rows read from the database follow.
+#[derive(Debug, serde::Serialize)]
+struct Lagged {
+    after: String,
+    missed: u64,
 }
 
 /// What one subscriber wants, and where it is.
@@ -238,13 +250,13 @@ impl Subscriber {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let note = Event::default().event("lagged").data(
-                        serde_json::json!({
-                            "missed": missed,
-                            "after": format!("{}:{}", self.chain, self.last),
-                        })
-                        .to_string(),
-                    );
+                    let lagged = Lagged {
+                        after: format!("{}:{}", self.chain, self.last),
+                        missed,
+                    };
+                    let note = Event::default()
+                        .event("lagged")
+                        .data(serde_json::to_string(&lagged).unwrap_or_default());
                     if self.out.send(note).await.is_err() || !self.catch_up().await {
                         return;
                     }
@@ -269,6 +281,16 @@ fn resume_after(headers: &HeaderMap, chain: &str) -> Option<i64> {
 /// `<chain>:<seq>`), optionally only one agent's or one kind's; `lagged` when this client fell
 /// behind (what it missed follows, read from the database). With `Last-Event-ID`, the rows
 /// after that id come first.
+#[utoipa::path(
+    get,
+    path = "/events/stream",
+    tag = "events",
+    params(LiveFilter),
+    responses(
+        (status = 200, description = "Server-sent events: one `audit` event (the row as JSON, id `<chain>:<seq>`) per appended row, optionally filtered by agent or kind; `lagged` (`{\"after\": \"<chain>:<seq>\", \"missed\": n}`) when this client fell behind the broadcast, the rows it missed following, read from the database; a `Last-Event-ID` header resumes after that id", content_type = "text/event-stream", body = String),
+        (status = 303, description = "not signed in: redirected to /login"),
+    )
+)]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     _user: CurrentUser,

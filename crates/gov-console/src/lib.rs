@@ -13,6 +13,7 @@
 
 mod api;
 mod auth;
+mod chain_status;
 mod error;
 mod events;
 mod pages;
@@ -23,10 +24,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::routing::{get, post};
 use gov_sdk::Governance;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use api::openapi_document;
 pub use error::AppError;
 
 /// How the console runs.
@@ -43,7 +44,14 @@ pub struct ConsoleConfig {
     /// Live events held for subscribers that are behind (default 4,096); one that falls
     /// further behind is told (`event: lagged`) and caught up from the database.
     pub live_buffer: usize,
+    /// How long the chain status `/health/governance` reports is reused before a health request
+    /// verifies the chains again, in the background (default 5 minutes; zero verifies on every
+    /// signed-in health request). An operator's explicit verification refreshes it at once.
+    pub chain_check_interval: Duration,
 }
+
+/// The default of [`ConsoleConfig::chain_check_interval`].
+pub const DEFAULT_CHAIN_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
@@ -53,6 +61,7 @@ impl Default for ConsoleConfig {
             sign_ins_per_minute: 5,
             live_chain: "default".into(),
             live_buffer: events::DEFAULT_LIVE_BUFFER,
+            chain_check_interval: DEFAULT_CHAIN_CHECK_INTERVAL,
         }
     }
 }
@@ -66,6 +75,7 @@ pub(crate) struct AppState {
     pub(crate) events: events::Broadcaster,
     pub(crate) latency: Arc<api::Latency>,
     pub(crate) verify_job: Arc<std::sync::Mutex<api::VerifyJob>>,
+    pub(crate) chain_status: Arc<chain_status::ChainStatus>,
 }
 
 /// The console's routes over `gov`. Starts the live-event feed (one listening connection,
@@ -80,6 +90,7 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
         limiter: Arc::new(auth::SignInLimiter::new(config.sign_ins_per_minute)),
         latency: Arc::new(api::Latency::default()),
         verify_job: Arc::default(),
+        chain_status: Arc::new(chain_status::ChainStatus::new(config.chain_check_interval)),
         config: Arc::new(config),
         gov,
     };
@@ -100,36 +111,11 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
             "camera=(), microphone=(), geolocation=()",
         ),
     ];
+    let (api, _) = api::routes().split_for_parts();
     let mut app = Router::new()
-        .route("/", get(pages::dashboard))
-        .route("/login", get(auth::login_page).post(auth::login))
-        .route("/logout", post(auth::logout))
-        .route("/agents", get(pages::agents))
-        .route("/agents/{agent}", get(pages::agent))
-        .route("/agents/{agent}/{action}", post(pages::switch_agent))
-        .route("/approvals", get(pages::approvals))
-        .route("/approvals/{id}/{decision}", post(pages::decide))
-        .route("/events", get(pages::events))
-        .route("/events/stream", get(events::stream))
-        .route("/costs", get(pages::costs))
-        .route("/chain", get(pages::chain).post(pages::verify_chain))
-        .route("/users", get(pages::users).post(pages::add_user))
-        .route("/users/{name}/{action}", post(pages::switch_user))
-        .route("/report", get(pages::report))
-        .route("/static/console.css", get(pages::css))
-        .route("/static/console.js", get(pages::js))
-        .route("/health/governance", get(api::health))
-        .route("/api/openapi.json", get(api::openapi))
-        .route("/api/agents", get(api::agents))
-        .route("/api/agents/{agent}/{action}", post(api::switch_agent))
-        .route("/api/approvals", get(api::approvals))
-        .route("/api/approvals/{id}/{decision}", post(api::decide))
-        .route("/api/events", get(api::events))
-        .route("/api/chain/verify", post(api::verify))
-        .route(
-            "/api/chain/verification",
-            get(api::verification).post(api::start_verification),
-        )
+        .merge(auth::routes())
+        .merge(pages::routes())
+        .merge(api)
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -145,6 +145,7 @@ async fn serve(
     let gov = super::connect(url, secret).await?;
     let config = gov_console::ConsoleConfig {
         secure_cookies: args.secure_cookies,
+        chain_check_interval: std::time::Duration::from_secs(args.chain_check_secs),
         ..gov_console::ConsoleConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.bind)

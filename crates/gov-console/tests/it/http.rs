@@ -16,25 +16,25 @@ use tower::ServiceExt as _;
 const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
 const PW: &str = "correct horse battery staple";
 
-struct Console {
-    db: TestDb,
-    gov: Governance,
-    app: Router,
+pub(crate) struct Console {
+    pub(crate) db: TestDb,
+    pub(crate) gov: Governance,
+    pub(crate) app: Router,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) body: String,
 }
 
 /// A signed-in browser: its session cookie and CSRF token.
-struct Browser {
-    cookie: String,
-    csrf: String,
+pub(crate) struct Browser {
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
 }
 
-async fn console(config: ConsoleConfig) -> Console {
+pub(crate) async fn console(config: ConsoleConfig) -> Console {
     let db = TestDb::new().await;
     let gov = Governance::builder()
         .database_url(db.url())
@@ -56,7 +56,7 @@ async fn console(config: ConsoleConfig) -> Console {
 }
 
 impl Console {
-    async fn send(&self, req: Request<Body>) -> Reply {
+    pub(crate) async fn send(&self, req: Request<Body>) -> Reply {
         let res = self.app.clone().oneshot(req).await.expect("response");
         let status = res.status();
         let headers = res.headers().clone();
@@ -70,7 +70,7 @@ impl Console {
         }
     }
 
-    async fn get(&self, path: &str, who: Option<&Browser>) -> Reply {
+    pub(crate) async fn get(&self, path: &str, who: Option<&Browser>) -> Reply {
         let mut req = Request::get(path);
         if let Some(b) = who {
             req = req.header(header::COOKIE, &b.cookie);
@@ -78,7 +78,7 @@ impl Console {
         self.send(req.body(Body::empty()).expect("request")).await
     }
 
-    async fn post_form(&self, path: &str, who: Option<&Browser>, form: &str) -> Reply {
+    pub(crate) async fn post_form(&self, path: &str, who: Option<&Browser>, form: &str) -> Reply {
         let mut req =
             Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some(b) = who {
@@ -88,7 +88,7 @@ impl Console {
             .await
     }
 
-    async fn post_json(
+    pub(crate) async fn post_json(
         &self,
         path: &str,
         who: &Browser,
@@ -105,7 +105,7 @@ impl Console {
             .await
     }
 
-    async fn login(&self, user: &str) -> Browser {
+    pub(crate) async fn login(&self, user: &str) -> Browser {
         let r = self
             .post_form(
                 "/login",

@@ -1,7 +1,10 @@
 //! The console's HTTP surface against a real Postgres: every route under every role, refusals
 //! (no CSRF token, wrong role, self-approval, a sixth sign-in in a minute), sessions, security
-//! headers, live events over SSE and the report download; revocation of sessions on both backends.
+//! headers, live events over SSE and the report download; revocation of sessions on both backends;
+//! the generated OpenAPI document against the routes; the cached chain status of the health check.
 
+mod health;
 mod http;
 mod live;
+mod openapi;
 mod revocation;

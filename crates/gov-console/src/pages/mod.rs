@@ -1,0 +1,288 @@
+//! The server-rendered pages: one module per page, each holding its routes, handlers and
+//! templates (`templates/`, every value escaped by askama). State-changing forms carry the
+//! session's CSRF token and are checked for role on the server. This module holds what the pages
+//! share: the navigation bar, the error and sign-in pages, and the views of gates and events.
+
+mod agents;
+mod approvals;
+mod assets;
+mod chain;
+mod costs;
+mod dashboard;
+mod events;
+mod report;
+mod users;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use gov_sdk::{OperatorRole, PresenceState};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::AppState;
+use crate::auth::{CurrentUser, same_site};
+use crate::error::AppError;
+
+/// Every page's routes (sign-in and sign-out are `crate::auth`'s).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(dashboard::routes())
+        .merge(agents::routes())
+        .merge(approvals::routes())
+        .merge(events::routes())
+        .merge(costs::routes())
+        .merge(chain::routes())
+        .merge(users::routes())
+        .merge(report::routes())
+        .merge(assets::routes())
+}
+
+/// The navigation bar's view of the signed-in user.
+pub(crate) struct Nav {
+    user: String,
+    role: &'static str,
+    csrf: String,
+    is_admin: bool,
+}
+
+pub(crate) fn role_name(r: OperatorRole) -> &'static str {
+    match r {
+        OperatorRole::Admin => "admin",
+        OperatorRole::Operator => "operator",
+        OperatorRole::Viewer => "viewer",
+    }
+}
+
+impl Nav {
+    pub(crate) fn of(u: &CurrentUser) -> Option<Self> {
+        Some(Self {
+            user: u.username().to_owned(),
+            role: role_name(u.role()),
+            csrf: u.session.csrf_token.clone(),
+            is_admin: u.role() == OperatorRole::Admin,
+        })
+    }
+}
+
+/// A time as RFC 3339 (UTC as stored).
+pub(crate) fn when(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub(crate) fn render(t: &impl Template) -> Result<Html<String>, AppError> {
+    Ok(Html(t.render()?))
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    nav: Option<Nav>,
+    flash: Option<String>,
+    error: Option<&'a str>,
+}
+
+pub(crate) fn login_html(error: Option<&str>) -> Result<Html<String>, AppError> {
+    render(&LoginPage {
+        nav: None,
+        flash: None,
+        error,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    nav: Option<Nav>,
+    flash: Option<String>,
+    status: u16,
+    message: &'a str,
+}
+
+/// An error page (plain text if even that cannot be rendered).
+pub(crate) fn error_page(status: StatusCode, message: &str, nav: Option<Nav>) -> Response {
+    match (ErrorPage {
+        nav,
+        flash: None,
+        status: status.as_u16(),
+        message,
+    })
+    .render()
+    {
+        Ok(html) => Html(html).into_response(),
+        Err(_) => message.to_owned().into_response(),
+    }
+}
+
+/// The fallback: a page for a path no route serves, or the API's JSON error under `/api/`
+/// (an action that does not exist, such as `POST /api/agents/{agent}/explode`, lands here).
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        crate::api::ApiError::from(AppError::NotFound).into_response()
+    } else {
+        AppError::NotFound.into_response()
+    }
+}
+
+/// Middleware: an error page shown to a signed-in user keeps the navigation bar (the error
+/// itself is drawn where the user is not known). The session is looked up only for error pages.
+pub(crate) async fn error_nav(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers().clone();
+    let response = next.run(req).await;
+    let Some(shown) = response
+        .extensions()
+        .get::<crate::error::ShownError>()
+        .cloned()
+    else {
+        return response;
+    };
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.headers = headers;
+    let Ok(user) = <CurrentUser as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+        &mut parts, &state,
+    )
+    .await
+    else {
+        return response;
+    };
+    let mut again = error_page(shown.status, &shown.message, Nav::of(&user));
+    *again.status_mut() = shown.status;
+    again
+}
+
+/// A pending gate request as shown.
+pub(crate) struct GateView {
+    id: String,
+    agent_id: String,
+    session: String,
+    tool: String,
+    args: String,
+    requested_at: String,
+    expires_at: String,
+}
+
+pub(crate) fn gate_view(g: &gov_sdk::GateRecord) -> GateView {
+    GateView {
+        id: g.id.to_string(),
+        agent_id: g.agent_id.clone(),
+        session: g.session_id.clone().unwrap_or_default(),
+        tool: g.tool.clone(),
+        args: g.args.clone(),
+        requested_at: when(g.requested_at),
+        expires_at: when(g.expires_at),
+    }
+}
+
+/// An audit row as shown (the payload cut to 200 characters).
+pub(crate) struct EventView {
+    seq: i64,
+    at: String,
+    agent_id: String,
+    kind: String,
+    session: String,
+    actor: String,
+    payload: String,
+}
+
+pub(crate) fn event_view(r: &gov_sdk::AuditRecord) -> EventView {
+    EventView {
+        seq: r.seq,
+        at: when(r.occurred_at),
+        agent_id: r.agent_id.clone(),
+        kind: r.kind.clone(),
+        session: r.session_id.clone().unwrap_or_default(),
+        actor: r.actor.clone().unwrap_or_default(),
+        payload: r.payload.chars().take(200).collect(),
+    }
+}
+
+pub(crate) fn state_name(s: PresenceState) -> &'static str {
+    match s {
+        PresenceState::Live => "live",
+        PresenceState::Idle => "idle",
+        PresenceState::Unresponsive => "unresponsive",
+        PresenceState::Halted => "halted",
+    }
+}
+
+/// `?done=…`: what the last form did, shown once.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FlashQuery {
+    done: Option<String>,
+}
+
+/// A form with a reason (halt, resume, approve, deny).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReasonForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+}
+
+impl ReasonForm {
+    fn reason(&self) -> Result<&str, AppError> {
+        required_reason(self.reason.as_deref())
+    }
+}
+
+/// A form with nothing but the CSRF token.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CsrfOnly {
+    csrf: Option<String>,
+}
+
+/// A decision's or a halt's reason: required, since it is recorded in the audit chain.
+pub(crate) fn required_reason(reason: Option<&str>) -> Result<&str, AppError> {
+    match reason.map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(r),
+        _ => Err(AppError::BadRequest(
+            "give a reason: it is recorded in the audit chain".into(),
+        )),
+    }
+}
+
+/// The checks every state-changing operator request passes: same site, CSRF, role.
+fn allowed(headers: &HeaderMap, user: &CurrentUser, csrf: Option<&str>) -> Result<(), AppError> {
+    same_site(headers)?;
+    user.check_csrf(csrf)?;
+    user.require_operator()
+}
+
+/// The checks every state-changing admin request passes: same site, CSRF, role.
+fn admin_allowed(
+    headers: &HeaderMap,
+    user: &CurrentUser,
+    csrf: Option<&str>,
+) -> Result<(), AppError> {
+    same_site(headers)?;
+    user.check_csrf(csrf)?;
+    user.require_admin()
+}
+
+pub(crate) fn gate_id(id: &str) -> Result<uuid::Uuid, AppError> {
+    id.parse()
+        .map_err(|_| AppError::BadRequest(format!("{id:?} is not a request id")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// askama escapes every value unless a template says `|safe`; none does.
+    #[test]
+    fn no_template_marks_a_value_safe() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).expect("templates") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("template");
+            assert!(!text.contains("|safe"), "{} uses |safe", path.display());
+            checked += 1;
+        }
+        assert!(checked > 5, "{checked} templates");
+    }
+}
