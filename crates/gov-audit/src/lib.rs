@@ -12,6 +12,36 @@
 //! - [`witness`]: the c2sp.org/tlog-witness decision and request body (pure).
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
+//!
+//! # Invariants
+//!
+//! The rules this crate keeps (ARCHITECTURE.md lists them in one line each):
+//!
+//! - Appends are group-committed: one writer task per chain takes every queued event into one
+//!   transaction, and each caller of `AuditLog::append` returns only after that transaction has
+//!   committed.
+//! - Events that must commit with a change of state (gate decisions, an LLM call's budget
+//!   changes) are appended by the store in that change's transaction instead; the LLM path
+//!   reports its events to `AuditLog::appended_elsewhere`, so automatic checkpoints fall due for
+//!   them as for batches.
+//! - Whether a chain is tampered or merely not verifiable with the configured keys is decided
+//!   in one place (`owner` and `ChainCheck`), per chain, from unforgeable evidence only: a chain
+//!   is `Verdict::Unverifiable` (a configuration problem) only while no row of it names a
+//!   configured key and no configured key seals any row (a relabelled row, one sealed by a
+//!   configured key under its own `key_id`, counts as sealed), apart from the rows before a
+//!   rotation marker proven by a configured key or after a marker of ours to a key the ring
+//!   lacks; anything else the keys cannot explain is a finding. verify, the report, the console
+//!   and the SDK read `ChainReport::verdict`, and over several chains the worst wins, tampered
+//!   before unverifiable.
+//! - The SDK never appends to a chain whose head it cannot verify under its keys: before a
+//!   handle first seals a row onto a chain (its chain writer before a batch;
+//!   `AuditLog::ensure_writable` before a gate decision or a budget change appends in the store's
+//!   transaction; `connect` for `check_chains_on_connect`), the chain must be new, or its last
+//!   row must be sealed by the handle's current key (not a `key_id` string: the seal) and not
+//!   rotate away from it, or be a marker proven to rotate the chain to it; otherwise
+//!   `NotWritable` (or `ChainBroken` for a damaged head), and nothing is written. The check is
+//!   once per chain and handle, cached only when it passes, and forgotten when the handle appends
+//!   a rotation marker itself.
 
 pub mod canonical;
 mod chain;

@@ -4,6 +4,13 @@
 //!   wrong password and a disabled account alike, after the same work.
 //! - A session is a random token in an HttpOnly, SameSite=Strict cookie (Secure when configured);
 //!   only its SHA-256 is stored, with an expiry. A disabled user's sessions stop at once.
+//! - Every change to an operator account (password, disabled, role) deletes that user's
+//!   sessions in the same transaction (`update_operator` in the store), and a session is
+//!   inserted only while the account is still as it was authenticated (enabled, same password
+//!   hash and role, under the row's lock), so no session outlives a revocation.
+//! - A state-changing route checks, in this order, the browser's `Sec-Fetch-Site`, the CSRF
+//!   token and the role; decisions and halts name the signed-in operator, never a value from
+//!   the request.
 //! - Every state-changing request carries the session's CSRF token (a form field, or the
 //!   `X-CSRF-Token` header for the API), compared in constant time; requests a browser marks as
 //!   cross-site are refused outright.

@@ -22,6 +22,64 @@
 //! assert!(gov.audit().verify_chain().await?.is_clean());
 //! # Ok(()) }
 //! ```
+//!
+//! # Invariants
+//!
+//! The rules this crate keeps (ARCHITECTURE.md lists them in one line each):
+//!
+//! - A listener task per handle (on `gov_policy`, `gov_halt` and `gov_gate`: LISTEN/NOTIFY on
+//!   Postgres, the polled notification table on SQLite) keeps the scope and halt caches true and
+//!   wakes `Gates::wait_for`; while it is down, or found deaf by its watchdog (on Postgres, a
+//!   notification on the handle's own channel that does not come back within 5 s after 5 s of
+//!   silence), checks read storage, and refuse when storage is out of reach.
+//! - Approving, denying, halting for an operator and resuming take an `Operator`, which only
+//!   `Operators::authenticate` (argon2id) or a console session makes; each commits its state
+//!   change, its audit event and its `oversight_decisions` row in one transaction, and on
+//!   Postgres only an operator connection can (the application role has no EXECUTE on
+//!   `governance_decide`, `governance_halt`, `governance_resume` and no INSERT on
+//!   `oversight_decisions`). A service's own halts (`halt_self`, the loop detector) are recorded
+//!   under `governance:` actors, never a person.
+//! - An approval is bound to the exact action (tool, `action_hash`) and to the agent and
+//!   session that asked, and usable once; the application role inserts only the asking columns of
+//!   a gate request, so status, decider and token hash are always `governance_decide`'s.
+//! - An LLM request reaches a provider only after the halt, scope (`provider` or
+//!   `provider:model`) and budget gates passed and `llm.request` was logged, committed in the
+//!   reservation's transaction (while the spool holds records, logged behind them after the
+//!   reservation instead); every call that began ends in exactly one of `llm.response` (settled;
+//!   `estimated: true` when the provider reported no usage), `llm.error` or `llm.cancelled` (a
+//!   dropped future or stream), the last two releasing the reservation; the ending event commits
+//!   with the settlement or release, and when that transaction fails (or its reply is lost) the
+//!   event is logged as observation (spooled when storage is out of reach, skipped on replay when
+//!   it is in the chain) and the settlement is written again as a record the database applies
+//!   once per reservation id (`governance_settle_once`), so a settlement that committed with its
+//!   reply lost is never counted twice.
+//! - A call that got its answer is settled after the answer is returned, in a task counted per
+//!   handle (`llm::settlements`; `settle_in_background(false)` settles before returning instead),
+//!   and until then its whole reservation stays held; `Llm::settled` and `Governance::close` wait
+//!   for those tasks.
+//! - Settlement tasks are independent (their budget changes commute and each ending event names
+//!   its request), so none is ordered after another, and a call waits for one only as for any
+//!   other writer of the same counters or chain; a failed call releases before its error is
+//!   returned, so a retry finds its budget.
+//! - Observation (`audit().log`, `cost().track`, `gates().request`) never returns a
+//!   storage-unavailable error while a spool can be written: it goes through
+//!   `spool::Spool::submit`, which writes to storage directly while nothing waits, and otherwise
+//!   returns `Spooled` only after the record's line (and a new file's folder entry) is synced in
+//!   the handle's spool file; while spooled records wait, new ones queue behind them (into the
+//!   file while storage is down, joining the replay in memory while it answers), so order is kept
+//!   and the spool drains; once only callers' in-memory records wait, new ones are written
+//!   directly again; no caller waits longer than the observation deadline (5 s) for storage or
+//!   the replay; enforcement never reads the spool.
+//! - A spool is evidence only because nobody else can write it: it lives in a folder private to
+//!   the user (refused otherwise), filed under its database's identity (`governance_instance` id
+//!   and where the database lives), and every line carries an HMAC under the spool key derived
+//!   from the audit secret over the database, file, position and bytes; a line that does not
+//!   verify, or a record that fails a live call's checks, is quarantined, never replayed.
+//! - The replay is idempotent and ordered: events are skipped by event id, tracked spend by
+//!   record id (`applied_records`), gate requests by request id; batches commit one transaction
+//!   each (`AuditLog::append_all`) and the replay stops at the first that fails; adoption copies
+//!   and syncs before it removes, so a kill at any step leaves every record in a file that is
+//!   adopted.
 
 pub mod admin;
 mod audit;

@@ -5,6 +5,64 @@
 //! tests). Both implement the traits of [`backend`], so they offer the same typed methods;
 //! `gov-audit` and `gov-sdk` only call those. The URL picks the backend. Errors never carry
 //! SQL, URLs or secrets.
+//!
+//! # Invariants
+//!
+//! The rules this crate keeps (ARCHITECTURE.md lists them in one line each):
+//!
+//! - On SQLite every write transaction starts with `BEGIN IMMEDIATE` (the database's write lock
+//!   before the first read), which gives what Postgres gets from row locks and functions: a chain
+//!   head and the rows appended after it, or a budget check and its reservation, never interleave
+//!   with another writer in any process. Times are integer microseconds since the epoch, so
+//!   values round-trip exactly between backends.
+//! - On SQLite, notifications are rows written in the same transaction as the change (by the
+//!   store or by the schema's triggers), read in id order (ids follow commit order: one writer at
+//!   a time); a listener is woken at once by writes in its own process, polls every 200 ms for
+//!   other processes' writes, and gets `Notice::Lost` when rows it had not read were pruned
+//!   (after 10 minutes).
+//! - Appends to a chain run in one transaction that locks the chain's `chain_heads` row (`FOR
+//!   UPDATE`) before it writes a row, so appends from every process are serialised per chain;
+//!   UNIQUE(chain_id, prev_hmac) makes a fork fail at write time. Imported rows must continue the
+//!   chain's head by `gov_core::ChainLinks`, the same check the export and the import's first
+//!   pass run on the file.
+//! - A budget reservation or settlement is one call of a SQL function on Postgres
+//!   (`governance_reserve`, `governance_settle`), so it is atomic and costs one round trip; on
+//!   SQLite it is `gov_core::rules` applied inside one `BEGIN IMMEDIATE` transaction.
+//! - The store's `Clock` (`StoreOptions::clock`) decides every expiry, read once per operation
+//!   and passed to the rule (on Postgres as `p_now`, never the functions' `now()`);
+//!   `migrations/postgres/schema.sql` (`cargo xtask schema`) holds every Postgres function's
+//!   current body and a test keeps it current.
+//! - A gate decision runs `governance_decide` and appends its audit event (`append_in`) in one
+//!   transaction, so a decision is never recorded without its event.
+//! - Every function in the Postgres schema sets `search_path = pg_catalog, <schema>, pg_temp`,
+//!   PUBLIC has no TEMPORARY on the database nor CREATE on the schema, and the application role's
+//!   privileges equal the `governance_app_grants` allowlist;
+//!   `privileges::the_catalog_holds_the_boundary` compares the catalog with it.
+//! - `reserve_logged` and `settle_logged` commit a budget change and its one event all or
+//!   nothing, and a refused reservation appends nothing; on Postgres each is one statement in
+//!   autocommit (`governance_reserve_logged`, `governance_settle_logged`, which call
+//!   `governance_reserve` and `governance_settle`).
+//! - Those statements are optimistic: `PgStore` seals the row after the head it last saw of the
+//!   chain (a per-chain cache, `postgres/heads.rs`, that every append it commits updates), and
+//!   the function appends it only if that is still the head under the head row's lock; a stale
+//!   head changes nothing and comes back to reseal against, and after three stale answers the
+//!   store falls back to a transaction that locks the head itself.
+//! - The cache is a hint: a wrong entry costs a round trip, never a wrong row; one-statement
+//!   appends of one process take turns per chain (waiting at most 20 ms), so they do not make
+//!   each other stale.
+//! - Locks are taken in one order on every path: a reservation or gate request row, then budget
+//!   counters, then the chain head, which is always the last row a transaction locks (appends,
+//!   gate decisions, imports, reservations and settlements alike; an import holds one chain's
+//!   head, and nothing else, from its first row to its commit); nothing waits for a counter or a
+//!   reservation while holding a head, so heads take part in no deadlock.
+//! - A SQLite file is created only when `StoreOptions::create_if_missing` asks for it
+//!   (`governance migrate`, `governance demo`, `migrate_on_connect(true)`, the CLI's local
+//!   database), by the store itself, exclusively, with mode 600 in directories it creates with
+//!   mode 700; SQLite is never let create one, so every other path refuses a missing file and
+//!   creates nothing.
+//! - Nothing migrates implicitly; `Store::migrate` runs only when asked (`governance migrate`,
+//!   `governance demo`, the test template, an SDK handle built with `migrate_on_connect(true)`)
+//!   or on the CLI's own local SQLite database, which no one else owns.
 
 pub mod backend;
 mod error;

@@ -91,7 +91,7 @@ async fn halt(
         .presence()
         .halt(&user.session.operator, &agent, form.reason()?)
         .await?;
-    Ok(Redirect::to(&format!("/agents?done=haltd+{agent}")))
+    Ok(Redirect::to(&format!("/agents?done=halted+{agent}")))
 }
 
 /// `POST /agents/{agent}/resume`.
