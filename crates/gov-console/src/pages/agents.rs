@@ -70,7 +70,7 @@ async fn list(
         .collect();
     render(&Agents {
         nav: Nav::of(&user),
-        flash: q.done,
+        flash: q.notice(),
         agents,
         can_decide: user.require_operator().is_ok(),
         csrf: user.session.csrf_token.clone(),

@@ -38,7 +38,7 @@ async fn list(
     let pending = state.gov.gates().pending().await?;
     render(&Approvals {
         nav: Nav::of(&user),
-        flash: q.done,
+        flash: q.notice(),
         pending: pending.iter().map(gate_view).collect(),
         can_decide: user.require_operator().is_ok(),
         csrf: user.session.csrf_token.clone(),

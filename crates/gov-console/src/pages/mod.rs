@@ -218,6 +218,25 @@ pub(crate) struct FlashQuery {
     done: Option<String>,
 }
 
+impl FlashQuery {
+    /// The notice to show: only one the console's own redirects write (`approved`, `denied`,
+    /// `halted AGENT`, `resumed AGENT`, `added USER`, `disabled USER`, `enabled USER`,
+    /// `USER is now ROLE`), never free text, so a link cannot make the console say something
+    /// it did not do ("all agents resumed").
+    pub(crate) fn notice(self) -> Option<String> {
+        let done = self.done?;
+        let words: Vec<&str> = done.split(' ').collect();
+        let id = |s: &str| gov_sdk::AgentId::new(s).is_ok();
+        let ok = match words.as_slice() {
+            ["approved" | "denied"] => true,
+            ["halted" | "resumed" | "added" | "disabled" | "enabled", who] => id(who),
+            [who, "is", "now", "viewer" | "operator" | "admin"] => id(who),
+            _ => false,
+        };
+        ok.then_some(done)
+    }
+}
+
 /// A form with a reason (halt, resume, approve, deny).
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReasonForm {

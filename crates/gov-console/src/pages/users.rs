@@ -66,7 +66,7 @@ async fn list(
         .collect();
     render(&Users {
         nav: Nav::of(&user),
-        flash: q.done,
+        flash: q.notice(),
         users,
         csrf: user.session.csrf_token.clone(),
     })

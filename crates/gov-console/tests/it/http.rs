@@ -352,6 +352,29 @@ async fn every_page_renders_for_every_role_and_only_admins_see_users() {
     let ada = c.login("ada").await;
     let users = c.get("/users", Some(&ada)).await;
     assert!(users.body.contains("vera") && !users.body.contains("$argon2"));
+    // The notice after a form is one the console writes, never text a link carries.
+    for (path, shown) in [
+        ("/agents?done=halted+pay-bot", Some("halted pay-bot")),
+        (
+            "/users?done=vera+is+now+operator",
+            Some("vera is now operator"),
+        ),
+        ("/approvals?done=approved", Some("approved")),
+        ("/agents?done=All+agents+were+resumed+by+security", None),
+        ("/agents?done=halted+%3Cb%3Ex%3C%2Fb%3E", None),
+        ("/approvals?done=approved+and+wired", None),
+    ] {
+        let r = c.get(path, Some(&ada)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        match shown {
+            Some(text) => assert!(
+                r.body.contains(&format!("<p class=\"flash\">{text}</p>")),
+                "{path}: {}",
+                r.body
+            ),
+            None => assert!(!r.body.contains("class=\"flash\""), "{path}: {}", r.body),
+        }
+    }
     c.gov.close().await;
 }
 
