@@ -20,6 +20,7 @@
 //! verification thread.
 
 mod backends;
+mod checks;
 mod console;
 mod llm;
 mod tlog;
@@ -153,6 +154,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(tlog::bench_alone())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench checks`: the cached scope and halt checks alone.
+    if args.first().map(String::as_str) == Some("checks") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(checks::bench())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
