@@ -14,7 +14,10 @@ use crate::{append, round};
 pub(crate) async fn figures(gov: &Governance, chain: &str) -> Result<serde_json::Value> {
     let signer = gov_sdk::Signer::load("ephemeral", "bench")?;
     let now = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
-    let period = Period { from: None, to: now };
+    let period = Period {
+        from: None,
+        to: now,
+    };
     eprintln!("bench: exporting an evidence bundle of chain {chain}");
     let start = Instant::now();
     let evidence = gov
