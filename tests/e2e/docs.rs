@@ -47,6 +47,8 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["rotate-chain-key"],
         &["checkpoint"],
         &["prove"],
+        &["evidence", "export"],
+        &["evidence", "verify"],
         &["export"],
         &["import"],
         &["console", "serve"],

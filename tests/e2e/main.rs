@@ -5,6 +5,7 @@ mod browser;
 mod checkpoint;
 mod demo;
 mod docs;
+mod evidence;
 mod export_import;
 mod faults;
 mod first_hour;

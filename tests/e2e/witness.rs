@@ -8,7 +8,7 @@ use std::io::BufRead as _;
 
 use crate::support::{bare_governance, governance, seed, verify};
 
-fn temp_dir() -> std::path::PathBuf {
+pub(crate) fn temp_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "gov-witness-{}-{}",
         std::process::id(),
@@ -18,7 +18,7 @@ fn temp_dir() -> std::path::PathBuf {
     dir
 }
 
-fn key_file(dir: &std::path::Path, name: &str, byte: &str) -> String {
+pub(crate) fn key_file(dir: &std::path::Path, name: &str, byte: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, byte.repeat(32)).expect("key");
     #[cfg(unix)]
@@ -30,7 +30,7 @@ fn key_file(dir: &std::path::Path, name: &str, byte: &str) -> String {
 }
 
 /// The witness process, killed when dropped.
-struct WitnessProcess(std::process::Child);
+pub(crate) struct WitnessProcess(std::process::Child);
 
 impl Drop for WitnessProcess {
     fn drop(&mut self) {
@@ -41,7 +41,7 @@ impl Drop for WitnessProcess {
 
 /// Starts a witness for `log=vkey` and returns it with `URL=VKEY` for `--witness`, once it
 /// printed its address (the readiness signal).
-fn start_witness(dir: &std::path::Path, log: &str) -> (WitnessProcess, String) {
+pub(crate) fn start_witness(dir: &std::path::Path, log: &str) -> (WitnessProcess, String) {
     let key = key_file(dir, "witness.key", "5c");
     let mut child = bare_governance()
         .args([
@@ -78,7 +78,11 @@ fn start_witness(dir: &std::path::Path, log: &str) -> (WitnessProcess, String) {
     (w, format!("{url}={vkey}"))
 }
 
-fn checkpoint(db: &gov_testdb::TestDb, key: &str, witness: Option<&str>) -> (i32, String, String) {
+pub(crate) fn checkpoint(
+    db: &gov_testdb::TestDb,
+    key: &str,
+    witness: Option<&str>,
+) -> (i32, String, String) {
     let mut cmd = governance(db);
     cmd.args(["checkpoint", "--signing-key", key, "--format", "note"])
         .args(["--log-name", "example.com/gov", "--json"]);

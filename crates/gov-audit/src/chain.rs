@@ -455,6 +455,117 @@ impl AuditLog {
         Ok((cp, note))
     }
 
+    /// What an evidence bundle of `chain`'s events in `period` is made of, from one pass over
+    /// the rows (docs/audit-chain.md, "The evidence bundle"): the rows from the period's first
+    /// event to its last, the checkpoint they are proven under, its note signed by `signer` (the
+    /// log key) and the stored witness cosignatures of it, and the range proof's hashes.
+    ///
+    /// The checkpoint is the largest tree size that witnesses cosigned (for the origin
+    /// `<log_name>/<chain>`) and that holds the last event, with its cosignatures; when none
+    /// does, the chain's head, with none. Its root is recomputed from the rows; a cosigned root
+    /// the rows no longer give is `cosignature_mismatch`, a stored cosignature that does not
+    /// verify `bad_cosignature`. Nothing is written.
+    pub async fn evidence(
+        &self,
+        chain: &str,
+        period: &crate::bundle::Period,
+        signer: &Signer,
+        log_name: &str,
+    ) -> Result<crate::bundle::Evidence, AuditError> {
+        use crate::note::{Note, SignatureLine, TYPE_COSIGNATURE_V1, TYPE_ED25519, Vkey};
+        let invalid = |e: crate::note::NoteError| AuditError::InvalidOptions(e.to_string());
+        let origin = crate::checkpoint::origin(log_name, chain).map_err(invalid)?;
+        let store = &self.inner.store;
+        let head = store
+            .chain_head(chain)
+            .await?
+            .ok_or_else(|| AuditError::NoSuchChain(chain.to_owned()))?;
+        let head_size = head.seq.max(0).unsigned_abs();
+        let cosigs: Vec<gov_store::CosignatureRow> = store
+            .cosignatures(chain)
+            .await?
+            .into_iter()
+            .filter(|c| c.origin == origin && c.tree_size >= 1)
+            .filter(|c| c.tree_size.unsigned_abs() <= head_size)
+            .collect();
+        let mut sizes: Vec<u64> = cosigs.iter().map(|c| c.tree_size.unsigned_abs()).collect();
+        sizes.push(head_size);
+        let rows = crate::proofs::range_from_rows(
+            store,
+            chain,
+            |r| period.contains(r.occurred_at),
+            &sizes,
+        )
+        .await?;
+        let Some(last) = rows.rows.last().map(|r| r.seq.unsigned_abs()) else {
+            return Err(AuditError::InvalidOptions(format!(
+                "chain {chain} holds no event in the period, so there is nothing to prove"
+            )));
+        };
+        let size = cosigs
+            .iter()
+            .map(|c| c.tree_size.unsigned_abs())
+            .filter(|s| *s >= last)
+            .max()
+            .unwrap_or(head_size);
+        let root = *rows
+            .roots
+            .get(&size)
+            .ok_or(AuditError::Internal("the root of the checkpoint's size"))?;
+        let signed =
+            crate::checkpoint::sign_note(signer, log_name, chain, size, root).map_err(invalid)?;
+        let mut note = Note::parse(&signed.note).map_err(invalid)?;
+        let mut witnesses: Vec<Vkey> = Vec::new();
+        let seq = i64::try_from(size).unwrap_or(i64::MAX);
+        for c in cosigs.iter().filter(|c| c.tree_size.unsigned_abs() == size) {
+            if !crate::witness::stored_cosignature_verifies(c) {
+                return Err(AuditError::ChainBroken(Finding {
+                    seq,
+                    reason: Reason::BadCosignature,
+                    detail: format!(
+                        "the stored cosignature of witness {} does not verify under the key stored with it",
+                        c.witness_name
+                    ),
+                }));
+            }
+            if c.root_hash.as_slice() != root.as_slice() {
+                return Err(AuditError::ChainBroken(Finding {
+                    seq,
+                    reason: Reason::CosignatureMismatch,
+                    detail: format!(
+                        "witness {} cosigned another root at tree size {size} than the rows give: the chain was rewritten up to there",
+                        c.witness_name
+                    ),
+                }));
+            }
+            let key = <[u8; 32]>::try_from(c.witness_key.as_slice())
+                .map_err(|_| AuditError::Internal("a stored witness key is not 32 bytes"))?;
+            let vkey = Vkey::new(&c.witness_name, TYPE_COSIGNATURE_V1, key).map_err(invalid)?;
+            if witnesses.contains(&vkey) {
+                continue;
+            }
+            let mut signature = c.cosigned_at.unsigned_abs().to_be_bytes().to_vec();
+            signature.extend_from_slice(&c.signature);
+            note.signatures.push(SignatureLine {
+                name: c.witness_name.clone(),
+                key_id: vkey.key_id(),
+                signature,
+            });
+            witnesses.push(vkey);
+        }
+        Ok(crate::bundle::Evidence {
+            chain_id: chain.to_owned(),
+            log: Vkey::new(&origin, TYPE_ED25519, signer.public_key()).map_err(invalid)?,
+            size,
+            root,
+            note: note.render(),
+            witnesses,
+            left: rows.left.clone(),
+            right: rows.right(size),
+            rows: rows.rows,
+        })
+    }
+
     /// Checks that `chain`'s stored rows still hold the head `cp` recorded, and that `cp` is
     /// signed by the key it names. `Ok(None)` when it holds. Whether that key is trusted (for
     /// instance registered) is for the caller to judge; see [`Self::signer_registered`].

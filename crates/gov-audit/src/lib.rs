@@ -10,6 +10,8 @@
 //! - [`proofs`]: the tree kept as tiles in the database, brought up to date lazily; proofs
 //!   from storage.
 //! - [`witness`]: the c2sp.org/tlog-witness decision and request body (pure).
+//! - [`dsse`]: DSSE envelopes (Dead Simple Signing Envelope) with Ed25519 (pure).
+//! - [`bundle`]: the offline evidence bundle: its format and its verification (pure).
 //! - [`AuditLog`]: appends with per-chain group commit; the only part that talks to storage,
 //!   and only through `gov_store::Store`'s typed methods.
 //!
@@ -43,9 +45,11 @@
 //!   once per chain and handle, cached only when it passes, and forgotten when the handle appends
 //!   a rotation marker itself.
 
+pub mod bundle;
 pub mod canonical;
 mod chain;
 pub mod checkpoint;
+pub mod dsse;
 pub mod keys;
 pub mod note;
 pub mod owner;

@@ -422,3 +422,128 @@ pub async fn roots_from_rows(
     }
     Ok(out)
 }
+
+/// Rows kept past the last matching row before they are dropped (and read again if a later row
+/// matches).
+const PENDING_ROWS: usize = 10_000;
+
+/// The rows of a range and what proves them, from one pass over the stored rows.
+#[derive(Debug, Clone, Default)]
+pub struct RangeRows {
+    /// The rows from the first matching row to the last, in seq order.
+    pub rows: Vec<AuditRecord>,
+    /// The perfect subtrees left of the first row (largest first).
+    pub left: Vec<Hash>,
+    /// The roots of the trees of the sizes asked for.
+    pub roots: HashMap<u64, Hash>,
+    /// Leaf hashes after the last row, up to the largest size asked for.
+    tail: Vec<Hash>,
+}
+
+impl RangeRows {
+    /// The perfect subtrees right of the rows up to `size` leaves (`size` at most the largest
+    /// size asked for, at least the last row's seq), left to right.
+    pub fn right(&self, size: u64) -> Vec<Hash> {
+        let end = self.rows.last().map_or(0, |r| r.seq.unsigned_abs());
+        tree::covering_subtrees(end, size)
+            .into_iter()
+            .filter_map(|(start, h)| {
+                let a = usize::try_from(start - end).ok()?;
+                Some(tree::root_of(self.tail.get(a..a + (1usize << h))?))
+            })
+            .collect()
+    }
+}
+
+/// One pass over rows 1 to the largest of `sizes` of `chain`, in seq order: the rows from the
+/// first that `matches` to the last that does (with every row between them), the hashes that
+/// prove them (left of them here, right of them with [`RangeRows::right`]) and the roots of the
+/// trees of `sizes`, recomputed from the rows, never from a tile. A row missing is
+/// `missing_row`. Memory: the range's rows, 32 bytes per row after it, and at most
+/// 10,000 rows past the last matching row (read again if a later row matches).
+pub async fn range_from_rows(
+    store: &Store,
+    chain: &str,
+    matches: impl Fn(&AuditRecord) -> bool,
+    sizes: &[u64],
+) -> Result<RangeRows, AuditError> {
+    let mut wanted: Vec<u64> = sizes.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let last = wanted.last().copied().unwrap_or(0);
+    let mut out = RangeRows::default();
+    let mut range = tree::CompactRange::default();
+    let mut wanted = wanted.into_iter().peekable();
+    while wanted.peek() == Some(&0) {
+        out.roots.insert(0, tree::empty_root());
+        wanted.next();
+    }
+    let mut started = false;
+    let mut pending: Vec<AuditRecord> = Vec::new();
+    let mut dropped = false;
+    let mut after = 0i64;
+    let gone = |seq: u64| {
+        missing(
+            seq,
+            "the row is missing, so the chain's tree cannot be built; run governance verify",
+        )
+    };
+    while range.size() < last {
+        let rows = store.read_chain_page(chain, after, ROOT_PAGE).await?;
+        if rows.is_empty() {
+            return Err(gone(range.size() + 1));
+        }
+        for r in rows {
+            if r.seq < 1 || r.seq.unsigned_abs() != range.size() + 1 {
+                return Err(gone(range.size() + 1));
+            }
+            after = r.seq;
+            let h = tree::leaf_hash(&tree::leaf_data(&r));
+            if matches(&r) {
+                if !started {
+                    started = true;
+                    out.left = range.hashes();
+                } else if dropped {
+                    let from = out.rows.last().map_or(0, |l| l.seq);
+                    let again = store.read_chain_window(chain, from, r.seq - 1).await?;
+                    let same = again.len() == out.tail.len()
+                        && again
+                            .iter()
+                            .zip(&out.tail)
+                            .all(|(a, t)| tree::leaf_hash(&tree::leaf_data(a)) == *t);
+                    if !same {
+                        return Err(corrupt(format!(
+                            "rows {}..{} of chain {chain} changed while they were read",
+                            from + 1,
+                            r.seq - 1
+                        )));
+                    }
+                    out.rows.extend(again);
+                } else {
+                    out.rows.append(&mut pending);
+                }
+                pending.clear();
+                dropped = false;
+                out.tail.clear();
+                out.rows.push(r);
+            } else if started {
+                out.tail.push(h);
+                if !dropped && pending.len() < PENDING_ROWS {
+                    pending.push(r);
+                } else {
+                    dropped = true;
+                    pending.clear();
+                }
+            }
+            range.push(h);
+            while wanted.peek() == Some(&range.size()) {
+                out.roots.insert(range.size(), range.root());
+                wanted.next();
+            }
+            if range.size() >= last {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

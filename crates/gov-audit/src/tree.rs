@@ -104,7 +104,11 @@ pub struct CompactRange {
 impl CompactRange {
     /// Appends the next leaf hash.
     pub fn push(&mut self, leaf: Hash) {
-        let mut cur = (0u32, leaf);
+        self.merge(0, leaf);
+    }
+
+    fn merge(&mut self, height: u32, hash: Hash) {
+        let mut cur = (height, hash);
         while let Some(&(h, left)) = self.stack.last() {
             if h != cur.0 {
                 break;
@@ -113,7 +117,36 @@ impl CompactRange {
             cur = (h + 1, node_hash(&left, &cur.1));
         }
         self.stack.push(cur);
-        self.size += 1;
+        self.size += 1u64 << height;
+    }
+
+    /// Appends the hash of a perfect subtree of `2^height` leaves. It must start where the
+    /// range ends, at a multiple of its width; otherwise nothing changes and `false` is returned.
+    pub fn push_subtree(&mut self, height: u32, hash: Hash) -> bool {
+        if height >= 63 || !self.size.is_multiple_of(1u64 << height) {
+            return false;
+        }
+        self.merge(height, hash);
+        true
+    }
+
+    /// The hashes of the perfect subtrees the leaves so far make, largest first: one per set
+    /// bit of the size (the left boundary of a range proof).
+    pub fn hashes(&self) -> Vec<Hash> {
+        self.stack.iter().map(|(_, h)| *h).collect()
+    }
+
+    /// The range of the first `size` leaves from [`CompactRange::hashes`] of it; `None` when
+    /// the number of hashes is not the number of set bits of `size`.
+    pub fn from_hashes(size: u64, hashes: &[Hash]) -> Option<Self> {
+        if hashes.len() != size.count_ones() as usize {
+            return None;
+        }
+        let heights = (0..64u32).rev().filter(|b| size & (1u64 << b) != 0);
+        Some(Self {
+            size,
+            stack: heights.zip(hashes.iter().copied()).collect(),
+        })
     }
 
     /// The number of leaves pushed.
@@ -132,6 +165,22 @@ impl CompactRange {
         }
         acc
     }
+}
+
+/// The perfect subtrees that cover the leaves `start..size` from the left, as (first leaf,
+/// height): each as large as its start's alignment and the size allow (the right boundary of a
+/// range proof, pushed with [`CompactRange::push_subtree`] after the range's leaves).
+pub fn covering_subtrees(start: u64, size: u64) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let mut p = start;
+    while p < size {
+        let align = if p == 0 { 63 } else { p.trailing_zeros() };
+        let fit = 63 - (size - p).leading_zeros();
+        let h = align.min(fit);
+        out.push((p, h));
+        p += 1u64 << h;
+    }
+    out
 }
 
 /// A perfect subtree: the `2^height` leaves from `index << height`, whose hash never changes
@@ -353,14 +402,14 @@ pub fn verify_consistency(
         .map_err(|e| ProofError::Mismatch(e.to_string()))
 }
 
-mod hex32 {
+pub(crate) mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    pub(super) fn serialize<S: Serializer>(h: &super::Hash, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(h: &super::Hash, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(h))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<super::Hash, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<super::Hash, D::Error> {
         let s = String::deserialize(d)?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(&s, &mut out).map_err(|_| D::Error::custom("not 32 bytes of hex"))?;
@@ -368,10 +417,10 @@ mod hex32 {
     }
 }
 
-mod hex32s {
+pub(crate) mod hex32s {
     use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq as _};
 
-    pub(super) fn serialize<S: Serializer>(v: &[super::Hash], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[super::Hash], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
         for h in v {
             seq.serialize_element(&hex::encode(h))?;
@@ -379,7 +428,7 @@ mod hex32s {
         seq.end()
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<super::Hash>, D::Error> {
         #[derive(Deserialize)]
@@ -388,14 +437,14 @@ mod hex32s {
     }
 }
 
-mod hexbytes {
+pub(crate) mod hexbytes {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         hex::decode(String::deserialize(d)?).map_err(|_| D::Error::custom("not hex"))
     }
 }
@@ -760,6 +809,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Any range of leaves, with the hashes left of it and the subtrees right of it, gives the
+    /// root of the whole tree.
+    #[test]
+    fn a_range_between_its_boundaries_gives_the_root() {
+        let leaves: Vec<Hash> = (0u32..40).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut prefixes = vec![CompactRange::default()];
+        for l in &leaves {
+            let mut next = prefixes[prefixes.len() - 1].clone();
+            next.push(*l);
+            prefixes.push(next);
+        }
+        for size in 1..=leaves.len() as u64 {
+            let want = root_of(&leaves[..size as usize]);
+            for a in 0..size {
+                for b in a + 1..=size {
+                    let prefix = &prefixes[a as usize];
+                    let mut r = CompactRange::from_hashes(a, &prefix.hashes()).expect("left");
+                    for l in &leaves[a as usize..b as usize] {
+                        r.push(*l);
+                    }
+                    for (start, h) in covering_subtrees(b, size) {
+                        let s = start as usize;
+                        let sub = root_of(&leaves[s..s + (1usize << h)]);
+                        assert!(r.push_subtree(h, sub), "aligned");
+                    }
+                    assert_eq!(r.size(), size);
+                    assert_eq!(r.root(), want, "{a}..{b} of {size}");
+                }
+            }
+        }
+        assert!(CompactRange::from_hashes(3, &[[0; 32]]).is_none());
+        let mut r = CompactRange::default();
+        r.push([0; 32]);
+        assert!(!r.push_subtree(1, [0; 32]), "not aligned");
     }
 
     #[test]

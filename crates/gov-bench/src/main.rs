@@ -9,7 +9,9 @@
 //! `gov-bench llm` runs it alone), and the audit and budget figures of the Postgres and SQLite
 //! backends side by side (`backends`, `backends.rs`; `gov-bench backends` runs it alone), and
 //! the Merkle tree's (`tlog`, `tlog.rs`: proof generation over 100,000 events, append
-//! throughput with and without the tree; `gov-bench tlog` runs it alone).
+//! throughput with and without the tree; `gov-bench tlog` runs it alone), and the offline
+//! evidence bundle's (`evidence_bundle`, `evidence.rs`: exporting and verifying a bundle of
+//! those 100,000 events; `gov-bench evidence` runs it alone).
 //! Prints one JSON object on stdout.
 //!
 //! Peak memory is measured in a child process (this binary again, with the hidden subcommand
@@ -22,6 +24,7 @@
 mod backends;
 mod checks;
 mod console;
+mod evidence;
 mod llm;
 mod tlog;
 
@@ -164,6 +167,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(checks::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench evidence`: the evidence bundle's figures alone.
+    if args.first().map(String::as_str) == Some("evidence") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(evidence::bench_alone())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -453,6 +466,8 @@ async fn bench() -> Result<()> {
 
     // The Merkle tree over the 100,000 events.
     let tlog = tlog::figures(&gov, db.url(), "verify").await?;
+    // The offline evidence bundle of those events.
+    let evidence = evidence::figures(&gov, "verify").await?;
 
     // One core against all, and peak memory, at 100,000 events and then at
     // 1,000,000 (last, so that the million rows weigh on no other figure).
@@ -483,6 +498,7 @@ async fn bench() -> Result<()> {
     let out = serde_json::json!({
         "llm_guarded_path": llm,
         "tlog": tlog,
+        "evidence_bundle": evidence,
         "backends": backends,
         "console": console,
         "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),

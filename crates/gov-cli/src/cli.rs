@@ -106,6 +106,11 @@ pub(crate) enum Command {
     /// when each is consistent with the last one it cosigned
     #[command(subcommand)]
     Witness(WitnessCommand),
+    /// Write an offline evidence bundle (export) of a period's events of a chain, proven in its
+    /// Merkle tree under a signed checkpoint with its witness cosignatures, and the Article 12
+    /// report, in one signed DSSE envelope; or check one with no database and no secret (verify)
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Print shell completions
     #[command(
         after_help = "Example:\n  governance completions bash > /etc/bash_completion.d/governance"
@@ -188,6 +193,68 @@ pub(crate) struct BudgetArgs {
     pub(crate) session: Option<String>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EvidenceCommand {
+    /// Write the bundle of --chain's events in the period to --output
+    #[command(
+        after_help = "Examples:\n  governance evidence export --from 2026-11-01 --to 2026-11-30 --chain billing \\\n    --signing-key file:///etc/governance/log.key --log-name example.com/governance --output nov.dsse.json\n\nThe checkpoint is the largest tree size witnesses cosigned (stored by `checkpoint --witness`) that holds the period's last event, with those cosignatures; else the chain's head, signed now with --signing-key (the log key; the envelope is signed with it too). Nothing is written to the database.\nThe chain is verified whole first (for the report), so the audit secret is needed.\nExit codes: 0 written, 1 the chain is tampered (nothing written), 2 usage or configuration (no key, no log name, no event in the period, unknown chain), 3 storage unreachable."
+    )]
+    Export(EvidenceExportArgs),
+    /// Check a bundle with no database and no secret, and say what it proves and what not
+    #[command(
+        after_help = "Examples:\n  governance evidence verify nov.dsse.json --log-key 'example.com/governance/billing+1a2b3c4d+AU…'\n  governance evidence verify nov.dsse.json --witness-key 'witness.example/w1+…' --json\n\nWithout --log-key the file is only shown to be internally consistent and signed by the key it carries. Each --witness-key must have cosigned the checkpoint. The HMAC seals are not re-checked (that needs the secret).\nExit codes: 0 the bundle verifies, 1 it does not (the reason is named), 2 usage or configuration (unreadable file, malformed key)."
+    )]
+    Verify(EvidenceVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvidenceExportArgs {
+    /// Start of the period, included: RFC 3339, a date (2026-11-01, UTC) or an age (30d);
+    /// default: the start of the record
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// End of the period, excluded: RFC 3339, a date (the whole day is included) or an age;
+    /// default: now
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// The chain
+    #[arg(long, default_value = "default")]
+    pub(crate) chain: String,
+    /// The log's Ed25519 key, which signs the checkpoint note and the envelope: file:///path
+    /// (hex seed or PKCS#8 PEM, mode 600), env://VAR or ephemeral
+    #[arg(
+        long,
+        env = "GOVERNANCE_SIGNING_KEY",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub(crate) signing_key: Option<String>,
+    /// The log's name: the checkpoint's origin is `<log name>/<chain>` (as for `checkpoint
+    /// --format note`)
+    #[arg(long, env = "GOVERNANCE_LOG_NAME", value_name = "NAME")]
+    pub(crate) log_name: Option<String>,
+    /// Write the bundle to this file (replaced whole, never left half-written)
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: PathBuf,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvidenceVerifyArgs {
+    /// The bundle file
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    /// The log's verifier key you hold (origin+keyid+base64(0x01 || key)): the envelope and the
+    /// checkpoint must be signed by it
+    #[arg(long, value_name = "VKEY")]
+    pub(crate) log_key: Option<String>,
+    /// A witness's verifier key (name+keyid+base64(0x04 || key)) that must have cosigned the
+    /// checkpoint; repeat for several
+    #[arg(long, value_name = "VKEY")]
+    pub(crate) witness_key: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

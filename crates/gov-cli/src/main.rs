@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Witness(cmd) => commands::witness::run(cmd, &out).await,
+            Command::Evidence(cmd) => commands::evidence::run(cmd, &cli.global, &out).await,
             Command::Completions(args) => commands::completions::run(args),
         }
     });

@@ -281,6 +281,29 @@ impl<'g> Audit<'g> {
             .await?)
     }
 
+    /// What an evidence bundle of `chain`'s events in `period` is made of (the rows from the
+    /// period's first event to its last, the checkpoint note at the largest witnessed tree size
+    /// that holds them, else at the head, signed by `signer` as the log key, with the stored
+    /// cosignatures of it, and the range proof's hashes), from one pass over the rows; nothing
+    /// is written. Add the Article 12 report and seal it with
+    /// [`gov_audit::bundle::Bundle::assemble`] and [`gov_audit::bundle::Bundle::seal`]
+    /// (docs/audit-chain.md, "The evidence bundle").
+    pub async fn evidence(
+        &self,
+        chain: &str,
+        period: &gov_audit::bundle::Period,
+        signer: &gov_audit::Signer,
+        log_name: &str,
+    ) -> Result<gov_audit::bundle::Evidence> {
+        gov_core::ChainId::new(chain)?;
+        Ok(self
+            .gov
+            .inner
+            .audit
+            .evidence(chain, period, signer, log_name)
+            .await?)
+    }
+
     /// The witness cosignatures stored for `chain`, by tree size.
     pub async fn cosignatures(&self, chain: &str) -> Result<Vec<gov_store::CosignatureRow>> {
         Ok(self.gov.inner.store.cosignatures(chain).await?)

@@ -125,7 +125,12 @@ pub use gov_audit::{
 // Types the SDK's public API reaches (`Error::Store`, `Error::Audit`, `VerifyOptions::validate`,
 // `Config::store`, `Config::audit`, `AuditSecret`'s derived keys), so that a host can name them
 // without depending on the lower crates.
+/// The offline evidence bundle: its format, sealing and verification, with no database and no
+/// secret (re-exported from gov-audit).
+pub use gov_audit::bundle;
 pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheckpoint};
+/// DSSE envelopes with Ed25519 (re-exported from gov-audit).
+pub use gov_audit::dsse;
 /// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
 pub use gov_audit::note;
 /// The chain's Merkle tree: leaf encoding, proofs and their offline verification (re-exported

@@ -45,7 +45,7 @@ fn form(args: &ReportArgs, json: bool) -> anyhow::Result<Format> {
 
 /// Now, or the time `SOURCE_DATE_EPOCH` (seconds since 1970, the reproducible-builds
 /// convention) gives, so that a report can be made again byte for byte.
-fn now() -> anyhow::Result<OffsetDateTime> {
+pub(crate) fn now() -> anyhow::Result<OffsetDateTime> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Err(_) => Ok(OffsetDateTime::now_utc()),
         Ok(text) => text
