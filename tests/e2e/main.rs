@@ -17,6 +17,7 @@ mod processes;
 mod prove;
 mod report;
 mod rotate;
+mod siem;
 mod spool;
 mod sqlite_files;
 mod support;

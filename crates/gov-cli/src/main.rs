@@ -61,6 +61,7 @@ fn main() -> ExitCode {
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Witness(cmd) => commands::witness::run(cmd, &out).await,
             Command::Evidence(cmd) => commands::evidence::run(cmd, &cli.global, &out).await,
+            Command::Siem(cmd) => commands::siem::run(cmd, &cli.global, &out).await,
             Command::Completions(args) => commands::completions::run(args),
         }
     });
@@ -83,6 +84,9 @@ fn kind_of(err: &anyhow::Error) -> ErrorKind {
         return e.kind();
     }
     if let Some(e) = err.downcast_ref::<gov_sdk::admin::transfer::TransferError>() {
+        return e.kind();
+    }
+    if let Some(e) = err.downcast_ref::<commands::siem::DeliveryError>() {
         return e.kind();
     }
     err.downcast_ref::<gov_sdk::Error>()

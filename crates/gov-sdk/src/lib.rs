@@ -97,6 +97,7 @@ mod operators;
 pub mod otel;
 mod presence;
 mod scope;
+pub mod siem;
 mod spool;
 mod tail;
 

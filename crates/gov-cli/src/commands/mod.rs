@@ -12,6 +12,7 @@ pub(crate) mod migrate;
 pub(crate) mod prove;
 pub(crate) mod report;
 pub(crate) mod rotate;
+pub(crate) mod siem;
 pub(crate) mod tail;
 pub(crate) mod verify;
 pub(crate) mod witness;
