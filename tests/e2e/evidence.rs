@@ -8,7 +8,7 @@ use std::path::Path;
 use assert_cmd::Command;
 use gov_sdk::{AuditEvent, Governance};
 
-use crate::support::{SECRET, bare_governance, governance, seed, tamper};
+use crate::support::{SECRET, bare_governance, governance, seed};
 use crate::witness::{WitnessProcess, checkpoint, key_file, start_witness, temp_dir};
 
 const LOG: &str = "example.com/gov";
@@ -248,11 +248,8 @@ async fn a_tampered_chain_or_an_empty_period_writes_no_bundle() {
         .arg(&file));
     assert_eq!(code, 2, "{stderr}");
     // A tampered chain: exit 1, nothing written.
-    tamper(
-        &db,
-        &["UPDATE audit_events SET payload = '{\"n\":99}' WHERE seq = 3"],
-    )
-    .await;
+    db.tamper(&["UPDATE audit_events SET payload = '{\"n\":99}' WHERE seq = 3"])
+        .await;
     let (code, _, stderr) = export(governance(&db), &key, &file, &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(!file.exists());
