@@ -7,7 +7,7 @@
 //! halt state cannot be read at all it refuses (fail closed). A heartbeat never clears a halt.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -16,30 +16,38 @@ use gov_core::{AgentId, AgentPresence, OperatorRole, PresenceState};
 
 use crate::{Error, Governance, Operator, Result};
 
+/// A map keyed by agent id, hashed with foldhash (the checks' lookups are on the hot path; the
+/// keys are ids the service chose, not an attacker's flood).
+pub(crate) type AgentMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Halt states by agent, with when each was read and the invalidation generation it was read in.
 #[derive(Debug, Default)]
 pub(crate) struct HaltCache {
-    map: Mutex<HashMap<String, (bool, Instant)>>,
+    map: RwLock<AgentMap<(bool, Instant)>>,
     generation: AtomicU64,
 }
 
 impl HaltCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AgentMap<(bool, Instant)>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AgentMap<(bool, Instant)>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn invalidate(&self, agent: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.lock().remove(agent);
+        self.write().remove(agent);
     }
 
     pub(crate) fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.lock().clear();
+        self.write().clear();
     }
 
     fn get(&self, agent: &str, ttl: std::time::Duration) -> Option<bool> {
-        self.lock()
+        self.read()
             .get(agent)
             .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(h, _)| *h)
@@ -47,7 +55,7 @@ impl HaltCache {
 
     /// Stores a value read in `generation`, unless an invalidation happened since.
     fn put(&self, agent: &str, halted: bool, generation: u64) {
-        let mut map = self.lock();
+        let mut map = self.write();
         if self.generation.load(Ordering::Acquire) == generation {
             map.insert(agent.to_owned(), (halted, Instant::now()));
         }
@@ -198,6 +206,24 @@ impl<'g> Presence<'g> {
     /// Refuses with [`Error::Halted`] when the agent is halted, and with
     /// [`Error::HaltStateUnknown`] when that cannot be established.
     pub async fn assert_not_halted(&self, agent: &str) -> Result<()> {
+        if self.not_halted_cached(agent) {
+            return Ok(());
+        }
+        // Everything else (a halt, a miss, an untrusted cache) reads storage; boxed, so the
+        // future of the cached answer above stays small.
+        Box::pin(self.assert_not_halted_slow(agent)).await
+    }
+
+    /// Whether the halt module is off, or the trusted cache says "not halted" (the hot path:
+    /// no storage, no allocation).
+    pub(crate) fn not_halted_cached(&self, agent: &str) -> bool {
+        let inner = &self.gov.inner;
+        !inner.config.modules.halts
+            || (inner.shared.healthy()
+                && inner.shared.halts.get(agent, inner.config.halt_cache_ttl) == Some(false))
+    }
+
+    async fn assert_not_halted_slow(&self, agent: &str) -> Result<()> {
         let inner = &self.gov.inner;
         if !inner.config.modules.halts {
             return Ok(());

@@ -4,31 +4,36 @@
 //! them (LISTEN/NOTIFY). A check is an in-memory lookup while the listener is healthy; otherwise
 //! it reads storage, and refuses when storage is out of reach.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use gov_core::events::{self, SystemEvent};
 use gov_core::{ScopeDenial, ScopePolicy};
 
+use crate::presence::AgentMap;
 use crate::{Error, Governance, Result};
 
 /// Policies by agent id, as last loaded.
 #[derive(Debug, Default)]
 pub(crate) struct ScopeCache {
-    map: RwLock<HashMap<String, Arc<ScopePolicy>>>,
+    map: RwLock<AgentMap<Arc<ScopePolicy>>>,
 }
 
 impl ScopeCache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ScopePolicy>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AgentMap<Arc<ScopePolicy>>> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ScopePolicy>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AgentMap<Arc<ScopePolicy>>> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn get(&self, agent: &str) -> Option<Arc<ScopePolicy>> {
         self.read().get(agent).cloned()
+    }
+
+    /// `f` of the agent's cached policy, under the read lock (no reference count touched).
+    fn with<R>(&self, agent: &str, f: impl FnOnce(Option<&ScopePolicy>) -> R) -> R {
+        f(self.read().get(agent).map(Arc::as_ref))
     }
 
     pub(crate) fn put(&self, agent: &str, policy: Option<ScopePolicy>) {
@@ -59,6 +64,18 @@ enum Target<'a> {
     Api(&'a str),
     /// An LLM call: provider and model.
     Model(&'a str, &'a str),
+}
+
+/// The verdict of `policy` (`None`: the agent has none) on `target`.
+fn judge(policy: Option<&ScopePolicy>, target: Target<'_>) -> std::result::Result<(), ScopeDenial> {
+    match (policy, target) {
+        (None, _) => Err(ScopeDenial::NoPolicy),
+        (Some(p), Target::Tool(t)) => p.check_tool(t),
+        (Some(p), Target::Api(a)) => p.check_api(a),
+        (Some(p), Target::Model(provider, model)) => p
+            .check_api(provider)
+            .or_else(|_| p.check_api(&format!("{provider}:{model}"))),
+    }
 }
 
 /// Scope policies of a [`Governance`] handle.
@@ -145,24 +162,38 @@ impl<'g> Scope<'g> {
     }
 
     async fn decide(&self, agent: &str, target: Target<'_>) -> Result<()> {
+        // The hot path: not halted and allowed, both from trusted caches, with no storage and
+        // no allocation. Anything else takes the full path below, boxed so that this future
+        // stays small.
+        let inner = &self.gov.inner;
+        if self.gov.presence().not_halted_cached(agent)
+            && (!inner.config.modules.scope
+                || (inner.shared.healthy()
+                    && inner.shared.scope.with(agent, |p| judge(p, target)).is_ok()))
+        {
+            return Ok(());
+        }
+        Box::pin(self.decide_slow(agent, target)).await
+    }
+
+    async fn decide_slow(&self, agent: &str, target: Target<'_>) -> Result<()> {
         // The halt check runs before every gate.
         self.gov.presence().assert_not_halted(agent).await?;
         if !self.gov.inner.config.modules.scope {
             return Ok(());
         }
-        let policy = match self.policy(agent).await {
-            Ok(p) => p,
-            // Storage out of reach while the cache is untrusted: refuse.
-            Err(e) if e.is_unavailable() => None,
-            Err(e) => return Err(e),
-        };
-        let verdict = match (&policy, target) {
-            (None, _) => Err(ScopeDenial::NoPolicy),
-            (Some(p), Target::Tool(t)) => p.check_tool(t),
-            (Some(p), Target::Api(a)) => p.check_api(a),
-            (Some(p), Target::Model(provider, model)) => p
-                .check_api(provider)
-                .or_else(|_| p.check_api(&format!("{provider}:{model}"))),
+        let shared = &self.gov.inner.shared;
+        let verdict = if shared.healthy() {
+            // The hot path: the cached policy, judged under the cache's read lock.
+            shared.scope.with(agent, |p| judge(p, target))
+        } else {
+            let policy = match self.policy(agent).await {
+                Ok(p) => p,
+                // Storage out of reach while the cache is untrusted: refuse.
+                Err(e) if e.is_unavailable() => None,
+                Err(e) => return Err(e),
+            };
+            judge(policy.as_deref(), target)
         };
         let Err(denial) = verdict else {
             return Ok(());
