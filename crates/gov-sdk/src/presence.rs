@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use gov_core::events::{self, SystemEvent};
 use gov_core::{AgentId, AgentPresence, OperatorRole, PresenceState};
@@ -20,19 +19,45 @@ use crate::{Error, Governance, Operator, Result};
 /// keys are ids the service chose, not an attacker's flood).
 pub(crate) type AgentMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
+/// A monotonic time in nanoseconds, cheap to read: on Linux the kernel's coarse monotonic
+/// clock (it advances by the scheduler's tick, a few milliseconds, and costs a few nanoseconds
+/// where the precise clock costs about 25), elsewhere the precise one. Cached halt answers are
+/// aged by it, so one lives at most `halt_cache_ttl` plus one tick.
+fn coarse_now_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        u64::try_from(
+            START
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+}
+
 /// Halt states by agent, with when each was read and the invalidation generation it was read in.
 #[derive(Debug, Default)]
 pub(crate) struct HaltCache {
-    map: RwLock<AgentMap<(bool, Instant)>>,
+    map: RwLock<AgentMap<(bool, u64)>>,
     generation: AtomicU64,
 }
 
 impl HaltCache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, AgentMap<(bool, Instant)>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AgentMap<(bool, u64)>> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AgentMap<(bool, Instant)>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AgentMap<(bool, u64)>> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -47,9 +72,11 @@ impl HaltCache {
     }
 
     fn get(&self, agent: &str, ttl: std::time::Duration) -> Option<bool> {
+        let now = coarse_now_ns();
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         self.read()
             .get(agent)
-            .filter(|(_, at)| at.elapsed() < ttl)
+            .filter(|(_, at)| now.saturating_sub(*at) < ttl)
             .map(|(h, _)| *h)
     }
 
@@ -57,7 +84,7 @@ impl HaltCache {
     fn put(&self, agent: &str, halted: bool, generation: u64) {
         let mut map = self.write();
         if self.generation.load(Ordering::Acquire) == generation {
-            map.insert(agent.to_owned(), (halted, Instant::now()));
+            map.insert(agent.to_owned(), (halted, coarse_now_ns()));
         }
     }
 }
