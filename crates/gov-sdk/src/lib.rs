@@ -84,6 +84,7 @@
 pub mod admin;
 mod audit;
 pub mod blocking;
+mod cache;
 mod config;
 mod contracts;
 mod cost;

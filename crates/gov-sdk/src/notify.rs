@@ -17,16 +17,15 @@ use std::time::{Duration, Instant};
 
 use gov_store::{GATE_CHANNEL, HALT_CHANNEL, Listener, Notice, POLICY_CHANNEL, Store};
 
-use crate::presence::HaltCache;
-use crate::scope::ScopeCache;
+use crate::cache::AgentCache;
 
 /// State shared between the handle and its listener task.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// Whether the listener is connected and the caches were rebuilt since it connected.
     pub(crate) healthy: AtomicBool,
-    pub(crate) scope: ScopeCache,
-    pub(crate) halts: HaltCache,
+    /// Scope policies and halt states by agent.
+    pub(crate) agents: AgentCache,
     /// Gate notifications (`<id>:<status>`), for `wait_for`.
     pub(crate) gates: tokio::sync::broadcast::Sender<String>,
     /// This handle's own channel, on which the watchdog proves the listener hears.
@@ -45,8 +44,7 @@ impl Default for Shared {
     fn default() -> Self {
         Self {
             healthy: AtomicBool::new(false),
-            scope: ScopeCache::default(),
-            halts: HaltCache::default(),
+            agents: AgentCache::default(),
             gates: tokio::sync::broadcast::channel(1_024).0,
             ping_channel: format!("gov_ping_{}", uuid::Uuid::now_v7().simple()),
             heard: Mutex::new((Instant::now(), String::new())),
@@ -62,8 +60,7 @@ impl Shared {
 
     /// Rebuilds every cache from storage.
     async fn resync(&self, store: &Store) -> gov_store::Result<()> {
-        self.halts.clear();
-        self.scope.replace_all(store.scope_policies().await?);
+        self.agents.reset(store.scope_policies().await?);
         Ok(())
     }
 
@@ -87,7 +84,7 @@ impl Shared {
         drop(self.heard(None));
         match channel {
             POLICY_CHANNEL => match store.scope_policy(payload).await {
-                Ok(p) => self.scope.put(payload, p),
+                Ok(p) => self.agents.put_policy(payload, p),
                 Err(e) => {
                     // The cache can no longer be trusted for this agent: drop its entry and
                     // let checks read storage until the next successful reload.
@@ -95,7 +92,7 @@ impl Shared {
                     self.healthy.store(false, Ordering::Release);
                 }
             },
-            HALT_CHANNEL => self.halts.invalidate(payload),
+            HALT_CHANNEL => self.agents.invalidate_halt(payload),
             GATE_CHANNEL => {
                 // No receiver is fine: nobody is waiting.
                 let _ = self.gates.send(payload.to_owned());
@@ -156,7 +153,7 @@ async fn watchdog(store: Store, shared: std::sync::Weak<Shared>) {
                 "the notification listener stopped hearing (a connection that went silent): reconnecting; checks read storage meanwhile"
             );
             sh.healthy.store(false, Ordering::Release);
-            sh.halts.clear();
+            sh.agents.clear_halts();
             sh.restart.notify_one();
         }
     }
@@ -212,7 +209,7 @@ async fn run(store: Store, shared: Arc<Shared>, mut listener: Option<Listener>) 
                     "notification listener lost its connection; checks read storage until it is back"
                 );
                 shared.healthy.store(false, Ordering::Release);
-                shared.halts.clear();
+                shared.agents.clear_halts();
                 listener = None;
             }
         }

@@ -6,88 +6,10 @@
 //! notification is lost; while the listener is down it reads storage each time; and when the
 //! halt state cannot be read at all it refuses (fail closed). A heartbeat never clears a halt.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use gov_core::events::{self, SystemEvent};
 use gov_core::{AgentId, AgentPresence, OperatorRole, PresenceState};
 
 use crate::{Error, Governance, Operator, Result};
-
-/// A map keyed by agent id, hashed with foldhash (the checks' lookups are on the hot path; the
-/// keys are ids the service chose, not an attacker's flood).
-pub(crate) type AgentMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
-
-/// A monotonic time in nanoseconds, cheap to read: on Linux the kernel's coarse monotonic
-/// clock (it advances by the scheduler's tick, a few milliseconds, and costs a few nanoseconds
-/// where the precise clock costs about 25), elsewhere the precise one. Cached halt answers are
-/// aged by it, so one lives at most `halt_cache_ttl` plus one tick.
-fn coarse_now_ns() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-        u64::try_from(t.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        u64::try_from(
-            START
-                .get_or_init(std::time::Instant::now)
-                .elapsed()
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
-    }
-}
-
-/// Halt states by agent, with when each was read and the invalidation generation it was read in.
-#[derive(Debug, Default)]
-pub(crate) struct HaltCache {
-    map: RwLock<AgentMap<(bool, u64)>>,
-    generation: AtomicU64,
-}
-
-impl HaltCache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, AgentMap<(bool, u64)>> {
-        self.map.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AgentMap<(bool, u64)>> {
-        self.map.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn invalidate(&self, agent: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.write().remove(agent);
-    }
-
-    pub(crate) fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.write().clear();
-    }
-
-    fn get(&self, agent: &str, ttl: std::time::Duration) -> Option<bool> {
-        let now = coarse_now_ns();
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        self.read()
-            .get(agent)
-            .filter(|(_, at)| now.saturating_sub(*at) < ttl)
-            .map(|(h, _)| *h)
-    }
-
-    /// Stores a value read in `generation`, unless an invalidation happened since.
-    fn put(&self, agent: &str, halted: bool, generation: u64) {
-        let mut map = self.write();
-        if self.generation.load(Ordering::Acquire) == generation {
-            map.insert(agent.to_owned(), (halted, coarse_now_ns()));
-        }
-    }
-}
 
 /// An agent's presence, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +85,7 @@ impl<'g> Presence<'g> {
         check_reason(reason)?;
         let inner = &self.gov.inner;
         let changed = inner.store.service_halt(agent, actor, reason).await?;
-        inner.shared.halts.invalidate(agent);
+        inner.shared.agents.invalidate_halt(agent);
         let event = events::AgentHalted(events::HaltChange {
             reason: reason.to_owned(),
             changed,
@@ -226,7 +148,7 @@ impl<'g> Presence<'g> {
                 &seal,
             )
             .await?;
-        inner.shared.halts.invalidate(agent);
+        inner.shared.agents.invalidate_halt(agent);
         Ok(changed)
     }
 
@@ -247,7 +169,7 @@ impl<'g> Presence<'g> {
         let inner = &self.gov.inner;
         !inner.config.modules.halts
             || (inner.shared.healthy()
-                && inner.shared.halts.get(agent, inner.config.halt_cache_ttl) == Some(false))
+                && inner.shared.agents.halt(agent, inner.config.halt_cache_ttl) == Some(false))
     }
 
     async fn assert_not_halted_slow(&self, agent: &str) -> Result<()> {
@@ -255,17 +177,17 @@ impl<'g> Presence<'g> {
         if !inner.config.modules.halts {
             return Ok(());
         }
-        let cache = &inner.shared.halts;
+        let cache = &inner.shared.agents;
         let ttl = inner.config.halt_cache_ttl;
         let trusted = inner.shared.healthy();
-        if trusted && let Some(halted) = cache.get(agent, ttl) {
+        if trusted && let Some(halted) = cache.halt(agent, ttl) {
             return if halted {
                 Err(self.halted_error(agent).await)
             } else {
                 Ok(())
             };
         }
-        let generation = cache.generation.load(Ordering::Acquire);
+        let generation = cache.halt_generation();
         let halted = inner
             .store
             .is_halted(agent)
@@ -275,7 +197,7 @@ impl<'g> Presence<'g> {
                 cause: e.to_string(),
             })?;
         if trusted {
-            cache.put(agent, halted, generation);
+            cache.put_halt(agent, halted, generation);
         }
         if halted {
             Err(self.halted_error(agent).await)

@@ -4,58 +4,13 @@
 //! them (LISTEN/NOTIFY). A check is an in-memory lookup while the listener is healthy; otherwise
 //! it reads storage, and refuses when storage is out of reach.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use gov_core::events::{self, SystemEvent};
 use gov_core::{ScopeDenial, ScopePolicy};
 
-use crate::presence::AgentMap;
+use crate::cache::Allowed;
 use crate::{Error, Governance, Result};
-
-/// Policies by agent id, as last loaded.
-#[derive(Debug, Default)]
-pub(crate) struct ScopeCache {
-    map: RwLock<AgentMap<Arc<ScopePolicy>>>,
-}
-
-impl ScopeCache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, AgentMap<Arc<ScopePolicy>>> {
-        self.map.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AgentMap<Arc<ScopePolicy>>> {
-        self.map.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn get(&self, agent: &str) -> Option<Arc<ScopePolicy>> {
-        self.read().get(agent).cloned()
-    }
-
-    /// `f` of the agent's cached policy, under the read lock (no reference count touched).
-    fn with<R>(&self, agent: &str, f: impl FnOnce(Option<&ScopePolicy>) -> R) -> R {
-        f(self.read().get(agent).map(Arc::as_ref))
-    }
-
-    pub(crate) fn put(&self, agent: &str, policy: Option<ScopePolicy>) {
-        let mut map = self.write();
-        match policy {
-            Some(p) => {
-                map.insert(agent.to_owned(), Arc::new(p));
-            }
-            None => {
-                map.remove(agent);
-            }
-        }
-    }
-
-    pub(crate) fn replace_all(&self, policies: Vec<ScopePolicy>) {
-        let fresh = policies
-            .into_iter()
-            .map(|p| (p.agent_id.as_str().to_owned(), Arc::new(p)))
-            .collect();
-        *self.write() = fresh;
-    }
-}
 
 /// What was checked.
 #[derive(Debug, Clone, Copy)]
@@ -94,14 +49,18 @@ impl<'g> Scope<'g> {
         self.gov.inner.store.put_scope_policy(&policy).await?;
         // Apply locally at once; the notification will confirm it.
         let agent = policy.agent_id.as_str().to_owned();
-        self.gov.inner.shared.scope.put(&agent, Some(policy));
+        self.gov
+            .inner
+            .shared
+            .agents
+            .put_policy(&agent, Some(policy));
         Ok(())
     }
 
     /// Removes an agent's policy: from then on it is denied everything.
     pub async fn unregister(&self, agent: &str) -> Result<bool> {
         let removed = self.gov.inner.store.delete_scope_policy(agent).await?;
-        self.gov.inner.shared.scope.put(agent, None);
+        self.gov.inner.shared.agents.put_policy(agent, None);
         Ok(removed)
     }
 
@@ -109,7 +68,7 @@ impl<'g> Scope<'g> {
     pub async fn policy(&self, agent: &str) -> Result<Option<Arc<ScopePolicy>>> {
         let shared = &self.gov.inner.shared;
         if shared.healthy() {
-            return Ok(shared.scope.get(agent));
+            return Ok(shared.agents.policy(agent));
         }
         Ok(self
             .gov
@@ -166,11 +125,16 @@ impl<'g> Scope<'g> {
         // no allocation. Anything else takes the full path below, boxed so that this future
         // stays small.
         let inner = &self.gov.inner;
-        if self.gov.presence().not_halted_cached(agent)
-            && (!inner.config.modules.scope
-                || (inner.shared.healthy()
-                    && inner.shared.scope.with(agent, |p| judge(p, target)).is_ok()))
-        {
+        let (halts, scope) = (inner.config.modules.halts, inner.config.modules.scope);
+        let allowed = |p: Option<&ScopePolicy>| judge(p, target).is_ok();
+        let passes = (!halts && !scope)
+            || (inner.shared.healthy()
+                && inner.shared.agents.passes(
+                    agent,
+                    halts.then_some(inner.config.halt_cache_ttl),
+                    scope.then_some(&allowed as &Allowed<'_>),
+                ));
+        if passes {
             return Ok(());
         }
         Box::pin(self.decide_slow(agent, target)).await
@@ -185,7 +149,7 @@ impl<'g> Scope<'g> {
         let shared = &self.gov.inner.shared;
         let verdict = if shared.healthy() {
             // The hot path: the cached policy, judged under the cache's read lock.
-            shared.scope.with(agent, |p| judge(p, target))
+            shared.agents.with_policy(agent, |p| judge(p, target))
         } else {
             let policy = match self.policy(agent).await {
                 Ok(p) => p,
