@@ -594,7 +594,7 @@ pub(crate) struct SiemExportArgs {
     /// Keep following new events until interrupted
     #[arg(long)]
     pub(crate) follow: bool,
-    /// The CloudEvents `source` (a URI-reference); default: /governance/<chain>
+    /// The CloudEvents `source` (a URI-reference); default: /governance/CHAIN (the chain id)
     #[arg(long, value_name = "URI")]
     pub(crate) source: Option<String>,
     /// Events per batch (per POST, and between cursor updates)
