@@ -20,7 +20,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("gov-console", &["gov-sdk", "gov-report"]),
     ("gov-cli", &["gov-sdk", "gov-report", "gov-console"]),
     ("gov-testdb", &["gov-core", "gov-audit", "gov-store"]),
-    ("gov-bench", &["gov-sdk", "gov-report", "gov-console", "gov-testdb"]),
+    (
+        "gov-bench",
+        &["gov-sdk", "gov-report", "gov-console", "gov-testdb"],
+    ),
     ("xtask", &[]),
 ];
 
