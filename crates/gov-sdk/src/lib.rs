@@ -93,6 +93,7 @@ pub mod llm;
 mod loops;
 mod notify;
 mod operators;
+mod personal;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod presence;
@@ -130,6 +131,9 @@ pub use gov_audit::{
 /// secret (re-exported from gov-audit).
 pub use gov_audit::bundle;
 pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheckpoint};
+/// Personal fields: the encrypted envelope and the markers erased and unreadable fields read as
+/// (re-exported from gov-audit).
+pub use gov_audit::personal::{ERASED, UNREADABLE};
 /// DSSE envelopes with Ed25519 (re-exported from gov-audit).
 pub use gov_audit::dsse;
 /// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
@@ -146,7 +150,7 @@ pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead, ChainId, EventCount,
     EventError, EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd,
-    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds,
+    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal, PresenceState, PresenceThresholds,
     PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{
@@ -176,6 +180,7 @@ struct Inner {
     config: Config,
     shared: Arc<notify::Shared>,
     approval_key: gov_audit::DerivedKey,
+    subjects: personal::Subjects,
     llm: llm::LlmState,
     spool: spool::Spool,
     /// The spool's replayer, awaited by `close`.
