@@ -505,7 +505,10 @@ mod tests {
             }]
         );
         assert!(holds_envelope(&e.payload));
-        assert_eq!(open_payload(&uuid::Uuid::nil(), r#"{"a":1}"#, |_, _| None), None);
+        assert_eq!(
+            open_payload(&uuid::Uuid::nil(), r#"{"a":1}"#, |_, _| None),
+            None
+        );
     }
 
     #[test]

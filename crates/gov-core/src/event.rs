@@ -266,9 +266,7 @@ fn check_personal(
 ) -> Result<Personal, EventError> {
     let (subject, mut fields) = p.map_err(EventError::Personal)?;
     AgentId::new(&subject).map_err(|e| match e {
-        IdError::Empty { .. } => IdError::Empty {
-            what: "subject id",
-        },
+        IdError::Empty { .. } => IdError::Empty { what: "subject id" },
         IdError::TooLong { len, max, .. } => IdError::TooLong {
             what: "subject id",
             len,
@@ -498,14 +496,43 @@ mod tests {
             .build()
             .unwrap();
         let p = e.personal.clone().unwrap();
-        assert_eq!((p.subject.as_str(), p.fields), ("u-1", vec!["email".to_owned(), "name".to_owned()]));
+        assert_eq!(
+            (p.subject.as_str(), p.fields),
+            ("u-1", vec!["email".to_owned(), "name".to_owned()])
+        );
         e.validate().unwrap();
         for (b, why) in [
-            (AuditEvent::builder("a", "user.signup").payload(json!({"a": 1})).personal("u", &["b"]), "top-level"),
-            (AuditEvent::builder("a", "user.signup").payload(json!([1])).personal("u", &["b"]), "object"),
-            (AuditEvent::builder("a", "user.signup").payload(json!({"a": 1})).personal("u", &["a"]).personal("v", &["a"]), "one subject"),
-            (AuditEvent::builder("a", "user.signup").payload(json!({"a": 1})).personal("j@x y", &["a"]), "subject id"),
-            (AuditEvent::builder("a", "user.signup").payload(json!({"a": {"$gov.enc": "v1"}})).personal("u", &["a"]), "envelope"),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": 1}))
+                    .personal("u", &["b"]),
+                "top-level",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!([1]))
+                    .personal("u", &["b"]),
+                "object",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": 1}))
+                    .personal("u", &["a"])
+                    .personal("v", &["a"]),
+                "one subject",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": 1}))
+                    .personal("j@x y", &["a"]),
+                "subject id",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": {"$gov.enc": "v1"}}))
+                    .personal("u", &["a"]),
+                "envelope",
+            ),
         ] {
             let err = b.build().unwrap_err();
             assert!(err.to_string().contains(why), "{err}");

@@ -89,10 +89,12 @@ impl<'g> Audit<'g> {
         // Only the SDK writes envelopes: a host's own value that looks like one would read as
         // erased or unreadable.
         if event.personal.is_none() && gov_audit::personal::holds_envelope(&event.payload) {
-            return Err(crate::Error::Event(gov_core::EventError::Personal(format!(
-                "a payload field holds a {:?} object, the form of an encrypted field; mark the field personal instead",
-                gov_core::ENVELOPE_TAG
-            ))));
+            return Err(crate::Error::Event(gov_core::EventError::Personal(
+                format!(
+                    "a payload field holds a {:?} object, the form of an encrypted field; mark the field personal instead",
+                    gov_core::ENVELOPE_TAG
+                ),
+            )));
         }
         self.record(event).await
     }
@@ -223,12 +225,7 @@ impl<'g> Audit<'g> {
     ///
     /// An operator action: on Postgres only the schema owner may (the application role cannot
     /// delete keys). Never spooled: fails when storage is out of reach.
-    pub async fn erase_subject(
-        &self,
-        subject: &str,
-        operator: &str,
-        reason: &str,
-    ) -> Result<u64> {
+    pub async fn erase_subject(&self, subject: &str, operator: &str, reason: &str) -> Result<u64> {
         use gov_core::events::SystemEvent as _;
         let make = |n: u64| {
             gov_core::events::SubjectErased {
@@ -248,10 +245,7 @@ impl<'g> Audit<'g> {
         gov_core::AgentId::new(subject)?;
         gov_core::AgentId::new(operator)?;
         let inner = &self.gov.inner;
-        inner
-            .audit
-            .ensure_writable(probe.chain_id.as_str())
-            .await?;
+        inner.audit.ensure_writable(probe.chain_id.as_str()).await?;
         let sealer = inner.audit.sealer();
         let seal = |r: &mut AuditRecord| sealer.seal(r);
         let build = |n: u64| make(n).map_err(|e| e.to_string());

@@ -93,9 +93,9 @@ pub mod llm;
 mod loops;
 mod notify;
 mod operators;
-mod personal;
 #[cfg(feature = "otel")]
 pub mod otel;
+mod personal;
 mod presence;
 mod scope;
 pub mod siem;
@@ -131,13 +131,13 @@ pub use gov_audit::{
 /// secret (re-exported from gov-audit).
 pub use gov_audit::bundle;
 pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheckpoint};
-/// Personal fields: the encrypted envelope and the markers erased and unreadable fields read as
-/// (re-exported from gov-audit).
-pub use gov_audit::personal::{ERASED, UNREADABLE};
 /// DSSE envelopes with Ed25519 (re-exported from gov-audit).
 pub use gov_audit::dsse;
 /// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
 pub use gov_audit::note;
+/// Personal fields: the encrypted envelope and the markers erased and unreadable fields read as
+/// (re-exported from gov-audit).
+pub use gov_audit::personal::{ERASED, UNREADABLE};
 /// The chain's Merkle tree: leaf encoding, proofs and their offline verification (re-exported
 /// from gov-audit).
 pub use gov_audit::tree;
@@ -150,8 +150,8 @@ pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead, ChainId, EventCount,
     EventError, EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd,
-    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal, PresenceState, PresenceThresholds,
-    PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
+    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal, PresenceState,
+    PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{
     Clock, CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions,

@@ -87,11 +87,11 @@ pub use types::{
     Privileges, Reserve,
 };
 
+pub use backend::ErasureEvent;
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
     SignerStore, SubjectStore, TreeStore,
 };
-pub use backend::ErasureEvent;
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
 /// deadline ([`StoreOptions::call_timeout`]).

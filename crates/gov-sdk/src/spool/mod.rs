@@ -438,7 +438,9 @@ async fn apply_one(gov: &Governance, record: &Record) -> crate::Result<Option<Ap
                     .map_err(|_| Error::Config("a spooled subject key is malformed".into()))?,
             };
             if !inner.store.put_subject_key(&row).await? {
-                tracing::info!("a spooled key was not stored: its data subject was erased meanwhile");
+                tracing::info!(
+                    "a spooled key was not stored: its data subject was erased meanwhile"
+                );
             }
             Ok(None)
         }

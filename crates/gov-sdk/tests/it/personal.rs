@@ -128,11 +128,21 @@ async fn personal_fields_are_stored_encrypted_read_back_and_erased(b: TestBacken
 
     // Nothing personal is stored in the clear.
     let raw = raw_bytes(&db).await;
-    for secret in ["ada@example", "Lovelace", "Ada King", "alan@example", "Turing"] {
+    for secret in [
+        "ada@example",
+        "Lovelace",
+        "Ada King",
+        "alan@example",
+        "Turing",
+    ] {
         assert!(!contains(&raw, secret), "{secret} is stored in the clear");
     }
     let stored = sealed(&gov).await;
-    assert!(stored[0].payload.contains("\"$gov.enc\":\"v1\""), "{}", stored[0].payload);
+    assert!(
+        stored[0].payload.contains("\"$gov.enc\":\"v1\""),
+        "{}",
+        stored[0].payload
+    );
     assert!(stored[0].payload.contains("\"plan\":\"pro\""));
 
     // Read back opened.
@@ -157,7 +167,11 @@ async fn personal_fields_are_stored_encrypted_read_back_and_erased(b: TestBacken
         json!({"email": ERASED, "name": ERASED, "plan": "pro"})
     );
     assert_eq!(payload(&read[2])["email"], ERASED);
-    assert_eq!(payload(&read[1])["email"], "alan@example.org", "u-2 untouched");
+    assert_eq!(
+        payload(&read[1])["email"],
+        "alan@example.org",
+        "u-2 untouched"
+    );
     let erased = read.last().expect("the erasure event");
     assert_eq!(erased.kind, "subject.erased");
     assert_eq!(

@@ -927,7 +927,14 @@ async fn a_personal_field_spooled_in_an_outage_reads_back_or_stays_erased() {
         .connect()
         .await
         .unwrap();
-    assert!(gov.audit().log(event("before", 0)).await.unwrap().seq().is_some());
+    assert!(
+        gov.audit()
+            .log(event("before", 0))
+            .await
+            .unwrap()
+            .seq()
+            .is_some()
+    );
     let signup = |subject: &str, email: &str| {
         AuditEvent::builder("signup-agent", "user.signup")
             .payload(serde_json::json!({ "email": email, "n": 0 }))
@@ -937,12 +944,22 @@ async fn a_personal_field_spooled_in_an_outage_reads_back_or_stays_erased() {
     };
     proxy.cut();
     for (s, email) in [("u-7", "grace@example.org"), ("u-8", "edsger@example.org")] {
-        let at = gov.audit().log(signup(s, email)).await.expect("log never fails");
+        let at = gov
+            .audit()
+            .log(signup(s, email))
+            .await
+            .expect("log never fails");
         assert!(at.seq().is_none(), "spooled while storage is cut off");
     }
     let bytes = files_under(&root.0);
-    assert!(!bytes.windows(7).any(|w| w == b"example"), "no plaintext in the spool");
-    assert!(bytes.windows(11).any(|w| w == b"subject_key"), "the keys travel in the spool");
+    assert!(
+        !bytes.windows(7).any(|w| w == b"example"),
+        "no plaintext in the spool"
+    );
+    assert!(
+        bytes.windows(11).any(|w| w == b"subject_key"),
+        "the keys travel in the spool"
+    );
     // Meanwhile an operator erases u-8 (straight to the database).
     let owner = Governance::builder()
         .database_url(db.url())
@@ -951,7 +968,14 @@ async fn a_personal_field_spooled_in_an_outage_reads_back_or_stays_erased() {
         .connect()
         .await
         .unwrap();
-    assert_eq!(owner.audit().erase_subject("u-8", "alice", "request").await.unwrap(), 0);
+    assert_eq!(
+        owner
+            .audit()
+            .erase_subject("u-8", "alice", "request")
+            .await
+            .unwrap(),
+        0
+    );
     proxy.restore();
     drained(&gov, Duration::from_secs(60)).await;
     let rows = gov.audit().events(&Default::default()).await.unwrap();
@@ -960,7 +984,13 @@ async fn a_personal_field_spooled_in_an_outage_reads_back_or_stays_erased() {
         .filter(|r| r.kind == "user.signup")
         .map(|r| r.payload_json().unwrap()["email"].clone())
         .collect();
-    assert_eq!(signups, [serde_json::json!("grace@example.org"), serde_json::json!(gov_sdk::ERASED)]);
+    assert_eq!(
+        signups,
+        [
+            serde_json::json!("grace@example.org"),
+            serde_json::json!(gov_sdk::ERASED)
+        ]
+    );
     assert!(gov.audit().verify_chain().await.unwrap().is_clean());
     gov.close().await;
     owner.close().await;

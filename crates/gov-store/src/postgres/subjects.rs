@@ -70,12 +70,14 @@ impl SubjectStore for PgStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<u64> {
-        let denied = |e: sqlx::Error| match StoreError::from(e) {
+        let denied = |e: sqlx::Error| {
+            match StoreError::from(e) {
             StoreError::PermissionDenied(_) => StoreError::PermissionDenied(
                 "only the schema owner may erase a data subject; the application role cannot delete keys"
                     .into(),
             ),
             other => other,
+        }
         };
         let mut tx = self.pool().begin().await?;
         // language=PostgreSQL
