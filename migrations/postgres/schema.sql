@@ -498,6 +498,22 @@ BEGIN
 END;
 $function$
 
+-- governance_subject_key_guard()
+CREATE OR REPLACE FUNCTION public.governance_subject_key_guard()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('governance/subject/' || NEW.subject, 0));
+    IF EXISTS (SELECT 1 FROM erased_subjects WHERE subject = NEW.subject) THEN
+        RAISE EXCEPTION 'the data subject was erased: no key may be stored for it'
+            USING ERRCODE = 'GV001';
+    END IF;
+    RETURN NEW;
+END;
+$function$
+
 -- governance_track(text,text,text,bigint,bigint,bigint,bigint,timestamp with time zone)
 CREATE OR REPLACE FUNCTION public.governance_track(p_agent text, p_session text, p_model text, p_micros bigint, p_input bigint, p_output bigint, p_cached bigint, p_now timestamp with time zone)
  RETURNS void

@@ -254,3 +254,82 @@ async fn a_tampered_chain_or_an_empty_period_writes_no_bundle() {
     assert_eq!(code, 1, "{stderr}");
     assert!(!file.exists());
 }
+
+/// Crypto-shredding as an operator runs it: `governance erase` destroys a subject's keys; the
+/// bundle exported before still verifies offline, `governance verify` stays clean, a bundle
+/// exported after verifies too, and `tail` shows the fields as erased.
+#[tokio::test]
+async fn an_erasure_leaves_verify_and_bundles_passing_and_the_data_unreadable() {
+    let dir = temp_dir();
+    let url = format!("sqlite://{}", dir.join("gov.db").display());
+    let at = || {
+        let mut cmd = Command::from_std(bare_governance());
+        cmd.env("GOVERNANCE_DATABASE_URL", &url)
+            .env("GOVERNANCE_AUDIT_SECRET", SECRET);
+        cmd
+    };
+    assert_eq!(run(at().arg("migrate")).0, 0);
+    let gov = Governance::builder()
+        .database_url(&url)
+        .audit_secret(SECRET)
+        .spool(false)
+        .connect()
+        .await
+        .expect("connect");
+    for (i, subject) in ["u-1", "u-2", "u-1"].iter().enumerate() {
+        let ev = AuditEvent::builder("signup-agent", "user.signup")
+            .payload(serde_json::json!({ "email": format!("person{i}@example.org"), "n": i }))
+            .personal(subject, &["email"])
+            .build()
+            .expect("event");
+        gov.audit().log(ev).await.expect("log");
+    }
+    gov.close().await;
+    let key = key_file(&dir, "log.key", "a7");
+    let before = dir.join("before.dsse.json");
+    let (code, json, stderr) = export(at(), &key, &before, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let vkey = json["log_vkey"].as_str().expect("vkey").to_owned();
+
+    let (code, stdout, stderr) = run(at().args([
+        "erase",
+        "--subject",
+        "u-1",
+        "--reason",
+        "GDPR Art. 17 request 1234",
+        "--operator",
+        "alice",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(out["keys_destroyed"], 1, "{out}");
+
+    let (code, stdout, stderr) = run(at().arg("verify"));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, _, stderr) = check(&before, &["--log-key", &vkey]);
+    assert_eq!(code, 0, "the bundle exported before the erasure: {stderr}");
+    let after = dir.join("after.dsse.json");
+    let (code, json, stderr) = export(at(), &key, &after, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json["events"], 4, "{json}");
+    let (code, _, stderr) = check(&after, &["--log-key", &vkey]);
+    assert_eq!(code, 0, "the bundle exported after the erasure: {stderr}");
+    let after_text = std::fs::read_to_string(&after).expect("bundle");
+    assert!(
+        !after_text.contains("example.org"),
+        "no plaintext in a bundle"
+    );
+
+    let (code, stdout, stderr) =
+        run(at().args(["tail", "--json", "--since", "1d", "--limit", "4"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("person1@example.org"),
+        "u-2 readable: {stdout}"
+    );
+    assert!(!stdout.contains("person0@example.org"), "{stdout}");
+    assert!(!stdout.contains("person2@example.org"), "{stdout}");
+    assert!(stdout.contains(gov_sdk::ERASED), "{stdout}");
+    assert!(stdout.contains("subject.erased"), "{stdout}");
+}

@@ -60,7 +60,7 @@ pub struct Appended {
 /// an earlier one).
 enum Job {
     One {
-        event: AuditEvent,
+        event: Box<AuditEvent>,
         done: oneshot::Sender<Result<Appended, AuditError>>,
     },
     All {
@@ -178,9 +178,12 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AuditError> {
         let (done, wait) = oneshot::channel();
         let tx = self.writer(event.chain_id.as_str());
-        tx.send(Job::One { event, done })
-            .await
-            .map_err(|_| AuditError::WriterStopped)?;
+        tx.send(Job::One {
+            event: Box::new(event),
+            done,
+        })
+        .await
+        .map_err(|_| AuditError::WriterStopped)?;
         wait.await.map_err(|_| AuditError::WriterStopped)?
     }
 
@@ -670,7 +673,7 @@ async fn run_writer(
     let mut waiters = Vec::with_capacity(opts.max_batch_events);
     let take = |job: Job, events: &mut Vec<AuditEvent>, waiters: &mut Vec<Waiter>| match job {
         Job::One { event, done } => {
-            events.push(event);
+            events.push(*event);
             waiters.push(Waiter::One(done));
         }
         Job::All { events: all, done } => {

@@ -29,6 +29,7 @@ const LABEL_REPORT: &[u8] = b"governance/v1/report-signing";
 const LABEL_FINGERPRINT: &[u8] = b"governance/v1/key-fingerprint";
 const LABEL_COVERAGE_HOST: &[u8] = b"governance/v1/coverage-host";
 const LABEL_SPOOL: &[u8] = b"governance/v1/spool-record";
+const LABEL_SUBJECT_KEK: &[u8] = b"governance/v1/subject-key-wrap";
 
 const HOW_TO: &str =
     "generate one with `openssl rand -hex 32` and set GOVERNANCE_AUDIT_SECRET to it";
@@ -158,6 +159,12 @@ impl AuditSecret {
     /// spool folder by anyone without the secret is never replayed into the chain.
     pub fn spool_key(&self) -> DerivedKey {
         DerivedKey(*self.derive(LABEL_SPOOL))
+    }
+
+    /// The key-encryption key that wraps data subjects' keys in `subject_keys`
+    /// ([`crate::personal`]), so that a copy of the database alone reveals no personal field.
+    pub fn subject_kek(&self) -> crate::personal::Kek {
+        crate::personal::Kek::new(&self.derive(LABEL_SUBJECT_KEK))
     }
 }
 

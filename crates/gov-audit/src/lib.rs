@@ -53,6 +53,7 @@ pub mod dsse;
 pub mod keys;
 pub mod note;
 pub mod owner;
+pub mod personal;
 pub mod proofs;
 pub mod rotation;
 pub mod signing;

@@ -75,6 +75,11 @@ pub(crate) enum Command {
         after_help = "Examples:\n  GOVERNANCE_AUDIT_SECRET_NEW=$(cat new.key) governance rotate-chain-key --operator alice\n  openssl rand -hex 32 | tee new.key | governance rotate-chain-key --chain billing --reason \"yearly rotation\"\n\nThe old secret is the current one (GOVERNANCE_AUDIT_SECRET or --audit-secret-file); the new one comes from GOVERNANCE_AUDIT_SECRET_NEW, else the first line of standard input, never from the command line.\nEach chain is verified first and is not rotated when it is tampered. Afterwards, run every writer with GOVERNANCE_AUDIT_SECRET=<new> and GOVERNANCE_AUDIT_SECRET_PREVIOUS=<old>.\nExit codes: 0 rotated, 1 a chain is tampered (nothing rotated), 2 usage or configuration (including a chain the current secret cannot check: nothing rotated), 3 storage unreachable."
     )]
     RotateChainKey(RotateArgs),
+    /// Erase a data subject: destroy its keys, so its personal fields read as erased; record the erasure
+    #[command(
+        after_help = "Examples:\n  governance erase --subject 0f9c2a4e-user --reason \"GDPR Art. 17 request #1234\" --operator alice\n\nThe subject's personal fields stay in the chain as ciphertext nobody can read; the events, their seals, proofs and evidence bundles stay valid. The erasure is recorded as a subject.erased event, and no key is ever stored for the subject again.\nRun it with the schema owner's URL: the application role cannot delete keys.\nExit codes: 0 erased, 2 usage or configuration (including a role that may not erase), 3 storage unreachable."
+    )]
+    Erase(EraseArgs),
     /// Sign each chain's head with Ed25519, store it and print it (keep the output away from the database)
     #[command(
         after_help = "Examples:\n  governance checkpoint --signing-key file:///etc/governance/operator.key --output heads.json\n  GOVERNANCE_SIGNING_KEY=env://OPERATOR_KEY governance checkpoint --chain billing\n\nLater, `governance verify --checkpoint heads.json` proves the chains still extend those heads:\na cut tail or a chain rebuilt without the signing key fails.\nExit codes: 0 signed, 2 usage or configuration (no key, unreadable key, no such chain), 3 storage unreachable."
@@ -440,6 +445,21 @@ pub(crate) struct RotateArgs {
     /// Why (recorded in the marker)
     #[arg(long, default_value = "scheduled rotation")]
     pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EraseArgs {
+    /// The data subject (the pseudonymous id its events were marked with)
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// Why (recorded in the erasure event: the request or its legal basis)
+    #[arg(long)]
+    pub(crate) reason: String,
+    /// Who erases (recorded in the erasure event)
+    #[arg(long, default_value = "operator")]
+    pub(crate) operator: String,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

@@ -86,4 +86,8 @@ pub enum EventError {
     /// The payload could not be put in canonical form (RFC 8785).
     #[error("event payload cannot be canonicalised (RFC 8785): {0}")]
     NotCanonical(String),
+    /// The fields marked personal do not fit the payload (a field that is not a top-level key,
+    /// two subjects on one event, a payload that is not an object).
+    #[error("personal fields: {0}")]
+    Personal(String),
 }

@@ -2,6 +2,13 @@
 //!
 //! The payload is turned into canonical JSON (RFC 8785, JCS) when the event is built; that exact
 //! text is what the chain hashes and stores, byte for byte.
+//!
+//! Top-level payload fields may be marked personal for one data subject
+//! ([`AuditEventBuilder::personal`]). The marking travels with the event as [`Personal`]; the SDK
+//! replaces each marked field by its encrypted envelope (under that subject's key) before the
+//! event is sealed, spooled or stored, and clears the marking, so an event that reaches the
+//! chain never carries one. The subject id is an opaque pseudonym chosen by the service (a
+//! user's UUID): it stays readable in the chain, so it must not itself be personal data.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,6 +44,20 @@ pub struct AuditEvent {
     pub parent_event_id: Option<EventId>,
     /// The payload as canonical JSON text (RFC 8785).
     pub payload: String,
+    /// Top-level payload fields holding a data subject's personal data, still in plaintext:
+    /// the SDK encrypts them before the event goes anywhere (then this is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal: Option<Personal>,
+}
+
+/// The payload fields of an event that hold one data subject's personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Personal {
+    /// The data subject: an opaque pseudonymous id chosen by the service, never personal data
+    /// itself (it stays readable in the chain after an erasure).
+    pub subject: String,
+    /// The top-level payload fields, sorted, without duplicates.
+    pub fields: Vec<String>,
 }
 
 impl AuditEvent {
@@ -52,7 +73,15 @@ impl AuditEvent {
             payload: Ok(Value::Object(Default::default())),
             occurred_at: None,
             event_id: None,
+            personal: None,
         }
+    }
+
+    /// Replaces the payload by `value` in canonical form, with the builder's size, depth and
+    /// integer checks (the SDK uses it to put encrypted envelopes in place of personal fields).
+    pub fn set_payload_value(&mut self, value: &Value) -> Result<(), EventError> {
+        self.payload = canonical_payload(value)?;
+        Ok(())
     }
 }
 
@@ -78,6 +107,10 @@ impl AuditEvent {
         }
         if let Some(p) = self.parent_event_id {
             b = b.parent(p);
+        }
+        if let Some(p) = &self.personal {
+            let fields: Vec<&str> = p.fields.iter().map(String::as_str).collect();
+            b = b.personal(&p.subject, &fields);
         }
         let rebuilt = b.build()?;
         if rebuilt.payload != self.payload {
@@ -107,9 +140,29 @@ pub struct AuditEventBuilder {
     payload: Result<Value, String>,
     occurred_at: Option<OffsetDateTime>,
     event_id: Option<EventId>,
+    personal: Option<Result<(String, Vec<String>), String>>,
 }
 
 impl AuditEventBuilder {
+    /// Marks top-level payload `fields` as personal data of `subject` (an opaque pseudonymous
+    /// id, such as a user's UUID, never an e-mail address or a name: it stays readable). The
+    /// SDK stores each marked field encrypted under a key of that subject, which
+    /// `governance erase --subject` destroys; the rest of the event stays readable and sealed.
+    /// Calling it again for the same subject adds fields; one event holds one subject.
+    pub fn personal(mut self, subject: impl AsRef<str>, fields: &[&str]) -> Self {
+        let subject = subject.as_ref().to_owned();
+        self.personal = Some(match self.personal.take() {
+            None => Ok((subject, fields.iter().map(|f| (*f).to_owned()).collect())),
+            Some(Ok((s, mut f))) if s == subject => {
+                f.extend(fields.iter().map(|f| (*f).to_owned()));
+                Ok((s, f))
+            }
+            Some(Ok(_)) => Err("an event holds the personal data of one subject only".into()),
+            Some(Err(e)) => Err(e),
+        });
+        self
+    }
+
     /// Sets the chain (default `default`).
     pub fn chain(mut self, chain_id: impl AsRef<str>) -> Self {
         self.chain_id = Some(chain_id.as_ref().to_owned());
@@ -183,6 +236,10 @@ impl AuditEventBuilder {
             None => None,
         };
         let value = self.payload.map_err(EventError::NotCanonical)?;
+        let personal = self
+            .personal
+            .map(|p| check_personal(p, &value))
+            .transpose()?;
         let payload = canonical_payload(&value)?;
         let occurred_at =
             truncate_to_micros(self.occurred_at.unwrap_or_else(OffsetDateTime::now_utc));
@@ -196,9 +253,63 @@ impl AuditEventBuilder {
             actor,
             parent_event_id: self.parent,
             payload,
+            personal,
         })
     }
 }
+
+/// Checks the personal marking against the payload: a valid subject id, and fields that are
+/// top-level keys of an object payload, none already an encrypted envelope.
+fn check_personal(
+    p: Result<(String, Vec<String>), String>,
+    payload: &Value,
+) -> Result<Personal, EventError> {
+    let (subject, mut fields) = p.map_err(EventError::Personal)?;
+    AgentId::new(&subject).map_err(|e| match e {
+        IdError::Empty { .. } => IdError::Empty { what: "subject id" },
+        IdError::TooLong { len, max, .. } => IdError::TooLong {
+            what: "subject id",
+            len,
+            max,
+        },
+        IdError::BadChar { ch, pos, .. } => IdError::BadChar {
+            what: "subject id",
+            ch,
+            pos,
+        },
+        other => other,
+    })?;
+    fields.sort_unstable();
+    fields.dedup();
+    if fields.is_empty() {
+        return Err(EventError::Personal("no field is marked".into()));
+    }
+    let Value::Object(map) = payload else {
+        return Err(EventError::Personal(
+            "the payload is not a JSON object".into(),
+        ));
+    };
+    for f in &fields {
+        match map.get(f) {
+            None => {
+                return Err(EventError::Personal(format!(
+                    "{f:?} is not a top-level field of the payload"
+                )));
+            }
+            Some(Value::Object(o)) if o.contains_key(ENVELOPE_TAG) => {
+                return Err(EventError::Personal(format!(
+                    "{f:?} already holds an encrypted envelope"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Personal { subject, fields })
+}
+
+/// The key that marks a payload value as an encrypted envelope (docs/audit-chain.md,
+/// "Personal fields").
+pub const ENVELOPE_TAG: &str = "$gov.enc";
 
 /// Truncates a time to microsecond precision, the precision the chain stores.
 fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
@@ -374,6 +485,58 @@ mod tests {
         let mut bad = e;
         bad.occurred_at += time::Duration::nanoseconds(1);
         assert!(bad.validate().is_err(), "sub-microsecond time");
+    }
+
+    #[test]
+    fn personal_fields_are_checked_and_travel_with_the_event() {
+        let e = AuditEvent::builder("a", "user.signup")
+            .payload(json!({"email": "x@example.org", "name": "X", "plan": "pro"}))
+            .personal("u-1", &["name", "email"])
+            .personal("u-1", &["email"])
+            .build()
+            .unwrap();
+        let p = e.personal.clone().unwrap();
+        assert_eq!(
+            (p.subject.as_str(), p.fields),
+            ("u-1", vec!["email".to_owned(), "name".to_owned()])
+        );
+        e.validate().unwrap();
+        for (b, why) in [
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": 1}))
+                    .personal("u", &["b"]),
+                "top-level",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!([1]))
+                    .personal("u", &["b"]),
+                "object",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": 1}))
+                    .personal("u", &["a"])
+                    .personal("v", &["a"]),
+                "one subject",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": 1}))
+                    .personal("j@x y", &["a"]),
+                "subject id",
+            ),
+            (
+                AuditEvent::builder("a", "user.signup")
+                    .payload(json!({"a": {"$gov.enc": "v1"}}))
+                    .personal("u", &["a"]),
+                "envelope",
+            ),
+        ] {
+            let err = b.build().unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -87,6 +87,8 @@ kinds! {
     LlmObserved = "llm.observed",
     /// The chain's sealing key changed (a marker sealed by the old key).
     ChainKeyRotated = "chain.key_rotated",
+    /// A data subject's keys were destroyed: their personal fields are unreadable from now on.
+    SubjectErased = "subject.erased",
 }
 
 /// Namespaces (first segment of a kind) that belong to governance: a host may not log any kind
@@ -102,6 +104,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "loop",
     "operator",
     "scope",
+    "subject",
 ];
 
 /// Whether `kind` is reserved for governance's own paths: a system kind, or any kind in a
@@ -492,6 +495,26 @@ pub struct ChainKeyRotated {
     pub version: u64,
 }
 system_event!(ChainKeyRotated => ChainKeyRotated);
+
+/// The agent id the erasure events are recorded under (an erasure concerns a data subject, not
+/// an agent).
+pub const ERASURE_AGENT: &str = "governance:erasure";
+
+/// `subject.erased`: an operator destroyed every key of a data subject (crypto-shredding). The
+/// subject's personal fields stay in the chain as ciphertext nobody can read; the rest of each
+/// event, and this record of the erasure, stay readable and sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectErased {
+    /// The data subject (an opaque pseudonymous id).
+    pub subject: String,
+    /// How many key rows were destroyed (0 when the subject had none, or was erased before).
+    pub keys_destroyed: u64,
+    /// Why (the request or legal basis, for the record).
+    pub reason: String,
+    /// Who ran the erasure.
+    pub operator: String,
+}
+system_event!(SubjectErased => SubjectErased);
 
 #[cfg(test)]
 mod tests {

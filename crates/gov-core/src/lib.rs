@@ -23,7 +23,9 @@ pub use budget::{
     BudgetCounter, BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ModelUsage,
 };
 pub use error::{EventError, IdError};
-pub use event::{AuditEvent, AuditEventBuilder, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
+pub use event::{
+    AuditEvent, AuditEventBuilder, ENVELOPE_TAG, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, Personal,
+};
 pub use gate::{GateRecord, GateStatus, OperatorRole};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
 pub use links::{ChainLinks, LinkBreak};

@@ -86,13 +86,46 @@ impl<'g> Audit<'g> {
         if event.actor.is_some() {
             return Err(crate::Error::ActorReserved);
         }
+        // Only the SDK writes envelopes: a host's own value that looks like one would read as
+        // erased or unreadable.
+        if event.personal.is_none() && gov_audit::personal::holds_envelope(&event.payload) {
+            return Err(crate::Error::Event(gov_core::EventError::Personal(
+                format!(
+                    "a payload field holds a {:?} object, the form of an encrypted field; mark the field personal instead",
+                    gov_core::ENVELOPE_TAG
+                ),
+            )));
+        }
         self.record(event).await
+    }
+
+    /// Encrypts the event's personal fields (a no-op without them); when a new key could not
+    /// be stored because storage is out of reach, spools the key ahead of the event.
+    async fn encrypt(&self, event: AuditEvent) -> Result<AuditEvent> {
+        let inner = &self.gov.inner;
+        let enc = inner.subjects.encrypt(&inner.store, event).await?;
+        if let Some((row, key)) = enc.pending_key {
+            let kid = uuid::Uuid::parse_str(&row.kid)
+                .map_err(|_| crate::Error::Config("a subject key id is not a UUID".into()))?;
+            let record = crate::spool::Record::SubjectKey {
+                subject: row.subject,
+                kid,
+                wrapped: hex::encode(&row.wrapped),
+            };
+            let cause = crate::Error::Store(std::sync::Arc::new(
+                gov_store::StoreError::Unavailable("storing a data subject's key".into()),
+            ));
+            inner.spool.submit_after(self.gov, record, cause).await?;
+            inner.subjects.remember(key);
+        }
+        Ok(enc.event)
     }
 
     /// Appends a system event (or a checked host event): [`Audit::log`] without the checks on
     /// kind and actor, for the SDK's own paths.
     pub(crate) async fn record(&self, event: AuditEvent) -> Result<Logged> {
         event.validate()?;
+        let event = self.encrypt(event).await?;
         let event_id = event.event_id;
         let ack = self
             .gov
@@ -108,6 +141,7 @@ impl<'g> Audit<'g> {
     /// as usual otherwise.
     pub(crate) async fn log_after(&self, event: AuditEvent, cause: crate::Error) -> Result<Logged> {
         event.validate()?;
+        let event = self.encrypt(event).await?;
         let event_id = event.event_id;
         let ack = self
             .gov
@@ -162,9 +196,63 @@ impl<'g> Audit<'g> {
 
     /// Reads events matching `filter`, in seq order (keyset paging: pass the last seq seen as
     /// `after_seq`). With `verify_chain_on_read`, each row and its link are verified first.
+    ///
+    /// Personal fields read as their values while their subject's key exists, as
+    /// [`crate::ERASED`] once it was erased, and as [`crate::UNREADABLE`] when a ciphertext does
+    /// not authenticate (moved to another event or field, or altered); reading never fails for
+    /// them. The payloads returned are then not the sealed text: use [`Self::events_sealed`]
+    /// for that.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
+        let mut rows = self.events_sealed(filter).await?;
+        let inner = &self.gov.inner;
+        inner.subjects.open(&inner.store, &mut rows).await?;
+        Ok(rows)
+    }
+
+    /// [`Self::events`] with each payload exactly as stored and sealed (personal fields as
+    /// their encrypted envelopes): for exports that must carry the sealed bytes.
+    pub async fn events_sealed(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>> {
         let verify = self.gov.inner.config.verify_chain_on_read;
         Ok(self.gov.inner.audit.events(filter, verify).await?)
+    }
+
+    /// Erases a data subject (crypto-shredding): destroys every stored key of `subject`, so its
+    /// personal fields in every event read as [`crate::ERASED`] from now on, and records the
+    /// erasure as a `subject.erased` event (payload: subject, keys destroyed, reason,
+    /// operator), in one transaction. The rows, their seals and every proof stay as they were.
+    /// An erased subject stays erased: no key is ever stored for it again. Returns the number
+    /// of keys destroyed and where the event landed.
+    ///
+    /// An operator action: on Postgres only the schema owner may (the application role cannot
+    /// delete keys). Never spooled: fails when storage is out of reach.
+    pub async fn erase_subject(&self, subject: &str, operator: &str, reason: &str) -> Result<u64> {
+        use gov_core::events::SystemEvent as _;
+        let make = |n: u64| {
+            gov_core::events::SubjectErased {
+                subject: subject.to_owned(),
+                keys_destroyed: n,
+                reason: reason.to_owned(),
+                operator: operator.to_owned(),
+            }
+            .event(gov_core::events::ERASURE_AGENT)
+            .build()
+        };
+        // Checks the subject id, the operator and the reason before anything is written.
+        let probe = make(0)?;
+        if probe.payload.is_empty() || reason.trim().is_empty() {
+            return Err(crate::Error::Config("give the erasure a reason".into()));
+        }
+        gov_core::AgentId::new(subject)?;
+        gov_core::AgentId::new(operator)?;
+        let inner = &self.gov.inner;
+        inner.audit.ensure_writable(probe.chain_id.as_str()).await?;
+        let sealer = inner.audit.sealer();
+        let seal = |r: &mut AuditRecord| sealer.seal(r);
+        let build = |n: u64| make(n).map_err(|e| e.to_string());
+        Ok(inner
+            .store
+            .erase_subject(subject, &build, sealer.key().key_id(), &seal)
+            .await?)
     }
 
     /// The oversight records backing these events: the rows the operator paths wrote, in the

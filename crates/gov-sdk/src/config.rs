@@ -505,6 +505,11 @@ impl GovernanceBuilder {
                 config,
                 shared,
                 approval_key: secret.approval_key(),
+                subjects: crate::personal::Subjects::new(
+                    std::iter::once(secret.subject_kek())
+                        .chain(previous.iter().map(|p| p.subject_kek()))
+                        .collect(),
+                ),
                 llm: crate::llm::LlmState::new(&secret),
                 spool,
                 spool_task: std::sync::Mutex::new(None),

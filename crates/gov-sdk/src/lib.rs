@@ -96,6 +96,7 @@ mod notify;
 mod operators;
 #[cfg(feature = "otel")]
 pub mod otel;
+mod personal;
 mod presence;
 mod scope;
 pub mod siem;
@@ -135,6 +136,9 @@ pub use gov_audit::checkpoint::{NOTE_FORMAT as CHECKPOINT_NOTE_FORMAT, NoteCheck
 pub use gov_audit::dsse;
 /// C2SP signed notes, checkpoints and cosignatures (re-exported from gov-audit).
 pub use gov_audit::note;
+/// Personal fields: the encrypted envelope and the markers erased and unreadable fields read as
+/// (re-exported from gov-audit).
+pub use gov_audit::personal::{ERASED, UNREADABLE};
 /// The chain's Merkle tree: leaf encoding, proofs and their offline verification (re-exported
 /// from gov-audit).
 pub use gov_audit::tree;
@@ -147,8 +151,8 @@ pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead, ChainId, EventCount,
     EventError, EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd,
-    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, PresenceState, PresenceThresholds,
-    PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
+    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal, PresenceState,
+    PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{
     Clock, CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions,
@@ -177,6 +181,7 @@ struct Inner {
     config: Config,
     shared: Arc<notify::Shared>,
     approval_key: gov_audit::DerivedKey,
+    subjects: personal::Subjects,
     llm: llm::LlmState,
     spool: spool::Spool,
     /// The spool's replayer, awaited by `close`.

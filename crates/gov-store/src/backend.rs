@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::{
     CheckpointRow, ConsoleSession, CosignatureRow, Decision, HaltSwitch, Listener, LlmClientRow,
     MigrateReport, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
-    Reserve, Result, Sealer, SignerKeyRow, TreeTile,
+    Reserve, Result, Sealer, SignerKeyRow, SubjectKeyRow, TreeTile,
 };
 
 /// Schema, roles, notifications and the connection pool.
@@ -29,6 +29,7 @@ pub trait Backend:
     + GateStore
     + SessionStore
     + RegistryStore
+    + SubjectStore
 {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<MigrateReport>;
@@ -289,3 +290,28 @@ pub trait RegistryStore {
     /// The registry, oldest first.
     async fn llm_clients(&self) -> Result<Vec<LlmClientRow>>;
 }
+
+/// The wrapped keys of data subjects (crypto-shredding) and their erasure.
+pub trait SubjectStore {
+    /// Stores a wrapped key (nothing when `(subject, kid)` is already stored); `false` when it
+    /// is refused because the subject was erased (an erased subject never gets a key again).
+    async fn put_subject_key(&self, row: &SubjectKeyRow) -> Result<bool>;
+    /// The stored keys of these subjects.
+    async fn subject_keys(&self, subjects: &[String]) -> Result<Vec<SubjectKeyRow>>;
+    /// Whether the subject was erased.
+    async fn subject_erased(&self, subject: &str) -> Result<bool>;
+    /// Erases a subject in one transaction: records its tombstone, deletes every key of it
+    /// (serialised with key insertions, so none survives), and appends the event `event`
+    /// builds from the number of keys deleted. Returns that number.
+    async fn erase_subject(
+        &self,
+        subject: &str,
+        event: ErasureEvent<'_>,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<u64>;
+}
+
+/// Builds the erasure's event from the number of keys destroyed.
+pub type ErasureEvent<'a> =
+    &'a (dyn Fn(u64) -> std::result::Result<AuditEvent, String> + Send + Sync);

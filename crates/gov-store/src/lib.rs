@@ -87,9 +87,10 @@ pub use types::{
     Privileges, Reserve,
 };
 
+pub use backend::ErasureEvent;
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
-    SignerStore, TreeStore,
+    SignerStore, SubjectStore, TreeStore,
 };
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
@@ -230,6 +231,17 @@ impl Default for StoreOptions {
 /// `signer_key_id`, `signature` and `signature_status`. Pure and synchronous; supplied by
 /// `gov-audit`, called by the store inside the appending transaction.
 pub type Sealer<'a> = &'a (dyn Fn(&mut AuditRecord) + Send + Sync);
+
+/// A data subject's key, wrapped under the key-encryption key (`subject_keys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectKeyRow {
+    /// The data subject (an opaque pseudonymous id).
+    pub subject: String,
+    /// The key id.
+    pub kid: String,
+    /// 24-byte nonce, then the key encrypted under the key-encryption key (72 bytes).
+    pub wrapped: Vec<u8>,
+}
 
 /// A registered signer's public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,6 +496,34 @@ impl Store {
     /// What the connected role may do to the audit tables.
     pub async fn privileges(&self) -> Result<Privileges> {
         dispatch!(self, s => s.privileges().await)
+    }
+
+    /// Stores a data subject's wrapped key; `false` when refused because the subject was
+    /// erased.
+    pub async fn put_subject_key(&self, row: &SubjectKeyRow) -> Result<bool> {
+        dispatch!(self, s => s.put_subject_key(row).await)
+    }
+
+    /// The stored keys of these subjects.
+    pub async fn subject_keys(&self, subjects: &[String]) -> Result<Vec<SubjectKeyRow>> {
+        dispatch!(self, s => s.subject_keys(subjects).await)
+    }
+
+    /// Whether the subject was erased.
+    pub async fn subject_erased(&self, subject: &str) -> Result<bool> {
+        dispatch!(self, s => s.subject_erased(subject).await)
+    }
+
+    /// Erases a subject: tombstone, every key deleted and the erasure's event appended, in one
+    /// transaction; the number of keys deleted.
+    pub async fn erase_subject(
+        &self,
+        subject: &str,
+        event: ErasureEvent<'_>,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<u64> {
+        dispatch!(self, s => s.erase_subject(subject, event, key_id, seal).await)
     }
 
     /// Appends `events` (all of one chain, in order) in one transaction, holding the chain's

@@ -5,6 +5,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod completions;
 pub(crate) mod console;
 pub(crate) mod demo;
+pub(crate) mod erase;
 pub(crate) mod evidence;
 pub(crate) mod export;
 pub(crate) mod import;

@@ -374,7 +374,7 @@ impl Rows {
                         limit: Some(PAGE),
                         ..filter.clone()
                     };
-                    let rows = gov.audit().events(&page).await?;
+                    let rows = gov.audit().events_sealed(&page).await?;
                     if rows.len() < PAGE as usize {
                         *done = true;
                     }
@@ -420,7 +420,7 @@ async fn row_at(
     };
     Ok(gov
         .audit()
-        .events(&f)
+        .events_sealed(&f)
         .await?
         .into_iter()
         .find(|r| r.seq == seq))

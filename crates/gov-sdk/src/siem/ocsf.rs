@@ -35,7 +35,8 @@ fn activity(rec: &AuditRecord) -> (u32, String) {
             | EventKind::GateConsumed
             | EventKind::AgentHalted
             | EventKind::AgentResumed
-            | EventKind::ChainKeyRotated,
+            | EventKind::ChainKeyRotated
+            | EventKind::SubjectErased,
         ) => (3, "Update".into()),
         _ => (99, rec.kind.clone()),
     }
@@ -55,9 +56,12 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
             | EventKind::LoopDetected
             | EventKind::ContractViolated,
         ) => (3, "Medium"),
-        Some(EventKind::GateDenied | EventKind::LlmError | EventKind::ChainKeyRotated) => {
-            (2, "Low")
-        }
+        Some(
+            EventKind::GateDenied
+            | EventKind::LlmError
+            | EventKind::ChainKeyRotated
+            | EventKind::SubjectErased,
+        ) => (2, "Low"),
         Some(
             EventKind::GateRequested
             | EventKind::GateApproved

@@ -78,6 +78,14 @@ pub(crate) enum Record {
     },
     /// A pending gate request.
     GateRequest { record: GateRecord },
+    /// A data subject's new key, wrapped (hex), made while storage was out of reach: spooled
+    /// ahead of the first event encrypted under it, stored on replay (refused if the subject
+    /// was erased meanwhile, and then never stored).
+    SubjectKey {
+        subject: String,
+        kid: Uuid,
+        wrapped: String,
+    },
     /// The settlement of reservation `id`, whose first try failed and may have committed (its
     /// reply was lost): replayed, the spend counts once (`Store::settle_once`).
     Settle {
@@ -98,13 +106,26 @@ impl Record {
             Self::Track { id, .. } => *id,
             Self::GateRequest { record } => record.id,
             Self::Settle { id, .. } => *id,
+            Self::SubjectKey { kid, .. } => *kid,
         }
     }
 
     /// The checks a live call makes, for a record read back from a file.
     fn validate(&self) -> Result<(), Error> {
         match self {
+            Self::Audit { event } if event.personal.is_some() => Err(Error::Config(
+                "an event with personal fields not yet encrypted cannot be spooled".into(),
+            )),
             Self::Audit { event } => Ok(event.validate()?),
+            Self::SubjectKey {
+                subject, wrapped, ..
+            } => {
+                gov_core::AgentId::new(subject)?;
+                match hex::decode(wrapped) {
+                    Ok(w) if w.len() == gov_audit::personal::WRAPPED_LEN => Ok(()),
+                    _ => Err(Error::Config("a spooled subject key is malformed".into())),
+                }
+            }
             Self::Track {
                 agent,
                 session,
@@ -403,6 +424,24 @@ async fn apply_one(gov: &Governance, record: &Record) -> crate::Result<Option<Ap
                 .settle_once(*id, agent, session, model, *micros, usage)
                 .await?;
             tracing::debug!(reservation = %id, outcome, "settled a reservation whose settlement had failed");
+            Ok(None)
+        }
+        Record::SubjectKey {
+            subject,
+            kid,
+            wrapped,
+        } => {
+            let row = gov_store::SubjectKeyRow {
+                subject: subject.clone(),
+                kid: kid.to_string(),
+                wrapped: hex::decode(wrapped)
+                    .map_err(|_| Error::Config("a spooled subject key is malformed".into()))?,
+            };
+            if !inner.store.put_subject_key(&row).await? {
+                tracing::info!(
+                    "a spooled key was not stored: its data subject was erased meanwhile"
+                );
+            }
             Ok(None)
         }
         Record::GateRequest { record } => match inner.store.insert_gate_request(record).await {

@@ -14,6 +14,7 @@ mod faults;
 mod gates;
 mod keys;
 mod llm;
+mod personal;
 mod pooler;
 mod privileges;
 mod promote;

@@ -184,12 +184,16 @@ async fn the_catalog_holds_the_boundary() {
             ("budget_usage", "INSERT, SELECT, UPDATE"),
             ("chain_heads", "INSERT, SELECT, UPDATE"),
             ("checkpoints", "INSERT, SELECT"),
+            // Tombstones of erased data subjects: the owner's `governance erase` writes them.
+            ("erased_subjects", "SELECT"),
             ("gate_requests", "SELECT"),
             ("governance_instance", "SELECT"),
             ("llm_clients", "INSERT, SELECT"),
             ("oversight_decisions", "SELECT"),
             ("scope_policies", "DELETE, INSERT, SELECT, UPDATE"),
             ("signer_keys", "INSERT, SELECT"),
+            // Data subjects' wrapped keys: stored and read, never changed or removed.
+            ("subject_keys", "INSERT, SELECT"),
             ("witness_cosignatures", "SELECT"),
         ]
     );

@@ -890,3 +890,108 @@ async fn storage_that_stops_answering_spools_once_the_deadline_passes() {
     assert!(after.seq().is_some(), "durable once storage answers again");
     gov.close().await;
 }
+
+/// Every byte of every file under `dir`.
+fn files_under(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+    out
+}
+
+/// A personal field logged while storage is out of reach: its new key travels wrapped in the
+/// spool ahead of the event (no plaintext in the file), and is stored on replay, so the field
+/// reads back; a key spooled for a subject erased meanwhile is refused on replay, and that
+/// subject's field reads as erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_personal_field_spooled_in_an_outage_reads_back_or_stays_erased() {
+    let db = TestStore::new(TestBackend::Postgres).await;
+    let root = TempDir::new("personal");
+    let (proxy, through) = Proxy::for_url(&db.app_url()).await;
+    let gov = Governance::builder()
+        .database_url(&through)
+        .audit_secret(SECRET)
+        .spool_dir(&root.0)
+        .acquire_timeout(Duration::from_millis(500))
+        .observation_deadline(Duration::from_millis(300))
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        gov.audit()
+            .log(event("before", 0))
+            .await
+            .unwrap()
+            .seq()
+            .is_some()
+    );
+    let signup = |subject: &str, email: &str| {
+        AuditEvent::builder("signup-agent", "user.signup")
+            .payload(serde_json::json!({ "email": email, "n": 0 }))
+            .personal(subject, &["email"])
+            .build()
+            .unwrap()
+    };
+    proxy.cut();
+    for (s, email) in [("u-7", "grace@example.org"), ("u-8", "edsger@example.org")] {
+        let at = gov
+            .audit()
+            .log(signup(s, email))
+            .await
+            .expect("log never fails");
+        assert!(at.seq().is_none(), "spooled while storage is cut off");
+    }
+    let bytes = files_under(&root.0);
+    assert!(
+        !bytes.windows(7).any(|w| w == b"example"),
+        "no plaintext in the spool"
+    );
+    assert!(
+        bytes.windows(11).any(|w| w == b"subject_key"),
+        "the keys travel in the spool"
+    );
+    // Meanwhile an operator erases u-8 (straight to the database).
+    let owner = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .spool(false)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        owner
+            .audit()
+            .erase_subject("u-8", "alice", "request")
+            .await
+            .unwrap(),
+        0
+    );
+    proxy.restore();
+    drained(&gov, Duration::from_secs(60)).await;
+    let rows = gov.audit().events(&Default::default()).await.unwrap();
+    let signups: Vec<_> = rows
+        .iter()
+        .filter(|r| r.kind == "user.signup")
+        .map(|r| r.payload_json().unwrap()["email"].clone())
+        .collect();
+    assert_eq!(
+        signups,
+        [
+            serde_json::json!("grace@example.org"),
+            serde_json::json!(gov_sdk::ERASED)
+        ]
+    );
+    assert!(gov.audit().verify_chain().await.unwrap().is_clean());
+    gov.close().await;
+    owner.close().await;
+}

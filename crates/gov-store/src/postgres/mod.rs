@@ -9,6 +9,7 @@ mod heads;
 mod hosts;
 mod llm;
 mod signers;
+mod subjects;
 mod tree;
 
 pub(crate) use audit::{import_locked, lock_head};

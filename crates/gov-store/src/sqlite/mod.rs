@@ -14,6 +14,7 @@ mod enforce;
 mod gates;
 mod llm;
 mod signers;
+mod subjects;
 mod tree;
 
 pub(crate) use audit::{head_in, import_in};
