@@ -187,6 +187,11 @@ impl Admin {
         Ok(self.store.chain_heads().await?)
     }
 
+    /// Whether the database holds personal-data state: a subject's key or an erased subject.
+    pub async fn holds_subject_state(&self) -> Result<bool> {
+        Ok(self.store.holds_subject_state().await?)
+    }
+
     /// The head row of one chain, if the chain exists.
     pub async fn chain_head(&self, chain: &str) -> Result<Option<ChainHead>> {
         ChainId::new(chain)?;

@@ -300,6 +300,9 @@ pub trait SubjectStore {
     async fn subject_keys(&self, subjects: &[String]) -> Result<Vec<SubjectKeyRow>>;
     /// Whether the subject was erased.
     async fn subject_erased(&self, subject: &str) -> Result<bool>;
+    /// Whether the database holds any subject key or erased subject (personal-data state an
+    /// export does not carry).
+    async fn holds_subject_state(&self) -> Result<bool>;
     /// Erases a subject in one transaction: records its tombstone, deletes every key of it
     /// (serialised with key insertions, so none survives), and appends the event `event`
     /// builds from the number of keys deleted. Returns that number.

@@ -514,6 +514,11 @@ impl Store {
         dispatch!(self, s => s.subject_erased(subject).await)
     }
 
+    /// Whether the database holds any subject key or erased subject.
+    pub async fn holds_subject_state(&self) -> Result<bool> {
+        dispatch!(self, s => s.holds_subject_state().await)
+    }
+
     /// Erases a subject: tombstone, every key deleted and the erasure's event appended, in one
     /// transaction; the number of keys deleted.
     pub async fn erase_subject(

@@ -313,3 +313,39 @@ async fn a_source_chain_that_does_not_link_up_is_refused_by_the_export() {
     );
     assert_eq!(err.kind(), ErrorKind::Config);
 }
+
+/// An export does not carry subject keys or erasures yet: it refuses up front instead of moving
+/// chains whose personal fields would read as erased on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_data_keys_refuse_the_export_up_front() {
+    for b in [TestBackend::Sqlite, TestBackend::Postgres] {
+        let source = seeded(b, 3).await;
+        let admin = Admin::connect(source.url()).await.expect("admin");
+        assert!(
+            Export::prepare(&admin, &[]).await.is_ok(),
+            "{b:?}: no keys yet"
+        );
+        let gov = connect(&source).await;
+        gov.audit()
+            .log(
+                AuditEvent::builder("signup-agent", "user.signup")
+                    .payload(serde_json::json!({ "email": "ada@example.com", "plan": "pro" }))
+                    .personal("subject-1", &["email"])
+                    .build()
+                    .expect("event"),
+            )
+            .await
+            .expect("log");
+        gov.close().await;
+        let err = Export::prepare(&admin, &[])
+            .await
+            .expect_err("personal-data keys are not carried");
+        admin.close().await;
+        assert!(
+            matches!(err, TransferError::SubjectKeysNotCarried),
+            "{b:?}: {err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("would read as erased"), "{err}");
+    }
+}

@@ -63,6 +63,15 @@ impl SubjectStore for PgStore {
         )
     }
 
+    async fn holds_subject_state(&self) -> Result<bool> {
+        // language=PostgreSQL
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM subject_keys) OR EXISTS (SELECT 1 FROM erased_subjects)",
+        )
+        .fetch_one(&self.pool())
+        .await?)
+    }
+
     async fn erase_subject(
         &self,
         subject: &str,

@@ -59,6 +59,14 @@ impl SubjectStore for SqliteStore {
         )
     }
 
+    async fn holds_subject_state(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM subject_keys) OR EXISTS (SELECT 1 FROM erased_subjects)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn erase_subject(
         &self,
         subject: &str,

@@ -57,6 +57,10 @@ impl Export {
             .check_schema()
             .await
             .map_err(|e| TransferError::SourceNotReady(Box::new(e)))?;
+        // Refuse up front rather than move chains whose personal fields would read as erased.
+        if admin.holds_subject_state().await? {
+            return Err(TransferError::SubjectKeysNotCarried);
+        }
         // Heads first: every row up to them was written after its signer was registered, so the
         // signer keys read next cover them.
         let heads: BTreeMap<String, ChainHead> = admin

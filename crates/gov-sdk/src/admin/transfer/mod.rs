@@ -124,6 +124,13 @@ pub enum TransferError {
         /// The chain asked for.
         chain: String,
     },
+    /// The source holds subject keys or erased subjects, which an export does not carry yet:
+    /// the moved chains' personal fields would read as erased on the target, and an erased
+    /// subject would get keys again there.
+    #[error(
+        "the source database holds personal-data keys or erasures (fields marked personal), which `export` does not carry yet: on the target those fields would read as erased. Keep this database until a build carries them"
+    )]
+    SubjectKeysNotCarried,
     /// The source database holds no chain.
     #[error("the source database holds no audit chain: nothing to export (check --database-url)")]
     NothingToExport,
