@@ -63,8 +63,9 @@ fn coarse_now_ns() -> u64 {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+/// Whether a halt state read at `at` may still be used at `now` (both [`coarse_now_ns`]).
+fn fresh(at: u64, now: u64, ttl: Duration) -> bool {
+    now.saturating_sub(at) < u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl AgentCache {
@@ -91,7 +92,7 @@ impl AgentCache {
         if let (Some(ttl), Some(now)) = (halt_ttl, now) {
             let fresh_not_halted = entry
                 .and_then(|e| e.halt)
-                .is_some_and(|(halted, at)| !halted && now.saturating_sub(at) < nanos(ttl));
+                .is_some_and(|(halted, at)| !halted && fresh(at, now, ttl));
             if !fresh_not_halted {
                 return false;
             }
@@ -174,7 +175,7 @@ impl AgentCache {
         self.read()
             .get(agent)
             .and_then(|e| e.halt)
-            .filter(|(_, at)| now.saturating_sub(*at) < nanos(ttl))
+            .filter(|(_, at)| fresh(*at, now, ttl))
             .map(|(h, _)| h)
     }
 

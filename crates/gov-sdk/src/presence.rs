@@ -169,7 +169,10 @@ impl<'g> Presence<'g> {
         let inner = &self.gov.inner;
         !inner.config.modules.halts
             || (inner.shared.healthy()
-                && inner.shared.agents.halt(agent, inner.config.halt_cache_ttl) == Some(false))
+                && inner
+                    .shared
+                    .agents
+                    .passes(agent, Some(inner.config.halt_cache_ttl), None))
     }
 
     async fn assert_not_halted_slow(&self, agent: &str) -> Result<()> {
