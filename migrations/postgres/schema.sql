@@ -60,6 +60,53 @@ BEGIN
 END;
 $function$
 
+-- governance_append_batch_expected(text,bigint,bytea,text,uuid[],timestamp with time zone[],text[],text[],text[],text[],uuid[],text[],bytea[],bytea[],bytea[],text[],text[])
+CREATE OR REPLACE FUNCTION public.governance_append_batch_expected(p_chain text, p_expect_seq bigint, p_expect_hmac bytea, p_key_id text, p_event_id uuid[], p_occurred_at timestamp with time zone[], p_agent text[], p_session text[], p_kind text[], p_actor text[], p_parent uuid[], p_payload text[], p_prev_hmac bytea[], p_row_hmac bytea[], p_signature bytea[], p_signer text[], p_status text[])
+ RETURNS TABLE(appended boolean, cur_seq bigint, cur_hmac bytea)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    h record;
+    n bigint := cardinality(p_event_id);
+BEGIN
+    IF n IS NULL OR n = 0 THEN
+        RAISE EXCEPTION 'an empty batch' USING ERRCODE = '22023';
+    END IF;
+    SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO chain_heads (chain_id, seq, head_hmac)
+        VALUES (p_chain, 0, decode(repeat('00', 32), 'hex'))
+        ON CONFLICT (chain_id) DO NOTHING;
+        SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain FOR UPDATE;
+    END IF;
+    IF h.seq <> p_expect_seq OR h.head_hmac <> p_expect_hmac THEN
+        RETURN QUERY SELECT false, h.seq, h.head_hmac;
+        RETURN;
+    END IF;
+    -- The rows link to each other and to the head: the first row's prev_hmac is the head, each
+    -- next one's the row before it. The row HMACs themselves are checked by verification, as for
+    -- every append.
+    IF p_prev_hmac[1] <> p_expect_hmac THEN
+        RAISE EXCEPTION 'the batch does not continue the chain head' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id, kind,
+        actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, signer_key_id,
+        signature_status)
+    SELECT p_chain, p_expect_seq + u.ord, u.event_id, u.occurred_at, u.agent_id, u.session_id,
+        u.kind, u.actor, u.parent, u.payload, u.prev_hmac, p_key_id, u.row_hmac, u.signature,
+        u.signer, u.status
+    FROM UNNEST(p_event_id, p_occurred_at, p_agent, p_session, p_kind, p_actor, p_parent,
+        p_payload, p_prev_hmac, p_row_hmac, p_signature, p_signer, p_status)
+        WITH ORDINALITY AS u(event_id, occurred_at, agent_id, session_id, kind, actor, parent,
+            payload, prev_hmac, row_hmac, signature, signer, status, ord);
+    UPDATE chain_heads SET seq = p_expect_seq + n, head_hmac = p_row_hmac[n], updated_at = now()
+    WHERE chain_id = p_chain;
+    PERFORM pg_notify('gov_audit', p_chain || ':' || (p_expect_seq + n)::text);
+    RETURN QUERY SELECT true, p_expect_seq + n, p_row_hmac[n];
+END;
+$function$
+
 -- governance_append_expected(text,bigint,bytea,uuid,timestamp with time zone,text,text,text,text,uuid,text,text,bytea,bytea,text,text)
 CREATE OR REPLACE FUNCTION public.governance_append_expected(p_chain text, p_expect_seq bigint, p_expect_hmac bytea, p_event_id uuid, p_occurred_at timestamp with time zone, p_agent text, p_session text, p_kind text, p_actor text, p_parent uuid, p_payload text, p_key_id text, p_row_hmac bytea, p_signature bytea, p_signer text, p_status text)
  RETURNS TABLE(appended boolean, cur_seq bigint, cur_hmac bytea)
@@ -150,6 +197,53 @@ BEGIN
         token_expires_at = CASE WHEN p_approve THEN p_token_expires_at END
     WHERE id = p_id;
     RETURN 'ok';
+END;
+$function$
+
+-- governance_decide_logged(uuid,text,boolean,text,bytea,timestamp with time zone,timestamp with time zone,uuid,text,text,text,bigint,bytea,timestamp with time zone,text,text,uuid,text,text,bytea,bytea,text,text)
+CREATE OR REPLACE FUNCTION public.governance_decide_logged(p_id uuid, p_operator text, p_approve boolean, p_reason text, p_token_hash bytea, p_token_expires_at timestamp with time zone, p_now timestamp with time zone, p_event_id uuid, p_kind text, p_agent text, p_chain text, p_expect_seq bigint, p_expect_hmac bytea, p_occurred_at timestamp with time zone, p_session text, p_actor text, p_parent uuid, p_payload text, p_key_id text, p_row_hmac bytea, p_signature bytea, p_signer text, p_status text)
+ RETURNS TABLE(outcome text, cur_seq bigint, cur_hmac bytea)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    decided text;
+    h record;
+BEGIN
+    BEGIN
+        decided := governance_decide(p_id, p_operator, p_approve, p_reason, p_token_hash,
+            p_token_expires_at, p_now);
+        IF decided <> 'ok' THEN
+            RETURN QUERY SELECT decided, NULL::bigint, NULL::bytea;
+            RETURN;
+        END IF;
+        INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, request_id, reason)
+        VALUES (p_event_id, p_kind, p_agent, p_operator, p_id, p_reason);
+        SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO chain_heads (chain_id, seq, head_hmac)
+            VALUES (p_chain, 0, decode(repeat('00', 32), 'hex'))
+            ON CONFLICT (chain_id) DO NOTHING;
+            SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain
+            FOR UPDATE;
+        END IF;
+        IF h.seq <> p_expect_seq OR h.head_hmac <> p_expect_hmac THEN
+            -- Undo the decision and its record (this block's subtransaction).
+            RAISE EXCEPTION USING ERRCODE = 'GV001';
+        END IF;
+        INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id,
+            kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature,
+            signer_key_id, signature_status)
+        VALUES (p_chain, p_expect_seq + 1, p_event_id, p_occurred_at, p_agent, p_session, p_kind,
+            p_actor, p_parent, p_payload, p_expect_hmac, p_key_id, p_row_hmac, p_signature,
+            p_signer, p_status);
+        UPDATE chain_heads SET seq = p_expect_seq + 1, head_hmac = p_row_hmac, updated_at = now()
+        WHERE chain_id = p_chain;
+        PERFORM pg_notify('gov_audit', p_chain || ':' || (p_expect_seq + 1)::text);
+        RETURN QUERY SELECT 'ok'::text, p_expect_seq + 1, p_row_hmac;
+    EXCEPTION WHEN SQLSTATE 'GV001' THEN
+        RETURN QUERY SELECT 'stale'::text, h.seq, h.head_hmac;
+    END;
 END;
 $function$
 

@@ -12,6 +12,11 @@
 //! throughput with and without the tree; `gov-bench tlog` runs it alone), and the offline
 //! evidence bundle's (`evidence_bundle`, `evidence.rs`: exporting and verifying a bundle of
 //! those 100,000 events; `gov-bench evidence` runs it alone).
+//! Every hot path is also reported next to the physical limit it is compared against, measured
+//! in the same run (`hot_paths` and `limits`, `limits.rs`), and logging through a database outage
+//! next to logging without one (`spooling`, `spooling.rs`; `gov-bench spooling` runs it alone).
+//! `gov-bench --quick` (`cargo xtask bench --quick`) measures the hot paths, their limits and
+//! spooling in about a minute, leaving out the million-event verification and the rest.
 //! Prints one JSON object on stdout.
 //!
 //! Peak memory is measured in a child process (this binary again, with the hidden subcommand
@@ -25,7 +30,9 @@ mod backends;
 mod checks;
 mod console;
 mod evidence;
+mod limits;
 mod llm;
+mod spooling;
 mod tlog;
 
 use std::process::Command;
@@ -47,22 +54,39 @@ fn event(chain: &str, task: usize, i: usize) -> Result<AuditEvent> {
 
 /// Logs `per_task` events from each of `tasks` concurrent callers; returns events/s.
 async fn append(gov: &Governance, chain: &str, tasks: usize, per_task: usize) -> Result<f64> {
+    Ok(append_timed(gov, chain, tasks, per_task).await?.0)
+}
+
+/// [`append`], also returning every `log()`'s latency, sorted.
+async fn append_timed(
+    gov: &Governance,
+    chain: &str,
+    tasks: usize,
+    per_task: usize,
+) -> Result<(f64, Vec<Duration>)> {
     let start = Instant::now();
     let mut handles = Vec::with_capacity(tasks);
     for t in 0..tasks {
         let gov = gov.clone();
         let chain = chain.to_owned();
         handles.push(tokio::spawn(async move {
+            let mut took = Vec::with_capacity(per_task);
             for i in 0..per_task {
-                gov.audit().log(event(&chain, t, i)?).await?;
+                let e = event(&chain, t, i)?;
+                let t0 = Instant::now();
+                gov.audit().log(e).await?;
+                took.push(t0.elapsed());
             }
-            anyhow::Ok(())
+            anyhow::Ok(took)
         }));
     }
+    let mut all = Vec::with_capacity(tasks * per_task);
     for h in handles {
-        h.await??;
+        all.extend(h.await??);
     }
-    Ok((tasks * per_task) as f64 / start.elapsed().as_secs_f64())
+    let rate = (tasks * per_task) as f64 / start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok((rate, all))
 }
 
 /// `n` sequential `check_or_raise` calls for `agent-0`, sorted latencies.
@@ -190,11 +214,23 @@ fn main() -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
+    // `gov-bench spooling`: logging through a database outage alone.
+    if args.first().map(String::as_str) == Some("spooling") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(spooling::bench(Duration::from_secs(5)))?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench --quick`: the hot paths next to their limits, in about a minute.
+    let quick = args.iter().any(|a| a == "--quick");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("could not start the async runtime")?
-        .block_on(bench())
+        .block_on(bench(quick))
 }
 
 /// The peak resident set size of this process so far, in KiB (`VmHWM` in /proc/self/status).
@@ -334,7 +370,7 @@ async fn verify_in_children(url: &str, pin: bool) -> Result<(ChildRun, ChildRun)
     .context("the verification child runner stopped")?
 }
 
-async fn bench() -> Result<()> {
+async fn bench(quick: bool) -> Result<()> {
     let db = TestDb::new().await;
     let gov = Governance::builder()
         .database_url(db.url())
@@ -349,9 +385,13 @@ async fn bench() -> Result<()> {
         gov.ping().await?;
     }
 
-    eprintln!("bench: SELECT 1 round trips");
+    eprintln!("bench: the limits (bare connections, durable commits, 64 plain clients, fdatasync)");
+    let limits = limits::measure(db.url(), quick).await?;
+
+    let scale = if quick { 5 } else { 1 };
+    eprintln!("bench: SELECT 1 round trips on the pool");
     let mut rtt = Vec::with_capacity(5_000);
-    for _ in 0..5_000 {
+    for _ in 0..5_000 / scale {
         let t = Instant::now();
         gov.ping().await?;
         rtt.push(t.elapsed());
@@ -359,9 +399,9 @@ async fn bench() -> Result<()> {
     rtt.sort_unstable();
 
     eprintln!("bench: append, 1 caller");
-    let one = append(&gov, "one", 1, 2_000).await?;
+    let (one, one_lat) = append_timed(&gov, "one", 1, 2_000 / scale).await?;
     eprintln!("bench: append, 64 callers");
-    let many = append(&gov, "many", 64, 500).await?;
+    let (many, many_lat) = append_timed(&gov, "many", 64, 500 / scale).await?;
 
     eprintln!("bench: filling 100,000 events to verify");
     append(&gov, "verify", 64, 100_000 / 64 + 1).await?;
@@ -413,7 +453,7 @@ async fn bench() -> Result<()> {
             "update_crm",
         ]))
         .await?;
-    let n = 1_000_000u32;
+    let n = 1_000_000u32 / scale as u32;
     let start = Instant::now();
     for _ in 0..n {
         gov.scope().check("agent-0", "send_email").await?;
@@ -432,8 +472,8 @@ async fn bench() -> Result<()> {
             gov_sdk::BudgetPolicy::new("agent-0".parse()?).per_day(gov_sdk::MicroUsd(i64::MAX / 4)),
         )
         .await?;
-    let check = check_latencies(&gov, 5_000).await?;
-    let reserve_settle = reserve_settle_latencies(&gov, 2_000).await?;
+    let check = check_latencies(&gov, 5_000 / scale).await?;
+    let reserve_settle = reserve_settle_latencies(&gov, 2_000 / scale).await?;
 
     // Gate round trip: request, approve (with its audit event), wait_for, consume.
     gov.operators()
@@ -448,7 +488,7 @@ async fn bench() -> Result<()> {
         .authenticate("bench-op", "bench operator password")
         .await?;
     let mut gate = Vec::with_capacity(300);
-    for i in 0..300 {
+    for i in 0..300 / scale {
         let args = serde_json::json!({ "i": i });
         let t = Instant::now();
         let req = gov
@@ -463,6 +503,51 @@ async fn bench() -> Result<()> {
         gate.push(t.elapsed());
     }
     gate.sort_unstable();
+
+    eprintln!("bench: logging through a database outage (spooling)");
+    let spooling = spooling::bench(Duration::from_secs(if quick { 2 } else { 5 })).await?;
+
+    let mut out = serde_json::json!({
+        "quick": quick,
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
+        "limits": limits.json(),
+        "spooling": spooling,
+        "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),
+        "gate_round_trip_p99_us": round(percentile(&gate, 0.99)),
+        "check_or_raise_p50_us": round(percentile(&check, 0.50)),
+        "check_or_raise_p99_us": round(percentile(&check, 0.99)),
+        "check_or_raise_p50_over_select1": round(percentile(&check, 0.50) / percentile(&rtt, 0.50) * 100.0) / 100.0,
+        "reserve_settle_p50_us": round(percentile(&reserve_settle, 0.50)),
+        "reserve_settle_p99_us": round(percentile(&reserve_settle, 0.99)),
+        "scope_check_ns_per_op": round(scope_ns),
+        "assert_not_halted_cached_ns_per_op": round(halt_ns),
+        "read_events_per_s": read_per_s.round(),
+        "select1_p50_us": round(percentile(&rtt, 0.50)),
+        "select1_p99_us": round(percentile(&rtt, 0.99)),
+        "audit_append_1_caller_events_per_s": one.round(),
+        "audit_append_64_callers_events_per_s": many.round(),
+        "verify_events": head,
+        "verify_events_per_s": (report.events_checked as f64 / verify_secs).round(),
+        "verify_first_pass_events_per_s": (first.events_checked as f64 / first_secs).round(),
+        "verify_seconds": round(verify_secs * 1000.0) / 1000.0,
+    });
+    let mut hot = limits::HotPaths {
+        append_1: one_lat,
+        append_64_per_s: many,
+        append_64: many_lat,
+        gate,
+        budget_check: check,
+        scope_ns,
+        verify_events: report.events_checked,
+        verify_per_s: report.events_checked as f64 / verify_secs,
+        verify_peak_rss_kib: None,
+    };
+    if quick {
+        out["hot_paths"] = limits::hot_paths(&limits, &hot);
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        gov.close().await;
+        return Ok(());
+    }
 
     // The Merkle tree over the 100,000 events.
     let tlog = tlog::figures(&gov, db.url(), "verify").await?;
@@ -487,6 +572,10 @@ async fn bench() -> Result<()> {
     anyhow::ensure!(warm.is_clean(), "the benchmark chain did not verify clean");
     eprintln!("bench: verify 1,000,000 events in child processes");
     let (v1m_one, v1m_all) = verify_in_children(db.url(), pin).await?;
+    hot.verify_events = u64::try_from(head_1m).unwrap_or(0);
+    hot.verify_per_s = v1m_all.events_per_s;
+    hot.verify_peak_rss_kib = Some(v1m_all.peak_rss_kib);
+    out["hot_paths"] = limits::hot_paths(&limits, &hot);
 
     eprintln!("bench: console");
     let mut console = console::bench().await?;
@@ -495,31 +584,12 @@ async fn bench() -> Result<()> {
     let backends = backends::bench().await?;
     eprintln!("bench: a guarded LLM call over a direct one, mock provider on loopback");
     let llm = llm::bench(&gov).await?;
-    let out = serde_json::json!({
+    let more = serde_json::json!({
         "llm_guarded_path": llm,
         "tlog": tlog,
         "evidence_bundle": evidence,
         "backends": backends,
         "console": console,
-        "gate_round_trip_p50_us": round(percentile(&gate, 0.50)),
-        "gate_round_trip_p99_us": round(percentile(&gate, 0.99)),
-        "check_or_raise_p50_us": round(percentile(&check, 0.50)),
-        "check_or_raise_p99_us": round(percentile(&check, 0.99)),
-        "check_or_raise_p50_over_select1": round(percentile(&check, 0.50) / percentile(&rtt, 0.50) * 100.0) / 100.0,
-        "reserve_settle_p50_us": round(percentile(&reserve_settle, 0.50)),
-        "reserve_settle_p99_us": round(percentile(&reserve_settle, 0.99)),
-        "scope_check_ns_per_op": round(scope_ns),
-        "assert_not_halted_cached_ns_per_op": round(halt_ns),
-        "read_events_per_s": read_per_s.round(),
-        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
-        "select1_p50_us": round(percentile(&rtt, 0.50)),
-        "select1_p99_us": round(percentile(&rtt, 0.99)),
-        "audit_append_1_caller_events_per_s": one.round(),
-        "audit_append_64_callers_events_per_s": many.round(),
-        "verify_events": head,
-        "verify_events_per_s": (report.events_checked as f64 / verify_secs).round(),
-        "verify_first_pass_events_per_s": (first.events_checked as f64 / first_secs).round(),
-        "verify_seconds": round(verify_secs * 1000.0) / 1000.0,
         "verify_1core_pinned_with_taskset": pin,
         "verify_100k_events_per_s_1core": v100k_one.events_per_s.round(),
         "verify_100k_events_per_s_all_cores": v100k_all.events_per_s.round(),
@@ -535,6 +605,9 @@ async fn bench() -> Result<()> {
         "verify_1m_fresh_connections_events_per_s_1core": v1m_one.first_events_per_s.round(),
         "verify_1m_fresh_connections_events_per_s_all_cores": v1m_all.first_events_per_s.round(),
     });
+    if let (Some(o), serde_json::Value::Object(m)) = (out.as_object_mut(), more) {
+        o.extend(m);
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     gov.close().await;
     Ok(())

@@ -10,9 +10,12 @@
 //! [`TestStore`] runs the same test against either backend: a `TestDb`, or a migrated SQLite file
 //! of its own (see [`TestBackend`]). [`Proxy`] puts a TCP proxy a test can cut and restore in
 //! front of the server: one client's outage.
+//!
+//! [`limits`] measures what the benchmarks compare the hot paths against.
 
 mod bouncer;
 pub mod forge;
+pub mod limits;
 mod proxy;
 mod store;
 

@@ -362,3 +362,122 @@ async fn expired_approvals_denials_and_halted_agents() {
         }
     }
 }
+
+/// A decision is one statement sealed against the head this handle last saw; when another
+/// process moved the head meanwhile, it is resealed (or the head locked), never appended at a
+/// wrong place, never decided twice, and each decision keeps its one oversight record.
+#[tokio::test]
+async fn decisions_sealed_against_a_moved_head_are_resealed_not_lost_or_doubled() {
+    let s = setup(GateConfig::default()).await;
+    let op = s
+        .ops
+        .operators()
+        .authenticate("alice", OPERATOR_PW)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        let req = s
+            .agent
+            .gates()
+            .request("billing", Some("s-1"), "send_payment", &json!({ "i": i }))
+            .await
+            .unwrap();
+        // The agent's handle moves the head after the operator's handle last saw it.
+        s.agent
+            .audit()
+            .log(crate::support::event("billing", "tool.call", i))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            s.ops.gates().approve(&op, req.id, "fine").await.unwrap();
+        } else {
+            s.ops.gates().deny(&op, req.id, "no").await.unwrap();
+        }
+        ids.push(req.id);
+    }
+    // Decided once each: a second decision is refused.
+    let again = s.ops.gates().approve(&op, ids[1], "again").await.unwrap_err();
+    assert!(format!("{again}").contains("already decided"), "{again}");
+    for (i, id) in ids.iter().enumerate() {
+        let r = s.agent.gates().poll(*id).await;
+        if i % 2 == 0 {
+            assert!(r.is_ok(), "{r:?}");
+        } else {
+            assert!(matches!(r, Err(Error::ApprovalDenied { .. })), "{r:?}");
+        }
+    }
+    let rows = crate::support::all_rows(&s.ops).await;
+    let decisions = rows
+        .iter()
+        .filter(|r| r.kind == "gate.approved" || r.kind == "gate.denied")
+        .count();
+    assert_eq!(decisions, 6);
+    let pool = s.db.admin_pool().await;
+    let oversight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM oversight_decisions o JOIN audit_events e USING (event_id) \
+         WHERE o.kind IN ('gate.approved', 'gate.denied')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(oversight, 6);
+    assert!(s.ops.audit().verify_chain().await.unwrap().is_clean());
+}
+
+/// The one-statement decision changes nothing on a stale head, and the application role (the
+/// agent's credentials) cannot call it at all.
+#[tokio::test]
+async fn the_one_statement_decision_is_all_or_nothing_and_for_operators_only() {
+    let s = setup(GateConfig::default()).await;
+    let req = s
+        .agent
+        .gates()
+        .request("billing", Some("s-1"), "send_payment", &json!({ "n": 1 }))
+        .await
+        .unwrap();
+    let call = "SELECT outcome, cur_seq FROM governance_decide_logged($1, 'alice', true, 'ok', \
+                '\\x00'::bytea, now() + interval '1 hour', now(), gen_random_uuid(), \
+                'gate.approved', 'billing', 'default', $2, $3, now(), 's-1', 'alice', NULL, \
+                '{}', 'k1', '\\x01'::bytea, NULL, NULL, 'unsigned')";
+    let head = s.ops.audit().head("default").await.unwrap().unwrap();
+    // Stale: expected one row behind the head.
+    let pool = s.db.admin_pool().await;
+    let row: (String, Option<i64>) = sqlx::query_as(call)
+        .bind(req.id)
+        .bind(head.seq - 1)
+        .bind(&head.head_hmac)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(row, ("stale".to_owned(), Some(head.seq)));
+    let pending: String = sqlx::query_scalar("SELECT status FROM gate_requests WHERE id = $1")
+        .bind(req.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, "pending");
+    let oversight: i64 = sqlx::query_scalar("SELECT count(*) FROM oversight_decisions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(oversight, 0);
+    assert_eq!(
+        s.ops.audit().head("default").await.unwrap().unwrap().seq,
+        head.seq
+    );
+    // The agent's credentials: refused outright.
+    let app = sqlx::PgPool::connect(&s.db.app_url()).await.unwrap();
+    let err = sqlx::query_as::<_, (String, Option<i64>)>(call)
+        .bind(req.id)
+        .bind(head.seq)
+        .bind(&head.head_hmac)
+        .fetch_one(&app)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert!(matches!(
+        s.agent.gates().poll(req.id).await,
+        Err(Error::ApprovalPending { .. })
+    ));
+}

@@ -235,6 +235,7 @@ async fn the_catalog_holds_the_boundary() {
     assert_eq!(
         callable,
         [
+            "governance_append_batch_expected",
             "governance_append_expected",
             "governance_consume",
             "governance_expire_reservations",

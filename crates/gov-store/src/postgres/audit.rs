@@ -6,7 +6,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::heads::Recording;
+use super::budget::{OPTIMISTIC_TRIES, TURN_PATIENCE, stale_head};
+use super::heads::{Head, Recording};
 use crate::backend::ChainStore;
 use crate::{AUDIT_CHANNEL, Result, Sealer, StoreError};
 
@@ -120,6 +121,47 @@ impl ChainStore for PgStore {
                 e.chain_id
             )));
         }
+        let tip = self.heads.tip(chain_id);
+        {
+            let _turn = tokio::time::timeout(TURN_PATIENCE, tip.turn.lock())
+                .await
+                .ok();
+            let mut head = self.expected_head(&tip, chain_id).await?;
+            for _ in 0..OPTIMISTIC_TRIES {
+                let (cols, seqs, last) = seal_batch(chain_id, key_id, events, seal, &head);
+                // language=PostgreSQL
+                let (appended, seq, hmac): (bool, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
+                    "SELECT * FROM governance_append_batch_expected($1, $2, $3, $4, $5, $6, \
+                         $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                )
+                .bind(chain_id)
+                .bind(head.0)
+                .bind(&head.1)
+                .bind(key_id)
+                .bind(&cols.event_id)
+                .bind(&cols.occurred_at)
+                .bind(&cols.agent_id)
+                .bind(&cols.session_id)
+                .bind(&cols.kind)
+                .bind(&cols.actor)
+                .bind(&cols.parent)
+                .bind(&cols.payload)
+                .bind(&cols.prev_hmac)
+                .bind(&cols.row_hmac)
+                .bind(&cols.signature)
+                .bind(&cols.signer_key_id)
+                .bind(&cols.signature_status)
+                .fetch_one(&self.pool())
+                .await?;
+                if appended {
+                    tip.committed(last);
+                    return Ok(seqs);
+                }
+                head = stale_head(seq, hmac)?;
+                tip.observed(head.clone());
+            }
+        }
+        // Another process keeps moving the head: lock it instead (four round trips, never stale).
         let sealed = Recording::new(seal);
         let mut tx = self.pool().begin().await?;
         let seqs = append_in(&mut tx, chain_id, key_id, events, &|r| sealed.seal(r)).await?;
@@ -408,23 +450,17 @@ pub(crate) async fn import_locked(
     Ok(last)
 }
 
-/// Appends `events` after `head`, the (seq, head_hmac) of the chain's head row, which the
-/// caller's transaction holds locked.
-pub(crate) async fn append_locked(
-    conn: &mut sqlx::PgConnection,
+/// `events` sealed as the rows after `head`: their columns, their seqs, and the last row as the
+/// head it makes.
+fn seal_batch(
     chain_id: &str,
     key_id: &str,
     events: &[AuditEvent],
     seal: Sealer<'_>,
-    head: (i64, Vec<u8>),
-) -> Result<Vec<i64>> {
-    if let Some(e) = events.iter().find(|e| e.chain_id.as_str() != chain_id) {
-        return Err(StoreError::InvalidArgument(format!(
-            "an append to chain {chain_id} holds an event of chain {}",
-            e.chain_id
-        )));
-    }
-    let (mut seq, mut prev) = head;
+    head: &Head,
+) -> (Columns, Vec<i64>, Head) {
+    debug_assert!(events.iter().all(|e| e.chain_id.as_str() == chain_id));
+    let (mut seq, mut prev) = head.clone();
     let mut cols = Columns::default();
     let mut seqs = Vec::with_capacity(events.len());
     for ev in events {
@@ -449,6 +485,26 @@ pub(crate) async fn append_locked(
         seqs.push(seq);
         prev = hmac;
     }
+    (cols, seqs, (seq, prev))
+}
+
+/// Appends `events` after `head`, the (seq, head_hmac) of the chain's head row, which the
+/// caller's transaction holds locked.
+pub(crate) async fn append_locked(
+    conn: &mut sqlx::PgConnection,
+    chain_id: &str,
+    key_id: &str,
+    events: &[AuditEvent],
+    seal: Sealer<'_>,
+    head: (i64, Vec<u8>),
+) -> Result<Vec<i64>> {
+    if let Some(e) = events.iter().find(|e| e.chain_id.as_str() != chain_id) {
+        return Err(StoreError::InvalidArgument(format!(
+            "an append to chain {chain_id} holds an event of chain {}",
+            e.chain_id
+        )));
+    }
+    let (cols, seqs, (seq, prev)) = seal_batch(chain_id, key_id, events, seal, &head);
 
     // One statement inserts the rows, moves the head and announces the batch; the
     // notification is delivered only if the transaction commits.

@@ -28,12 +28,12 @@ use crate::backend::BudgetStore;
 use crate::{Reserve, Result, Sealer, StoreError};
 
 /// Stale answers in a row after which an append stops sealing ahead and locks the head instead.
-const OPTIMISTIC_TRIES: usize = 3;
+pub(crate) const OPTIMISTIC_TRIES: usize = 3;
 
 /// How long an append waits for this process's previous one-statement append to the same chain
 /// before it seals against the head it knows anyway: a statement held up in the database (by a
 /// lock another session holds) must not hold up every append of this process.
-const TURN_PATIENCE: Duration = Duration::from_millis(20);
+pub(crate) const TURN_PATIENCE: Duration = Duration::from_millis(20);
 
 /// What `governance_reserve_logged` returns: outcome (`ok`, `refused`, `stale`), the refusal's
 /// reason, cap and used, and the head (the appended row, or the current head when stale).
@@ -47,7 +47,12 @@ type ReserveLoggedRow = (
 );
 
 /// `event` sealed as the row after `head`.
-fn sealed_after(event: &AuditEvent, key_id: &str, seal: Sealer<'_>, head: &Head) -> AuditRecord {
+pub(crate) fn sealed_after(
+    event: &AuditEvent,
+    key_id: &str,
+    seal: Sealer<'_>,
+    head: &Head,
+) -> AuditRecord {
     let mut record = AuditRecord::unsealed(event, head.0 + 1, &head.1, key_id);
     seal(&mut record);
     record
@@ -79,7 +84,7 @@ fn bind_row<'q, O>(
 }
 
 /// The head a stale answer carries.
-fn stale_head(seq: Option<i64>, hmac: Option<Vec<u8>>) -> Result<Head> {
+pub(crate) fn stale_head(seq: Option<i64>, hmac: Option<Vec<u8>>) -> Result<Head> {
     seq.zip(hmac)
         .ok_or_else(|| StoreError::Corrupt("a stale answer without the chain's head".into()))
 }
@@ -143,7 +148,7 @@ struct UsageRow {
 impl PgStore {
     /// The head to seal against: the one last seen, else the stored one (read without a lock;
     /// the database checks it anyway).
-    async fn expected_head(&self, tip: &Tip, chain: &str) -> Result<Head> {
+    pub(crate) async fn expected_head(&self, tip: &Tip, chain: &str) -> Result<Head> {
         if let Some(h) = tip.head() {
             return Ok(h);
         }
@@ -505,7 +510,9 @@ impl BudgetStore for PgStore {
         // but were not closed yet (expiry runs inside the next reservation) are not counted: a
         // crashed holder's reservation stops blocking at its expiry, not at the next reserve.
         // language=PostgreSQL
-        let r: StatusRow = sqlx::query_as(
+        let now = self.clock.now();
+        let query = || {
+            sqlx::query_as::<_, StatusRow>(
             "SELECT p.agent_id IS NOT NULL AS has_policy, p.per_session_micros, p.per_day_micros, \
                     p.per_session_tokens, p.per_day_tokens, p.max_session_seconds, \
                     s.spent_micros AS s_spent, \
@@ -532,9 +539,9 @@ impl BudgetStore for PgStore {
         )
         .bind(agent)
         .bind(session)
-        .bind(self.clock.now())
-        .fetch_one(&self.pool())
-        .await?;
+        .bind(now)
+        };
+        let r = super::hot!(self, |c| query().fetch_one(c))?;
         let policy = if r.has_policy {
             let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
             Some(BudgetPolicy {

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::PgStore;
+use super::budget::{OPTIMISTIC_TRIES, TURN_PATIENCE, sealed_after, stale_head};
 use crate::backend::GateStore;
 use crate::{Decision, OperatorChange, OperatorRecord, Result, Sealer, StoreError};
 
@@ -158,11 +159,13 @@ impl GateStore for PgStore {
     }
 
     async fn gate_request(&self, id: Uuid) -> Result<Option<GateRecord>> {
+        // A hot read (an agent waiting for its decision re-reads it when woken).
         let sql = format!("SELECT {GATE_COLUMNS} FROM gate_requests WHERE id = $1");
-        let row: Option<GateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool())
-            .await?;
+        let row = super::hot!(self, |c| {
+            sqlx::query_as::<_, GateRow>(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .fetch_optional(c)
+        })?;
         row.map(TryInto::try_into).transpose()
     }
 
@@ -177,6 +180,8 @@ impl GateStore for PgStore {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
+    /// One round trip when the cached head is current (`governance_decide_logged`); else the
+    /// transaction that locks the head itself.
     async fn decide_gate(
         &self,
         d: &Decision<'_>,
@@ -184,10 +189,20 @@ impl GateStore for PgStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<String> {
-        let mut tx = self.pool().begin().await?;
-        // language=PostgreSQL
-        let outcome: String =
-            sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6, $7)")
+        let chain = event.chain_id.as_str();
+        let tip = self.heads.tip(chain);
+        {
+            let _turn = tokio::time::timeout(TURN_PATIENCE, tip.turn.lock())
+                .await
+                .ok();
+            let mut head = self.expected_head(&tip, chain).await?;
+            for _ in 0..OPTIMISTIC_TRIES {
+                let record = sealed_after(event, key_id, seal, &head);
+                // language=PostgreSQL
+                let q = sqlx::query_as(
+                    "SELECT * FROM governance_decide_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+                )
                 .bind(d.id)
                 .bind(d.operator)
                 .bind(d.approve)
@@ -195,20 +210,38 @@ impl GateStore for PgStore {
                 .bind(d.token_hash)
                 .bind(d.token_expires_at)
                 .bind(self.clock.now())
-                .fetch_one(&mut *tx)
-                .await?;
-        if outcome != "ok" {
-            tx.rollback().await?;
-            return Ok(outcome);
+                .bind(record.event_id.as_uuid())
+                .bind(&record.kind)
+                .bind(&record.agent_id)
+                .bind(&record.chain_id)
+                .bind(head.0)
+                .bind(&head.1)
+                .bind(record.occurred_at)
+                .bind(&record.session_id)
+                .bind(&record.actor)
+                .bind(record.parent_event_id.map(|p| p.as_uuid()))
+                .bind(&record.payload)
+                .bind(&record.key_id)
+                .bind(&record.row_hmac)
+                .bind(&record.signature)
+                .bind(&record.signer_key_id)
+                .bind(&record.signature_status);
+                let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) =
+                    q.fetch_one(&self.pool()).await?;
+                match outcome.as_str() {
+                    "ok" => {
+                        tip.committed((head.0 + 1, record.row_hmac));
+                        return Ok(outcome);
+                    }
+                    "stale" => {
+                        head = stale_head(seq, hmac)?;
+                        tip.observed(head.clone());
+                    }
+                    _ => return Ok(outcome),
+                }
+            }
         }
-        let oversight = Oversight {
-            operator: d.operator,
-            request_id: Some(d.id),
-            reason: d.reason,
-        };
-        self.commit_oversight(tx, event, &oversight, key_id, seal)
-            .await?;
-        Ok(outcome)
+        self.decide_gate_locking(d, event, key_id, seal).await
     }
 
     async fn consume_gate(
@@ -242,6 +275,41 @@ pub(crate) struct Oversight<'a> {
 }
 
 impl PgStore {
+    /// [`GateStore::decide_gate`] in a transaction that locks the head itself: never stale.
+    async fn decide_gate_locking(
+        &self,
+        d: &Decision<'_>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<String> {
+        let mut tx = self.pool().begin().await?;
+        // language=PostgreSQL
+        let outcome: String =
+            sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6, $7)")
+                .bind(d.id)
+                .bind(d.operator)
+                .bind(d.approve)
+                .bind(d.reason)
+                .bind(d.token_hash)
+                .bind(d.token_expires_at)
+                .bind(self.clock.now())
+                .fetch_one(&mut *tx)
+                .await?;
+        if outcome != "ok" {
+            tx.rollback().await?;
+            return Ok(outcome);
+        }
+        let oversight = Oversight {
+            operator: d.operator,
+            request_id: Some(d.id),
+            reason: d.reason,
+        };
+        self.commit_oversight(tx, event, &oversight, key_id, seal)
+            .await?;
+        Ok(outcome)
+    }
+
     /// Finishes an operator path's transaction: the oversight record backing `event`, then
     /// `event` sealed onto its chain, then the commit (and the head cache).
     pub(crate) async fn commit_oversight(

@@ -1,6 +1,7 @@
-//! The heads this process last saw of each chain, so the guarded LLM path can seal a row before
-//! it reaches the database and append it in one statement (`governance_reserve_logged`,
-//! `governance_settle_logged`), optimistically.
+//! The heads this process last saw of each chain, so the chain writer's batches and the guarded
+//! LLM path can seal rows before they reach the database and append them in one statement
+//! (`governance_append_batch_expected`, `governance_reserve_logged`, `governance_settle_logged`),
+//! optimistically.
 //!
 //! The cache is a hint, never a source of truth: the database checks the expected head under
 //! the head row's lock and refuses a stale one (changing nothing), so a wrong entry costs one

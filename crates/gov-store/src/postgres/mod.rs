@@ -29,8 +29,10 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migr
 #[derive(Debug, Clone)]
 pub struct PgStore {
     current: Arc<RwLock<hosts::Current>>,
-    /// The chain heads this process last saw (the LLM path's optimistic appends).
+    /// The chain heads this process last saw (the optimistic appends').
     heads: Arc<heads::Heads>,
+    /// One connection kept warm for the hot reads (see [`PgStore::warm`]).
+    warm: Arc<std::sync::Mutex<Option<(u64, sqlx::PgConnection)>>>,
     /// The clock the rules run on (passed to the functions as `p_now`).
     pub(crate) clock: crate::Clock,
     /// See [`StoreOptions::call_timeout`].
@@ -100,6 +102,7 @@ impl PgStore {
                 generation: 0,
             })),
             heads: Arc::default(),
+            warm: Arc::default(),
             clock: opts.clock.clone(),
             deadline: opts.call_timeout,
             renew: Some(Arc::new((target.clone(), opts.clone()))),
@@ -117,6 +120,7 @@ impl PgStore {
                 generation: 0,
             })),
             heads: Arc::default(),
+            warm: Arc::default(),
             clock: crate::Clock::system(),
             deadline: None,
             renew: None,
@@ -144,6 +148,49 @@ impl PgStore {
     /// it again for each piece of work rather than keeping it).
     pub fn pool(&self) -> PgPool {
         hosts::read(&self.current).pool.clone()
+    }
+
+    /// A connection for a hot read (a budget check, a gate's state): the one kept warm when no
+    /// other call is using it, else one from the pool. Sequential callers so reuse one warm
+    /// backend instead of rotating through the pool's least recently used ones. Give it back
+    /// with [`Warm::keep`] once the read succeeded; dropped instead (an error, a cancelled
+    /// call), it is closed, and the next hot read takes a fresh one from the pool. A connection
+    /// of a retired pool is never reused. The warm connection is one more than the pool's
+    /// `max_connections`.
+    ///
+    /// A kept connection may have died since (a server restart, a terminated backend): a read
+    /// that fails on one is retried once on a fresh connection ([`Warm::reused`]).
+    pub(crate) async fn warm(&self) -> Result<Warm<'_>> {
+        let generation = self.generation();
+        let kept = self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|(g, _)| *g == generation);
+        match kept {
+            Some((_, c)) => Ok(Warm {
+                slot: &self.warm,
+                generation,
+                conn: Some(c),
+                reused: true,
+            }),
+            None => self.warm_fresh().await,
+        }
+    }
+
+    /// [`Self::warm`] on a connection fresh from the pool (detached: it is this store's, outside
+    /// the pool's count, so that holding it never holds up the pool, whose closing waits for
+    /// every pooled connection to come back).
+    pub(crate) async fn warm_fresh(&self) -> Result<Warm<'_>> {
+        let generation = self.generation();
+        let conn = self.pool().acquire().await?.detach();
+        Ok(Warm {
+            slot: &self.warm,
+            generation,
+            conn: Some(conn),
+            reused: false,
+        })
     }
 
     async fn applied_versions(&self) -> Result<Vec<i64>> {
@@ -254,6 +301,11 @@ impl Backend for PgStore {
     }
 
     async fn close(&self) {
+        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((_, conn)) = warm {
+            use sqlx::Connection;
+            let _ = conn.close().await;
+        }
         self.pool().close().await;
     }
 
@@ -270,6 +322,68 @@ impl Backend for PgStore {
     }
 }
 
+/// Runs the hot read `$read` (an expression using the connection `$c` that yields a future of
+/// `Result<T, sqlx::Error>`) on the warm connection ([`PgStore::warm`]), once more on a fresh one
+/// when a kept connection fails (it may have died since it was kept). Evaluates to `Result<T>`.
+/// (A macro: an async closure borrowing the connection would make the caller's future lose
+/// `Send`.)
+macro_rules! hot {
+    ($store:expr, |$c:ident| $read:expr) => {{
+        let mut warm = $store.warm().await?;
+        let first = {
+            let $c = warm.conn()?;
+            $read.await
+        };
+        match first {
+            Ok(v) => {
+                warm.keep();
+                Ok::<_, $crate::StoreError>(v)
+            }
+            Err(_) if warm.reused => {
+                drop(warm);
+                let mut warm = $store.warm_fresh().await?;
+                let v = {
+                    let $c = warm.conn()?;
+                    $read.await?
+                };
+                warm.keep();
+                Ok(v)
+            }
+            Err(e) => Err($crate::StoreError::from(e)),
+        }
+    }};
+}
+pub(crate) use hot;
+
+/// A connection lent by [`PgStore::warm`].
+pub(crate) struct Warm<'a> {
+    slot: &'a std::sync::Mutex<Option<(u64, sqlx::PgConnection)>>,
+    generation: u64,
+    conn: Option<sqlx::PgConnection>,
+    /// Whether the connection was kept from an earlier read (it may have died since).
+    pub(crate) reused: bool,
+}
+
+impl Warm<'_> {
+    /// The connection.
+    pub(crate) fn conn(&mut self) -> Result<&mut sqlx::PgConnection> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("a warm connection used after it was kept".into()))
+    }
+
+    /// Keeps the connection warm for the next hot read (unless another one already is).
+    pub(crate) fn keep(mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some((self.generation, conn));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::valid_role_name;
@@ -283,3 +397,4 @@ mod tests {
         }
     }
 }
+
