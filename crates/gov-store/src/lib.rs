@@ -32,8 +32,9 @@
 //!   and passed to the rule (on Postgres as `p_now`, never the functions' `now()`);
 //!   `migrations/postgres/schema.sql` (`cargo xtask schema`) holds every Postgres function's
 //!   current body and a test keeps it current.
-//! - A gate decision runs `governance_decide` and appends its audit event (`append_in`) in one
-//!   transaction, so a decision is never recorded without its event.
+//! - A gate decision runs `governance_decide`, writes its oversight record and appends its audit
+//!   event all or nothing, so a decision is never recorded without its event; on Postgres in one
+//!   statement (`governance_decide_logged`, operator connections only), optimistic as below.
 //! - Every function in the Postgres schema sets `search_path = pg_catalog, <schema>, pg_temp`,
 //!   PUBLIC has no TEMPORARY on the database nor CREATE on the schema, and the application role's
 //!   privileges equal the `governance_app_grants` allowlist;
@@ -41,7 +42,8 @@
 //! - `reserve_logged` and `settle_logged` commit a budget change and its one event all or
 //!   nothing, and a refused reservation appends nothing; on Postgres each is one statement in
 //!   autocommit (`governance_reserve_logged`, `governance_settle_logged`, which call
-//!   `governance_reserve` and `governance_settle`).
+//!   `governance_reserve` and `governance_settle`). The chain writer's batches are one statement
+//!   too (`governance_append_batch_expected`).
 //! - Those statements are optimistic: `PgStore` seals the row after the head it last saw of the
 //!   chain (a per-chain cache, `postgres/heads.rs`, that every append it commits updates), and
 //!   the function appends it only if that is still the head under the head row's lock; a stale
@@ -55,6 +57,10 @@
 //!   gate decisions, imports, reservations and settlements alike; an import holds one chain's
 //!   head, and nothing else, from its first row to its commit); nothing waits for a counter or a
 //!   reservation while holding a head, so heads take part in no deadlock.
+//! - Hot reads (a budget check, a gate request's state) run on one connection kept warm outside
+//!   the pool (`PgStore::warm`), taken by one call at a time (others use the pool), closed on
+//!   any error, never reused across a pool retirement, and a read that fails on it is retried
+//!   once on a fresh connection.
 //! - A SQLite file is created only when `StoreOptions::create_if_missing` asks for it
 //!   (`governance migrate`, `governance demo`, `migrate_on_connect(true)`, the CLI's local
 //!   database), by the store itself, exclusively, with mode 600 in directories it creates with

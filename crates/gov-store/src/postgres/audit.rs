@@ -14,7 +14,8 @@ use crate::{AUDIT_CHANNEL, Result, Sealer, StoreError};
 const COLUMNS: &str = "chain_id, seq, event_id, occurred_at, agent_id, session_id, kind, actor, \
      parent_event_id, payload, prev_hmac, key_id, row_hmac, signature, signer_key_id, signature_status";
 
-#[derive(FromRow)]
+/// One row of [`COLUMNS`], decoded by position (the read paths stream millions of rows: a
+/// lookup by column name per field would cost more than the decoding itself).
 struct RecordRow {
     chain_id: String,
     seq: i64,
@@ -32,6 +33,30 @@ struct RecordRow {
     signature: Option<Vec<u8>>,
     signer_key_id: Option<String>,
     signature_status: String,
+}
+
+impl<'r> FromRow<'r, sqlx::postgres::PgRow> for RecordRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            chain_id: row.try_get(0)?,
+            seq: row.try_get(1)?,
+            event_id: row.try_get(2)?,
+            occurred_at: row.try_get(3)?,
+            agent_id: row.try_get(4)?,
+            session_id: row.try_get(5)?,
+            kind: row.try_get(6)?,
+            actor: row.try_get(7)?,
+            parent_event_id: row.try_get(8)?,
+            payload: row.try_get(9)?,
+            prev_hmac: row.try_get(10)?,
+            key_id: row.try_get(11)?,
+            row_hmac: row.try_get(12)?,
+            signature: row.try_get(13)?,
+            signer_key_id: row.try_get(14)?,
+            signature_status: row.try_get(15)?,
+        })
+    }
 }
 
 impl From<RecordRow> for AuditRecord {
