@@ -153,6 +153,15 @@ impl Config {
                 )?)),
                 None => None,
             };
+            if let (Some(key), Some(var)) = (&api_key, &p.api_key_env) {
+                use secrecy::ExposeSecret as _;
+                let value = format!("Bearer {}", key.expose_secret());
+                if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                    return Err(GatewayError::Config(format!(
+                        "[{default}] the value of {var} is not a valid HTTP header value (stray spaces or newlines?)"
+                    )));
+                }
+            }
             let name = p.name.unwrap_or_else(|| default.to_owned());
             if name.is_empty() || name.len() > 128 {
                 return Err(GatewayError::Config(format!(

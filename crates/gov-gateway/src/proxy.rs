@@ -262,18 +262,19 @@ fn upstream_request(
             }
         }
     }
-    if let Some(key) = &up.provider.api_key {
-        if let Ok(mut v) = HeaderValue::from_str(&match api {
+    // The configuration checked that the key makes a valid header value.
+    if let Some(key) = &up.provider.api_key
+        && let Ok(mut v) = HeaderValue::from_str(&match api {
             Api::OpenAi => format!("Bearer {}", key.expose_secret()),
             Api::Anthropic => key.expose_secret().to_owned(),
-        }) {
-            v.set_sensitive(true);
-            let name = match api {
-                Api::OpenAi => header::AUTHORIZATION,
-                Api::Anthropic => HeaderName::from_static("x-api-key"),
-            };
-            out.insert(name, v);
-        }
+        })
+    {
+        v.set_sensitive(true);
+        let name = match api {
+            Api::OpenAi => header::AUTHORIZATION,
+            Api::Anthropic => HeaderName::from_static("x-api-key"),
+        };
+        out.insert(name, v);
     }
     if api == Api::Anthropic && !out.contains_key("anthropic-version") {
         out.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
