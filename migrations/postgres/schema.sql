@@ -272,6 +272,35 @@ BEGIN
 END;
 $function$
 
+-- governance_gateway_key(text)
+CREATE OR REPLACE FUNCTION public.governance_gateway_key(p_id text)
+ RETURNS TABLE(agent_id text, key_hash bytea)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+    SELECT k.agent_id, k.key_hash FROM gateway_keys k
+    WHERE k.id = p_id AND k.revoked_at IS NULL;
+$function$
+
+-- governance_gateway_key_guard()
+CREATE OR REPLACE FUNCTION public.governance_gateway_key_guard()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+BEGIN
+    IF NEW.id IS DISTINCT FROM OLD.id OR NEW.agent_id IS DISTINCT FROM OLD.agent_id
+       OR NEW.key_hash IS DISTINCT FROM OLD.key_hash OR NEW.label IS DISTINCT FROM OLD.label
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR OLD.revoked_at IS NOT NULL OR NEW.revoked_at IS NULL THEN
+        RAISE EXCEPTION 'a gateway key is only ever revoked, once'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END;
+$function$
+
 -- governance_grant_app_role(text)
 CREATE OR REPLACE FUNCTION public.governance_grant_app_role(role_name text)
  RETURNS void

@@ -57,6 +57,10 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["console", "list-users"],
         &["console", "disable-user"],
         &["console", "reset-password"],
+        &["gateway", "serve"],
+        &["gateway", "add-key"],
+        &["gateway", "list-keys"],
+        &["gateway", "revoke-key"],
         &["completions"],
     ];
     let top = help(&db, &[]);

@@ -9,6 +9,7 @@ mod evidence;
 mod export_import;
 mod faults;
 mod first_hour;
+mod gateway;
 mod keys;
 mod local;
 mod migrate;

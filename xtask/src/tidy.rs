@@ -18,7 +18,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("gov-sdk", &["gov-core", "gov-audit", "gov-store"]),
     ("gov-report", &["gov-sdk"]),
     ("gov-console", &["gov-sdk", "gov-report"]),
-    ("gov-cli", &["gov-sdk", "gov-report", "gov-console"]),
+    ("gov-gateway", &["gov-sdk"]),
+    (
+        "gov-cli",
+        &["gov-sdk", "gov-report", "gov-console", "gov-gateway"],
+    ),
     ("gov-testdb", &["gov-core", "gov-audit", "gov-store"]),
     (
         "gov-bench",
@@ -40,6 +44,7 @@ const EXTERNAL: &[(&str, &[&str])] = &[
             "gov-sdk",
             "gov-report",
             "gov-console",
+            "gov-gateway",
             "gov-cli",
             "gov-testdb",
             "gov-bench",

@@ -107,6 +107,11 @@ pub(crate) enum Command {
     /// and resume (add-user, list-users, disable-user, reset-password, set-role)
     #[command(subcommand)]
     Console(ConsoleCommand),
+    /// Run the LLM gateway (serve) that puts every gate in front of OpenAI- and
+    /// Anthropic-compatible providers for agents in any language, and manage the agents' gateway
+    /// keys (add-key, list-keys, revoke-key)
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Run a C2SP tlog witness (serve) that cosigns the checkpoints of the logs it is given, only
     /// when each is consistent with the last one it cosigned
     #[command(subcommand)]
@@ -327,6 +332,65 @@ pub(crate) enum ConsoleCommand {
         after_help = "Example:\n  governance console set-role --username alice --role viewer"
     )]
     SetRole(AddUserArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GatewayCommand {
+    /// Serve the gateway: POST /v1/chat/completions, GET /v1/models, POST /v1/messages, /healthz
+    #[command(
+        after_help = "Examples:\n  OPENAI_API_KEY=sk-… governance gateway serve --config /etc/governance/gateway.toml\n  governance gateway serve --config gateway.toml --bind 0.0.0.0:8089\n\nConnect as the application role (GOVERNANCE_DATABASE_URL) with GOVERNANCE_AUDIT_SECRET set; provider API keys come from the environment variables the file names (docs/gateway.md). On Ctrl-C or SIGTERM it stops accepting, lets calls in flight finish and settles them.\nExit codes: 0 stopped, 2 usage or configuration, 3 storage unreachable."
+    )]
+    Serve(GatewayServeArgs),
+    /// Make a gateway key for an agent; the key is printed once and stored only as a hash
+    #[command(
+        after_help = "Examples:\n  governance gateway add-key --agent billing-agent --label \"prod pod\"\n  governance gateway add-key --agent billing-agent --json | jq -r .key\n\nRun it with the schema owner's database URL: the application role cannot make keys."
+    )]
+    AddKey(GatewayAddKeyArgs),
+    /// List gateway keys (ids, agents, labels, dates; never a key or a hash)
+    #[command(
+        after_help = "Examples:\n  governance gateway list-keys\n  governance gateway list-keys --agent billing-agent --json"
+    )]
+    ListKeys(GatewayListKeysArgs),
+    /// Revoke a gateway key by its id: the gateway refuses it from then on
+    #[command(
+        after_help = "Example:\n  governance gateway revoke-key 3f2a…\n\nA running gateway trusts a key it accepted for at most key_cache_secs (default 5 s)."
+    )]
+    RevokeKey(GatewayRevokeKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GatewayServeArgs {
+    /// The gateway's configuration file (TOML)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: PathBuf,
+    /// Listen here instead of the file's `listen`
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) bind: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GatewayAddKeyArgs {
+    /// The agent the key authenticates
+    #[arg(long)]
+    pub(crate) agent: String,
+    /// A note for operators (where the key is used)
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GatewayListKeysArgs {
+    /// Only this agent's keys
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GatewayRevokeKeyArgs {
+    /// The key's id (as list-keys shows it)
+    pub(crate) id: String,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,10 @@ pub struct Admin {
 }
 
 impl Admin {
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Connects to `url`. A missing SQLite file is an error ([`Error::is_config`]: a mistyped
     /// path names no database), never a new empty one; see [`Self::connect_or_create`].
     pub async fn connect(url: &str) -> Result<Self> {

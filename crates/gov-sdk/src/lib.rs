@@ -82,6 +82,7 @@
 //!   adopted.
 
 pub mod admin;
+pub mod agent_keys;
 mod audit;
 pub mod blocking;
 mod cache;

@@ -98,6 +98,16 @@ impl<'g> Scope<'g> {
         self.decide(agent, Target::Model(provider, model)).await
     }
 
+    /// Whether [`Self::check_model`] would allow `provider`'s `model` for `agent` now, without
+    /// auditing anything (for listing models; a call still goes through `check_model`).
+    pub async fn allows_model(&self, agent: &str, provider: &str, model: &str) -> Result<bool> {
+        if !self.gov.inner.config.modules.scope {
+            return Ok(true);
+        }
+        let policy = self.policy(agent).await?;
+        Ok(judge(policy.as_deref(), Target::Model(provider, model)).is_ok())
+    }
+
     /// The tools of `offered` the agent may be shown: hidden and disallowed ones are dropped.
     /// An unknown agent is shown nothing.
     pub async fn filter_tools<S: AsRef<str> + Clone>(

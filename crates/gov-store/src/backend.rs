@@ -18,6 +18,7 @@ use crate::{
     MigrateReport, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
     Reserve, Result, Sealer, SignerKeyRow, SubjectKeyRow, TreeTile,
 };
+use crate::{GatewayKeyInfo, GatewayKeyRow};
 
 /// Schema, roles, notifications and the connection pool.
 pub trait Backend:
@@ -30,6 +31,7 @@ pub trait Backend:
     + SessionStore
     + RegistryStore
     + SubjectStore
+    + GatewayKeyStore
 {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<MigrateReport>;
@@ -313,6 +315,19 @@ pub trait SubjectStore {
         key_id: &str,
         seal: Sealer<'_>,
     ) -> Result<u64>;
+}
+
+/// Agents' gateway keys: made, listed and revoked by the owner; looked up one at a time by id
+/// (the application role can do only that, on Postgres through a definer function).
+pub trait GatewayKeyStore {
+    /// Stores a new key (its id, agent, hash and label).
+    async fn add_gateway_key(&self, row: &GatewayKeyRow) -> Result<()>;
+    /// Every key (of `agent`, or of all agents), oldest first, without hashes.
+    async fn gateway_keys(&self, agent: Option<&str>) -> Result<Vec<GatewayKeyInfo>>;
+    /// Revokes a key; `false` when there is no such key or it was already revoked.
+    async fn revoke_gateway_key(&self, id: &str) -> Result<bool>;
+    /// The agent and stored hash of the unrevoked key with this id.
+    async fn gateway_key(&self, id: &str) -> Result<Option<(String, Vec<u8>)>>;
 }
 
 /// Builds the erasure's event from the number of keys destroyed.

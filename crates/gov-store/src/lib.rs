@@ -94,6 +94,7 @@ pub use types::{
 };
 
 pub use backend::ErasureEvent;
+use backend::GatewayKeyStore;
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
     SignerStore, SubjectStore, TreeStore,
@@ -247,6 +248,34 @@ pub struct SubjectKeyRow {
     pub kid: String,
     /// 24-byte nonce, then the key encrypted under the key-encryption key (72 bytes).
     pub wrapped: Vec<u8>,
+}
+
+/// A new agent key of the gateway, as stored: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayKeyRow {
+    /// The key's public id (32 lowercase hex digits).
+    pub id: String,
+    /// The agent it authenticates.
+    pub agent: String,
+    /// SHA-256 of the whole key.
+    pub key_hash: Vec<u8>,
+    /// A note for operators.
+    pub label: String,
+}
+
+/// A gateway key as listed: no hash, no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayKeyInfo {
+    /// The key's public id.
+    pub id: String,
+    /// The agent it authenticates.
+    pub agent: String,
+    /// A note for operators.
+    pub label: String,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// A registered signer's public key.
@@ -523,6 +552,26 @@ impl Store {
     /// Whether the database holds any subject key or erased subject.
     pub async fn holds_subject_state(&self) -> Result<bool> {
         dispatch!(self, s => s.holds_subject_state().await)
+    }
+
+    /// Stores a new gateway key (its hash only).
+    pub async fn add_gateway_key(&self, row: &GatewayKeyRow) -> Result<()> {
+        dispatch!(self, s => s.add_gateway_key(row).await)
+    }
+
+    /// The gateway keys (of `agent`, or of all agents), oldest first, without hashes.
+    pub async fn gateway_keys(&self, agent: Option<&str>) -> Result<Vec<GatewayKeyInfo>> {
+        dispatch!(self, s => s.gateway_keys(agent).await)
+    }
+
+    /// Revokes a gateway key; `false` when there is no such key or it was already revoked.
+    pub async fn revoke_gateway_key(&self, id: &str) -> Result<bool> {
+        dispatch!(self, s => s.revoke_gateway_key(id).await)
+    }
+
+    /// The agent and stored hash of the unrevoked gateway key with this id.
+    pub async fn gateway_key(&self, id: &str) -> Result<Option<(String, Vec<u8>)>> {
+        dispatch!(self, s => s.gateway_key(id).await)
     }
 
     /// Erases a subject: tombstone, every key deleted and the erasure's event appended, in one

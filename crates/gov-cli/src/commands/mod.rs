@@ -8,6 +8,7 @@ pub(crate) mod demo;
 pub(crate) mod erase;
 pub(crate) mod evidence;
 pub(crate) mod export;
+pub(crate) mod gateway;
 pub(crate) mod import;
 pub(crate) mod migrate;
 pub(crate) mod prove;

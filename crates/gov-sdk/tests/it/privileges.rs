@@ -223,7 +223,7 @@ async fn the_catalog_holds_the_boundary() {
     );
     // Functions it may call (trigger functions aside: they cannot be called directly). The
     // budget functions run with the caller's privileges; the definer functions are the
-    // heartbeat, the service's own halt and spending an approval.
+    // heartbeat, the service's own halt, spending an approval and looking up a gateway key.
     let callable: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT p.proname::text FROM pg_proc p \
          WHERE p.pronamespace = 'public'::regnamespace AND p.prorettype <> 'trigger'::regtype \
@@ -239,6 +239,8 @@ async fn the_catalog_holds_the_boundary() {
             "governance_append_expected",
             "governance_consume",
             "governance_expire_reservations",
+            // Looks up the one gateway key presented; the table itself is the owner's.
+            "governance_gateway_key",
             "governance_heartbeat",
             "governance_lock_counters",
             "governance_record_spend",

@@ -7,6 +7,7 @@ mod enforce;
 mod gates;
 mod heads;
 mod hosts;
+mod keys;
 mod llm;
 mod signers;
 mod subjects;

@@ -12,6 +12,7 @@ mod budget;
 mod console;
 mod enforce;
 mod gates;
+mod keys;
 mod llm;
 mod signers;
 mod subjects;
