@@ -7,40 +7,99 @@ function cell(text) {
   return td;
 }
 
+// The severity class of a kind, as the server's severity_class (pages/mod.rs) gives it.
+function severity(kind) {
+  if (kind === "agent.halted" || kind === "loop.detected") return "sev-critical";
+  if (kind.endsWith(".denied") || kind === "contract.violated" || kind === "llm.error") return "sev-high";
+  return "";
+}
+
+// A kind filter: exact, or a family (gate.*, *.denied).
+function kindMatches(filter, kind) {
+  if (!filter || filter === "*") return true;
+  if (filter.endsWith("*")) return kind.startsWith(filter.slice(0, -1));
+  if (filter.startsWith("*")) return kind.endsWith(filter.slice(1));
+  return kind === filter;
+}
+
 function follow(table) {
   const status = document.getElementById("live-status");
+  const toggle = document.getElementById("live-toggle");
+  const field = (name) => { const f = document.querySelector("form.filters input[name=" + name + "]"); return f ? f.value : ""; };
+  const agent = field("agent"), kind = field("kind"), session = field("session");
   const params = new URLSearchParams();
-  const agent = document.querySelector("form.filters input[name=agent]");
-  const kind = document.querySelector("form.filters input[name=kind]");
-  if (agent && agent.value) params.set("agent", agent.value);
-  if (kind && kind.value) params.set("kind", kind.value);
+  if (agent) params.set("agent", agent);
+  if (kind && !kind.includes("*")) params.set("kind", kind);
   const source = new EventSource(table.dataset.stream + "?" + params.toString());
-  source.onopen = () => { if (status) status.textContent = "live"; };
+  let paused = false, held = [];
+  const show = (text) => { if (status) status.textContent = text; };
+  if (toggle) toggle.addEventListener("click", () => {
+    paused = !paused;
+    toggle.setAttribute("aria-pressed", String(paused));
+    toggle.textContent = paused ? "Resume" : "Pause";
+    if (!paused) { held.forEach(add); held = []; show("live"); } else { show("paused"); }
+  });
+  source.onopen = () => show(paused ? "paused" : "live");
   // On reconnect the browser sends the last id it saw (Last-Event-ID: <chain>:<seq>) and the
   // server sends everything after it first, so a reconnect loses nothing.
-  source.onerror = () => { if (status) status.textContent = "reconnecting…"; };
+  source.onerror = () => show("reconnecting…");
   // This page fell behind the live feed: the server says so, then sends what it missed from
   // the database, in order, before continuing live.
   source.addEventListener("lagged", (msg) => {
     const note = JSON.parse(msg.data);
-    if (status) status.textContent = "catching up (" + note.missed + " events behind)…";
+    show("catching up (" + note.missed + " events behind)…");
   });
-  source.addEventListener("audit", (msg) => {
-    if (status && status.textContent !== "live") status.textContent = "live";
-    const e = JSON.parse(msg.data);
+  function add(e) {
     const row = document.createElement("tr");
-    row.className = "fresh";
+    row.className = ("fresh " + severity(e.kind)).trim();
     row.dataset.kind = e.kind;
     const payload = document.createElement("td");
     const code = document.createElement("code");
     code.textContent = (e.payload || "").slice(0, 200);
     payload.appendChild(code);
-    [e.seq, e.occurred_at, e.agent_id, e.kind, e.session_id, e.actor].forEach((v) => row.appendChild(cell(v)));
+    const labels = ["Seq", "Time", "Agent", "Kind", "Session", "Actor"];
+    [e.seq, e.occurred_at, e.agent_id, e.kind, e.session_id, e.actor].forEach((v, i) => {
+      const td = cell(v); td.dataset.label = labels[i]; row.appendChild(td);
+    });
+    payload.dataset.label = "Payload";
     row.appendChild(payload);
     const body = table.tBodies[0];
     body.insertBefore(row, body.firstChild);
     while (body.rows.length > 500) body.deleteRow(body.rows.length - 1);
+    const empty = document.getElementById("events-empty");
+    if (empty) empty.hidden = true;
+  }
+  source.addEventListener("audit", (msg) => {
+    const e = JSON.parse(msg.data);
+    if (!kindMatches(kind, e.kind) || (session && e.session_id !== session)) return;
+    if (paused) { held.push(e); show("paused (" + held.length + " new)"); return; }
+    if (status && status.textContent !== "live") show("live");
+    add(e);
   });
+}
+
+// The dashboard redraws itself (the page from the server, parsed) when an event arrives, at
+// most every 300 ms, and every 15 s for heartbeats and the chain status; never while the
+// operator is typing in it.
+function liveDashboard(dash) {
+  let timer = null;
+  const redraw = async () => {
+    timer = null;
+    const active = document.activeElement;
+    if (active && dash.contains(active) && active.tagName === "INPUT") return;
+    const res = await fetch(dash.dataset.live, { credentials: "same-origin" });
+    if (!res.ok) return;
+    const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+    const fresh = doc.getElementById("dash");
+    if (!fresh) return;
+    dash.replaceChildren(...Array.from(fresh.childNodes).map((n) => document.importNode(n, true)));
+    document.body.className = doc.body.className;
+  };
+  const soon = () => { if (!timer) timer = setTimeout(redraw, 300); };
+  const source = new EventSource("/events/stream");
+  source.addEventListener("audit", soon);
+  source.addEventListener("lagged", soon);
+  setInterval(soon, 15000);
 }
 
 // The approvals page redraws its queue from /api/approvals whenever a gate is requested or
@@ -54,6 +113,7 @@ function decisionForm(id, verb, csrf, danger) {
   token.type = "hidden"; token.name = "csrf"; token.value = csrf;
   const reason = document.createElement("input");
   reason.name = "reason"; reason.placeholder = "reason"; reason.required = true;
+  reason.setAttribute("aria-label", "Reason to " + verb + " request " + id);
   const button = document.createElement("button");
   button.type = "submit"; button.textContent = verb === "approve" ? "Approve" : "Deny";
   if (danger) button.className = "danger";
@@ -140,6 +200,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (verify) verifyWithProgress(verify);
   const table = document.getElementById("events");
   if (table) follow(table);
+  const dash = document.getElementById("dash");
+  if (dash) liveDashboard(dash);
   const approvals = document.getElementById("approvals");
   if (approvals) watchApprovals(approvals);
 });

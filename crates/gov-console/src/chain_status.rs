@@ -69,6 +69,38 @@ pub(crate) struct Finding {
 }
 
 impl ChainIntegrity {
+    /// One line for a page: the verdict and, when tampered, where.
+    pub(crate) fn summary(&self) -> String {
+        let n = self.events_checked.unwrap_or(0);
+        match self.status {
+            IntegrityStatus::Clean => format!("intact: {n} events verified"),
+            IntegrityStatus::Unverifiable => format!(
+                "unverifiable: {} written with keys this console does not hold",
+                self.chains.as_deref().unwrap_or_default().join(", ")
+            ),
+            IntegrityStatus::Tampered => match self.first.as_ref().and_then(Option::as_ref) {
+                Some(f) => format!(
+                    "TAMPERED: chain {} fails at seq {} ({})",
+                    f.chain, f.seq, f.reason
+                ),
+                None => "TAMPERED: a chain fails verification".into(),
+            },
+            IntegrityStatus::Empty => "no events yet: nothing to verify".into(),
+            IntegrityStatus::Unknown => {
+                "unknown: the last verification could not complete (see the console's log)".into()
+            }
+        }
+    }
+
+    /// The CSS class of the verdict.
+    pub(crate) fn class(&self) -> &'static str {
+        match self.status {
+            IntegrityStatus::Clean | IntegrityStatus::Empty => "clean",
+            IntegrityStatus::Tampered => "tampered",
+            IntegrityStatus::Unverifiable | IntegrityStatus::Unknown => "unverifiable",
+        }
+    }
+
     /// The integrity a verification's outcome shows.
     pub(crate) fn of(result: &Result<VerifyReport, gov_sdk::Error>) -> Self {
         let bare = |status| Self {
@@ -197,6 +229,23 @@ impl ChainStatus {
             started,
             ticket: n,
         })
+    }
+
+    /// The last result without waiting (the dashboard): when there is none yet, or it is older
+    /// than the interval, one verification starts in the background and a later look shows it.
+    pub(crate) fn peek(self: &Arc<Self>, gov: &Governance) -> Option<Checked> {
+        let latest = self.latest();
+        let fresh = latest
+            .as_ref()
+            .is_some_and(|c| c.started.elapsed() < self.interval);
+        if !fresh && let Ok(guard) = Arc::clone(&self.refreshing).try_lock_owned() {
+            let (this, gov) = (Arc::clone(self), gov.clone());
+            tokio::spawn(async move {
+                this.verify_for_health(&gov).await;
+                drop(guard);
+            });
+        }
+        latest
     }
 
     /// The status for a health request: cached, verified now, or cached while a background

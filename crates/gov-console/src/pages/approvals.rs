@@ -60,7 +60,7 @@ async fn approve(
         .gates()
         .approve(&user.session.operator, id, form.reason()?)
         .await?;
-    Ok(Redirect::to("/approvals?done=approved"))
+    Ok(Redirect::to(&form.back_to("approved")))
 }
 
 /// `POST /approvals/{id}/deny`.
@@ -78,5 +78,5 @@ async fn deny(
         .gates()
         .deny(&user.session.operator, id, form.reason()?)
         .await?;
-    Ok(Redirect::to("/approvals?done=denied"))
+    Ok(Redirect::to(&form.back_to("denied")))
 }
