@@ -231,13 +231,15 @@ impl ChainStatus {
         })
     }
 
-    /// The last result without waiting (the dashboard): when there is none yet, or it is older
-    /// than the interval, one verification starts in the background and a later look shows it.
-    pub(crate) fn peek(self: &Arc<Self>, gov: &Governance) -> Option<Checked> {
+    /// The last result without waiting (the dashboard): when there is none yet, it is older
+    /// than the interval, or `outdated` (the caller knows the chains changed in a way that
+    /// makes it wrong), one verification starts in the background and a later look shows it.
+    pub(crate) fn peek(self: &Arc<Self>, gov: &Governance, outdated: bool) -> Option<Checked> {
         let latest = self.latest();
-        let fresh = latest
-            .as_ref()
-            .is_some_and(|c| c.started.elapsed() < self.interval);
+        let fresh = !outdated
+            && latest
+                .as_ref()
+                .is_some_and(|c| c.started.elapsed() < self.interval);
         if !fresh && let Ok(guard) = Arc::clone(&self.refreshing).try_lock_owned() {
             let (this, gov) = (Arc::clone(self), gov.clone());
             tokio::spawn(async move {

@@ -27,7 +27,9 @@ pub enum AppError {
     #[error("not found")]
     NotFound,
     /// An agent id nothing knows: no presence row, no pending request, no event.
-    #[error("no agent {0:?} is known here: it never sent a heartbeat, was never halted and has no events; check the id on the agents page")]
+    #[error(
+        "no agent {0:?} is known here: it never sent a heartbeat, was never halted and has no events; check the id on the agents page"
+    )]
     UnknownAgent(String),
     /// The SDK refused or failed.
     #[error(transparent)]

@@ -111,7 +111,16 @@ async fn dashboard(
         .sum();
     let caps = cap_uses(&gov.cost().day_budgets().await?);
     let attention = attention(&state).await?;
-    let checked = state.chain_status.peek(gov);
+    // "No events" is wrong as soon as there are some: verify again then.
+    let has_events = !gov.audit().heads().await?.is_empty();
+    let was_empty = state
+        .chain_status
+        .latest()
+        .is_some_and(|c| c.integrity.status == crate::chain_status::IntegrityStatus::Empty);
+    let mut checked = state.chain_status.peek(gov, has_events && was_empty);
+    if has_events && was_empty {
+        checked = None;
+    }
     let (integrity, integrity_class, checked_at, tampered) = match &checked {
         Some(c) => (
             c.integrity.summary(),

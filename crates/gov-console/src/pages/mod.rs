@@ -61,7 +61,14 @@ pub(crate) fn role_name(r: OperatorRole) -> &'static str {
 
 impl Nav {
     pub(crate) fn of(u: &CurrentUser) -> Option<Self> {
-        const SECTIONS: [&str; 6] = ["/agents", "/approvals", "/events", "/costs", "/chain", "/users"];
+        const SECTIONS: [&str; 6] = [
+            "/agents",
+            "/approvals",
+            "/events",
+            "/costs",
+            "/chain",
+            "/users",
+        ];
         let current = SECTIONS
             .into_iter()
             .find(|s| u.path == *s || u.path.starts_with(&format!("{s}/")))

@@ -14,7 +14,12 @@ const PW: &str = "correct horse battery staple";
 #[tokio::test]
 async fn a_resumed_agent_shows_no_old_halt_a_waiting_agent_waits_and_an_unknown_one_is_404() {
     let c = console(ConsoleConfig::default()).await;
-    let oscar = c.gov.operators().authenticate("oscar", PW).await.expect("oscar");
+    let oscar = c
+        .gov
+        .operators()
+        .authenticate("oscar", PW)
+        .await
+        .expect("oscar");
     let presence = c.gov.presence();
     presence.heartbeat("pay-bot").await.expect("beat");
     presence.heartbeat("mail-bot").await.expect("beat");
@@ -140,7 +145,11 @@ async fn the_dashboard_lists_misbehaving_agents_by_severity_and_caps_against_spe
         }
     }
     assert!(looped, "the loop detector tripped");
-    let oscar = gov.operators().authenticate("oscar", PW).await.expect("oscar");
+    let oscar = gov
+        .operators()
+        .authenticate("oscar", PW)
+        .await
+        .expect("oscar");
     gov.presence()
         .halt(&oscar, "loop-bot", "loops on refunds")
         .await
@@ -185,15 +194,18 @@ async fn a_tampered_chain_turns_the_dashboard_red_and_says_where() {
     }
     let b = c.login("vera").await;
     // The chain page's verification is what the dashboard shows.
-    let r = c.post_form("/chain", Some(&b), &format!("csrf={}", b.csrf)).await;
+    let r = c
+        .post_form("/chain", Some(&b), &format!("csrf={}", b.csrf))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = c.get("/", Some(&b)).await;
     assert!(r.body.contains("intact: 3 events verified"), "{}", r.body);
     assert!(!r.body.contains("class=\"alarm\""));
-    c.db
-        .tamper(&["UPDATE audit_events SET payload = '{\"n\":99}' WHERE seq = 2"])
+    c.db.tamper(&["UPDATE audit_events SET payload = '{\"n\":99}' WHERE seq = 2"])
         .await;
-    let r = c.post_form("/chain", Some(&b), &format!("csrf={}", b.csrf)).await;
+    let r = c
+        .post_form("/chain", Some(&b), &format!("csrf={}", b.csrf))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = c.get("/", Some(&b)).await;
     assert!(r.body.contains("<body class=\"alarm\">"), "{}", r.body);
@@ -213,7 +225,11 @@ async fn events_filter_by_session_and_kind_family_page_by_seq_and_say_why_they_a
     let r = c.get("/events", Some(&b)).await;
     assert!(r.body.contains("has no events yet"), "{}", r.body);
     for i in 0..120 {
-        let kind = if i % 10 == 0 { "demo.denied" } else { "demo.step" };
+        let kind = if i % 10 == 0 {
+            "demo.denied"
+        } else {
+            "demo.step"
+        };
         c.gov
             .audit()
             .log(
@@ -276,6 +292,9 @@ async fn the_api_answers_with_its_index_and_pages_mark_the_current_section() {
         r.body
     );
     assert!(r.body.contains("href=\"#main\""), "a skip link");
-    assert!(r.body.contains("href=\"/api\""), "the UI links the API index");
+    assert!(
+        r.body.contains("href=\"/api\""),
+        "the UI links the API index"
+    );
     c.gov.close().await;
 }
