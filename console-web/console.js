@@ -78,87 +78,36 @@ function follow(table) {
   });
 }
 
-// The dashboard redraws itself (the page from the server, parsed) when an event arrives, at
-// most every 300 ms, and every 15 s for heartbeats and the chain status; never while the
-// operator is typing in it.
-function liveDashboard(dash) {
+// A live region (the dashboard, the approvals queue: an element with data-live, the page it
+// comes from) redraws itself from that page, fetched and parsed, when an event arrives (only
+// kinds starting with data-live-kinds, if set), at most every 300 ms, and every 15 s for
+// heartbeats and clocks; never while the operator is typing in it (it tries again later).
+function liveRegion(region) {
+  const kinds = region.dataset.liveKinds || "";
   let timer = null;
   const redraw = async () => {
     timer = null;
     const active = document.activeElement;
-    if (active && dash.contains(active) && active.tagName === "INPUT") return;
-    const res = await fetch(dash.dataset.live, { credentials: "same-origin" });
+    if (active && region.contains(active) && active.tagName === "INPUT" && active.value) {
+      timer = setTimeout(redraw, 2000);
+      return;
+    }
+    const res = await fetch(region.dataset.live, { credentials: "same-origin" });
     if (!res.ok) return;
     const doc = new DOMParser().parseFromString(await res.text(), "text/html");
-    const fresh = doc.getElementById("dash");
+    const fresh = doc.getElementById(region.id);
     if (!fresh) return;
-    dash.replaceChildren(...Array.from(fresh.childNodes).map((n) => document.importNode(n, true)));
-    document.body.className = doc.body.className;
+    region.replaceChildren(...Array.from(fresh.childNodes).map((n) => document.importNode(n, true)));
+    if (region.id === "dash") document.body.className = doc.body.className;
   };
   const soon = () => { if (!timer) timer = setTimeout(redraw, 300); };
   const source = new EventSource("/events/stream");
-  source.addEventListener("audit", soon);
+  source.addEventListener("audit", (msg) => {
+    if (!kinds || JSON.parse(msg.data).kind.startsWith(kinds)) soon();
+  });
+  // Fell behind the live feed: redraw rather than trust what arrives.
   source.addEventListener("lagged", soon);
   setInterval(soon, 15000);
-}
-
-// The approvals page redraws its queue from /api/approvals whenever a gate is requested or
-// decided anywhere, so new requests appear without a reload.
-function decisionForm(id, verb, csrf, danger) {
-  const form = document.createElement("form");
-  form.method = "post";
-  form.action = "/approvals/" + encodeURIComponent(id) + "/" + verb;
-  form.className = "inline";
-  const token = document.createElement("input");
-  token.type = "hidden"; token.name = "csrf"; token.value = csrf;
-  const reason = document.createElement("input");
-  reason.name = "reason"; reason.placeholder = "reason"; reason.required = true;
-  reason.setAttribute("aria-label", "Reason to " + verb + " request " + id);
-  const button = document.createElement("button");
-  button.type = "submit"; button.textContent = verb === "approve" ? "Approve" : "Deny";
-  if (danger) button.className = "danger";
-  form.append(token, reason, button);
-  return form;
-}
-
-async function redrawApprovals(table) {
-  const res = await fetch("/api/approvals", { credentials: "same-origin" });
-  if (!res.ok) return;
-  const { pending } = await res.json();
-  const csrf = table.dataset.csrf;
-  const canDecide = table.dataset.canDecide === "true";
-  const busy = table.querySelector("input[name=reason]:focus");
-  if (busy && busy.value) return;
-  while (table.rows.length > 1) table.deleteRow(1);
-  for (const g of pending) {
-    const row = table.insertRow();
-    row.id = "gate-" + g.id;
-    row.className = "fresh";
-    [g.requested_at, g.agent_id, g.session_id, g.tool].forEach((v) => row.appendChild(cell(v)));
-    const args = document.createElement("td");
-    const code = document.createElement("code");
-    code.textContent = JSON.stringify(g.args);
-    args.appendChild(code);
-    row.appendChild(args);
-    row.appendChild(cell(g.expires_at));
-    if (canDecide) {
-      const td = document.createElement("td");
-      td.append(decisionForm(g.id, "approve", csrf, false), decisionForm(g.id, "deny", csrf, true));
-      row.appendChild(td);
-    }
-  }
-  const none = document.getElementById("no-approvals");
-  if (none) none.hidden = pending.length > 0;
-}
-
-function watchApprovals(table) {
-  const source = new EventSource("/events/stream");
-  source.addEventListener("audit", (msg) => {
-    const e = JSON.parse(msg.data);
-    if (e.kind.startsWith("gate.")) redrawApprovals(table);
-  });
-  // Fell behind the live feed: redraw from the API rather than trust what arrives.
-  source.addEventListener("lagged", () => redrawApprovals(table));
 }
 
 // The chain page verifies in the background and shows progress; without JS the form posts and
@@ -200,8 +149,5 @@ document.addEventListener("DOMContentLoaded", () => {
   if (verify) verifyWithProgress(verify);
   const table = document.getElementById("events");
   if (table) follow(table);
-  const dash = document.getElementById("dash");
-  if (dash) liveDashboard(dash);
-  const approvals = document.getElementById("approvals");
-  if (approvals) watchApprovals(approvals);
+  document.querySelectorAll("[data-live]").forEach(liveRegion);
 });

@@ -154,7 +154,6 @@ async fn events(
         until,
         after_seq: Some(start),
         limit: Some(u32::try_from(WINDOW).unwrap_or(10_000)),
-        ..EventFilter::default()
     };
     let rows = state.gov.audit().events(&filter).await?;
     let shown: Vec<_> = rows

@@ -298,3 +298,59 @@ async fn the_api_answers_with_its_index_and_pages_mark_the_current_section() {
     );
     c.gov.close().await;
 }
+
+#[tokio::test]
+async fn an_approval_shows_its_arguments_whole_the_time_left_and_the_sessions_events() {
+    let c = console(ConsoleConfig::default()).await;
+    c.gov.presence().heartbeat("pay-bot").await.expect("beat");
+    c.gov
+        .audit()
+        .log(
+            gov_sdk::AuditEvent::builder("pay-bot", "invoice.read")
+                .session("s-4")
+                .payload(serde_json::json!({ "invoice": "INV-77" }))
+                .build()
+                .expect("event"),
+        )
+        .await
+        .expect("log");
+    let long = "x".repeat(400);
+    let req = c
+        .gov
+        .gates()
+        .request(
+            "pay-bot",
+            Some("s-4"),
+            "wire_money",
+            &serde_json::json!({ "amount": 120, "memo": long }),
+        )
+        .await
+        .expect("request");
+    let b = c.login("oscar").await;
+    let r = c.get("/approvals", Some(&b)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let card = r
+        .body
+        .split(&format!("id=\"gate-{}\"", req.id))
+        .nth(1)
+        .and_then(|s| s.split("</article>").next())
+        .expect("the request's card");
+    assert!(card.contains(&long), "the arguments are whole");
+    assert!(
+        card.contains("&#34;amount&#34;: 120"),
+        "indented JSON: {card}"
+    );
+    assert!(card.contains("min") && card.contains("left"), "{card}");
+    assert!(card.contains("state waiting"), "{card}");
+    assert!(
+        card.contains("invoice.read"),
+        "the session's events: {card}"
+    );
+    assert!(card.contains("href=\"/agents/pay-bot\""), "{card}");
+    assert_eq!(
+        card.matches("name=\"reason\"").count(),
+        1,
+        "one reason box: {card}"
+    );
+    c.gov.close().await;
+}
