@@ -102,6 +102,8 @@ function liveRegion(region) {
   };
   const soon = () => { if (!timer) timer = setTimeout(redraw, 300); };
   const source = new EventSource("/events/stream");
+  // Tests (and curious operators) can see that the region follows the feed.
+  source.onopen = () => { region.dataset.streamOpen = "true"; };
   source.addEventListener("audit", (msg) => {
     if (!kinds || JSON.parse(msg.data).kind.startsWith(kinds)) soon();
   });

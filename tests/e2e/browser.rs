@@ -485,8 +485,8 @@ async fn an_operator_runs_an_incident_at_laptop_and_phone_width() {
         .await
         .expect("sign in");
     wait_for(&c, "#attention-empty", 10).await;
-    // Let the dashboard's event stream connect before the agent misbehaves.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The dashboard follows the event feed before the agent misbehaves.
+    wait_for(&c, "#dash[data-stream-open=true]", 10).await;
 
     // The agent misbehaves through the real gates.
     assert!(

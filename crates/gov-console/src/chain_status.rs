@@ -144,6 +144,8 @@ pub(crate) struct Checked {
     pub(crate) integrity: ChainIntegrity,
     /// When the verification started (its result holds for the rows as of then).
     pub(crate) at: OffsetDateTime,
+    /// The full report, when the verification completed (the chain page shows it).
+    pub(crate) report: Option<Arc<VerifyReport>>,
     started: Instant,
     ticket: u64,
 }
@@ -187,13 +189,34 @@ impl ChainStatus {
 
     /// Keeps a verification's result unless one that started later is already kept; true if
     /// kept.
+    #[cfg(test)]
     pub(crate) fn record(&self, ticket: Ticket, integrity: ChainIntegrity) -> bool {
+        self.keep(ticket, integrity, None)
+    }
+
+    /// [`Self::record`] with the verification's outcome, keeping its report too.
+    pub(crate) fn record_result(
+        &self,
+        ticket: Ticket,
+        result: &Result<VerifyReport, gov_sdk::Error>,
+    ) -> bool {
+        let report = result.as_ref().ok().cloned().map(Arc::new);
+        self.keep(ticket, ChainIntegrity::of(result), report)
+    }
+
+    fn keep(
+        &self,
+        ticket: Ticket,
+        integrity: ChainIntegrity,
+        report: Option<Arc<VerifyReport>>,
+    ) -> bool {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         if latest.as_ref().is_some_and(|l| l.ticket > ticket.n) {
             return false;
         }
         *latest = Some(Checked {
             integrity,
+            report,
             at: ticket.at,
             started: ticket.started,
             ticket: ticket.n,
@@ -213,18 +236,20 @@ impl ChainStatus {
     pub(crate) async fn verify_now(&self, gov: &Governance) -> gov_sdk::Result<VerifyReport> {
         let ticket = self.begin();
         let result = gov.audit().verify_all().await;
-        self.record(ticket, ChainIntegrity::of(&result));
+        self.record_result(ticket, &result);
         result
     }
 
     async fn verify_for_health(&self, gov: &Governance) -> Checked {
         let ticket = self.begin();
         let (n, at, started) = (ticket.n, ticket.at, ticket.started);
-        let integrity = ChainIntegrity::of(&gov.audit().verify_all().await);
-        self.record(ticket, integrity.clone());
+        let result = gov.audit().verify_all().await;
+        let integrity = ChainIntegrity::of(&result);
+        self.record_result(ticket, &result);
         // What a concurrent, later verification kept is newer still.
         self.latest().unwrap_or(Checked {
             integrity,
+            report: None,
             at,
             started,
             ticket: n,

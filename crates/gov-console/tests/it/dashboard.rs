@@ -354,3 +354,53 @@ async fn an_approval_shows_its_arguments_whole_the_time_left_and_the_sessions_ev
     );
     c.gov.close().await;
 }
+
+#[tokio::test]
+async fn the_chain_page_keeps_the_last_verification_and_the_periodic_one_runs_unasked() {
+    let config = ConsoleConfig {
+        verify_every: Some(std::time::Duration::from_millis(200)),
+        ..ConsoleConfig::default()
+    };
+    let c = console(config).await;
+    c.gov
+        .audit()
+        .log(
+            gov_sdk::AuditEvent::builder("pay-bot", "demo.step")
+                .build()
+                .expect("event"),
+        )
+        .await
+        .expect("log");
+    let b = c.login("vera").await;
+    // Nobody asks: the periodic verification's result reaches the chain page.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = c.get("/chain", Some(&b)).await;
+        if r.body.contains("id=\"last-verdict\" class=\"clean\"") {
+            assert!(r.body.contains("id=\"last-verified\""), "{}", r.body);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no verification shown: {}",
+            r.body
+        );
+        tokio::task::yield_now().await;
+    }
+    c.db.tamper(&["UPDATE audit_events SET payload = '{\"n\":99}' WHERE seq = 1"])
+        .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = c.get("/", Some(&b)).await;
+        if r.body.contains("TAMPERED: chain default fails at seq 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the periodic verification never saw the tampering: {}",
+            r.body
+        );
+        tokio::task::yield_now().await;
+    }
+    c.gov.close().await;
+}
