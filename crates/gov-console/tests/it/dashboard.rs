@@ -404,3 +404,67 @@ async fn the_chain_page_keeps_the_last_verification_and_the_periodic_one_runs_un
     }
     c.gov.close().await;
 }
+
+/// The dashboard's day caps read the same counters the budget check writes, on both backends.
+async fn day_budgets_read_the_day_counters(backend: gov_testdb::TestBackend) {
+    let db = gov_testdb::TestStore::new(backend).await;
+    let gov = gov_sdk::Governance::builder()
+        .database_url(db.url())
+        .audit_secret(crate::http::SECRET)
+        .connect()
+        .await
+        .expect("connect");
+    gov.cost()
+        .register(
+            BudgetPolicy::new("capped-bot".parse().expect("id"))
+                .per_day(MicroUsd(10_000_000))
+                .per_day_tokens(100_000),
+        )
+        .await
+        .expect("policy");
+    gov.cost()
+        .register(BudgetPolicy::new("free-bot".parse().expect("id")))
+        .await
+        .expect("policy");
+    let r = gov
+        .cost()
+        .reserve("capped-bot", "s-1", "gpt-5-mini", 1_000, Some(500))
+        .await
+        .expect("reserve");
+    r.settle(gov_sdk::TokenUsage {
+        input_tokens: 1_000,
+        output_tokens: 200,
+        cached_input_tokens: 0,
+    })
+    .await
+    .expect("settle");
+    let budgets = gov.cost().day_budgets().await.expect("day budgets");
+    let ids: Vec<&str> = budgets.iter().map(|(p, _)| p.agent_id.as_str()).collect();
+    assert_eq!(ids, ["capped-bot", "free-bot"], "{backend}");
+    let (policy, day) = &budgets[0];
+    assert_eq!(policy.per_day, Some(MicroUsd(10_000_000)), "{backend}");
+    assert_eq!(policy.per_day_tokens, Some(100_000), "{backend}");
+    let snapshot = gov
+        .cost()
+        .snapshot("capped-bot", "s-1")
+        .await
+        .expect("snapshot");
+    assert_eq!(day.spent, snapshot.status.day.spent, "{backend}");
+    assert_eq!(
+        day.spent_tokens, snapshot.status.day.spent_tokens,
+        "{backend}"
+    );
+    assert!(day.spent.0 > 0, "{backend}: {day:?}");
+    assert_eq!(budgets[1].1, gov_sdk::BudgetCounter::default(), "{backend}");
+    gov.close().await;
+}
+
+#[tokio::test]
+async fn day_budgets_read_the_day_counters_postgres() {
+    day_budgets_read_the_day_counters(gov_testdb::TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn day_budgets_read_the_day_counters_sqlite() {
+    day_budgets_read_the_day_counters(gov_testdb::TestBackend::Sqlite).await;
+}
