@@ -304,7 +304,7 @@ pub(crate) struct FlashQuery {
 impl FlashQuery {
     /// The notice to show: only one the console's own redirects write (`approved`, `denied`,
     /// `halted AGENT`, `resumed AGENT`, `added USER`, `disabled USER`, `enabled USER`,
-    /// `USER is now ROLE`), never free text, so a link cannot make the console say something
+    /// `USER is now ROLE`, `password of USER reset`), never free text, so a link cannot make the console say something
     /// it did not do ("all agents resumed").
     pub(crate) fn notice(self) -> Option<String> {
         let done = self.done?;
@@ -314,6 +314,7 @@ impl FlashQuery {
             ["approved" | "denied"] => true,
             ["halted" | "resumed" | "added" | "disabled" | "enabled", who] => id(who),
             [who, "is", "now", "viewer" | "operator" | "admin"] => id(who),
+            ["password", "of", who, "reset"] => id(who),
             _ => false,
         };
         ok.then_some(done)

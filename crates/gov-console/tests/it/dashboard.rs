@@ -468,3 +468,50 @@ async fn day_budgets_read_the_day_counters_postgres() {
 async fn day_budgets_read_the_day_counters_sqlite() {
     day_budgets_read_the_day_counters(gov_testdb::TestBackend::Sqlite).await;
 }
+
+#[tokio::test]
+async fn an_admin_resets_a_password_which_ends_that_users_sessions() {
+    let c = console(ConsoleConfig::default()).await;
+    let ada = c.login("ada").await;
+    let vera = c.login("vera").await;
+    let new = "a much longer new password";
+    // A viewer may not; an admin may not reset their own here.
+    let r = c
+        .post_form(
+            "/users/oscar/password",
+            Some(&vera),
+            &format!("csrf={}&password=whatever+long+enough", vera.csrf),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = c
+        .post_form(
+            "/users/ada/password",
+            Some(&ada),
+            &format!("csrf={}&password=whatever+long+enough", ada.csrf),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = c
+        .post_form(
+            "/users/vera/password",
+            Some(&ada),
+            &format!("csrf={}&password={}", ada.csrf, new.replace(' ', "+")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = c
+        .get("/users?done=password+of+vera+reset", Some(&ada))
+        .await;
+    assert!(
+        page.body.contains("password of vera reset"),
+        "{}",
+        page.body
+    );
+    // Vera's session ended; the old password is refused, the new one works.
+    let r = c.get("/", Some(&vera)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "the old session ended");
+    assert!(c.gov.operators().authenticate("vera", PW).await.is_err());
+    assert!(c.gov.operators().authenticate("vera", new).await.is_ok());
+    c.gov.close().await;
+}
