@@ -318,3 +318,297 @@ async fn approve_in_the_browser(db_url: &str, agent_url: &str, shots: &str) {
     agent.close().await;
     ops.close().await;
 }
+
+/// axe-core's script: installed with npm under the target directory on first use (the test
+/// tooling's cache; nothing in the repository), read from there afterwards.
+fn axe_source() -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("axe");
+    let script = dir.join("node_modules/axe-core/axe.min.js");
+    if !script.exists() {
+        std::fs::create_dir_all(&dir).expect("the axe folder");
+        let status = crate::support::hermetic(&mut Command::new("npm"))
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "axe-core@4",
+            ])
+            .current_dir(&dir)
+            .status()
+            .expect("npm: install Node.js and npm to check accessibility with axe-core");
+        assert!(
+            status.success(),
+            "npm install axe-core failed in {}",
+            dir.display()
+        );
+    }
+    std::fs::read_to_string(&script).expect("axe.min.js")
+}
+
+/// Runs axe-core in the page; panics naming every serious or critical violation.
+async fn axe_check(c: &Client, axe: &str, page: &str) {
+    let loaded = c
+        .execute(&format!("{axe}\n;return typeof axe;"), vec![])
+        .await
+        .expect("inject axe-core");
+    assert_eq!(loaded, "object", "{page}: axe-core did not load");
+    let found = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+               .then((r) => done(r.violations
+                 .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+                 .map((v) => v.impact + ' ' + v.id + ': ' + v.help + ' at ' +
+                      v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', '))))
+               .catch((e) => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .expect("run axe-core");
+    let list = found.as_array().cloned().unwrap_or_default();
+    assert!(
+        list.is_empty(),
+        "{page}: accessibility violations:\n{}",
+        list.iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The page does not scroll sideways (tables scroll inside themselves or stack).
+async fn no_sideways_scroll(c: &Client, page: &str) {
+    let v = c
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth,
+                     document.documentElement.clientWidth, document.body.scrollWidth];",
+            vec![],
+        )
+        .await
+        .expect("widths");
+    let (scroll, inner) = (v[0].as_i64().unwrap_or(0), v[1].as_i64().unwrap_or(0));
+    if scroll > inner {
+        let wide = c
+            .execute(
+                "return Array.from(document.querySelectorAll('body *'))
+                   .filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1
+                                  )
+                   .slice(0, 8)
+                   .map((e) => e.tagName + '#' + e.id + '.' + e.className + ' ' +
+                                Math.round(e.getBoundingClientRect().right));",
+                vec![],
+            )
+            .await
+            .expect("the wide elements");
+        panic!(
+            "{page}: the page scrolls sideways ({scroll} px of content in {inner} px; {v}): {wide}"
+        );
+    }
+}
+
+async fn wait_for(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(secs))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
+/// The incident path at a laptop's and a phone's width: an agent misbehaves (a scope denial, a
+/// budget refusal, a loop), the open dashboard lists it under attention without a reload, the
+/// operator follows its session's events, halts it, and from the phone approves another
+/// agent's request in one click. Every page is checked with axe-core (no serious or critical
+/// violation) and for sideways scrolling, and screenshotted at both widths.
+#[tokio::test]
+async fn an_operator_runs_an_incident_at_laptop_and_phone_width() {
+    let db = TestDb::new().await;
+    let axe = axe_source();
+    let agent = Governance::builder()
+        .database_url(db.app_url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("agent handle");
+    let ops = Governance::builder()
+        .database_url(db.url())
+        .audit_secret(SECRET)
+        .connect()
+        .await
+        .expect("operator handle");
+    ops.operators()
+        .add("ada", OperatorRole::Admin, PW)
+        .await
+        .expect("add admin");
+    ops.scope()
+        .register(gov_sdk::ScopePolicy::new("rogue-bot".parse().expect("id")))
+        .await
+        .expect("scope");
+    ops.cost()
+        .register(
+            gov_sdk::BudgetPolicy::new("rogue-bot".parse().expect("id"))
+                .per_day(gov_sdk::MicroUsd(1)),
+        )
+        .await
+        .expect("budget");
+    for a in ["rogue-bot", "pay-bot"] {
+        agent.presence().heartbeat(a).await.expect("beat");
+    }
+    let (_console, base) = serve(db.url());
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}/login")).await.expect("login page");
+    for (w, h) in [(390, 844), (1440, 900)] {
+        c.set_window_size(w, h).await.expect("size");
+        axe_check(&c, &axe, &format!("/login at {w} px")).await;
+        no_sideways_scroll(&c, &format!("/login at {w} px")).await;
+        shot(&c, &format!("incident-{w}-"), "login").await;
+    }
+    c.find(Locator::Css("input[name=username]"))
+        .await
+        .expect("user")
+        .send_keys("ada")
+        .await
+        .expect("type");
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .expect("password")
+        .send_keys(PW)
+        .await
+        .expect("type");
+    c.find(Locator::Css("form[action='/login'] button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("sign in");
+    wait_for(&c, "#attention-empty", 10).await;
+    // The dashboard follows the event feed before the agent misbehaves.
+    wait_for(&c, "#dash[data-stream-open=true]", 10).await;
+
+    // The agent misbehaves through the real gates.
+    assert!(
+        agent
+            .scope()
+            .check("rogue-bot", "wire_money")
+            .await
+            .is_err()
+    );
+    assert!(
+        agent
+            .cost()
+            .reserve("rogue-bot", "s-7", "gpt-5-mini", 1_000, Some(1_000))
+            .await
+            .is_err()
+    );
+    let started = tokio::time::Instant::now();
+    for _ in 0..50 {
+        let v = agent
+            .loops()
+            .record(
+                "rogue-bot",
+                "s-7",
+                "refund",
+                &serde_json::json!({ "id": 7 }),
+            )
+            .await;
+        if !matches!(v, Ok(gov_sdk::LoopVerdict::Ok { .. })) {
+            break;
+        }
+    }
+    wait_for(&c, "#attention-rogue-bot", 5).await;
+    let shown_after = started.elapsed();
+    eprintln!("the attention list showed the agent {shown_after:?} after its loop");
+    let marker = c
+        .execute(
+            "return document.getElementById('attention-empty') === null;",
+            vec![],
+        )
+        .await
+        .expect("read");
+    assert_eq!(marker, true, "the attention list replaced its empty state");
+
+    // Its session's events, then the agent's page: halt it.
+    c.goto(&format!("{base}/events?agent=rogue-bot&session=s-7"))
+        .await
+        .expect("session events");
+    wait_for(&c, "#events tr.sev-high", 10).await;
+    c.goto(&format!("{base}/agents/rogue-bot"))
+        .await
+        .expect("agent");
+    let halt_reason = c
+        .find(Locator::Css(
+            "form[action='/agents/rogue-bot/halt'] input[name=reason]",
+        ))
+        .await;
+    if let Ok(field) = halt_reason {
+        field.send_keys("loops on refunds").await.expect("type");
+        c.find(Locator::Css("form[action='/agents/rogue-bot/halt'] button"))
+            .await
+            .expect("halt button")
+            .click()
+            .await
+            .expect("halt");
+        wait_for(&c, "p.flash", 10).await;
+    }
+    assert!(ops.presence().is_halted("rogue-bot").await.expect("read"));
+
+    // Another agent asks; the operator approves from the phone in one click.
+    let req = agent
+        .gates()
+        .request(
+            "pay-bot",
+            Some("s-8"),
+            "wire_money",
+            &serde_json::json!({ "amount": 120, "to": "ACME GmbH" }),
+        )
+        .await
+        .expect("request");
+    c.set_window_size(390, 844).await.expect("phone size");
+    c.goto(&format!("{base}/")).await.expect("dashboard");
+    let row = format!("#dash-gate-{}", req.id);
+    wait_for(&c, &row, 10).await;
+    no_sideways_scroll(&c, "dashboard at 390 px").await;
+    shot(&c, "incident-390-", "dashboard-pending").await;
+    c.find(Locator::Css(&format!("{row} button[type=submit]")))
+        .await
+        .expect("approve button")
+        .click()
+        .await
+        .expect("approve");
+    wait_for(&c, "p.flash", 10).await;
+    let approval = agent
+        .gates()
+        .wait_for(req.id, Duration::from_secs(10))
+        .await
+        .expect("approved");
+    assert_eq!(approval.request_id, req.id);
+
+    // Every page at both widths: axe-core, no sideways scroll, a screenshot.
+    for (w, h) in [(1440, 900), (390, 844)] {
+        c.set_window_size(w, h).await.expect("size");
+        for (path, name) in [
+            ("/", "dashboard"),
+            ("/agents", "agents"),
+            ("/agents/rogue-bot", "agent"),
+            ("/approvals", "approvals"),
+            ("/events", "events"),
+            ("/events?kind=*.denied", "events-denied"),
+            ("/costs", "costs"),
+            ("/chain", "chain"),
+            ("/users", "users"),
+        ] {
+            c.goto(&format!("{base}{path}")).await.expect("page");
+            wait_for(&c, "main h1", 10).await;
+            let page = format!("{path} at {w} px");
+            axe_check(&c, &axe, &page).await;
+            no_sideways_scroll(&c, &page).await;
+            shot(&c, &format!("incident-{w}-"), name).await;
+        }
+    }
+    c.close().await.expect("close the browser");
+    agent.close().await;
+    ops.close().await;
+}

@@ -303,7 +303,7 @@ pub(crate) struct WitnessServeArgs {
 pub(crate) enum ConsoleCommand {
     /// Serve the web console (sign-in, dashboard, agents, approvals, live events, costs, chain)
     #[command(
-        after_help = "Examples:\n  governance console serve\n  governance console serve --bind 0.0.0.0:8080 --secure-cookies   # behind HTTPS\n  governance console serve --chain-check-secs 60   # health re-verifies the chains at most once a minute\n\nConnect with the schema owner's database URL, as for the other console commands; sign in with a user made by `governance console add-user`."
+        after_help = "Examples:\n  governance console serve\n  governance console serve --bind 0.0.0.0:8080 --secure-cookies   # behind HTTPS\n  governance console serve --chain-check-secs 60   # health re-verifies the chains at most once a minute\n  governance console serve --verify-every-secs 600   # verify every chain every 10 minutes in the background\n\nConnect with the schema owner's database URL, as for the other console commands; sign in with a user made by `governance console add-user`."
     )]
     Serve(ServeArgs),
     /// Add a user; the password is read from a prompt, or from standard input when it is not a
@@ -627,6 +627,10 @@ pub(crate) struct ServeArgs {
     /// every chain again (0: verify on every signed-in health request)
     #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=604_800))]
     pub(crate) chain_check_secs: u64,
+    /// Also verify every chain in the background every this many seconds, from the start (0:
+    /// never); the dashboard, the chain page and health show the result
+    #[arg(long, default_value_t = 0, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub(crate) verify_every_secs: u64,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

@@ -62,6 +62,8 @@ impl SignInLimiter {
 #[derive(Debug, Clone)]
 pub(crate) struct CurrentUser {
     pub(crate) session: Session,
+    /// The requested path (the navigation marks its page `aria-current`).
+    pub(crate) path: String,
 }
 
 impl CurrentUser {
@@ -113,7 +115,10 @@ impl FromRequestParts<AppState> for CurrentUser {
             return Err(AppError::Unauthenticated);
         };
         match state.gov.operators().session(&token).await? {
-            Some(session) => Ok(Self { session }),
+            Some(session) => Ok(Self {
+                session,
+                path: parts.uri.path().to_owned(),
+            }),
             None => Err(AppError::Unauthenticated),
         }
     }
@@ -124,7 +129,10 @@ pub(crate) async fn optional_user(headers: &HeaderMap, state: &AppState) -> Opti
     let jar = CookieJar::from_headers(headers);
     let token = jar.get(COOKIE)?.value().to_owned();
     let session = state.gov.operators().session(&token).await.ok()??;
-    Some(CurrentUser { session })
+    Some(CurrentUser {
+        session,
+        path: String::new(),
+    })
 }
 
 /// Refuses a state-changing request that a browser marks as coming from another site.

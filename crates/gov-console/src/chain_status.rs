@@ -69,6 +69,38 @@ pub(crate) struct Finding {
 }
 
 impl ChainIntegrity {
+    /// One line for a page: the verdict and, when tampered, where.
+    pub(crate) fn summary(&self) -> String {
+        let n = self.events_checked.unwrap_or(0);
+        match self.status {
+            IntegrityStatus::Clean => format!("intact: {n} events verified"),
+            IntegrityStatus::Unverifiable => format!(
+                "unverifiable: {} written with keys this console does not hold",
+                self.chains.as_deref().unwrap_or_default().join(", ")
+            ),
+            IntegrityStatus::Tampered => match self.first.as_ref().and_then(Option::as_ref) {
+                Some(f) => format!(
+                    "TAMPERED: chain {} fails at seq {} ({})",
+                    f.chain, f.seq, f.reason
+                ),
+                None => "TAMPERED: a chain fails verification".into(),
+            },
+            IntegrityStatus::Empty => "no events yet: nothing to verify".into(),
+            IntegrityStatus::Unknown => {
+                "unknown: the last verification could not complete (see the console's log)".into()
+            }
+        }
+    }
+
+    /// The CSS class of the verdict.
+    pub(crate) fn class(&self) -> &'static str {
+        match self.status {
+            IntegrityStatus::Clean | IntegrityStatus::Empty => "clean",
+            IntegrityStatus::Tampered => "tampered",
+            IntegrityStatus::Unverifiable | IntegrityStatus::Unknown => "unverifiable",
+        }
+    }
+
     /// The integrity a verification's outcome shows.
     pub(crate) fn of(result: &Result<VerifyReport, gov_sdk::Error>) -> Self {
         let bare = |status| Self {
@@ -112,6 +144,8 @@ pub(crate) struct Checked {
     pub(crate) integrity: ChainIntegrity,
     /// When the verification started (its result holds for the rows as of then).
     pub(crate) at: OffsetDateTime,
+    /// The full report, when the verification completed (the chain page shows it).
+    pub(crate) report: Option<Arc<VerifyReport>>,
     started: Instant,
     ticket: u64,
 }
@@ -155,13 +189,34 @@ impl ChainStatus {
 
     /// Keeps a verification's result unless one that started later is already kept; true if
     /// kept.
+    #[cfg(test)]
     pub(crate) fn record(&self, ticket: Ticket, integrity: ChainIntegrity) -> bool {
+        self.keep(ticket, integrity, None)
+    }
+
+    /// [`Self::record`] with the verification's outcome, keeping its report too.
+    pub(crate) fn record_result(
+        &self,
+        ticket: Ticket,
+        result: &Result<VerifyReport, gov_sdk::Error>,
+    ) -> bool {
+        let report = result.as_ref().ok().cloned().map(Arc::new);
+        self.keep(ticket, ChainIntegrity::of(result), report)
+    }
+
+    fn keep(
+        &self,
+        ticket: Ticket,
+        integrity: ChainIntegrity,
+        report: Option<Arc<VerifyReport>>,
+    ) -> bool {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         if latest.as_ref().is_some_and(|l| l.ticket > ticket.n) {
             return false;
         }
         *latest = Some(Checked {
             integrity,
+            report,
             at: ticket.at,
             started: ticket.started,
             ticket: ticket.n,
@@ -181,22 +236,43 @@ impl ChainStatus {
     pub(crate) async fn verify_now(&self, gov: &Governance) -> gov_sdk::Result<VerifyReport> {
         let ticket = self.begin();
         let result = gov.audit().verify_all().await;
-        self.record(ticket, ChainIntegrity::of(&result));
+        self.record_result(ticket, &result);
         result
     }
 
     async fn verify_for_health(&self, gov: &Governance) -> Checked {
         let ticket = self.begin();
         let (n, at, started) = (ticket.n, ticket.at, ticket.started);
-        let integrity = ChainIntegrity::of(&gov.audit().verify_all().await);
-        self.record(ticket, integrity.clone());
+        let result = gov.audit().verify_all().await;
+        let integrity = ChainIntegrity::of(&result);
+        self.record_result(ticket, &result);
         // What a concurrent, later verification kept is newer still.
         self.latest().unwrap_or(Checked {
             integrity,
+            report: None,
             at,
             started,
             ticket: n,
         })
+    }
+
+    /// The last result without waiting (the dashboard): when there is none yet, it is older
+    /// than the interval, or `outdated` (the caller knows the chains changed in a way that
+    /// makes it wrong), one verification starts in the background and a later look shows it.
+    pub(crate) fn peek(self: &Arc<Self>, gov: &Governance, outdated: bool) -> Option<Checked> {
+        let latest = self.latest();
+        let fresh = !outdated
+            && latest
+                .as_ref()
+                .is_some_and(|c| c.started.elapsed() < self.interval);
+        if !fresh && let Ok(guard) = Arc::clone(&self.refreshing).try_lock_owned() {
+            let (this, gov) = (Arc::clone(self), gov.clone());
+            tokio::spawn(async move {
+                this.verify_for_health(&gov).await;
+                drop(guard);
+            });
+        }
+        latest
     }
 
     /// The status for a health request: cached, verified now, or cached while a background

@@ -26,6 +26,11 @@ pub enum AppError {
     /// Nothing there.
     #[error("not found")]
     NotFound,
+    /// An agent id nothing knows: no presence row, no pending request, no event.
+    #[error(
+        "no agent {0:?} is known here: it never sent a heartbeat, was never halted and has no events; check the id on the agents page"
+    )]
+    UnknownAgent(String),
     /// The SDK refused or failed.
     #[error(transparent)]
     Sdk(#[from] gov_sdk::Error),
@@ -45,7 +50,7 @@ impl AppError {
             Self::Forbidden(_) | Self::Csrf => StatusCode::FORBIDDEN,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownAgent(_) => StatusCode::NOT_FOUND,
             Self::Sdk(e) => status_for(e.kind()),
             Self::Report(e) => status_for(e.kind()),
             Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,7 +67,7 @@ impl AppError {
             Self::Forbidden(_) | Self::Csrf => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::BadRequest(_) => "bad_request",
-            Self::NotFound => ErrorKind::NotFound.as_str(),
+            Self::NotFound | Self::UnknownAgent(_) => ErrorKind::NotFound.as_str(),
             Self::Sdk(e) => e.kind().as_str(),
             Self::Report(e) => e.kind().as_str(),
             Self::Render(_) => ErrorKind::Internal.as_str(),

@@ -48,6 +48,9 @@ pub struct ConsoleConfig {
     /// verifies the chains again, in the background (default 5 minutes; zero verifies on every
     /// signed-in health request). An operator's explicit verification refreshes it at once.
     pub chain_check_interval: Duration,
+    /// Verify every chain in the background this often, from the start (default: never). Its
+    /// result is what the dashboard, the chain page and `/health/governance` show.
+    pub verify_every: Option<Duration>,
 }
 
 /// The default of [`ConsoleConfig::chain_check_interval`].
@@ -62,6 +65,7 @@ impl Default for ConsoleConfig {
             live_chain: "default".into(),
             live_buffer: events::DEFAULT_LIVE_BUFFER,
             chain_check_interval: DEFAULT_CHAIN_CHECK_INTERVAL,
+            verify_every: None,
         }
     }
 }
@@ -94,6 +98,21 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
         config: Arc::new(config),
         gov,
     };
+    if let Some(every) = state.config.verify_every.filter(|d| !d.is_zero()) {
+        let (status, gov) = (Arc::clone(&state.chain_status), state.gov.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = status.verify_now(&gov).await
+                    && e.kind() != gov_sdk::ErrorKind::NotFound
+                {
+                    tracing::warn!(error = %e, "console: the periodic chain verification failed");
+                }
+            }
+        });
+    }
     let csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; \
                object-src 'none'";

@@ -630,6 +630,14 @@ impl<'g> Cost<'g> {
         Ok(self.gov.inner.store.usage_today_all().await?)
     }
 
+    /// Every agent's budget policy with today's (UTC) counter, by agent (a hold that expired but
+    /// was not closed yet still counts as reserved here).
+    pub async fn day_budgets(
+        &self,
+    ) -> Result<Vec<(gov_core::BudgetPolicy, gov_core::BudgetCounter)>> {
+        Ok(self.gov.inner.store.day_budgets().await?)
+    }
+
     /// The agent's caps, counters (for `session`, and today) and today's spend by model.
     pub async fn snapshot(&self, agent: &str, session: &str) -> Result<BudgetSnapshot> {
         let status = self.gov.inner.store.budget_status(agent, session).await?;

@@ -246,6 +246,32 @@ impl Operators<'_> {
         change_operator(&self.gov.inner.store, username, &change).await
     }
 
+    /// Replaces a user's password, as the admin `by`: refused for other roles, for an unknown
+    /// user, and for the admin's own account (`governance console reset-password` does that).
+    /// Every console session of the user ends in the same transaction.
+    pub async fn reset_password(
+        &self,
+        by: &Operator,
+        username: &str,
+        password: &str,
+    ) -> Result<()> {
+        if by.role != OperatorRole::Admin {
+            return Err(Error::Config("only an admin may reset passwords".into()));
+        }
+        if by.username == username {
+            return Err(Error::Config(
+                "you cannot reset your own password here; use `governance console reset-password`"
+                    .into(),
+            ));
+        }
+        let hash = hash_new_password(password)?;
+        let change = OperatorChange {
+            password_hash: Some(&hash),
+            ..OperatorChange::default()
+        };
+        change_operator(&self.gov.inner.store, username, &change).await
+    }
+
     /// Adds a user, as the admin `by` (refused for other roles).
     pub async fn add_as(
         &self,

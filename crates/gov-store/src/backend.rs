@@ -231,6 +231,9 @@ pub trait BudgetStore {
     async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>>;
     /// Today's spend of every agent by model.
     async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>>;
+    /// Every budget policy with today's counter (UTC), by agent; holds that expired but were
+    /// not closed yet still count as reserved.
+    async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, gov_core::BudgetCounter)>>;
 }
 
 /// Operators and human-approval gates.

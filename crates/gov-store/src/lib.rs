@@ -734,6 +734,11 @@ impl Store {
         dispatch!(self, s => s.usage_today_all().await)
     }
 
+    /// Every budget policy with today's counter (UTC), by agent.
+    pub async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, gov_core::BudgetCounter)>> {
+        dispatch!(self, s => s.day_budgets().await)
+    }
+
     /// Stores a console session (and sweeps expired ones), only if the account is still as
     /// it was authenticated (enabled, same password hash and role); returns whether it did.
     pub async fn insert_session(&self, session: &NewSession<'_>) -> Result<bool> {

@@ -146,6 +146,8 @@ async fn serve(
     let config = gov_console::ConsoleConfig {
         secure_cookies: args.secure_cookies,
         chain_check_interval: std::time::Duration::from_secs(args.chain_check_secs),
+        verify_every: (args.verify_every_secs > 0)
+            .then(|| std::time::Duration::from_secs(args.verify_every_secs)),
         ..gov_console::ConsoleConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.bind)

@@ -29,14 +29,17 @@ pub(crate) struct AgentList {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Agent {
     agent_id: String,
-    /// Why it was halted, if it is.
+    /// Why it was halted, while it is (null once resumed).
     halt_reason: Option<String>,
     halted: bool,
-    /// Who halted it, if it is.
+    /// Who halted it, while it is (null once resumed).
     halted_by: Option<String>,
+    /// Its gate requests waiting for a decision.
+    pending_requests: usize,
     /// Null if it never sent one.
     seconds_since_heartbeat: Option<u64>,
-    /// `live`, `idle`, `unresponsive` or `halted`.
+    /// `live`, `idle`, `unresponsive`, `halted`, or `waiting` (not halted, with a gate request
+    /// pending).
     state: &'static str,
 }
 
@@ -61,19 +64,17 @@ pub(crate) struct AgentSwitched {
     )
 )]
 async fn list(State(state): State<AppState>, _user: ApiUser) -> ApiResult<AgentList> {
-    let list = state.gov.presence().list().await?;
-    let agents = list
-        .iter()
-        .filter_map(|a| {
-            let p = a.presence.as_ref()?;
-            Some(Agent {
-                agent_id: p.agent_id.clone(),
-                halt_reason: p.halt_reason.clone(),
-                halted: p.halted,
-                halted_by: p.halted_by.clone(),
-                seconds_since_heartbeat: p.since_heartbeat.map(|d| d.as_secs()),
-                state: crate::pages::state_name(a.state),
-            })
+    let (rows, _) = crate::pages::agent_rows(&state.gov).await?;
+    let agents = rows
+        .into_iter()
+        .map(|a| Agent {
+            agent_id: a.id,
+            halt_reason: a.halt_reason,
+            halted: a.halted,
+            halted_by: a.halted_by,
+            pending_requests: a.waiting,
+            seconds_since_heartbeat: a.since_heartbeat.map(|d| d.as_secs()),
+            state: a.state,
         })
         .collect();
     Ok(Json(AgentList { agents }))

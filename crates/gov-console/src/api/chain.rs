@@ -17,7 +17,6 @@ use utoipa_axum::routes;
 
 use super::{ApiError, ApiResult, ApiUser, csrf_allowed};
 use crate::AppState;
-use crate::chain_status::ChainIntegrity;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -196,7 +195,7 @@ async fn start_verification(
         };
         let ticket = cache.begin();
         let result = gov.audit().verify_with(None, &opts).await;
-        cache.record(ticket, ChainIntegrity::of(&result));
+        cache.record_result(ticket, &result);
         let mut j = job.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(report) => {

@@ -33,6 +33,7 @@ pub(crate) use health::{Latency, measure};
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(openapi))
+        .routes(routes!(index))
         .merge(health::routes())
         .merge(agents::routes())
         .merge(approvals::routes())
@@ -102,6 +103,71 @@ async fn openapi() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         DOCUMENT.as_str(),
     )
+}
+
+/// The API's index: every route, and where its full description is.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ApiIndex {
+    /// The OpenAPI 3.1 document.
+    openapi: &'static str,
+    /// The human-readable description (pages, roles, errors).
+    docs: &'static str,
+    /// Every route, sorted by path then method.
+    routes: Vec<IndexEntry>,
+}
+
+/// One route of the API.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct IndexEntry {
+    /// `GET`, `POST`, ...
+    method: String,
+    path: String,
+    /// What it does.
+    summary: String,
+}
+
+static INDEX: LazyLock<ApiIndex> = LazyLock::new(|| {
+    let doc = openapi_document();
+    let mut routes = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let ops = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, op) in ops {
+            if let Some(op) = op {
+                routes.push(IndexEntry {
+                    method: method.to_owned(),
+                    path: path.clone(),
+                    summary: op
+                        .summary
+                        .clone()
+                        .or_else(|| op.description.clone())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    ApiIndex {
+        openapi: "/api/openapi.json",
+        docs: "docs/console.md",
+        routes,
+    }
+});
+
+/// `GET /api`: an index of the API (every route with its summary).
+#[utoipa::path(
+    get,
+    path = "/api",
+    tag = "meta",
+    security(()),
+    responses((status = 200, description = "Every route of the API", body = ApiIndex))
+)]
+async fn index() -> Json<ApiIndex> {
+    Json(INDEX.clone())
 }
 
 /// An API error's body.

@@ -10,7 +10,9 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use gov_sdk::EventFilter;
 
-use super::{EventView, FlashQuery, Nav, ReasonForm, allowed, event_view, render, state_name};
+use super::{
+    EventView, FlashQuery, Nav, ReasonForm, agent_row, agent_rows, allowed, event_view, render,
+};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::error::AppError;
@@ -53,19 +55,16 @@ async fn list(
     user: CurrentUser,
     Query(q): Query<FlashQuery>,
 ) -> Result<Html<String>, AppError> {
-    let list = state.gov.presence().list().await?;
-    let agents = list
-        .iter()
-        .filter_map(|a| {
-            let p = a.presence.as_ref()?;
-            Some(AgentView {
-                id: p.agent_id.clone(),
-                state: state_name(a.state),
-                heartbeat: heartbeat(p.since_heartbeat),
-                halted: p.halted,
-                halted_by: p.halted_by.clone().unwrap_or_default(),
-                reason: p.halt_reason.clone().unwrap_or_default(),
-            })
+    let (rows, _) = agent_rows(&state.gov).await?;
+    let agents = rows
+        .into_iter()
+        .map(|a| AgentView {
+            state: a.state,
+            heartbeat: heartbeat(a.since_heartbeat),
+            halted: a.halted,
+            halted_by: a.halted_by.unwrap_or_default(),
+            reason: a.halt_reason.unwrap_or_default(),
+            id: a.id,
         })
         .collect();
     render(&Agents {
@@ -122,6 +121,7 @@ struct AgentPage {
     halted: bool,
     halted_by: String,
     reason: String,
+    pending: Vec<super::GateView>,
     can_decide: bool,
     csrf: String,
     spend: Vec<(String, i64, String)>,
@@ -138,7 +138,14 @@ async fn agent(
         .parse()
         .map_err(|e: gov_sdk::IdError| AppError::BadRequest(format!("agent: {e}")))?;
     let status = state.gov.presence().status(&id).await?;
-    let p = status.presence.clone();
+    let pending: Vec<_> = state
+        .gov
+        .gates()
+        .pending()
+        .await?
+        .into_iter()
+        .filter(|g| g.agent_id == id)
+        .collect();
     let spend = state
         .gov
         .cost()
@@ -160,21 +167,44 @@ async fn agent(
             ..EventFilter::default()
         })
         .await?;
+    let row = match agent_row(&status, &pending) {
+        Some(row) => row,
+        None => {
+            // No presence row: an agent only if it made a request or wrote an event.
+            let any = state
+                .gov
+                .audit()
+                .events(&EventFilter {
+                    chain_id: chain.parse().ok(),
+                    agent_id: id.parse().ok(),
+                    limit: Some(1),
+                    ..EventFilter::default()
+                })
+                .await?;
+            if pending.is_empty() && any.is_empty() {
+                return Err(AppError::UnknownAgent(id));
+            }
+            super::AgentRow {
+                id: id.clone(),
+                state: super::shown_state(status.state, pending.len()),
+                since_heartbeat: None,
+                halted: false,
+                halted_by: None,
+                halt_reason: None,
+                waiting: pending.len(),
+            }
+        }
+    };
     let recent = rows.iter().rev().take(25).map(event_view).collect();
     render(&AgentPage {
         nav: Nav::of(&user),
         flash: None,
-        state: state_name(status.state),
-        heartbeat: heartbeat(p.as_ref().and_then(|p| p.since_heartbeat)),
-        halted: p.as_ref().is_some_and(|p| p.halted),
-        halted_by: p
-            .as_ref()
-            .and_then(|p| p.halted_by.clone())
-            .unwrap_or_default(),
-        reason: p
-            .as_ref()
-            .and_then(|p| p.halt_reason.clone())
-            .unwrap_or_default(),
+        state: row.state,
+        heartbeat: heartbeat(row.since_heartbeat),
+        halted: row.halted,
+        halted_by: row.halted_by.unwrap_or_default(),
+        reason: row.halt_reason.unwrap_or_default(),
+        pending: pending.iter().map(super::gate_view).collect(),
         can_decide: user.require_operator().is_ok(),
         csrf: user.session.csrf_token.clone(),
         spend,

@@ -21,6 +21,8 @@ pub(super) fn routes() -> Router<AppState> {
 struct VerifyView {
     status: &'static str,
     summary: String,
+    /// When that verification started (RFC 3339).
+    at: String,
     chains: Vec<(String, u64, u64, u64, String)>,
 }
 
@@ -56,8 +58,14 @@ async fn chain_page(
     })
 }
 
+/// `GET /chain`: with the last verification's result and time (whoever or whatever ran it: this
+/// page, the API, a health check, the periodic verification), so a reload keeps it.
 async fn chain(State(state): State<AppState>, user: CurrentUser) -> Result<Html<String>, AppError> {
-    chain_page(&state, &user, None).await
+    let last = state
+        .chain_status
+        .latest()
+        .and_then(|c| c.report.map(|r| view_of(&r, c.at)));
+    chain_page(&state, &user, last).await
 }
 
 /// `POST /chain`: verification reads only; any signed-in user may run it. Its result is also
@@ -70,8 +78,14 @@ async fn verify(
 ) -> Result<Html<String>, AppError> {
     same_site(&headers)?;
     user.check_csrf(form.csrf.as_deref())?;
+    let at = time::OffsetDateTime::now_utc();
     let report = state.chain_status.verify_now(&state.gov).await?;
-    let view = VerifyView {
+    chain_page(&state, &user, Some(view_of(&report, at))).await
+}
+
+fn view_of(report: &gov_sdk::VerifyReport, at: time::OffsetDateTime) -> VerifyView {
+    VerifyView {
+        at: super::when(at),
         status: report.verdict().as_str(),
         summary: format!("{} events checked", report.events_checked),
         chains: report
@@ -95,6 +109,5 @@ async fn verify(
                 )
             })
             .collect(),
-    };
-    chain_page(&state, &user, Some(view)).await
+    }
 }

@@ -43,6 +43,8 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// The navigation bar's view of the signed-in user.
 pub(crate) struct Nav {
+    /// The section the page belongs to (`/`, `/agents`, ...), marked `aria-current`.
+    current: &'static str,
     user: String,
     role: &'static str,
     csrf: String,
@@ -59,7 +61,20 @@ pub(crate) fn role_name(r: OperatorRole) -> &'static str {
 
 impl Nav {
     pub(crate) fn of(u: &CurrentUser) -> Option<Self> {
+        const SECTIONS: [&str; 6] = [
+            "/agents",
+            "/approvals",
+            "/events",
+            "/costs",
+            "/chain",
+            "/users",
+        ];
+        let current = SECTIONS
+            .into_iter()
+            .find(|s| u.path == *s || u.path.starts_with(&format!("{s}/")))
+            .unwrap_or(if u.path == "/" { "/" } else { "" });
         Some(Self {
+            current,
             user: u.username().to_owned(),
             role: role_name(u.role()),
             csrf: u.session.csrf_token.clone(),
@@ -189,10 +204,26 @@ pub(crate) struct EventView {
     session: String,
     actor: String,
     payload: String,
+    /// The row's CSS class: `sev-critical`, `sev-high` or empty.
+    severity: &'static str,
+}
+
+/// How much an event of `kind` should stand out: halts and loops are critical; refusals,
+/// denials (any kind ending in `.denied`) and failed calls high. `console.js` classifies streamed rows the same way.
+pub(crate) fn severity_class(kind: &str) -> &'static str {
+    use gov_sdk::events::EventKind as K;
+    match K::parse(kind) {
+        Some(K::AgentHalted | K::LoopDetected) => "sev-critical",
+        Some(k) if k.is_denial() => "sev-high",
+        Some(K::LlmError) => "sev-high",
+        _ if kind.ends_with(".denied") => "sev-high",
+        _ => "",
+    }
 }
 
 pub(crate) fn event_view(r: &gov_sdk::AuditRecord) -> EventView {
     EventView {
+        severity: severity_class(&r.kind),
         seq: r.seq,
         at: when(r.occurred_at),
         agent_id: r.agent_id.clone(),
@@ -201,6 +232,58 @@ pub(crate) fn event_view(r: &gov_sdk::AuditRecord) -> EventView {
         actor: r.actor.clone().unwrap_or_default(),
         payload: r.payload.chars().take(200).collect(),
     }
+}
+
+/// An agent as every page and the API show it. The store keeps an agent's last halt (who, why)
+/// after a resume; it is shown only while the agent is halted. An agent that is not halted and
+/// has a gate request pending is `waiting` (for a human), whatever its heartbeat says.
+pub(crate) struct AgentRow {
+    pub(crate) id: String,
+    pub(crate) state: &'static str,
+    pub(crate) since_heartbeat: Option<std::time::Duration>,
+    pub(crate) halted: bool,
+    pub(crate) halted_by: Option<String>,
+    pub(crate) halt_reason: Option<String>,
+    /// Its pending gate requests.
+    pub(crate) waiting: usize,
+}
+
+/// The shown state: `halted`, else `waiting` with a request pending, else the presence state.
+pub(crate) fn shown_state(s: PresenceState, waiting: usize) -> &'static str {
+    match s {
+        PresenceState::Halted => "halted",
+        _ if waiting > 0 => "waiting",
+        s => state_name(s),
+    }
+}
+
+/// The row of one agent's status, given the pending requests (`None` without a presence row).
+pub(crate) fn agent_row(
+    s: &gov_sdk::AgentStatus,
+    pending: &[gov_sdk::GateRecord],
+) -> Option<AgentRow> {
+    let p = s.presence.as_ref()?;
+    let waiting = pending.iter().filter(|g| g.agent_id == p.agent_id).count();
+    let halted = s.state == PresenceState::Halted;
+    Some(AgentRow {
+        id: p.agent_id.clone(),
+        state: shown_state(s.state, waiting),
+        since_heartbeat: p.since_heartbeat,
+        halted,
+        halted_by: p.halted_by.clone().filter(|_| halted),
+        halt_reason: p.halt_reason.clone().filter(|_| halted),
+        waiting,
+    })
+}
+
+/// Every agent with a presence record, as shown, and the pending requests read with them.
+pub(crate) async fn agent_rows(
+    gov: &gov_sdk::Governance,
+) -> Result<(Vec<AgentRow>, Vec<gov_sdk::GateRecord>), gov_sdk::Error> {
+    let list = gov.presence().list().await?;
+    let pending = gov.gates().pending().await?;
+    let rows = list.iter().filter_map(|a| agent_row(a, &pending)).collect();
+    Ok((rows, pending))
 }
 
 pub(crate) fn state_name(s: PresenceState) -> &'static str {
@@ -221,7 +304,7 @@ pub(crate) struct FlashQuery {
 impl FlashQuery {
     /// The notice to show: only one the console's own redirects write (`approved`, `denied`,
     /// `halted AGENT`, `resumed AGENT`, `added USER`, `disabled USER`, `enabled USER`,
-    /// `USER is now ROLE`), never free text, so a link cannot make the console say something
+    /// `USER is now ROLE`, `password of USER reset`), never free text, so a link cannot make the console say something
     /// it did not do ("all agents resumed").
     pub(crate) fn notice(self) -> Option<String> {
         let done = self.done?;
@@ -231,6 +314,7 @@ impl FlashQuery {
             ["approved" | "denied"] => true,
             ["halted" | "resumed" | "added" | "disabled" | "enabled", who] => id(who),
             [who, "is", "now", "viewer" | "operator" | "admin"] => id(who),
+            ["password", "of", who, "reset"] => id(who),
             _ => false,
         };
         ok.then_some(done)
@@ -242,9 +326,19 @@ impl FlashQuery {
 pub(crate) struct ReasonForm {
     csrf: Option<String>,
     reason: Option<String>,
+    /// `dashboard` to return to the dashboard after a decision (else the approvals page).
+    back: Option<String>,
 }
 
 impl ReasonForm {
+    /// Where a decision's form returns to, with what it did.
+    fn back_to(&self, done: &str) -> String {
+        match self.back.as_deref() {
+            Some("dashboard") => format!("/?done={done}"),
+            _ => format!("/approvals?done={done}"),
+        }
+    }
+
     fn reason(&self) -> Result<&str, AppError> {
         required_reason(self.reason.as_deref())
     }

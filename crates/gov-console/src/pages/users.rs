@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/users/{name}/disable", post(disable))
         .route("/users/{name}/enable", post(enable))
         .route("/users/{name}/role", post(set_role))
+        .route("/users/{name}/password", post(reset_password))
 }
 
 struct UserView {
@@ -172,5 +173,35 @@ async fn set_role(
     Ok(Redirect::to(&format!(
         "/users?done={name}+is+now+{}",
         role_name(role)
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+struct PasswordForm {
+    csrf: Option<String>,
+    /// The new password (12 or more characters).
+    password: Option<String>,
+}
+
+/// `POST /users/{name}/password`: a new password; all of that user's sessions end.
+async fn reset_password(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<PasswordForm>,
+) -> Result<Redirect, AppError> {
+    admin_allowed(&headers, &user, form.csrf.as_deref())?;
+    state
+        .gov
+        .operators()
+        .reset_password(
+            &user.session.operator,
+            &name,
+            form.password.as_deref().unwrap_or_default(),
+        )
+        .await?;
+    Ok(Redirect::to(&format!(
+        "/users?done=password+of+{name}+reset"
     )))
 }

@@ -13,7 +13,7 @@ use gov_testdb::TestDb;
 use tokio_stream::StreamExt as _;
 use tower::ServiceExt as _;
 
-const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
+pub(crate) const SECRET: &str = "9f2c4e7a1b3d5f6081a2c3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5a6b7c8";
 const PW: &str = "correct horse battery staple";
 
 pub(crate) struct Console {

@@ -14,6 +14,7 @@ use crate::http::console;
 /// The API routes the console serves: the contract this test holds the document and the router
 /// to. A route added to the router without its `#[utoipa::path]` is missing from the document.
 const API_ROUTES: &[(&str, &str)] = &[
+    ("get", "/api"),
     ("get", "/api/openapi.json"),
     ("get", "/api/agents"),
     ("post", "/api/agents/{agent}/halt"),
@@ -198,6 +199,7 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
                 "halt_reason",
                 "halted",
                 "halted_by",
+                "pending_requests",
                 "seconds_since_heartbeat",
                 "state",
             ],

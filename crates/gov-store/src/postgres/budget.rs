@@ -271,6 +271,44 @@ impl PgStore {
     }
 }
 
+#[derive(FromRow)]
+struct DayBudgetRow {
+    agent_id: String,
+    per_session_micros: Option<i64>,
+    per_day_micros: Option<i64>,
+    per_session_tokens: Option<i64>,
+    per_day_tokens: Option<i64>,
+    max_session_seconds: Option<i64>,
+    spent_micros: i64,
+    reserved_micros: i64,
+    spent_tokens: i64,
+    reserved_tokens: i64,
+}
+
+impl DayBudgetRow {
+    fn into_parts(self) -> Result<(BudgetPolicy, BudgetCounter)> {
+        let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
+        let policy = BudgetPolicy {
+            agent_id: AgentId::new(&self.agent_id)
+                .map_err(|e| StoreError::Corrupt(format!("budget policy: {e}")))?,
+            per_session: self.per_session_micros.map(MicroUsd),
+            per_day: self.per_day_micros.map(MicroUsd),
+            per_session_tokens: tokens(self.per_session_tokens),
+            per_day_tokens: tokens(self.per_day_tokens),
+            max_session_duration: self
+                .max_session_seconds
+                .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
+        };
+        let day = BudgetCounter {
+            spent: MicroUsd(self.spent_micros),
+            reserved: MicroUsd(self.reserved_micros),
+            spent_tokens: self.spent_tokens,
+            reserved_tokens: self.reserved_tokens,
+        };
+        Ok((policy, day))
+    }
+}
+
 impl BudgetStore for PgStore {
     async fn put_budget_policy(&self, p: &BudgetPolicy) -> Result<()> {
         let tokens = |t: Option<u64>| t.map(to_i64);
@@ -585,6 +623,26 @@ impl BudgetStore for PgStore {
                 .s_age_us
                 .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
         })
+    }
+
+    async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, BudgetCounter)>> {
+        // language=PostgreSQL
+        let rows: Vec<DayBudgetRow> = sqlx::query_as(
+            "SELECT p.agent_id, p.per_session_micros, p.per_day_micros, p.per_session_tokens, \
+                    p.per_day_tokens, p.max_session_seconds, \
+                    coalesce(d.spent_micros, 0)::bigint AS spent_micros, \
+                    coalesce(d.reserved_micros, 0)::bigint AS reserved_micros, \
+                    coalesce(d.spent_tokens, 0)::bigint AS spent_tokens, \
+                    coalesce(d.reserved_tokens, 0)::bigint AS reserved_tokens \
+             FROM budget_policies p \
+             LEFT JOIN budget_counters d ON d.agent_id = p.agent_id \
+                 AND d.period = 'd:' || (($1::timestamptz AT TIME ZONE 'UTC')::date)::text \
+             ORDER BY p.agent_id",
+        )
+        .bind(self.clock.now())
+        .fetch_all(&self.pool())
+        .await?;
+        rows.into_iter().map(DayBudgetRow::into_parts).collect()
     }
 
     async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {

@@ -42,6 +42,44 @@ struct PolicyRow {
 }
 
 #[derive(FromRow)]
+struct DayBudgetRow {
+    agent_id: String,
+    per_session_micros: Option<i64>,
+    per_day_micros: Option<i64>,
+    per_session_tokens: Option<i64>,
+    per_day_tokens: Option<i64>,
+    max_session_seconds: Option<i64>,
+    spent_micros: i64,
+    reserved_micros: i64,
+    spent_tokens: i64,
+    reserved_tokens: i64,
+}
+
+impl DayBudgetRow {
+    fn into_parts(self) -> Result<(BudgetPolicy, BudgetCounter)> {
+        let tokens = |t: Option<i64>| t.map(|v| u64::try_from(v).unwrap_or(0));
+        let policy = BudgetPolicy {
+            agent_id: AgentId::new(&self.agent_id)
+                .map_err(|e| StoreError::Corrupt(format!("budget policy: {e}")))?,
+            per_session: self.per_session_micros.map(MicroUsd),
+            per_day: self.per_day_micros.map(MicroUsd),
+            per_session_tokens: tokens(self.per_session_tokens),
+            per_day_tokens: tokens(self.per_day_tokens),
+            max_session_duration: self
+                .max_session_seconds
+                .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
+        };
+        let day = BudgetCounter {
+            spent: MicroUsd(self.spent_micros),
+            reserved: MicroUsd(self.reserved_micros),
+            spent_tokens: self.spent_tokens,
+            reserved_tokens: self.reserved_tokens,
+        };
+        Ok((policy, day))
+    }
+}
+
+#[derive(FromRow)]
 struct Reservation {
     agent_id: String,
     session_id: String,
@@ -614,6 +652,25 @@ impl BudgetStore for SqliteStore {
             day: counter_of(d),
             session_age,
         })
+    }
+
+    async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, BudgetCounter)>> {
+        let day = day_of(self.clock.now_us());
+        let rows: Vec<DayBudgetRow> = sqlx::query_as(
+            "SELECT p.agent_id, p.per_session_micros, p.per_day_micros, p.per_session_tokens, \
+                    p.per_day_tokens, p.max_session_seconds, \
+                    coalesce(d.spent_micros, 0) AS spent_micros, \
+                    coalesce(d.reserved_micros, 0) AS reserved_micros, \
+                    coalesce(d.spent_tokens, 0) AS spent_tokens, \
+                    coalesce(d.reserved_tokens, 0) AS reserved_tokens \
+             FROM budget_policies p \
+             LEFT JOIN budget_counters d ON d.agent_id = p.agent_id AND d.period = ? \
+             ORDER BY p.agent_id",
+        )
+        .bind(format!("d:{day}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(DayBudgetRow::into_parts).collect()
     }
 
     async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>> {
