@@ -10,6 +10,7 @@ pub(crate) mod evidence;
 pub(crate) mod export;
 pub(crate) mod import;
 pub(crate) mod migrate;
+pub(crate) mod policy;
 pub(crate) mod prove;
 pub(crate) mod report;
 pub(crate) mod rotate;

@@ -8,6 +8,7 @@ mod gates;
 mod heads;
 mod hosts;
 mod llm;
+mod policies;
 mod signers;
 mod subjects;
 mod tree;

@@ -13,6 +13,7 @@ mod console;
 mod enforce;
 mod gates;
 mod llm;
+mod policies;
 mod signers;
 mod subjects;
 mod tree;
