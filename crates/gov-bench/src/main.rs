@@ -26,6 +26,7 @@ mod checks;
 mod console;
 mod evidence;
 mod llm;
+mod policies;
 mod tlog;
 
 use std::process::Command;
@@ -157,6 +158,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(tlog::bench_alone())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench policies`: Cedar decision latency and the guarded path with a set enforced.
+    if args.first().map(String::as_str) == Some("policies") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(policies::bench())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -495,7 +506,10 @@ async fn bench() -> Result<()> {
     let backends = backends::bench().await?;
     eprintln!("bench: a guarded LLM call over a direct one, mock provider on loopback");
     let llm = llm::bench(&gov).await?;
+    eprintln!("bench: Cedar decisions with 10, 100 and 1,000 policies; the guarded path with 100");
+    let policies = policies::bench().await?;
     let out = serde_json::json!({
+        "cedar_policies": policies["policies"],
         "llm_guarded_path": llm,
         "tlog": tlog,
         "evidence_bundle": evidence,
