@@ -73,11 +73,11 @@ pub enum Error {
         /// The action and resource (`tool_call Governance::Tool::"refund"`).
         target: String,
         /// SHA-256 (hex) of the policy set that decided.
-        policy_set_hash: String,
+        policy_set_hash: Box<str>,
         /// The determining policies.
-        policies: Vec<String>,
+        policies: Box<[String]>,
         /// Evaluation errors (each refuses).
-        errors: Vec<String>,
+        errors: Box<[String]>,
     },
     /// The enforced Cedar policy set permits the action only with a person's approval: ask
     /// through `gates()`.
@@ -94,9 +94,9 @@ pub enum Error {
         /// The `@approval` reason.
         reason: String,
         /// SHA-256 (hex) of the policy set that decided.
-        policy_set_hash: String,
+        policy_set_hash: Box<str>,
         /// The determining policies.
-        policies: Vec<String>,
+        policies: Box<[String]>,
     },
     /// The policy sets could not be read (the listener is not trusted and storage is out of
     /// reach); the action is refused (fail closed).

@@ -338,9 +338,9 @@ impl<'g> Policies<'g> {
                 Err(Error::PolicyForbidden {
                     agent: check.agent.to_owned(),
                     target,
-                    policy_set_hash: hash,
-                    policies: decision.determining,
-                    errors: decision.errors,
+                    policy_set_hash: hash.into(),
+                    policies: decision.determining.into(),
+                    errors: decision.errors.into(),
                 })
             }
             Effect::Approval => {
@@ -353,8 +353,8 @@ impl<'g> Policies<'g> {
                     agent: check.agent.to_owned(),
                     target,
                     reason: decision.approval.unwrap_or_default(),
-                    policy_set_hash: hash,
-                    policies: decision.determining,
+                    policy_set_hash: hash.into(),
+                    policies: decision.determining.into(),
                 })
             }
         }

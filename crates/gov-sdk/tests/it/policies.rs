@@ -67,8 +67,10 @@ fn resource(c: &cases::Case) -> Resource<'_> {
 fn outcome(r: Result<(), Error>) -> (Effect, Vec<String>) {
     match r {
         Ok(()) => (Effect::Permit, Vec::new()),
-        Err(Error::PolicyForbidden { policies, .. }) => (Effect::Forbid, policies),
-        Err(Error::PolicyApprovalRequired { policies, .. }) => (Effect::Approval, policies),
+        Err(Error::PolicyForbidden { policies, .. }) => (Effect::Forbid, policies.into_vec()),
+        Err(Error::PolicyApprovalRequired { policies, .. }) => {
+            (Effect::Approval, policies.into_vec())
+        }
         Err(e) => panic!("unexpected error: {e}"),
     }
 }
