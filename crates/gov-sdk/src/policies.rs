@@ -2,7 +2,7 @@
 //! the shadow set evaluated next to it (differences logged, never enforced), and applying a new
 //! version (an operator path: on Postgres only the schema owner can write `policy_sets`).
 //!
-//! Each handle keeps a snapshot of both slots ([`PolicyState`]), loaded when it connects and
+//! Each handle keeps a snapshot of both slots (`PolicyState`), loaded when it connects and
 //! replaced when any process applies a version (the listener's `gov_policy_set` channel); while
 //! the listener is not trusted, a check reads and parses the sets from storage, and refuses
 //! when storage is out of reach. A stored set this build cannot parse refuses every action
