@@ -670,6 +670,18 @@ BEGIN
 END;
 $function$
 
+-- policy_sets_notify()
+CREATE OR REPLACE FUNCTION public.policy_sets_notify()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM pg_notify('gov_policy_set', NEW.slot);
+    RETURN NULL;
+END;
+$function$
+
 -- scope_policies_notify()
 CREATE OR REPLACE FUNCTION public.scope_policies_notify()
  RETURNS trigger

@@ -14,6 +14,7 @@ mod keys;
 mod local;
 mod migrate;
 mod outputs;
+mod policy;
 mod processes;
 mod prove;
 mod report;

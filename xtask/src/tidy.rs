@@ -14,8 +14,12 @@ use anyhow::{Result, bail};
 const LAYERS: &[(&str, &[&str])] = &[
     ("gov-core", &[]),
     ("gov-store", &["gov-core"]),
+    ("gov-policy", &["gov-core"]),
     ("gov-audit", &["gov-core", "gov-store"]),
-    ("gov-sdk", &["gov-core", "gov-audit", "gov-store"]),
+    (
+        "gov-sdk",
+        &["gov-core", "gov-audit", "gov-store", "gov-policy"],
+    ),
     ("gov-report", &["gov-sdk"]),
     ("gov-console", &["gov-sdk", "gov-report"]),
     ("gov-gateway", &["gov-sdk"]),

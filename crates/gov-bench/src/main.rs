@@ -32,6 +32,7 @@ mod console;
 mod evidence;
 mod limits;
 mod llm;
+mod policies;
 mod spooling;
 mod tlog;
 
@@ -181,6 +182,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(tlog::bench_alone())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench policies`: Cedar decision latency and the guarded path with a set enforced.
+    if args.first().map(String::as_str) == Some("policies") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(policies::bench())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -590,7 +601,10 @@ async fn bench(quick: bool) -> Result<()> {
     let backends = backends::bench().await?;
     eprintln!("bench: a guarded LLM call over a direct one, mock provider on loopback");
     let llm = llm::bench(&gov).await?;
+    eprintln!("bench: Cedar decisions with 10, 100 and 1,000 policies; the guarded path with 100");
+    let policies = policies::bench().await?;
     let more = serde_json::json!({
+        "cedar_policies": policies["policies"],
         "llm_guarded_path": llm,
         "tlog": tlog,
         "evidence_bundle": evidence,

@@ -80,6 +80,9 @@ pub(crate) enum Command {
         after_help = "Examples:\n  governance erase --subject 0f9c2a4e-user --reason \"GDPR Art. 17 request #1234\" --operator alice\n\nThe subject's personal fields stay in the chain as ciphertext nobody can read; the events, their seals, proofs and evidence bundles stay valid. The erasure is recorded as a subject.erased event, and no key is ever stored for the subject again.\nRun it with the schema owner's URL: the application role cannot delete keys.\nExit codes: 0 erased, 2 usage or configuration (including a role that may not erase), 3 storage unreachable."
     )]
     Erase(EraseArgs),
+    /// Cedar policy sets (policy as code): validate, test against case files, diff, apply
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Sign each chain's head with Ed25519, store it and print it (keep the output away from the database)
     #[command(
         after_help = "Examples:\n  governance checkpoint --signing-key file:///etc/governance/operator.key --output heads.json\n  GOVERNANCE_SIGNING_KEY=env://OPERATOR_KEY governance checkpoint --chain billing\n\nLater, `governance verify --checkpoint heads.json` proves the chains still extend those heads:\na cut tail or a chain rebuilt without the signing key fails.\nExit codes: 0 signed, 2 usage or configuration (no key, unreadable key, no such chain), 3 storage unreachable."
@@ -691,6 +694,98 @@ pub(crate) struct SiemExportArgs {
     /// Retries of one batch before giving up (--post)
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1_000))]
     pub(crate) retries: u32,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+/// A policy set on disk: a directory of `*.cedar` files with an optional `settings.json`, or one
+/// `.cedar` file.
+#[derive(Debug, Args)]
+pub(crate) struct PolicySource {
+    /// The policy set: a directory (its `*.cedar` files, in name order, and `settings.json` if
+    /// present) or one `.cedar` file
+    #[arg(value_name = "PATH")]
+    pub(crate) path: PathBuf,
+    /// The settings (agents' attributes, declared arguments) instead of `settings.json` in the
+    /// directory
+    #[arg(long, value_name = "FILE")]
+    pub(crate) settings: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Parse the set and validate it against governance's Cedar schema
+    #[command(
+        after_help = "Examples:\n  governance policy validate policies/\n  governance policy validate policies/billing.cedar --settings settings.json --json\n\nNo database is needed. Every policy needs a unique @id(\"...\"); @approval(\"why\") marks a permit that needs a person's approval (docs/policies.md).\nExit codes: 0 valid, 1 invalid (each problem named), 2 usage (an unreadable file)."
+    )]
+    Validate(PolicySource),
+    /// Run test cases (permit, forbid, approval, and by which policies) against the set
+    #[command(
+        after_help = "Examples:\n  governance policy test policies/ --cases policies/cases.json\n  governance policy test policies/ --cases a.json --cases b.json --json\n\nNo database is needed: usable in CI. Each failing case is named with what it expected and what it got.\nExit codes: 0 every case passed, 1 a case failed or the set is invalid, 2 usage (an unreadable or malformed case file)."
+    )]
+    Test(PolicyTestArgs),
+    /// Compare the set with the one in force (or another set): policies added, removed, changed,
+    /// and the cases decided differently
+    #[command(
+        after_help = "Examples:\n  governance policy diff policies/\n  governance policy diff policies/ --shadow --cases policies/cases.json\n  governance policy diff policies/ --against old-policies/\n\nExit codes: 0 no difference, 1 a difference (listed), 2 usage or configuration (an invalid set, an unreadable file), 3 storage unreachable."
+    )]
+    Diff(PolicyDiffArgs),
+    /// Apply the set as the next enforced (or shadow) version, after validating it and running
+    /// its cases; every process reloads it
+    #[command(
+        after_help = "Examples:\n  governance policy apply policies/ --cases policies/cases.json --operator alice\n  governance policy apply candidate/ --shadow --operator alice\n  governance policy apply --off --shadow --operator alice\n\nRun it with the schema owner's URL: the application role may read policy sets, never write them. The version is recorded as a policy.applied event with the set's hash. A shadow set is evaluated beside the enforced one; its differences are logged as policy.shadow_diff events, never enforced.\nExit codes: 0 applied, 1 the set is invalid or a case failed (nothing applied), 2 usage or configuration (including a role that may not apply), 3 storage unreachable."
+    )]
+    Apply(PolicyApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PolicyTestArgs {
+    #[command(flatten)]
+    pub(crate) source: PolicySource,
+    /// A case file (JSON, docs/policies.md); repeat for several
+    #[arg(long = "cases", value_name = "FILE", required = true)]
+    pub(crate) cases: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PolicyDiffArgs {
+    #[command(flatten)]
+    pub(crate) source: PolicySource,
+    /// Compare with this set on disk instead of the database's
+    #[arg(long, value_name = "PATH")]
+    pub(crate) against: Option<PathBuf>,
+    /// Compare with the database's shadow set instead of the enforced one
+    #[arg(long, conflicts_with = "against")]
+    pub(crate) shadow: bool,
+    /// Case files whose decisions to compare
+    #[arg(long = "cases", value_name = "FILE")]
+    pub(crate) cases: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PolicyApplyArgs {
+    /// The policy set (a directory or a `.cedar` file); omit with --off
+    #[arg(
+        value_name = "PATH",
+        required_unless_present = "off",
+        conflicts_with = "off"
+    )]
+    pub(crate) path: Option<PathBuf>,
+    /// The settings instead of `settings.json` in the directory
+    #[arg(long, value_name = "FILE")]
+    pub(crate) settings: Option<PathBuf>,
+    /// Apply as the shadow (candidate) set: evaluated and logged, never enforced
+    #[arg(long)]
+    pub(crate) shadow: bool,
+    /// Turn the slot off (no Cedar set: scope alone decides, or no shadow)
+    #[arg(long)]
+    pub(crate) off: bool,
+    /// Case files that must all pass before the set is applied
+    #[arg(long = "cases", value_name = "FILE")]
+    pub(crate) cases: Vec<PathBuf>,
+    /// Who applies it (recorded in the policy.applied event)
+    #[arg(long, default_value = "operator")]
+    pub(crate) operator: String,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

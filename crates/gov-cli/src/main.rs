@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             Command::Report(args) => commands::report::run(args, &cli.global, &out).await,
             Command::RotateChainKey(args) => commands::rotate::run(args, &cli.global, &out).await,
             Command::Erase(args) => commands::erase::run(args, &cli.global, &out).await,
+            Command::Policy(cmd) => commands::policy::run(cmd, &cli.global, &out).await,
             Command::Checkpoint(args) => commands::checkpoint::run(args, &cli.global, &out).await,
             Command::Prove(args) => commands::prove::run(args, &cli.global, &out).await,
             Command::Export(args) => commands::export::run(args, &cli.global, &out).await,

@@ -89,6 +89,15 @@ kinds! {
     ChainKeyRotated = "chain.key_rotated",
     /// A data subject's keys were destroyed: their personal fields are unreadable from now on.
     SubjectErased = "subject.erased",
+    /// An operator applied a new version of a Cedar policy set (enforced or shadow).
+    PolicyApplied = "policy.applied",
+    /// The enforced Cedar policy set forbade an action.
+    PolicyDenied = "policy.denied",
+    /// The enforced Cedar policy set permitted an action only with a person's approval.
+    PolicyApprovalRequired = "policy.approval_required",
+    /// The shadow (candidate) policy set decided differently from the enforced one; logged,
+    /// never enforced.
+    PolicyShadowDiff = "policy.shadow_diff",
 }
 
 /// Namespaces (first segment of a kind) that belong to governance: a host may not log any kind
@@ -103,6 +112,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "llm",
     "loop",
     "operator",
+    "policy",
     "scope",
     "subject",
 ];
@@ -131,7 +141,11 @@ impl EventKind {
     pub const fn is_denial(self) -> bool {
         matches!(
             self,
-            Self::ScopeDenied | Self::BudgetDenied | Self::LoopDetected | Self::ContractViolated
+            Self::ScopeDenied
+                | Self::BudgetDenied
+                | Self::LoopDetected
+                | Self::ContractViolated
+                | Self::PolicyDenied
         )
     }
 }
@@ -515,6 +529,79 @@ pub struct SubjectErased {
     pub operator: String,
 }
 system_event!(SubjectErased => SubjectErased);
+
+/// The agent id the policy set events are recorded under (a policy set concerns every agent).
+pub const POLICY_AGENT: &str = "governance:policy";
+
+/// `policy.applied`: an operator applied a version of a Cedar policy set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyApplied {
+    /// `enforced` or `shadow`.
+    pub slot: String,
+    /// The version applied (1, 2, … per slot).
+    pub version: i64,
+    /// SHA-256 (hex) of the set; `None` when the slot was turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_set_hash: Option<String>,
+    /// How many policies it holds.
+    pub policies: u64,
+    /// Who applied it.
+    pub operator: String,
+}
+system_event!(PolicyApplied => PolicyApplied);
+
+/// What a Cedar decision was about and which policy set version decided it; the payload of
+/// `policy.denied` and `policy.approval_required`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDecision {
+    /// The Cedar action (`tool_call`, `llm_call`, `mcp_tool_call`).
+    pub action: String,
+    /// The resource, as a Cedar entity uid (`Governance::Tool::"send_email"`).
+    pub resource: String,
+    /// SHA-256 (hex) of the policy set that decided.
+    pub policy_set_hash: String,
+    /// The ids of the policies that determined the decision (the forbids that matched, or the
+    /// permits; empty when nothing permitted).
+    pub determining_policies: Vec<String>,
+    /// The approval's reason (the `@approval` annotation), for `policy.approval_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+}
+
+/// `policy.denied`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PolicyDenied(pub PolicyDecision);
+system_event!(PolicyDenied => PolicyDenied);
+
+/// `policy.approval_required`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PolicyApprovalRequired(pub PolicyDecision);
+system_event!(PolicyApprovalRequired => PolicyApprovalRequired);
+
+/// `policy.shadow_diff`: the candidate set would have decided differently. Never enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyShadowDiff {
+    /// The Cedar action.
+    pub action: String,
+    /// The resource, as a Cedar entity uid.
+    pub resource: String,
+    /// The enforced decision (`permit`, `forbid`, `approval`).
+    pub enforced: String,
+    /// SHA-256 (hex) of the enforced set (`None`: no enforced set, only scope decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_hash: Option<String>,
+    /// The policies that determined the enforced decision.
+    pub enforced_policies: Vec<String>,
+    /// The shadow set's decision.
+    pub shadow: String,
+    /// SHA-256 (hex) of the shadow set.
+    pub shadow_hash: String,
+    /// The policies that determined the shadow decision.
+    pub shadow_policies: Vec<String>,
+}
+system_event!(PolicyShadowDiff => PolicyShadowDiff);
 
 #[cfg(test)]
 mod tests {

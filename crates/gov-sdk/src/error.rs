@@ -60,6 +60,53 @@ pub enum Error {
         /// Why it was refused.
         denial: ScopeDenial,
     },
+    /// The enforced Cedar policy set forbade the action (or could not evaluate it).
+    #[error(
+        "policy forbids: agent {agent} may not {target} (policy set {}, determining policies: {}){}",
+        short(policy_set_hash),
+        list(policies),
+        errors_suffix(errors)
+    )]
+    PolicyForbidden {
+        /// The agent.
+        agent: String,
+        /// The action and resource (`tool_call Governance::Tool::"refund"`).
+        target: String,
+        /// SHA-256 (hex) of the policy set that decided.
+        policy_set_hash: Box<str>,
+        /// The determining policies.
+        policies: Box<[String]>,
+        /// Evaluation errors (each refuses).
+        errors: Box<[String]>,
+    },
+    /// The enforced Cedar policy set permits the action only with a person's approval: ask
+    /// through `gates()`.
+    #[error(
+        "approval required: agent {agent} may {target} only once a person approves ({reason}; policy set {}, policies: {})",
+        short(policy_set_hash),
+        list(policies)
+    )]
+    PolicyApprovalRequired {
+        /// The agent.
+        agent: String,
+        /// The action and resource.
+        target: String,
+        /// The `@approval` reason.
+        reason: String,
+        /// SHA-256 (hex) of the policy set that decided.
+        policy_set_hash: Box<str>,
+        /// The determining policies.
+        policies: Box<[String]>,
+    },
+    /// The policy sets could not be read (the listener is not trusted and storage is out of
+    /// reach); the action is refused (fail closed).
+    #[error("cannot read the policy sets, so the action of agent {agent} is refused: {cause}")]
+    PolicyUnavailable {
+        /// The agent.
+        agent: String,
+        /// Why.
+        cause: String,
+    },
     /// The agent is halted; only an operator's resume lets it act again.
     #[error("agent {agent} is halted{}{}", by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default(), reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     Halted {
@@ -237,6 +284,27 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// A hash's first 12 characters, for messages.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+fn list(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    }
+}
+
+fn errors_suffix(errors: &[String]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", errors.join("; "))
+    }
+}
+
 impl ErrorKind {
     /// Every kind, in declaration order (for tables that must cover them all).
     pub const ALL: &'static [ErrorKind] = &[
@@ -316,6 +384,8 @@ impl Error {
             Self::Audit(a) => audit_kind(a),
             Self::ChainBroken(_) => ErrorKind::Tampered,
             Self::ScopeViolation { .. }
+            | Self::PolicyForbidden { .. }
+            | Self::PolicyApprovalRequired { .. }
             | Self::Halted { .. }
             | Self::LoopDetected { .. }
             | Self::BudgetExceeded { .. }
@@ -323,7 +393,9 @@ impl Error {
             | Self::ApprovalPending { .. }
             | Self::ApprovalDenied { .. }
             | Self::ApprovalRefused { .. } => ErrorKind::Refused,
-            Self::HaltStateUnknown { .. } => ErrorKind::Unavailable,
+            Self::HaltStateUnknown { .. } | Self::PolicyUnavailable { .. } => {
+                ErrorKind::Unavailable
+            }
             Self::AuthenticationFailed => ErrorKind::Unauthenticated,
             Self::ToolFailed { .. } | Self::Provider { .. } => ErrorKind::Upstream,
         }

@@ -98,6 +98,8 @@ mod operators;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod personal;
+#[cfg(feature = "cedar")]
+pub mod policies;
 mod presence;
 mod scope;
 pub mod siem;
@@ -245,6 +247,12 @@ impl Governance {
     /// Cost and budgets.
     pub fn cost(&self) -> Cost<'_> {
         Cost::new(self)
+    }
+
+    /// Cedar policy sets: policy as code, evaluated beside scope.
+    #[cfg(feature = "cedar")]
+    pub fn policies(&self) -> policies::Policies<'_> {
+        policies::Policies::new(self)
     }
 
     /// Loop detection.

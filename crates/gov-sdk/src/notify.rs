@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "cedar")]
+use gov_store::POLICY_SET_CHANNEL;
 use gov_store::{GATE_CHANNEL, HALT_CHANNEL, Listener, Notice, POLICY_CHANNEL, Store};
 
 use crate::cache::AgentCache;
@@ -26,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) healthy: AtomicBool,
     /// Scope policies and halt states by agent.
     pub(crate) agents: AgentCache,
+    /// The Cedar policy sets in force.
+    #[cfg(feature = "cedar")]
+    pub(crate) policies: crate::policies::PolicyState,
     /// Gate notifications (`<id>:<status>`), for `wait_for`.
     pub(crate) gates: tokio::sync::broadcast::Sender<String>,
     /// This handle's own channel, on which the watchdog proves the listener hears.
@@ -45,6 +50,8 @@ impl Default for Shared {
         Self {
             healthy: AtomicBool::new(false),
             agents: AgentCache::default(),
+            #[cfg(feature = "cedar")]
+            policies: crate::policies::PolicyState::default(),
             gates: tokio::sync::broadcast::channel(1_024).0,
             ping_channel: format!("gov_ping_{}", uuid::Uuid::now_v7().simple()),
             heard: Mutex::new((Instant::now(), String::new())),
@@ -61,6 +68,8 @@ impl Shared {
     /// Rebuilds every cache from storage.
     async fn resync(&self, store: &Store) -> gov_store::Result<()> {
         self.agents.reset(store.scope_policies().await?);
+        #[cfg(feature = "cedar")]
+        self.policies.reload(store).await?;
         Ok(())
     }
 
@@ -93,6 +102,14 @@ impl Shared {
                 }
             },
             HALT_CHANNEL => self.agents.invalidate_halt(payload),
+            #[cfg(feature = "cedar")]
+            POLICY_SET_CHANNEL => {
+                if let Err(e) = self.policies.reload(store).await {
+                    // Not trusted until the next successful reload: checks read storage.
+                    tracing::warn!(error = %e, "could not reload the policy sets");
+                    self.healthy.store(false, Ordering::Release);
+                }
+            }
             GATE_CHANNEL => {
                 // No receiver is fine: nobody is waiting.
                 let _ = self.gates.send(payload.to_owned());
@@ -112,7 +129,15 @@ pub(crate) async fn start(store: Store, shared: Arc<Shared>) -> tokio::task::Joi
     tokio::spawn(run(store, shared, first))
 }
 
+#[cfg(not(feature = "cedar"))]
 const CHANNELS: &[&str] = &[POLICY_CHANNEL, HALT_CHANNEL, GATE_CHANNEL];
+#[cfg(feature = "cedar")]
+const CHANNELS: &[&str] = &[
+    POLICY_CHANNEL,
+    HALT_CHANNEL,
+    GATE_CHANNEL,
+    POLICY_SET_CHANNEL,
+];
 
 /// Proves the listener still hears (see the module's doc); stops with the handle.
 async fn watchdog(store: Store, shared: std::sync::Weak<Shared>) {

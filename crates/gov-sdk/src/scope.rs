@@ -130,7 +130,47 @@ impl<'g> Scope<'g> {
         })
     }
 
+    /// Scope (and the halt check) without the Cedar policy sets: for
+    /// [`crate::policies::Policies::check`], which evaluates them itself with the call's context.
+    #[cfg(feature = "cedar")]
+    pub(crate) async fn check_scope_only(&self, agent: &str, tool: &str) -> Result<()> {
+        self.decide_scope(agent, Target::Tool(tool)).await
+    }
+
+    /// [`Scope::check_model`] without the Cedar policy sets.
+    #[cfg(feature = "cedar")]
+    pub(crate) async fn check_model_scope_only(
+        &self,
+        agent: &str,
+        provider: &str,
+        model: &str,
+    ) -> Result<()> {
+        self.decide_scope(agent, Target::Model(provider, model))
+            .await
+    }
+
     async fn decide(&self, agent: &str, target: Target<'_>) -> Result<()> {
+        self.decide_scope(agent, target).await?;
+        // The Cedar policy sets, evaluated beside scope (both must allow) when any is applied:
+        // with no arguments and no cost here (`policies().check` gives them).
+        #[cfg(feature = "cedar")]
+        if self.gov.inner.shared.policies.active() || !self.gov.inner.shared.healthy() {
+            let resource = match target {
+                Target::Tool(t) => Some(crate::policies::Resource::Tool(t)),
+                Target::Model(provider, model) => {
+                    Some(crate::policies::Resource::Model { provider, model })
+                }
+                Target::Api(_) => None,
+            };
+            if let Some(resource) = resource {
+                let check = crate::policies::PolicyCheck::new(agent, resource);
+                return Box::pin(self.gov.policies().enforce(&check)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn decide_scope(&self, agent: &str, target: Target<'_>) -> Result<()> {
         // The hot path: not halted and allowed, both from trusted caches, with no storage and
         // no allocation. Anything else takes the full path below, boxed so that this future
         // stays small.

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use crate::{
     CheckpointRow, ConsoleSession, CosignatureRow, Decision, HaltSwitch, Listener, LlmClientRow,
-    MigrateReport, NewSession, OperatorChange, OperatorRecord, OversightRecord, Privileges,
-    Reserve, Result, Sealer, SignerKeyRow, SubjectKeyRow, TreeTile,
+    MigrateReport, NewPolicySet, NewSession, OperatorChange, OperatorRecord, OversightRecord,
+    PolicySetRow, Privileges, Reserve, Result, Sealer, SignerKeyRow, SubjectKeyRow, TreeTile,
 };
 use crate::{GatewayKeyInfo, GatewayKeyRow};
 
@@ -32,6 +32,7 @@ pub trait Backend:
     + RegistryStore
     + SubjectStore
     + GatewayKeyStore
+    + PolicyStore
 {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<MigrateReport>;
@@ -336,3 +337,23 @@ pub trait GatewayKeyStore {
 /// Builds the erasure's event from the number of keys destroyed.
 pub type ErasureEvent<'a> =
     &'a (dyn Fn(u64) -> std::result::Result<AuditEvent, String> + Send + Sync);
+
+/// Cedar policy sets: versions per slot, appended by the schema owner only.
+pub trait PolicyStore {
+    /// The newest version of each slot (`enforced`, `shadow`) that has one.
+    async fn policy_sets(&self) -> Result<Vec<PolicySetRow>>;
+    /// Appends the next version of `set.slot` and the event `event` builds from its version
+    /// number, in one transaction; the version. Refused with `PermissionDenied` for a role
+    /// that may not write policy sets (the application role).
+    async fn apply_policy_set(
+        &self,
+        set: &NewPolicySet,
+        event: PolicyEvent<'_>,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<i64>;
+}
+
+/// Builds a policy set's `policy.applied` event from its version number.
+pub type PolicyEvent<'a> =
+    &'a (dyn Fn(i64) -> std::result::Result<AuditEvent, String> + Send + Sync);

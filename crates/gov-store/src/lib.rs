@@ -93,12 +93,12 @@ pub use types::{
     Privileges, Reserve,
 };
 
-pub use backend::ErasureEvent;
 use backend::GatewayKeyStore;
 use backend::{
-    Backend, BudgetStore, ChainStore, EnforceStore, GateStore, RegistryStore, SessionStore,
-    SignerStore, SubjectStore, TreeStore,
+    Backend, BudgetStore, ChainStore, EnforceStore, GateStore, PolicyStore, RegistryStore,
+    SessionStore, SignerStore, SubjectStore, TreeStore,
 };
+pub use backend::{ErasureEvent, PolicyEvent};
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
 /// deadline ([`StoreOptions::call_timeout`]).
@@ -133,6 +133,8 @@ use gov_core::{
 
 /// Notification channel announcing a changed scope policy (payload: the agent id).
 pub const POLICY_CHANNEL: &str = "gov_policy";
+/// Notification channel announcing a new version of a Cedar policy set (payload: the slot).
+pub const POLICY_SET_CHANNEL: &str = "gov_policy_set";
 /// Notification channel announcing a gate request or decision (payload: `<id>:<status>`).
 pub const GATE_CHANNEL: &str = "gov_gate";
 /// Notification channel announcing a halt or resume (payload: the agent id).
@@ -276,6 +278,40 @@ pub struct GatewayKeyInfo {
     pub created_at: OffsetDateTime,
     /// When it was revoked, if it was.
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A version of a Cedar policy set as stored (`policy_sets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySetRow {
+    /// `enforced` or `shadow`.
+    pub slot: String,
+    /// 1, 2, … per slot.
+    pub version: i64,
+    /// The Cedar policies; `None` turns the slot off.
+    pub policies: Option<String>,
+    /// The set's settings (JSON): the agents' attributes and the declared tool arguments.
+    pub settings: String,
+    /// SHA-256 (hex) of the set.
+    pub hash: String,
+    /// Who applied it.
+    pub applied_by: String,
+    /// When.
+    pub applied_at: time::OffsetDateTime,
+}
+
+/// A policy set version to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPolicySet {
+    /// `enforced` or `shadow`.
+    pub slot: String,
+    /// The Cedar policies; `None` turns the slot off.
+    pub policies: Option<String>,
+    /// The set's settings (JSON): the agents' attributes and the declared tool arguments.
+    pub settings: String,
+    /// SHA-256 (hex) of the set.
+    pub hash: String,
+    /// Who applies it.
+    pub applied_by: String,
 }
 
 /// A registered signer's public key.
@@ -547,6 +583,22 @@ impl Store {
     /// Whether the subject was erased.
     pub async fn subject_erased(&self, subject: &str) -> Result<bool> {
         dispatch!(self, s => s.subject_erased(subject).await)
+    }
+
+    /// The newest version of each Cedar policy set slot that has one.
+    pub async fn policy_sets(&self) -> Result<Vec<PolicySetRow>> {
+        dispatch!(self, s => s.policy_sets().await)
+    }
+
+    /// Appends a policy set version and its event in one transaction; the version.
+    pub async fn apply_policy_set(
+        &self,
+        set: &NewPolicySet,
+        event: PolicyEvent<'_>,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<i64> {
+        dispatch!(self, s => s.apply_policy_set(set, event, key_id, seal).await)
     }
 
     /// Whether the database holds any subject key or erased subject.

@@ -11,6 +11,7 @@ pub(crate) mod export;
 pub(crate) mod gateway;
 pub(crate) mod import;
 pub(crate) mod migrate;
+pub(crate) mod policy;
 pub(crate) mod prove;
 pub(crate) mod report;
 pub(crate) mod rotate;

@@ -36,7 +36,8 @@ fn activity(rec: &AuditRecord) -> (u32, String) {
             | EventKind::AgentHalted
             | EventKind::AgentResumed
             | EventKind::ChainKeyRotated
-            | EventKind::SubjectErased,
+            | EventKind::SubjectErased
+            | EventKind::PolicyApplied,
         ) => (3, "Update".into()),
         _ => (99, rec.kind.clone()),
     }
@@ -54,13 +55,16 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
             EventKind::ScopeDenied
             | EventKind::BudgetDenied
             | EventKind::LoopDetected
-            | EventKind::ContractViolated,
+            | EventKind::ContractViolated
+            | EventKind::PolicyDenied,
         ) => (3, "Medium"),
         Some(
             EventKind::GateDenied
             | EventKind::LlmError
             | EventKind::ChainKeyRotated
-            | EventKind::SubjectErased,
+            | EventKind::SubjectErased
+            | EventKind::PolicyApplied
+            | EventKind::PolicyShadowDiff,
         ) => (2, "Low"),
         Some(
             EventKind::GateRequested
@@ -72,7 +76,8 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
             | EventKind::LlmRequest
             | EventKind::LlmResponse
             | EventKind::LlmCancelled
-            | EventKind::LlmObserved,
+            | EventKind::LlmObserved
+            | EventKind::PolicyApprovalRequired,
         )
         | None => (1, "Informational"),
     }

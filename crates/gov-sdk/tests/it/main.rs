@@ -15,6 +15,7 @@ mod gates;
 mod keys;
 mod llm;
 mod personal;
+mod policies;
 mod pooler;
 mod privileges;
 mod promote;

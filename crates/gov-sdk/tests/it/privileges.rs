@@ -190,6 +190,7 @@ async fn the_catalog_holds_the_boundary() {
             ("governance_instance", "SELECT"),
             ("llm_clients", "INSERT, SELECT"),
             ("oversight_decisions", "SELECT"),
+            ("policy_sets", "SELECT"),
             ("scope_policies", "DELETE, INSERT, SELECT, UPDATE"),
             ("signer_keys", "INSERT, SELECT"),
             // Data subjects' wrapped keys: stored and read, never changed or removed.

@@ -9,6 +9,7 @@ mod heads;
 mod hosts;
 mod keys;
 mod llm;
+mod policies;
 mod signers;
 mod subjects;
 mod tree;

@@ -14,6 +14,7 @@ mod enforce;
 mod gates;
 mod keys;
 mod llm;
+mod policies;
 mod signers;
 mod subjects;
 mod tree;

@@ -1,0 +1,622 @@
+//! Policy as code: Cedar policy sets, validated against governance's schema, and their
+//! decisions (permit, forbid, or permit with a person's approval).
+//!
+//! A [`PolicySet`] is Cedar policies plus [`Settings`] (the agents' attributes and the tool
+//! arguments policies may read). [`PolicySet::parse`] refuses anything that would not
+//! evaluate as written: a syntax error, a policy the schema ([`PolicySet::schema_json`]) does
+//! not type, a template, a policy without a unique `@id`, an `@approval` on a forbid. Once
+//! parsed, [`PolicySet::decide`] is a pure function of the [`Request`]. `cases` runs test cases
+//! from files and compares two sets.
+//!
+//! # Invariants
+//!
+//! - Pure: no I/O, no clock (the request carries the time), no tokio.
+//! - Forbid wins; a permit carrying `@approval("…")` turns a permit into an approval; an
+//!   evaluation error refuses (the erroring policies are named), so a broken policy fails closed.
+//! - A set's hash covers its policies and settings exactly as applied, so a decision event names
+//!   the version that decided.
+
+pub mod cases;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr as _;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The Cedar namespace of governance's entity types and actions.
+pub const NAMESPACE: &str = "Governance";
+
+/// The annotation that turns a permit into a permit with approval (its value: why).
+pub const APPROVAL_ANNOTATION: &str = "approval";
+
+/// The annotation naming a policy (its id in decisions and events); required on every policy.
+pub const ID_ANNOTATION: &str = "id";
+
+/// Why a policy set was refused, or a request could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The policies do not parse.
+    #[error("the policies do not parse: {0}")]
+    Syntax(String),
+    /// The policies do not validate against the schema.
+    #[error("the policies do not validate against governance's Cedar schema: {0}")]
+    Invalid(String),
+    /// The settings (agents, arguments) are not what they should be.
+    #[error("the policy set's settings are invalid: {0}")]
+    Settings(String),
+    /// A request could not be built (an argument of the wrong type, an unknown agent id shape).
+    #[error("the request cannot be evaluated: {0}")]
+    Request(String),
+    /// A test case file is malformed.
+    #[error("{0}")]
+    Cases(String),
+}
+
+/// What an agent is, for policies (`principal.team`, `principal.environment`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAttributes {
+    /// The agent's team (empty when not given).
+    #[serde(default)]
+    pub team: String,
+    /// Its environment (`prod`, `staging`, …; empty when not given).
+    #[serde(default)]
+    pub environment: String,
+}
+
+/// The type of a declared tool argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArgumentType {
+    /// A string (`context.arguments.to like "*@example.com"`).
+    String,
+    /// An integer (`context.arguments.amount > 1000`).
+    Long,
+    /// A boolean.
+    Bool,
+}
+
+/// A set's settings: the agents' attributes, and the tool arguments policies may read (each
+/// optional in a request: policies test `context.arguments has amount` first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Agent id → attributes. An agent not listed has an empty team and environment.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentAttributes>,
+    /// Argument name → type. Arguments not declared here are not visible to policies.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, ArgumentType>,
+}
+
+/// What is being decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// A tool call (`Action::"tool_call"` on `Tool::"name"`).
+    Tool(&'a str),
+    /// An LLM call (`Action::"llm_call"` on `Model::"provider:model"`, in `Provider::"provider"`).
+    Model {
+        /// The provider (`openai`).
+        provider: &'a str,
+        /// The model (`gpt-4o-mini`).
+        model: &'a str,
+    },
+    /// A tool of an MCP server (`Action::"mcp_tool_call"` on `McpTool::"server/tool"`, in
+    /// `McpServer::"server"`).
+    McpTool {
+        /// The server's name.
+        server: &'a str,
+        /// The tool's name.
+        tool: &'a str,
+    },
+}
+
+impl Resource<'_> {
+    /// The Cedar action's id.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Tool(_) => "tool_call",
+            Self::Model { .. } => "llm_call",
+            Self::McpTool { .. } => "mcp_tool_call",
+        }
+    }
+
+    fn uid_and_parent(&self) -> (EntityUid, Option<EntityUid>) {
+        match *self {
+            Self::Tool(t) => (uid("Tool", t), None),
+            Self::Model { provider, model } => (
+                uid("Model", &format!("{provider}:{model}")),
+                Some(uid("Provider", provider)),
+            ),
+            Self::McpTool { server, tool } => (
+                uid("McpTool", &format!("{server}/{tool}")),
+                Some(uid("McpServer", server)),
+            ),
+        }
+    }
+
+    /// The resource as a Cedar entity uid (`Governance::Tool::"send_email"`).
+    pub fn cedar_uid(&self) -> String {
+        self.uid_and_parent().0.to_string()
+    }
+}
+
+/// One request to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The agent (the principal).
+    pub agent: &'a str,
+    /// What it wants to use.
+    pub resource: Resource<'a>,
+    /// Its session (`context.session`).
+    pub session: &'a str,
+    /// The call's arguments (a JSON object; only declared ones reach the policies).
+    pub arguments: Option<&'a serde_json::Value>,
+    /// The call's estimated cost, micro-USD (`context.estimated_cost_micros`).
+    pub estimated_cost_micros: i64,
+    /// What the session has spent so far, micro-USD (`context.session_spend_micros`).
+    pub session_spend_micros: i64,
+    /// When (`context.now`, a Cedar datetime; also `context.hour_utc` and `context.weekday_utc`,
+    /// 1 = Monday … 7 = Sunday).
+    pub now: time::OffsetDateTime,
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Allowed.
+    Permit,
+    /// Refused.
+    Forbid,
+    /// Allowed once a person approves.
+    Approval,
+}
+
+impl Effect {
+    /// `permit`, `forbid` or `approval`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permit => "permit",
+            Self::Forbid => "forbid",
+            Self::Approval => "approval",
+        }
+    }
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decision and what made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Permit, forbid or approval.
+    pub effect: Effect,
+    /// The ids of the determining policies: the forbids that matched (or, when nothing
+    /// permitted, none), the approval permits, or the permits.
+    pub determining: Vec<String>,
+    /// For an approval: the `@approval` reasons of the determining policies, joined by "; ".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// Evaluation errors (each refuses), by policy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// A parsed, validated Cedar policy set with its settings.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    source: String,
+    settings: Settings,
+    settings_json: String,
+    hash: String,
+    schema: Schema,
+    set: cedar_policy::PolicySet,
+    /// `@approval` reasons by policy id.
+    approvals: HashMap<String, String>,
+    /// Each listed agent's entity, built once.
+    agents: HashMap<String, Entity>,
+    ids: Vec<String>,
+    authorizer: Authorizer,
+}
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    // The type names are this crate's constants, so they always parse.
+    #[allow(clippy::expect_used)]
+    let ty = EntityTypeName::from_str(&format!("{NAMESPACE}::{ty}")).expect("a valid type name");
+    EntityUid::from_type_name_and_id(ty, EntityId::new(id))
+}
+
+fn action_uid(action: &str) -> EntityUid {
+    uid("Action", action)
+}
+
+/// The schema, in Cedar's JSON schema format, for these settings.
+fn schema_json(settings: &Settings) -> serde_json::Value {
+    use serde_json::json;
+    let string = json!({ "type": "String" });
+    let long = json!({ "type": "Long" });
+    let arguments: serde_json::Map<String, serde_json::Value> = settings
+        .arguments
+        .iter()
+        .map(|(name, ty)| {
+            let t = match ty {
+                ArgumentType::String => "String",
+                ArgumentType::Long => "Long",
+                ArgumentType::Bool => "Boolean",
+            };
+            (name.clone(), json!({ "type": t, "required": false }))
+        })
+        .collect();
+    let context = json!({
+        "type": "Record",
+        "attributes": {
+            "session": string,
+            "arguments": { "type": "Record", "attributes": arguments },
+            "estimated_cost_micros": long,
+            "session_spend_micros": long,
+            "now": { "type": "Extension", "name": "datetime" },
+            "hour_utc": long,
+            "weekday_utc": long,
+        }
+    });
+    let applies = |resource: &str| {
+        json!({ "appliesTo": {
+            "principalTypes": ["Agent"],
+            "resourceTypes": [resource],
+            "context": context,
+        }})
+    };
+    json!({ NAMESPACE: {
+        "entityTypes": {
+            "Agent": { "shape": { "type": "Record", "attributes": {
+                "team": string, "environment": string,
+            }}},
+            "Tool": {},
+            "Provider": {},
+            "Model": { "memberOfTypes": ["Provider"] },
+            "McpServer": {},
+            "McpTool": { "memberOfTypes": ["McpServer"] },
+        },
+        "actions": {
+            "tool_call": applies("Tool"),
+            "llm_call": applies("Model"),
+            "mcp_tool_call": applies("McpTool"),
+        },
+    }})
+}
+
+/// SHA-256 (hex) of a set: a version tag, then the policies and the settings' JSON, each
+/// length-prefixed.
+fn hash_of(source: &str, settings_json: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"governance/policy-set/v1\n");
+    for part in [source, settings_json] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+impl PolicySet {
+    /// Parses and validates `source` (Cedar policies) with `settings` (JSON, see [`Settings`];
+    /// empty means none).
+    pub fn parse(source: &str, settings: &str) -> Result<Self, PolicyError> {
+        let parsed: Settings = if settings.trim().is_empty() {
+            Settings::default()
+        } else {
+            serde_json::from_str(settings).map_err(|e| {
+                PolicyError::Settings(format!(
+                    "{e}; expected {{\"agents\": {{\"id\": {{\"team\": \"…\", \"environment\": \"…\"}}}}, \"arguments\": {{\"name\": \"string\" | \"long\" | \"bool\"}}}}"
+                ))
+            })?
+        };
+        Self::with_settings(source, parsed)
+    }
+
+    /// Parses and validates `source` with parsed settings.
+    pub fn with_settings(source: &str, settings: Settings) -> Result<Self, PolicyError> {
+        let schema = Schema::from_json_value(schema_json(&settings))
+            .map_err(|e| PolicyError::Settings(format!("{e}")))?;
+        let raw = cedar_policy::PolicySet::from_str(source)
+            .map_err(|e| PolicyError::Syntax(render(&e)))?;
+        if raw.templates().next().is_some() {
+            return Err(PolicyError::Invalid(
+                "templates are not supported: write each policy out in full".into(),
+            ));
+        }
+        let mut set = cedar_policy::PolicySet::new();
+        let mut approvals = HashMap::new();
+        let mut ids = Vec::new();
+        let mut seen = HashSet::new();
+        for p in raw.policies() {
+            let loc = p.to_string();
+            let first = loc.lines().next().unwrap_or_default().trim().to_owned();
+            let Some(id) = p.annotation(ID_ANNOTATION).map(str::to_owned) else {
+                return Err(PolicyError::Invalid(format!(
+                    "every policy needs an @id(\"…\") annotation (its name in decisions and events); this one has none: {first}"
+                )));
+            };
+            if id.trim().is_empty() || !seen.insert(id.clone()) {
+                return Err(PolicyError::Invalid(format!(
+                    "policy ids must be unique and not empty: @id(\"{id}\") is used twice or empty"
+                )));
+            }
+            if let Some(reason) = p.annotation(APPROVAL_ANNOTATION) {
+                if p.effect() == cedar_policy::Effect::Forbid {
+                    return Err(PolicyError::Invalid(format!(
+                        "policy {id}: @approval belongs on a permit (a permit that needs a person's approval); a forbid always refuses"
+                    )));
+                }
+                if reason.trim().is_empty() {
+                    return Err(PolicyError::Invalid(format!(
+                        "policy {id}: @approval needs a reason, e.g. @approval(\"refunds over 1000 USD\")"
+                    )));
+                }
+                approvals.insert(id.clone(), reason.to_owned());
+            }
+            set.add(p.new_id(PolicyId::new(&id)))
+                .map_err(|e| PolicyError::Invalid(render(&e)))?;
+            ids.push(id);
+        }
+        let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if !validation.validation_passed() {
+            let errors: Vec<String> = validation
+                .validation_errors()
+                .map(|e| format!("policy {}: {}", e.policy_id(), render(e)))
+                .collect();
+            return Err(PolicyError::Invalid(errors.join("; ")));
+        }
+        let agents = settings
+            .agents
+            .iter()
+            .map(|(id, a)| agent_entity(id, a).map(|e| (id.clone(), e)))
+            .collect::<Result<_, _>>()?;
+        let settings_json =
+            serde_json::to_string(&settings).map_err(|e| PolicyError::Settings(e.to_string()))?;
+        Ok(Self {
+            hash: hash_of(source, &settings_json),
+            source: source.to_owned(),
+            settings,
+            settings_json,
+            schema,
+            set,
+            approvals,
+            agents,
+            ids,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// The Cedar schema these policies are validated against, in Cedar's JSON format.
+    pub fn schema_json(settings: &Settings) -> serde_json::Value {
+        schema_json(settings)
+    }
+
+    /// SHA-256 (hex) of the policies and settings.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The policies as given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The settings as stored (JSON).
+    pub fn settings_json(&self) -> &str {
+        &self.settings_json
+    }
+
+    /// The policy ids, in source order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// The policy's text, by id.
+    pub fn policy_text(&self, id: &str) -> Option<String> {
+        self.set.policy(&PolicyId::new(id)).map(ToString::to_string)
+    }
+
+    /// Decides `req`. A request that cannot be evaluated (an argument of a type other than
+    /// declared) is refused, naming the problem in `errors`.
+    pub fn decide(&self, req: &Request<'_>) -> Decision {
+        match self.try_decide(req) {
+            Ok(d) => d,
+            Err(e) => Decision {
+                effect: Effect::Forbid,
+                determining: Vec::new(),
+                approval: None,
+                errors: vec![e.to_string()],
+            },
+        }
+    }
+
+    fn try_decide(&self, req: &Request<'_>) -> Result<Decision, PolicyError> {
+        let principal = uid("Agent", req.agent);
+        let action = action_uid(req.resource.action());
+        let (resource, parent) = req.resource.uid_and_parent();
+        let agent = match self.agents.get(req.agent) {
+            Some(e) => e.clone(),
+            None => agent_entity(req.agent, &AgentAttributes::default())?,
+        };
+        let mut entities = vec![agent];
+        let parents = match parent {
+            Some(p) => {
+                entities.push(Entity::new_no_attrs(p.clone(), HashSet::new()));
+                HashSet::from([p])
+            }
+            None => HashSet::new(),
+        };
+        entities.push(Entity::new_no_attrs(resource.clone(), parents));
+        let entities = Entities::from_entities(entities, None)
+            .map_err(|e| PolicyError::Request(render(&e)))?;
+        let context = self.context(req)?;
+        let request =
+            cedar_policy::Request::new(principal, action, resource, context, Some(&self.schema))
+                .map_err(|e| PolicyError::Request(render(&e)))?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.set, &entities);
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(|e| render(e)).collect();
+        let mut determining: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
+        determining.sort_unstable();
+        if !errors.is_empty() {
+            // Fail closed: a policy that could not be evaluated might have forbidden this.
+            let mut failed: Vec<String> = diagnostics
+                .errors()
+                .map(|e| match e {
+                    cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
+                        p.policy_id().to_string()
+                    }
+                })
+                .collect();
+            failed.sort_unstable();
+            failed.dedup();
+            return Ok(Decision {
+                effect: Effect::Forbid,
+                determining: failed,
+                approval: None,
+                errors,
+            });
+        }
+        Ok(match response.decision() {
+            CedarDecision::Deny => Decision {
+                effect: Effect::Forbid,
+                determining,
+                approval: None,
+                errors,
+            },
+            CedarDecision::Allow => {
+                let approving: Vec<String> = determining
+                    .iter()
+                    .filter(|id| self.approvals.contains_key(*id))
+                    .cloned()
+                    .collect();
+                if approving.is_empty() {
+                    Decision {
+                        effect: Effect::Permit,
+                        determining,
+                        approval: None,
+                        errors,
+                    }
+                } else {
+                    let reasons: Vec<&str> = approving
+                        .iter()
+                        .filter_map(|id| self.approvals.get(id).map(String::as_str))
+                        .collect();
+                    Decision {
+                        effect: Effect::Approval,
+                        approval: Some(reasons.join("; ")),
+                        determining: approving,
+                        errors,
+                    }
+                }
+            }
+        })
+    }
+
+    fn context(&self, req: &Request<'_>) -> Result<Context, PolicyError> {
+        let mut args: Vec<(String, RestrictedExpression)> = Vec::new();
+        if let Some(serde_json::Value::Object(given)) = req.arguments {
+            for (name, ty) in &self.settings.arguments {
+                let Some(v) = given.get(name) else { continue };
+                let value = match (ty, v) {
+                    (ArgumentType::String, serde_json::Value::String(s)) => {
+                        RestrictedExpression::new_string(s.clone())
+                    }
+                    (ArgumentType::Long, serde_json::Value::Number(n)) if n.is_i64() => {
+                        RestrictedExpression::new_long(n.as_i64().unwrap_or_default())
+                    }
+                    (ArgumentType::Bool, serde_json::Value::Bool(b)) => {
+                        RestrictedExpression::new_bool(*b)
+                    }
+                    _ => {
+                        return Err(PolicyError::Request(format!(
+                            "argument {name} is declared {ty:?} but the call passed {v}"
+                        )));
+                    }
+                };
+                args.push((name.clone(), value));
+            }
+        }
+        let arguments =
+            RestrictedExpression::new_record(args).map_err(|e| PolicyError::Request(render(&e)))?;
+        let now = req.now.to_offset(time::UtcOffset::UTC);
+        let iso = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        );
+        let pairs = [
+            (
+                "session".to_owned(),
+                RestrictedExpression::new_string(req.session.to_owned()),
+            ),
+            ("arguments".to_owned(), arguments),
+            (
+                "estimated_cost_micros".to_owned(),
+                RestrictedExpression::new_long(req.estimated_cost_micros),
+            ),
+            (
+                "session_spend_micros".to_owned(),
+                RestrictedExpression::new_long(req.session_spend_micros),
+            ),
+            ("now".to_owned(), RestrictedExpression::new_datetime(iso)),
+            (
+                "hour_utc".to_owned(),
+                RestrictedExpression::new_long(i64::from(now.hour())),
+            ),
+            (
+                "weekday_utc".to_owned(),
+                RestrictedExpression::new_long(i64::from(now.weekday().number_from_monday())),
+            ),
+        ];
+        Context::from_pairs(pairs).map_err(|e| PolicyError::Request(render(&e)))
+    }
+}
+
+fn agent_entity(id: &str, a: &AgentAttributes) -> Result<Entity, PolicyError> {
+    let attrs = HashMap::from([
+        (
+            "team".to_owned(),
+            RestrictedExpression::new_string(a.team.clone()),
+        ),
+        (
+            "environment".to_owned(),
+            RestrictedExpression::new_string(a.environment.clone()),
+        ),
+    ]);
+    Entity::new(uid("Agent", id), attrs, HashSet::new())
+        .map_err(|e| PolicyError::Settings(format!("agent {id}: {}", render(&e))))
+}
+
+/// An error's message with its causes and help, on one line.
+fn render(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
