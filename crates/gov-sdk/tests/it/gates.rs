@@ -397,7 +397,12 @@ async fn decisions_sealed_against_a_moved_head_are_resealed_not_lost_or_doubled(
         ids.push(req.id);
     }
     // Decided once each: a second decision is refused.
-    let again = s.ops.gates().approve(&op, ids[1], "again").await.unwrap_err();
+    let again = s
+        .ops
+        .gates()
+        .approve(&op, ids[1], "again")
+        .await
+        .unwrap_err();
     assert!(format!("{again}").contains("already decided"), "{again}");
     for (i, id) in ids.iter().enumerate() {
         let r = s.agent.gates().poll(*id).await;
