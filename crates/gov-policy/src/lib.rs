@@ -15,11 +15,15 @@
 //!   evaluation error refuses (the erroring policies are named), so a broken policy fails closed.
 //! - A set's hash covers its policies and settings exactly as applied, so a decision event names
 //!   the version that decided.
+//! - A decision evaluates only the policies whose scope can match its action and resource (the
+//!   set is sliced once, when parsed); that never changes a decision, its reasons or its errors
+//!   (a unit test compares it with evaluating the whole set).
 
 pub mod cases;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
@@ -119,23 +123,29 @@ pub enum Resource<'a> {
 impl Resource<'_> {
     /// The Cedar action's id.
     pub fn action(&self) -> &'static str {
+        ACTIONS[self.action_index()]
+    }
+
+    /// The action's index in [`ACTIONS`].
+    fn action_index(&self) -> usize {
         match self {
-            Self::Tool(_) => "tool_call",
-            Self::Model { .. } => "llm_call",
-            Self::McpTool { .. } => "mcp_tool_call",
+            Self::Tool(_) => 0,
+            Self::Model { .. } => 1,
+            Self::McpTool { .. } => 2,
         }
     }
 
     fn uid_and_parent(&self) -> (EntityUid, Option<EntityUid>) {
+        let t = &*TYPES;
         match *self {
-            Self::Tool(t) => (uid("Tool", t), None),
+            Self::Tool(tool) => (uid(&t.tool, tool), None),
             Self::Model { provider, model } => (
-                uid("Model", &format!("{provider}:{model}")),
-                Some(uid("Provider", provider)),
+                uid(&t.model, &format!("{provider}:{model}")),
+                Some(uid(&t.provider, provider)),
             ),
             Self::McpTool { server, tool } => (
-                uid("McpTool", &format!("{server}/{tool}")),
-                Some(uid("McpServer", server)),
+                uid(&t.mcp_tool, &format!("{server}/{tool}")),
+                Some(uid(&t.mcp_server, server)),
             ),
         }
     }
@@ -167,7 +177,7 @@ pub struct Request<'a> {
 }
 
 /// The outcome of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// Allowed.
@@ -218,25 +228,141 @@ pub struct PolicySet {
     settings: Settings,
     settings_json: String,
     hash: String,
-    schema: Schema,
     set: cedar_policy::PolicySet,
     /// `@approval` reasons by policy id.
     approvals: HashMap<String, String>,
     /// Each listed agent's entity, built once.
     agents: HashMap<String, Entity>,
     ids: Vec<String>,
+    /// The policies by scope (`None`: evaluate the whole set).
+    slices: Option<Slices>,
+    /// Whether any policy may read `context.now` (its text names `now`): building a Cedar
+    /// datetime costs more than the rest of the context, so it is left out when nothing reads it.
+    reads_now: bool,
+    /// The entities of recent (agent, resource) pairs: they depend only on the set's settings.
+    entities: Arc<Mutex<EntityCache>>,
     authorizer: Authorizer,
 }
 
-fn uid(ty: &str, id: &str) -> EntityUid {
-    // The type names are this crate's constants, so they always parse.
-    #[allow(clippy::expect_used)]
-    let ty = EntityTypeName::from_str(&format!("{NAMESPACE}::{ty}")).expect("a valid type name");
-    EntityUid::from_type_name_and_id(ty, EntityId::new(id))
+/// Entities by (agent, resource).
+type EntityCache = HashMap<(String, EntityUid), Arc<Entities>>;
+
+/// How many (agent, resource) pairs' entities a set keeps (then it starts again).
+const ENTITY_CACHE: usize = 4_096;
+
+/// The actions, in the order of [`Types::actions`].
+const ACTIONS: [&str; 3] = ["tool_call", "llm_call", "mcp_tool_call"];
+
+/// Governance's entity type names and action uids, parsed once (Cedar parses a type name with
+/// its full grammar: doing it on every decision cost more than deciding).
+struct Types {
+    agent: EntityTypeName,
+    tool: EntityTypeName,
+    model: EntityTypeName,
+    provider: EntityTypeName,
+    mcp_tool: EntityTypeName,
+    mcp_server: EntityTypeName,
+    actions: [EntityUid; 3],
 }
 
-fn action_uid(action: &str) -> EntityUid {
-    uid("Action", action)
+fn type_name(ty: &str) -> EntityTypeName {
+    // The type names are this crate's constants, so they always parse.
+    #[allow(clippy::expect_used)]
+    EntityTypeName::from_str(&format!("{NAMESPACE}::{ty}")).expect("a valid type name")
+}
+
+static TYPES: std::sync::LazyLock<Types> = std::sync::LazyLock::new(|| {
+    let action = type_name("Action");
+    Types {
+        agent: type_name("Agent"),
+        tool: type_name("Tool"),
+        model: type_name("Model"),
+        provider: type_name("Provider"),
+        mcp_tool: type_name("McpTool"),
+        mcp_server: type_name("McpServer"),
+        actions: ACTIONS
+            .map(|a| EntityUid::from_type_name_and_id(action.clone(), EntityId::new(a))),
+    }
+});
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+/// The policies each request can match, by their scope (Cedar checks a policy's scope before
+/// its conditions and stops at a scope that does not match, so leaving those policies out
+/// changes neither the decision nor its reasons or errors: it only saves evaluating them).
+#[derive(Debug, Clone, Default)]
+struct Slices {
+    /// Per action: the policies whose resource scope is not one resource (`resource`,
+    /// `resource in …`, `resource is …`), to be evaluated for every resource.
+    general: [cedar_policy::PolicySet; 3],
+    /// Per (action, resource): those plus the policies naming that resource
+    /// (`resource == …`).
+    exact: HashMap<(usize, EntityUid), cedar_policy::PolicySet>,
+}
+
+/// Beyond this many policy entries in the slices (a set with many policies on one resource
+/// each *and* many general ones), decisions evaluate the whole set instead.
+const MAX_SLICED_ENTRIES: usize = 200_000;
+
+impl Slices {
+    /// `None` when slicing would take more memory than it is worth.
+    fn of(set: &cedar_policy::PolicySet) -> Option<Self> {
+        use cedar_policy::{ActionConstraint, ResourceConstraint};
+        let types = &*TYPES;
+        let mut general: [Vec<cedar_policy::Policy>; 3] = Default::default();
+        let mut exact: HashMap<(usize, EntityUid), Vec<cedar_policy::Policy>> = HashMap::new();
+        for p in set.policies() {
+            let actions: Vec<usize> = match p.action_constraint() {
+                ActionConstraint::Eq(a) => types
+                    .actions
+                    .iter()
+                    .position(|k| *k == a)
+                    .into_iter()
+                    .collect(),
+                ActionConstraint::In(list) if list.iter().all(|a| types.actions.contains(a)) => {
+                    list.iter()
+                        .filter_map(|a| types.actions.iter().position(|k| k == a))
+                        .collect()
+                }
+                // Anything else (no action scope, an action group): every action.
+                _ => (0..ACTIONS.len()).collect(),
+            };
+            for a in actions {
+                match p.resource_constraint() {
+                    ResourceConstraint::Eq(r) => exact.entry((a, r)).or_default().push(p.clone()),
+                    _ => general[a].push(p.clone()),
+                }
+            }
+        }
+        let entries: usize = exact
+            .iter()
+            .map(|((a, _), v)| v.len() + general[*a].len())
+            .sum();
+        if entries > MAX_SLICED_ENTRIES {
+            return None;
+        }
+        let build = |policies: &[cedar_policy::Policy]| {
+            cedar_policy::PolicySet::from_policies(policies.iter().cloned()).ok()
+        };
+        let mut out = Self::default();
+        for (a, g) in general.iter().enumerate() {
+            out.general[a] = build(g)?;
+        }
+        for ((a, r), mut v) in exact {
+            v.extend(general[a].iter().cloned());
+            out.exact.insert((a, r), build(&v)?);
+        }
+        Some(out)
+    }
+
+    fn for_request(&self, action: usize, resource: &EntityUid) -> &cedar_policy::PolicySet {
+        // The key's clone is one small string: cheaper than evaluating the policies it skips.
+        self.exact
+            .get(&(action, resource.clone()))
+            .unwrap_or(&self.general[action])
+    }
 }
 
 /// The schema, in Cedar's JSON schema format, for these settings.
@@ -367,7 +493,7 @@ impl PolicySet {
                 .map_err(|e| PolicyError::Invalid(render(&e)))?;
             ids.push(id);
         }
-        let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        let validation = Validator::new(schema).validate(&set, ValidationMode::Strict);
         if !validation.validation_passed() {
             let errors: Vec<String> = validation
                 .validation_errors()
@@ -382,16 +508,20 @@ impl PolicySet {
             .collect::<Result<_, _>>()?;
         let settings_json =
             serde_json::to_string(&settings).map_err(|e| PolicyError::Settings(e.to_string()))?;
+        let slices = Slices::of(&set);
+        let reads_now = set.policies().any(|p| p.to_string().contains("now"));
         Ok(Self {
             hash: hash_of(source, &settings_json),
             source: source.to_owned(),
             settings,
             settings_json,
-            schema,
-            set,
             approvals,
             agents,
             ids,
+            slices,
+            reads_now,
+            entities: Arc::default(),
+            set,
             authorizer: Authorizer::new(),
         })
     }
@@ -446,31 +576,22 @@ impl PolicySet {
     }
 
     fn try_decide(&self, req: &Request<'_>) -> Result<Decision, PolicyError> {
-        let principal = uid("Agent", req.agent);
-        let action = action_uid(req.resource.action());
+        let principal = uid(&TYPES.agent, req.agent);
+        let action_index = req.resource.action_index();
+        let action = TYPES.actions[action_index].clone();
         let (resource, parent) = req.resource.uid_and_parent();
-        let agent = match self.agents.get(req.agent) {
-            Some(e) => e.clone(),
-            None => agent_entity(req.agent, &AgentAttributes::default())?,
-        };
-        let mut entities = vec![agent];
-        let parents = match parent {
-            Some(p) => {
-                entities.push(Entity::new_no_attrs(p.clone(), HashSet::new()));
-                HashSet::from([p])
-            }
-            None => HashSet::new(),
-        };
-        entities.push(Entity::new_no_attrs(resource.clone(), parents));
-        let entities = Entities::from_entities(entities, None)
-            .map_err(|e| PolicyError::Request(render(&e)))?;
+        let entities = self.entities_for(req.agent, &resource, parent)?;
         let context = self.context(req)?;
-        let request =
-            cedar_policy::Request::new(principal, action, resource, context, Some(&self.schema))
-                .map_err(|e| PolicyError::Request(render(&e)))?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
+        let policies = match &self.slices {
+            Some(s) => s.for_request(action_index, &resource),
+            None => &self.set,
+        };
+        // Not checked against the schema again: this crate builds every request (principal,
+        // resource and context types, declared arguments) to the schema's shape, and the set
+        // was validated against it.
+        let request = cedar_policy::Request::new(principal, action, resource, context, None)
+            .map_err(|e| PolicyError::Request(render(&e)))?;
+        let response = self.authorizer.is_authorized(&request, policies, &entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| render(e)).collect();
         let mut determining: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
@@ -530,6 +651,47 @@ impl PolicySet {
         })
     }
 
+    /// The agent's and the resource's entities (and the resource's parent), built once per
+    /// pair.
+    fn entities_for(
+        &self,
+        agent: &str,
+        resource: &EntityUid,
+        parent: Option<EntityUid>,
+    ) -> Result<Arc<Entities>, PolicyError> {
+        let key = (agent.to_owned(), resource.clone());
+        if let Some(e) = self
+            .entities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Arc::clone(e));
+        }
+        let agent_entity = match self.agents.get(agent) {
+            Some(e) => e.clone(),
+            None => agent_entity(agent, &AgentAttributes::default())?,
+        };
+        let mut list = vec![agent_entity];
+        let parents = match parent {
+            Some(p) => {
+                list.push(Entity::new_no_attrs(p.clone(), HashSet::new()));
+                HashSet::from([p])
+            }
+            None => HashSet::new(),
+        };
+        list.push(Entity::new_no_attrs(resource.clone(), parents));
+        let built = Arc::new(
+            Entities::from_entities(list, None).map_err(|e| PolicyError::Request(render(&e)))?,
+        );
+        let mut cache = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= ENTITY_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&built));
+        Ok(built)
+    }
+
     fn context(&self, req: &Request<'_>) -> Result<Context, PolicyError> {
         let mut args: Vec<(String, RestrictedExpression)> = Vec::new();
         if let Some(serde_json::Value::Object(given)) = req.arguments {
@@ -557,16 +719,20 @@ impl PolicySet {
         let arguments =
             RestrictedExpression::new_record(args).map_err(|e| PolicyError::Request(render(&e)))?;
         let now = req.now.to_offset(time::UtcOffset::UTC);
-        let iso = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            now.year(),
-            u8::from(now.month()),
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second()
-        );
-        let pairs = [
+        let mut pairs = Vec::with_capacity(7);
+        if self.reads_now {
+            let iso = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            );
+            pairs.push(("now".to_owned(), RestrictedExpression::new_datetime(iso)));
+        }
+        pairs.extend([
             (
                 "session".to_owned(),
                 RestrictedExpression::new_string(req.session.to_owned()),
@@ -580,7 +746,6 @@ impl PolicySet {
                 "session_spend_micros".to_owned(),
                 RestrictedExpression::new_long(req.session_spend_micros),
             ),
-            ("now".to_owned(), RestrictedExpression::new_datetime(iso)),
             (
                 "hour_utc".to_owned(),
                 RestrictedExpression::new_long(i64::from(now.hour())),
@@ -589,7 +754,7 @@ impl PolicySet {
                 "weekday_utc".to_owned(),
                 RestrictedExpression::new_long(i64::from(now.weekday().number_from_monday())),
             ),
-        ];
+        ]);
         Context::from_pairs(pairs).map_err(|e| PolicyError::Request(render(&e)))
     }
 }
@@ -605,7 +770,7 @@ fn agent_entity(id: &str, a: &AgentAttributes) -> Result<Entity, PolicyError> {
             RestrictedExpression::new_string(a.environment.clone()),
         ),
     ]);
-    Entity::new(uid("Agent", id), attrs, HashSet::new())
+    Entity::new(uid(&TYPES.agent, id), attrs, HashSet::new())
         .map_err(|e| PolicyError::Settings(format!("agent {id}: {}", render(&e))))
 }
 
@@ -619,4 +784,136 @@ fn render(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scope shape a policy can have, conditions that read the agent, the arguments, the
+    /// time (`context.now`) and one that errors at run time (an overflow).
+    const POLICIES: &str = r#"
+@id("eq") permit (principal, action == Governance::Action::"tool_call", resource == Governance::Tool::"send_email") when { principal.team == "billing" };
+@id("eq-forbid") forbid (principal, action == Governance::Action::"tool_call", resource == Governance::Tool::"send_email") when { context.arguments has amount && context.arguments.amount > 100 };
+@id("any-resource") permit (principal, action == Governance::Action::"tool_call", resource) when { context.estimated_cost_micros < 50 };
+@id("is-tool") forbid (principal, action, resource is Governance::Tool) when { principal.environment == "frozen" };
+@id("provider") permit (principal, action == Governance::Action::"llm_call", resource in Governance::Provider::"openai");
+@id("model-eq") forbid (principal, action == Governance::Action::"llm_call", resource == Governance::Model::"openai:o1") unless { principal.team == "research" };
+@id("action-list") permit (principal, action in [Governance::Action::"tool_call", Governance::Action::"mcp_tool_call"], resource) when { context.session == "trusted" };
+@id("server") @approval("file access") permit (principal, action == Governance::Action::"mcp_tool_call", resource in Governance::McpServer::"files");
+@id("any-action") forbid (principal, action, resource) when { context.session_spend_micros > 1000000 };
+@id("night") forbid (principal, action == Governance::Action::"tool_call", resource == Governance::Tool::"deploy") when { context.now > datetime("2026-12-03T12:00:00Z") };
+@id("overflow") permit (principal, action == Governance::Action::"tool_call", resource == Governance::Tool::"overflow") when { context.estimated_cost_micros * 9223372036854775807 > 0 };
+"#;
+    const SETTINGS: &str = r#"{"agents": {"billing-bot": {"team": "billing", "environment": "prod"}, "frozen-bot": {"team": "billing", "environment": "frozen"}, "lab": {"team": "research"}}, "arguments": {"amount": "long"}}"#;
+
+    /// Slicing by scope is an optimisation only: over every combination of agent, resource,
+    /// session, cost, spend and time, the sliced set decides exactly as the whole set does
+    /// (effect, determining policies, approval reason, errors).
+    #[test]
+    fn sliced_decisions_equal_whole_set_decisions() {
+        let sliced = PolicySet::parse(POLICIES, SETTINGS).expect("valid set");
+        assert!(sliced.slices.is_some() && sliced.reads_now);
+        let mut whole = sliced.clone();
+        whole.slices = None;
+        let resources = [
+            Resource::Tool("send_email"),
+            Resource::Tool("deploy"),
+            Resource::Tool("overflow"),
+            Resource::Tool("other"),
+            Resource::Model {
+                provider: "openai",
+                model: "o1",
+            },
+            Resource::Model {
+                provider: "openai",
+                model: "gpt-4o",
+            },
+            Resource::Model {
+                provider: "local",
+                model: "llama",
+            },
+            Resource::McpTool {
+                server: "files",
+                tool: "read",
+            },
+            Resource::McpTool {
+                server: "web",
+                tool: "fetch",
+            },
+        ];
+        let small = serde_json::json!({ "amount": 5 });
+        let big = serde_json::json!({ "amount": 500 });
+        let before = time::macros::datetime!(2026-12-03 09:00 UTC);
+        let after = time::macros::datetime!(2026-12-03 23:00 UTC);
+        let mut compared = 0;
+        let mut effects = HashSet::new();
+        for agent in ["billing-bot", "frozen-bot", "lab", "stranger"] {
+            for resource in resources {
+                for session in ["s-1", "trusted"] {
+                    for arguments in [None, Some(&small), Some(&big)] {
+                        for (cost, spend) in [(10, 0), (100, 0), (10, 2_000_000), (2, 5)] {
+                            for now in [before, after] {
+                                let req = Request {
+                                    agent,
+                                    resource,
+                                    session,
+                                    arguments,
+                                    estimated_cost_micros: cost,
+                                    session_spend_micros: spend,
+                                    now,
+                                };
+                                let (a, b) = (sliced.decide(&req), whole.decide(&req));
+                                assert_eq!(a, b, "{req:?}");
+                                effects.insert((a.effect, a.errors.is_empty()));
+                                compared += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 4 * 9 * 2 * 3 * 4 * 2);
+        // The grid reaches every outcome, errors included.
+        for e in [Effect::Permit, Effect::Forbid, Effect::Approval] {
+            assert!(effects.contains(&(e, true)), "{e} never decided");
+        }
+        assert!(
+            effects.contains(&(Effect::Forbid, false)),
+            "no evaluation error met"
+        );
+    }
+
+    /// A set whose policies never read `context.now` decides without it; one that does sees it.
+    #[test]
+    fn the_time_is_in_the_context_when_a_policy_reads_it() {
+        let set = PolicySet::parse(
+            r#"@id("p") permit (principal, action, resource) when { context.hour_utc >= 0 };"#,
+            "",
+        )
+        .expect("valid set");
+        assert!(!set.reads_now);
+        let req = Request {
+            agent: "a",
+            resource: Resource::Tool("t"),
+            session: "s",
+            arguments: None,
+            estimated_cost_micros: 0,
+            session_spend_micros: 0,
+            now: time::macros::datetime!(2026-12-03 23:00 UTC),
+        };
+        assert_eq!(set.decide(&req).effect, Effect::Permit);
+        let night = PolicySet::parse(POLICIES, SETTINGS).expect("valid set");
+        let deploy = Request {
+            agent: "billing-bot",
+            resource: Resource::Tool("deploy"),
+            session: "trusted",
+            ..req
+        };
+        let d = night.decide(&deploy);
+        assert_eq!(
+            (d.effect, d.determining.as_slice()),
+            (Effect::Forbid, &["night".to_owned()][..])
+        );
+    }
 }

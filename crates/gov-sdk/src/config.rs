@@ -11,7 +11,9 @@ use gov_store::{Store, StoreOptions};
 use crate::llm::LlmConfig;
 use crate::{CostConfig, GateConfig, LoopConfig};
 
-use crate::{ENV_AUDIT_SECRET, ENV_DATABASE_URL, Error, Governance, Inner, Result};
+use crate::{
+    ENV_AUDIT_SECRET, ENV_DATABASE_URL, ENV_LISTEN_DATABASE_URL, Error, Governance, Inner, Result,
+};
 
 /// Which enforcement modules are on. All are on by default; turning one off is an explicit
 /// choice, logged as a warning when the handle connects. The audit chain and gates (which are
@@ -134,9 +136,33 @@ impl GovernanceBuilder {
         self
     }
 
-    /// Reads the database URL from `GOVERNANCE_DATABASE_URL` when none was given.
+    /// Reads the database URL from `GOVERNANCE_DATABASE_URL` when none was given, and the
+    /// listen URL from `GOVERNANCE_LISTEN_DATABASE_URL` when that is set
+    /// ([`Self::listen_url_from_env`]).
     pub fn database_url_from_env(mut self) -> Self {
         self.url_from_env = true;
+        self.listen_url_from_env()
+    }
+
+    /// Postgres: a direct URL to the same database for the notification listener, when the
+    /// database URL goes through something that cannot carry `LISTEN` (a transaction-mode
+    /// pooler, a proxy). Without it the listener uses the database URL. A URL that reaches
+    /// another database is refused when the handle connects. See
+    /// [`gov_store::StoreOptions::listen_url`] and docs/scaling.md.
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.config.store.listen_url = Some(url.into());
+        self
+    }
+
+    /// Reads the listen URL ([`Self::listen_url`]) from `GOVERNANCE_LISTEN_DATABASE_URL` when
+    /// it is set and none was given (unset: the listener uses the database URL).
+    pub fn listen_url_from_env(mut self) -> Self {
+        if self.config.store.listen_url.is_none()
+            && let Ok(url) = std::env::var(ENV_LISTEN_DATABASE_URL)
+            && !url.trim().is_empty()
+        {
+            self.config.store.listen_url = Some(url);
+        }
         self
     }
 
@@ -409,6 +435,11 @@ impl GovernanceBuilder {
             }
         }
         let mut store_opts = self.config.store.clone();
+        if store_opts.listen_url.is_some() && !url.starts_with("postgres") {
+            return Err(Error::Config(format!(
+                "a listen URL ({ENV_LISTEN_DATABASE_URL}) is for Postgres behind a pooler; this database URL is not Postgres: unset it"
+            )));
+        }
         // Only a handle that migrates may bring a SQLite file into being.
         store_opts.create_if_missing = self.migrate;
         let store = Store::connect(&url, &store_opts).await?;
@@ -416,6 +447,7 @@ impl GovernanceBuilder {
             store.migrate().await?;
         }
         store.check_schema().await?;
+        store.check_listen_url().await?;
         let signing_key = self.signing_key.or_else(|| {
             if !self.signing_key_from_env {
                 return None;

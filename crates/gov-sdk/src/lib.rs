@@ -168,6 +168,9 @@ use gov_store::Store;
 
 /// Environment variable holding the database URL.
 pub const ENV_DATABASE_URL: &str = "GOVERNANCE_DATABASE_URL";
+/// Environment variable holding a direct URL for the notification listener (Postgres, behind a
+/// pooler that cannot carry `LISTEN`; see [`GovernanceBuilder::listen_url`]).
+pub const ENV_LISTEN_DATABASE_URL: &str = "GOVERNANCE_LISTEN_DATABASE_URL";
 /// Environment variable holding the audit secret (hex or base64, at least 32 bytes).
 pub const ENV_AUDIT_SECRET: &str = "GOVERNANCE_AUDIT_SECRET";
 

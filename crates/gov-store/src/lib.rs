@@ -221,6 +221,12 @@ pub struct StoreOptions {
     /// closing the connection never holds a caller longer (default 10 s; `None`: no bound).
     /// Schema changes and imports are not bounded.
     pub call_timeout: Option<Duration>,
+    /// Postgres: where notifications (halts, scope and policy changes, gate decisions, the live
+    /// feed) are listened for, when the pool's URL cannot carry `LISTEN` (a transaction-mode
+    /// pooler, a proxy that pins or drops it): a direct URL to the same database (multi-host
+    /// and `target_session_attrs` work as for the pool). A URL that reaches another database is
+    /// refused when the listener starts. Default: the pool's URL.
+    pub listen_url: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -232,6 +238,7 @@ impl Default for StoreOptions {
             create_if_missing: false,
             clock: Clock::system(),
             call_timeout: Some(Duration::from_secs(10)),
+            listen_url: None,
         }
     }
 }
@@ -556,6 +563,16 @@ impl Store {
     /// Fails with [`StoreError::NotMigrated`] when the schema is missing or older than this build.
     pub async fn check_schema(&self) -> Result<()> {
         dispatch!(self, s => s.check_schema().await)
+    }
+
+    /// Postgres with a listen URL ([`StoreOptions::listen_url`]): checks that it reaches a server
+    /// holding this same database (so a mistyped one fails here rather than leaving the
+    /// listener deaf). Nothing to check otherwise.
+    pub async fn check_listen_url(&self) -> Result<()> {
+        match self {
+            Self::Postgres(p) => p.listen_server().await.map(|_| ()),
+            Self::Sqlite(_) => Ok(()),
+        }
     }
 
     /// Creates the least-privilege application role if missing and grants it what the SDK

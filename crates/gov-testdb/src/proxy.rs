@@ -214,6 +214,11 @@ impl Proxy {
         *self.trap.pattern.lock().unwrap_or_else(|p| p.into_inner()) = Some(pattern.to_vec());
     }
 
+    /// How many connections it has accepted (and forwarded).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Acquire)
+    }
+
     /// How many replies the trap has dropped.
     pub fn replies_lost(&self) -> u64 {
         self.trap.sprung.load(Ordering::Acquire)

@@ -142,6 +142,7 @@ async fn serve(
         .database_url(&target.url)
         .audit_secret_parsed(secret)
         .previous_audit_secrets_from_env()
+        .listen_url_from_env()
         // The gateway's clients are its upstreams, registered when it starts.
         .warn_on_no_wrappers(false)
         // Fail closed: while storage is out of reach, calls are refused rather than spooled.

@@ -93,6 +93,7 @@ pub(crate) async fn connect(url: &str, secret: AuditSecret) -> anyhow::Result<Go
         .database_url(url)
         .audit_secret_parsed(secret)
         .previous_audit_secrets_from_env()
+        .listen_url_from_env()
         // Operator tools make no LLM calls: a long `tail` or `console serve` would otherwise warn
         // that no LLM client is wrapped.
         .warn_on_no_wrappers(false)

@@ -92,9 +92,22 @@ fn lines(format: SiemFormat) -> Vec<String> {
 
 /// Compares with `golden/NAME` (a pretty JSON array); `UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, lines: &[String]) {
+    // Keys sorted whatever serde_json's `preserve_order` feature (which another crate of the
+    // build may turn on) does to a parsed object's order.
+    fn sorted(v: Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let m: std::collections::BTreeMap<String, Value> =
+                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                Value::Object(m.into_iter().collect())
+            }
+            Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+            other => other,
+        }
+    }
     let values: Vec<Value> = lines
         .iter()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .map(|l| sorted(serde_json::from_str(l).expect("each line is JSON")))
         .collect();
     let actual = serde_json::to_string_pretty(&values).expect("json") + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,10 +3,12 @@
 //! what a pooler cannot carry is named as the pooler's doing, never as "the database is
 //! unreachable" or an anonymous database error.
 
-use gov_sdk::{AuditEvent, ErrorKind, Governance};
-use gov_testdb::{Bouncer, PoolMode, TestBackend, TestDb, TestStore};
+use std::time::Duration;
 
-use crate::support::SECRET;
+use gov_sdk::{AuditEvent, ErrorKind, Governance};
+use gov_testdb::{Bouncer, PoolMode, Proxy, TestBackend, TestDb, TestStore};
+
+use crate::support::{SECRET, connect, eventually, operator};
 
 fn event(n: u64) -> AuditEvent {
     AuditEvent::builder("pool-bot", "tool.call")
@@ -92,4 +94,104 @@ async fn transaction_pooling_that_loses_prepared_statements_is_named() {
     for h in handles {
         h.close().await;
     }
+}
+
+/// A listen URL (`listen_url`, `GOVERNANCE_LISTEN_DATABASE_URL`) carries the notification
+/// listener and nothing else: the pool's statements never use it, and a halt made by another
+/// process is heard through it at once (the halt cache's TTL is an hour here, so nothing but the
+/// notification can deliver it in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_takes_its_own_url_and_hears_halts_through_it() {
+    let db = TestDb::new().await;
+    let (proxy, listen_url) = Proxy::for_url(db.url()).await;
+    let agent_side = Governance::builder()
+        .database_url(db.url())
+        .listen_url(&listen_url)
+        .audit_secret(SECRET)
+        .halt_cache_ttl(Duration::from_secs(3600))
+        .spool(false)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect("connect with a listen URL");
+    agent_side
+        .presence()
+        .heartbeat("billing")
+        .await
+        .expect("heartbeat");
+    agent_side
+        .presence()
+        .assert_not_halted("billing")
+        .await
+        .expect("not halted yet");
+    // The connect-time check and the listener went through the proxy; nothing else will.
+    let listening = proxy.accepted();
+    assert!(listening >= 1, "the listener connects through its own URL");
+    for n in 0..20 {
+        agent_side.audit().log(event(n)).await.expect("log");
+    }
+    assert_eq!(
+        proxy.accepted(),
+        listening,
+        "the pool's statements never use the listen URL"
+    );
+
+    let operator_side = connect(&db).await;
+    let alice = operator(&operator_side, "alice").await;
+    operator_side
+        .presence()
+        .halt(&alice, "billing", "runaway spend")
+        .await
+        .expect("halt");
+    eventually("the halt is heard", Duration::from_secs(5), || async {
+        agent_side
+            .presence()
+            .assert_not_halted("billing")
+            .await
+            .is_err()
+    })
+    .await;
+    agent_side.close().await;
+    operator_side.close().await;
+}
+
+/// A listen URL that reaches another database would leave the listener deaf for ever (halts
+/// never heard until a TTL): refused when the handle connects, naming the variable's purpose and
+/// never the URL. On SQLite a listen URL is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_url_to_another_database_is_refused_up_front() {
+    let db = TestDb::new().await;
+    let other = TestDb::new().await;
+    let err = Governance::builder()
+        .database_url(db.url())
+        .listen_url(other.url())
+        .audit_secret(SECRET)
+        .spool(false)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect_err("another database");
+    let text = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Config, "{text}");
+    assert!(
+        text.contains("listen URL reaches another database"),
+        "{text}"
+    );
+    assert!(!text.contains("127.0.0.1"), "no URL in errors: {text}");
+
+    let err = Governance::builder()
+        .database_url("sqlite::memory:")
+        .listen_url(db.url())
+        .audit_secret(SECRET)
+        .migrate_on_connect(true)
+        .spool(false)
+        .warn_on_no_wrappers(false)
+        .connect()
+        .await
+        .expect_err("SQLite has no listener");
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string().contains("GOVERNANCE_LISTEN_DATABASE_URL"),
+        "{err}"
+    );
 }

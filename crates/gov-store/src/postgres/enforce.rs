@@ -62,11 +62,50 @@ const PRESENCE_COLUMNS: &str = "agent_id, \
     halted, halted_by, halt_reason, resumed_by";
 
 impl PgStore {
-    /// A dedicated listening connection on `channels`.
+    /// A dedicated listening connection on `channels`: on the pool's server, or on the listen
+    /// URL's ([`crate::StoreOptions::listen_url`]) once it is shown to reach this database.
     pub(crate) async fn listen_channels(&self, channels: &[&str]) -> Result<PgListener> {
-        let mut l = PgListener::connect_with(&self.pool()).await?;
+        let mut l = match &self.listen {
+            None => PgListener::connect_with(&self.pool()).await?,
+            Some(listen) => {
+                let server = self.listen_server().await?.unwrap_or_default();
+                let opts = crate::StoreOptions {
+                    max_connections: 2,
+                    ..listen.1.clone()
+                };
+                PgListener::connect_with(&super::hosts::pool_for(&listen.0, server, &opts)).await?
+            }
+        };
         l.listen_all(channels.iter().copied()).await?;
         Ok(l)
+    }
+
+    /// Which server of the listen URL the listener would use, once it is shown to hold this
+    /// database (the same `governance_instance`, database name and cluster as the pool's);
+    /// `None` without a listen URL.
+    pub(crate) async fn listen_server(&self) -> Result<Option<usize>> {
+        use sqlx::Connection as _;
+        let Some(listen) = &self.listen else {
+            return Ok(None);
+        };
+        let (server, mut probe) =
+            super::hosts::resolve(&listen.0, listen.1.acquire_timeout).await?;
+        // The same governance instance, in the same database of the same cluster (a database
+        // cloned from another keeps its instance id; a physical standby keeps the cluster's
+        // system identifier).
+        // language=PostgreSQL
+        let identity = "SELECT (SELECT id FROM governance_instance), current_database()::text, \
+                        (SELECT system_identifier FROM pg_control_system())";
+        type Identity = (Option<Uuid>, String, i64);
+        let theirs: Option<Identity> = sqlx::query_as(identity).fetch_one(&mut probe).await.ok();
+        let _ = probe.close().await;
+        let ours: Identity = sqlx::query_as(identity).fetch_one(&self.pool()).await?;
+        if ours.0.is_none() || theirs.as_ref() != Some(&ours) {
+            return Err(StoreError::InvalidUrl(
+                "the listen URL reaches another database than the database URL, so notifications (halts, scope changes, decisions) would never arrive: point it at the same database, directly (not through the pooler)".into(),
+            ));
+        }
+        Ok(Some(server))
     }
 }
 

@@ -42,6 +42,8 @@ pub struct PgStore {
     /// Where a fresh pool comes from when a call passes its deadline (none for a pool handed
     /// in by [`PgStore::from_pool`]).
     renew: Option<Arc<(hosts::Target, StoreOptions)>>,
+    /// Where the listener connects, when not on the pool's server ([`StoreOptions::listen_url`]).
+    listen: Option<Arc<(hosts::Target, StoreOptions)>>,
 }
 
 fn valid_role_name(role: &str) -> bool {
@@ -87,6 +89,19 @@ impl PgStore {
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self> {
         use sqlx::Connection;
         let target = hosts::parse(url, &opts.application_name)?;
+        let listen = opts
+            .listen_url
+            .as_deref()
+            .map(|u| {
+                hosts::parse(u, &opts.application_name).map_err(|e| match e {
+                    StoreError::InvalidUrl(why) => {
+                        StoreError::InvalidUrl(format!("the listen URL: {why}"))
+                    }
+                    other => other,
+                })
+            })
+            .transpose()?
+            .map(|t| Arc::new((t, opts.clone())));
         // One direct attempt first (on each server in turn, for a list): the pool would retry
         // a refused connection until its timeout and then report only the timeout, hiding the
         // cause.
@@ -108,6 +123,7 @@ impl PgStore {
             clock: opts.clock.clone(),
             deadline: opts.call_timeout,
             renew: Some(Arc::new((target.clone(), opts.clone()))),
+            listen,
         };
         hosts::start_monitor(&store.current, target, opts.clone());
         Ok(store)
@@ -126,6 +142,7 @@ impl PgStore {
             clock: crate::Clock::system(),
             deadline: None,
             renew: None,
+            listen: None,
         }
     }
 
