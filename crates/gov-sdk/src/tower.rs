@@ -15,7 +15,7 @@
 //! A refusal never reaches the handler and is answered with a JSON body
 //! `{"error": {"code", "message"}}` and a status from one table ([`refusal_status`]): 403 for a
 //! halted agent, a scope or policy refusal, a denied or refused approval or a failed
-//! precondition, 402 for a budget, 429 for a loop, 400 for a request that names no agent or
+//! precondition (`budget_available` included), 429 for a loop, 400 for a request that names no agent or
 //! tool, 503 when governance cannot decide (fail closed). A tool that needs approval is answered
 //! `202 Accepted` with `{"status": "approval_pending", "request_id"}` (and the
 //! `x-governance-approval` header); the agent repeats the call with that header once an operator
