@@ -10,7 +10,7 @@ use gov_sdk::{
     ModelPrice, PriceTable, ScopePolicy,
 };
 use gov_testdb::TestDb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::SECRET;
 
@@ -294,6 +294,32 @@ mod async_openai_client {
         );
         assert!(mock::requests(&server).await.is_empty(), "nothing was sent");
         assert!(!kinds(&chain(&gov).await).contains(&"llm.request"));
+    }
+
+    /// An agent holding the governed client tries a request the gates do not read (here, an
+    /// update of a stored completion): refused before it is sent, so enabling more of
+    /// async-openai opens no ungoverned path.
+    #[tokio::test]
+    async fn async_openai_requests_other_than_chat_completions_are_refused() {
+        use async_openai::types::chat::UpdateChatCompletionRequest;
+        let db = TestDb::new().await;
+        let gov = setup(&db, MicroUsd(1_000_000)).await;
+        let server = mock::openai(mock::completion()).await;
+        let openai = client(&gov, &server.uri()).await;
+
+        let update = UpdateChatCompletionRequest {
+            metadata: serde_json::json!({ "k": "v" }).into(),
+        };
+        let err = openai
+            .chat()
+            .update("chatcmpl-1", update)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&err, OpenAIError::InvalidArgument(m) if m.contains("chat completions only")),
+            "{err}"
+        );
+        assert!(mock::requests(&server).await.is_empty(), "nothing was sent");
     }
 
     #[tokio::test]
