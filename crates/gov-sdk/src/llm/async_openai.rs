@@ -257,6 +257,8 @@ struct Event {
     /// The event as it goes on to async-openai (`None`: read, not passed on).
     bytes: Option<Bytes>,
     chunk: Option<ChatChunk>,
+    /// `[DONE]`: the provider's last event (async-openai stops reading at it).
+    last: bool,
 }
 
 impl StreamChunk for Event {
@@ -302,11 +304,13 @@ fn events(
         };
         let data = ev.data.trim();
         if data.is_empty() || data == "[DONE]" {
+            let last = data == "[DONE]";
             let item = Event {
                 bytes: Some(encode_event(&ev)),
                 chunk: None,
+                last,
             };
-            return Some((Ok(item), Some(sse)));
+            return Some((Ok(item), (!last).then_some(sse)));
         }
         let Ok(value) = serde_json::from_str::<Value>(data) else {
             return Some((Err(Failure::new("decode")), None));
@@ -325,20 +329,29 @@ fn events(
         let item = Event {
             bytes: (!(hide_usage && usage_only)).then(|| encode_event(&ev)),
             chunk,
+            last: false,
         };
         Some((Ok(item), Some(sse)))
     })
 }
 
 /// A guarded stream as the body async-openai reads: its events' bytes; a failure ends the body.
+/// async-openai stops reading at `[DONE]`, so the call is settled before that event is passed
+/// on (the stream ends right after it).
 fn body(stream: GuardedStream<Event>) -> reqwest::Body {
     let bytes = futures_util::stream::unfold(Some(stream), |state| async move {
         let mut s = state?;
         loop {
             match s.next().await? {
                 Ok(Event {
-                    bytes: Some(b), ..
-                }) => return Some((Ok::<_, Error>(b), Some(s))),
+                    bytes: Some(b),
+                    last: true,
+                    ..
+                }) => {
+                    while s.next().await.is_some() {}
+                    return Some((Ok::<_, Error>(b), None));
+                }
+                Ok(Event { bytes: Some(b), .. }) => return Some((Ok(b), Some(s))),
                 Ok(_) => continue,
                 Err(e) => return Some((Err(e), None)),
             }
