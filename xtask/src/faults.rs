@@ -86,7 +86,7 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
                 FEATURES,
                 "--",
             ])
-                .args(names);
+            .args(names);
             if !drill {
                 for name in DRILL_NAMES {
                     cmd.args(["--skip", name]);

@@ -5,8 +5,9 @@
 //! [`GovernLayer`] reads the agent from a header (`x-governance-agent` by default), the session
 //! from another (`x-governance-session`, else a default), the tool from the request (the last
 //! path segment by default, or any function of the request head) and the arguments from the
-//! JSON body. Then, in order: the halt and scope checks with the Cedar policy sets
-//! ([`crate::Scope::check`]); human approval for the tools that need one (configured here, a
+//! JSON body. Then, in order: the halt and scope checks with the Cedar policy sets, which see
+//! the arguments (`policies().check`; [`crate::Scope::check`] in a build without the `cedar`
+//! feature); human approval for the tools that need one (configured here, a
 //! contract's `hitl_approved`, or a Cedar `@approval`), through [`crate::Gates`]; and the
 //! governed runner ([`crate::Contracts::run`]: the halt check, the tool's contract, loop
 //! detection, `tool.started`, the handler, `tool.finished`, postconditions). Nothing here
@@ -363,9 +364,10 @@ async fn read_call(
             }
         },
     };
-    if let Err(e) = gov_core::AgentId::new(agent).map(|_| ()).and_then(|()| {
-        gov_core::SessionId::new(&session).map(|_| ())
-    }) {
+    if let Err(e) = gov_core::AgentId::new(agent)
+        .map(|_| ())
+        .and_then(|()| gov_core::SessionId::new(&session).map(|_| ()))
+    {
         return Err(bad_request(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -446,9 +448,10 @@ where
             Ok(c) => c,
             Err(resp) => return Ok(resp),
         };
-        // Halt, scope and the Cedar policy sets; an `@approval` permit asks a person.
+        // Halt, scope and the Cedar policy sets (with the call's arguments); an `@approval`
+        // permit asks a person.
         let mut needs_approval = settings.approval.contains(&call.tool);
-        match gov.scope().check(&call.agent, &call.tool).await {
+        match allowed(gov, &call).await {
             Ok(()) => {}
             Err(Error::PolicyApprovalRequired { .. }) => needs_approval = true,
             Err(e) => return Ok(refusal(&e)),
@@ -499,6 +502,24 @@ where
             ))),
         }
     }
+}
+
+/// The halt check, scope and the enforced Cedar policy set, which sees the call's arguments.
+#[cfg(feature = "cedar")]
+async fn allowed(gov: &Governance, call: &Call) -> crate::Result<()> {
+    use crate::policies::{PolicyCheck, Resource};
+    let check = PolicyCheck {
+        session: &call.session,
+        arguments: Some(&call.args),
+        ..PolicyCheck::new(&call.agent, Resource::Tool(&call.tool))
+    };
+    gov.policies().check(&check).await
+}
+
+/// The halt check and scope (this build has no Cedar policy sets).
+#[cfg(not(feature = "cedar"))]
+async fn allowed(gov: &Governance, call: &Call) -> crate::Result<()> {
+    gov.scope().check(&call.agent, &call.tool).await
 }
 
 /// The approval of this exact call: the one named by the call's approval header, or a new

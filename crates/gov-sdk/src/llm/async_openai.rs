@@ -195,7 +195,9 @@ fn prepare(
         );
     }
     let bytes = serde_json::to_vec(&raw).map_err(|_| invalid("the body could not be encoded"))?;
-    request.headers_mut().remove(reqwest::header::CONTENT_LENGTH);
+    request
+        .headers_mut()
+        .remove(reqwest::header::CONTENT_LENGTH);
     *request.body_mut() = Some(reqwest::Body::from(bytes));
     Ok(Prepared {
         request,
@@ -249,7 +251,10 @@ async fn error_answer(resp: reqwest::Response) -> (Failure, reqwest::Response) {
         retry_after_s,
         ..Failure::new("http_status")
     };
-    (failure, rebuild(status, &headers, reqwest::Body::from(body)))
+    (
+        failure,
+        rebuild(status, &headers, reqwest::Body::from(body)),
+    )
 }
 
 /// One server-sent event of a chat-completions stream, with what it tells the gates.
@@ -469,9 +474,8 @@ where
 {
     type Response = reqwest::Response;
     type Error = OpenAIError;
-    type Future = Pin<
-        Box<dyn Future<Output = std::result::Result<reqwest::Response, OpenAIError>> + Send>,
-    >;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<reqwest::Response, OpenAIError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), OpenAIError>> {
         // The inner service is made ready per call (`oneshot`), on a clone.

@@ -247,7 +247,10 @@ mod async_openai_client {
 
         // Settled from the usage: 3 × 1 + 5 × 2 micro-USD, nothing left reserved.
         let counter = session_counter(&gov).await;
-        assert_eq!((counter.spent, counter.reserved), (MicroUsd(13), MicroUsd(0)));
+        assert_eq!(
+            (counter.spent, counter.reserved),
+            (MicroUsd(13), MicroUsd(0))
+        );
         let events = chain(&gov).await;
         assert_eq!(kinds(&events), ["llm.request", "llm.response"]);
         assert_eq!(events[0].1["wrapper"], "async-openai");
@@ -274,7 +277,10 @@ mod async_openai_client {
         );
         assert!(mock::requests(&server).await.is_empty(), "nothing was sent");
         let counter = session_counter(&gov).await;
-        assert_eq!((counter.spent, counter.reserved), (MicroUsd(0), MicroUsd(0)));
+        assert_eq!(
+            (counter.spent, counter.reserved),
+            (MicroUsd(0), MicroUsd(0))
+        );
         assert_eq!(kinds(&chain(&gov).await), ["budget.denied"]);
         super::verified(&gov).await;
     }
@@ -356,7 +362,10 @@ mod async_openai_client {
 
         // 10 × 1 + 20 × 2 micro-USD, from the last chunk's usage.
         let counter = session_counter(&gov).await;
-        assert_eq!((counter.spent, counter.reserved), (MicroUsd(50), MicroUsd(0)));
+        assert_eq!(
+            (counter.spent, counter.reserved),
+            (MicroUsd(50), MicroUsd(0))
+        );
         let events = chain(&gov).await;
         assert_eq!(kinds(&events), ["llm.request", "llm.response"]);
         assert_eq!(events[0].1["stream"], true);
@@ -412,12 +421,7 @@ mod tower_layer {
         let resp = app.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, headers, body)
     }
@@ -437,7 +441,10 @@ mod tower_layer {
 
         let (status, _, answer) = send(&app, body("read_invoice", &json!({"id": "INV-7"}))).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(answer["echo"], r#"{"id":"INV-7"}"#, "the handler got the body");
+        assert_eq!(
+            answer["echo"], r#"{"id":"INV-7"}"#,
+            "the handler got the body"
+        );
         assert_eq!(reached.load(Ordering::SeqCst), 1);
         let events = chain(&gov).await;
         assert_eq!(kinds(&events), ["tool.started", "tool.finished"]);
@@ -510,7 +517,10 @@ mod tower_layer {
         let (status, headers, answer) = send(&app, body("send_email", &args)).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(answer["status"], "approval_pending");
-        let id = answer["request_id"].as_str().expect("request id").to_owned();
+        let id = answer["request_id"]
+            .as_str()
+            .expect("request id")
+            .to_owned();
         assert_eq!(headers[APPROVAL_HEADER], id.as_str());
         assert_eq!(reached.load(Ordering::SeqCst), 0);
 
@@ -554,6 +564,62 @@ mod tower_layer {
             assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
         }
         super::verified(&gov).await;
+    }
+
+    /// A Cedar `@approval` permit that depends on the arguments: a small refund passes, a
+    /// large one waits for a person, with no approval configured on the layer.
+    #[cfg(feature = "cedar")]
+    #[tokio::test]
+    async fn tower_cedar_approval_on_the_arguments_asks_a_person() {
+        use gov_sdk::ScopePolicy;
+        use gov_sdk::policies::{PolicySet, Slot};
+        let db = TestDb::new().await;
+        let gov = setup(&db, MicroUsd(1_000_000)).await;
+        gov.scope()
+            .register(ScopePolicy::new(AGENT.parse().expect("agent id")).allow_tools(["refund"]))
+            .await
+            .expect("scope policy");
+        let set = PolicySet::parse(
+            r#"
+            @id("tools")
+            permit (principal, action == Governance::Action::"tool_call", resource);
+            @id("large-refund")
+            @approval("refunds over 1,000 USD need a second person")
+            permit (principal, action == Governance::Action::"tool_call", resource == Governance::Tool::"refund")
+            when { context.arguments has amount && context.arguments.amount > 1000 };
+            "#,
+            r#"{ "arguments": { "amount": "long" } }"#,
+        )
+        .expect("valid policies");
+        gov.policies()
+            .apply(Slot::Enforced, Some(&set), "alice")
+            .await
+            .expect("apply");
+        let reached = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let reached = reached.clone();
+            move || {
+                let reached = reached.clone();
+                async move {
+                    reached.fetch_add(1, Ordering::SeqCst);
+                    "refunded"
+                }
+            }
+        };
+        let app = Router::new()
+            .route("/tools/refund", post(handler))
+            .layer(GovernLayer::new(gov.clone()));
+
+        let (status, _, _) = send(&app, body("refund", &json!({"amount": 10}))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+        let (status, _, answer) = send(&app, body("refund", &json!({"amount": 5000}))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        assert_eq!(answer["status"], "approval_pending");
+        assert_eq!(reached.load(Ordering::SeqCst), 1, "the large refund waits");
+        let kinds = kinds(&chain(&gov).await).join(" ");
+        assert!(kinds.contains("policy.approval_required"), "{kinds}");
+        assert!(kinds.contains("gate.requested"), "{kinds}");
     }
 
     #[tokio::test]
@@ -640,7 +706,10 @@ mod rig_model {
         assert_eq!(body["model"], "gpt-test");
 
         let counter = session_counter(&gov).await;
-        assert_eq!((counter.spent, counter.reserved), (MicroUsd(13), MicroUsd(0)));
+        assert_eq!(
+            (counter.spent, counter.reserved),
+            (MicroUsd(13), MicroUsd(0))
+        );
         let events = chain(&gov).await;
         assert_eq!(kinds(&events), ["llm.request", "llm.response"]);
         assert_eq!(events[0].1["wrapper"], "rig");
@@ -662,7 +731,10 @@ mod rig_model {
         assert!(matches!(err, Error::Halted { .. }), "{err}");
         assert!(mock::requests(&server).await.is_empty(), "nothing was sent");
         let counter = session_counter(&gov).await;
-        assert_eq!((counter.spent, counter.reserved), (MicroUsd(0), MicroUsd(0)));
+        assert_eq!(
+            (counter.spent, counter.reserved),
+            (MicroUsd(0), MicroUsd(0))
+        );
         assert!(!kinds(&chain(&gov).await).contains(&"llm.request"));
         super::verified(&gov).await;
     }
