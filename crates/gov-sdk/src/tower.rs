@@ -267,8 +267,9 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     resp
 }
 
-/// A request the layer cannot read: no agent, no tool, a body that is not JSON.
-fn bad_request(status: StatusCode, code: &str, message: String) -> Response<Body> {
+/// An answer of the layer itself: a request it cannot read (no agent, no tool, a body that is
+/// not JSON), or a failure.
+fn error_response(status: StatusCode, code: &str, message: String) -> Response<Body> {
     json_response(
         status,
         &json!({ "error": { "code": code, "message": message } }),
@@ -339,7 +340,7 @@ async fn read_call(
     body: Body,
 ) -> std::result::Result<(Call, Bytes), Response<Body>> {
     let Some(agent) = header(parts, &settings.agent_header) else {
-        return Err(bad_request(
+        return Err(error_response(
             StatusCode::BAD_REQUEST,
             "agent_required",
             format!(
@@ -353,7 +354,7 @@ async fn read_call(
         None => match &settings.default_session {
             Some(s) => s.clone(),
             None => {
-                return Err(bad_request(
+                return Err(error_response(
                     StatusCode::BAD_REQUEST,
                     "session_required",
                     format!(
@@ -368,14 +369,14 @@ async fn read_call(
         .map(|_| ())
         .and_then(|()| gov_core::SessionId::new(&session).map(|_| ()))
     {
-        return Err(bad_request(
+        return Err(error_response(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             e.to_string(),
         ));
     }
     let Some(tool) = (settings.tool)(parts).filter(|t| !t.is_empty() && t.len() <= 256) else {
-        return Err(bad_request(
+        return Err(error_response(
             StatusCode::BAD_REQUEST,
             "tool_required",
             "the request names no tool this service governs".to_owned(),
@@ -385,7 +386,7 @@ async fn read_call(
         Some(v) => match uuid::Uuid::parse_str(v) {
             Ok(id) => Some(id),
             Err(_) => {
-                return Err(bad_request(
+                return Err(error_response(
                     StatusCode::BAD_REQUEST,
                     "invalid_approval",
                     format!("the {APPROVAL_HEADER} header is not a request id"),
@@ -398,7 +399,7 @@ async fn read_call(
     let bytes = match limited.collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => {
-            return Err(bad_request(
+            return Err(error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 format!(
@@ -414,7 +415,7 @@ async fn read_call(
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) => v,
             Err(_) => {
-                return Err(bad_request(
+                return Err(error_response(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "json_required",
                     "the tool call's arguments must be a JSON body".to_owned(),
@@ -476,8 +477,7 @@ where
         // The governed runner: halt, contract, loops, tool.started, the handler,
         // tool.finished, postconditions.
         let wants_output = !contract.post.is_empty();
-        let answer: Arc<Mutex<Option<std::result::Result<Response<Body>, S::Error>>>> =
-            Arc::default();
+        let answer: Slot<S::Error> = Arc::default();
         let slot = answer.clone();
         let inner = self.inner;
         let ctx = CallContext {
@@ -497,9 +497,12 @@ where
             // The handler ran: its answer, whatever it is (a failed tool is audited as such).
             (Ok(_) | Err(Error::ToolFailed { .. }), Some(answer)) => answer,
             (Err(e), _) => Ok(refusal(&e)),
-            (Ok(_), None) => Ok(refusal(&Error::Config(
-                "the tool ran but left no answer".into(),
-            ))),
+            // Cannot happen: the runner only succeeds after the handler answered.
+            (Ok(_), None) => Ok(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "governance_error",
+                "governance could not decide this call".to_owned(),
+            )),
         }
     }
 }
@@ -521,6 +524,9 @@ async fn allowed(gov: &Governance, call: &Call) -> crate::Result<()> {
 async fn allowed(gov: &Governance, call: &Call) -> crate::Result<()> {
     gov.scope().check(&call.agent, &call.tool).await
 }
+
+/// Where the handler's answer (or its service's error) is kept for the layer to return.
+type Slot<E> = Arc<Mutex<Option<std::result::Result<Response<Body>, E>>>>;
 
 /// The approval of this exact call: the one named by the call's approval header, or a new
 /// request (answered as pending, or waited for).
@@ -550,7 +556,7 @@ async fn handle<S>(
     inner: S,
     parts: Parts,
     bytes: Bytes,
-    slot: Arc<Mutex<Option<std::result::Result<Response<Body>, S::Error>>>>,
+    slot: Slot<S::Error>,
     wants_output: bool,
 ) -> std::result::Result<Value, String>
 where
