@@ -11,8 +11,8 @@
 //! passed on when the caller had not asked for it; a stream dropped before its end is
 //! `llm.cancelled`. A provider's error answer is audited as `llm.error` and handed to
 //! async-openai unchanged, so its own error type reports it. Reads (`GET`, `DELETE` of stored
-//! completions) pass through; any other request is refused, so enabling more async-openai
-//! features cannot open an ungoverned path.
+//! completions) pass through unless the agent is halted; any other request is refused, so
+//! enabling more async-openai features cannot open an ungoverned path.
 //!
 //! A refusal is returned as `OpenAIError::Boxed` holding the SDK's [`crate::Error`]
 //! (downcast it to tell a budget from a halt). The session is the client's, or the
@@ -393,11 +393,18 @@ where
                 .trim_end_matches('/')
                 .ends_with("/chat/completions");
         if !governed {
-            // Reads of stored completions cost nothing and reach no model.
+            // Reads of stored completions cost nothing and reach no model; a halted agent
+            // makes none.
             if matches!(
                 *request.method(),
                 reqwest::Method::GET | reqwest::Method::DELETE
             ) {
+                self.guard
+                    .gov()
+                    .presence()
+                    .assert_not_halted(&self.agent)
+                    .await
+                    .map_err(refused)?;
                 return self.inner.oneshot(factory(request)).await;
             }
             return Err(invalid(
