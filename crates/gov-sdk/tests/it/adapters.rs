@@ -302,6 +302,37 @@ mod async_openai_client {
         assert!(!kinds(&chain(&gov).await).contains(&"llm.request"));
     }
 
+    #[tokio::test]
+    async fn async_openai_provider_errors_reach_the_caller_unchanged_and_are_audited() {
+        let db = TestDb::new().await;
+        let gov = setup(&db, MicroUsd(1_000_000)).await;
+        let body = serde_json::json!({"error": {"type": "requests", "code": "rate_limit_exceeded",
+            "message": format!("Rate limit reached for key {KEY}")}});
+        let server = mock::openai(wiremock::ResponseTemplate::new(429).set_body_json(body)).await;
+        let openai = client(&gov, &server.uri()).await;
+
+        let err = openai.chat().create(request()).await.expect_err("429");
+        match &err {
+            OpenAIError::ApiError(api) => {
+                assert_eq!(api.status_code.as_u16(), 429);
+                assert_eq!(api.api_error.code.as_deref(), Some("rate_limit_exceeded"));
+            }
+            other => panic!("async-openai's own error for a provider answer: {other}"),
+        }
+        let counter = session_counter(&gov).await;
+        assert_eq!(
+            (counter.spent, counter.reserved),
+            (MicroUsd(0), MicroUsd(0)),
+            "released"
+        );
+        let events = chain(&gov).await;
+        assert_eq!(kinds(&events), ["llm.request", "llm.error"]);
+        assert_eq!(events[1].1["status"], 429);
+        assert_eq!(events[1].1["error_type"], "rate_limit_exceeded");
+        let text = serde_json::to_string(&events).expect("JSON");
+        assert!(!text.contains(KEY), "the provider's text is not recorded");
+    }
+
     /// An agent holding the governed client tries a request the gates do not read (here, an
     /// update of a stored completion): refused before it is sent, so enabling more of
     /// async-openai opens no ungoverned path.
