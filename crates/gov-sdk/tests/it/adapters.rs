@@ -333,6 +333,36 @@ mod async_openai_client {
         assert!(!text.contains(KEY), "the provider's text is not recorded");
     }
 
+    /// One call in another session, named by the session header: governed under it, and the
+    /// header is not sent to the provider.
+    #[tokio::test]
+    async fn async_openai_session_header_names_the_session_and_stays_home() {
+        use async_openai::traits::RequestOptionsBuilder as _;
+        let db = TestDb::new().await;
+        let gov = setup(&db, MicroUsd(1_000_000)).await;
+        let server = mock::openai(mock::completion()).await;
+        let openai = client(&gov, &server.uri()).await;
+
+        openai
+            .chat()
+            .header(gov_sdk::llm::async_openai::SESSION_HEADER, "s-2")
+            .expect("header")
+            .create(request())
+            .await
+            .expect("answer");
+        let sent = mock::requests(&server).await;
+        assert!(
+            sent[0]
+                .headers
+                .get(gov_sdk::llm::async_openai::SESSION_HEADER)
+                .is_none()
+        );
+        gov.llm().settled().await;
+        let other = gov.cost().snapshot(AGENT, "s-2").await.expect("snapshot");
+        assert_eq!(other.status.session.spent, MicroUsd(13));
+        assert_eq!(session_counter(&gov).await.spent, MicroUsd(0));
+    }
+
     /// An agent holding the governed client tries a request the gates do not read (here, an
     /// update of a stored completion): refused before it is sent, so enabling more of
     /// async-openai opens no ungoverned path.
@@ -784,6 +814,12 @@ mod rig_model {
             items += 1;
         }
         assert!(items > 0);
+        let sent = mock::requests(&server).await;
+        let body: Value = serde_json::from_slice(&sent[0].body).expect("JSON body");
+        assert_eq!(
+            body["stream_options"]["include_usage"], true,
+            "rig asks for usage"
+        );
         let receipt = stream.receipt().expect("settled").clone();
         assert_eq!(receipt.usage.output_tokens, 20);
         assert!(!receipt.estimated);
