@@ -210,10 +210,10 @@ impl GovernLayer {
 }
 
 impl<S> tower::Layer<S> for GovernLayer {
-    type Service = Governed<S>;
+    type Service = GovernService<S>;
 
-    fn layer(&self, inner: S) -> Governed<S> {
-        Governed {
+    fn layer(&self, inner: S) -> GovernService<S> {
+        GovernService {
             settings: self.settings.clone(),
             inner,
         }
@@ -222,14 +222,14 @@ impl<S> tower::Layer<S> for GovernLayer {
 
 /// The service [`GovernLayer`] makes.
 #[derive(Clone)]
-pub struct Governed<S> {
+pub struct GovernService<S> {
     settings: Arc<Settings>,
     inner: S,
 }
 
-impl<S> std::fmt::Debug for Governed<S> {
+impl<S> std::fmt::Debug for GovernService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Governed").finish_non_exhaustive()
+        f.debug_struct("GovernService").finish_non_exhaustive()
     }
 }
 
@@ -435,7 +435,7 @@ async fn read_call(
     ))
 }
 
-impl<S> Governed<S>
+impl<S> GovernService<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -601,7 +601,7 @@ where
     }
 }
 
-impl<S> tower::Service<Request<Body>> for Governed<S>
+impl<S> tower::Service<Request<Body>> for GovernService<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
