@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{Hermetic, cargo, has_nextest, pg, run};
+use crate::{FEATURES, Hermetic, cargo, has_nextest, pg, run};
 
 /// The fault tests, as a nextest filter: the spool's unit and integration tests (kills at each
 /// step of adoption, tears at every byte offset, a loaded process after an outage), the fault
@@ -71,12 +71,22 @@ pub(crate) fn run_in(home: &Hermetic) -> Result<()> {
                 "run",
                 "--workspace",
                 "--no-fail-fast",
+                "--features",
+                FEATURES,
                 "-E",
                 filter,
             ]);
         } else {
-            cmd.args(["test", "-p", "gov-sdk", "--no-fail-fast", "--"])
-                .args(names);
+            cmd.args([
+                "test",
+                "-p",
+                "gov-sdk",
+                "--no-fail-fast",
+                "--features",
+                FEATURES,
+                "--",
+            ])
+            .args(names);
             if !drill {
                 for name in DRILL_NAMES {
                     cmd.args(["--skip", name]);

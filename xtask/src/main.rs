@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <task>`:
 //!
 //! - `test [ARGS]`: the whole suite against a real Postgres (`GOVERNANCE_TEST_DATABASE_URL`,
-//!   else the local server on 127.0.0.1:5432, else a throwaway cluster from `initdb`/`pg_ctl`).
+//!   else the local server on 127.0.0.1:5432, else a throwaway cluster from `initdb`/`pg_ctl`),
+//!   with gov-sdk's adapter features on (`FEATURES`; clippy and rustdoc in `ci` too).
 //! - `bench`: benchmarks, JSON on stdout and in `target/bench/bench.json`.
 //! - `faults`: the fault suite (kills, torn spool files, a Postgres crash under load, cut
 //!   settlement replies, a full disk), its figures as JSON on stdout and in
@@ -40,6 +41,10 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// The gov-sdk features that are off by default but tested, linted and documented with the
+/// rest: the Rust ecosystem adapters.
+const FEATURES: &str = "gov-sdk/async-openai,gov-sdk/rig,gov-sdk/tower";
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
@@ -99,6 +104,7 @@ fn test_in(extra: &[String], home: &Hermetic) -> Result<()> {
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
+    cmd.args(["--features", FEATURES]);
     cmd.args(extra).env(pg::ENV_TEST_URL, server.url());
     home.apply(&mut cmd)?;
     // nextest does not run doc tests: run them first (examples are compile-checked), unless a
@@ -106,7 +112,14 @@ fn test_in(extra: &[String], home: &Hermetic) -> Result<()> {
     let mut result = Ok(());
     if extra.is_empty() {
         let mut doc = cargo();
-        doc.args(["test", "--doc", "--workspace", "--quiet"]);
+        doc.args([
+            "test",
+            "--doc",
+            "--workspace",
+            "--quiet",
+            "--features",
+            FEATURES,
+        ]);
         home.apply(&mut doc)?;
         result = run(&mut doc);
     }
@@ -215,12 +228,21 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        FEATURES,
         "--",
         "-D",
         "warnings",
     ]))?;
     run(cargo()
-        .args(["doc", "--no-deps", "--workspace", "--quiet"])
+        .args([
+            "doc",
+            "--no-deps",
+            "--workspace",
+            "--quiet",
+            "--features",
+            FEATURES,
+        ])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     tidy::run()?;
     // README's quick start, then README's test command, in one private home: the suite must

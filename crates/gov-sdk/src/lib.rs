@@ -105,6 +105,8 @@ mod scope;
 pub mod siem;
 mod spool;
 mod tail;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use audit::{Audit, Logged, ROTATION_AWARE};
 pub use config::{

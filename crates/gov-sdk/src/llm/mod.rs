@@ -55,10 +55,14 @@ mod stream;
 
 #[cfg(feature = "llm-http")]
 pub mod anthropic;
+#[cfg(feature = "async-openai")]
+pub mod async_openai;
 #[cfg(feature = "llm-http")]
 mod http;
 #[cfg(feature = "llm-http")]
 pub mod openai;
+#[cfg(feature = "rig")]
+pub mod rig;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -359,6 +363,31 @@ impl<'g> Llm<'g> {
     #[cfg(feature = "llm-http")]
     pub fn anthropic(&self, base_url: impl Into<String>) -> anthropic::AnthropicBuilder {
         anthropic::AnthropicBuilder::new(self.gov.clone(), base_url.into())
+    }
+
+    /// Starts building a governed [async-openai](https://docs.rs/async-openai) client for
+    /// `agent` in `session` (feature `async-openai`): async-openai's own `Client`, whose chat
+    /// completions all take the guarded path.
+    #[cfg(feature = "async-openai")]
+    pub fn async_openai(
+        &self,
+        agent: impl Into<String>,
+        session: impl Into<String>,
+    ) -> async_openai::AsyncOpenAiBuilder {
+        async_openai::AsyncOpenAiBuilder::new(self.gov.clone(), agent.into(), session.into())
+    }
+
+    /// Starts wrapping a [rig](https://docs.rs/rig-core) completion model (a `rig_core::Model`
+    /// or `DynModel<Completion>`) for `agent` in `session` (feature `rig`): its calls through
+    /// [`rig::GovernedModel`] all take the guarded path.
+    #[cfg(feature = "rig")]
+    pub fn rig(
+        &self,
+        model: impl Into<rig_core::DynModel<rig_core::operation::Completion>>,
+        agent: impl Into<String>,
+        session: impl Into<String>,
+    ) -> rig::RigBuilder {
+        rig::RigBuilder::new(self.gov.clone(), model.into(), agent.into(), session.into())
     }
 
     /// The coverage registry: every client any handle on this database has wrapped.

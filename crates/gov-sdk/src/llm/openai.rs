@@ -297,6 +297,28 @@ impl StreamChunk for ChatChunk {
     }
 }
 
+/// The call the gates see for a chat-completions request: the model, the input estimate and
+/// `max_completion_tokens`, else `max_tokens`; with neither, the configured default is written
+/// into the request as `max_tokens`, so the provider enforces the cap the budget was projected
+/// from. Shared by every adapter that sends chat completions.
+pub(crate) fn llm_call(
+    gov: &Governance,
+    agent: &str,
+    session: &str,
+    req: &mut ChatRequest,
+    stream: bool,
+) -> LlmCall {
+    let declared = req.max_completion_tokens.or(req.max_tokens);
+    let mut call = LlmCall::new(agent, session, &req.model)
+        .input_tokens(req.input_estimate())
+        .streaming(stream);
+    match declared {
+        Some(n) => call = call.max_tokens(n),
+        None => req.max_tokens = gov.config().cost.default_max_tokens,
+    }
+    call
+}
+
 /// Builds an [`OpenAiClient`].
 #[must_use]
 pub struct OpenAiBuilder {
@@ -380,15 +402,7 @@ impl OpenAiClient {
     }
 
     fn call(&self, agent: &str, session: &str, req: &mut ChatRequest, stream: bool) -> LlmCall {
-        let declared = req.max_completion_tokens.or(req.max_tokens);
-        let mut call = LlmCall::new(agent, session, &req.model)
-            .input_tokens(req.input_estimate())
-            .streaming(stream);
-        match declared {
-            Some(n) => call = call.max_tokens(n),
-            None => req.max_tokens = self.guard.gov().config().cost.default_max_tokens,
-        }
-        call
+        llm_call(self.guard.gov(), agent, session, req, stream)
     }
 
     /// One governed chat completion by `agent` in `session`.
