@@ -92,7 +92,7 @@ impl KindMatch {
 
 /// A time from the form: RFC 3339, or `YYYY-MM-DDTHH:MM` (what a datetime-local field sends),
 /// taken as UTC.
-fn parse_time(field: &str, s: &str) -> Result<Option<OffsetDateTime>, AppError> {
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<Option<OffsetDateTime>, AppError> {
     if s.is_empty() {
         return Ok(None);
     }
