@@ -257,8 +257,8 @@ async fn topology(
     render(&TopologyPage {
         nav: Nav::of(&user),
         flash: None,
-        from: when(from),
-        to: when(to),
+        from: format!("{} UTC", input_value(from).replace('T', " ")),
+        to: format!("{} UTC", input_value(to).replace('T', " ")),
         from_input: input_value(from),
         to_input: input_value(to),
         edges,
