@@ -705,7 +705,7 @@ impl BudgetStore for PgStore {
         to: time::Date,
     ) -> Result<Vec<(time::Date, String, ModelUsage)>> {
         // language=PostgreSQL
-        let rows: Vec<(time::Date, String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<DayUsageRow> = sqlx::query_as(
             "SELECT day, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
              FROM budget_usage WHERE day BETWEEN $1 AND $2 \
              ORDER BY day, agent_id, micros DESC, model",
@@ -735,3 +735,7 @@ impl BudgetStore for PgStore {
             .collect())
     }
 }
+
+/// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
+/// tokens, micro-USD.
+type DayUsageRow = (time::Date, String, String, i64, i64, i64, i64, i64);

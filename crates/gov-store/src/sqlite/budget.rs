@@ -706,7 +706,7 @@ impl BudgetStore for SqliteStore {
     ) -> Result<Vec<(time::Date, String, ModelUsage)>> {
         let fmt =
             |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
-        let rows: Vec<(String, String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<DayUsageRow> = sqlx::query_as(
             "SELECT day, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
              FROM budget_usage WHERE day BETWEEN ? AND ? \
              ORDER BY day, agent_id, micros DESC, model",
@@ -725,3 +725,7 @@ impl BudgetStore for SqliteStore {
             .collect()
     }
 }
+
+/// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
+/// tokens, micro-USD.
+type DayUsageRow = (String, String, String, i64, i64, i64, i64, i64);
