@@ -267,6 +267,12 @@ async fn the_costs_page_shows_the_sdks_numbers_for_a_range_and_each_cap() {
         .get("/costs?from=2026-12-03&to=2026-12-01", Some(&b))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("give the earlier day first"), "{}", r.body);
+    let r = c
+        .get("/costs?from=2024-01-01&to=2026-01-01", Some(&b))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("more than 366 days"), "{}", r.body);
     c.gov.close().await;
 }
 
