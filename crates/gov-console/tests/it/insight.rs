@@ -531,7 +531,9 @@ async fn a_verification_survives_a_restart(backend: TestBackend) {
     assert_eq!(verdict(&body), ("clean".to_owned(), at.clone()), "{body}");
     let chains = body.split("id=\"chains\"").nth(1).expect("chains table");
     assert!(
-        chains.contains("<td>default</td><td>3</td><td class=\"clean\">clean</td><td>3</td><td>3</td>"),
+        chains.contains(
+            "<td>default</td><td>3</td><td class=\"clean\">clean</td><td>3</td><td>3</td>"
+        ),
         "{chains}"
     );
     // The health check reports the same verification without verifying again.
