@@ -61,6 +61,15 @@ function follow(table) {
     [e.seq, e.occurred_at, e.agent_id, e.kind, e.session_id, e.actor].forEach((v, i) => {
       const td = cell(v); td.dataset.label = labels[i]; row.appendChild(td);
     });
+    // The session links to its trace, as on the rows the server drew.
+    if (e.session_id) {
+      const td = row.cells[4];
+      const a = document.createElement("a");
+      a.href = "/agents/" + encodeURIComponent(e.agent_id) + "/sessions/" + encodeURIComponent(e.session_id);
+      a.textContent = e.session_id;
+      td.textContent = "";
+      td.appendChild(a);
+    }
     payload.dataset.label = "Payload";
     row.appendChild(payload);
     const body = table.tBodies[0];

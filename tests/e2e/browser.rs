@@ -586,6 +586,122 @@ async fn an_operator_runs_an_incident_at_laptop_and_phone_width() {
         .expect("approved");
     assert_eq!(approval.request_id, req.id);
 
+    // The operator opens the misbehaving agent's session trace from its events.
+    c.set_window_size(1440, 900).await.expect("laptop size");
+    c.goto(&format!("{base}/events?agent=rogue-bot&session=s-7"))
+        .await
+        .expect("session events");
+    wait_for(&c, "#session-trace", 10)
+        .await
+        .click()
+        .await
+        .expect("open the trace");
+    let trace = wait_for(&c, "#trace", 10)
+        .await
+        .text()
+        .await
+        .expect("trace");
+    for want in ["loop.detected", "budget.denied"] {
+        assert!(trace.contains(want), "the trace shows {want}: {trace}");
+    }
+
+    // pay-bot spends; the costs page agrees with `governance budget`, run as a process.
+    ops.cost()
+        .register(
+            gov_sdk::BudgetPolicy::new("pay-bot".parse().expect("id"))
+                .per_session(gov_sdk::MicroUsd(2_000_000))
+                .per_day(gov_sdk::MicroUsd(5_000_000))
+                .per_day_tokens(100_000),
+        )
+        .await
+        .expect("budget");
+    for n in 1..=3 {
+        agent
+            .cost()
+            .track(
+                "pay-bot",
+                "s-8",
+                "gpt-4o-mini",
+                gov_sdk::TokenUsage {
+                    input_tokens: 1_000 * n,
+                    output_tokens: 400 * n,
+                    cached_input_tokens: 0,
+                },
+            )
+            .await
+            .expect("spend");
+    }
+    let out = crate::support::governance(&db)
+        .args(["--json", "budget", "pay-bot", "--session", "s-8"])
+        .output()
+        .expect("run governance budget");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("budget JSON");
+    let usd = |v: &serde_json::Value| {
+        gov_sdk::MicroUsd(v.as_i64().unwrap_or_else(|| panic!("micro-USD: {v}"))).to_string()
+    };
+    let status = &cli["status"];
+    let expected: Vec<Vec<String>> = vec![
+        vec![
+            "session s-8".into(),
+            "USD".into(),
+            usd(&status["session"]["spent"]),
+            usd(&status["session"]["reserved"]),
+            usd(&status["policy"]["per_session"]),
+        ],
+        vec![
+            "today (UTC)".into(),
+            "USD".into(),
+            usd(&status["day"]["spent"]),
+            usd(&status["day"]["reserved"]),
+            usd(&status["policy"]["per_day"]),
+        ],
+        vec![
+            "today (UTC)".into(),
+            "tokens".into(),
+            status["day"]["spent_tokens"].to_string(),
+            status["day"]["reserved_tokens"].to_string(),
+            status["policy"]["per_day_tokens"].to_string(),
+        ],
+    ];
+    c.goto(&format!("{base}/costs?agent=pay-bot&session=s-8"))
+        .await
+        .expect("costs");
+    wait_for(&c, "#budget", 10).await;
+    let shown = c
+        .execute(
+            "return [...document.querySelectorAll('#budget tr')].slice(1).map(r => [...r.cells].slice(0, 5).map(c => c.textContent));",
+            vec![],
+        )
+        .await
+        .expect("read the caps");
+    assert_eq!(
+        shown,
+        serde_json::json!(expected),
+        "the page's caps are the CLI's"
+    );
+    let model = &cli["by_model"][0];
+    let today = c
+        .execute(
+            "const r = document.querySelector('#today tr[data-agent=\"pay-bot\"]'); return [r.dataset.model, r.querySelector('.calls').textContent, r.querySelector('.cost').textContent];",
+            vec![],
+        )
+        .await
+        .expect("read today's row");
+    assert_eq!(
+        today,
+        serde_json::json!([
+            model["model"],
+            model["calls"].to_string(),
+            usd(&model["cost"])
+        ]),
+        "today's spend by model is the CLI's"
+    );
+
     // Every page at both widths: axe-core, no sideways scroll, a screenshot.
     for (w, h) in [(1440, 900), (390, 844)] {
         c.set_window_size(w, h).await.expect("size");
@@ -597,6 +713,9 @@ async fn an_operator_runs_an_incident_at_laptop_and_phone_width() {
             ("/events", "events"),
             ("/events?kind=*.denied", "events-denied"),
             ("/costs", "costs"),
+            ("/costs?agent=pay-bot&session=s-8", "costs-budget"),
+            ("/topology", "topology"),
+            ("/agents/rogue-bot/sessions/s-7", "session-trace"),
             ("/chain", "chain"),
             ("/users", "users"),
         ] {

@@ -143,13 +143,38 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some(CHILD) {
         return verify_child(args.get(1..).unwrap_or_default());
     }
-    // `gov-bench console`: the console figures alone.
-    if args.first().map(String::as_str) == Some("console") {
+    // `gov-bench console-pages [EVENTS]`: only the pages at scale.
+    if args.first().map(String::as_str) == Some("console-pages") {
+        let events: usize = match args.get(1) {
+            Some(n) => n.parse().context("EVENTS is a number of events")?,
+            None => 1_000_000,
+        };
         let figures = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("could not start the async runtime")?
-            .block_on(console::bench())?;
+            .block_on(console::pages_at_scale(events))?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench console [EVENTS]`: the console figures alone; `pages_at_scale` over EVENTS
+    // rows (1,000,000 unless given; 0 leaves it out).
+    if args.first().map(String::as_str) == Some("console") {
+        let events: usize = match args.get(1) {
+            Some(n) => n.parse().context("EVENTS is a number of events")?,
+            None => 1_000_000,
+        };
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(async {
+                let mut figures = console::bench().await?;
+                if events > 0 {
+                    figures["pages_at_scale"] = console::pages_at_scale(events).await?;
+                }
+                anyhow::Ok(figures)
+            })?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }

@@ -12,20 +12,25 @@
 //! Each verification takes a ticket when it starts; its result is kept only if no verification
 //! that started later has already been kept, so a slow, older verification finishing late never
 //! overwrites a newer result.
+//!
+//! Each kept result is also recorded in the database (`Audit::record_verification`, the
+//! `chain_verifications` table, which the application role cannot write), and a console that
+//! starts reads the newest record before it answers, so a restart keeps the verdict, its time
+//! and the per-chain rows. The newest by start time wins there too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use gov_sdk::{Governance, Verdict, VerifyReport};
-use serde::Serialize;
+use gov_sdk::{Governance, Verdict, VerificationRow, VerifyReport};
+use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 /// The verdict of the last verification, as `/health/governance` reports it in
 /// `chain_integrity`.
 // Fields in alphabetical order, the order of the keys before the body was typed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ChainIntegrity {
     /// The unverifiable chains (rows the console's keys cannot check), when `unverifiable`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -34,15 +39,26 @@ pub(crate) struct ChainIntegrity {
     #[serde(skip_serializing_if = "Option::is_none")]
     events_checked: Option<u64>,
     /// The first finding, when `tampered` (null if none could be named).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     #[schema(value_type = Option<Finding>)]
     first: Option<Option<Finding>>,
     /// The worst verdict over the chains.
     pub(crate) status: IntegrityStatus,
 }
 
+/// A field that is present, null or not: `Some(None)` for null (absent is `None`, by default).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// The verdict in `chain_integrity.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum IntegrityStatus {
     /// Every row verified.
@@ -58,7 +74,7 @@ pub(crate) enum IntegrityStatus {
 }
 
 /// Where a tampered chain first fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Finding {
     /// The chain.
     chain: String,
@@ -66,6 +82,58 @@ pub(crate) struct Finding {
     reason: String,
     /// The row.
     seq: i64,
+}
+
+impl IntegrityStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Unverifiable => "unverifiable",
+            Self::Tampered => "tampered",
+            Self::Empty => "empty",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One chain's line of a verification, as the chain page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ChainLine {
+    pub(crate) chain: String,
+    pub(crate) events_checked: u64,
+    pub(crate) head_seq: i64,
+    pub(crate) signed: u64,
+    pub(crate) unsigned: u64,
+    /// `clean`, `tampered` or `unverifiable`.
+    pub(crate) verdict: String,
+    /// The finding, or why the chain cannot be checked; `clean` otherwise.
+    pub(crate) finding: String,
+}
+
+impl ChainLine {
+    fn of(c: &gov_sdk::ChainReport) -> Self {
+        Self {
+            chain: c.chain_id.clone(),
+            events_checked: c.events_checked,
+            head_seq: c.head_seq,
+            signed: c.signatures.signed,
+            unsigned: c.signatures.unsigned + c.signatures.unsigned_local_failure,
+            verdict: c.verdict().as_str().to_owned(),
+            finding: match (&c.finding, &c.unverifiable) {
+                (Some(f), _) => format!("seq {}: {}: {}", f.seq, f.reason.as_str(), f.detail),
+                (None, Some(u)) => format!("not verifiable with the configured keys: {}", u.advice),
+                (None, None) => "clean".into(),
+            },
+        }
+    }
+}
+
+/// What is recorded of a verification (`chain_verifications.summary`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Recorded {
+    integrity: ChainIntegrity,
+    /// Absent when the verification could not complete.
+    chains: Option<Vec<ChainLine>>,
 }
 
 impl ChainIntegrity {
@@ -90,6 +158,11 @@ impl ChainIntegrity {
                 "unknown: the last verification could not complete (see the console's log)".into()
             }
         }
+    }
+
+    /// The verdict's name (`clean`, `tampered`, ...).
+    pub(crate) fn status_str(&self) -> &'static str {
+        self.status.as_str()
     }
 
     /// The CSS class of the verdict.
@@ -144,10 +217,24 @@ pub(crate) struct Checked {
     pub(crate) integrity: ChainIntegrity,
     /// When the verification started (its result holds for the rows as of then).
     pub(crate) at: OffsetDateTime,
-    /// The full report, when the verification completed (the chain page shows it).
-    pub(crate) report: Option<Arc<VerifyReport>>,
-    started: Instant,
+    /// Each chain's line, when the verification completed (the chain page shows them).
+    pub(crate) chains: Option<Arc<Vec<ChainLine>>>,
+    /// When it started on this console's clock; `None` for a result read from the database
+    /// (its age is then `at`'s).
+    started: Option<Instant>,
     ticket: u64,
+}
+
+impl Checked {
+    /// How long ago the verification started.
+    fn age(&self) -> Duration {
+        match self.started {
+            Some(s) => s.elapsed(),
+            None => (OffsetDateTime::now_utc() - self.at)
+                .try_into()
+                .unwrap_or(Duration::ZERO),
+        }
+    }
 }
 
 /// A verification under way: take one before reading, [`ChainStatus::record`] the result.
@@ -166,6 +253,8 @@ pub(crate) struct ChainStatus {
     latest: Mutex<Option<Checked>>,
     /// Held by the one health-driven verification under way.
     refreshing: Arc<tokio::sync::Mutex<()>>,
+    /// Set once the newest recorded verification was read from the database.
+    loaded: tokio::sync::OnceCell<()>,
 }
 
 impl ChainStatus {
@@ -175,16 +264,89 @@ impl ChainStatus {
             tickets: AtomicU64::new(0),
             latest: Mutex::new(None),
             refreshing: Arc::default(),
+            loaded: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Reads the newest recorded verification once (the first time anything asks), keeping it
+    /// unless this console verified since. A record that cannot be read is logged and ignored:
+    /// the next verification replaces it.
+    async fn load(&self, gov: &Governance) {
+        self.loaded
+            .get_or_init(|| async {
+                match gov.audit().last_verification().await {
+                    Ok(Some(row)) => match serde_json::from_str::<Recorded>(&row.summary) {
+                        Ok(r) => {
+                            let mut latest =
+                                self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+                            if latest.is_none() {
+                                *latest = Some(Checked {
+                                    integrity: r.integrity,
+                                    at: row.started_at,
+                                    chains: r.chains.map(Arc::new),
+                                    started: None,
+                                    ticket: 0,
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "console: the recorded verification is unreadable; ignored")
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "console: the recorded verification could not be read")
+                    }
+                }
+            })
+            .await;
     }
 
     /// Starts a verification.
     pub(crate) fn begin(&self) -> Ticket {
+        // Whole microseconds, as the database keeps it: a restarted console shows the same time.
+        let now = OffsetDateTime::now_utc();
         Ticket {
             n: self.tickets.fetch_add(1, Ordering::AcqRel) + 1,
-            at: OffsetDateTime::now_utc(),
+            at: now
+                .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+                .unwrap_or(now),
             started: Instant::now(),
         }
+    }
+
+    /// Keeps a verification's outcome like [`Self::record_result`] and, if kept, records it in
+    /// the database (a failure to record is logged: the console still shows it).
+    pub(crate) async fn record_outcome(
+        &self,
+        gov: &Governance,
+        ticket: Ticket,
+        result: &Result<VerifyReport, gov_sdk::Error>,
+    ) -> bool {
+        let at = ticket.at;
+        if !self.record_result(ticket, result) {
+            return false;
+        }
+        let recorded = Recorded {
+            integrity: ChainIntegrity::of(result),
+            chains: result
+                .as_ref()
+                .ok()
+                .map(|r| r.chains.iter().map(ChainLine::of).collect()),
+        };
+        let row = serde_json::to_string(&recorded).map(|summary| VerificationRow {
+            started_at: at,
+            status: recorded.integrity.status.as_str().to_owned(),
+            summary,
+        });
+        let saved = match row {
+            Ok(row) => gov.audit().record_verification(&row).await,
+            Err(e) => Err(gov_sdk::Error::Config(e.to_string())),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "console: the verification could not be recorded");
+        }
+        true
     }
 
     /// Keeps a verification's result unless one that started later is already kept; true if
@@ -195,20 +357,19 @@ impl ChainStatus {
     }
 
     /// [`Self::record`] with the verification's outcome, keeping its report too.
-    pub(crate) fn record_result(
-        &self,
-        ticket: Ticket,
-        result: &Result<VerifyReport, gov_sdk::Error>,
-    ) -> bool {
-        let report = result.as_ref().ok().cloned().map(Arc::new);
-        self.keep(ticket, ChainIntegrity::of(result), report)
+    fn record_result(&self, ticket: Ticket, result: &Result<VerifyReport, gov_sdk::Error>) -> bool {
+        let chains = result
+            .as_ref()
+            .ok()
+            .map(|r| Arc::new(r.chains.iter().map(ChainLine::of).collect()));
+        self.keep(ticket, ChainIntegrity::of(result), chains)
     }
 
     fn keep(
         &self,
         ticket: Ticket,
         integrity: ChainIntegrity,
-        report: Option<Arc<VerifyReport>>,
+        chains: Option<Arc<Vec<ChainLine>>>,
     ) -> bool {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         if latest.as_ref().is_some_and(|l| l.ticket > ticket.n) {
@@ -216,27 +377,33 @@ impl ChainStatus {
         }
         *latest = Some(Checked {
             integrity,
-            report,
+            chains,
             at: ticket.at,
-            started: ticket.started,
+            started: Some(ticket.started),
             ticket: ticket.n,
         });
         true
     }
 
-    /// The last result kept, if any.
-    pub(crate) fn latest(&self) -> Option<Checked> {
+    /// The last result kept in memory, if any.
+    fn cached(&self) -> Option<Checked> {
         self.latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// The last result: this console's, or the newest recorded in the database.
+    pub(crate) async fn latest(&self, gov: &Governance) -> Option<Checked> {
+        self.load(gov).await;
+        self.cached()
+    }
+
     /// Verifies every chain now (an operator asked) and keeps the result.
     pub(crate) async fn verify_now(&self, gov: &Governance) -> gov_sdk::Result<VerifyReport> {
         let ticket = self.begin();
         let result = gov.audit().verify_all().await;
-        self.record_result(ticket, &result);
+        self.record_outcome(gov, ticket, &result).await;
         result
     }
 
@@ -245,13 +412,13 @@ impl ChainStatus {
         let (n, at, started) = (ticket.n, ticket.at, ticket.started);
         let result = gov.audit().verify_all().await;
         let integrity = ChainIntegrity::of(&result);
-        self.record_result(ticket, &result);
+        self.record_outcome(gov, ticket, &result).await;
         // What a concurrent, later verification kept is newer still.
-        self.latest().unwrap_or(Checked {
+        self.cached().unwrap_or(Checked {
             integrity,
-            report: None,
+            chains: None,
             at,
-            started,
+            started: Some(started),
             ticket: n,
         })
     }
@@ -259,12 +426,13 @@ impl ChainStatus {
     /// The last result without waiting (the dashboard): when there is none yet, it is older
     /// than the interval, or `outdated` (the caller knows the chains changed in a way that
     /// makes it wrong), one verification starts in the background and a later look shows it.
-    pub(crate) fn peek(self: &Arc<Self>, gov: &Governance, outdated: bool) -> Option<Checked> {
-        let latest = self.latest();
-        let fresh = !outdated
-            && latest
-                .as_ref()
-                .is_some_and(|c| c.started.elapsed() < self.interval);
+    pub(crate) async fn peek(
+        self: &Arc<Self>,
+        gov: &Governance,
+        outdated: bool,
+    ) -> Option<Checked> {
+        let latest = self.latest(gov).await;
+        let fresh = !outdated && latest.as_ref().is_some_and(|c| c.age() < self.interval);
         if !fresh && let Ok(guard) = Arc::clone(&self.refreshing).try_lock_owned() {
             let (this, gov) = (Arc::clone(self), gov.clone());
             tokio::spawn(async move {
@@ -281,8 +449,8 @@ impl ChainStatus {
         if self.interval.is_zero() {
             return self.verify_for_health(gov).await;
         }
-        match self.latest() {
-            Some(c) if c.started.elapsed() < self.interval => c,
+        match self.latest(gov).await {
+            Some(c) if c.age() < self.interval => c,
             Some(stale) => {
                 if let Ok(guard) = Arc::clone(&self.refreshing).try_lock_owned() {
                     let (this, gov) = (Arc::clone(self), gov.clone());
@@ -296,7 +464,7 @@ impl ChainStatus {
             None => {
                 let _guard = self.refreshing.lock().await;
                 // Another request may have verified while this one waited.
-                if let Some(c) = self.latest() {
+                if let Some(c) = self.cached() {
                     return c;
                 }
                 self.verify_for_health(gov).await
@@ -325,13 +493,13 @@ mod tests {
         let newer = cache.begin();
         assert!(cache.record(newer, status(IntegrityStatus::Tampered)));
         assert!(!cache.record(older, status(IntegrityStatus::Clean)));
-        let kept = cache.latest().expect("a result");
+        let kept = cache.cached().expect("a result");
         assert_eq!(kept.integrity.status, IntegrityStatus::Tampered);
         // A verification started after it replaces it.
         let later = cache.begin();
         assert!(cache.record(later, status(IntegrityStatus::Clean)));
         assert_eq!(
-            cache.latest().expect("a result").integrity.status,
+            cache.cached().expect("a result").integrity.status,
             IntegrityStatus::Clean
         );
     }
@@ -357,5 +525,10 @@ mod tests {
             json(&status(IntegrityStatus::Empty)),
             r#"{"status":"empty"}"#
         );
+        // What is recorded reads back as it was: a null finding stays null, none stays absent.
+        for c in [clean, tampered, status(IntegrityStatus::Unknown)] {
+            let back: ChainIntegrity = serde_json::from_str(&json(&c)).expect("reads back");
+            assert_eq!(back, c);
+        }
     }
 }

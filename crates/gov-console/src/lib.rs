@@ -80,6 +80,7 @@ pub(crate) struct AppState {
     pub(crate) latency: Arc<api::Latency>,
     pub(crate) verify_job: Arc<std::sync::Mutex<api::VerifyJob>>,
     pub(crate) chain_status: Arc<chain_status::ChainStatus>,
+    pub(crate) coverage: Arc<api::coverage::CoverageCache>,
 }
 
 /// The console's routes over `gov`. Starts the live-event feed (one listening connection,
@@ -95,6 +96,7 @@ pub fn router(gov: Governance, config: ConsoleConfig) -> Router {
         latency: Arc::new(api::Latency::default()),
         verify_job: Arc::default(),
         chain_status: Arc::new(chain_status::ChainStatus::new(config.chain_check_interval)),
+        coverage: Arc::default(),
         config: Arc::new(config),
         gov,
     };

@@ -186,7 +186,7 @@ pub async fn collect(
 
     let coverage = coverage(
         gov,
-        req,
+        req.to,
         count(EventKind::LlmRequest),
         count(EventKind::LlmObserved),
     )
@@ -213,11 +213,36 @@ pub async fn collect(
     })
 }
 
+/// The report's coverage section on its own, for `[from, to)` over every chain (the whole
+/// record before `to` without `from`): the same counts and rule as [`collect`], so a console or
+/// a health probe shows exactly what the report would.
+pub async fn coverage_between(
+    gov: &Governance,
+    from: Option<OffsetDateTime>,
+    to: OffsetDateTime,
+) -> Result<Coverage, ReportError> {
+    let counts = gov.audit().event_counts(None, from, Some(to)).await?;
+    let count = |kind: EventKind| -> u64 {
+        counts
+            .iter()
+            .filter(|c| c.kind.as_deref() == Some(kind.as_str()))
+            .map(|c| c.events)
+            .sum()
+    };
+    coverage(
+        gov,
+        to,
+        count(EventKind::LlmRequest),
+        count(EventKind::LlmObserved),
+    )
+    .await
+}
+
 /// The coverage section: the share of recorded LLM calls that passed the gates, or why there is
 /// none, and the registry's clients as of the end of the period.
 async fn coverage(
     gov: &Governance,
-    req: &ReportRequest,
+    to: OffsetDateTime,
     governed: u64,
     observed: u64,
 ) -> Result<Coverage, ReportError> {
@@ -226,7 +251,7 @@ async fn coverage(
         .clients()
         .await?
         .into_iter()
-        .filter(|c| c.registered_at < req.to)
+        .filter(|c| c.registered_at < to)
         .collect();
     let total = governed + observed;
     // Tenths of a percent, rounded half up, in integers.

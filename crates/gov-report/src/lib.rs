@@ -27,7 +27,7 @@ mod html;
 mod markdown;
 mod model;
 
-pub use collect::{MAX_LISTED, ReportRequest, Step, collect};
+pub use collect::{MAX_LISTED, ReportRequest, Step, collect, coverage_between};
 pub use model::{
     AgentSummary, Article12Report, At, COVERAGE_DEFINITION, ChainVerification, Coverage, Decision,
     Denial, Denials, FORMAT, FindingSummary, HaltEvent, Halts, Oversight, Period, STATEMENT,

@@ -282,6 +282,52 @@ impl<'g> Audit<'g> {
             .await?)
     }
 
+    /// Events of `kinds` on `chain` in `[since, until)`, counted per agent, kind and the tool or
+    /// model their payload names (`tool`, else `model`, else `api`): who used what, and how often
+    /// it was refused. Reads the period's rows.
+    pub async fn target_counts(
+        &self,
+        chain: &str,
+        kinds: &[gov_core::events::EventKind],
+        since: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Result<Vec<gov_store::TargetCount>> {
+        gov_core::ChainId::new(chain)?;
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        Ok(self
+            .gov
+            .inner
+            .store
+            .target_counts(chain, &kinds, since, until)
+            .await?)
+    }
+
+    /// Records a completed verification of every chain, so an operator tool (the console)
+    /// shows it after a restart. On Postgres only the schema owner can: the application role
+    /// has no privilege on `chain_verifications`, so it cannot forge a clean result.
+    pub async fn record_verification(&self, row: &gov_store::VerificationRow) -> Result<()> {
+        const STATUSES: [&str; 5] = ["clean", "unverifiable", "tampered", "empty", "unknown"];
+        if !STATUSES.contains(&row.status.as_str()) {
+            return Err(crate::Error::Config(format!(
+                "{:?} is not a verification status; use one of {}",
+                row.status,
+                STATUSES.join(", ")
+            )));
+        }
+        Ok(self.gov.inner.store.put_verification(row).await?)
+    }
+
+    /// The recorded verification that started last ([`Self::record_verification`]), if any.
+    pub async fn last_verification(&self) -> Result<Option<gov_store::VerificationRow>> {
+        Ok(self.gov.inner.store.last_verification().await?)
+    }
+
+    /// A chain's stored signed checkpoints, by seq.
+    pub async fn checkpoints(&self, chain: &str) -> Result<Vec<gov_store::CheckpointRow>> {
+        gov_core::ChainId::new(chain)?;
+        Ok(self.gov.inner.store.checkpoints(chain).await?)
+    }
+
     /// The ids of every chain that has rows.
     pub async fn chain_ids(&self) -> Result<Vec<String>> {
         Ok(self.gov.inner.store.chain_ids_with_rows().await?)

@@ -630,6 +630,27 @@ impl<'g> Cost<'g> {
         Ok(self.gov.inner.store.usage_today_all().await?)
     }
 
+    /// Spend by UTC day, agent and model over the days `from..=to` (at most 366 days): the same
+    /// rows [`Self::usage_today_all`] and `governance budget` read for today, ordered by day,
+    /// agent, then cost (highest first).
+    pub async fn usage_between(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::Date, String, gov_core::ModelUsage)>> {
+        if from > to {
+            return Err(Error::Config(format!(
+                "the range of days is empty: {from} is after {to}; give the earlier day first"
+            )));
+        }
+        if (to - from).whole_days() >= 366 {
+            return Err(Error::Config(format!(
+                "{from} to {to} is more than 366 days; ask for a shorter range"
+            )));
+        }
+        Ok(self.gov.inner.store.usage_between(from, to).await?)
+    }
+
     /// Every agent's budget policy with today's (UTC) counter, by agent (a hold that expired but
     /// was not closed yet still counts as reserved here).
     pub async fn day_budgets(

@@ -160,7 +160,8 @@ pub use gov_core::{
     PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
 };
 pub use gov_store::{
-    Clock, CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError, StoreOptions,
+    CheckpointRow, Clock, CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError,
+    StoreOptions, TargetCount, VerificationRow,
 };
 
 use std::sync::Arc;

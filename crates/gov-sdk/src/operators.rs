@@ -306,6 +306,11 @@ impl Operators<'_> {
             .collect())
     }
 
+    /// Each user's last console sign-in (users who never signed in are absent), by user name.
+    pub async fn last_sign_ins(&self) -> Result<Vec<(String, time::OffsetDateTime)>> {
+        Ok(self.gov.inner.store.last_sign_ins().await?)
+    }
+
     /// The live session of `token`: `None` when unknown, expired, or its user was disabled.
     pub async fn session(&self, token: &str) -> Result<Option<Session>> {
         if token.len() != 43 {

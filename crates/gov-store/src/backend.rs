@@ -18,7 +18,7 @@ use crate::{
     MigrateReport, NewPolicySet, NewSession, OperatorChange, OperatorRecord, OversightRecord,
     PolicySetRow, Privileges, Reserve, Result, Sealer, SignerKeyRow, SubjectKeyRow, TreeTile,
 };
-use crate::{GatewayKeyInfo, GatewayKeyRow};
+use crate::{GatewayKeyInfo, GatewayKeyRow, VerificationRow};
 
 /// Schema, roles, notifications and the connection pool.
 pub trait Backend:
@@ -89,6 +89,14 @@ pub trait ChainStore {
     ) -> Result<Vec<AuditRecord>>;
     /// Filtered rows.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditRecord>>;
+    /// Event counts per agent, kind and the tool or model their payload names.
+    async fn target_counts(
+        &self,
+        chain_id: &str,
+        kinds: &[&str],
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<crate::TargetCount>>;
     /// Event counts per (chain, agent, kind) and per (chain, agent).
     async fn event_counts(
         &self,
@@ -232,6 +240,13 @@ pub trait BudgetStore {
     async fn usage_today(&self, agent: &str) -> Result<Vec<ModelUsage>>;
     /// Today's spend of every agent by model.
     async fn usage_today_all(&self) -> Result<Vec<(String, ModelUsage)>>;
+    /// Spend by UTC day, agent and model for the days `from..=to`, ordered by day, agent, then
+    /// cost (highest first) and model: the rows `usage_today_all` reads for one day.
+    async fn usage_between(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::Date, String, ModelUsage)>>;
     /// Every budget policy with today's counter (UTC), by agent; holds that expired but were
     /// not closed yet still count as reserved.
     async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, gov_core::BudgetCounter)>>;
@@ -287,6 +302,12 @@ pub trait SessionStore {
     async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>>;
     /// Ends a session.
     async fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
+    /// Each user's last sign-in (written by `insert_session` with the session it stores).
+    async fn last_sign_ins(&self) -> Result<Vec<(String, OffsetDateTime)>>;
+    /// Records a completed verification and drops all but the newest 1,000.
+    async fn put_verification(&self, row: &VerificationRow) -> Result<()>;
+    /// The recorded verification with the latest `started_at`.
+    async fn last_verification(&self) -> Result<Option<VerificationRow>>;
 }
 
 /// The coverage registry of wrapped LLM clients.

@@ -349,6 +349,31 @@ pub struct ConsoleSession {
     pub expires_at: OffsetDateTime,
 }
 
+/// How many events of one kind one agent wrote about one tool or model (the payload's `tool`,
+/// else its `model`, else its `api`) over a period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetCount {
+    /// The agent.
+    pub agent_id: String,
+    /// The event kind.
+    pub kind: String,
+    /// The tool, model or API the payload names.
+    pub target: String,
+    /// Events counted.
+    pub events: u64,
+}
+
+/// A completed verification of every chain, as the console records it (`chain_verifications`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerificationRow {
+    /// When it started: its result holds for the rows as of then.
+    pub started_at: OffsetDateTime,
+    /// The worst verdict: `clean`, `unverifiable`, `tampered`, `empty` or `unknown`.
+    pub status: String,
+    /// The console's summary of it, JSON (at most 1 MiB).
+    pub summary: String,
+}
+
 /// A full tile of a chain's Merkle tree, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeTile {
@@ -803,6 +828,16 @@ impl Store {
         dispatch!(self, s => s.usage_today_all().await)
     }
 
+    /// Spend by UTC day, agent and model for the days `from..=to` (the rows of
+    /// [`Store::usage_today_all`], for a range of days).
+    pub async fn usage_between(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::Date, String, ModelUsage)>> {
+        dispatch!(self, s => s.usage_between(from, to).await)
+    }
+
     /// Every budget policy with today's counter (UTC), by agent.
     pub async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, gov_core::BudgetCounter)>> {
         dispatch!(self, s => s.day_budgets().await)
@@ -822,6 +857,33 @@ impl Store {
     /// Ends a session.
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         dispatch!(self, s => s.delete_session(token_hash).await)
+    }
+
+    /// Events of `kinds` on `chain_id` with `occurred_at` in `[since, until)`, counted per
+    /// agent, kind and the tool or model their payload names (rows naming neither are left out).
+    pub async fn target_counts(
+        &self,
+        chain_id: &str,
+        kinds: &[&str],
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<TargetCount>> {
+        dispatch!(self, s => s.target_counts(chain_id, kinds, since, until).await)
+    }
+
+    /// Each user's last console sign-in, by user name.
+    pub async fn last_sign_ins(&self) -> Result<Vec<(String, OffsetDateTime)>> {
+        dispatch!(self, s => s.last_sign_ins().await)
+    }
+
+    /// Records a completed verification (keeping the newest 1,000).
+    pub async fn put_verification(&self, row: &VerificationRow) -> Result<()> {
+        dispatch!(self, s => s.put_verification(row).await)
+    }
+
+    /// The verification that started last, if any was recorded.
+    pub async fn last_verification(&self) -> Result<Option<VerificationRow>> {
+        dispatch!(self, s => s.last_verification().await)
     }
 
     /// Sends `payload` on `channel` for a listener to prove it still hears (Postgres NOTIFY);

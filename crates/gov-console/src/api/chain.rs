@@ -195,7 +195,7 @@ async fn start_verification(
         };
         let ticket = cache.begin();
         let result = gov.audit().verify_with(None, &opts).await;
-        cache.record_result(ticket, &result);
+        cache.record_outcome(&gov, ticket, &result).await;
         let mut j = job.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(report) => {

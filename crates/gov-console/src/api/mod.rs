@@ -7,6 +7,7 @@
 mod agents;
 mod approvals;
 pub(crate) mod chain;
+pub(crate) mod coverage;
 mod events;
 pub(crate) mod health;
 
@@ -39,6 +40,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(approvals::routes())
         .merge(events::routes())
         .merge(chain::routes())
+        .merge(coverage::routes())
 }
 
 /// The OpenAPI 3.1 document of the console's JSON API, generated from its routes and types

@@ -12,6 +12,7 @@ use axum::{Form, Router};
 use super::{CsrfOnly, Nav, render};
 use crate::AppState;
 use crate::auth::{CurrentUser, same_site};
+use crate::chain_status::ChainLine;
 use crate::error::AppError;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -23,7 +24,17 @@ struct VerifyView {
     summary: String,
     /// When that verification started (RFC 3339).
     at: String,
-    chains: Vec<(String, u64, u64, u64, String)>,
+}
+
+/// One chain's row: its head, its stored checkpoints and the last verification's line for it.
+struct ChainRow {
+    chain: String,
+    head_seq: i64,
+    checkpoints: usize,
+    /// The newest checkpoint's seq and time (empty without one).
+    last_checkpoint: String,
+    /// From the last verification (absent when it did not cover this chain).
+    verified: Option<ChainLine>,
 }
 
 #[derive(Template)]
@@ -31,41 +42,64 @@ struct VerifyView {
 struct Chain {
     nav: Option<Nav>,
     flash: Option<String>,
-    heads: Vec<(String, i64)>,
+    chains: Vec<ChainRow>,
     csrf: String,
     result: Option<VerifyView>,
 }
 
-async fn chain_page(
-    state: &AppState,
-    user: &CurrentUser,
-    result: Option<VerifyView>,
-) -> Result<Html<String>, AppError> {
-    let heads = state
-        .gov
-        .audit()
-        .heads()
-        .await?
-        .into_iter()
-        .map(|h| (h.chain_id, h.seq))
-        .collect();
+async fn chain_page(state: &AppState, user: &CurrentUser) -> Result<Html<String>, AppError> {
+    let gov = &state.gov;
+    let last = state.chain_status.latest(gov).await;
+    let lines: Vec<ChainLine> = last
+        .as_ref()
+        .and_then(|c| c.chains.as_deref().cloned())
+        .unwrap_or_default();
+    let mut chains = Vec::new();
+    for h in gov.audit().heads().await? {
+        let cps = gov.audit().checkpoints(&h.chain_id).await?;
+        chains.push(ChainRow {
+            checkpoints: cps.len(),
+            last_checkpoint: cps
+                .iter()
+                .max_by_key(|c| c.seq)
+                .map(|c| format!("seq {} at {}", c.seq, super::when(c.signed_at)))
+                .unwrap_or_default(),
+            verified: lines.iter().find(|l| l.chain == h.chain_id).cloned(),
+            chain: h.chain_id,
+            head_seq: h.seq,
+        });
+    }
+    let result = last.map(|c| {
+        let events: u64 = c
+            .chains
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|l| l.events_checked)
+            .sum();
+        VerifyView {
+            status: c.integrity.status_str(),
+            summary: if c.chains.is_some() {
+                format!("{events} events checked")
+            } else {
+                c.integrity.summary()
+            },
+            at: super::when(c.at),
+        }
+    });
     render(&Chain {
         nav: Nav::of(user),
         flash: None,
-        heads,
+        chains,
         csrf: user.session.csrf_token.clone(),
         result,
     })
 }
 
 /// `GET /chain`: with the last verification's result and time (whoever or whatever ran it: this
-/// page, the API, a health check, the periodic verification), so a reload keeps it.
+/// page, the API, a health check, the periodic verification, or a console before a restart:
+/// results are recorded in the database), so a reload or a restart keeps it.
 async fn chain(State(state): State<AppState>, user: CurrentUser) -> Result<Html<String>, AppError> {
-    let last = state
-        .chain_status
-        .latest()
-        .and_then(|c| c.report.map(|r| view_of(&r, c.at)));
-    chain_page(&state, &user, last).await
+    chain_page(&state, &user).await
 }
 
 /// `POST /chain`: verification reads only; any signed-in user may run it. Its result is also
@@ -78,36 +112,6 @@ async fn verify(
 ) -> Result<Html<String>, AppError> {
     same_site(&headers)?;
     user.check_csrf(form.csrf.as_deref())?;
-    let at = time::OffsetDateTime::now_utc();
-    let report = state.chain_status.verify_now(&state.gov).await?;
-    chain_page(&state, &user, Some(view_of(&report, at))).await
-}
-
-fn view_of(report: &gov_sdk::VerifyReport, at: time::OffsetDateTime) -> VerifyView {
-    VerifyView {
-        at: super::when(at),
-        status: report.verdict().as_str(),
-        summary: format!("{} events checked", report.events_checked),
-        chains: report
-            .chains
-            .iter()
-            .map(|c| {
-                (
-                    c.chain_id.clone(),
-                    c.events_checked,
-                    c.signatures.signed,
-                    c.signatures.unsigned + c.signatures.unsigned_local_failure,
-                    match (&c.finding, &c.unverifiable) {
-                        (Some(f), _) => {
-                            format!("seq {}: {}: {}", f.seq, f.reason.as_str(), f.detail)
-                        }
-                        (None, Some(u)) => {
-                            format!("not verifiable with the configured keys: {}", u.advice)
-                        }
-                        (None, None) => "clean".into(),
-                    },
-                )
-            })
-            .collect(),
-    }
+    state.chain_status.verify_now(&state.gov).await?;
+    chain_page(&state, &user).await
 }

@@ -1,12 +1,18 @@
-//! `GET /costs`: today's spend (UTC) per agent and model, with a bar chart per agent. Rust
-//! computes the chart's numbers (`Chart`); `templates/costs.html` draws the SVG, escaping
-//! every label.
+//! `GET /costs?from=&to=&agent=&session=`: spend over a range of UTC days (by day, by agent, by
+//! model, as bar charts drawn as SVG on the server, and as a table), today's spend per agent and
+//! model, every day cap's use, and for one agent (and session) its caps exactly as
+//! `governance budget AGENT --session S` shows them. Every number comes from the SDK calls the
+//! CLI makes (`Cost::usage_between` reads the rows `usage_today_all` and `governance budget`
+//! read; `Cost::snapshot` is the CLI's call), so the page and the CLI cannot disagree. Rust
+//! computes the charts' geometry (`Chart`); the template draws them, escaping every label.
 
 use askama::Template;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
+
+use serde::Deserialize;
 
 use super::{Nav, render};
 use crate::AppState;
@@ -82,17 +88,146 @@ impl Chart {
     }
 }
 
+/// The range shown when none is asked for: the last 7 days, today included.
+const DEFAULT_DAYS: i64 = 7;
+
+/// `?from=YYYY-MM-DD&to=YYYY-MM-DD&agent=&session=`.
+#[derive(Debug, Default, Deserialize)]
+struct CostsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    agent: Option<String>,
+    session: Option<String>,
+}
+
+/// One cap's use as `governance budget` shows it, with the share drawn as a bar.
+struct CapRow {
+    agent: String,
+    period: String,
+    /// `USD` or `tokens`.
+    unit: &'static str,
+    spent: String,
+    reserved: String,
+    cap: String,
+    /// Percent of the cap used (spent and reserved), at most 100 for the bar.
+    percent: u32,
+    over: bool,
+}
+
+/// A day's, agent's or model's spend over the range.
+struct SpendRow {
+    day: String,
+    agent: String,
+    model: String,
+    calls: i64,
+    input: i64,
+    output: i64,
+    cost: String,
+}
+
 #[derive(Template)]
 #[template(path = "costs.html")]
 struct Costs {
     nav: Option<Nav>,
     flash: Option<String>,
+    from: String,
+    to: String,
+    agent: String,
+    session: String,
+    total: String,
+    by_day: Chart,
+    by_agent: Chart,
+    by_model: Chart,
+    range_rows: Vec<SpendRow>,
     rows: Vec<CostRow>,
     chart: Chart,
+    day_caps: Vec<CapRow>,
+    /// The asked agent's caps (`governance budget`), when an agent is asked for.
+    budget: Option<Vec<CapRow>>,
+    /// Why the asked agent has no caps shown, when it has no policy.
+    budget_note: String,
 }
 
-async fn costs(State(state): State<AppState>, user: CurrentUser) -> Result<Html<String>, AppError> {
-    let usage = state.gov.cost().usage_today_all().await?;
+fn day(field: &str, text: Option<&str>) -> Result<Option<time::Date>, AppError> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => time::Date::parse(t, &fmt).map(Some).map_err(|_| {
+            AppError::BadRequest(format!("{field}: {t:?} is not a day; use YYYY-MM-DD (UTC)"))
+        }),
+    }
+}
+
+fn percent(used: i64, cap: i64) -> (u32, bool) {
+    if cap <= 0 {
+        return (100, used > 0);
+    }
+    let p = (i128::from(used) * 100 / i128::from(cap)).clamp(0, 100) as u32;
+    (p, used > cap)
+}
+
+/// The caps of one policy against one counter: USD, then tokens (only those the policy sets).
+fn cap_rows(
+    agent: &str,
+    period: &str,
+    c: &gov_sdk::BudgetCounter,
+    usd: Option<gov_sdk::MicroUsd>,
+    tokens: Option<u64>,
+) -> Vec<CapRow> {
+    let mut out = Vec::new();
+    if let Some(cap) = usd {
+        let (percent, over) = percent(c.spent.0.saturating_add(c.reserved.0), cap.0);
+        out.push(CapRow {
+            agent: agent.to_owned(),
+            period: period.to_owned(),
+            unit: "USD",
+            spent: c.spent.to_string(),
+            reserved: c.reserved.to_string(),
+            cap: cap.to_string(),
+            percent,
+            over,
+        });
+    }
+    if let Some(cap) = tokens {
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let (percent, over) = percent(c.spent_tokens.saturating_add(c.reserved_tokens), cap);
+        out.push(CapRow {
+            agent: agent.to_owned(),
+            period: period.to_owned(),
+            unit: "tokens",
+            spent: c.spent_tokens.to_string(),
+            reserved: c.reserved_tokens.to_string(),
+            cap: cap.to_string(),
+            percent,
+            over,
+        });
+    }
+    out
+}
+
+/// Sums `(key, micros)` pairs by key, the largest first.
+fn totals(items: impl Iterator<Item = (String, i64)>) -> Vec<(String, i64)> {
+    let mut map: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for (k, v) in items {
+        *map.entry(k).or_default() += v;
+    }
+    let mut out: Vec<_> = map.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+async fn costs(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(q): Query<CostsQuery>,
+) -> Result<Html<String>, AppError> {
+    let gov = &state.gov;
+    let today = time::OffsetDateTime::now_utc().date();
+    let to = day("to", q.to.as_deref())?.unwrap_or(today);
+    let from =
+        day("from", q.from.as_deref())?.unwrap_or(to - time::Duration::days(DEFAULT_DAYS - 1));
+    let range = gov.cost().usage_between(from, to).await?;
+    let usage = gov.cost().usage_today_all().await?;
     let mut by_agent: Vec<(String, i64)> = Vec::new();
     for (agent, u) in &usage {
         match by_agent.last_mut() {
@@ -100,9 +235,105 @@ async fn costs(State(state): State<AppState>, user: CurrentUser) -> Result<Html<
             _ => by_agent.push((agent.clone(), u.cost.0)),
         }
     }
+    // Every day of the range, those without spend too.
+    let mut days: Vec<(String, i64)> = Vec::new();
+    let mut d = from;
+    while d <= to {
+        let spent = range.iter().filter(|r| r.0 == d).map(|r| r.2.cost.0).sum();
+        days.push((d.to_string(), spent));
+        match d.next_day() {
+            Some(n) => d = n,
+            None => break,
+        }
+    }
+    let mut day_caps = Vec::new();
+    for (p, c) in gov.cost().day_budgets().await? {
+        day_caps.extend(cap_rows(
+            p.agent_id.as_str(),
+            "today (UTC)",
+            &c,
+            p.per_day,
+            p.per_day_tokens,
+        ));
+    }
+    day_caps.sort_by(|a, b| b.percent.cmp(&a.percent).then(a.agent.cmp(&b.agent)));
+    let agent = q
+        .agent
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    let session = q
+        .session
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    let (budget, budget_note) = if agent.is_empty() {
+        (None, String::new())
+    } else {
+        gov_sdk::AgentId::new(&agent).map_err(|e| AppError::BadRequest(format!("agent: {e}")))?;
+        let snap = gov
+            .cost()
+            .snapshot(&agent, if session.is_empty() { "-" } else { &session })
+            .await?;
+        match &snap.status.policy {
+            None => (
+                Some(Vec::new()),
+                format!(
+                    "{agent} has no budget policy: its calls are refused unless unbudgeted agents are allowed"
+                ),
+            ),
+            Some(p) => {
+                let mut rows = Vec::new();
+                if !session.is_empty() {
+                    rows.extend(cap_rows(
+                        &agent,
+                        &format!("session {session}"),
+                        &snap.status.session,
+                        p.per_session,
+                        p.per_session_tokens,
+                    ));
+                }
+                rows.extend(cap_rows(
+                    &agent,
+                    "today (UTC)",
+                    &snap.status.day,
+                    p.per_day,
+                    p.per_day_tokens,
+                ));
+                let note = if rows.is_empty() {
+                    format!("{agent}'s policy sets no cap on these periods")
+                } else {
+                    String::new()
+                };
+                (Some(rows), note)
+            }
+        }
+    };
     render(&Costs {
         nav: Nav::of(&user),
         flash: None,
+        from: from.to_string(),
+        to: to.to_string(),
+        total: gov_sdk::MicroUsd(range.iter().map(|r| r.2.cost.0).sum()).to_string(),
+        by_day: Chart::of(&days),
+        by_agent: Chart::of(&totals(range.iter().map(|r| (r.1.clone(), r.2.cost.0)))),
+        by_model: Chart::of(&totals(
+            range.iter().map(|r| (r.2.model.clone(), r.2.cost.0)),
+        )),
+        range_rows: range
+            .iter()
+            .map(|(d, a, u)| SpendRow {
+                day: d.to_string(),
+                agent: a.clone(),
+                model: u.model.clone(),
+                calls: u.calls,
+                input: u.input_tokens,
+                output: u.output_tokens,
+                cost: u.cost.to_string(),
+            })
+            .collect(),
         chart: Chart::of(&by_agent),
         rows: usage
             .iter()
@@ -116,6 +347,11 @@ async fn costs(State(state): State<AppState>, user: CurrentUser) -> Result<Html<
                 cost: u.cost.to_string(),
             })
             .collect(),
+        day_caps,
+        budget,
+        budget_note,
+        agent,
+        session,
     })
 }
 
@@ -143,6 +379,42 @@ mod tests {
     }
 
     #[test]
+    fn a_cap_bar_is_the_share_used_and_marks_overspend() {
+        assert_eq!(percent(50, 200), (25, false));
+        assert_eq!(percent(300, 200), (100, true));
+        assert_eq!(percent(0, 0), (100, false));
+        let c = gov_sdk::BudgetCounter {
+            spent: gov_sdk::MicroUsd(400_000),
+            reserved: gov_sdk::MicroUsd(100_000),
+            spent_tokens: 10,
+            reserved_tokens: 0,
+        };
+        let rows = cap_rows(
+            "a",
+            "today (UTC)",
+            &c,
+            Some(gov_sdk::MicroUsd(1_000_000)),
+            Some(40),
+        );
+        let got: Vec<(&str, u32)> = rows.iter().map(|r| (r.unit, r.percent)).collect();
+        assert_eq!(got, [("USD", 50), ("tokens", 25)]);
+        assert!(cap_rows("a", "today", &c, None, None).is_empty());
+    }
+
+    #[test]
+    fn totals_add_up_by_key_the_largest_first() {
+        let t = totals(
+            [
+                ("b".to_owned(), 1),
+                ("a".to_owned(), 2),
+                ("b".to_owned(), 3),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(t, [("b".to_owned(), 4), ("a".to_owned(), 2)]);
+    }
+
+    #[test]
     fn labels_are_escaped_by_the_template() {
         let page = Costs {
             nav: None,
@@ -157,14 +429,27 @@ mod tests {
                 cost: "$1".into(),
             }],
             chart: Chart::of(&[("<script>&".into(), 5)]),
+            from: "2026-12-01".into(),
+            to: "2026-12-03".into(),
+            agent: String::new(),
+            session: String::new(),
+            total: "$1".into(),
+            by_day: Chart::of(&[]),
+            by_agent: Chart::of(&[("<i>".into(), 5)]),
+            by_model: Chart::of(&[]),
+            range_rows: Vec::new(),
+            day_caps: Vec::new(),
+            budget: None,
+            budget_note: String::new(),
         }
         .render()
         .expect("render");
         assert!(page.contains("<svg"), "{page}");
         assert!(!page.contains("<script>&"), "{page}");
         assert!(page.contains("&#60;script&#62;&#38;"), "{page}");
+        assert!(!page.contains("<i>"), "{page}");
         assert!(
-            page.contains(r#"<rect x="180" y="5" width="420" height="18" class="bar"/>"#),
+            page.contains(r#"<rect x="180" y="5" width="420" height="18" class="bar"><title>"#),
             "{page}"
         );
     }

@@ -89,6 +89,46 @@ struct Dashboard {
     can_decide: bool,
     csrf: String,
     now: String,
+    coverage: Pill,
+}
+
+/// The coverage pill: governed LLM calls as a share of those recorded, last 24 hours.
+struct Pill {
+    text: String,
+    /// `clean` (every call governed), `unverifiable` (some observed only), `tampered` (under
+    /// 90 %), or empty (nothing to compute it from).
+    class: &'static str,
+    title: String,
+}
+
+impl Pill {
+    fn of(c: &gov_report::Coverage) -> Self {
+        let calls = format!(
+            "{} governed, {} observed LLM calls in the last 24 hours",
+            c.governed_calls, c.observed_calls
+        );
+        match c.coverage_pct {
+            Some(pct) => Self {
+                text: format!("coverage {pct:.1}%"),
+                class: if c.observed_calls == 0 {
+                    "clean"
+                } else if pct >= 90.0 {
+                    "unverifiable"
+                } else {
+                    "tampered"
+                },
+                title: calls,
+            },
+            None => Self {
+                text: match c.reason_code {
+                    Some("no_wrapped_clients") => "coverage: no wrapped LLM client".into(),
+                    _ => "coverage: no LLM calls".into(),
+                },
+                class: "",
+                title: c.reason.unwrap_or_default().to_owned(),
+            },
+        }
+    }
 }
 
 async fn dashboard(
@@ -115,9 +155,10 @@ async fn dashboard(
     let has_events = !gov.audit().heads().await?.is_empty();
     let was_empty = state
         .chain_status
-        .latest()
+        .latest(gov)
+        .await
         .is_some_and(|c| c.integrity.status == crate::chain_status::IntegrityStatus::Empty);
-    let mut checked = state.chain_status.peek(gov, has_events && was_empty);
+    let mut checked = state.chain_status.peek(gov, has_events && was_empty).await;
     if has_events && was_empty {
         checked = None;
     }
@@ -151,6 +192,7 @@ async fn dashboard(
         can_decide: user.require_operator().is_ok(),
         csrf: user.session.csrf_token.clone(),
         now: when(OffsetDateTime::now_utc()),
+        coverage: Pill::of(&*state.coverage.last_day(gov).await?),
     })
 }
 

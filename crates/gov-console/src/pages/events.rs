@@ -2,7 +2,8 @@
 //! /events/stream`, `crate::events`, routed with the API so that it is described in the OpenAPI
 //! document). Filters: agent, session, kind or kind family (`gate.*`, `*.denied`), time range
 //! (UTC). Paging is by keyset on `seq`: each page reads one stretch of [`WINDOW`] rows of the
-//! chain below `before`, so a page costs the same at any depth of any number of rows.
+//! chain below `before` (without filters, only the page's own rows), so a page costs the same
+//! at any depth of any number of rows.
 
 use askama::Template;
 use axum::Router;
@@ -92,7 +93,7 @@ impl KindMatch {
 
 /// A time from the form: RFC 3339, or `YYYY-MM-DDTHH:MM` (what a datetime-local field sends),
 /// taken as UTC.
-fn parse_time(field: &str, s: &str) -> Result<Option<OffsetDateTime>, AppError> {
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<Option<OffsetDateTime>, AppError> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -124,7 +125,14 @@ async fn events(
     let chain = &state.config.live_chain;
     let head = state.gov.audit().head(chain).await?.map_or(0, |h| h.seq);
     let before = q.before.unwrap_or(head + 1).clamp(1, head + 1);
-    let start = (before - 1 - WINDOW).max(0);
+    let filtered = !(agent.is_empty()
+        && session.is_empty()
+        && kind.is_empty()
+        && from.is_empty()
+        && to.is_empty());
+    // Unfiltered, the page is simply the rows just below `before` (seqs have no gaps).
+    let window = if filtered { WINDOW } else { PAGE as i64 };
+    let start = (before - 1 - window).max(0);
     let matcher = KindMatch::of(&kind);
     let filter = EventFilter {
         chain_id: chain.parse().ok(),
@@ -153,7 +161,7 @@ async fn events(
         since,
         until,
         after_seq: Some(start),
-        limit: Some(u32::try_from(WINDOW).unwrap_or(10_000)),
+        limit: Some(u32::try_from(window).unwrap_or(10_000)),
     };
     let rows = state.gov.audit().events(&filter).await?;
     let shown: Vec<_> = rows
@@ -169,11 +177,6 @@ async fn events(
     } else {
         None
     };
-    let filtered = !(agent.is_empty()
-        && session.is_empty()
-        && kind.is_empty()
-        && from.is_empty()
-        && to.is_empty());
     let empty = if head == 0 {
         format!("The chain {chain} has no events yet: nothing has been recorded.")
     } else if shown.is_empty() && start > 0 {

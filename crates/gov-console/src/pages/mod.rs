@@ -9,8 +9,10 @@ mod assets;
 mod chain;
 mod costs;
 mod dashboard;
-mod events;
+pub(crate) mod events;
 mod report;
+mod session;
+mod topology;
 mod users;
 
 use askama::Template;
@@ -38,6 +40,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(chain::routes())
         .merge(users::routes())
         .merge(report::routes())
+        .merge(session::routes())
+        .merge(topology::routes())
         .merge(assets::routes())
 }
 
@@ -61,10 +65,11 @@ pub(crate) fn role_name(r: OperatorRole) -> &'static str {
 
 impl Nav {
     pub(crate) fn of(u: &CurrentUser) -> Option<Self> {
-        const SECTIONS: [&str; 6] = [
+        const SECTIONS: [&str; 7] = [
             "/agents",
             "/approvals",
             "/events",
+            "/topology",
             "/costs",
             "/chain",
             "/users",

@@ -32,6 +32,8 @@ struct UserView {
     status: &'static str,
     disabled: bool,
     created: String,
+    /// The last console sign-in (RFC 3339), or `never`.
+    last_sign_in: String,
     is_me: bool,
 }
 
@@ -50,6 +52,13 @@ async fn list(
     Query(q): Query<FlashQuery>,
 ) -> Result<Html<String>, AppError> {
     user.require_admin()?;
+    let sign_ins: std::collections::HashMap<String, time::OffsetDateTime> = state
+        .gov
+        .operators()
+        .last_sign_ins()
+        .await?
+        .into_iter()
+        .collect();
     let users = state
         .gov
         .operators()
@@ -57,6 +66,9 @@ async fn list(
         .await?
         .into_iter()
         .map(|u| UserView {
+            last_sign_in: sign_ins
+                .get(&u.username)
+                .map_or_else(|| "never".to_owned(), |t| when(*t)),
             is_me: u.username == user.username(),
             name: u.username,
             role: role_name(u.role),

@@ -243,6 +243,37 @@ async fn events_filter_by_session_and_kind_family_page_by_seq_and_say_why_they_a
             .expect("record");
     }
     let rows = |body: &str| body.matches("<td data-label=\"Seq\">").count();
+    let older_of = |body: &str| {
+        body.split("id=\"older\" href=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(|s| s.replace("&amp;", "&").replace("&#38;", "&"))
+    };
+    // Unfiltered: the newest 50, then the 50 below them, then the rest.
+    let r = c.get("/events", Some(&b)).await;
+    assert_eq!(rows(&r.body), 50, "{}", r.body);
+    assert!(
+        r.body.contains("<td data-label=\"Seq\">120</td>"),
+        "{}",
+        r.body
+    );
+    let older = older_of(&r.body).expect("an older page");
+    let r = c.get(&older, Some(&b)).await;
+    assert_eq!(rows(&r.body), 50, "{older}: {}", r.body);
+    assert!(
+        r.body.contains("<td data-label=\"Seq\">70</td>"),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("<td data-label=\"Seq\">71</td>"),
+        "{}",
+        r.body
+    );
+    let older = older_of(&r.body).expect("an older page");
+    let r = c.get(&older, Some(&b)).await;
+    assert_eq!(rows(&r.body), 20, "{older}: {}", r.body);
+    assert!(older_of(&r.body).is_none(), "the oldest page: {}", r.body);
     let r = c.get("/events?kind=*.denied", Some(&b)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(rows(&r.body), 12, "{}", r.body);

@@ -6,6 +6,7 @@
 mod dashboard;
 mod health;
 mod http;
+mod insight;
 mod live;
 mod openapi;
 mod revocation;

@@ -26,6 +26,7 @@ const API_ROUTES: &[(&str, &str)] = &[
     ("post", "/api/chain/verify"),
     ("get", "/api/chain/verification"),
     ("post", "/api/chain/verification"),
+    ("get", "/api/coverage"),
     ("get", "/health/governance"),
     ("get", "/events/stream"),
 ];
@@ -234,6 +235,7 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
             ],
         ),
         ("Started", &["status"]),
+        ("CoverageBody", &["coverage", "from", "to"]),
         ("AlreadyRunning", &["error", "status"]),
         ("ErrorBody", &["error", "kind", "status"]),
         ("ReasonBody", &["reason"]),

@@ -393,3 +393,56 @@ async fn the_token_is_compared_by_digest() {
     );
     assert!(!body.contains("r.token_hash <> p_token_hash"), "{body}");
 }
+
+/// The console records each chain verification so a restarted console shows it. The
+/// application role (a service's or an agent's credentials) cannot record one, change one or
+/// delete one, so it cannot make a console show a forged "clean"; nor can it read or write when
+/// operators sign in. The owner can, and reads back the newest by start time.
+#[tokio::test]
+async fn the_app_role_cannot_forge_a_clean_verification_or_read_sign_ins() {
+    let db = TestDb::new().await;
+    let gov = connect(&db).await;
+    let tampered = gov_sdk::VerificationRow {
+        started_at: time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time"),
+        status: "tampered".into(),
+        summary: "{\"integrity\":{\"status\":\"tampered\"}}".into(),
+    };
+    gov.audit()
+        .record_verification(&tampered)
+        .await
+        .expect("the owner records");
+    for sql in [
+        "INSERT INTO chain_verifications (started_at, status, summary) \
+             VALUES (now() + interval '1 day', 'clean', '{\"integrity\":{\"status\":\"clean\"}}')",
+        "UPDATE chain_verifications SET status = 'clean'",
+        "DELETE FROM chain_verifications",
+        "SELECT * FROM chain_verifications",
+        "SELECT * FROM console_sign_ins",
+        "INSERT INTO console_sign_ins (username, signed_in_at) VALUES ('alice', now())",
+    ] {
+        let err = as_app_role(&db, sql).await.expect_err(sql);
+        assert!(err.contains("permission denied"), "{sql}: {err}");
+    }
+    let last = gov
+        .audit()
+        .last_verification()
+        .await
+        .expect("read")
+        .expect("one");
+    assert_eq!(last, tampered, "the owner's record stands");
+    // A status the console does not write is refused before the database.
+    let odd = gov_sdk::VerificationRow {
+        status: "fine".into(),
+        ..tampered
+    };
+    let err = gov
+        .audit()
+        .record_verification(&odd)
+        .await
+        .expect_err("odd");
+    assert!(
+        err.to_string().contains("not a verification status"),
+        "{err}"
+    );
+    gov.close().await;
+}

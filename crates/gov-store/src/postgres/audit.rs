@@ -289,6 +289,42 @@ impl ChainStore for PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    async fn target_counts(
+        &self,
+        chain_id: &str,
+        kinds: &[&str],
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<crate::TargetCount>> {
+        let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
+        // language=PostgreSQL
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT agent_id, kind, target, count(*) FROM ( \
+                 SELECT agent_id, kind, \
+                        coalesce(p ->> 'tool', p ->> 'model', p ->> 'api') AS target \
+                 FROM audit_events, LATERAL (SELECT payload::jsonb AS p) j \
+                 WHERE chain_id = $1 AND kind = ANY($2) \
+                   AND occurred_at >= $3 AND occurred_at < $4) t \
+             WHERE target IS NOT NULL \
+             GROUP BY agent_id, kind, target ORDER BY agent_id, kind, target",
+        )
+        .bind(chain_id)
+        .bind(&kinds)
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(agent_id, kind, target, n)| crate::TargetCount {
+                agent_id,
+                kind,
+                target,
+                events: u64::try_from(n).unwrap_or(0),
+            })
+            .collect())
+    }
+
     async fn event_counts(
         &self,
         chain_id: Option<&str>,

@@ -698,4 +698,44 @@ impl BudgetStore for PgStore {
             )
             .collect())
     }
+
+    async fn usage_between(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::Date, String, ModelUsage)>> {
+        // language=PostgreSQL
+        let rows: Vec<DayUsageRow> = sqlx::query_as(
+            "SELECT day, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
+             FROM budget_usage WHERE day BETWEEN $1 AND $2 \
+             ORDER BY day, agent_id, micros DESC, model",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(day, agent, model, calls, input_tokens, output_tokens, cached_tokens, micros)| {
+                    (
+                        day,
+                        agent,
+                        ModelUsage {
+                            model,
+                            calls,
+                            input_tokens,
+                            output_tokens,
+                            cached_tokens,
+                            cost: MicroUsd(micros),
+                        },
+                    )
+                },
+            )
+            .collect())
+    }
 }
+
+/// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
+/// tokens, micro-USD.
+type DayUsageRow = (time::Date, String, String, i64, i64, i64, i64, i64);

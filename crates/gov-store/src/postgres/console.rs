@@ -4,7 +4,7 @@ use time::OffsetDateTime;
 
 use super::PgStore;
 use crate::backend::SessionStore;
-use crate::{ConsoleSession, NewSession, Result, StoreError};
+use crate::{ConsoleSession, NewSession, Result, StoreError, VerificationRow};
 use gov_core::OperatorRole;
 
 impl SessionStore for PgStore {
@@ -18,11 +18,17 @@ impl SessionStore for PgStore {
         // disable or role change (`update_operator`) either waits for this session and then
         // deletes it, or commits first and this inserts nothing.
         // language=PostgreSQL
+        // The sign-in is recorded with the session, in the same statement.
+        // language=PostgreSQL
         let r = sqlx::query(
-            "INSERT INTO console_sessions (token_hash, username, csrf_token, expires_at) \
-             SELECT $1, username, $3, $4 FROM operators \
-             WHERE username = $2 AND password_hash = $5 AND role = $6 AND NOT disabled \
-             FOR SHARE",
+            "WITH s AS (INSERT INTO console_sessions (token_hash, username, csrf_token, expires_at) \
+                 SELECT $1, username, $3, $4 FROM operators \
+                 WHERE username = $2 AND password_hash = $5 AND role = $6 AND NOT disabled \
+                 FOR SHARE \
+                 RETURNING username, created_at) \
+             INSERT INTO console_sign_ins (username, signed_in_at) \
+             SELECT username, created_at FROM s \
+             ON CONFLICT (username) DO UPDATE SET signed_in_at = excluded.signed_in_at",
         )
         .bind(n.token_hash)
         .bind(n.username)
@@ -62,5 +68,45 @@ impl SessionStore for PgStore {
             .execute(&self.pool())
             .await?;
         Ok(())
+    }
+
+    async fn last_sign_ins(&self) -> Result<Vec<(String, OffsetDateTime)>> {
+        // language=PostgreSQL
+        Ok(
+            sqlx::query_as("SELECT username, signed_in_at FROM console_sign_ins ORDER BY username")
+                .fetch_all(&self.pool())
+                .await?,
+        )
+    }
+
+    async fn put_verification(&self, row: &VerificationRow) -> Result<()> {
+        // language=PostgreSQL
+        sqlx::query(
+            "WITH i AS (INSERT INTO chain_verifications (started_at, status, summary) \
+                 VALUES ($1, $2, $3) RETURNING id) \
+             DELETE FROM chain_verifications \
+             WHERE id <= (SELECT id FROM i) - 1000",
+        )
+        .bind(row.started_at)
+        .bind(&row.status)
+        .bind(&row.summary)
+        .execute(&self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn last_verification(&self) -> Result<Option<VerificationRow>> {
+        // language=PostgreSQL
+        let row: Option<(OffsetDateTime, String, String)> = sqlx::query_as(
+            "SELECT started_at, status, summary FROM chain_verifications \
+             ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool())
+        .await?;
+        Ok(row.map(|(started_at, status, summary)| VerificationRow {
+            started_at,
+            status,
+            summary,
+        }))
     }
 }

@@ -246,6 +246,42 @@ impl ChainStore for SqliteStore {
         records(rows)
     }
 
+    async fn target_counts(
+        &self,
+        chain_id: &str,
+        kinds: &[&str],
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<crate::TargetCount>> {
+        let kinds =
+            serde_json::to_string(kinds).map_err(|_| StoreError::Corrupt("event kinds".into()))?;
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT agent_id, kind, target, count(*) FROM ( \
+                 SELECT agent_id, kind, coalesce(json_extract(payload, '$.tool'), \
+                        json_extract(payload, '$.model'), json_extract(payload, '$.api')) AS target \
+                 FROM audit_events \
+                 WHERE chain_id = ? AND kind IN (SELECT value FROM json_each(?)) \
+                   AND occurred_at >= ? AND occurred_at < ?) \
+             WHERE target IS NOT NULL \
+             GROUP BY agent_id, kind, target ORDER BY agent_id, kind, target",
+        )
+        .bind(chain_id)
+        .bind(kinds)
+        .bind(to_us(since))
+        .bind(to_us(until))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(agent_id, kind, target, n)| crate::TargetCount {
+                agent_id,
+                kind,
+                target,
+                events: u64::try_from(n).unwrap_or(0),
+            })
+            .collect())
+    }
+
     async fn event_counts(
         &self,
         chain_id: Option<&str>,

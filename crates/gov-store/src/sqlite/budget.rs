@@ -698,4 +698,34 @@ impl BudgetStore for SqliteStore {
             .map(|(agent, model, calls, i, o, c, m)| (agent, usage_of((model, calls, i, o, c, m))))
             .collect())
     }
+
+    async fn usage_between(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::Date, String, ModelUsage)>> {
+        let fmt =
+            |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+        let rows: Vec<DayUsageRow> = sqlx::query_as(
+            "SELECT day, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, micros \
+             FROM budget_usage WHERE day BETWEEN ? AND ? \
+             ORDER BY day, agent_id, micros DESC, model",
+        )
+        .bind(fmt(from))
+        .bind(fmt(to))
+        .fetch_all(&self.pool)
+        .await?;
+        let date = time::macros::format_description!("[year]-[month]-[day]");
+        rows.into_iter()
+            .map(|(day, agent, model, calls, i, o, c, m)| {
+                let day = time::Date::parse(&day, &date)
+                    .map_err(|_| StoreError::Corrupt("a budget_usage day".into()))?;
+                Ok((day, agent, usage_of((model, calls, i, o, c, m))))
+            })
+            .collect()
+    }
 }
+
+/// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
+/// tokens, micro-USD.
+type DayUsageRow = (String, String, String, i64, i64, i64, i64, i64);

@@ -4,7 +4,7 @@ use gov_core::OperatorRole;
 
 use super::{SqliteStore, from_us, now_us, to_us};
 use crate::backend::SessionStore;
-use crate::{ConsoleSession, NewSession, Result, StoreError};
+use crate::{ConsoleSession, NewSession, Result, StoreError, VerificationRow};
 
 impl SessionStore for SqliteStore {
     async fn insert_session(&self, n: &NewSession<'_>) -> Result<bool> {
@@ -32,8 +32,19 @@ impl SessionStore for SqliteStore {
         .bind(n.role.as_str())
         .execute(&mut *tx)
         .await?;
+        let started = r.rows_affected() == 1;
+        if started {
+            sqlx::query(
+                "INSERT INTO console_sign_ins (username, signed_in_at) VALUES (?, ?) \
+                 ON CONFLICT (username) DO UPDATE SET signed_in_at = excluded.signed_in_at",
+            )
+            .bind(n.username)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        Ok(started)
     }
 
     async fn session(&self, token_hash: &[u8]) -> Result<Option<ConsoleSession>> {
@@ -64,5 +75,53 @@ impl SessionStore for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn last_sign_ins(&self) -> Result<Vec<(String, time::OffsetDateTime)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT username, signed_in_at FROM console_sign_ins ORDER BY username")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(u, at)| Ok((u, from_us(at)?)))
+            .collect()
+    }
+
+    async fn put_verification(&self, row: &VerificationRow) -> Result<()> {
+        let (_turn, mut tx) = self.write_tx().await?;
+        let id = sqlx::query(
+            "INSERT INTO chain_verifications (started_at, finished_at, status, summary) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(to_us(row.started_at))
+        .bind(now_us())
+        .bind(&row.status)
+        .bind(&row.summary)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        sqlx::query("DELETE FROM chain_verifications WHERE id <= ?")
+            .bind(id - 1000)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn last_verification(&self) -> Result<Option<VerificationRow>> {
+        let row: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT started_at, status, summary FROM chain_verifications \
+             ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(at, status, summary)| {
+            Ok(VerificationRow {
+                started_at: from_us(at)?,
+                status,
+                summary,
+            })
+        })
+        .transpose()
     }
 }
