@@ -492,3 +492,114 @@ async fn the_official_python_mcp_client_works_through_the_gateway() {
     gw.shutdown().await;
     world.assert_chain_clean().await;
 }
+
+/// A stdio MCP server (the Python SDK's `MCPServer`): `env_names` answers the names of its
+/// environment, `remove` appends its path to the file `CALLS_LOG` names.
+const PY_STDIO_SERVER: &str = r#"
+import os
+from mcp.server import MCPServer
+
+app = MCPServer("stdio-upstream")
+
+@app.tool()
+def env_names() -> str:
+    return ",".join(sorted(os.environ))
+
+@app.tool()
+def remove(path: str) -> str:
+    with open(os.environ["CALLS_LOG"], "a") as f:
+        f.write(path + "\n")
+    return "removed " + path
+
+app.run()
+"#;
+
+#[tokio::test]
+async fn a_stdio_server_gets_a_clean_environment_and_the_same_gates() {
+    let home = tempfile::tempdir().expect("home");
+    let home_path = home.path().to_owned();
+    let python = tokio::task::spawn_blocking(move || {
+        crate::python::venv(&home_path, "gateway-py-mcp", &["mcp"])
+    })
+    .await
+    .expect("venv");
+    let script = home.path().join("server.py");
+    std::fs::write(&script, PY_STDIO_SERVER).expect("script");
+    let log = home.path().join("calls.log");
+    std::fs::write(&log, "").expect("log");
+
+    let world = World::new(MicroUsd(1_000_000)).await;
+    world
+        .gov
+        .scope()
+        .register(
+            ScopePolicy::new(AGENT.parse().expect("agent"))
+                .allow_tools(["st/env_names", "st/remove"]),
+        )
+        .await
+        .expect("scope");
+    let alice = operator(&world.gov).await;
+    let extra = format!(
+        "[mcp]\n[mcp.servers.st]\ncommand = [{:?}, {:?}]\nenv = [\"CALLS_LOG\"]\ngated = [\"remove\"]\n",
+        python.display().to_string(),
+        script.display().to_string()
+    );
+    let path = std::env::var("PATH").unwrap_or_default();
+    let home_dir = home.path().display().to_string();
+    let log_path = log.display().to_string();
+    let env = move |n: &str| match n {
+        "PATH" => Some(path.clone()),
+        "HOME" => Some(home_dir.clone()),
+        "CALLS_LOG" => Some(log_path.clone()),
+        _ => None,
+    };
+    let gw = Served::start_with_env(&world, "http://127.0.0.1:9", &extra, &env).await;
+    let agent = client(&gw.url, &world.key).await;
+
+    let mut names: Vec<String> = agent
+        .list_all_tools()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["st__env_names", "st__remove"]);
+
+    // Only the variables the configuration names reach the server: not the gateway's own
+    // environment (this test process's database URL, for one).
+    let r = call(&agent, "st__env_names", json!({}))
+        .await
+        .expect("env_names");
+    let seen = text(&r);
+    let seen: Vec<&str> = seen.split(',').collect();
+    assert!(seen.contains(&"CALLS_LOG"), "{seen:?}");
+    for name in &seen {
+        // Python may add LC_CTYPE itself (PEP 538).
+        assert!(
+            ["PATH", "HOME", "CALLS_LOG", "LC_CTYPE"].contains(name),
+            "{name} reached the stdio server: {seen:?}"
+        );
+    }
+
+    // A denied call never reaches the stdio server.
+    let args = json!({"path": "/etc/important"});
+    let (r, ()) = tokio::join!(call(&agent, "st__remove", args.clone()), async {
+        let req = pending(&world.gov, "st/remove", &args).await;
+        world
+            .gov
+            .gates()
+            .deny(&alice, req.id, "no")
+            .await
+            .expect("deny");
+    });
+    assert_eq!(
+        refusal_code(&r.expect("a tool result")).as_deref(),
+        Some("approval_denied")
+    );
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "");
+
+    agent.cancel().await.expect("close");
+    gw.shutdown().await;
+    world.assert_chain_clean().await;
+}
