@@ -603,3 +603,88 @@ async fn a_stdio_server_gets_a_clean_environment_and_the_same_gates() {
     gw.shutdown().await;
     world.assert_chain_clean().await;
 }
+
+#[tokio::test]
+async fn cedar_policies_forbid_or_ask_for_mcp_tools_with_their_arguments() {
+    use gov_sdk::policies::{PolicySet, Slot};
+    let (up, calls) = upstream().await;
+    let world = World::new(MicroUsd(1_000_000)).await;
+    scope(&world).await;
+    let set = PolicySet::parse(
+        r#"
+        @id("all") permit (principal, action, resource);
+        @id("no-secret-lookups")
+        forbid (principal, action == Governance::Action::"mcp_tool_call", resource == Governance::McpTool::"up/lookup")
+        when { context.arguments has q && context.arguments.q == "payroll" };
+        @id("deletes-need-a-person")
+        @approval("a person checks every delete")
+        permit (principal, action == Governance::Action::"mcp_tool_call", resource in Governance::McpServer::"up")
+        when { context.arguments has table };
+        "#,
+        r#"{"arguments": {"q": "string", "table": "string"}}"#,
+    )
+    .expect("valid policies");
+    world
+        .gov
+        .policies()
+        .apply(Slot::Enforced, Some(&set), "alice")
+        .await
+        .expect("apply");
+    // No tool is gated in the configuration: the policy alone asks for approval.
+    let config = format!("[mcp]\napproval_wait_secs = 0\n[mcp.servers.up]\nurl = \"{up}\"\n");
+    let gw = Served::start(&world, "http://127.0.0.1:9", &config).await;
+    let agent = client(&gw.url, &world.key).await;
+
+    let r = call(&agent, "up__lookup", json!({"q": "INV-7"}))
+        .await
+        .expect("lookup");
+    assert_eq!(text(&r), "found INV-7");
+    let r = call(&agent, "up__lookup", json!({"q": "payroll"}))
+        .await
+        .expect("a tool result");
+    assert_eq!(refusal_code(&r).as_deref(), Some("policy_forbidden"));
+    let r = call(&agent, "up__delete_db", json!({"table": "users"}))
+        .await
+        .expect("a tool result");
+    assert_eq!(refusal_code(&r).as_deref(), Some("approval_pending"));
+    assert_eq!(
+        calls.lock().expect("lock").len(),
+        1,
+        "only the allowed lookup"
+    );
+
+    let kinds: Vec<String> = world.events().await.into_iter().map(|(k, _)| k).collect();
+    assert!(kinds.iter().any(|k| k == "policy.denied"), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k == "policy.approval_required"),
+        "{kinds:?}"
+    );
+    agent.cancel().await.expect("close");
+    gw.shutdown().await;
+    world.assert_chain_clean().await;
+}
+
+#[tokio::test]
+async fn repeated_identical_calls_are_flagged_as_a_loop() {
+    let (up, _calls) = upstream().await;
+    let world = World::new(MicroUsd(1_000_000)).await;
+    scope(&world).await;
+    let gw = Served::start(&world, "http://127.0.0.1:9", &mcp_config(&up, 0)).await;
+    let agent = client(&gw.url, &world.key).await;
+    for _ in 0..3 {
+        call(&agent, "up__lookup", json!({"q": "again"}))
+            .await
+            .expect("lookup");
+    }
+    let loops: Vec<Value> = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "loop.detected")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    assert_eq!(loops[0]["tool"], "up/lookup");
+    agent.cancel().await.expect("close");
+    gw.shutdown().await;
+}
