@@ -78,7 +78,8 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct McpFile {
     /// How long `tools/call` of a gated tool waits for a person's decision before it answers
-    /// "pending" (the client calls again to keep waiting). Default 300 s.
+    /// "pending" (the client calls again to keep waiting). Default 240 s (below the usual
+    /// 300 s read timeout of MCP clients).
     #[serde(default)]
     pub approval_wait_secs: Option<u64>,
     /// `Host` header values `/mcp` accepts (DNS-rebinding protection), such as
@@ -403,7 +404,7 @@ fn resolve_mcp(file: McpFile, env: &dyn Fn(&str) -> Option<String>) -> Result<Mc
         }
     }
     Ok(McpConfig {
-        approval_wait: Duration::from_secs(file.approval_wait_secs.unwrap_or(300)),
+        approval_wait: Duration::from_secs(file.approval_wait_secs.unwrap_or(240)),
         allowed_hosts: file
             .allowed_hosts
             .unwrap_or_else(|| ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()),

@@ -3,8 +3,8 @@
 //! configuration names reach it, never the gateway's database URL or audit secret).
 //!
 //! A connection is made on first use and kept; when it fails it is dropped and made again on
-//! the next use. Errors are short sentences that never carry a URL, a token or a server's own
-//! error text.
+//! the next use. Errors are short sentences naming the server, never its URL or token; a
+//! server's own JSON-RPC refusal message is passed on.
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
 use rmcp::service::{RoleClient, RunningService};
