@@ -360,6 +360,17 @@ impl Served {
         extra: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Self {
+        let gov = connect(&world.db.app_url()).await;
+        Self::start_on(gov, upstream, extra, env).await
+    }
+
+    /// A gateway on the handle `gov` (so a test can configure it).
+    pub(crate) async fn start_on(
+        gov: Governance,
+        upstream: &str,
+        extra: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
         let text = format!(
             "key_cache_secs = 0\n{extra}\n[openai]\nbase_url = \"{upstream}/v1\"\napi_key_env = \"UP\"\n[anthropic]\nbase_url = \"{upstream}\"\napi_key_env = \"UP\"\n"
         );
@@ -371,7 +382,6 @@ impl Served {
             }
         })
         .expect("config");
-        let gov = connect(&world.db.app_url()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
