@@ -58,6 +58,10 @@ struct Identity {
 /// A gated call waiting for a decision: (agent, session, action hash).
 type WaitKey = (String, String, [u8; 32]);
 
+/// Most remembered waiting calls; the memory is cleared when full (a call asked again then
+/// finds its request among the pending ones).
+const MAX_WAITING: usize = 10_000;
+
 /// The MCP gateway's state.
 #[derive(Debug)]
 pub(crate) struct McpGateway {
@@ -181,7 +185,12 @@ impl McpGateway {
                     return Ok(a);
                 }
                 Err(Error::ApprovalPending { request_id }) => {
-                    self.waiting().insert(key, request_id);
+                    let mut waiting = self.waiting();
+                    if waiting.len() >= MAX_WAITING {
+                        waiting.clear();
+                    }
+                    waiting.insert(key, request_id);
+                    drop(waiting);
                     return Err(refused(
                         "approval_pending",
                         format!(
