@@ -30,7 +30,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("gov-testdb", &["gov-core", "gov-audit", "gov-store"]),
     (
         "gov-bench",
-        &["gov-sdk", "gov-report", "gov-console", "gov-testdb"],
+        &[
+            "gov-sdk",
+            "gov-report",
+            "gov-console",
+            "gov-gateway",
+            "gov-testdb",
+        ],
     ),
     ("xtask", &[]),
 ];

@@ -11,7 +11,8 @@
 //! the Merkle tree's (`tlog`, `tlog.rs`: proof generation over 100,000 events, append
 //! throughput with and without the tree; `gov-bench tlog` runs it alone), and the offline
 //! evidence bundle's (`evidence_bundle`, `evidence.rs`: exporting and verifying a bundle of
-//! those 100,000 events; `gov-bench evidence` runs it alone).
+//! those 100,000 events; `gov-bench evidence` runs it alone), and the time the MCP gateway adds to
+//! a tool call (`mcp_gateway`, `mcp.rs`; `gov-bench mcp` runs it alone).
 //! Every hot path is also reported next to the physical limit it is compared against, measured
 //! in the same run (`hot_paths` and `limits`, `limits.rs`), and logging through a database outage
 //! next to logging without one (`spooling`, `spooling.rs`; `gov-bench spooling` runs it alone).
@@ -32,6 +33,7 @@ mod console;
 mod evidence;
 mod limits;
 mod llm;
+mod mcp;
 mod policies;
 mod spooling;
 mod tlog;
@@ -237,6 +239,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(evidence::bench_alone())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench mcp`: the MCP gateway's added latency alone.
+    if args.first().map(String::as_str) == Some("mcp") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(mcp::bench())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -628,8 +640,11 @@ async fn bench(quick: bool) -> Result<()> {
     let llm = llm::bench(&gov).await?;
     eprintln!("bench: Cedar decisions with 10, 100 and 1,000 policies; the guarded path with 100");
     let policies = policies::bench().await?;
+    eprintln!("bench: an MCP tool call through the gateway over a direct one");
+    let mcp = mcp::bench().await?;
     let more = serde_json::json!({
         "cedar_policies": policies["policies"],
+        "mcp_gateway": mcp,
         "llm_guarded_path": llm,
         "tlog": tlog,
         "evidence_bundle": evidence,

@@ -360,6 +360,10 @@ system_event!(ContractViolated => ContractViolated);
 pub struct ToolStarted {
     /// The tool.
     pub tool: String,
+    /// The SHA-256 (hex) of the call: `action_hash` of the tool and its canonical arguments,
+    /// the same hash an approval is bound to. Absent in rows written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_sha256: Option<String>,
 }
 system_event!(ToolStarted => ToolStarted);
 

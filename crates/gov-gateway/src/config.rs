@@ -68,6 +68,103 @@ pub struct ConfigFile {
     /// The Anthropic upstream (`/v1/messages`).
     #[serde(default)]
     pub anthropic: Option<ProviderFile>,
+    /// The MCP gateway (`/mcp`): its upstream MCP servers.
+    #[serde(default)]
+    pub mcp: Option<McpFile>,
+}
+
+/// The `[mcp]` table, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpFile {
+    /// How long `tools/call` of a gated tool waits for a person's decision before it answers
+    /// "pending" (the client calls again to keep waiting). Default 240 s (below the usual
+    /// 300 s read timeout of MCP clients).
+    #[serde(default)]
+    pub approval_wait_secs: Option<u64>,
+    /// `Host` header values `/mcp` accepts (DNS-rebinding protection), such as
+    /// `gateway.internal` or `gateway.internal:8089`. Default: loopback names only.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// The upstream servers, by name (`[mcp.servers.files]`).
+    #[serde(default)]
+    pub servers: std::collections::BTreeMap<String, McpServerFile>,
+}
+
+/// One upstream MCP server, as written: `url` (streamable HTTP) or `command` (a stdio server
+/// the gateway spawns).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerFile {
+    /// The server's streamable HTTP endpoint (`http://127.0.0.1:9000/mcp`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding a bearer token for `url` (none: no token is sent).
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// A stdio server: the program and its arguments (`["python3", "server.py"]`).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The environment variables passed on to a stdio server (besides `PATH`, `HOME` and
+    /// `LANG`); nothing else of the gateway's environment reaches it.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Tools that wait for a person's approval of the exact call before they run.
+    #[serde(default)]
+    pub gated: Vec<String>,
+    /// Refuse this server's calls while the agent's session or day budget has no headroom left.
+    #[serde(default)]
+    pub budget: bool,
+    /// What the server's tools are called by the agent: `{prefix}{tool}`. Default `{name}__`.
+    #[serde(default)]
+    pub tool_prefix: Option<String>,
+}
+
+/// How the gateway reaches an upstream MCP server.
+#[derive(Debug, Clone)]
+pub enum McpTransport {
+    /// Streamable HTTP.
+    Http {
+        /// The endpoint.
+        url: reqwest::Url,
+        /// A bearer token sent to it.
+        bearer: Option<SecretString>,
+    },
+    /// A stdio server the gateway spawns (with a cleared environment).
+    Stdio {
+        /// The program.
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// The variables it gets, with their values.
+        env: Vec<(String, String)>,
+    },
+}
+
+/// An upstream MCP server, resolved.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    /// Its name: scope and policies know its tools as `name/tool`.
+    pub name: String,
+    /// How to reach it.
+    pub transport: McpTransport,
+    /// Tools that need a person's approval.
+    pub gated: std::collections::BTreeSet<String>,
+    /// Whether calls need budget headroom.
+    pub budget: bool,
+    /// The prefix of its tools' names as the agent sees them.
+    pub tool_prefix: String,
+}
+
+/// The MCP gateway's configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// How long a gated call waits for a decision before answering "pending".
+    pub approval_wait: Duration,
+    /// Accepted `Host` header values.
+    pub allowed_hosts: Vec<String>,
+    /// The upstream servers, in name order.
+    pub servers: Vec<McpServer>,
 }
 
 /// An upstream provider, resolved.
@@ -100,6 +197,8 @@ pub struct Config {
     pub openai: Option<Provider>,
     /// The Anthropic upstream.
     pub anthropic: Option<Provider>,
+    /// The MCP gateway, when configured.
+    pub mcp: Option<McpConfig>,
 }
 
 impl Config {
@@ -125,10 +224,11 @@ impl Config {
 
     /// Checks and resolves a parsed file.
     pub fn resolve(file: ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        if file.openai.is_none() && file.anthropic.is_none() {
+        let no_mcp = file.mcp.as_ref().is_none_or(|m| m.servers.is_empty());
+        if file.openai.is_none() && file.anthropic.is_none() && no_mcp {
             return Err(GatewayError::Config(
                 "the gateway configuration names no upstream: add an [openai] or [anthropic] \
-                 table with its base_url"
+                 table with its base_url, or an [mcp.servers.NAME] table"
                     .into(),
             ));
         }
@@ -191,8 +291,125 @@ impl Config {
             shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
             openai: provider(file.openai, "openai")?,
             anthropic: provider(file.anthropic, "anthropic")?,
+            mcp: file.mcp.map(|m| resolve_mcp(m, env)).transpose()?,
         })
     }
+}
+
+/// Whether `name` may name an MCP server: 1 to 64 of `A-Z a-z 0-9 _ -` (it appears in scope
+/// entries `name/tool` and in tool names).
+fn valid_server_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn resolve_mcp(file: McpFile, env: &dyn Fn(&str) -> Option<String>) -> Result<McpConfig> {
+    let mut servers = Vec::new();
+    for (name, s) in file.servers {
+        let bad = |why: String| GatewayError::Config(format!("[mcp.servers.{name}] {why}"));
+        if !valid_server_name(&name) {
+            return Err(GatewayError::Config(format!(
+                "[mcp.servers.{name}]: a server name is 1 to 64 letters, digits, _ or -"
+            )));
+        }
+        let transport = match (&s.url, &s.command) {
+            (Some(url), None) => {
+                let parsed = reqwest::Url::parse(url.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                    .ok_or_else(|| {
+                        bad("url is not valid: expected http(s)://host[:port]/path".into())
+                    })?;
+                let bearer = match &s.bearer_token_env {
+                    Some(var) => Some(SecretString::from(
+                        env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                            bad(format!(
+                                "bearer_token_env names {var}, which is not set: export the server's token in it"
+                            ))
+                        })?,
+                    )),
+                    None => None,
+                };
+                if !s.env.is_empty() {
+                    return Err(bad(
+                        "env applies to a stdio server (command), not to url".into()
+                    ));
+                }
+                McpTransport::Http {
+                    url: parsed,
+                    bearer,
+                }
+            }
+            (None, Some(command)) => {
+                let Some((program, args)) = command.split_first().filter(|(p, _)| !p.is_empty())
+                else {
+                    return Err(bad(
+                        "command is empty: give the program and its arguments".into()
+                    ));
+                };
+                if s.bearer_token_env.is_some() {
+                    return Err(bad(
+                        "bearer_token_env applies to url; pass a stdio server its token with env"
+                            .into(),
+                    ));
+                }
+                let mut vars = Vec::new();
+                for var in ["PATH", "HOME", "LANG"]
+                    .iter()
+                    .map(|v| (*v).to_owned())
+                    .chain(s.env.iter().cloned())
+                {
+                    if let Some(value) = env(&var) {
+                        vars.push((var, value));
+                    } else if s.env.contains(&var) {
+                        return Err(bad(format!("env names {var}, which is not set")));
+                    }
+                }
+                McpTransport::Stdio {
+                    program: program.clone(),
+                    args: args.to_vec(),
+                    env: vars,
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "give exactly one of url (a streamable HTTP server) or command (a stdio server)"
+                        .into(),
+                ));
+            }
+        };
+        let tool_prefix = s.tool_prefix.unwrap_or_else(|| format!("{name}__"));
+        if tool_prefix.len() > 64 {
+            return Err(bad("tool_prefix is longer than 64 bytes".into()));
+        }
+        servers.push(McpServer {
+            name,
+            transport,
+            gated: s.gated.into_iter().collect(),
+            budget: s.budget,
+            tool_prefix,
+        });
+    }
+    // One exposed name must map to one server: no prefix may start another.
+    for a in &servers {
+        for b in &servers {
+            if a.name != b.name && b.tool_prefix.starts_with(&a.tool_prefix) {
+                return Err(GatewayError::Config(format!(
+                    "[mcp.servers.{}] and [mcp.servers.{}]: tool_prefix {:?} starts with {:?}, so tool names would be ambiguous; give them distinct prefixes",
+                    a.name, b.name, b.tool_prefix, a.tool_prefix
+                )));
+            }
+        }
+    }
+    Ok(McpConfig {
+        approval_wait: Duration::from_secs(file.approval_wait_secs.unwrap_or(240)),
+        allowed_hosts: file
+            .allowed_hosts
+            .unwrap_or_else(|| ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()),
+        servers,
+    })
 }
 
 #[cfg(test)]
@@ -218,5 +435,57 @@ mod tests {
         assert!(err.to_string().contains("UP_KEY"), "{err}");
         let err = Config::from_toml("listen = 3", &|_| None).expect_err("bad");
         assert!(err.to_string().contains("gateway configuration"), "{err}");
+    }
+
+    #[test]
+    fn mcp_servers_resolve_and_bad_ones_are_named() {
+        let text = r#"
+            [mcp]
+            approval_wait_secs = 7
+            [mcp.servers.files]
+            url = "http://127.0.0.1:9/mcp"
+            bearer_token_env = "FILES_TOKEN"
+            gated = ["delete"]
+            [mcp.servers.git]
+            command = ["git-mcp", "--repo", "."]
+            env = ["GIT_TOKEN"]
+            tool_prefix = ""
+        "#;
+        let env = |n: &str| match n {
+            "FILES_TOKEN" => Some("t".to_owned()),
+            "GIT_TOKEN" => Some("g".to_owned()),
+            "PATH" => Some("/bin".to_owned()),
+            _ => None,
+        };
+        let err = Config::from_toml(text, &env).expect_err("the empty prefix starts every other");
+        assert!(err.to_string().contains("ambiguous"), "{err}");
+        let text = text.replace(r#"tool_prefix = """#, r#"tool_prefix = "g_""#);
+        let cfg = Config::from_toml(&text, &env).expect("valid");
+        let mcp = cfg.mcp.expect("mcp");
+        assert_eq!(mcp.approval_wait, Duration::from_secs(7));
+        assert_eq!(mcp.servers[0].name, "files");
+        assert_eq!(mcp.servers[0].tool_prefix, "files__");
+        assert!(mcp.servers[0].gated.contains("delete"));
+        match &mcp.servers[1].transport {
+            McpTransport::Stdio { program, env, .. } => {
+                assert_eq!(program, "git-mcp");
+                let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(
+                    names,
+                    ["PATH", "GIT_TOKEN"],
+                    "nothing else of the environment"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = Config::from_toml(&text, &|n| (n == "PATH").then(|| "/bin".into()))
+            .expect_err("no token");
+        assert!(err.to_string().contains("FILES_TOKEN"), "{err}");
+        let both = "[mcp.servers.x]\nurl = \"http://h/mcp\"\ncommand = [\"a\"]\n";
+        let err = Config::from_toml(both, &|_| None).expect_err("both");
+        assert!(err.to_string().contains("exactly one"), "{err}");
+        let bad_name = "[mcp.servers.\"a/b\"]\nurl = \"http://h/mcp\"\n";
+        let err = Config::from_toml(bad_name, &|_| None).expect_err("name");
+        assert!(err.to_string().contains("server name"), "{err}");
     }
 }

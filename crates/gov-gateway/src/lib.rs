@@ -19,6 +19,7 @@
 
 mod auth;
 mod config;
+mod mcp;
 mod proxy;
 mod sse;
 
@@ -32,7 +33,11 @@ use axum::routing::{get, post};
 use gov_sdk::Governance;
 use gov_sdk::llm::GuardClient;
 
-pub use config::{Config, ConfigFile, Provider, ProviderFile, ToolCallPolicy};
+pub use config::{
+    Config, ConfigFile, McpConfig, McpFile, McpServer, McpServerFile, McpTransport, Provider,
+    ProviderFile, ToolCallPolicy,
+};
+pub use mcp::REFUSAL_META;
 
 /// Largest request body accepted (prompts with images can be large).
 const MAX_BODY: usize = 32 << 20;
@@ -71,6 +76,7 @@ pub struct Gateway {
     pub(crate) openai: Option<Upstream>,
     pub(crate) anthropic: Option<Upstream>,
     pub(crate) keys: auth::KeyCache,
+    pub(crate) mcp: Option<Arc<mcp::McpGateway>>,
 }
 
 impl Gateway {
@@ -97,8 +103,13 @@ impl Gateway {
         };
         let openai = upstream(&config.openai).await?;
         let anthropic = upstream(&config.anthropic).await?;
+        let mcp = config
+            .mcp
+            .clone()
+            .map(|m| mcp::McpGateway::new(gov.clone(), m));
         Ok(Arc::new(Self {
             keys: auth::KeyCache::new(config.key_cache),
+            mcp,
             gov,
             config,
             http,
@@ -109,13 +120,33 @@ impl Gateway {
 
     /// The gateway's routes.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let mut router = Router::new()
             .route("/v1/chat/completions", post(proxy::chat_completions))
             .route("/v1/messages", post(proxy::messages))
             .route("/v1/models", get(proxy::models))
             .route("/healthz", get(healthz))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
-            .with_state(Arc::clone(self))
+            .layer(DefaultBodyLimit::max(MAX_BODY));
+        if let Some(m) = &self.mcp {
+            let service = m.service();
+            router = router.route_service(
+                "/mcp",
+                tower::ServiceBuilder::new()
+                    .layer(axum::middleware::from_fn_with_state(
+                        Arc::clone(self),
+                        mcp::authenticate,
+                    ))
+                    .service(service),
+            );
+        }
+        router.with_state(Arc::clone(self))
+    }
+
+    /// Ends the MCP gateway's open streams and closes its upstream connections (stdio servers
+    /// are stopped).
+    pub async fn shutdown_mcp(&self) {
+        if let Some(m) = &self.mcp {
+            m.shutdown().await;
+        }
     }
 
     /// The governance handle.
@@ -146,8 +177,13 @@ pub async fn serve(
     let app = gw.router();
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     {
+        let mcp_stop = gw.mcp.as_ref().map(|m| m.stop_token());
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
+            // MCP calls waiting for an approval end now (their requests stay pending).
+            if let Some(t) = mcp_stop {
+                t.cancel();
+            }
             let _ = stopping.send(());
         });
         let server = std::future::IntoFuture::into_future(server);
@@ -166,6 +202,7 @@ pub async fn serve(
             }
         }
     }
+    gw.shutdown_mcp().await;
     drop(gw);
     gov.llm().settled().await;
     Ok(())

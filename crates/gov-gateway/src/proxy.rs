@@ -652,6 +652,20 @@ async fn handle(gw: Arc<Gateway>, api: Api, headers: HeaderMap, body: Bytes) -> 
             "governance: the request names no model",
         );
     };
+    // The same request again and again from one agent in one session is a loop: the SDK's
+    // detector on `llm:<provider>` and the request as sent (audited as `loop.detected`; refused
+    // with 429 when the detector halts the agent).
+    let request_value = Value::Object(req.clone());
+    let loop_tool = format!("llm:{}", up.provider.name);
+    if let Err(e) = gw
+        .gov
+        .loops()
+        .record(&agent, &session, &loop_tool, &request_value)
+        .await
+    {
+        return refuse_error(api, &e);
+    }
+    drop(request_value);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let max_tokens = match api {
         Api::OpenAi => req

@@ -2,7 +2,8 @@
 //!
 //! [`Contracts::run`] checks, in order: the agent is not halted; every precondition
 //! (`scope_allowed`, `budget_available`, `hitl_approved`, or a custom predicate); the loop
-//! detector. Only then does it run the tool, auditing `tool.started` and `tool.finished`, and
+//! detector. Only then does it run the tool, auditing `tool.started` (with the SHA-256 of the call,
+//! the hash an approval is bound to) and `tool.finished`, and
 //! check the postconditions on the tool's output. Any failed condition is audited as
 //! `contract.violated` and returned as [`Error::ContractViolation`]; nothing runs after a failed
 //! precondition.
@@ -229,10 +230,12 @@ impl<'g> Contracts<'g> {
             .loops()
             .record(ctx.agent, ctx.session, ctx.tool, ctx.args)
             .await?;
+        let hash = gov_core::action_hash(ctx.tool, ctx.args)?;
         self.audit(
             &ctx,
             events::ToolStarted {
                 tool: ctx.tool.to_owned(),
+                args_sha256: Some(hash.iter().map(|b| format!("{b:02x}")).collect()),
             },
         )
         .await;

@@ -455,3 +455,64 @@ async fn shutdown_lets_a_call_in_flight_finish_and_settles_it() {
     );
     world.assert_chain_clean().await;
 }
+
+#[tokio::test]
+async fn identical_requests_repeated_are_a_loop_audited_or_refused() {
+    let (up, seen) = mock_provider().await;
+    let world = World::new(MicroUsd(1_000_000)).await;
+    let gw = Served::start(&world, &up, "").await;
+    // Three identical requests in one session: the third trips the detector (warn: it passes).
+    for _ in 0..3 {
+        assert_eq!(
+            post(&gw.url, &world.key, &chat("gpt-test")).await.status(),
+            200
+        );
+    }
+    let loops: Vec<Value> = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "loop.detected")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    assert_eq!(loops[0]["tool"], "llm:openai");
+    assert_eq!(loops[0]["action"], "warn");
+    gw.shutdown().await;
+
+    // A gateway whose detector halts: the third identical request is refused (429) and never
+    // reaches the provider, and the agent is halted.
+    let gov = gov_sdk::Governance::builder()
+        .database_url(world.db.app_url())
+        .audit_secret(crate::support::SECRET)
+        .warn_on_no_wrappers(false)
+        .spool(false)
+        .cost(gov_sdk::CostConfig {
+            prices: crate::support::prices(),
+            ..gov_sdk::CostConfig::default()
+        })
+        .loop_detection(gov_sdk::LoopConfig {
+            action: gov_sdk::LoopAction::Halt,
+            ..gov_sdk::LoopConfig::default()
+        })
+        .connect()
+        .await
+        .expect("connect");
+    let gw = Served::start_on(gov, &up, "", &|_| None).await;
+    let other = json!({"model": "gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "Again"}]});
+    let before = seen.count();
+    for _ in 0..2 {
+        assert_eq!(post(&gw.url, &world.key, &other).await.status(), 200);
+    }
+    let resp = post(&gw.url, &world.key, &other).await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "loop_detected");
+    assert_eq!(seen.count(), before + 2);
+    assert!(
+        gw.gov.presence().is_halted(AGENT).await.expect("halted?"),
+        "the detector halted the agent"
+    );
+    gw.shutdown().await;
+    world.assert_chain_clean().await;
+}

@@ -79,7 +79,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
-fn run(cmd: &mut Command, what: &str) {
+pub(crate) fn run(cmd: &mut Command, what: &str) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
@@ -92,30 +92,28 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-/// The cached virtual environment with `openai` and `anthropic`, made on first use (in a
+/// The cached virtual environment `target/{name}` with `packages`, made on first use (in a
 /// directory of its own, renamed into place, so concurrent runs do not share a half-made one).
-fn venv(home: &Path) -> PathBuf {
-    let dir = target_dir().join("gateway-py");
+pub(crate) fn venv(home: &Path, name: &str, packages: &[&str]) -> PathBuf {
+    let dir = target_dir().join(name);
     let python = dir.join("bin/python");
     if python.exists() {
         return python;
     }
-    let tmp = target_dir().join(format!("gateway-py.{}", std::process::id()));
+    let tmp = target_dir().join(format!("{name}.{}", std::process::id()));
     run(
         Command::new("python3").args(["-m", "venv"]).arg(&tmp),
         "creating a Python virtual environment (python3 -m venv; install python3-venv)",
     );
     run(
         Command::new(tmp.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "openai",
-                "anthropic",
-            ])
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
             .env("HOME", home),
-        "installing the OpenAI and Anthropic Python SDKs from PyPI (pip install openai anthropic; needs network access to PyPI)",
+        &format!(
+            "installing {} from PyPI (pip install; needs network access to PyPI)",
+            packages.join(", ")
+        ),
     );
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another run made it first.
@@ -128,9 +126,11 @@ fn venv(home: &Path) -> PathBuf {
 async fn the_official_python_sdks_work_through_the_gateway() {
     let home = tempfile::tempdir().expect("home");
     let home_path = home.path().to_owned();
-    let python = tokio::task::spawn_blocking(move || venv(&home_path))
-        .await
-        .expect("venv");
+    let python = tokio::task::spawn_blocking(move || {
+        venv(&home_path, "gateway-py", &["openai", "anthropic"])
+    })
+    .await
+    .expect("venv");
     let (up, seen) = mock_provider().await;
     let world = World::new(MicroUsd(1_000_000)).await;
     let gw = Served::start(&world, &up, "").await;

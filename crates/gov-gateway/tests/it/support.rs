@@ -349,14 +349,39 @@ pub(crate) struct Served {
 
 impl Served {
     pub(crate) async fn start(world: &World, upstream: &str, extra: &str) -> Self {
+        Self::start_with_env(world, upstream, extra, &|_| None).await
+    }
+
+    /// [`Served::start`], with `env` answering the variables the configuration names (besides
+    /// the provider key `UP`).
+    pub(crate) async fn start_with_env(
+        world: &World,
+        upstream: &str,
+        extra: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
+        let gov = connect(&world.db.app_url()).await;
+        Self::start_on(gov, upstream, extra, env).await
+    }
+
+    /// A gateway on the handle `gov` (so a test can configure it).
+    pub(crate) async fn start_on(
+        gov: Governance,
+        upstream: &str,
+        extra: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
         let text = format!(
             "key_cache_secs = 0\n{extra}\n[openai]\nbase_url = \"{upstream}/v1\"\napi_key_env = \"UP\"\n[anthropic]\nbase_url = \"{upstream}\"\napi_key_env = \"UP\"\n"
         );
         let config = gov_gateway::Config::from_toml(&text, &|n| {
-            (n == "UP").then(|| PROVIDER_KEY.to_owned())
+            if n == "UP" {
+                Some(PROVIDER_KEY.to_owned())
+            } else {
+                env(n)
+            }
         })
         .expect("config");
-        let gov = connect(&world.db.app_url()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

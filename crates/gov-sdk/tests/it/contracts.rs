@@ -83,6 +83,21 @@ async fn a_governed_call_runs_between_its_conditions_and_is_audited() {
         .unwrap();
     assert_eq!(out["id"], 7);
     assert_eq!(kinds(&gov).await, ["tool.started", "tool.finished"]);
+    // `tool.started` carries the call's hash: the one an approval of this call is bound to.
+    let started = gov
+        .audit()
+        .events(&EventFilter {
+            kind: Some("tool.started".into()),
+            ..EventFilter::default()
+        })
+        .await
+        .expect("events");
+    let hash = gov_sdk::action_hash("lookup", &args).expect("hash");
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        started[0].payload_json().expect("payload")["args_sha256"],
+        hex.as_str()
+    );
 
     // A failed postcondition: the tool ran, its output is refused.
     let missing = json!({ "id": 8 });
