@@ -108,7 +108,8 @@ CREATE INDEX approval_notifications_due ON approval_notifications (next_attempt_
 
 -- Resolves a new request's workflow, or approves it under a live session grant. Runs as the
 -- owner (the application role cannot read routes, workflows or grants) and overwrites whatever
--- the inserter gave for these columns.
+-- the inserter gave for the workflow's columns. (The application role may insert only the
+-- asking columns: a request it asks is always pending and undecided.)
 CREATE FUNCTION gate_requests_workflow() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -118,9 +119,6 @@ DECLARE
     -- clock: a backdated request cannot escalate or lapse sooner.
     v_start timestamptz := greatest(NEW.requested_at, now());
 BEGIN
-    NEW.status := 'pending';
-    NEW.decided_by := NULL; NEW.decided_at := NULL; NEW.decision_reason := NULL;
-    NEW.token_hash := NULL; NEW.token_expires_at := NULL; NEW.consumed_at := NULL;
     NEW.workflow := NULL; NEW.quorum := 1; NEW.approvals := 0; NEW.approver_group := NULL;
     NEW.escalate_to := NULL; NEW.escalates_at := NULL; NEW.escalated_at := NULL;
     NEW.expired_at := NULL; NEW.grant_id := NULL;
@@ -140,7 +138,7 @@ BEGIN
             NEW.expires_at := least(NEW.expires_at, v_start + make_interval(secs => w.timeout_secs));
         END IF;
     END IF;
-    IF NEW.session_id IS NOT NULL THEN
+    IF NEW.status = 'pending' AND NEW.session_id IS NOT NULL THEN
         SELECT * INTO g FROM approval_grants a
         WHERE a.agent_id = NEW.agent_id AND a.session_id = NEW.session_id AND a.tool = NEW.tool
           AND a.expires_at > v_start

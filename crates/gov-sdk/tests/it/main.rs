@@ -1,6 +1,7 @@
 //! Integration tests of gov-sdk against a real database (one fresh database per test): Postgres,
 //! and in `conformance` both Postgres and SQLite.
 
+mod approvals;
 mod blocking;
 mod chain;
 mod conformance;
