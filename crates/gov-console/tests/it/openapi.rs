@@ -218,7 +218,7 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
                 "tool",
             ],
         ),
-        ("Decided", &["id", "status"]),
+        ("Decided", &["approvals", "id", "proposed_rule_version", "quorum", "status"]),
         ("EventList", &["events"]),
         (
             "VerifyJob",
