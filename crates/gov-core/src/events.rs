@@ -733,9 +733,9 @@ mod tests {
     #[test]
     fn decode_checks_the_kind_and_the_shape() {
         let e = GateApproved(GateDecision::new(Uuid::nil(), "refund", "ok"))
-        .event("a")
-        .build()
-        .expect("event");
+            .event("a")
+            .build()
+            .expect("event");
         let rec = AuditRecord::unsealed(&e, 1, &crate::ZERO_HMAC, "k");
         assert_eq!(
             rec.decode::<GateApproved>().expect("decodes").0.tool,

@@ -446,9 +446,10 @@ pub fn may_vote(
     final_expected: bool,
 ) -> Result<bool, DecideRefusal> {
     if let Some(group) = w.approver_group {
-        let member = voter.groups.iter().any(|g| {
-            g == group || (w.escalated && w.escalate_to.is_some_and(|e| e == g.as_str()))
-        });
+        let member = voter
+            .groups
+            .iter()
+            .any(|g| g == group || (w.escalated && w.escalate_to.is_some_and(|e| e == g.as_str())));
         if !member {
             return Err(DecideRefusal::NotInGroup);
         }

@@ -200,9 +200,8 @@ impl std::fmt::Debug for Secrets {
 impl NotifyConfig {
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Self, NotifyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            NotifyError::Config(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NotifyError::Config(format!("cannot read {}: {e}", path.display())))?;
         Self::parse(&text)
     }
 
@@ -226,7 +225,9 @@ impl NotifyConfig {
             .chain(self.email.iter().map(|e| (&e.name, &e.filter)));
         for (name, filter) in all {
             if name.is_empty() || name.len() > 64 || !names.insert(name.clone()) {
-                return bad(format!("channel names must be unique, 1 to 64 bytes: {name:?}"));
+                return bad(format!(
+                    "channel names must be unique, 1 to 64 bytes: {name:?}"
+                ));
             }
             for e in &filter.events {
                 if !crate::EVENTS.contains(&e.as_str()) {
@@ -238,7 +239,10 @@ impl NotifyConfig {
         }
         for w in &self.webhook {
             if w.url.is_some() == w.url_env.is_some() {
-                return bad(format!("webhook {}: give exactly one of url and url_env", w.name));
+                return bad(format!(
+                    "webhook {}: give exactly one of url and url_env",
+                    w.name
+                ));
             }
         }
         if !self.email.is_empty() && self.smtp.is_none() {

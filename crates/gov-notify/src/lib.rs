@@ -287,7 +287,11 @@ fn events_of(g: &GateRecord) -> Vec<&'static str> {
 
 impl Notifier {
     /// A notifier on an operator handle. Checks the configuration against the secrets.
-    pub fn new(gov: Governance, config: NotifyConfig, secrets: Secrets) -> Result<Self, NotifyError> {
+    pub fn new(
+        gov: Governance,
+        config: NotifyConfig,
+        secrets: Secrets,
+    ) -> Result<Self, NotifyError> {
         for w in &config.webhook {
             if w.url_env.is_some() && !secrets.urls.contains_key(&w.name) {
                 return Err(NotifyError::Config(format!(
@@ -456,7 +460,10 @@ impl Notifier {
         }
         match req.body(body).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("the receiver answered HTTP {}", r.status().as_u16())),
+            Ok(r) => Err(format!(
+                "the receiver answered HTTP {}",
+                r.status().as_u16()
+            )),
             // Without the URL: it may carry a token.
             Err(e) if e.is_timeout() => Err("the receiver did not answer in time".into()),
             Err(e) if e.is_connect() => Err("could not connect to the receiver".into()),
@@ -509,8 +516,7 @@ impl Notifier {
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
                 .port(smtp.port.unwrap_or(25)),
         };
-        let mut builder =
-            builder.timeout(Some(Duration::from_secs(self.config.timeout_secs)));
+        let mut builder = builder.timeout(Some(Duration::from_secs(self.config.timeout_secs)));
         if let (Some(user), Some(pw)) = (&smtp.username, &self.secrets.smtp_password) {
             builder = builder.credentials(Credentials::new(user.clone(), pw.clone()));
         }

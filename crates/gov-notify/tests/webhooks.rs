@@ -28,21 +28,24 @@ async fn receiver(fail_first: usize) -> (String, Arc<Mutex<Seen>>) {
         ..Seen::default()
     }));
     let state = seen.clone();
-    let handler = move |path: axum::extract::Path<String>, headers: HeaderMap, body: axum::body::Bytes| {
-        let state = state.clone();
-        async move {
-            let mut s = state.lock().expect("lock");
-            s.calls.push((path.0, headers, body.to_vec()));
-            if s.fail_first > 0 {
-                s.fail_first -= 1;
-                StatusCode::INTERNAL_SERVER_ERROR
-            } else {
-                StatusCode::NO_CONTENT
+    let handler =
+        move |path: axum::extract::Path<String>, headers: HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let mut s = state.lock().expect("lock");
+                s.calls.push((path.0, headers, body.to_vec()));
+                if s.fail_first > 0 {
+                    s.fail_first -= 1;
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::NO_CONTENT
+                }
             }
-        }
-    };
+        };
     let app = axum::Router::new().route("/hook/{name}", post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -114,7 +117,12 @@ async fn a_signed_webhook_is_retried_after_a_500_and_delivered_once() {
     let req = s
         .agent
         .gates()
-        .request("billing", Some("s-1"), "send_payment", &json!({ "amount": 1200 }))
+        .request(
+            "billing",
+            Some("s-1"),
+            "send_payment",
+            &json!({ "amount": 1200 }),
+        )
         .await
         .expect("request");
 
@@ -161,9 +169,17 @@ async fn a_signed_webhook_is_retried_after_a_500_and_delivered_once() {
         .map(|c| c.1.get(gov_notify::DELIVERY_HEADER).cloned())
         .collect();
     assert_eq!(ids[0], ids[1]);
-    let rows = s.ops.workflows().notifications(None, 10).await.expect("rows");
+    let rows = s
+        .ops
+        .workflows()
+        .notifications(None, 10)
+        .await
+        .expect("rows");
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("delivered", 2));
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].attempts),
+        ("delivered", 2)
+    );
 }
 
 #[tokio::test]
@@ -198,13 +214,7 @@ async fn a_receiver_that_keeps_failing_ends_in_the_dead_letter_record() {
         "{rows:?}"
     );
     // The agent's credentials cannot read or clear the record.
-    assert!(
-        s.agent
-            .workflows()
-            .notifications(None, 10)
-            .await
-            .is_err()
-    );
+    assert!(s.agent.workflows().notifications(None, 10).await.is_err());
 }
 
 #[tokio::test]
@@ -257,7 +267,11 @@ agents = ["someone-else"]
         .expect("route");
     s.ops
         .operators()
-        .add("alice", OperatorRole::Operator, "correct horse battery staple")
+        .add(
+            "alice",
+            OperatorRole::Operator,
+            "correct horse battery staple",
+        )
         .await
         .expect("operator");
     let n = Notifier::new(s.ops.clone(), cfg, Secrets::default()).expect("notifier");
@@ -313,5 +327,8 @@ agents = ["someone-else"]
     assert_eq!(ce["type"], "dev.governance.approval.escalated");
     assert_eq!(ce["data"]["url"], link);
     assert_eq!(ce["data"]["escalate_to"], "cfo");
-    assert!(headers.get(gov_notify::SIGNATURE_HEADER).is_none(), "no secret, no signature");
+    assert!(
+        headers.get(gov_notify::SIGNATURE_HEADER).is_none(),
+        "no secret, no signature"
+    );
 }

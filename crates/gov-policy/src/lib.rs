@@ -516,7 +516,10 @@ impl PolicySet {
         if conditions.is_empty() {
             policy.push_str(";\n");
         } else {
-            policy.push_str(&format!("\nwhen {{\n    {}\n}};\n", conditions.join(" &&\n    ")));
+            policy.push_str(&format!(
+                "\nwhen {{\n    {}\n}};\n",
+                conditions.join(" &&\n    ")
+            ));
         }
         let mut source = self.source.trim_end().to_owned();
         source.push_str("\n\n");

@@ -387,13 +387,17 @@ impl<'g> Gates<'g> {
             let now = truncate_micros(self.gov.inner.config.store.clock.now());
             let expires = now + self.gov.inner.config.gates.approval_ttl;
             let grants = approve && decides;
-            let token = grants
-                .then(|| self.token(id, &request.action_hash, operator.username(), expires));
+            let token =
+                grants.then(|| self.token(id, &request.action_hash, operator.username(), expires));
             let token_hash = token
                 .as_ref()
                 .map(|t| Sha256::digest(t.as_bytes()).to_vec());
-            let grant = (grants && scope == ApprovalScope::Session)
-                .then(|| (Uuid::now_v7(), now + self.gov.inner.config.gates.session_grant_ttl));
+            let grant = (grants && scope == ApprovalScope::Session).then(|| {
+                (
+                    Uuid::now_v7(),
+                    now + self.gov.inner.config.gates.session_grant_ttl,
+                )
+            });
             let mut decided = events::GateDecision::new(id, request.tool.clone(), reason);
             if w.quorum > 1 {
                 decided.approvals = Some(approvals);
@@ -440,7 +444,9 @@ impl<'g> Gates<'g> {
             {
                 Ok(o) => o,
                 Err(StoreError::PermissionDenied(_)) => {
-                    return Err(refuse("this connection may not decide approvals: agents (the application role) can never approve"));
+                    return Err(refuse(
+                        "this connection may not decide approvals: agents (the application role) can never approve",
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -629,7 +635,9 @@ fn refusal(code: &str) -> &'static str {
         "not_allowed" => "the approver's role may not decide",
         "self_approval" => "a requester cannot approve its own request",
         "not_in_group" => "the approver is not in the request's approver group",
-        "already_voted" => "this approver already voted on the request (a quorum needs distinct approvers)",
+        "already_voted" => {
+            "this approver already voted on the request (a quorum needs distinct approvers)"
+        }
         "not_approved" => "the request is not approved",
         "already_consumed" => "the approval was already used",
         "wrong_action" => "the approval is for a different action",

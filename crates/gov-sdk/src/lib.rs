@@ -154,10 +154,10 @@ pub use gov_core::events;
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead, ChainId, EventCount,
-    EventError, EventFilter, EventId, GateRecord, GateStatus, GateWorkflow, IdError, MAX_PAYLOAD_BYTES, MicroUsd,
-    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal, PresenceState,
-    PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, WorkflowRoute,
-    WorkflowSpec, action_hash,
+    EventError, EventFilter, EventId, GateRecord, GateStatus, GateWorkflow, IdError,
+    MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal,
+    PresenceState, PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage,
+    WorkflowRoute, WorkflowSpec, action_hash,
 };
 pub use gov_store::{
     Clock, CosignatureRow, MigrateReport, NewNotification, NotificationOutcome, NotificationRecord,

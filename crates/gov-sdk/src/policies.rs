@@ -430,8 +430,9 @@ pub(crate) async fn propose_rule(
         (Some(Loaded::Broken { .. }), _) | (None, Some(Loaded::Broken { .. })) => {
             return Err(Error::ApprovalRefused {
                 request_id: request.id,
-                reason: "the stored policy set cannot be used; apply a valid one before saving rules"
-                    .into(),
+                reason:
+                    "the stored policy set cannot be used; apply a valid one before saving rules"
+                        .into(),
             });
         }
         (None, None) => {
@@ -456,6 +457,8 @@ pub(crate) async fn propose_rule(
             request_id: request.id,
             reason: format!("the rule could not be added to the policy set: {e}"),
         })?;
-    let version = Policies::new(gov).apply(Slot::Shadow, Some(&set), admin).await?;
+    let version = Policies::new(gov)
+        .apply(Slot::Shadow, Some(&set), admin)
+        .await?;
     Ok((version, id))
 }

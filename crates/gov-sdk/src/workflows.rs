@@ -11,7 +11,9 @@
 
 use gov_core::events::{self, SystemEvent as _};
 use gov_core::{GateRecord, WorkflowRoute, WorkflowSpec};
-use gov_store::{GateTransition, NewNotification, NotificationOutcome, NotificationRecord, StoreError};
+use gov_store::{
+    GateTransition, NewNotification, NotificationOutcome, NotificationRecord, StoreError,
+};
 
 use crate::{Error, Governance, Result};
 

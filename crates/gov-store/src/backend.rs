@@ -322,8 +322,11 @@ pub trait WorkflowStore {
         limit: u32,
     ) -> Result<Vec<crate::NotificationRecord>>;
     /// Records an attempt's outcome.
-    async fn finish_notification(&self, id: i64, outcome: &crate::NotificationOutcome)
-    -> Result<()>;
+    async fn finish_notification(
+        &self,
+        id: i64,
+        outcome: &crate::NotificationOutcome,
+    ) -> Result<()>;
     /// Notifications, newest first.
     async fn notifications(
         &self,

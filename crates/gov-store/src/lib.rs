@@ -94,12 +94,12 @@ pub use types::{
     VoteRecord,
 };
 
-use backend::{GatewayKeyStore, WorkflowStore};
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, PolicyStore, RegistryStore,
     SessionStore, SignerStore, SubjectStore, TreeStore,
 };
 pub use backend::{ErasureEvent, PolicyEvent};
+use backend::{GatewayKeyStore, WorkflowStore};
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
 /// deadline ([`StoreOptions::call_timeout`]).

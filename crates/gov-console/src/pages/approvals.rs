@@ -309,7 +309,9 @@ async fn approve(
         .approve_with(&user.session.operator, id, form.reason()?, scope)
         .await?;
     let done = match (&vote.proposed_rule, vote.decided, scope) {
-        (Some((version, _)), _, _) => format!("approved; rule proposed as shadow version {version}"),
+        (Some((version, _)), _, _) => {
+            format!("approved; rule proposed as shadow version {version}")
+        }
         (None, false, _) => format!("vote recorded {} of {}", vote.approvals, vote.quorum),
         (None, true, ApprovalScope::Session) => "approved for the session".to_owned(),
         _ => "approved".to_owned(),

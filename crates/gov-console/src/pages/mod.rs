@@ -315,9 +315,15 @@ impl FlashQuery {
             // A vote of a request that needs more approvals, and what an approval covered.
             ["vote", "recorded", n, "of", q] => n.parse::<u8>().is_ok() && q.parse::<u8>().is_ok(),
             ["approved", "for", "the", "session"] => true,
-            ["approved;", "rule", "proposed", "as", "shadow", "version", v] => {
-                v.parse::<u32>().is_ok()
-            }
+            [
+                "approved;",
+                "rule",
+                "proposed",
+                "as",
+                "shadow",
+                "version",
+                v,
+            ] => v.parse::<u32>().is_ok(),
             ["halted" | "resumed" | "added" | "disabled" | "enabled", who] => id(who),
             [who, "is", "now", "viewer" | "operator" | "admin"] => id(who),
             ["password", "of", who, "reset"] => id(who),

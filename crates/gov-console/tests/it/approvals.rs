@@ -13,7 +13,11 @@ async fn a_four_eyes_request_on_its_own_page_needs_two_operators() {
     let c = console(ConsoleConfig::default()).await;
     c.gov
         .operators()
-        .add("olga", gov_sdk::OperatorRole::Operator, "correct horse battery staple")
+        .add(
+            "olga",
+            gov_sdk::OperatorRole::Operator,
+            "correct horse battery staple",
+        )
         .await
         .expect("add");
     for who in ["ada", "oscar", "olga"] {
@@ -63,7 +67,10 @@ async fn a_four_eyes_request_on_its_own_page_needs_two_operators() {
     assert!(!page.body.contains("/approve\""), "a viewer gets no form");
     assert_eq!(c.get(&page_path, None).await.status, StatusCode::SEE_OTHER);
     let unknown = format!("/approvals/{}", uuid::Uuid::now_v7());
-    assert_eq!(c.get(&unknown, Some(&vera)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get(&unknown, Some(&vera)).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let oscar = c.login("oscar").await;
     let approve = format!("/approvals/{}/approve", req.id);
@@ -75,14 +82,27 @@ async fn a_four_eyes_request_on_its_own_page_needs_two_operators() {
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let to = r.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let to = r
+        .headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(to, format!("{page_path}?done=vote+recorded+1+of+2"));
     let page = c.get(&to, Some(&oscar)).await;
     assert!(page.body.contains("vote recorded 1 of 2"), "{}", page.body);
-    assert!(page.body.contains("<strong>oscar</strong> approved"), "{}", page.body);
+    assert!(
+        page.body.contains("<strong>oscar</strong> approved"),
+        "{}",
+        page.body
+    );
     // Twice by the same operator: refused.
     let r = c
-        .post_form(&approve, Some(&oscar), &format!("csrf={}&reason=again", oscar.csrf))
+        .post_form(
+            &approve,
+            Some(&oscar),
+            &format!("csrf={}&reason=again", oscar.csrf),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     // "Save as a rule" is for admins.
@@ -100,7 +120,10 @@ async fn a_four_eyes_request_on_its_own_page_needs_two_operators() {
         .post_form(
             &approve,
             Some(&olga),
-            &format!("csrf={}&reason=agreed&scope=session&back=request", olga.csrf),
+            &format!(
+                "csrf={}&reason=agreed&scope=session&back=request",
+                olga.csrf
+            ),
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
@@ -112,10 +135,23 @@ async fn a_four_eyes_request_on_its_own_page_needs_two_operators() {
     let next = c
         .gov
         .gates()
-        .request("pay-bot", Some("s-1"), "wire_money", &serde_json::json!({"amount": 1}))
+        .request(
+            "pay-bot",
+            Some("s-1"),
+            "wire_money",
+            &serde_json::json!({"amount": 1}),
+        )
         .await
         .expect("request");
-    c.gov.gates().poll(next.id).await.expect("approved for the session");
+    c.gov
+        .gates()
+        .poll(next.id)
+        .await
+        .expect("approved for the session");
     let page = c.get(&format!("/approvals/{}", next.id), Some(&olga)).await;
-    assert!(page.body.contains("approved for the session by olga"), "{}", page.body);
+    assert!(
+        page.body.contains("approved for the session by olga"),
+        "{}",
+        page.body
+    );
 }

@@ -218,7 +218,16 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
                 "tool",
             ],
         ),
-        ("Decided", &["approvals", "id", "proposed_rule_version", "quorum", "status"]),
+        (
+            "Decided",
+            &[
+                "approvals",
+                "id",
+                "proposed_rule_version",
+                "quorum",
+                "status",
+            ],
+        ),
         ("EventList", &["events"]),
         (
             "VerifyJob",

@@ -95,7 +95,11 @@ impl Setup {
 
     async fn workflow(&self, w: WorkflowSpec, agent: &str, tool: &str) {
         let name = w.name.clone();
-        self.ops.workflows().put(&w, "admin").await.expect("workflow");
+        self.ops
+            .workflows()
+            .put(&w, "admin")
+            .await
+            .expect("workflow");
         self.ops
             .workflows()
             .route(agent, tool, &name)
@@ -151,7 +155,12 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
     assert_eq!(stored.workflow.name.as_deref(), Some("four-eyes"));
 
     // One approval is a vote, not a decision.
-    let first = s.ops.gates().approve(&alice, req.id, "looks right").await.unwrap();
+    let first = s
+        .ops
+        .gates()
+        .approve(&alice, req.id, "looks right")
+        .await
+        .unwrap();
     assert!(!first.decided);
     assert_eq!((first.approvals, first.quorum), (1, 2));
     assert!(matches!(
@@ -218,10 +227,19 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
     let other = s
         .agent
         .gates()
-        .request("billing", Some("s-1"), "send_payment", &json!({ "amount": 9 }))
+        .request(
+            "billing",
+            Some("s-1"),
+            "send_payment",
+            &json!({ "amount": 9 }),
+        )
         .await
         .unwrap();
-    s.ops.gates().approve(&alice, other.id, "fine").await.unwrap();
+    s.ops
+        .gates()
+        .approve(&alice, other.id, "fine")
+        .await
+        .unwrap();
     let denied = s.ops.gates().deny(&bob, other.id, "no").await.unwrap();
     assert!(denied.decided);
     assert!(matches!(
@@ -290,7 +308,11 @@ async fn escalation_fires_after_its_timeout_and_expiry_denies(s: Setup) {
     );
     let r = s.ops.gates().get(req.id).await.unwrap();
     assert!(r.workflow.escalated_at.is_some());
-    s.ops.gates().approve(&maria, req.id, "escalated to me").await.unwrap();
+    s.ops
+        .gates()
+        .approve(&maria, req.id, "escalated to me")
+        .await
+        .unwrap();
     s.agent.gates().poll(req.id).await.unwrap();
 
     // Nobody decides the next one: at its expiry it is denied, and that is recorded.
@@ -382,7 +404,8 @@ async fn an_approval_for_the_session_covers_its_later_requests_for_that_tool(s: 
         ));
     }
     // Once the grant's time is over, asked as usual again.
-    s.clock.advance(GateConfig::default().session_grant_ttl + Duration::from_secs(1));
+    s.clock
+        .advance(GateConfig::default().session_grant_ttl + Duration::from_secs(1));
     let r = s
         .agent
         .gates()
@@ -458,9 +481,7 @@ async fn an_approval_saved_as_a_rule_proposes_a_preapproval_for_admins_only() {
     let text = shadow.policy_text(&id).expect("the rule");
     assert!(text.contains("@preapproved"), "{text}");
     // The proposal permits exactly that action; the enforced set still asks.
-    let check = |amount: i64| {
-        json!({ "amount": amount })
-    };
+    let check = |amount: i64| json!({ "amount": amount });
     let decide = |set: &PolicySet, amount: i64| {
         let a = check(amount);
         set.decide(&gov_sdk::policies::Request {
@@ -506,7 +527,12 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
         .await
         .unwrap();
     // Through the SDK, with a real operator in hand: refused.
-    let err = s.agent.gates().approve(&alice, req.id, "x").await.unwrap_err();
+    let err = s
+        .agent
+        .gates()
+        .approve(&alice, req.id, "x")
+        .await
+        .unwrap_err();
     assert!(reason(&err).contains("can never approve"), "{err}");
     // Its escalation is due: the agent's handle cannot mark it.
     s.clock.advance(Duration::from_secs(120));
@@ -534,9 +560,7 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
             "SELECT governance_vote('{id}', 'alice', true, 'x', NULL, NULL, now(), false, \
              gen_random_uuid(), NULL, NULL)"
         ),
-        format!(
-            "SELECT governance_decide('{id}', 'alice', true, 'x', NULL, NULL, now())"
-        ),
+        format!("SELECT governance_decide('{id}', 'alice', true, 'x', NULL, NULL, now())"),
         format!(
             "INSERT INTO approval_votes (request_id, operator, approve, reason, voted_at) \
              VALUES ('{id}', 'alice', true, 'x', now())"
@@ -571,13 +595,20 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
             .execute(&mut app)
             .await
             .expect_err(&sql);
-        assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
     }
     // Nothing moved: still pending, quorum 2, one group, not escalated, no votes.
     let r = s.ops.gates().get(req.id).await.unwrap();
     assert_eq!(r.status, gov_sdk::GateStatus::Pending);
     assert_eq!(
-        (r.workflow.quorum, r.workflow.approvals, r.workflow.approver_group.as_deref()),
+        (
+            r.workflow.quorum,
+            r.workflow.approvals,
+            r.workflow.approver_group.as_deref()
+        ),
         (2, 0, Some("finance"))
     );
     assert!(r.workflow.escalated_at.is_none());

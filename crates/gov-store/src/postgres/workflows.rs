@@ -244,11 +244,13 @@ impl WorkflowStore for PgStore {
         let now = self.clock.now();
         let outcome: String = match t {
             // language=PostgreSQL
-            GateTransition::Escalate => sqlx::query_scalar("SELECT governance_escalate($1, $2)")
-                .bind(id)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?,
+            GateTransition::Escalate => {
+                sqlx::query_scalar("SELECT governance_escalate($1, $2)")
+                    .bind(id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
             GateTransition::Expire => {
                 // language=PostgreSQL
                 sqlx::query_scalar("SELECT governance_expire_gate($1, $2, $3)")

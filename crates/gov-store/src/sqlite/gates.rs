@@ -281,7 +281,11 @@ impl GateStore for SqliteStore {
         .bind(group)
         .bind(escalate_to)
         .bind(escalates_at)
-        .bind(if grant.is_some() { "approved" } else { "pending" })
+        .bind(if grant.is_some() {
+            "approved"
+        } else {
+            "pending"
+        })
         .bind(grant.as_ref().map(|x| x.0))
         .bind(grant.as_ref().map(|x| x.1.clone()))
         .bind(grant.as_ref().map(|_| start))
@@ -375,12 +379,13 @@ impl GateStore for SqliteStore {
                 .bind(d.operator)
                 .fetch_all(&mut *tx)
                 .await?;
-        let voted: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM approval_votes WHERE request_id = ? AND operator = ?")
-                .bind(d.id)
-                .bind(d.operator)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let voted: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM approval_votes WHERE request_id = ? AND operator = ?",
+        )
+        .bind(d.id)
+        .bind(d.operator)
+        .fetch_optional(&mut *tx)
+        .await?;
         let w = VoteView {
             quorum: u32::try_from(r.3).unwrap_or(1),
             approvals: u32::try_from(r.4).unwrap_or(0),
@@ -498,18 +503,20 @@ impl GateStore for SqliteStore {
         };
         let view = r
             .as_ref()
-            .map(|(status, action, stored, expires, asker, asked_in, grant)| {
-                Ok::<_, StoreError>(ApprovalView {
-                    status: GateStatus::parse(status)
-                        .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
-                    agent_id: asker,
-                    session_id: asked_in.as_deref(),
-                    action_hash: action,
-                    token_hash: stored.as_deref(),
-                    token_expires_at: *expires,
-                    granted: grant.is_some(),
-                })
-            })
+            .map(
+                |(status, action, stored, expires, asker, asked_in, grant)| {
+                    Ok::<_, StoreError>(ApprovalView {
+                        status: GateStatus::parse(status)
+                            .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
+                        agent_id: asker,
+                        session_id: asked_in.as_deref(),
+                        action_hash: action,
+                        token_hash: stored.as_deref(),
+                        token_expires_at: *expires,
+                        granted: grant.is_some(),
+                    })
+                },
+            )
             .transpose()?;
         let outcome = match rules::may_consume(view, &presented, now) {
             Err(why) => why.as_str(),

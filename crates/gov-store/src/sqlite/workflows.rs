@@ -283,7 +283,9 @@ impl WorkflowStore for SqliteStore {
         .await?;
         let status = r
             .as_ref()
-            .map(|r| GateStatus::parse(&r.0).ok_or_else(|| StoreError::Corrupt("gate status".into())))
+            .map(|r| {
+                GateStatus::parse(&r.0).ok_or_else(|| StoreError::Corrupt("gate status".into()))
+            })
             .transpose()?;
         let expires_at = r.as_ref().map_or(0, |r| r.1);
         let verdict = match t {
