@@ -244,7 +244,7 @@ pub fn webhook_body(
 pub fn email_text(event: &str, g: &GateRecord, link: &str) -> (String, String) {
     let subject = format!("[governance] {}", title(event, g));
     let mut body = format!(
-        "{}\n\nReview and decide: {link}\n\nAgent:    {}\nSession:  {}\nTool:     {}\nApprovals: {} of {}{}\nExpires:  {}\n\nArguments:\n{}\n",
+        "{}\n\nReview and decide in the console:\n{link}\n\nAgent:    {}\nSession:  {}\nTool:     {}\nApprovals: {} of {}{}\nExpires:  {}\n\nArguments:\n{}\n",
         title(event, g),
         g.agent_id,
         g.session_id.as_deref().unwrap_or("-"),
