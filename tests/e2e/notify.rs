@@ -44,7 +44,11 @@ async fn smtp_sink() -> (u16, tokio::sync::oneshot::Receiver<String>) {
                 }
                 continue;
             }
-            let verb = line.split(' ').next().unwrap_or_default().to_ascii_uppercase();
+            let verb = line
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
             let reply: &[u8] = match verb.as_str() {
                 "EHLO" | "HELO" => b"250 sink.test\r\n",
                 "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 2.1.0 ok\r\n",
@@ -150,7 +154,11 @@ to = ["approvers@example.com"]
         .build()
         .expect("client");
     let r = http.get(&link).send().await.expect("get");
-    assert_eq!(r.status().as_u16(), 303, "not signed in: to the sign-in page");
+    assert_eq!(
+        r.status().as_u16(),
+        303,
+        "not signed in: to the sign-in page"
+    );
     let r = http
         .post(format!("{console}/login"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -177,7 +185,10 @@ to = ["approvers@example.com"]
     let page = r.text().await.expect("page");
     assert!(page.contains("billing-agent"), "{page}");
     assert!(page.contains("refund"), "{page}");
-    assert!(page.contains(&format!("/approvals/{}/approve", req.id)), "{page}");
+    assert!(
+        page.contains(&format!("/approvals/{}/approve", req.id)),
+        "{page}"
+    );
 
     // Delivered once: the next round sends nothing.
     let round = notifier.run_once().await.expect("round");
