@@ -141,9 +141,9 @@ async fn a_signed_webhook_is_retried_after_a_500_and_delivered_once() {
     let r = n.run_once().await.expect("round");
     assert_eq!((r.queued, r.delivered), (0, 0));
 
-    let seen = seen.lock().expect("lock");
-    assert_eq!(seen.calls.len(), 2);
-    for (path, headers, body) in &seen.calls {
+    let calls = std::mem::take(&mut seen.lock().expect("lock").calls);
+    assert_eq!(calls.len(), 2);
+    for (path, headers, body) in &calls {
         assert_eq!(path, "ops");
         let sig = headers
             .get(gov_notify::SIGNATURE_HEADER)
@@ -163,8 +163,7 @@ async fn a_signed_webhook_is_retried_after_a_500_and_delivered_once() {
         );
     }
     // The same delivery id on the retry: a receiver deduplicates by it.
-    let ids: Vec<_> = seen
-        .calls
+    let ids: Vec<_> = calls
         .iter()
         .map(|c| c.1.get(gov_notify::DELIVERY_HEADER).cloned())
         .collect();

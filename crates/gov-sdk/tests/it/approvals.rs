@@ -149,8 +149,8 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
         .gates()
         .request("billing", Some("s-1"), "send_payment", &args)
         .await
-        .unwrap();
-    let stored = s.ops.gates().get(req.id).await.unwrap();
+        .expect("succeeds");
+    let stored = s.ops.gates().get(req.id).await.expect("succeeds");
     assert_eq!(stored.workflow.quorum, 2);
     assert_eq!(stored.workflow.name.as_deref(), Some("four-eyes"));
 
@@ -160,7 +160,7 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
         .gates()
         .approve(&alice, req.id, "looks right")
         .await
-        .unwrap();
+        .expect("succeeds");
     assert!(!first.decided);
     assert_eq!((first.approvals, first.quorum), (1, 2));
     assert!(matches!(
@@ -173,7 +173,7 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
         .gates()
         .approve(&alice, req.id, "really")
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert!(reason(&again).contains("already voted"), "{again}");
     // Outside the approver group: refused.
     let err = s
@@ -181,24 +181,29 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
         .gates()
         .approve(&mallory, req.id, "me too")
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert!(reason(&err).contains("approver group"), "{err}");
     assert!(matches!(
         s.agent.gates().poll(req.id).await,
         Err(Error::ApprovalPending { .. })
     ));
     // A second, distinct approver decides.
-    let second = s.ops.gates().approve(&bob, req.id, "agreed").await.unwrap();
+    let second = s
+        .ops
+        .gates()
+        .approve(&bob, req.id, "agreed")
+        .await
+        .expect("succeeds");
     assert!(second.decided);
     assert_eq!(second.approvals, 2);
-    let approval = s.agent.gates().poll(req.id).await.unwrap();
+    let approval = s.agent.gates().poll(req.id).await.expect("succeeds");
     assert_eq!(approval.approved_by, "bob");
     s.agent
         .gates()
         .consume(&approval, "billing", Some("s-1"), "send_payment", &args)
         .await
-        .unwrap();
-    let votes = s.ops.gates().votes(req.id).await.unwrap();
+        .expect("succeeds");
+    let votes = s.ops.gates().votes(req.id).await.expect("succeeds");
     let names: Vec<&str> = votes.iter().map(|v| v.operator.as_str()).collect();
     assert_eq!(names, ["alice", "bob"]);
     assert_eq!(
@@ -216,11 +221,14 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
         .audit()
         .events(&EventFilter::default())
         .await
-        .unwrap()
+        .expect("succeeds")
         .into_iter()
         .find(|r| r.kind == "gate.voted")
-        .unwrap();
-    let v = voted.decode::<gov_sdk::events::GateVoted>().unwrap().0;
+        .expect("succeeds");
+    let v = voted
+        .decode::<gov_sdk::events::GateVoted>()
+        .expect("succeeds")
+        .0;
     assert_eq!((v.approvals, v.quorum), (Some(1), Some(2)));
 
     // One denial decides, whatever the quorum.
@@ -234,19 +242,31 @@ async fn a_quorum_of_two_needs_two_distinct_operators(s: Setup) {
             &json!({ "amount": 9 }),
         )
         .await
-        .unwrap();
+        .expect("succeeds");
     s.ops
         .gates()
         .approve(&alice, other.id, "fine")
         .await
-        .unwrap();
-    let denied = s.ops.gates().deny(&bob, other.id, "no").await.unwrap();
+        .expect("succeeds");
+    let denied = s
+        .ops
+        .gates()
+        .deny(&bob, other.id, "no")
+        .await
+        .expect("succeeds");
     assert!(denied.decided);
     assert!(matches!(
         s.agent.gates().poll(other.id).await,
         Err(Error::ApprovalDenied { .. })
     ));
-    assert!(s.ops.audit().verify_chain().await.unwrap().is_clean());
+    assert!(
+        s.ops
+            .audit()
+            .verify_chain()
+            .await
+            .expect("succeeds")
+            .is_clean()
+    );
     drop(s.db);
 }
 
@@ -281,39 +301,39 @@ async fn escalation_fires_after_its_timeout_and_expiry_denies(s: Setup) {
         .gates()
         .request("billing", Some("s-1"), "refund", &json!({ "amount": 5 }))
         .await
-        .unwrap();
+        .expect("succeeds");
     // Before the escalation: the managers may not approve, and a sweep does nothing.
     let err = s
         .ops
         .gates()
         .approve(&maria, req.id, "ok")
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert!(reason(&err).contains("approver group"), "{err}");
     s.clock.advance(Duration::from_secs(14 * 60));
-    let sweep = s.ops.workflows().sweep().await.unwrap();
+    let sweep = s.ops.workflows().sweep().await.expect("succeeds");
     assert!(sweep.escalated.is_empty() && sweep.expired.is_empty());
     // After its timeout: escalated once, recorded, and the managers may approve.
     s.clock.advance(Duration::from_secs(2 * 60));
-    let sweep = s.ops.workflows().sweep().await.unwrap();
+    let sweep = s.ops.workflows().sweep().await.expect("succeeds");
     assert_eq!(sweep.escalated.len(), 1);
     assert!(
         s.ops
             .workflows()
             .sweep()
             .await
-            .unwrap()
+            .expect("succeeds")
             .escalated
             .is_empty()
     );
-    let r = s.ops.gates().get(req.id).await.unwrap();
+    let r = s.ops.gates().get(req.id).await.expect("succeeds");
     assert!(r.workflow.escalated_at.is_some());
     s.ops
         .gates()
         .approve(&maria, req.id, "escalated to me")
         .await
-        .unwrap();
-    s.agent.gates().poll(req.id).await.unwrap();
+        .expect("succeeds");
+    s.agent.gates().poll(req.id).await.expect("succeeds");
 
     // Nobody decides the next one: at its expiry it is denied, and that is recorded.
     let lapsing = s
@@ -321,9 +341,9 @@ async fn escalation_fires_after_its_timeout_and_expiry_denies(s: Setup) {
         .gates()
         .request("billing", Some("s-1"), "refund", &json!({ "amount": 6 }))
         .await
-        .unwrap();
+        .expect("succeeds");
     s.clock.advance(Duration::from_secs(61 * 60));
-    let sweep = s.ops.workflows().sweep().await.unwrap();
+    let sweep = s.ops.workflows().sweep().await.expect("succeeds");
     assert_eq!(sweep.expired.len(), 1);
     assert_eq!(sweep.expired[0].id, lapsing.id);
     match s.agent.gates().poll(lapsing.id).await {
@@ -335,9 +355,17 @@ async fn escalation_fires_after_its_timeout_and_expiry_denies(s: Setup) {
         .gates()
         .approve(&maria, lapsing.id, "late")
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert!(reason(&err).contains("already decided"), "{err}");
-    assert!(s.ops.workflows().sweep().await.unwrap().expired.is_empty());
+    assert!(
+        s.ops
+            .workflows()
+            .sweep()
+            .await
+            .expect("succeeds")
+            .expired
+            .is_empty()
+    );
     assert_eq!(
         s.kinds().await,
         [
@@ -348,7 +376,14 @@ async fn escalation_fires_after_its_timeout_and_expiry_denies(s: Setup) {
             "gate.expired:",
         ]
     );
-    assert!(s.ops.audit().verify_chain().await.unwrap().is_clean());
+    assert!(
+        s.ops
+            .audit()
+            .verify_chain()
+            .await
+            .expect("succeeds")
+            .is_clean()
+    );
     drop(s.db);
 }
 
@@ -369,12 +404,12 @@ async fn an_approval_for_the_session_covers_its_later_requests_for_that_tool(s: 
         .gates()
         .request("billing", Some("s-1"), "read_invoice", &json!({ "n": 1 }))
         .await
-        .unwrap();
+        .expect("succeeds");
     s.ops
         .gates()
         .approve_with(&alice, first.id, "routine", ApprovalScope::Session)
         .await
-        .unwrap();
+        .expect("succeeds");
     // Later in the session, the same tool with other arguments: approved when asked.
     let args = json!({ "n": 2 });
     let later = s
@@ -382,14 +417,14 @@ async fn an_approval_for_the_session_covers_its_later_requests_for_that_tool(s: 
         .gates()
         .request("billing", Some("s-1"), "read_invoice", &args)
         .await
-        .unwrap();
-    let approval = s.agent.gates().poll(later.id).await.unwrap();
+        .expect("succeeds");
+    let approval = s.agent.gates().poll(later.id).await.expect("succeeds");
     assert_eq!(approval.approved_by, "alice");
     s.agent
         .gates()
         .consume(&approval, "billing", Some("s-1"), "read_invoice", &args)
         .await
-        .unwrap();
+        .expect("succeeds");
     // Another session, another tool: asked as usual.
     for (session, tool) in [("s-2", "read_invoice"), ("s-1", "refund")] {
         let r = s
@@ -397,7 +432,7 @@ async fn an_approval_for_the_session_covers_its_later_requests_for_that_tool(s: 
             .gates()
             .request("billing", Some(session), tool, &json!({}))
             .await
-            .unwrap();
+            .expect("succeeds");
         assert!(matches!(
             s.agent.gates().poll(r.id).await,
             Err(Error::ApprovalPending { .. })
@@ -411,7 +446,7 @@ async fn an_approval_for_the_session_covers_its_later_requests_for_that_tool(s: 
         .gates()
         .request("billing", Some("s-1"), "read_invoice", &json!({ "n": 3 }))
         .await
-        .unwrap();
+        .expect("succeeds");
     assert!(matches!(
         s.agent.gates().poll(r.id).await,
         Err(Error::ApprovalPending { .. })
@@ -444,12 +479,12 @@ when { context.arguments has amount && context.arguments.amount > 1000 };
 async fn an_approval_saved_as_a_rule_proposes_a_preapproval_for_admins_only() {
     use gov_sdk::policies::{Effect, PolicyCheck, PolicySet, Resource, Slot};
     let s = postgres().await;
-    let set = PolicySet::parse(POLICIES, r#"{"arguments": {"amount": "long"}}"#).unwrap();
+    let set = PolicySet::parse(POLICIES, r#"{"arguments": {"amount": "long"}}"#).expect("succeeds");
     s.ops
         .policies()
         .apply(Slot::Enforced, Some(&set), "admin")
         .await
-        .unwrap();
+        .expect("succeeds");
     let alice = s.operator("alice", &[]).await;
     let admin = s.operator("admin-ann", &[]).await;
     let args = json!({ "amount": 5000 });
@@ -458,23 +493,23 @@ async fn an_approval_saved_as_a_rule_proposes_a_preapproval_for_admins_only() {
         .gates()
         .request("billing", Some("s-1"), "refund", &args)
         .await
-        .unwrap();
+        .expect("succeeds");
     let err = s
         .ops
         .gates()
         .approve_with(&alice, req.id, "ok", ApprovalScope::Rule)
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert!(reason(&err).contains("admin"), "{err}");
     let vote = s
         .ops
         .gates()
         .approve_with(&admin, req.id, "monthly refund", ApprovalScope::Rule)
         .await
-        .unwrap();
+        .expect("succeeds");
     let (version, id) = vote.proposed_rule.expect("a proposed rule");
     assert_eq!(version, 1);
-    let snapshot = s.ops.policies().current().await.unwrap();
+    let snapshot = s.ops.policies().current().await.expect("succeeds");
     let Some(gov_sdk::policies::Loaded::Set { set: shadow, .. }) = &snapshot.shadow else {
         panic!("no shadow set: {snapshot:?}");
     };
@@ -499,7 +534,7 @@ async fn an_approval_saved_as_a_rule_proposes_a_preapproval_for_admins_only() {
     assert_eq!(decide(shadow, 6000), Effect::Approval);
     assert_eq!(decide(&set, 5000), Effect::Approval);
     let _ = PolicyCheck::new("billing", Resource::Tool("refund"));
-    s.agent.gates().poll(req.id).await.unwrap();
+    s.agent.gates().poll(req.id).await.expect("succeeds");
 }
 
 /// The agent's credentials (the application role) cannot vote, cannot weaken a pending
@@ -525,18 +560,18 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
         .gates()
         .request("billing", Some("s-1"), "wire", &json!({}))
         .await
-        .unwrap();
+        .expect("succeeds");
     // Through the SDK, with a real operator in hand: refused.
     let err = s
         .agent
         .gates()
         .approve(&alice, req.id, "x")
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert!(reason(&err).contains("can never approve"), "{err}");
     // Its escalation is due: the agent's handle cannot mark it.
     s.clock.advance(Duration::from_secs(120));
-    let err = s.agent.workflows().sweep().await.unwrap_err();
+    let err = s.agent.workflows().sweep().await.expect_err("refused");
     assert!(err.to_string().contains("may not"), "{err}");
     assert!(
         s.agent
@@ -553,7 +588,9 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
             .is_err()
     );
     // Straight SQL as the application role.
-    let mut app = sqlx::PgConnection::connect(&db.app_url()).await.unwrap();
+    let mut app = sqlx::PgConnection::connect(&db.app_url())
+        .await
+        .expect("succeeds");
     let id = req.id;
     for sql in [
         format!(
@@ -601,7 +638,7 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
         );
     }
     // Nothing moved: still pending, quorum 2, one group, not escalated, no votes.
-    let r = s.ops.gates().get(req.id).await.unwrap();
+    let r = s.ops.gates().get(req.id).await.expect("succeeds");
     assert_eq!(r.status, gov_sdk::GateStatus::Pending);
     assert_eq!(
         (
@@ -612,7 +649,14 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
         (2, 0, Some("finance"))
     );
     assert!(r.workflow.escalated_at.is_none());
-    assert!(s.ops.gates().votes(req.id).await.unwrap().is_empty());
+    assert!(
+        s.ops
+            .gates()
+            .votes(req.id)
+            .await
+            .expect("succeeds")
+            .is_empty()
+    );
     // A backdated request does not escalate sooner: timers start when it reaches the database.
     let backdated = sqlx::query_scalar::<_, uuid::Uuid>(
         "INSERT INTO gate_requests (id, agent_id, tool, action_hash, args, requested_at, \
@@ -622,10 +666,10 @@ async fn the_app_role_cannot_vote_weaken_a_workflow_or_escalate() {
     .fetch_one(&mut app)
     .await;
     // (RETURNING needs SELECT, which the role has.)
-    let backdated = backdated.unwrap();
-    let r = s.ops.gates().get(backdated).await.unwrap();
+    let backdated = backdated.expect("succeeds");
+    let r = s.ops.gates().get(backdated).await.expect("succeeds");
     assert!(
-        r.workflow.escalates_at.unwrap() > time::OffsetDateTime::now_utc(),
+        r.workflow.escalates_at.expect("succeeds") > time::OffsetDateTime::now_utc(),
         "{r:?}"
     );
     assert_eq!(r.workflow.quorum, 2);
