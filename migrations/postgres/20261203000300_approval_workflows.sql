@@ -59,6 +59,11 @@ ALTER TABLE gate_requests
     ADD COLUMN expired_at      timestamptz,
     -- The session grant that approved it when asked (no person decided this one).
     ADD COLUMN grant_id        uuid;
+-- What a notifier reads each round: requests asked, escalated or expired lately.
+CREATE INDEX gate_requests_requested ON gate_requests (requested_at);
+CREATE INDEX gate_requests_escalated ON gate_requests (escalated_at)
+    WHERE escalated_at IS NOT NULL;
+CREATE INDEX gate_requests_expired ON gate_requests (expired_at) WHERE expired_at IS NOT NULL;
 
 -- One row per vote: an operator votes once on a request (four-eyes means two names here).
 CREATE TABLE approval_votes (

@@ -43,6 +43,10 @@ ALTER TABLE gate_requests ADD COLUMN escalates_at INTEGER;
 ALTER TABLE gate_requests ADD COLUMN escalated_at INTEGER;
 ALTER TABLE gate_requests ADD COLUMN expired_at INTEGER;
 ALTER TABLE gate_requests ADD COLUMN grant_id BLOB;
+CREATE INDEX gate_requests_requested ON gate_requests (requested_at);
+CREATE INDEX gate_requests_escalated ON gate_requests (escalated_at)
+    WHERE escalated_at IS NOT NULL;
+CREATE INDEX gate_requests_expired ON gate_requests (expired_at) WHERE expired_at IS NOT NULL;
 
 CREATE TABLE approval_votes (
     request_id  BLOB    NOT NULL REFERENCES gate_requests (id),
