@@ -60,6 +60,57 @@ BEGIN
 END;
 $function$
 
+-- gate_requests_workflow()
+CREATE OR REPLACE FUNCTION public.gate_requests_workflow()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    w approval_workflows%ROWTYPE;
+    g approval_grants%ROWTYPE;
+    -- Timers start when the request reaches the database, never earlier than the database's own
+    -- clock: a backdated request cannot escalate or lapse sooner.
+    v_start timestamptz := greatest(NEW.requested_at, now());
+BEGIN
+    NEW.workflow := NULL; NEW.quorum := 1; NEW.approvals := 0; NEW.approver_group := NULL;
+    NEW.escalate_to := NULL; NEW.escalates_at := NULL; NEW.escalated_at := NULL;
+    NEW.expired_at := NULL; NEW.grant_id := NULL;
+    SELECT wf.* INTO w FROM approval_routes r JOIN approval_workflows wf ON wf.name = r.workflow
+    WHERE (r.agent_id = NEW.agent_id OR r.agent_id = '*') AND (r.tool = NEW.tool OR r.tool = '*')
+    ORDER BY (r.agent_id <> '*') DESC, (r.tool <> '*') DESC
+    LIMIT 1;
+    IF FOUND THEN
+        NEW.workflow := w.name;
+        NEW.quorum := w.quorum;
+        NEW.approver_group := w.approver_group;
+        NEW.escalate_to := w.escalate_to;
+        IF w.escalate_after_secs IS NOT NULL THEN
+            NEW.escalates_at := v_start + make_interval(secs => w.escalate_after_secs);
+        END IF;
+        IF w.timeout_secs IS NOT NULL THEN
+            NEW.expires_at := least(NEW.expires_at, v_start + make_interval(secs => w.timeout_secs));
+        END IF;
+    END IF;
+    IF NEW.status = 'pending' AND NEW.session_id IS NOT NULL THEN
+        SELECT * INTO g FROM approval_grants a
+        WHERE a.agent_id = NEW.agent_id AND a.session_id = NEW.session_id AND a.tool = NEW.tool
+          AND a.expires_at > v_start
+        ORDER BY a.expires_at DESC LIMIT 1;
+        IF FOUND THEN
+            NEW.status := 'approved';
+            NEW.grant_id := g.id;
+            NEW.decided_by := g.granted_by;
+            NEW.decided_at := v_start;
+            NEW.decision_reason := 'approved for the session';
+            NEW.token_expires_at := g.expires_at;
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$function$
+
 -- governance_append_batch_expected(text,bigint,bytea,text,uuid[],timestamp with time zone[],text[],text[],text[],text[],uuid[],text[],bytea[],bytea[],bytea[],text[],text[])
 CREATE OR REPLACE FUNCTION public.governance_append_batch_expected(p_chain text, p_expect_seq bigint, p_expect_hmac bytea, p_key_id text, p_event_id uuid[], p_occurred_at timestamp with time zone[], p_agent text[], p_session text[], p_kind text[], p_actor text[], p_parent uuid[], p_payload text[], p_prev_hmac bytea[], p_row_hmac bytea[], p_signature bytea[], p_signer text[], p_status text[])
  RETURNS TABLE(appended boolean, cur_seq bigint, cur_hmac bytea)
@@ -160,8 +211,8 @@ BEGIN
         RETURN 'wrong_agent';
     END IF;
     IF r.action_hash IS DISTINCT FROM p_action_hash THEN RETURN 'wrong_action'; END IF;
-    IF r.token_hash IS NULL OR p_token_hash IS NULL
-       OR sha256(r.token_hash) <> sha256(p_token_hash) THEN
+    IF r.grant_id IS NULL AND (r.token_hash IS NULL OR p_token_hash IS NULL
+       OR sha256(r.token_hash) <> sha256(p_token_hash)) THEN
         RETURN 'bad_token';
     END IF;
     IF r.token_expires_at < v_now THEN RETURN 'expired'; END IF;
@@ -177,26 +228,9 @@ CREATE OR REPLACE FUNCTION public.governance_decide(p_id uuid, p_operator text, 
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'public', 'pg_temp'
 AS $function$
-DECLARE
-    r gate_requests%ROWTYPE;
-    op operators%ROWTYPE;
 BEGIN
-    SELECT * INTO op FROM operators WHERE username = p_operator;
-    IF NOT FOUND THEN RETURN 'unknown_operator'; END IF;
-    IF op.disabled THEN RETURN 'operator_disabled'; END IF;
-    IF op.role NOT IN ('admin', 'operator') THEN RETURN 'not_allowed'; END IF;
-    SELECT * INTO r FROM gate_requests WHERE id = p_id FOR UPDATE;
-    IF NOT FOUND THEN RETURN 'unknown_request'; END IF;
-    IF r.status <> 'pending' THEN RETURN 'not_pending'; END IF;
-    IF r.expires_at < p_now THEN RETURN 'expired'; END IF;
-    IF p_operator = r.agent_id THEN RETURN 'self_approval'; END IF;
-    UPDATE gate_requests
-    SET status = CASE WHEN p_approve THEN 'approved' ELSE 'denied' END,
-        decided_by = p_operator, decided_at = p_now, decision_reason = p_reason,
-        token_hash = CASE WHEN p_approve THEN p_token_hash END,
-        token_expires_at = CASE WHEN p_approve THEN p_token_expires_at END
-    WHERE id = p_id;
-    RETURN 'ok';
+    RETURN governance_vote(p_id, p_operator, p_approve, p_reason, p_token_hash,
+        p_token_expires_at, p_now, true, NULL, NULL, NULL);
 END;
 $function$
 
@@ -206,44 +240,54 @@ CREATE OR REPLACE FUNCTION public.governance_decide_logged(p_id uuid, p_operator
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'public', 'pg_temp'
 AS $function$
-DECLARE
-    decided text;
-    h record;
 BEGIN
-    BEGIN
-        decided := governance_decide(p_id, p_operator, p_approve, p_reason, p_token_hash,
-            p_token_expires_at, p_now);
-        IF decided <> 'ok' THEN
-            RETURN QUERY SELECT decided, NULL::bigint, NULL::bytea;
-            RETURN;
-        END IF;
-        INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, request_id, reason)
-        VALUES (p_event_id, p_kind, p_agent, p_operator, p_id, p_reason);
-        SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO chain_heads (chain_id, seq, head_hmac)
-            VALUES (p_chain, 0, decode(repeat('00', 32), 'hex'))
-            ON CONFLICT (chain_id) DO NOTHING;
-            SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain
-            FOR UPDATE;
-        END IF;
-        IF h.seq <> p_expect_seq OR h.head_hmac <> p_expect_hmac THEN
-            -- Undo the decision and its record (this block's subtransaction).
-            RAISE EXCEPTION USING ERRCODE = 'GV001';
-        END IF;
-        INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id,
-            kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature,
-            signer_key_id, signature_status)
-        VALUES (p_chain, p_expect_seq + 1, p_event_id, p_occurred_at, p_agent, p_session, p_kind,
-            p_actor, p_parent, p_payload, p_expect_hmac, p_key_id, p_row_hmac, p_signature,
-            p_signer, p_status);
-        UPDATE chain_heads SET seq = p_expect_seq + 1, head_hmac = p_row_hmac, updated_at = now()
-        WHERE chain_id = p_chain;
-        PERFORM pg_notify('gov_audit', p_chain || ':' || (p_expect_seq + 1)::text);
-        RETURN QUERY SELECT 'ok'::text, p_expect_seq + 1, p_row_hmac;
-    EXCEPTION WHEN SQLSTATE 'GV001' THEN
-        RETURN QUERY SELECT 'stale'::text, h.seq, h.head_hmac;
-    END;
+    RETURN QUERY SELECT * FROM governance_vote_logged(p_id, p_operator, p_approve, p_reason,
+        p_token_hash, p_token_expires_at, p_now, true, NULL, NULL, p_event_id, p_kind, p_agent,
+        p_chain, p_expect_seq, p_expect_hmac, p_occurred_at, p_session, p_actor, p_parent,
+        p_payload, p_key_id, p_row_hmac, p_signature, p_signer, p_status);
+END;
+$function$
+
+-- governance_escalate(uuid,timestamp with time zone)
+CREATE OR REPLACE FUNCTION public.governance_escalate(p_id uuid, p_now timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    r gate_requests%ROWTYPE;
+BEGIN
+    SELECT * INTO r FROM gate_requests WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN RETURN 'unknown_request'; END IF;
+    IF r.status <> 'pending' THEN RETURN 'not_pending'; END IF;
+    IF r.expires_at < p_now THEN RETURN 'expired'; END IF;
+    IF r.escalate_to IS NULL OR r.escalates_at IS NULL THEN RETURN 'no_escalation'; END IF;
+    IF r.escalated_at IS NOT NULL THEN RETURN 'already_escalated'; END IF;
+    IF r.escalates_at > p_now THEN RETURN 'not_due'; END IF;
+    UPDATE gate_requests SET escalated_at = p_now WHERE id = p_id;
+    RETURN 'ok';
+END;
+$function$
+
+-- governance_expire_gate(uuid,text,timestamp with time zone)
+CREATE OR REPLACE FUNCTION public.governance_expire_gate(p_id uuid, p_reason text, p_now timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    r gate_requests%ROWTYPE;
+BEGIN
+    SELECT * INTO r FROM gate_requests WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN RETURN 'unknown_request'; END IF;
+    IF r.status <> 'pending' THEN RETURN 'not_pending'; END IF;
+    IF r.expires_at >= p_now THEN RETURN 'not_due'; END IF;
+    UPDATE gate_requests
+    SET status = 'denied', decided_at = p_now, decision_reason = p_reason, expired_at = p_now
+    WHERE id = p_id;
+    RETURN 'ok';
 END;
 $function$
 
@@ -667,6 +711,118 @@ BEGIN
     END IF;
     PERFORM governance_track(p_agent, p_session, p_model, p_micros, p_input, p_output, p_cached, p_now);
     RETURN true;
+END;
+$function$
+
+-- governance_vote(uuid,text,boolean,text,bytea,timestamp with time zone,timestamp with time zone,boolean,uuid,uuid,timestamp with time zone)
+CREATE OR REPLACE FUNCTION public.governance_vote(p_id uuid, p_operator text, p_approve boolean, p_reason text, p_token_hash bytea, p_token_expires_at timestamp with time zone, p_now timestamp with time zone, p_final boolean, p_event_id uuid, p_grant_id uuid, p_grant_expires_at timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    r gate_requests%ROWTYPE;
+    op operators%ROWTYPE;
+    v_final boolean;
+BEGIN
+    SELECT * INTO op FROM operators WHERE username = p_operator;
+    IF NOT FOUND THEN RETURN 'unknown_operator'; END IF;
+    IF op.disabled THEN RETURN 'operator_disabled'; END IF;
+    IF op.role NOT IN ('admin', 'operator') THEN RETURN 'not_allowed'; END IF;
+    SELECT * INTO r FROM gate_requests WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN RETURN 'unknown_request'; END IF;
+    IF r.status <> 'pending' THEN RETURN 'not_pending'; END IF;
+    IF r.expires_at < p_now THEN RETURN 'expired'; END IF;
+    IF p_operator = r.agent_id THEN RETURN 'self_approval'; END IF;
+    IF r.approver_group IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM operator_groups g
+        WHERE g.username = p_operator
+          AND (g.group_name = r.approver_group
+               OR (r.escalated_at IS NOT NULL AND g.group_name = r.escalate_to))
+    ) THEN
+        RETURN 'not_in_group';
+    END IF;
+    IF EXISTS (SELECT 1 FROM approval_votes v WHERE v.request_id = p_id AND v.operator = p_operator)
+    THEN
+        RETURN 'already_voted';
+    END IF;
+    v_final := NOT p_approve OR r.approvals + 1 >= r.quorum;
+    IF v_final IS DISTINCT FROM p_final THEN RETURN 'vote_moved'; END IF;
+    INSERT INTO approval_votes (request_id, operator, approve, reason, voted_at, event_id)
+    VALUES (p_id, p_operator, p_approve, p_reason, p_now, p_event_id);
+    IF NOT v_final THEN
+        UPDATE gate_requests SET approvals = approvals + 1 WHERE id = p_id;
+        RETURN 'voted';
+    END IF;
+    UPDATE gate_requests
+    SET status = CASE WHEN p_approve THEN 'approved' ELSE 'denied' END,
+        approvals = approvals + CASE WHEN p_approve THEN 1 ELSE 0 END,
+        decided_by = p_operator, decided_at = p_now, decision_reason = p_reason,
+        token_hash = CASE WHEN p_approve THEN p_token_hash END,
+        token_expires_at = CASE WHEN p_approve THEN p_token_expires_at END
+    WHERE id = p_id;
+    IF p_approve AND p_grant_id IS NOT NULL THEN
+        IF r.session_id IS NULL THEN
+            RAISE EXCEPTION 'a request without a session cannot be approved for its session'
+                USING ERRCODE = '22023';
+        END IF;
+        INSERT INTO approval_grants (id, agent_id, session_id, tool, request_id, granted_by,
+            granted_at, expires_at)
+        VALUES (p_grant_id, r.agent_id, r.session_id, r.tool, p_id, p_operator, p_now,
+            p_grant_expires_at);
+    END IF;
+    RETURN 'ok';
+END;
+$function$
+
+-- governance_vote_logged(uuid,text,boolean,text,bytea,timestamp with time zone,timestamp with time zone,boolean,uuid,timestamp with time zone,uuid,text,text,text,bigint,bytea,timestamp with time zone,text,text,uuid,text,text,bytea,bytea,text,text)
+CREATE OR REPLACE FUNCTION public.governance_vote_logged(p_id uuid, p_operator text, p_approve boolean, p_reason text, p_token_hash bytea, p_token_expires_at timestamp with time zone, p_now timestamp with time zone, p_final boolean, p_grant_id uuid, p_grant_expires_at timestamp with time zone, p_event_id uuid, p_kind text, p_agent text, p_chain text, p_expect_seq bigint, p_expect_hmac bytea, p_occurred_at timestamp with time zone, p_session text, p_actor text, p_parent uuid, p_payload text, p_key_id text, p_row_hmac bytea, p_signature bytea, p_signer text, p_status text)
+ RETURNS TABLE(outcome text, cur_seq bigint, cur_hmac bytea)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+DECLARE
+    voted text;
+    h record;
+BEGIN
+    BEGIN
+        voted := governance_vote(p_id, p_operator, p_approve, p_reason, p_token_hash,
+            p_token_expires_at, p_now, p_final, p_event_id, p_grant_id, p_grant_expires_at);
+        IF voted NOT IN ('ok', 'voted') THEN
+            RETURN QUERY SELECT voted, NULL::bigint, NULL::bytea;
+            RETURN;
+        END IF;
+        IF voted = 'ok' THEN
+            INSERT INTO oversight_decisions (event_id, kind, agent_id, operator, request_id,
+                reason)
+            VALUES (p_event_id, p_kind, p_agent, p_operator, p_id, p_reason);
+        END IF;
+        SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO chain_heads (chain_id, seq, head_hmac)
+            VALUES (p_chain, 0, decode(repeat('00', 32), 'hex'))
+            ON CONFLICT (chain_id) DO NOTHING;
+            SELECT c.seq, c.head_hmac INTO h FROM chain_heads c WHERE c.chain_id = p_chain
+            FOR UPDATE;
+        END IF;
+        IF h.seq <> p_expect_seq OR h.head_hmac <> p_expect_hmac THEN
+            -- Undo the vote and its records (this block's subtransaction).
+            RAISE EXCEPTION USING ERRCODE = 'GV001';
+        END IF;
+        INSERT INTO audit_events (chain_id, seq, event_id, occurred_at, agent_id, session_id,
+            kind, actor, parent_event_id, payload, prev_hmac, key_id, row_hmac, signature,
+            signer_key_id, signature_status)
+        VALUES (p_chain, p_expect_seq + 1, p_event_id, p_occurred_at, p_agent, p_session, p_kind,
+            p_actor, p_parent, p_payload, p_expect_hmac, p_key_id, p_row_hmac, p_signature,
+            p_signer, p_status);
+        UPDATE chain_heads SET seq = p_expect_seq + 1, head_hmac = p_row_hmac, updated_at = now()
+        WHERE chain_id = p_chain;
+        PERFORM pg_notify('gov_audit', p_chain || ':' || (p_expect_seq + 1)::text);
+        RETURN QUERY SELECT voted, p_expect_seq + 1, p_row_hmac;
+    EXCEPTION WHEN SQLSTATE 'GV001' THEN
+        RETURN QUERY SELECT 'stale'::text, h.seq, h.head_hmac;
+    END;
 END;
 $function$
 

@@ -61,6 +61,8 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["gateway", "add-key"],
         &["gateway", "list-keys"],
         &["gateway", "revoke-key"],
+        &["approvals", "workflow"],
+        &["notify", "run"],
         &["completions"],
     ];
     let top = help(&db, &[]);

@@ -13,6 +13,7 @@ mod gateway;
 mod keys;
 mod local;
 mod migrate;
+mod notify;
 mod outputs;
 mod policy;
 mod processes;

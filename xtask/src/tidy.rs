@@ -23,9 +23,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("gov-report", &["gov-sdk"]),
     ("gov-console", &["gov-sdk", "gov-report"]),
     ("gov-gateway", &["gov-sdk"]),
+    ("gov-notify", &["gov-sdk"]),
     (
         "gov-cli",
-        &["gov-sdk", "gov-report", "gov-console", "gov-gateway"],
+        &[
+            "gov-sdk",
+            "gov-report",
+            "gov-console",
+            "gov-gateway",
+            "gov-notify",
+        ],
     ),
     ("gov-testdb", &["gov-core", "gov-audit", "gov-store"]),
     (
@@ -55,6 +62,7 @@ const EXTERNAL: &[(&str, &[&str])] = &[
             "gov-report",
             "gov-console",
             "gov-gateway",
+            "gov-notify",
             "gov-cli",
             "gov-testdb",
             "gov-bench",

@@ -110,6 +110,14 @@ pub(crate) enum Command {
     /// and resume (add-user, list-users, disable-user, reset-password, set-role)
     #[command(subcommand)]
     Console(ConsoleCommand),
+    /// Approval workflows: quorum, approver groups, escalation and timeout (workflow), which
+    /// requests follow which (route), operators' groups (groups)
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// Notify people of approval requests (run): signed webhooks (JSON, Slack, CloudEvents) and
+    /// email, with retries and a dead-letter record (list)
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Run the LLM gateway (serve) that puts every gate in front of OpenAI- and
     /// Anthropic-compatible providers for agents in any language, and manage the agents' gateway
     /// keys (add-key, list-keys, revoke-key)
@@ -634,8 +642,143 @@ pub(crate) struct ServeArgs {
     /// never); the dashboard, the chain page and health show the result
     #[arg(long, default_value_t = 0, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=604_800))]
     pub(crate) verify_every_secs: u64,
+    /// Also run the approval notifier in this process, with this configuration (TOML, as for
+    /// `governance notify run`): escalation, expiry, webhooks and email
+    #[arg(long, value_name = "FILE")]
+    pub(crate) notify: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// Add or replace a workflow: how many distinct approvers, from which group, escalated to
+    /// which group after how long, denied after how long
+    #[command(
+        after_help = "Examples:\n  governance approvals workflow four-eyes --quorum 2 --group finance\n  governance approvals workflow refunds --group support --escalate-to managers --escalate-after 15m --timeout 1h\n\nRequests already asked keep the workflow they were asked under. Run it with the schema owner's URL: the application role (an agent's credentials) cannot read or change workflows.\nExit codes: 0 saved, 2 usage or configuration, 3 storage unreachable."
+    )]
+    Workflow(WorkflowArgs),
+    /// Remove a workflow no route names
+    #[command(after_help = "Example:\n  governance approvals remove-workflow four-eyes")]
+    RemoveWorkflow(NameArg),
+    /// Route an agent's (or every agent's, `*`) requests for a tool (or every tool, `*`) to a
+    /// workflow; the most specific route wins
+    #[command(
+        after_help = "Examples:\n  governance approvals route --agent billing-agent --tool refund --workflow four-eyes\n  governance approvals route --agent '*' --tool wire_money --workflow four-eyes\n\nA request no route matches needs one approval from any operator."
+    )]
+    Route(RouteArgs),
+    /// Remove a route
+    #[command(
+        after_help = "Example:\n  governance approvals unroute --agent billing-agent --tool refund"
+    )]
+    Unroute(UnrouteArgs),
+    /// Set the groups an operator is in (replacing them; none: no group)
+    #[command(
+        after_help = "Examples:\n  governance approvals groups --username alice --group finance --group managers\n  governance approvals groups --username alice   # in no group"
+    )]
+    Groups(GroupsArgs),
+    /// List workflows, routes and groups
+    #[command(after_help = "Example:\n  governance approvals list --json")]
+    List,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkflowArgs {
+    /// The workflow's name
+    pub(crate) name: String,
+    /// Distinct approvers needed (2: four-eyes)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub(crate) quorum: u32,
+    /// The group whose members may approve (default: any operator)
+    #[arg(long)]
+    pub(crate) group: Option<String>,
+    /// The group that may approve too once the request escalates
+    #[arg(long, requires = "escalate_after")]
+    pub(crate) escalate_to: Option<String>,
+    /// How long a request waits before it escalates: 90s, 15m, 2h, 1d
+    #[arg(long, requires = "escalate_to")]
+    pub(crate) escalate_after: Option<String>,
+    /// How long a request waits for a decision before it is denied: 30m, 4h
+    #[arg(long)]
+    pub(crate) timeout: Option<String>,
+    /// Who changes it (recorded)
+    #[arg(long, default_value = "operator")]
+    pub(crate) operator: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NameArg {
+    /// The name
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RouteArgs {
+    /// The agent, or `*`
+    #[arg(long)]
+    pub(crate) agent: String,
+    /// The tool, or `*`
+    #[arg(long)]
+    pub(crate) tool: String,
+    /// The workflow
+    #[arg(long)]
+    pub(crate) workflow: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UnrouteArgs {
+    /// The agent, or `*`
+    #[arg(long)]
+    pub(crate) agent: String,
+    /// The tool, or `*`
+    #[arg(long)]
+    pub(crate) tool: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GroupsArgs {
+    /// The operator
+    #[arg(long)]
+    pub(crate) username: String,
+    /// A group (repeat)
+    #[arg(long = "group")]
+    pub(crate) groups: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NotifyCommand {
+    /// Escalate and expire requests on time and deliver notifications, until Ctrl-C or SIGTERM
+    #[command(
+        after_help = "Examples:\n  OPS_WEBHOOK_SECRET=… governance notify run --config /etc/governance/notify.toml\n  governance notify run --config notify.toml --once\n\nRun it with the schema owner's URL and GOVERNANCE_AUDIT_SECRET, beside the console, never in an agent's process. The file names the console's address (for links), the webhooks and email recipients and which requests each hears of; secrets come from the environment variables it names (docs/approvals.md).\nExit codes: 0 stopped (or --once done), 2 usage or configuration, 3 storage unreachable."
+    )]
+    Run(NotifyRunArgs),
+    /// List deliveries: the dead-letter record with --status dead
+    #[command(
+        after_help = "Examples:\n  governance notify list --status dead\n  governance notify list --json --limit 500"
+    )]
+    List(NotifyListArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NotifyRunArgs {
+    /// The configuration file (TOML)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: PathBuf,
+    /// One round (sweep, fan out, deliver what is due), then exit
+    #[arg(long)]
+    pub(crate) once: bool,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NotifyListArgs {
+    /// Only deliveries in this state
+    #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+    pub(crate) status: Option<String>,
+    /// At most this many, newest first
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,6 +62,8 @@ fn main() -> ExitCode {
             Command::Budget(args) => commands::budget::run(args, &cli.global, &out).await,
             Command::Console(cmd) => commands::console::run(cmd, &cli.global, &out).await,
             Command::Gateway(cmd) => commands::gateway::run(cmd, &cli.global, &out).await,
+            Command::Approvals(cmd) => commands::approvals::run(cmd, &cli.global, &out).await,
+            Command::Notify(cmd) => commands::notify::run(cmd, &cli.global, &out).await,
             Command::Witness(cmd) => commands::witness::run(cmd, &out).await,
             Command::Evidence(cmd) => commands::evidence::run(cmd, &cli.global, &out).await,
             Command::Siem(cmd) => commands::siem::run(cmd, &cli.global, &out).await,

@@ -59,6 +59,13 @@ kinds! {
     GateDenied = "gate.denied",
     /// An approval was spent on the action it was given for.
     GateConsumed = "gate.consumed",
+    /// An operator voted on a request that needs more approvals than one (the vote that
+    /// completes the quorum, or any denial, is the decision: `gate.approved`, `gate.denied`).
+    GateVoted = "gate.voted",
+    /// A pending request's escalation time came: its escalation group may approve too.
+    GateEscalated = "gate.escalated",
+    /// A pending request expired undecided and was denied.
+    GateExpired = "gate.expired",
     /// An agent was halted (by an operator, or by a system path such as the loop detector).
     AgentHalted = "agent.halted",
     /// An operator resumed a halted agent.
@@ -231,7 +238,8 @@ pub struct GateRequested {
 }
 system_event!(GateRequested => GateRequested);
 
-/// The decision on a gate request (`gate.approved` and `gate.denied` share it).
+/// The decision on a gate request (`gate.approved` and `gate.denied` share it), or a vote on
+/// it (`gate.voted`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateDecision {
     /// The request.
@@ -240,7 +248,66 @@ pub struct GateDecision {
     pub tool: String,
     /// The operator's reason.
     pub reason: String,
+    /// Approvals given with this vote, when the request needs more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// Approvals the request needs, when more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    /// What an approval covers when not this request alone: `session` (later requests of the
+    /// agent's session for the same tool) or `rule` (also proposed as a Cedar policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
+
+impl GateDecision {
+    /// A decision on `request_id` for `tool`, one approval needed, for this request alone.
+    pub fn new(request_id: Uuid, tool: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            request_id,
+            tool: tool.into(),
+            reason: reason.into(),
+            approvals: None,
+            quorum: None,
+            scope: None,
+        }
+    }
+}
+
+/// `gate.voted`: a vote that did not decide the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GateVoted(pub GateDecision);
+system_event!(GateVoted => GateVoted);
+
+/// `gate.escalated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateEscalated {
+    /// The request.
+    pub request_id: Uuid,
+    /// The tool it is for.
+    pub tool: String,
+    /// The group that may approve from now on too.
+    pub escalate_to: String,
+    /// The workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+}
+system_event!(GateEscalated => GateEscalated);
+
+/// `gate.expired`: denied for expiring undecided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateExpired {
+    /// The request.
+    pub request_id: Uuid,
+    /// The tool it was for.
+    pub tool: String,
+    /// Approvals it had (fewer than its quorum).
+    pub approvals: u32,
+    /// Approvals it needed.
+    pub quorum: u32,
+}
+system_event!(GateExpired => GateExpired);
 
 /// `gate.approved`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -669,14 +736,10 @@ mod tests {
 
     #[test]
     fn decode_checks_the_kind_and_the_shape() {
-        let e = GateApproved(GateDecision {
-            request_id: Uuid::nil(),
-            tool: "refund".into(),
-            reason: "ok".into(),
-        })
-        .event("a")
-        .build()
-        .expect("event");
+        let e = GateApproved(GateDecision::new(Uuid::nil(), "refund", "ok"))
+            .event("a")
+            .build()
+            .expect("event");
         let rec = AuditRecord::unsealed(&e, 1, &crate::ZERO_HMAC, "k");
         assert_eq!(
             rec.decode::<GateApproved>().expect("decodes").0.tool,

@@ -61,6 +61,91 @@ pub struct GateRecord {
     /// Until when an approval may be used.
     #[serde(with = "time::serde::rfc3339::option")]
     pub token_expires_at: Option<OffsetDateTime>,
+    /// How it is approved: resolved by the store when the request is asked (never by the
+    /// asker), then fixed for the request's life.
+    #[serde(default)]
+    pub workflow: GateWorkflow,
+}
+
+/// A request's approval workflow and where its votes stand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateWorkflow {
+    /// The workflow's name (`None`: no route matched, one approval from any operator).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Distinct approvals needed.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// Approvals given so far.
+    #[serde(default)]
+    pub approvals: u32,
+    /// The group whose members may vote (`None`: any operator).
+    #[serde(default)]
+    pub approver_group: Option<String>,
+    /// The group that may vote too once the request is escalated.
+    #[serde(default)]
+    pub escalate_to: Option<String>,
+    /// When the request escalates if still pending.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub escalates_at: Option<OffsetDateTime>,
+    /// When it was escalated.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub escalated_at: Option<OffsetDateTime>,
+    /// When it was denied for expiring undecided.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expired_at: Option<OffsetDateTime>,
+    /// The session grant that approved it when it was asked.
+    #[serde(default)]
+    pub grant_id: Option<Uuid>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for GateWorkflow {
+    fn default() -> Self {
+        Self {
+            name: None,
+            quorum: 1,
+            approvals: 0,
+            approver_group: None,
+            escalate_to: None,
+            escalates_at: None,
+            escalated_at: None,
+            expired_at: None,
+            grant_id: None,
+        }
+    }
+}
+
+/// A named approval workflow, as operators configure it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowSpec {
+    /// Its name (letters, digits and `._:@-`, at most 64).
+    pub name: String,
+    /// Distinct approvals needed (1 to 10; 2 is four-eyes).
+    pub quorum: u32,
+    /// The group whose members may approve (`None`: any operator).
+    pub approver_group: Option<String>,
+    /// The group that may approve too after [`escalate_after_secs`](Self::escalate_after_secs).
+    pub escalate_to: Option<String>,
+    /// Seconds after the request before it escalates.
+    pub escalate_after_secs: Option<u64>,
+    /// Seconds a request waits before it is denied for expiring (it never waits longer than the
+    /// asker's own request lifetime).
+    pub timeout_secs: Option<u64>,
+}
+
+/// Which requests follow a workflow: an agent and a tool, each exact or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowRoute {
+    /// The agent, or `*`.
+    pub agent_id: String,
+    /// The tool, or `*`.
+    pub tool: String,
+    /// The workflow's name.
+    pub workflow: String,
 }
 
 /// What an operator may do.

@@ -26,7 +26,7 @@ pub use error::{EventError, IdError};
 pub use event::{
     AuditEvent, AuditEventBuilder, ENVELOPE_TAG, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, Personal,
 };
-pub use gate::{GateRecord, GateStatus, OperatorRole};
+pub use gate::{GateRecord, GateStatus, GateWorkflow, OperatorRole, WorkflowRoute, WorkflowSpec};
 pub use ids::{AgentId, ChainId, EventId, MAX_ID_LEN, SessionId, validate_kind};
 pub use links::{ChainLinks, LinkBreak};
 pub use presence::{AgentPresence, LoopWindow, PresenceState, PresenceThresholds};

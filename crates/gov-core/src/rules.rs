@@ -330,6 +330,13 @@ pub enum DecideRefusal {
     Expired,
     /// The operator is the agent that asked.
     SelfApproval,
+    /// The request is for a group the operator is not in (nor, once escalated, in its
+    /// escalation group).
+    NotInGroup,
+    /// The operator voted on this request before.
+    AlreadyVoted,
+    /// Another vote came first: this one would not decide as its caller expected.
+    VoteMoved,
 }
 
 impl DecideRefusal {
@@ -343,6 +350,9 @@ impl DecideRefusal {
             Self::NotPending => "not_pending",
             Self::Expired => "expired",
             Self::SelfApproval => "self_approval",
+            Self::NotInGroup => "not_in_group",
+            Self::AlreadyVoted => "already_voted",
+            Self::VoteMoved => "vote_moved",
         }
     }
 }
@@ -397,6 +407,133 @@ pub fn may_decide<'a>(
     Ok(())
 }
 
+/// A request's workflow and votes, as the vote rule sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoteView<'a> {
+    /// Approvals needed.
+    pub quorum: u32,
+    /// Approvals given.
+    pub approvals: u32,
+    /// The group whose members may vote (`None`: any operator).
+    pub approver_group: Option<&'a str>,
+    /// The group that may vote too once escalated.
+    pub escalate_to: Option<&'a str>,
+    /// Whether it was escalated.
+    pub escalated: bool,
+}
+
+/// The voter as the vote rule sees it, beyond [`DecidingOperator`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Voter<'a> {
+    /// The groups the operator is in.
+    pub groups: &'a [String],
+    /// Whether the operator voted on this request before.
+    pub voted: bool,
+}
+
+/// Whether a vote decides: a denial always does, an approval when it completes the quorum.
+pub fn vote_is_final(approve: bool, approvals: u32, quorum: u32) -> bool {
+    !approve || approvals.saturating_add(1) >= quorum
+}
+
+/// Whether the operator may vote now, after [`may_decide`] passed: in the request's group (or,
+/// once escalated, its escalation group) when it has one, not voted before, and deciding as the
+/// caller expects (`final_expected`). `Ok(true)` when the vote decides the request.
+pub fn may_vote(
+    w: &VoteView<'_>,
+    voter: &Voter<'_>,
+    approve: bool,
+    final_expected: bool,
+) -> Result<bool, DecideRefusal> {
+    if let Some(group) = w.approver_group {
+        let member = voter
+            .groups
+            .iter()
+            .any(|g| g == group || (w.escalated && w.escalate_to.is_some_and(|e| e == g.as_str())));
+        if !member {
+            return Err(DecideRefusal::NotInGroup);
+        }
+    }
+    if voter.voted {
+        return Err(DecideRefusal::AlreadyVoted);
+    }
+    let fin = vote_is_final(approve, w.approvals, w.quorum);
+    if fin != final_expected {
+        return Err(DecideRefusal::VoteMoved);
+    }
+    Ok(fin)
+}
+
+/// How specific a route is for an agent and a tool (higher wins), `None` when it does not
+/// match: agent and tool, then agent, then tool, then `*` and `*`.
+pub fn route_rank(route_agent: &str, route_tool: &str, agent: &str, tool: &str) -> Option<u8> {
+    let a = match route_agent {
+        "*" => 0,
+        x if x == agent => 2,
+        _ => return None,
+    };
+    let t = match route_tool {
+        "*" => 0,
+        x if x == tool => 1,
+        _ => return None,
+    };
+    Some(a + t)
+}
+
+/// Why escalating or expiring a request was refused.
+pub mod transitions {
+    use super::is_expired;
+    use crate::GateStatus;
+
+    /// Whether a pending request escalates now: `Err` is the store's spelling of why not.
+    pub fn may_escalate(
+        status: Option<GateStatus>,
+        expires_at: i64,
+        escalate_to: Option<&str>,
+        escalates_at: Option<i64>,
+        escalated: bool,
+        now: i64,
+    ) -> Result<(), &'static str> {
+        let Some(status) = status else {
+            return Err("unknown_request");
+        };
+        if status != GateStatus::Pending {
+            return Err("not_pending");
+        }
+        if is_expired(expires_at, now) {
+            return Err("expired");
+        }
+        let (Some(_), Some(at)) = (escalate_to, escalates_at) else {
+            return Err("no_escalation");
+        };
+        if escalated {
+            return Err("already_escalated");
+        }
+        if at > now {
+            return Err("not_due");
+        }
+        Ok(())
+    }
+
+    /// Whether a pending request is denied for expiring now.
+    pub fn may_expire(
+        status: Option<GateStatus>,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), &'static str> {
+        let Some(status) = status else {
+            return Err("unknown_request");
+        };
+        if status != GateStatus::Pending {
+            return Err("not_pending");
+        }
+        if !is_expired(expires_at, now) {
+            return Err("not_due");
+        }
+        Ok(())
+    }
+}
+
 /// Why spending an approval was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeRefusal {
@@ -446,6 +583,8 @@ pub struct ApprovalView<'a> {
     pub token_hash: Option<&'a [u8]>,
     /// Until when the approval may be used.
     pub token_expires_at: Option<i64>,
+    /// Whether a session grant approved it when it was asked (it has no token then).
+    pub granted: bool,
 }
 
 /// What spending an approval presents.
@@ -487,9 +626,10 @@ pub fn may_consume(
     if r.action_hash != p.action_hash {
         return Err(ConsumeRefusal::WrongAction);
     }
-    if !r
-        .token_hash
-        .is_some_and(|stored| token_matches(stored, p.token_hash))
+    if !r.granted
+        && !r
+            .token_hash
+            .is_some_and(|stored| token_matches(stored, p.token_hash))
     {
         return Err(ConsumeRefusal::BadToken);
     }
@@ -940,6 +1080,7 @@ mod tests {
             action_hash: b"act",
             token_hash: Some(&token),
             token_expires_at: Some(10),
+            granted: false,
         };
         let p = Presented {
             token_hash: &token,
@@ -998,5 +1139,47 @@ mod tests {
             may_decide("o", Some(op), || Some(pending), 6),
             Err(DecideRefusal::Expired)
         );
+    }
+
+    #[test]
+    fn a_vote_needs_the_group_once_per_operator_and_decides_at_the_quorum() {
+        let w = VoteView {
+            quorum: 2,
+            approvals: 0,
+            approver_group: Some("finance"),
+            escalate_to: Some("cfo"),
+            escalated: false,
+        };
+        let finance = ["finance".to_owned()];
+        let cfo = ["cfo".to_owned()];
+        fn v(groups: &[String], voted: bool) -> Voter<'_> {
+            Voter { groups, voted }
+        }
+        let (fin, c) = (&finance[..], &cfo[..]);
+        assert_eq!(may_vote(&w, &v(fin, false), true, false), Ok(false));
+        assert_eq!(may_vote(&w, &v(fin, false), false, true), Ok(true));
+        assert_eq!(
+            may_vote(&w, &v(fin, false), true, true),
+            Err(DecideRefusal::VoteMoved)
+        );
+        assert_eq!(
+            may_vote(&w, &v(fin, true), true, false),
+            Err(DecideRefusal::AlreadyVoted)
+        );
+        assert_eq!(
+            may_vote(&w, &v(c, false), true, false),
+            Err(DecideRefusal::NotInGroup)
+        );
+        let escalated = VoteView {
+            escalated: true,
+            approvals: 1,
+            ..w
+        };
+        assert_eq!(may_vote(&escalated, &v(c, false), true, true), Ok(true));
+        assert_eq!(route_rank("a", "t", "a", "t"), Some(3));
+        assert_eq!(route_rank("a", "*", "a", "t"), Some(2));
+        assert_eq!(route_rank("*", "t", "a", "t"), Some(1));
+        assert_eq!(route_rank("*", "*", "a", "t"), Some(0));
+        assert_eq!(route_rank("b", "*", "a", "t"), None);
     }
 }

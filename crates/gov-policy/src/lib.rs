@@ -11,7 +11,8 @@
 //! # Invariants
 //!
 //! - Pure: no I/O, no clock (the request carries the time), no tokio.
-//! - Forbid wins; a permit carrying `@approval("…")` turns a permit into an approval; an
+//! - Forbid wins; a permit carrying `@approval("…")` turns a permit into an approval, unless a
+//!   permit carrying `@preapproved("…")` (an approval saved as a rule) matches too; an
 //!   evaluation error refuses (the erroring policies are named), so a broken policy fails closed.
 //! - A set's hash covers its policies and settings exactly as applied, so a decision event names
 //!   the version that decided.
@@ -37,6 +38,10 @@ pub const NAMESPACE: &str = "Governance";
 
 /// The annotation that turns a permit into a permit with approval (its value: why).
 pub const APPROVAL_ANNOTATION: &str = "approval";
+
+/// The annotation that turns an approval into a permit for what a permit carrying it matches
+/// (its value: where it came from, e.g. an approval saved as a rule). A forbid still wins.
+pub const PREAPPROVED_ANNOTATION: &str = "preapproved";
 
 /// The annotation naming a policy (its id in decisions and events); required on every policy.
 pub const ID_ANNOTATION: &str = "id";
@@ -231,6 +236,8 @@ pub struct PolicySet {
     set: cedar_policy::PolicySet,
     /// `@approval` reasons by policy id.
     approvals: HashMap<String, String>,
+    /// The `@preapproved` permits.
+    preapproved: HashSet<String>,
     /// Each listed agent's entity, built once.
     agents: HashMap<String, Entity>,
     ids: Vec<String>,
@@ -461,6 +468,7 @@ impl PolicySet {
         }
         let mut set = cedar_policy::PolicySet::new();
         let mut approvals = HashMap::new();
+        let mut preapproved = HashSet::new();
         let mut ids = Vec::new();
         let mut seen = HashSet::new();
         for p in raw.policies() {
@@ -489,6 +497,24 @@ impl PolicySet {
                 }
                 approvals.insert(id.clone(), reason.to_owned());
             }
+            if let Some(why) = p.annotation(PREAPPROVED_ANNOTATION) {
+                if p.effect() == cedar_policy::Effect::Forbid {
+                    return Err(PolicyError::Invalid(format!(
+                        "policy {id}: @preapproved belongs on a permit; a forbid always refuses"
+                    )));
+                }
+                if approvals.contains_key(&id) {
+                    return Err(PolicyError::Invalid(format!(
+                        "policy {id}: a policy is either @approval or @preapproved, not both"
+                    )));
+                }
+                if why.trim().is_empty() {
+                    return Err(PolicyError::Invalid(format!(
+                        "policy {id}: @preapproved needs a note of where it came from"
+                    )));
+                }
+                preapproved.insert(id.clone());
+            }
             set.add(p.new_id(PolicyId::new(&id)))
                 .map_err(|e| PolicyError::Invalid(render(&e)))?;
             ids.push(id);
@@ -516,6 +542,7 @@ impl PolicySet {
             settings,
             settings_json,
             approvals,
+            preapproved,
             agents,
             ids,
             slices,
@@ -559,6 +586,75 @@ impl PolicySet {
     /// The policy's text, by id.
     pub fn policy_text(&self, id: &str) -> Option<String> {
         self.set.policy(&PolicyId::new(id)).map(ToString::to_string)
+    }
+
+    /// This set with one more policy: a `@preapproved` permit of exactly `agent` calling
+    /// `tool` with the declared arguments `arguments` has (those not declared cannot be
+    /// constrained and are named in a comment), identified `id`, noted `note`. What "approve
+    /// and save as a rule" proposes.
+    pub fn with_preapproval(
+        &self,
+        id: &str,
+        note: &str,
+        agent: &str,
+        tool: &str,
+        arguments: Option<&serde_json::Value>,
+    ) -> Result<Self, PolicyError> {
+        let mut conditions = Vec::new();
+        let mut unconstrained = Vec::new();
+        if let Some(serde_json::Value::Object(given)) = arguments {
+            for (name, v) in given {
+                let literal = match (self.settings.arguments.get(name), v) {
+                    (Some(ArgumentType::String), serde_json::Value::String(s)) => {
+                        Some(cedar_string(s))
+                    }
+                    (Some(ArgumentType::Long), serde_json::Value::Number(n)) => {
+                        n.as_i64().map(|n| n.to_string())
+                    }
+                    (Some(ArgumentType::Bool), serde_json::Value::Bool(b)) => Some(b.to_string()),
+                    _ => None,
+                };
+                match literal {
+                    Some(l) => {
+                        let key = cedar_string(name);
+                        conditions.push(format!(
+                            "context.arguments has {key} && context.arguments[{key}] == {l}"
+                        ));
+                    }
+                    None => unconstrained.push(name.clone()),
+                }
+            }
+        }
+        let mut policy = String::new();
+        if !unconstrained.is_empty() {
+            let names: Vec<String> = unconstrained
+                .iter()
+                .map(|n| n.replace(['\n', '\r'], " "))
+                .collect();
+            policy.push_str(&format!(
+                "// Arguments not declared in the settings, so not constrained: {}\n",
+                names.join(", ")
+            ));
+        }
+        policy.push_str(&format!(
+            "@id({})\n@preapproved({})\npermit (\n    principal == {NAMESPACE}::Agent::{},\n    action == {NAMESPACE}::Action::\"tool_call\",\n    resource == {NAMESPACE}::Tool::{}\n)",
+            cedar_string(id),
+            cedar_string(note),
+            cedar_string(agent),
+            cedar_string(tool),
+        ));
+        if conditions.is_empty() {
+            policy.push_str(";\n");
+        } else {
+            policy.push_str(&format!(
+                "\nwhen {{\n    {}\n}};\n",
+                conditions.join(" &&\n    ")
+            ));
+        }
+        let mut source = self.source.trim_end().to_owned();
+        source.push_str("\n\n");
+        source.push_str(&policy);
+        Self::with_settings(&source, self.settings.clone())
     }
 
     /// Decides `req`. A request that cannot be evaluated (an argument of a type other than
@@ -628,7 +724,20 @@ impl PolicySet {
                     .filter(|id| self.approvals.contains_key(*id))
                     .cloned()
                     .collect();
-                if approving.is_empty() {
+                let preapproving: Vec<String> = determining
+                    .iter()
+                    .filter(|id| self.preapproved.contains(*id))
+                    .cloned()
+                    .collect();
+                if !approving.is_empty() && !preapproving.is_empty() {
+                    // An approval saved as a rule covers this action: a permit, by that rule.
+                    Decision {
+                        effect: Effect::Permit,
+                        determining: preapproving,
+                        approval: None,
+                        errors,
+                    }
+                } else if approving.is_empty() {
                     Decision {
                         effect: Effect::Permit,
                         determining,
@@ -783,6 +892,25 @@ fn render(e: &(dyn std::error::Error + 'static)) -> String {
         out.push_str(&s.to_string());
         source = s.source();
     }
+    out
+}
+
+/// A Cedar string literal: quoted, with backslashes, quotes and control characters escaped.
+fn cedar_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
     out
 }
 

@@ -128,3 +128,56 @@ fn diff_names_added_removed_and_changed_policies_and_changed_decisions() {
     assert_eq!(names, ["a small refund is permitted"]);
     assert!(cases::diff(Some(&set), &set, &cases).is_empty());
 }
+
+/// "Approve and save as a rule": the added `@preapproved` permit turns exactly that approval
+/// into a permit (agent, tool and declared arguments), a forbid still wins, strings are escaped,
+/// and the annotation is refused where it would mean nothing.
+#[test]
+fn a_preapproval_permits_exactly_what_it_names() {
+    let (set, _) = fixture("billing");
+    let args = serde_json::json!({ "amount": 5000, "note": "x\"y" });
+    let with = set
+        .with_preapproval(
+            "approved-1",
+            "approval 42 by \"ann\"",
+            "billing-agent",
+            "refund",
+            Some(&args),
+        )
+        .expect("a valid set");
+    assert!(with.source().contains("@preapproved("), "{}", with.source());
+    assert_ne!(with.hash(), set.hash());
+    let decide = |s: &PolicySet, agent: &str, amount: i64| {
+        let a = serde_json::json!({ "amount": amount });
+        s.decide(&gov_policy::Request {
+            agent,
+            resource: gov_policy::Resource::Tool("refund"),
+            session: "s",
+            arguments: Some(&a),
+            estimated_cost_micros: 0,
+            session_spend_micros: 0,
+            now: time::macros::datetime!(2026-01-05 12:00 UTC),
+        })
+    };
+    let d = decide(&with, "billing-agent", 5000);
+    assert_eq!(d.effect, gov_policy::Effect::Permit);
+    assert_eq!(d.determining, ["approved-1"]);
+    assert_eq!(
+        decide(&with, "billing-agent", 5001).effect,
+        gov_policy::Effect::Approval
+    );
+    assert_eq!(
+        decide(&set, "billing-agent", 5000).effect,
+        gov_policy::Effect::Approval
+    );
+    for bad in [
+        "@id(\"f\") @preapproved(\"x\") forbid (principal, action, resource);",
+        "@id(\"p\") @preapproved(\"x\") @approval(\"y\") permit (principal, action, resource);",
+        "@id(\"e\") @preapproved(\"\") permit (principal, action, resource);",
+    ] {
+        assert!(
+            matches!(PolicySet::parse(bad, ""), Err(PolicyError::Invalid(_))),
+            "{bad}"
+        );
+    }
+}

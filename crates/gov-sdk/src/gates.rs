@@ -33,6 +33,9 @@ pub struct GateConfig {
     pub request_ttl: Duration,
     /// How long an approval may be used after it is given (default 10 minutes).
     pub approval_ttl: Duration,
+    /// How long an approval given "for this session" approves the session's later requests
+    /// for the same tool (default 8 hours).
+    pub session_grant_ttl: Duration,
 }
 
 impl Default for GateConfig {
@@ -40,8 +43,59 @@ impl Default for GateConfig {
         Self {
             request_ttl: Duration::from_secs(3_600),
             approval_ttl: Duration::from_secs(600),
+            session_grant_ttl: Duration::from_secs(8 * 3_600),
         }
     }
+}
+
+/// What an approval covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApprovalScope {
+    /// This request alone (the default).
+    #[default]
+    Once,
+    /// This request, and the session's later requests for the same tool until
+    /// [`GateConfig::session_grant_ttl`] passes: they are approved when asked.
+    Session,
+    /// This request, and a Cedar policy proposed as the next shadow version (admins only): a
+    /// `@preapproved` permit of this agent, tool and declared arguments, reviewable with
+    /// `governance policy diff` and enforced only once an admin applies it.
+    Rule,
+}
+
+impl ApprovalScope {
+    /// `once`, `session` or `rule`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Session => "session",
+            Self::Rule => "rule",
+        }
+    }
+
+    /// Parses `once`, `session` or `rule`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "once" => Self::Once,
+            "session" => Self::Session,
+            "rule" => Self::Rule,
+            _ => return None,
+        })
+    }
+}
+
+/// What a vote did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    /// Whether it decided the request (a denial, or the approval that completed the quorum).
+    pub decided: bool,
+    /// Approvals given so far, this one included.
+    pub approvals: u32,
+    /// Approvals needed.
+    pub quorum: u32,
+    /// The policy proposed by an approval saved as a rule: the shadow version and the policy's
+    /// id.
+    pub proposed_rule: Option<(i64, String)>,
 }
 
 /// A granted approval, ready to be consumed once.
@@ -126,6 +180,9 @@ pub(crate) fn check_pending(r: &GateRecord) -> Result<()> {
     if r.expires_at <= r.requested_at {
         return refuse("it expires before it was asked");
     }
+    if r.workflow != gov_core::GateWorkflow::default() {
+        return refuse("a request's workflow is the database's to set");
+    }
     Ok(())
 }
 
@@ -192,6 +249,7 @@ impl<'g> Gates<'g> {
             decided_by: None,
             decision_reason: None,
             token_expires_at: None,
+            workflow: gov_core::GateWorkflow::default(),
         };
         check_pending(&record)?;
         // Asking is observation: when storage is out of reach after the halt check passed, the
@@ -238,14 +296,35 @@ impl<'g> Gates<'g> {
         Ok(self.gov.inner.store.pending_gates().await?)
     }
 
-    /// Approves a request. The operator must be an operator or admin and not the requester.
-    pub async fn approve(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<()> {
-        self.decide_traced(operator, id, true, reason).await
+    /// Approves a request (this request alone). The operator must be an operator or admin,
+    /// not the requester, in the request's approver group when it has one, and not have voted
+    /// on it before; the request is approved when its quorum of distinct approvers is reached.
+    pub async fn approve(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<Vote> {
+        self.decide_traced(operator, id, true, reason, ApprovalScope::Once)
+            .await
     }
 
-    /// Denies a request.
-    pub async fn deny(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<()> {
-        self.decide_traced(operator, id, false, reason).await
+    /// Approves a request for this request alone, for the rest of its session, or (admins)
+    /// as a proposed rule: see [`ApprovalScope`].
+    pub async fn approve_with(
+        &self,
+        operator: &Operator,
+        id: Uuid,
+        reason: &str,
+        scope: ApprovalScope,
+    ) -> Result<Vote> {
+        self.decide_traced(operator, id, true, reason, scope).await
+    }
+
+    /// Denies a request: one denial decides, whatever the quorum.
+    pub async fn deny(&self, operator: &Operator, id: Uuid, reason: &str) -> Result<Vote> {
+        self.decide_traced(operator, id, false, reason, ApprovalScope::Once)
+            .await
+    }
+
+    /// The votes cast on a request, in order.
+    pub async fn votes(&self, id: Uuid) -> Result<Vec<gov_store::VoteRecord>> {
+        Ok(self.gov.inner.store.gate_votes(id).await?)
     }
 
     /// A human gate decision inside a `governance.gate` span (exported with the `otel` feature).
@@ -255,7 +334,8 @@ impl<'g> Gates<'g> {
         id: Uuid,
         approve: bool,
         reason: &str,
-    ) -> Result<()> {
+        scope: ApprovalScope,
+    ) -> Result<Vote> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "governance.gate",
@@ -265,7 +345,7 @@ impl<'g> Gates<'g> {
             error.type = tracing::field::Empty,
         );
         let out = self
-            .decide(operator, id, approve, reason)
+            .decide(operator, id, approve, reason, scope)
             .instrument(span.clone())
             .await;
         if out.is_err() {
@@ -280,76 +360,138 @@ impl<'g> Gates<'g> {
         id: Uuid,
         approve: bool,
         reason: &str,
-    ) -> Result<()> {
-        if operator.role() < OperatorRole::Operator {
-            return Err(Error::ApprovalRefused {
-                request_id: id,
-                reason: "a viewer cannot decide".into(),
-            });
-        }
-        let request = self.get(id).await?;
-        let expires = truncate_micros(self.gov.inner.config.store.clock.now())
-            + self.gov.inner.config.gates.approval_ttl;
-        let token =
-            approve.then(|| self.token(id, &request.action_hash, operator.username(), expires));
-        let token_hash = token
-            .as_ref()
-            .map(|t| Sha256::digest(t.as_bytes()).to_vec());
-        let decided = events::GateDecision {
+        scope: ApprovalScope,
+    ) -> Result<Vote> {
+        let refuse = |reason: &str| Error::ApprovalRefused {
             request_id: id,
-            tool: request.tool.clone(),
-            reason: reason.to_owned(),
+            reason: reason.into(),
         };
-        let b = if approve {
-            events::GateApproved(decided).event(&request.agent_id)
-        } else {
-            events::GateDenied(decided).event(&request.agent_id)
-        };
-        let mut b = b.actor(operator.username());
-        if let Some(s) = &request.session_id {
-            b = b.session(s);
+        if operator.role() < OperatorRole::Operator {
+            return Err(refuse("a viewer cannot decide"));
         }
-        let event = b.build()?;
-        let decision = Decision {
-            id,
-            operator: operator.username(),
-            approve,
-            reason,
-            token_hash: token_hash.as_deref(),
-            token_expires_at: approve.then_some(expires),
-        };
-        // The decision's event is sealed in the store's transaction: never onto a chain whose
-        // head another key sealed.
-        self.gov
-            .inner
-            .audit
-            .ensure_writable(event.chain_id.as_str())
-            .await?;
-        let sealer = self.gov.inner.audit.sealer();
-        let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
-        let outcome = match self
-            .gov
-            .inner
-            .store
-            .decide_gate(&decision, &event, sealer.key().key_id(), &seal)
-            .await
-        {
-            Ok(o) => o,
-            Err(StoreError::PermissionDenied(_)) => {
-                return Err(Error::ApprovalRefused {
-                    request_id: id,
-                    reason: "this connection may not decide approvals: agents (the application role) can never approve".into(),
-                });
+        if scope == ApprovalScope::Rule && operator.role() < OperatorRole::Admin {
+            return Err(refuse("only an admin may save an approval as a rule"));
+        }
+        // Another vote may come between reading the request and recording this one; the
+        // store then changes nothing ("vote_moved") and the vote is sealed again.
+        for _ in 0..8 {
+            let request = self.get(id).await?;
+            if scope == ApprovalScope::Session && request.session_id.is_none() {
+                return Err(refuse(
+                    "a request without a session cannot be approved for its session",
+                ));
             }
-            Err(e) => return Err(e.into()),
-        };
-        match outcome.as_str() {
-            "ok" => Ok(()),
-            other => Err(Error::ApprovalRefused {
-                request_id: id,
-                reason: refusal(other).into(),
-            }),
+            let w = &request.workflow;
+            let decides = gov_core::rules::vote_is_final(approve, w.approvals, w.quorum);
+            let approvals = w.approvals + u32::from(approve);
+            let now = truncate_micros(self.gov.inner.config.store.clock.now());
+            let expires = now + self.gov.inner.config.gates.approval_ttl;
+            let grants = approve && decides;
+            let token =
+                grants.then(|| self.token(id, &request.action_hash, operator.username(), expires));
+            let token_hash = token
+                .as_ref()
+                .map(|t| Sha256::digest(t.as_bytes()).to_vec());
+            let grant = (grants && scope == ApprovalScope::Session).then(|| {
+                (
+                    Uuid::now_v7(),
+                    now + self.gov.inner.config.gates.session_grant_ttl,
+                )
+            });
+            let mut decided = events::GateDecision::new(id, request.tool.clone(), reason);
+            if w.quorum > 1 {
+                decided.approvals = Some(approvals);
+                decided.quorum = Some(w.quorum);
+            }
+            if approve && scope != ApprovalScope::Once {
+                decided.scope = Some(scope.as_str().to_owned());
+            }
+            let b = match (decides, approve) {
+                (true, true) => events::GateApproved(decided).event(&request.agent_id),
+                (true, false) => events::GateDenied(decided).event(&request.agent_id),
+                (false, _) => events::GateVoted(decided).event(&request.agent_id),
+            };
+            let mut b = b.actor(operator.username());
+            if let Some(s) = &request.session_id {
+                b = b.session(s);
+            }
+            let event = b.build()?;
+            let decision = Decision {
+                id,
+                operator: operator.username(),
+                approve,
+                reason,
+                token_hash: token_hash.as_deref(),
+                token_expires_at: grants.then_some(expires),
+                final_vote: decides,
+                grant,
+            };
+            // The vote's event is sealed in the store's transaction: never onto a chain whose
+            // head another key sealed.
+            self.gov
+                .inner
+                .audit
+                .ensure_writable(event.chain_id.as_str())
+                .await?;
+            let sealer = self.gov.inner.audit.sealer();
+            let seal = |r: &mut gov_core::AuditRecord| sealer.seal(r);
+            let outcome = match self
+                .gov
+                .inner
+                .store
+                .decide_gate(&decision, &event, sealer.key().key_id(), &seal)
+                .await
+            {
+                Ok(o) => o,
+                Err(StoreError::PermissionDenied(_)) => {
+                    return Err(refuse(
+                        "this connection may not decide approvals: agents (the application role) can never approve",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut vote = Vote {
+                decided: decides,
+                approvals,
+                quorum: w.quorum,
+                proposed_rule: None,
+            };
+            match outcome.as_str() {
+                "ok" | "voted" => {}
+                "vote_moved" => continue,
+                other => return Err(refuse(refusal(other))),
+            }
+            if approve && scope == ApprovalScope::Rule {
+                vote.proposed_rule = Some(self.propose_rule(&request, operator, reason).await?);
+            }
+            return Ok(vote);
         }
+        Err(refuse(
+            "other votes kept coming first; read the request again and vote then",
+        ))
+    }
+
+    #[cfg(feature = "cedar")]
+    async fn propose_rule(
+        &self,
+        request: &GateRecord,
+        operator: &Operator,
+        reason: &str,
+    ) -> Result<(i64, String)> {
+        crate::policies::propose_rule(self.gov, request, operator.username(), reason).await
+    }
+
+    #[cfg(not(feature = "cedar"))]
+    async fn propose_rule(
+        &self,
+        request: &GateRecord,
+        _operator: &Operator,
+        _reason: &str,
+    ) -> Result<(i64, String)> {
+        Err(Error::ApprovalRefused {
+            request_id: request.id,
+            reason: "saving an approval as a rule needs the SDK's cedar feature".into(),
+        })
     }
 
     /// Non-blocking: the approval if granted, [`Error::ApprovalPending`] while undecided,
@@ -372,6 +514,11 @@ impl<'g> Gates<'g> {
                     token,
                 })
             }
+            GateStatus::Denied if r.workflow.expired_at.is_some() => Err(Error::ApprovalDenied {
+                request_id: id,
+                by: "governance".into(),
+                reason: "no decision before the request expired".into(),
+            }),
             GateStatus::Denied => Err(Error::ApprovalDenied {
                 request_id: id,
                 by: r.decided_by.unwrap_or_default(),
@@ -487,6 +634,10 @@ fn refusal(code: &str) -> &'static str {
         "operator_disabled" => "the approver's account is disabled",
         "not_allowed" => "the approver's role may not decide",
         "self_approval" => "a requester cannot approve its own request",
+        "not_in_group" => "the approver is not in the request's approver group",
+        "already_voted" => {
+            "this approver already voted on the request (a quorum needs distinct approvers)"
+        }
         "not_approved" => "the request is not approved",
         "already_consumed" => "the approval was already used",
         "wrong_action" => "the approval is for a different action",

@@ -107,6 +107,7 @@ mod spool;
 mod tail;
 #[cfg(feature = "tower")]
 pub mod tower;
+pub mod workflows;
 
 pub use audit::{Audit, Logged, ROTATION_AWARE};
 pub use config::{
@@ -116,7 +117,7 @@ pub use config::{
 pub use contracts::{CallContext, Contract, Contracts, Post, PostPredicate, Pre, Predicate};
 pub use cost::{BudgetSnapshot, Cost, CostConfig, MAX_TRACKED_MICROS, Reservation, Settlement};
 pub use error::{Error, ErrorKind, Result};
-pub use gates::{Approval, GateConfig, Gates};
+pub use gates::{Approval, ApprovalScope, GateConfig, Gates, Vote};
 pub use loops::{LoopAction, LoopConfig, LoopVerdict, Loops};
 pub use operators::{Operator, Operators, Session};
 pub use presence::{AgentStatus, Presence};
@@ -155,13 +156,15 @@ pub use gov_core::events;
 pub use gov_core::{
     AgentId, AgentPresence, AuditEvent, AuditEventBuilder, AuditRecord, BudgetCounter,
     BudgetDenial, BudgetPolicy, BudgetRefusal, BudgetStatus, ChainHead, ChainId, EventCount,
-    EventError, EventFilter, EventId, GateRecord, GateStatus, IdError, MAX_PAYLOAD_BYTES, MicroUsd,
-    ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal, PresenceState,
-    PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage, action_hash,
+    EventError, EventFilter, EventId, GateRecord, GateStatus, GateWorkflow, IdError,
+    MAX_PAYLOAD_BYTES, MicroUsd, ModelPrice, ModelUsage, OperatorRole, PRICING_VERSION, Personal,
+    PresenceState, PresenceThresholds, PriceTable, ScopeDenial, ScopePolicy, SessionId, TokenUsage,
+    WorkflowRoute, WorkflowSpec, action_hash,
 };
 pub use gov_store::{
-    CheckpointRow, Clock, CosignatureRow, MigrateReport, OversightRecord, Privileges, StoreError,
-    StoreOptions, TargetCount, VerificationRow,
+    CheckpointRow, Clock, CosignatureRow, MigrateReport, NewNotification, NotificationOutcome,
+    NotificationRecord, OversightRecord, Privileges, StoreError, StoreOptions, TargetCount,
+    VerificationRow, VoteRecord,
 };
 
 use std::sync::Arc;
@@ -238,6 +241,12 @@ impl Governance {
     /// Gates: human approval before an action runs.
     pub fn gates(&self) -> Gates<'_> {
         Gates::new(self)
+    }
+
+    /// Approval workflows, routes, operators' groups, the escalation and expiry sweep, and
+    /// notification deliveries (operator paths).
+    pub fn workflows(&self) -> workflows::Workflows<'_> {
+        workflows::Workflows::new(self)
     }
 
     /// Operator accounts (console and CLI users).

@@ -412,3 +412,53 @@ fn decide_loaded(
         ),
     }
 }
+
+/// "Approve and save as a rule": the next shadow version, built on the shadow set in force (or,
+/// when there is none, on the enforced set) with a `@preapproved` permit of the request's
+/// agent, tool and declared arguments. Proposed, not enforced: an admin reviews it
+/// (`governance policy diff`, the shadow differences it logs) and applies it. The version and
+/// the new policy's id.
+pub(crate) async fn propose_rule(
+    gov: &Governance,
+    request: &gov_core::GateRecord,
+    admin: &str,
+    reason: &str,
+) -> Result<(i64, String)> {
+    let snapshot = load(&gov.inner.store).await?;
+    let base = match (&snapshot.shadow, &snapshot.enforced) {
+        (Some(Loaded::Set { set, .. }), _) | (None, Some(Loaded::Set { set, .. })) => set.clone(),
+        (Some(Loaded::Broken { .. }), _) | (None, Some(Loaded::Broken { .. })) => {
+            return Err(Error::ApprovalRefused {
+                request_id: request.id,
+                reason:
+                    "the stored policy set cannot be used; apply a valid one before saving rules"
+                        .into(),
+            });
+        }
+        (None, None) => {
+            return Err(Error::ApprovalRefused {
+                request_id: request.id,
+                reason: "saving an approval as a rule needs an enforced Cedar policy set (a set holding only the rule would refuse everything else)".into(),
+            });
+        }
+    };
+    let simple = request.id.simple().to_string();
+    let id = format!("approved-{}", &simple[simple.len() - 12..]);
+    let note = format!(
+        "approval {} of {} by {admin}: {}",
+        request.id,
+        request.tool,
+        reason.replace(['\n', '\r'], " ")
+    );
+    let args = serde_json::from_str::<serde_json::Value>(&request.args).ok();
+    let set = base
+        .with_preapproval(&id, &note, &request.agent_id, &request.tool, args.as_ref())
+        .map_err(|e| Error::ApprovalRefused {
+            request_id: request.id,
+            reason: format!("the rule could not be added to the policy set: {e}"),
+        })?;
+    let version = Policies::new(gov)
+        .apply(Slot::Shadow, Some(&set), admin)
+        .await?;
+    Ok((version, id))
+}

@@ -33,6 +33,7 @@ pub trait Backend:
     + SubjectStore
     + GatewayKeyStore
     + PolicyStore
+    + WorkflowStore
 {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<MigrateReport>;
@@ -291,6 +292,62 @@ pub trait GateStore {
         agent: &str,
         session: Option<&str>,
     ) -> Result<String>;
+}
+
+/// Approval workflows: operators' groups, workflows and routes, votes, escalation and expiry,
+/// notification deliveries.
+pub trait WorkflowStore {
+    /// Replaces an operator's groups; whether the operator exists.
+    async fn set_operator_groups(&self, username: &str, groups: &[String]) -> Result<bool>;
+    /// Every (group, operator).
+    async fn operator_groups(&self) -> Result<Vec<(String, String)>>;
+    /// Adds or replaces a workflow.
+    async fn put_workflow(&self, w: &gov_core::WorkflowSpec, by: &str) -> Result<()>;
+    /// Removes a workflow.
+    async fn delete_workflow(&self, name: &str) -> Result<bool>;
+    /// Every workflow.
+    async fn workflows(&self) -> Result<Vec<gov_core::WorkflowSpec>>;
+    /// Adds or replaces a route.
+    async fn put_route(&self, r: &gov_core::WorkflowRoute) -> Result<()>;
+    /// Removes a route.
+    async fn delete_route(&self, agent: &str, tool: &str) -> Result<bool>;
+    /// Every route.
+    async fn routes(&self) -> Result<Vec<gov_core::WorkflowRoute>>;
+    /// A request's votes.
+    async fn gate_votes(&self, id: Uuid) -> Result<Vec<crate::VoteRecord>>;
+    /// Requests to escalate, requests to expire.
+    async fn due_gates(&self) -> Result<(Vec<GateRecord>, Vec<GateRecord>)>;
+    /// Escalates or expires a request with its event.
+    async fn transition_gate(
+        &self,
+        id: Uuid,
+        t: crate::GateTransition,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<String>;
+    /// Requests asked, escalated or decided since.
+    async fn recent_gates(&self, since: OffsetDateTime) -> Result<Vec<GateRecord>>;
+    /// Queues notifications (once each).
+    async fn enqueue_notifications(&self, rows: &[crate::NewNotification]) -> Result<u64>;
+    /// Leases due notifications.
+    async fn claim_notifications(
+        &self,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<crate::NotificationRecord>>;
+    /// Records an attempt's outcome.
+    async fn finish_notification(
+        &self,
+        id: i64,
+        outcome: &crate::NotificationOutcome,
+    ) -> Result<()>;
+    /// Notifications, newest first.
+    async fn notifications(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::NotificationRecord>>;
 }
 
 /// Console sign-in sessions.

@@ -89,16 +89,17 @@ pub use notify::{Listener, Notice};
 pub use postgres::PgStore;
 pub use sqlite::{NOTIFICATION_RETENTION, POLL_INTERVAL as SQLITE_POLL_INTERVAL, SqliteStore};
 pub use types::{
-    Clock, Decision, HaltSwitch, NewSession, OperatorChange, OperatorRecord, OversightRecord,
-    Privileges, Reserve,
+    Clock, Decision, GateTransition, HaltSwitch, NewNotification, NewSession, NotificationOutcome,
+    NotificationRecord, OperatorChange, OperatorRecord, OversightRecord, Privileges, Reserve,
+    VoteRecord,
 };
 
-use backend::GatewayKeyStore;
 use backend::{
     Backend, BudgetStore, ChainStore, EnforceStore, GateStore, PolicyStore, RegistryStore,
     SessionStore, SignerStore, SubjectStore, TreeStore,
 };
 pub use backend::{ErasureEvent, PolicyEvent};
+use backend::{GatewayKeyStore, WorkflowStore};
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
 /// deadline ([`StoreOptions::call_timeout`]).
@@ -1125,8 +1126,9 @@ impl Store {
         dispatch!(self, s => s.pending_gates().await)
     }
 
-    /// Records a decision and its audit event in one transaction. Returns `ok` or why the
-    /// database refused (see the gates migration).
+    /// Records a vote and its audit event in one transaction. Returns `ok` (the request is
+    /// decided), `voted` (recorded; more approvals are needed) or why the database refused (see
+    /// the gates and approval workflows migrations).
     pub async fn decide_gate(
         &self,
         d: &Decision<'_>,
@@ -1147,6 +1149,104 @@ impl Store {
         session: Option<&str>,
     ) -> Result<String> {
         dispatch!(self, s => s.consume_gate(id, token_hash, action_hash, agent, session).await)
+    }
+
+    /// Sets the groups an operator is in (replacing its groups); whether the operator exists.
+    pub async fn set_operator_groups(&self, username: &str, groups: &[String]) -> Result<bool> {
+        dispatch!(self, s => s.set_operator_groups(username, groups).await)
+    }
+
+    /// Every (group, operator) pair, by group then operator.
+    pub async fn operator_groups(&self) -> Result<Vec<(String, String)>> {
+        dispatch!(self, s => s.operator_groups().await)
+    }
+
+    /// Adds or replaces a workflow (pending requests keep the workflow they were asked under).
+    pub async fn put_workflow(&self, w: &gov_core::WorkflowSpec, by: &str) -> Result<()> {
+        dispatch!(self, s => s.put_workflow(w, by).await)
+    }
+
+    /// Removes a workflow no route names; whether it existed.
+    pub async fn delete_workflow(&self, name: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_workflow(name).await)
+    }
+
+    /// Every workflow, by name.
+    pub async fn workflows(&self) -> Result<Vec<gov_core::WorkflowSpec>> {
+        dispatch!(self, s => s.workflows().await)
+    }
+
+    /// Adds or replaces a route.
+    pub async fn put_route(&self, r: &gov_core::WorkflowRoute) -> Result<()> {
+        dispatch!(self, s => s.put_route(r).await)
+    }
+
+    /// Removes a route; whether it existed.
+    pub async fn delete_route(&self, agent: &str, tool: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_route(agent, tool).await)
+    }
+
+    /// Every route, by agent then tool.
+    pub async fn routes(&self) -> Result<Vec<gov_core::WorkflowRoute>> {
+        dispatch!(self, s => s.routes().await)
+    }
+
+    /// The votes on a request, in the order they were cast.
+    pub async fn gate_votes(&self, id: uuid::Uuid) -> Result<Vec<VoteRecord>> {
+        dispatch!(self, s => s.gate_votes(id).await)
+    }
+
+    /// Pending requests whose escalation is due, and pending requests that expired, on the
+    /// store's clock.
+    pub async fn due_gates(&self) -> Result<(Vec<GateRecord>, Vec<GateRecord>)> {
+        dispatch!(self, s => s.due_gates().await)
+    }
+
+    /// Escalates or expires a request with its audit event, in one transaction, on the store's
+    /// clock; `ok` or why not. Operator connections only.
+    pub async fn transition_gate(
+        &self,
+        id: uuid::Uuid,
+        t: GateTransition,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<String> {
+        dispatch!(self, s => s.transition_gate(id, t, event, key_id, seal).await)
+    }
+
+    /// Requests asked, escalated or decided at or after `since`.
+    pub async fn recent_gates(&self, since: OffsetDateTime) -> Result<Vec<GateRecord>> {
+        dispatch!(self, s => s.recent_gates(since).await)
+    }
+
+    /// Queues notifications, skipping those queued before; how many were new.
+    pub async fn enqueue_notifications(&self, rows: &[NewNotification]) -> Result<u64> {
+        dispatch!(self, s => s.enqueue_notifications(rows).await)
+    }
+
+    /// Takes up to `limit` due notifications, leasing each for `lease` (another runner does not
+    /// take them meanwhile); counts the attempt.
+    pub async fn claim_notifications(
+        &self,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>> {
+        dispatch!(self, s => s.claim_notifications(lease, limit).await)
+    }
+
+    /// Records how a delivery attempt ended.
+    pub async fn finish_notification(&self, id: i64, outcome: &NotificationOutcome) -> Result<()> {
+        dispatch!(self, s => s.finish_notification(id, outcome).await)
+    }
+
+    /// Notifications, newest first: all, or those with this status.
+    pub async fn notifications(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>> {
+        dispatch!(self, s => s.notifications(status, limit).await)
     }
 
     /// Records a wrapped LLM client in the coverage registry, unless the same (provider,

@@ -88,6 +88,89 @@ pub struct Decision<'a> {
     pub token_hash: Option<&'a [u8]>,
     /// Until when the approval may be used.
     pub token_expires_at: Option<OffsetDateTime>,
+    /// Whether the caller expects this vote to decide the request (a denial always does; an
+    /// approval when it completes the quorum). The event was sealed for that expectation: when
+    /// another vote came first the store answers `vote_moved` and changes nothing.
+    pub final_vote: bool,
+    /// An approval for the rest of the session: the grant's id and until when it holds.
+    pub grant: Option<(Uuid, OffsetDateTime)>,
+}
+
+/// A vote on a request, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoteRecord {
+    /// The operator.
+    pub operator: String,
+    /// Approve or deny.
+    pub approve: bool,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub voted_at: OffsetDateTime,
+}
+
+/// A change of a pending request that no person makes, on the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateTransition {
+    /// Its escalation time came.
+    Escalate,
+    /// It expired undecided: denied.
+    Expire,
+}
+
+/// A notification to deliver: one request, event and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    /// The request.
+    pub request_id: Uuid,
+    /// `requested`, `escalated` or `expired`.
+    pub event: String,
+    /// The configured channel's name.
+    pub channel: String,
+}
+
+/// A notification delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRecord {
+    /// Its id.
+    pub id: i64,
+    /// The request.
+    pub request_id: Uuid,
+    /// `requested`, `escalated` or `expired`.
+    pub event: String,
+    /// The channel's name.
+    pub channel: String,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (pending) or was last due.
+    pub next_attempt_at: OffsetDateTime,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: OffsetDateTime,
+    /// When it was delivered.
+    pub delivered_at: Option<OffsetDateTime>,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    /// Delivered.
+    Delivered,
+    /// Failed; try again at this time.
+    Retry {
+        /// Why.
+        error: String,
+        /// When.
+        at: OffsetDateTime,
+    },
+    /// Failed for the last time: dead-lettered.
+    Dead {
+        /// Why.
+        error: String,
+    },
 }
 
 /// A halt or resume by an authenticated operator, recorded with the event it backs.

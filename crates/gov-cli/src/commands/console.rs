@@ -158,6 +158,11 @@ async fn serve(
                 args.bind
             )))
         })?;
+    let notifier = args
+        .notify
+        .as_deref()
+        .map(|path| super::notify::notifier(gov.clone(), path))
+        .transpose()?;
     let addr = listener.local_addr().unwrap_or(args.bind);
     if out.json() {
         out.emit_json(
@@ -168,10 +173,17 @@ async fn serve(
             "console listening on http://{addr}/ (Ctrl-C to stop)"
         ));
     }
+    let notifying = async {
+        match &notifier {
+            Some(n) => n.run(std::future::pending()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = gov_console::serve_on(gov.clone(), config, listener) => {
             r.map_err(|e| anyhow::anyhow!("the console stopped: {e}"))?;
         }
+        () = notifying => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     gov.close().await;

@@ -414,7 +414,7 @@ pub(crate) async fn run(args: DemoArgs, global: &Global, out: &Out) -> anyhow::R
             .deny(operator, id, "the demo stopped before anyone decided")
             .await
         {
-            Ok(()) => out
+            Ok(_) => out
                 .line("approval  the undecided wire_money request was denied as the demo stopped"),
             Err(e) => out.warn(format!(
                 "approval  the wire_money request stays pending: {e}"

@@ -1,5 +1,6 @@
 //! One module per command: each has a `run` whose body is an SDK call plus rendering.
 
+pub(crate) mod approvals;
 pub(crate) mod budget;
 pub(crate) mod checkpoint;
 pub(crate) mod completions;
@@ -11,6 +12,7 @@ pub(crate) mod export;
 pub(crate) mod gateway;
 pub(crate) mod import;
 pub(crate) mod migrate;
+pub(crate) mod notify;
 pub(crate) mod policy;
 pub(crate) mod prove;
 pub(crate) mod report;

@@ -43,14 +43,21 @@ pub(crate) struct PendingGate {
     tool: String,
 }
 
-/// A decision taken.
+/// A decision taken, or a vote recorded.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Decided {
     id: uuid::Uuid,
     status: Decision,
+    /// Approvals given so far.
+    approvals: u32,
+    /// Approvals the request needs (its workflow's quorum).
+    quorum: u32,
+    /// The shadow policy-set version an approval saved as a rule proposed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proposed_rule_version: Option<i64>,
 }
 
-/// `approved` or `denied`.
+/// `approved`, `denied`, or `voted` (recorded; the quorum is not reached yet).
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Decision {
@@ -58,6 +65,34 @@ pub(crate) enum Decision {
     Approved,
     /// Denied: the waiting call is refused.
     Denied,
+    /// A vote recorded; more approvals are needed.
+    Voted,
+}
+
+/// The body of approve: a reason, and what the approval covers.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+pub(crate) struct ApproveBody {
+    /// Why; required, since it is recorded in the audit chain.
+    #[schema(min_length = 1)]
+    reason: String,
+    /// `once` (the default), `session` (the session's later requests for the same tool), or
+    /// `rule` (admins: also proposes a Cedar policy as the next shadow version).
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+fn decided(id: uuid::Uuid, v: &gov_sdk::Vote, approve: bool) -> Decided {
+    Decided {
+        id,
+        status: match (v.decided, approve) {
+            (true, true) => Decision::Approved,
+            (true, false) => Decision::Denied,
+            (false, _) => Decision::Voted,
+        },
+        approvals: v.approvals,
+        quorum: v.quorum,
+        proposed_rule_version: v.proposed_rule.as_ref().map(|r| r.0),
+    }
 }
 
 /// Pending gate requests.
@@ -93,15 +128,15 @@ async fn list(State(state): State<AppState>, _user: ApiUser) -> ApiResult<Pendin
     path = "/api/approvals/{id}/approve",
     tag = "approvals",
     params(("id" = uuid::Uuid, Path, description = "The request's id")),
-    request_body = ReasonBody,
+    request_body = ApproveBody,
     security(("session" = [], "csrf" = [])),
     responses(
-        (status = 200, description = "approved", body = Decided),
+        (status = 200, description = "approved, or the vote recorded", body = Decided),
         (status = 400, description = "no reason given, or not a request id", body = super::ErrorBody),
         (status = 401, description = "not signed in", body = super::ErrorBody),
         (status = 403, description = "viewer, or CSRF token missing", body = super::ErrorBody),
         (status = 404, description = "no such request", body = super::ErrorBody),
-        (status = 409, description = "refused: self-approval, already decided, expired", body = super::ErrorBody),
+        (status = 409, description = "refused: self-approval, already decided or voted, not in the approver group, expired", body = super::ErrorBody),
     )
 )]
 async fn approve(
@@ -109,19 +144,26 @@ async fn approve(
     ApiUser(user): ApiUser,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<ReasonBody>,
+    Json(body): Json<ApproveBody>,
 ) -> ApiResult<Decided> {
     change_allowed(&headers, &user)?;
     let id = gate_id(&id)?;
-    state
+    let scope = match body.scope.as_deref() {
+        None | Some("") => gov_sdk::ApprovalScope::Once,
+        Some(s) => gov_sdk::ApprovalScope::parse(s).ok_or_else(|| {
+            crate::error::AppError::BadRequest("an approval covers once, session or rule".into())
+        })?,
+    };
+    if scope == gov_sdk::ApprovalScope::Rule {
+        user.require_admin()?;
+    }
+    let reason = crate::pages::required_reason(Some(&body.reason))?;
+    let v = state
         .gov
         .gates()
-        .approve(&user.session.operator, id, body.reason()?)
+        .approve_with(&user.session.operator, id, reason, scope)
         .await?;
-    Ok(Json(Decided {
-        id,
-        status: Decision::Approved,
-    }))
+    Ok(Json(decided(id, &v, true)))
 }
 
 /// Denies a request (operator, admin).
@@ -150,13 +192,10 @@ async fn deny(
 ) -> ApiResult<Decided> {
     change_allowed(&headers, &user)?;
     let id = gate_id(&id)?;
-    state
+    let v = state
         .gov
         .gates()
         .deny(&user.session.operator, id, body.reason()?)
         .await?;
-    Ok(Json(Decided {
-        id,
-        status: Decision::Denied,
-    }))
+    Ok(Json(decided(id, &v, false)))
 }

@@ -317,6 +317,18 @@ impl FlashQuery {
         let id = |s: &str| gov_sdk::AgentId::new(s).is_ok();
         let ok = match words.as_slice() {
             ["approved" | "denied"] => true,
+            // A vote of a request that needs more approvals, and what an approval covered.
+            ["vote", "recorded", n, "of", q] => n.parse::<u8>().is_ok() && q.parse::<u8>().is_ok(),
+            ["approved", "for", "the", "session"] => true,
+            [
+                "approved;",
+                "rule",
+                "proposed",
+                "as",
+                "shadow",
+                "version",
+                v,
+            ] => v.parse::<u32>().is_ok(),
             ["halted" | "resumed" | "added" | "disabled" | "enabled", who] => id(who),
             [who, "is", "now", "viewer" | "operator" | "admin"] => id(who),
             ["password", "of", who, "reset"] => id(who),
@@ -331,8 +343,11 @@ impl FlashQuery {
 pub(crate) struct ReasonForm {
     csrf: Option<String>,
     reason: Option<String>,
-    /// `dashboard` to return to the dashboard after a decision (else the approvals page).
+    /// `dashboard` to return to the dashboard after a decision, `request` to the request's
+    /// own page (else the approvals page).
     back: Option<String>,
+    /// What an approval covers: `once` (the default), `session`, `rule` (admins).
+    scope: Option<String>,
 }
 
 impl ReasonForm {

@@ -515,11 +515,7 @@ mod tests {
         let approved = row(
             4,
             62_000,
-            events::GateApproved(events::GateDecision {
-                request_id: id,
-                tool: "wire".into(),
-                reason: "checked".into(),
-            })
+            events::GateApproved(events::GateDecision::new(id, "wire", "checked"))
             .event("bot")
             .actor("olga"),
         );
@@ -528,6 +524,7 @@ mod tests {
             62_100,
             events::ToolStarted {
                 tool: "wire".into(),
+                args_sha256: None,
             }
             .event("bot"),
         );

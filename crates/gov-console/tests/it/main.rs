@@ -3,6 +3,7 @@
 //! headers, live events over SSE and the report download; revocation of sessions on both backends;
 //! the generated OpenAPI document against the routes; the cached chain status of the health check.
 
+mod approvals;
 mod dashboard;
 mod health;
 mod http;

@@ -219,7 +219,16 @@ async fn the_generated_openapi_document_describes_exactly_the_routes_served() {
                 "tool",
             ],
         ),
-        ("Decided", &["id", "status"]),
+        (
+            "Decided",
+            &[
+                "approvals",
+                "id",
+                "proposed_rule_version",
+                "quorum",
+                "status",
+            ],
+        ),
         ("EventList", &["events"]),
         (
             "VerifyJob",

@@ -32,6 +32,9 @@ fn activity(rec: &AuditRecord) -> (u32, String) {
         Some(
             EventKind::GateApproved
             | EventKind::GateDenied
+            | EventKind::GateVoted
+            | EventKind::GateEscalated
+            | EventKind::GateExpired
             | EventKind::GateConsumed
             | EventKind::AgentHalted
             | EventKind::AgentResumed
@@ -60,6 +63,8 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
         ) => (3, "Medium"),
         Some(
             EventKind::GateDenied
+            | EventKind::GateEscalated
+            | EventKind::GateExpired
             | EventKind::LlmError
             | EventKind::ChainKeyRotated
             | EventKind::SubjectErased
@@ -69,6 +74,7 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
         Some(
             EventKind::GateRequested
             | EventKind::GateApproved
+            | EventKind::GateVoted
             | EventKind::GateConsumed
             | EventKind::AgentResumed
             | EventKind::ToolStarted
@@ -88,7 +94,12 @@ fn status(rec: &AuditRecord) -> (u32, &'static str) {
     let failed = match super::kind(rec) {
         None => return (0, "Unknown"),
         Some(k) if k.is_denial() => true,
-        Some(EventKind::GateDenied | EventKind::LlmError | EventKind::LlmCancelled) => true,
+        Some(
+            EventKind::GateDenied
+            | EventKind::GateExpired
+            | EventKind::LlmError
+            | EventKind::LlmCancelled,
+        ) => true,
         Some(EventKind::ToolFinished) => rec.decode::<ToolFinished>().is_ok_and(|t| !t.ok),
         Some(_) => false,
     };

@@ -55,11 +55,11 @@ fn chain() -> Vec<AuditRecord> {
     .session("s-42")
     .build()
     .expect("event");
-    let gate = GateApproved(GateDecision {
-        request_id: Uuid::from_u128(7),
-        tool: "refund".into(),
-        reason: "within policy".into(),
-    })
+    let gate = GateApproved(GateDecision::new(
+        Uuid::from_u128(7),
+        "refund",
+        "within policy",
+    ))
     .event("billing-agent")
     .session("s-42")
     .actor("alice")

@@ -2,6 +2,7 @@
 //! and in `conformance` both Postgres and SQLite.
 
 mod adapters;
+mod approvals;
 mod blocking;
 mod chain;
 mod conformance;

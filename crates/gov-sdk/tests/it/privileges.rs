@@ -284,7 +284,7 @@ async fn a_temporary_table_cannot_stand_in_for_the_real_one() {
     pool.close().await;
     let mut conn = sqlx::PgConnection::connect(&db.app_url()).await.unwrap();
     for sql in [
-        "CREATE TEMP TABLE gate_requests (LIKE public.gate_requests)",
+        "CREATE TEMP TABLE gate_requests (LIKE public.gate_requests INCLUDING DEFAULTS)",
         "INSERT INTO pg_temp.gate_requests (id, agent_id, tool, action_hash, args, requested_at, \
              expires_at, status, decided_by, token_hash, token_expires_at) VALUES \
              ('00000000-0000-0000-0000-000000000001', 'a', 'wire', sha256('x'), '{}', now(), \

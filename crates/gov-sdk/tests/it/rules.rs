@@ -236,6 +236,7 @@ fn gate(id: Uuid, agent: &str, now: OffsetDateTime, ttl: Duration) -> GateRecord
         decided_by: None,
         decision_reason: None,
         token_expires_at: None,
+        workflow: Default::default(),
     }
 }
 
@@ -257,6 +258,8 @@ async fn decide(s: &Store, id: Uuid, token: &[u8], expires: OffsetDateTime) -> S
         reason: "ok",
         token_hash: Some(token),
         token_expires_at: Some(expires),
+        final_vote: true,
+        grant: None,
     };
     s.decide_gate(&d, &event, "k1", &stand_in_seal)
         .await

@@ -1,7 +1,7 @@
 //! Operators and gate requests. Decisions and consumption go through the SECURITY DEFINER
 //! functions of the gates migration; a decision commits in one transaction with its audit event.
 
-use gov_core::{AuditEvent, GateRecord, GateStatus, OperatorRole};
+use gov_core::{AuditEvent, GateRecord, GateStatus, GateWorkflow, OperatorRole};
 use sqlx::FromRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -12,7 +12,7 @@ use crate::backend::GateStore;
 use crate::{Decision, OperatorChange, OperatorRecord, Result, Sealer, StoreError};
 
 #[derive(FromRow)]
-struct GateRow {
+pub(super) struct GateRow {
     id: Uuid,
     agent_id: String,
     session_id: Option<String>,
@@ -25,6 +25,15 @@ struct GateRow {
     decided_by: Option<String>,
     decision_reason: Option<String>,
     token_expires_at: Option<OffsetDateTime>,
+    workflow: Option<String>,
+    quorum: i32,
+    approvals: i32,
+    approver_group: Option<String>,
+    escalate_to: Option<String>,
+    escalates_at: Option<OffsetDateTime>,
+    escalated_at: Option<OffsetDateTime>,
+    expired_at: Option<OffsetDateTime>,
+    grant_id: Option<Uuid>,
 }
 
 impl TryFrom<GateRow> for GateRecord {
@@ -44,12 +53,28 @@ impl TryFrom<GateRow> for GateRecord {
             decided_by: r.decided_by,
             decision_reason: r.decision_reason,
             token_expires_at: r.token_expires_at,
+            workflow: GateWorkflow {
+                name: r.workflow,
+                quorum: u32::try_from(r.quorum).unwrap_or(1),
+                approvals: u32::try_from(r.approvals).unwrap_or(0),
+                approver_group: r.approver_group,
+                escalate_to: r.escalate_to,
+                escalates_at: r.escalates_at,
+                escalated_at: r.escalated_at,
+                expired_at: r.expired_at,
+                grant_id: r.grant_id,
+            },
         })
     }
 }
 
-const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
-     status, decided_by, decision_reason, token_expires_at";
+pub(super) const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
+     status, decided_by, decision_reason, token_expires_at, workflow, quorum, approvals, \
+     approver_group, escalate_to, escalates_at, escalated_at, expired_at, grant_id";
+
+pub(super) fn gate_records(rows: Vec<GateRow>) -> Result<Vec<GateRecord>> {
+    rows.into_iter().map(TryInto::try_into).collect()
+}
 
 impl GateStore for PgStore {
     async fn add_operator(
@@ -180,7 +205,7 @@ impl GateStore for PgStore {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// One round trip when the cached head is current (`governance_decide_logged`); else the
+    /// One round trip when the cached head is current (`governance_vote_logged`); else the
     /// transaction that locks the head itself.
     async fn decide_gate(
         &self,
@@ -200,8 +225,9 @@ impl GateStore for PgStore {
                 let record = sealed_after(event, key_id, seal, &head);
                 // language=PostgreSQL
                 let q = sqlx::query_as(
-                    "SELECT * FROM governance_decide_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+                    "SELECT * FROM governance_vote_logged($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
+                     $25, $26)",
                 )
                 .bind(d.id)
                 .bind(d.operator)
@@ -210,6 +236,9 @@ impl GateStore for PgStore {
                 .bind(d.token_hash)
                 .bind(d.token_expires_at)
                 .bind(self.clock.now())
+                .bind(d.final_vote)
+                .bind(d.grant.map(|g| g.0))
+                .bind(d.grant.map(|g| g.1))
                 .bind(record.event_id.as_uuid())
                 .bind(&record.kind)
                 .bind(&record.agent_id)
@@ -229,7 +258,7 @@ impl GateStore for PgStore {
                 let (outcome, seq, hmac): (String, Option<i64>, Option<Vec<u8>>) =
                     q.fetch_one(&self.pool()).await?;
                 match outcome.as_str() {
-                    "ok" => {
+                    "ok" | "voted" => {
                         tip.committed((head.0 + 1, record.row_hmac));
                         return Ok(outcome);
                     }
@@ -285,28 +314,36 @@ impl PgStore {
     ) -> Result<String> {
         let mut tx = self.pool().begin().await?;
         // language=PostgreSQL
-        let outcome: String =
-            sqlx::query_scalar("SELECT governance_decide($1, $2, $3, $4, $5, $6, $7)")
-                .bind(d.id)
-                .bind(d.operator)
-                .bind(d.approve)
-                .bind(d.reason)
-                .bind(d.token_hash)
-                .bind(d.token_expires_at)
-                .bind(self.clock.now())
-                .fetch_one(&mut *tx)
-                .await?;
-        if outcome != "ok" {
-            tx.rollback().await?;
-            return Ok(outcome);
+        let outcome: String = sqlx::query_scalar(
+            "SELECT governance_vote($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(d.id)
+        .bind(d.operator)
+        .bind(d.approve)
+        .bind(d.reason)
+        .bind(d.token_hash)
+        .bind(d.token_expires_at)
+        .bind(self.clock.now())
+        .bind(d.final_vote)
+        .bind(event.event_id.as_uuid())
+        .bind(d.grant.map(|g| g.0))
+        .bind(d.grant.map(|g| g.1))
+        .fetch_one(&mut *tx)
+        .await?;
+        match outcome.as_str() {
+            "ok" => {
+                let oversight = Oversight {
+                    operator: d.operator,
+                    request_id: Some(d.id),
+                    reason: d.reason,
+                };
+                self.commit_oversight(tx, event, &oversight, key_id, seal)
+                    .await?;
+            }
+            // A vote that does not decide: its approval_votes row backs its event.
+            "voted" => self.commit_event(tx, event, key_id, seal).await?,
+            _ => tx.rollback().await?,
         }
-        let oversight = Oversight {
-            operator: d.operator,
-            request_id: Some(d.id),
-            reason: d.reason,
-        };
-        self.commit_oversight(tx, event, &oversight, key_id, seal)
-            .await?;
         Ok(outcome)
     }
 
@@ -321,6 +358,18 @@ impl PgStore {
         seal: Sealer<'_>,
     ) -> Result<()> {
         insert_oversight(&mut tx, event, o.operator, o.request_id, o.reason).await?;
+        self.commit_event(tx, event, key_id, seal).await
+    }
+
+    /// Finishes a transaction with `event` sealed onto its chain, then the commit (and the
+    /// head cache).
+    pub(crate) async fn commit_event(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        event: &AuditEvent,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<()> {
         let sealed = super::heads::Recording::new(seal);
         super::audit::append_in(
             &mut tx,

@@ -13,6 +13,7 @@ mod policies;
 mod signers;
 mod subjects;
 mod tree;
+mod workflows;
 
 pub(crate) use audit::{import_locked, lock_head};
 

@@ -5,8 +5,10 @@
 //! these rules (operator exists, enabled, not a viewer, not the requesting agent) and by the
 //! console and CLI, not by the database.
 
-use gov_core::rules::{self, ApprovalView, DecidingOperator, PendingView, Presented};
-use gov_core::{AuditEvent, GateRecord, GateStatus, OperatorRole};
+use gov_core::rules::{
+    self, ApprovalView, DecidingOperator, PendingView, Presented, VoteView, Voter,
+};
+use gov_core::{AuditEvent, GateRecord, GateStatus, GateWorkflow, OperatorRole};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -15,20 +17,30 @@ use super::{SqliteStore, from_us, now_us, to_us};
 use crate::backend::GateStore;
 use crate::{Decision, OperatorChange, OperatorRecord, Result, Sealer, StoreError};
 
-type GateRow = (
-    Uuid,
-    String,
-    Option<String>,
-    String,
-    Vec<u8>,
-    String,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-);
+#[derive(sqlx::FromRow)]
+pub(super) struct GateRow {
+    id: Uuid,
+    agent_id: String,
+    session_id: Option<String>,
+    tool: String,
+    action_hash: Vec<u8>,
+    args: String,
+    requested_at: i64,
+    expires_at: i64,
+    status: String,
+    decided_by: Option<String>,
+    decision_reason: Option<String>,
+    token_expires_at: Option<i64>,
+    workflow: Option<String>,
+    quorum: i64,
+    approvals: i64,
+    approver_group: Option<String>,
+    escalate_to: Option<String>,
+    escalates_at: Option<i64>,
+    escalated_at: Option<i64>,
+    expired_at: Option<i64>,
+    grant_id: Option<Uuid>,
+}
 
 /// (status, action_hash, token_hash, token_expires_at, agent_id, session_id)
 type ConsumeRow = (
@@ -38,40 +50,77 @@ type ConsumeRow = (
     Option<i64>,
     String,
     Option<String>,
+    Option<Uuid>,
 );
 
-const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
-     status, decided_by, decision_reason, token_expires_at";
+/// (name, quorum, approver_group, escalate_to, escalate_after_secs, timeout_secs)
+type WorkflowRow = (
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
-fn gate(r: GateRow) -> Result<GateRecord> {
-    let (
-        id,
-        agent_id,
-        session_id,
-        tool,
-        action_hash,
-        args,
-        requested_at,
-        expires_at,
-        status,
-        decided_by,
-        decision_reason,
-        token_expires_at,
-    ) = r;
+/// A route's agent and tool, then its workflow.
+type RouteRow = (
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// (agent_id, status, expires_at, quorum, approvals, approver_group, escalate_to,
+/// escalated_at, session_id, tool)
+type VoteRow = (
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    String,
+);
+
+pub(super) const GATE_COLUMNS: &str = "id, agent_id, session_id, tool, action_hash, args, requested_at, expires_at, \
+     status, decided_by, decision_reason, token_expires_at, workflow, quorum, approvals, \
+     approver_group, escalate_to, escalates_at, escalated_at, expired_at, grant_id";
+
+pub(super) fn gate(r: GateRow) -> Result<GateRecord> {
+    let opt = |t: Option<i64>| t.map(from_us).transpose();
     Ok(GateRecord {
-        id,
-        agent_id,
-        session_id,
-        tool,
-        action_hash,
-        args,
-        requested_at: from_us(requested_at)?,
-        expires_at: from_us(expires_at)?,
-        status: GateStatus::parse(&status)
+        id: r.id,
+        agent_id: r.agent_id,
+        session_id: r.session_id,
+        tool: r.tool,
+        action_hash: r.action_hash,
+        args: r.args,
+        requested_at: from_us(r.requested_at)?,
+        expires_at: from_us(r.expires_at)?,
+        status: GateStatus::parse(&r.status)
             .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
-        decided_by,
-        decision_reason,
-        token_expires_at: token_expires_at.map(from_us).transpose()?,
+        decided_by: r.decided_by,
+        decision_reason: r.decision_reason,
+        token_expires_at: opt(r.token_expires_at)?,
+        workflow: GateWorkflow {
+            name: r.workflow,
+            quorum: u32::try_from(r.quorum).unwrap_or(1),
+            approvals: u32::try_from(r.approvals).unwrap_or(0),
+            approver_group: r.approver_group,
+            escalate_to: r.escalate_to,
+            escalates_at: opt(r.escalates_at)?,
+            escalated_at: opt(r.escalated_at)?,
+            expired_at: opt(r.expired_at)?,
+            grant_id: r.grant_id,
+        },
     })
 }
 
@@ -159,9 +208,65 @@ impl GateStore for SqliteStore {
     }
 
     async fn insert_gate_request(&self, g: &GateRecord) -> Result<()> {
+        // The workflow is resolved here, in the insert's write transaction, from the routes (as
+        // the Postgres trigger does); whatever the record says of it is not used.
+        let (_turn, mut tx) = self.write_tx().await?;
+        let start = to_us(g.requested_at).max(now_us());
+        let routes: Vec<(String, String, WorkflowRow)> = sqlx::query_as(
+            "SELECT r.agent_id, r.tool, w.name, w.quorum, w.approver_group, w.escalate_to, \
+                 w.escalate_after_secs, w.timeout_secs \
+             FROM approval_routes r JOIN approval_workflows w ON w.name = r.workflow \
+             WHERE (r.agent_id = ? OR r.agent_id = '*') AND (r.tool = ? OR r.tool = '*')",
+        )
+        .bind(&g.agent_id)
+        .bind(&g.tool)
+        .fetch_all(&mut *tx)
+        .await
+        .map(|rows: Vec<RouteRow>| {
+            rows.into_iter()
+                .map(|r| (r.0, r.1, (r.2, r.3, r.4, r.5, r.6, r.7)))
+                .collect()
+        })?;
+        let chosen = routes
+            .into_iter()
+            .filter_map(|(a, t, w)| rules::route_rank(&a, &t, &g.agent_id, &g.tool).map(|k| (k, w)))
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, w)| w);
+        let mut expires_at = to_us(g.expires_at);
+        let (mut name, mut quorum, mut group, mut escalate_to, mut escalates_at) =
+            (None, 1_i64, None, None, None);
+        if let Some((n, q, grp, esc, after, timeout)) = chosen {
+            name = Some(n);
+            quorum = q;
+            group = grp;
+            escalate_to = esc;
+            escalates_at = after.map(|a| start.saturating_add(a.saturating_mul(1_000_000)));
+            if let Some(t) = timeout {
+                expires_at = expires_at.min(start.saturating_add(t.saturating_mul(1_000_000)));
+            }
+        }
+        let grant: Option<(Uuid, String, i64)> = match &g.session_id {
+            Some(session) => {
+                sqlx::query_as(
+                    "SELECT id, granted_by, expires_at FROM approval_grants \
+                     WHERE agent_id = ? AND session_id = ? AND tool = ? AND expires_at > ? \
+                     ORDER BY expires_at DESC LIMIT 1",
+                )
+                .bind(&g.agent_id)
+                .bind(session)
+                .bind(&g.tool)
+                .bind(start)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO gate_requests (id, agent_id, session_id, tool, action_hash, args, \
-                 requested_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 requested_at, expires_at, workflow, quorum, approver_group, escalate_to, \
+                 escalates_at, status, grant_id, decided_by, decided_at, decision_reason, \
+                 token_expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(g.id)
         .bind(&g.agent_id)
@@ -170,9 +275,25 @@ impl GateStore for SqliteStore {
         .bind(&g.action_hash)
         .bind(&g.args)
         .bind(to_us(g.requested_at))
-        .bind(to_us(g.expires_at))
-        .execute(&self.pool)
+        .bind(expires_at)
+        .bind(name)
+        .bind(quorum)
+        .bind(group)
+        .bind(escalate_to)
+        .bind(escalates_at)
+        .bind(if grant.is_some() {
+            "approved"
+        } else {
+            "pending"
+        })
+        .bind(grant.as_ref().map(|x| x.0))
+        .bind(grant.as_ref().map(|x| x.1.clone()))
+        .bind(grant.as_ref().map(|_| start))
+        .bind(grant.as_ref().map(|_| "approved for the session"))
+        .bind(grant.as_ref().map(|x| x.2))
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.written().await;
         Ok(())
     }
@@ -221,10 +342,12 @@ impl GateStore for SqliteStore {
             .transpose()?;
         let now = self.clock.now_us();
         // The request is read only once the operator may decide (as on Postgres).
-        let request: Option<(String, String, i64)> = match op {
+        let request: Option<VoteRow> = match op {
             Some(o) if !o.disabled && o.role >= OperatorRole::Operator => {
                 sqlx::query_as(
-                    "SELECT agent_id, status, expires_at FROM gate_requests WHERE id = ?",
+                    "SELECT agent_id, status, expires_at, quorum, approvals, approver_group, \
+                         escalate_to, escalated_at, session_id, tool \
+                     FROM gate_requests WHERE id = ?",
                 )
                 .bind(d.id)
                 .fetch_optional(&mut *tx)
@@ -232,39 +355,116 @@ impl GateStore for SqliteStore {
             }
             _ => None,
         };
-        let request = request
+        let view = request
             .as_ref()
-            .map(|(agent, status, expires_at)| {
+            .map(|r| {
                 Ok::<_, StoreError>(PendingView {
-                    agent_id: agent,
-                    status: GateStatus::parse(status)
+                    agent_id: &r.0,
+                    status: GateStatus::parse(&r.1)
                         .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
-                    expires_at: *expires_at,
+                    expires_at: r.2,
                 })
             })
             .transpose()?;
-        if let Err(why) = rules::may_decide(d.operator, op, || request, now) {
+        if let Err(why) = rules::may_decide(d.operator, op, || view, now) {
             tx.rollback().await?;
             return Ok(why.as_str().into());
         }
-        sqlx::query(
-            "UPDATE gate_requests SET status = ?, decided_by = ?, decided_at = ?, \
-                 decision_reason = ?, token_hash = ?, token_expires_at = ? WHERE id = ?",
+        let Some(r) = request else {
+            tx.rollback().await?;
+            return Ok("unknown_request".into());
+        };
+        let groups: Vec<String> =
+            sqlx::query_scalar("SELECT group_name FROM operator_groups WHERE username = ?")
+                .bind(d.operator)
+                .fetch_all(&mut *tx)
+                .await?;
+        let voted: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM approval_votes WHERE request_id = ? AND operator = ?",
         )
-        .bind(if d.approve { "approved" } else { "denied" })
-        .bind(d.operator)
-        .bind(now)
-        .bind(d.reason)
-        .bind(if d.approve { d.token_hash } else { None })
-        .bind(if d.approve {
-            d.token_expires_at.map(to_us)
-        } else {
-            None
-        })
         .bind(d.id)
+        .bind(d.operator)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let w = VoteView {
+            quorum: u32::try_from(r.3).unwrap_or(1),
+            approvals: u32::try_from(r.4).unwrap_or(0),
+            approver_group: r.5.as_deref(),
+            escalate_to: r.6.as_deref(),
+            escalated: r.7.is_some(),
+        };
+        let voter = Voter {
+            groups: &groups,
+            voted: voted.is_some(),
+        };
+        let decides = match rules::may_vote(&w, &voter, d.approve, d.final_vote) {
+            Ok(f) => f,
+            Err(why) => {
+                tx.rollback().await?;
+                return Ok(why.as_str().into());
+            }
+        };
+        sqlx::query(
+            "INSERT INTO approval_votes (request_id, operator, approve, reason, voted_at, \
+                 event_id) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(d.id)
+        .bind(d.operator)
+        .bind(d.approve)
+        .bind(d.reason)
+        .bind(now)
+        .bind(event.event_id.as_uuid())
         .execute(&mut *tx)
         .await?;
-        insert_oversight(&mut tx, event, d.operator, Some(d.id), d.reason).await?;
+        if decides {
+            sqlx::query(
+                "UPDATE gate_requests SET status = ?, decided_by = ?, decided_at = ?, \
+                     decision_reason = ?, token_hash = ?, token_expires_at = ?, \
+                     approvals = approvals + ? WHERE id = ?",
+            )
+            .bind(if d.approve { "approved" } else { "denied" })
+            .bind(d.operator)
+            .bind(now)
+            .bind(d.reason)
+            .bind(if d.approve { d.token_hash } else { None })
+            .bind(if d.approve {
+                d.token_expires_at.map(to_us)
+            } else {
+                None
+            })
+            .bind(i64::from(d.approve))
+            .bind(d.id)
+            .execute(&mut *tx)
+            .await?;
+            if let (true, Some((grant, until))) = (d.approve, d.grant) {
+                let Some(session) = r.8.as_deref() else {
+                    tx.rollback().await?;
+                    return Err(StoreError::InvalidArgument(
+                        "a request without a session cannot be approved for its session".into(),
+                    ));
+                };
+                sqlx::query(
+                    "INSERT INTO approval_grants (id, agent_id, session_id, tool, request_id, \
+                         granted_by, granted_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(grant)
+                .bind(&r.0)
+                .bind(session)
+                .bind(&r.9)
+                .bind(d.id)
+                .bind(d.operator)
+                .bind(now)
+                .bind(to_us(until))
+                .execute(&mut *tx)
+                .await?;
+            }
+            insert_oversight(&mut tx, event, d.operator, Some(d.id), d.reason).await?;
+        } else {
+            sqlx::query("UPDATE gate_requests SET approvals = approvals + 1 WHERE id = ?")
+                .bind(d.id)
+                .execute(&mut *tx)
+                .await?;
+        }
         append_in(
             &mut tx,
             event.chain_id.as_str(),
@@ -275,7 +475,7 @@ impl GateStore for SqliteStore {
         .await?;
         tx.commit().await?;
         self.written().await;
-        Ok("ok".into())
+        Ok(if decides { "ok" } else { "voted" }.into())
     }
 
     async fn consume_gate(
@@ -288,8 +488,8 @@ impl GateStore for SqliteStore {
     ) -> Result<String> {
         let (_turn, mut tx) = self.write_tx().await?;
         let r: Option<ConsumeRow> = sqlx::query_as(
-            "SELECT status, action_hash, token_hash, token_expires_at, agent_id, session_id \
-             FROM gate_requests WHERE id = ?",
+            "SELECT status, action_hash, token_hash, token_expires_at, agent_id, session_id, \
+                 grant_id FROM gate_requests WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -303,17 +503,20 @@ impl GateStore for SqliteStore {
         };
         let view = r
             .as_ref()
-            .map(|(status, action, stored, expires, asker, asked_in)| {
-                Ok::<_, StoreError>(ApprovalView {
-                    status: GateStatus::parse(status)
-                        .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
-                    agent_id: asker,
-                    session_id: asked_in.as_deref(),
-                    action_hash: action,
-                    token_hash: stored.as_deref(),
-                    token_expires_at: *expires,
-                })
-            })
+            .map(
+                |(status, action, stored, expires, asker, asked_in, grant)| {
+                    Ok::<_, StoreError>(ApprovalView {
+                        status: GateStatus::parse(status)
+                            .ok_or_else(|| StoreError::Corrupt("gate status".into()))?,
+                        agent_id: asker,
+                        session_id: asked_in.as_deref(),
+                        action_hash: action,
+                        token_hash: stored.as_deref(),
+                        token_expires_at: *expires,
+                        granted: grant.is_some(),
+                    })
+                },
+            )
             .transpose()?;
         let outcome = match rules::may_consume(view, &presented, now) {
             Err(why) => why.as_str(),

@@ -18,6 +18,7 @@ mod policies;
 mod signers;
 mod subjects;
 mod tree;
+mod workflows;
 
 pub(crate) use audit::{head_in, import_in};
 
