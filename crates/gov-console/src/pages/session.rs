@@ -516,8 +516,8 @@ mod tests {
             4,
             62_000,
             events::GateApproved(events::GateDecision::new(id, "wire", "checked"))
-            .event("bot")
-            .actor("olga"),
+                .event("bot")
+                .actor("olga"),
         );
         let started = row(
             5,
