@@ -144,6 +144,7 @@ async fn a_halted_agent_and_an_out_of_scope_model_never_reach_the_provider() {
         .halt_self(AGENT, "test halt")
         .await
         .expect("halt");
+    crate::support::until_halted(&gw.gov, AGENT).await;
     let resp = post(&gw.url, &world.key, &chat("gpt-test")).await;
     assert_eq!(resp.status(), 403);
     let body: Value = resp.json().await.expect("json");

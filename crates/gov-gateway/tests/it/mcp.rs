@@ -147,19 +147,6 @@ async fn pending(gov: &Governance, tool: &str, args: &Value) -> GateRecord {
     }
 }
 
-/// Waits until the gateway's own handle has seen `agent`'s halt (it arrives by notification,
-/// as in every process of the SDK).
-async fn until_halted(gw: &Governance, agent: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !gw.presence().is_halted(agent).await.expect("halted?") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway never saw the halt"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// An rmcp client of the gateway with `key`.
 async fn client(url: &str, key: &str) -> RunningService<RoleClient, ()> {
     let config = StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"))
@@ -278,7 +265,7 @@ async fn the_mcp_gateway_filters_gates_and_audits_tool_calls() {
         .halt(&alice, AGENT, "incident")
         .await
         .expect("halt");
-    until_halted(&gw.gov, AGENT).await;
+    crate::support::until_halted(&gw.gov, AGENT).await;
     let r = call(&agent, "up__lookup", json!({"q": "x"}))
         .await
         .expect("a tool result");
@@ -496,7 +483,7 @@ async fn the_official_python_mcp_client_works_through_the_gateway() {
         .halt(&alice, AGENT, "incident")
         .await
         .expect("halt");
-    until_halted(&gw.gov, AGENT).await;
+    crate::support::until_halted(&gw.gov, AGENT).await;
     let mut halted = phase("halted");
     tokio::task::spawn_blocking(move || {
         crate::python::run(&mut halted, "the Python MCP agent (halted)");

@@ -413,3 +413,21 @@ impl Served {
         }
     }
 }
+
+/// Waits until the gateway's own handle refuses `agent` as halted: the halt reaches its
+/// cache by notification, as in every process of the SDK, so reading storage is not enough.
+pub(crate) async fn until_halted(gw: &Governance, agent: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match gw.presence().assert_not_halted(agent).await {
+            Err(gov_sdk::Error::Halted { .. }) => return,
+            Ok(()) => {}
+            Err(e) => panic!("halt check: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never saw the halt"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
