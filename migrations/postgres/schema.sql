@@ -17,6 +17,24 @@ BEGIN
 END;
 $function$
 
+-- audit_events_delete_archived()
+CREATE OR REPLACE FUNCTION public.audit_events_delete_archived()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM chain_retention r
+        WHERE r.chain_id = OLD.chain_id AND r.through_seq >= OLD.seq
+    ) THEN
+        RAISE EXCEPTION 'audit_events is append-only: DELETE is not allowed (only rows archived by governance archive may be removed)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN OLD;
+END;
+$function$
+
 -- audit_events_refuse_change()
 CREATE OR REPLACE FUNCTION public.audit_events_refuse_change()
  RETURNS trigger
@@ -44,6 +62,18 @@ BEGIN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'chain_heads rows cannot be removed: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$function$
+
+-- chain_retention_refuse_change()
+CREATE OR REPLACE FUNCTION public.chain_retention_refuse_change()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+BEGIN
+    RAISE EXCEPTION 'chain_retention is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END;
 $function$

@@ -291,6 +291,7 @@ impl AuditLog {
                     key_ids: Default::default(),
                     signatures: Default::default(),
                     range: None,
+                    archived_through: None,
                     finding: Some(Finding {
                         seq: 1,
                         reason: Reason::HeadMismatch,
@@ -307,6 +308,9 @@ impl AuditLog {
         let any_rows = heads.iter().any(|h| h.seq > 0);
         for head in heads {
             let mut report = verify::verify_chain(store, &keys, head, opts, &pool).await?;
+            if report.finding.is_none() && !opts.is_range() {
+                report.finding = cut_is_recorded(store, &report).await?;
+            }
             if report.finding.is_none() && !opts.is_range() {
                 report.finding = stored_checkpoints_hold(store, &keys, &report).await?;
                 if report.finding.is_none() {
@@ -846,6 +850,49 @@ async fn holds_head(
     })
 }
 
+/// A chain that verified clean from a retention cut: the cut counts only when the sealed
+/// `chain.archived` event written in its transaction names it (the application role cannot
+/// record a cut, and whoever records one without the audit secret cannot seal its event), so
+/// rows removed behind the chain's back never read as archived.
+async fn cut_is_recorded(
+    store: &Store,
+    report: &verify::ChainReport,
+) -> Result<Option<Finding>, AuditError> {
+    let Some(cut) = store.retention_cuts(&report.chain_id).await?.pop() else {
+        return Ok(None);
+    };
+    let unrecorded = |detail: String| {
+        Ok(Some(Finding {
+            seq: cut.through_seq,
+            reason: Reason::MissingRow,
+            detail,
+        }))
+    };
+    let row = store
+        .read_chain_page(&report.chain_id, cut.record_seq - 1, 1)
+        .await?;
+    let Some(row) = row.first().filter(|r| r.seq == cut.record_seq) else {
+        return unrecorded(format!(
+            "rows up to seq {} were removed as archived, but the chain.archived event that must record it (seq {}) is missing",
+            cut.through_seq, cut.record_seq
+        ));
+    };
+    let named = row.kind == gov_core::events::EventKind::ChainArchived.as_str()
+        && serde_json::from_str::<gov_core::events::ChainArchived>(&row.payload).is_ok_and(|a| {
+            a.through_seq == cut.through_seq
+                && a.row_hmac == hex::encode(&cut.row_hmac)
+                && a.archive_sha256 == cut.archive_sha256
+        });
+    if named {
+        Ok(None)
+    } else {
+        unrecorded(format!(
+            "rows up to seq {} were removed as archived, but row {} is not the chain.archived event that records that cut",
+            cut.through_seq, cut.record_seq
+        ))
+    }
+}
+
 /// Checks the checkpoints stored for a chain that verified clean: each must be signed by a
 /// registered key and still match the row at its seq.
 async fn stored_checkpoints_hold(
@@ -853,6 +900,7 @@ async fn stored_checkpoints_hold(
     keys: &KeyRing,
     report: &verify::ChainReport,
 ) -> Result<Option<Finding>, AuditError> {
+    let cut = store.retention_cuts(&report.chain_id).await?.pop();
     for cp in store.checkpoints(&report.chain_id).await? {
         let what = format!(
             "the stored checkpoint signed at {} by {}",
@@ -884,6 +932,25 @@ async fn stored_checkpoints_hold(
                     cp.seq, report.head_seq
                 ),
             }));
+        }
+        // A checkpoint inside an archived segment is checked against the archive, not here;
+        // one at the cut is checked against the seal the cut recorded.
+        match &cut {
+            Some(c) if cp.seq < c.through_seq => continue,
+            Some(c) if cp.seq == c.through_seq => {
+                if cp.head_hmac != c.row_hmac {
+                    return Ok(Some(Finding {
+                        seq: cp.seq,
+                        reason: Reason::CheckpointMismatch,
+                        detail: format!(
+                            "{what} recorded another HMAC for seq {} than the retention cut there: the chain was rebuilt or rewritten up to there",
+                            cp.seq
+                        ),
+                    }));
+                }
+                continue;
+            }
+            _ => {}
         }
         if let Some(f) = holds_head(store, &cp.chain_id, cp.seq, &cp.head_hmac, &what).await? {
             return Ok(Some(f));
@@ -929,6 +996,13 @@ async fn stored_cosignatures_hold(
         }
         sizes.push(c.tree_size.unsigned_abs());
     }
+    // Sizes inside an archived segment are checked against the archive, not here.
+    let floor = crate::proofs::archived_leaves(store, &report.chain_id).await?;
+    sizes.retain(|&s| s >= floor);
+    let cosigs: Vec<_> = cosigs
+        .into_iter()
+        .filter(|c| c.tree_size.unsigned_abs() >= floor)
+        .collect();
     let roots = crate::proofs::roots_from_rows(store, &report.chain_id, &sizes).await?;
     for c in &cosigs {
         let size = c.tree_size.unsigned_abs();

@@ -369,12 +369,50 @@ impl<'a> ChainTree<'a> {
     }
 }
 
+/// The number of leaves archived and removed by a chain's last retention cut (0 without one):
+/// roots of smaller trees are checked against the archive, not the database.
+pub async fn archived_leaves(store: &Store, chain: &str) -> Result<u64, AuditError> {
+    Ok(store
+        .retention_cuts(chain)
+        .await?
+        .pop()
+        .map_or(0, |c| c.through_seq.unsigned_abs()))
+}
+
+/// The compact range of the tree of `cut.through_seq` leaves, from the frontier it recorded.
+pub fn frontier_range(cut: &gov_store::RetentionCut) -> Result<tree::CompactRange, AuditError> {
+    let size = cut.through_seq.unsigned_abs();
+    let bad = || {
+        corrupt(format!(
+            "the retention cut of chain {} at seq {} has a malformed tree frontier",
+            cut.chain_id, cut.through_seq
+        ))
+    };
+    if cut.tree_frontier.len() != 32 * size.count_ones() as usize {
+        return Err(bad());
+    }
+    let mut range = tree::CompactRange::default();
+    let mut hashes = cut.tree_frontier.chunks_exact(32);
+    for height in (0..64u32).rev().filter(|h| size & (1u64 << h) != 0) {
+        let hash: Hash = hashes
+            .next()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(bad)?;
+        if !range.push_subtree(height, hash) {
+            return Err(bad());
+        }
+    }
+    Ok(range)
+}
+
 /// Rows read per page while roots are recomputed from the rows.
 const ROOT_PAGE: u32 = 2_000;
 
 /// The roots of the trees of each of `sizes` leaves, recomputed from the stored rows alone (one
 /// pass in seq order, never a tile): what a signer signs and what a cosigned root is checked
-/// against. A row missing below the largest size is `missing_row`. Memory: one hash per level.
+/// against. A row missing below the largest size is `missing_row`. After a retention cut the
+/// pass starts from the tree frontier the cut recorded, and sizes below the cut are left out
+/// (their rows are in the archive). Memory: one hash per level.
 pub async fn roots_from_rows(
     store: &Store,
     chain: &str,
@@ -385,7 +423,6 @@ pub async fn roots_from_rows(
     wanted.sort_unstable();
     wanted.dedup();
     let mut wanted = wanted.into_iter().peekable();
-    let mut range = tree::CompactRange::default();
     while wanted.peek() == Some(&0) {
         out.insert(0, tree::empty_root());
         wanted.next();
@@ -393,7 +430,55 @@ pub async fn roots_from_rows(
     let Some(&last) = wanted.clone().last().as_ref() else {
         return Ok(out);
     };
+    walk_rows(store, chain, last, |range| {
+        while wanted.peek().is_some_and(|&s| s < range.size()) {
+            wanted.next();
+        }
+        while wanted.peek() == Some(&range.size()) {
+            out.insert(range.size(), range.root());
+            wanted.next();
+        }
+    })
+    .await?;
+    Ok(out)
+}
+
+/// The compact range of the tree of `size` leaves (its frontier: one hash per set bit of the
+/// size, largest subtree first, concatenated), from the stored rows as [`roots_from_rows`]
+/// reads them: what a retention cut records.
+pub async fn frontier_from_rows(
+    store: &Store,
+    chain: &str,
+    size: u64,
+) -> Result<Vec<u8>, AuditError> {
+    let range = walk_rows(store, chain, size, |_| {}).await?;
+    if range.size() != size {
+        return Err(missing(
+            size,
+            "the chain's tree cannot be built to this size; run governance verify",
+        ));
+    }
+    Ok(range.hashes().concat())
+}
+
+/// Builds the chain's tree from its rows (or from its last retention cut's frontier, when that
+/// is not beyond `last`) up to `last` leaves, calling `at` with the range after the start and
+/// after each leaf.
+async fn walk_rows(
+    store: &Store,
+    chain: &str,
+    last: u64,
+    mut at: impl FnMut(&tree::CompactRange),
+) -> Result<tree::CompactRange, AuditError> {
+    let mut range = tree::CompactRange::default();
     let mut after = 0i64;
+    if let Some(cut) = store.retention_cuts(chain).await?.pop()
+        && cut.through_seq.unsigned_abs() <= last
+    {
+        range = frontier_range(&cut)?;
+        after = cut.through_seq;
+        at(&range);
+    }
     while range.size() < last {
         let rows = store.read_chain_page(chain, after, ROOT_PAGE).await?;
         if rows.is_empty() {
@@ -411,16 +496,13 @@ pub async fn roots_from_rows(
             }
             after = r.seq;
             range.push(tree::leaf_hash(&tree::leaf_data(&r)));
-            while wanted.peek() == Some(&range.size()) {
-                out.insert(range.size(), range.root());
-                wanted.next();
-            }
+            at(&range);
             if range.size() >= last {
                 break;
             }
         }
     }
-    Ok(out)
+    Ok(range)
 }
 
 /// Rows kept past the last matching row before they are dropped (and read again if a later row

@@ -138,6 +138,10 @@ pub struct ChainReport {
     /// last is the range's end or the head, whichever is lower.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub range: Option<(i64, i64)>,
+    /// The last seq archived and removed by a recorded retention cut (`governance archive`),
+    /// when there is one: verification starts after it, linked to that row's recorded seal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived_through: Option<i64>,
     /// The first problem, if any.
     pub finding: Option<Finding>,
     /// Rows that no configured key can check, when nothing in them is evidence for a
@@ -311,6 +315,7 @@ struct CheckState {
     /// Whether the last row checked must be the head (false for a range ending before it).
     check_head: bool,
     range: Option<(i64, i64)>,
+    archived_through: Option<i64>,
     expected_seq: i64,
     prev: Vec<u8>,
     checked: u64,
@@ -341,6 +346,7 @@ impl<'k> ChainCheck<'k> {
                 end_seq: head.seq,
                 check_head: true,
                 range: None,
+                archived_through: None,
                 head,
                 expected_seq: 1,
                 prev: ZERO_HMAC.to_vec(),
@@ -782,6 +788,7 @@ impl CheckState {
             key_ids: self.key_ids,
             signatures: self.signatures,
             range: self.range,
+            archived_through: self.archived_through,
             finding,
         }
     }
@@ -881,7 +888,19 @@ pub(crate) async fn verify_chain(
     let ring: &KeyRing = keys;
     let chain = head.chain_id.clone();
     let head_seq = head.seq;
-    let start = opts.from_seq.unwrap_or(1);
+    // Rows archived and removed by a recorded cut are not there to check: verification starts
+    // after the last cut, linked to the seal it recorded (only the owner may record one).
+    let cut = store.retention_cuts(&chain).await?.pop();
+    let floor = cut.as_ref().map_or(0, |c| c.through_seq);
+    let start = opts.from_seq.unwrap_or(1).max(floor + 1);
+    if let Some(to) = opts.to_seq
+        && to <= floor
+    {
+        return Err(AuditError::InvalidOptions(format!(
+            "seq 1 to {floor} of chain {chain:?} were archived and removed (governance archive): \
+             a range must end after seq {floor}"
+        )));
+    }
     let end = opts.to_seq.map_or(head_seq, |t| t.min(head_seq));
     let to_head = opts.to_seq.is_none_or(|t| t >= head_seq);
     let total = u64::try_from(end - start + 1).unwrap_or(0);
@@ -890,6 +909,7 @@ pub(crate) async fn verify_chain(
     check.s.end_seq = end;
     check.s.check_head = to_head;
     check.s.range = opts.is_range().then_some((start, end));
+    check.s.archived_through = cut.as_ref().map(|c| c.through_seq);
     let mut state = check.s;
     let progress = |checked| {
         if let Some(p) = &opts.progress {
@@ -903,8 +923,10 @@ pub(crate) async fn verify_chain(
 
     // A range that starts past the head holds no row of this chain; only rows stored beyond the
     // head are looked for.
-    if start <= head_seq || start == 1 {
-        if start > 1 {
+    if start <= head_seq || start == 1 || cut.is_some() {
+        if let Some(c) = cut.as_ref().filter(|c| start == c.through_seq + 1) {
+            state.prev.clone_from(&c.row_hmac);
+        } else if start > 1 {
             // The first row of the range must follow the stored row before it.
             let before = store.read_chain_page(&chain, start - 2, 1).await?;
             match before.into_iter().next() {

@@ -75,6 +75,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  GOVERNANCE_AUDIT_SECRET_NEW=$(cat new.key) governance rotate-chain-key --operator alice\n  openssl rand -hex 32 | tee new.key | governance rotate-chain-key --chain billing --reason \"yearly rotation\"\n\nThe old secret is the current one (GOVERNANCE_AUDIT_SECRET or --audit-secret-file); the new one comes from GOVERNANCE_AUDIT_SECRET_NEW, else the first line of standard input, never from the command line.\nEach chain is verified first and is not rotated when it is tampered. Afterwards, run every writer with GOVERNANCE_AUDIT_SECRET=<new> and GOVERNANCE_AUDIT_SECRET_PREVIOUS=<old>.\nExit codes: 0 rotated, 1 a chain is tampered (nothing rotated), 2 usage or configuration (including a chain the current secret cannot check: nothing rotated), 3 storage unreachable."
     )]
     RotateChainKey(RotateArgs),
+    /// Archive a chain's oldest rows to a file and remove them from the database (retention);
+    /// what remains still verifies
+    #[command(
+        after_help = "Examples:\n  governance archive --chain billing --output billing-2026h1.jsonl --reason \"retention: 2026 H1\" --operator alice\n  governance archive --chain billing --before 2026-06-01 --output a.jsonl --reason … --dry-run\n  governance archive --chain billing --through-seq 51200 --output a.jsonl --reason …\n\nRun as the schema owner. The segment is the rows after the chain's last cut that occurred before --before and at least --min-age-days ago (183 by default: Art. 19 and 26(6) ask for at least six months), ending at a multiple of 256 rows. The chain is verified first (nothing is done to a tampered chain); the archive is the export format (`governance import` reads it; archives of one chain import in order) and is written whole and synced before any row is removed; the cut records the archive's SHA-256, the last row's seal and the Merkle tree's frontier, so `governance verify` checks what remains from there.\nExit codes: 0 archived (or planned, with --dry-run), 1 the chain is tampered (nothing archived), 2 usage or configuration (nothing old enough, an existing --output, a role that may not remove rows), 3 storage unreachable."
+    )]
+    Archive(ArchiveArgs),
     /// Erase a data subject: destroy its keys, so its personal fields read as erased; record the erasure
     #[command(
         after_help = "Examples:\n  governance erase --subject 0f9c2a4e-user --reason \"GDPR Art. 17 request #1234\" --operator alice\n\nThe subject's personal fields stay in the chain as ciphertext nobody can read; the events, their seals, proofs and evidence bundles stay valid. The erasure is recorded as a subject.erased event, and no key is ever stored for the subject again.\nRun it with the schema owner's URL: the application role cannot delete keys.\nExit codes: 0 erased, 2 usage or configuration (including a role that may not erase), 3 storage unreachable."
@@ -535,6 +541,37 @@ pub(crate) struct EraseArgs {
     /// Who erases (recorded in the erasure event)
     #[arg(long, default_value = "operator")]
     pub(crate) operator: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveArgs {
+    /// The chain
+    #[arg(long, default_value = "default")]
+    pub(crate) chain: String,
+    /// Archive rows that occurred before this time (RFC 3339, a date, or an age such as 200d;
+    /// default: the minimum age)
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) before: Option<String>,
+    /// End the segment at this seq (a multiple of 256) instead of the last old enough
+    #[arg(long, value_name = "N")]
+    pub(crate) through_seq: Option<i64>,
+    /// Rows younger than this many days are never archived
+    #[arg(long, value_name = "DAYS", default_value_t = 183)]
+    pub(crate) min_age_days: u32,
+    /// Write the archive to this new file (an existing file is never replaced)
+    #[arg(long, short, value_name = "FILE", required_unless_present = "dry_run")]
+    pub(crate) output: Option<PathBuf>,
+    /// Why (recorded with the cut)
+    #[arg(long, required_unless_present = "dry_run")]
+    pub(crate) reason: Option<String>,
+    /// Who archives (recorded with the cut)
+    #[arg(long, default_value = "operator")]
+    pub(crate) operator: String,
+    /// Only say what would be archived
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
 }

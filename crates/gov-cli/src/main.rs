@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => commands::tail::run(args, &cli.global, &out).await,
             Command::Report(args) => commands::report::run(args, &cli.global, &out).await,
             Command::RotateChainKey(args) => commands::rotate::run(args, &cli.global, &out).await,
+            Command::Archive(args) => commands::archive::run(args, &cli.global, &out).await,
             Command::Erase(args) => commands::erase::run(args, &cli.global, &out).await,
             Command::Policy(cmd) => commands::policy::run(cmd, &cli.global, &out).await,
             Command::Checkpoint(args) => commands::checkpoint::run(args, &cli.global, &out).await,

@@ -96,6 +96,9 @@ kinds! {
     ChainKeyRotated = "chain.key_rotated",
     /// A data subject's keys were destroyed: their personal fields are unreadable from now on.
     SubjectErased = "subject.erased",
+    /// The chain's oldest rows were archived to a file and removed (retention); sealed in the
+    /// same transaction as the removal, after the rows that remain.
+    ChainArchived = "chain.archived",
     /// An operator applied a new version of a Cedar policy set (enforced or shadow).
     PolicyApplied = "policy.applied",
     /// The enforced Cedar policy set forbade an action.
@@ -600,6 +603,30 @@ pub struct SubjectErased {
     pub operator: String,
 }
 system_event!(SubjectErased => SubjectErased);
+
+/// The agent id retention events are recorded under (a cut concerns a chain, not an agent).
+pub const RETENTION_AGENT: &str = "governance:retention";
+
+/// `chain.archived`: an operator archived rows `from_seq..=through_seq` of the chain to a file
+/// and removed them. Verification honours a recorded cut only when this sealed event names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainArchived {
+    /// The first archived seq.
+    pub from_seq: i64,
+    /// The last archived seq.
+    pub through_seq: i64,
+    /// `row_hmac` of row `through_seq` (hex): the first remaining row links to it.
+    pub row_hmac: String,
+    /// Rows removed.
+    pub rows: u64,
+    /// SHA-256 (hex) of the archive file.
+    pub archive_sha256: String,
+    /// Why.
+    pub reason: String,
+    /// Who archived.
+    pub operator: String,
+}
+system_event!(ChainArchived => ChainArchived);
 
 /// The agent id the policy set events are recorded under (a policy set concerns every agent).
 pub const POLICY_AGENT: &str = "governance:policy";

@@ -3,12 +3,13 @@
 //! as they are, never re-sealed). Run as the role that owns the schema (not as the application
 //! role).
 
+pub mod retention;
 pub mod transfer;
 
 use gov_core::{AuditRecord, ChainHead, ChainId, OperatorRole};
 use gov_store::{MigrateReport, OperatorChange, Privileges, Store, StoreOptions};
 
-pub use gov_store::{ChainImport, CheckpointRow, SignerKeyRow, StoreError};
+pub use gov_store::{ChainImport, CheckpointRow, RetentionCut, SignerKeyRow, StoreError};
 
 use crate::{Error, Result};
 
@@ -290,6 +291,12 @@ impl Admin {
     /// registered here with another public key.
     pub async fn import_signer(&self, row: &SignerKeyRow) -> Result<bool> {
         Ok(self.store.import_signer(row).await?)
+    }
+
+    /// A chain's retention cuts (`governance archive`), oldest first.
+    pub async fn retention_cuts(&self, chain: &str) -> Result<Vec<RetentionCut>> {
+        ChainId::new(chain)?;
+        Ok(self.store.retention_cuts(chain).await?)
     }
 
     /// A chain's stored checkpoints, by seq.

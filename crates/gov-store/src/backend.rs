@@ -34,6 +34,7 @@ pub trait Backend:
     + GatewayKeyStore
     + PolicyStore
     + WorkflowStore
+    + RetentionStore
 {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<MigrateReport>;
@@ -122,6 +123,21 @@ pub trait TreeStore {
     ) -> Result<Vec<TreeTile>>;
     /// Stores tiles, keeping any already stored.
     async fn put_tree_tiles(&self, chain_id: &str, tiles: &[TreeTile]) -> Result<()>;
+}
+
+/// Retention: recorded cuts of a chain's oldest rows.
+pub trait RetentionStore {
+    /// A chain's cuts, oldest first.
+    async fn retention_cuts(&self, chain_id: &str) -> Result<Vec<crate::RetentionCut>>;
+    /// Records a cut, appends its sealed event and removes the rows it covers, in one
+    /// transaction; the rows removed and the event's seq.
+    async fn cut_chain(
+        &self,
+        cut: &crate::RetentionCut,
+        event: ErasureEvent<'_>,
+        key_id: &str,
+        seal: crate::Sealer<'_>,
+    ) -> Result<(i64, i64)>;
 }
 
 /// Signer public keys and stored checkpoints.

@@ -75,6 +75,7 @@ mod error;
 mod import;
 mod notify;
 mod postgres;
+mod retention_rules;
 mod sqlite;
 mod types;
 
@@ -99,7 +100,7 @@ use backend::{
     SessionStore, SignerStore, SubjectStore, TreeStore,
 };
 pub use backend::{ErasureEvent, PolicyEvent};
-use backend::{GatewayKeyStore, WorkflowStore};
+use backend::{GatewayKeyStore, RetentionStore, WorkflowStore};
 
 /// Calls the same typed method on whichever backend the store holds, within the store's
 /// deadline ([`StoreOptions::call_timeout`]).
@@ -408,6 +409,33 @@ pub struct CosignatureRow {
     pub cosigned_at: i64,
     /// The Ed25519 signature (64 bytes).
     pub signature: Vec<u8>,
+}
+
+/// A recorded cut of a chain's oldest rows (`chain_retention`): rows `1..=through_seq` were
+/// archived and removed; the first remaining row links to `row_hmac`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionCut {
+    /// The chain.
+    pub chain_id: String,
+    /// The last removed seq.
+    pub through_seq: i64,
+    /// That row's `row_hmac`.
+    pub row_hmac: Vec<u8>,
+    /// The Merkle tree's compact range at `through_seq` leaves: 32 bytes per set bit of the
+    /// size, largest subtree first.
+    pub tree_frontier: Vec<u8>,
+    /// Rows this cut removed (set by the store when it records the cut).
+    pub rows_removed: i64,
+    /// The seq of the sealed `chain.archived` event written with the cut (set by the store).
+    pub record_seq: i64,
+    /// SHA-256 of the archive file, lowercase hex.
+    pub archive_sha256: String,
+    /// Who cut.
+    pub operator: String,
+    /// Why.
+    pub reason: String,
+    /// When (set by the store when it records the cut).
+    pub cut_at: OffsetDateTime,
 }
 
 /// A signed chain head, as stored.
@@ -799,6 +827,28 @@ impl Store {
     /// A chain's stored checkpoints, by seq.
     pub async fn checkpoints(&self, chain_id: &str) -> Result<Vec<CheckpointRow>> {
         dispatch!(self, s => s.checkpoints(chain_id).await)
+    }
+
+    /// A chain's recorded cuts, oldest first (the last one is where its rows start now).
+    pub async fn retention_cuts(&self, chain_id: &str) -> Result<Vec<RetentionCut>> {
+        dispatch!(self, s => s.retention_cuts(chain_id).await)
+    }
+
+    /// Records `cut` and removes the rows it covers, in one transaction under the chain's head
+    /// lock. Refused (`InvalidArgument`) for an unknown chain, a
+    /// cut beyond the head or not beyond the last cut, and (`Conflict`) when row
+    /// `through_seq` is not the row `cut.row_hmac` names. Only the schema owner may do this.
+    ///
+    /// The `chain.archived` event `event(rows)` builds is sealed with `seal` under `key_id` and
+    /// appended to the chain in the same transaction; returns (rows removed, its seq).
+    pub async fn cut_chain(
+        &self,
+        cut: &RetentionCut,
+        event: ErasureEvent<'_>,
+        key_id: &str,
+        seal: Sealer<'_>,
+    ) -> Result<(i64, i64)> {
+        dispatch_unbounded!(self, s => s.cut_chain(cut, event, key_id, seal).await)
     }
 
     /// The indices of a chain's stored tiles at `level`, in order.

@@ -1,6 +1,7 @@
 //! One module per command: each has a `run` whose body is an SDK call plus rendering.
 
 pub(crate) mod approvals;
+pub(crate) mod archive;
 pub(crate) mod budget;
 pub(crate) mod checkpoint;
 pub(crate) mod completions;

@@ -106,7 +106,13 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
         out.emit_json(&v);
     } else {
         for c in &report.chains {
-            let (first, last) = c.range.unwrap_or((1, c.head_seq));
+            let (first, last) = c
+                .range
+                .unwrap_or((c.archived_through.map_or(1, |a| a + 1), c.head_seq));
+            let archived = c
+                .archived_through
+                .map(|a| format!(" (seq 1..{a} archived)"))
+                .unwrap_or_default();
             match &c.finding {
                 None if let Some(u) = &c.unverifiable => out.line(format!(
                     "{} chain {}: {} sealed with key {} (not configured){}",
@@ -133,7 +139,7 @@ pub(crate) async fn run(args: VerifyArgs, global: &Global, out: &Out) -> anyhow:
                     c.head_seq
                 )),
                 None => out.line(format!(
-                    "{} chain {}: {}, seq {first}..{last}{}",
+                    "{} chain {}: {}, seq {first}..{last}{}{archived}",
                     "ok".green().bold(),
                     c.chain_id,
                     crate::output::plural(c.events_checked, "event", "events"),
@@ -292,6 +298,7 @@ async fn hold_checkpoints(
                 key_ids: Default::default(),
                 signatures: Default::default(),
                 range: None,
+                archived_through: None,
                 unverifiable: None,
                 finding: Some(finding.unwrap_or(gov_sdk::Finding {
                     seq: 1,

@@ -40,6 +40,7 @@ fn activity(rec: &AuditRecord) -> (u32, String) {
             | EventKind::AgentResumed
             | EventKind::ChainKeyRotated
             | EventKind::SubjectErased
+            | EventKind::ChainArchived
             | EventKind::PolicyApplied,
         ) => (3, "Update".into()),
         _ => (99, rec.kind.clone()),
@@ -68,6 +69,7 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
             | EventKind::LlmError
             | EventKind::ChainKeyRotated
             | EventKind::SubjectErased
+            | EventKind::ChainArchived
             | EventKind::PolicyApplied
             | EventKind::PolicyShadowDiff,
         ) => (2, "Low"),

@@ -22,6 +22,7 @@ mod pooler;
 mod privileges;
 mod promote;
 mod resilience;
+mod retention;
 mod rotation;
 mod rules;
 mod schema;

@@ -10,6 +10,7 @@ mod hosts;
 mod keys;
 mod llm;
 mod policies;
+mod retention;
 mod signers;
 mod subjects;
 mod tree;

@@ -15,6 +15,7 @@ mod gates;
 mod keys;
 mod llm;
 mod policies;
+mod retention;
 mod signers;
 mod subjects;
 mod tree;

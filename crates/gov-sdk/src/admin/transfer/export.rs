@@ -14,7 +14,7 @@ use gov_store::SignerKeyRow;
 
 use super::format::{
     CheckpointLine, EndLine, FORMAT, Header, HeaderChain, Hex, Instant, Line, RowLine, SignerLine,
-    VERSION, to_line,
+    StartsAfter, VERSION, to_line,
 };
 use super::{Progress, TransferError};
 use crate::Error;
@@ -40,6 +40,9 @@ pub struct ExportReport {
 #[derive(Debug, Clone)]
 pub struct Export {
     chains: Vec<ChainHead>,
+    /// Per chain (in the order of `chains`): the last seq archived by a retention cut and its
+    /// seal, when there is one; its rows start after it.
+    starts: Vec<Option<(i64, Vec<u8>)>>,
     signers: Vec<SignerKeyRow>,
     checkpoints: Vec<CheckpointRow>,
     source: &'static str,
@@ -104,19 +107,32 @@ impl Export {
         let signers = admin.signer_keys().await?;
         let signer_ids: BTreeSet<&str> = signers.iter().map(|s| s.signer_key_id.as_str()).collect();
         let mut checkpoints = Vec::new();
+        let mut starts = Vec::with_capacity(selected.len());
         for h in &selected {
+            let start = admin
+                .retention_cuts(&h.chain_id)
+                .await?
+                .pop()
+                .map(|c| (c.through_seq, c.row_hmac));
+            let floor = start.as_ref().map_or(0, |s| s.0);
             // A checkpoint signed after the heads were read, or by a signer registered since,
-            // lies beyond this export.
+            // lies beyond this export; one inside an archived segment went with its archive.
             checkpoints.extend(
                 admin
                     .checkpoints(&h.chain_id)
                     .await?
                     .into_iter()
-                    .filter(|c| c.seq <= h.seq && signer_ids.contains(c.signer_key_id.as_str())),
+                    .filter(|c| {
+                        c.seq > floor
+                            && c.seq <= h.seq
+                            && signer_ids.contains(c.signer_key_id.as_str())
+                    }),
             );
+            starts.push(start);
         }
         Ok(Self {
             chains: selected,
+            starts,
             signers,
             checkpoints,
             source: admin.backend(),
@@ -126,6 +142,45 @@ impl Export {
     /// The chains exported and their heads.
     pub fn chains(&self) -> &[ChainHead] {
         &self.chains
+    }
+
+    /// Where each chain's rows start: after the seq its last retention cut archived (0: at
+    /// seq 1), in the order of [`Self::chains`].
+    pub fn starts_after(&self) -> Vec<i64> {
+        self.starts
+            .iter()
+            .map(|s| s.as_ref().map_or(0, |s| s.0))
+            .collect()
+    }
+
+    /// Ends the export of the one chain it holds at row `seq` (the segment `governance
+    /// archive` writes): its head becomes that row, checkpoints beyond it are left out.
+    /// Refuses a row that is not there or not after the chain's last cut.
+    pub async fn through(mut self, admin: &Admin, seq: i64) -> Result<Self, TransferError> {
+        let ([head], [start]) = (self.chains.as_mut_slice(), self.starts.as_slice()) else {
+            return Err(TransferError::from(Error::Config(
+                "an export ends at a seq only for one chain".into(),
+            )));
+        };
+        let floor = start.as_ref().map_or(0, |s| s.0);
+        let row = admin.export_page(&head.chain_id, seq - 1, 1).await?;
+        match row.into_iter().next() {
+            Some(r) if r.seq == seq && seq > floor && seq <= head.seq => {
+                head.seq = seq;
+                head.head_hmac = r.row_hmac;
+            }
+            _ => {
+                return Err(TransferError::from(Error::Config(format!(
+                    "chain {} holds no row {seq} to end the export at (its rows run from seq {} to {})",
+                    head.chain_id,
+                    floor + 1,
+                    head.seq
+                ))));
+            }
+        }
+        let end = seq;
+        self.checkpoints.retain(|c| c.seq <= end);
+        Ok(self)
     }
 
     /// Writes the file to `out` (flushed at the end), reading the rows from `admin` (the
@@ -147,22 +202,32 @@ impl Export {
             chains: self
                 .chains
                 .iter()
-                .map(|h| HeaderChain {
+                .zip(&self.starts)
+                .map(|(h, start)| HeaderChain {
                     chain_id: h.chain_id.clone(),
                     seq: h.seq,
                     head_hmac: Hex(h.head_hmac.clone()),
+                    starts_after: start.as_ref().map(|(seq, hmac)| StartsAfter {
+                        seq: *seq,
+                        row_hmac: Hex(hmac.clone()),
+                    }),
                 })
                 .collect(),
         };
-        let total: i64 = self.chains.iter().map(|h| h.seq).sum();
+        let total: i64 = self
+            .chains
+            .iter()
+            .zip(self.starts_after())
+            .map(|(h, floor)| h.seq - floor)
+            .sum();
         progress.rows(u64::try_from(total).unwrap_or(0));
         put(out, &header)?;
         for s in &self.signers {
             put(out, &Line::Signer(SignerLine::from(s)))?;
         }
         let mut rows: u64 = 0;
-        for h in &self.chains {
-            rows += stream_chain(admin, h, out, progress).await?;
+        for (h, start) in self.chains.iter().zip(&self.starts) {
+            rows += stream_chain(admin, h, start.as_ref(), out, progress).await?;
         }
         progress.rows_done();
         for c in &self.checkpoints {
@@ -188,10 +253,12 @@ impl Export {
 async fn stream_chain(
     admin: &Admin,
     h: &ChainHead,
+    start: Option<&(i64, Vec<u8>)>,
     out: &mut (dyn Write + Send),
     progress: &dyn Progress,
 ) -> Result<u64, TransferError> {
-    let mut links = ChainLinks::new();
+    // After a retention cut the rows start past it, linked to the seal the cut recorded.
+    let mut links = start.map_or_else(ChainLinks::new, |(seq, hmac)| ChainLinks::at(*seq, hmac));
     let mut rows = 0;
     while links.seq() < h.seq {
         let after = links.seq();

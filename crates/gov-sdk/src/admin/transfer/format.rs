@@ -129,6 +129,19 @@ pub(crate) struct HeaderChain {
     pub(crate) seq: i64,
     /// That row's `row_hmac` (32 zero bytes with no rows).
     pub(crate) head_hmac: Hex,
+    /// When the chain's older rows were archived and removed (`governance archive`): the last
+    /// removed seq and its seal, which the file's first row links to. Absent: rows start at 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) starts_after: Option<StartsAfter>,
+}
+
+/// Where a chain's rows in a file start, when not at seq 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StartsAfter {
+    /// The seq before the file's first row of the chain.
+    pub(crate) seq: i64,
+    /// That row's `row_hmac`.
+    pub(crate) row_hmac: Hex,
 }
 
 /// Every line after the header.

@@ -279,6 +279,8 @@ struct ChainCheck {
     head_hmac: Vec<u8>,
     /// The rows read so far.
     links: ChainLinks,
+    /// The seq the file's rows of the chain start after (0: they start at seq 1).
+    starts_after: i64,
     /// The target's head of this chain (0: empty or absent).
     target_seq: i64,
     target_hmac: Vec<u8>,
@@ -329,15 +331,25 @@ async fn check(admin: &Admin, file: &ImportFile) -> Result<Plan, TransferError> 
             Some(h) => (h.seq, h.head_hmac.clone()),
             None => (0, vec![0; 32]),
         };
+        let (links, starts_after) = match &c.starts_after {
+            Some(s) if s.seq > 0 => (ChainLinks::at(s.seq, &s.row_hmac.0), s.seq),
+            _ => (ChainLinks::new(), 0),
+        };
+        // A file that continues the chain after an archived segment links to the target's head
+        // when the target holds the chain up to there.
+        let seal_at_target = (starts_after > 0 && target_seq == starts_after)
+            .then(|| c.starts_after.as_ref().map(|s| s.row_hmac.0.clone()))
+            .flatten();
         chains.insert(
             c.chain_id.clone(),
             ChainCheck {
                 head_seq: c.seq,
                 head_hmac: c.head_hmac.0.clone(),
-                links: ChainLinks::new(),
+                links,
+                starts_after,
                 target_seq,
                 target_hmac,
-                seal_at_target: None,
+                seal_at_target,
             },
         );
     }
@@ -504,6 +516,14 @@ async fn check(admin: &Admin, file: &ImportFile) -> Result<Plan, TransferError> 
 /// How many of the file's rows of `chain` the target already holds (they are skipped), or a
 /// refusal when the target's chain is another one under the same id.
 async fn already_there(admin: &Admin, chain: &str, c: &ChainCheck) -> Result<i64, TransferError> {
+    if c.starts_after > 0 && c.target_seq < c.starts_after {
+        return Err(TransferError::EarlierArchiveFirst {
+            chain: chain.to_owned(),
+            starts_after: c.starts_after,
+            first: c.starts_after + 1,
+            target_seq: c.target_seq,
+        });
+    }
     if c.target_seq == 0 || c.head_seq == 0 {
         return Ok(0);
     }

@@ -230,6 +230,21 @@ pub enum TransferError {
         /// The seq whose seals differ.
         at: i64,
     },
+    /// The file continues a chain after seq `starts_after` (its older rows were archived
+    /// before), and the target does not hold the chain up to there.
+    #[error(
+        "the file holds chain {chain} from seq {first} on (seq 1 to {starts_after} were archived before), but the target's chain ends at seq {target_seq}: import the archives of that chain in order, starting with the one from seq 1; nothing was imported"
+    )]
+    EarlierArchiveFirst {
+        /// The chain.
+        chain: String,
+        /// The last seq before the file's rows.
+        starts_after: i64,
+        /// The file's first seq.
+        first: i64,
+        /// The target's head seq.
+        target_seq: i64,
+    },
     /// A signer was registered in the target with another key while the import ran.
     #[error(
         "signer {signer} was registered in the target database with another public key while the import ran"
