@@ -45,6 +45,7 @@ async fn docs_cli_md_documents_every_command_and_flag() {
         &["budget"],
         &["report"],
         &["rotate-chain-key"],
+        &["archive"],
         &["erase"],
         &["checkpoint"],
         &["prove"],

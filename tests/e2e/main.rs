@@ -1,6 +1,7 @@
 //! End-to-end tests: the `governance` binary run as a process against real Postgres, each test
 //! with its own database.
 
+mod archive;
 mod browser;
 mod checkpoint;
 mod demo;
