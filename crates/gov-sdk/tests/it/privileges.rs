@@ -183,6 +183,7 @@ async fn the_catalog_holds_the_boundary() {
             ("budget_reservations", "INSERT, SELECT, UPDATE"),
             ("budget_usage", "INSERT, SELECT, UPDATE"),
             ("chain_heads", "INSERT, SELECT, UPDATE"),
+            ("chain_retention", "SELECT"),
             ("checkpoints", "INSERT, SELECT"),
             // Tombstones of erased data subjects: the owner's `governance erase` writes them.
             ("erased_subjects", "SELECT"),
