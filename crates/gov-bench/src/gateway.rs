@@ -323,13 +323,19 @@ fn figure(direct: &[Duration], via: &[Duration]) -> Value {
 
 /// Every figure for one proxy (`via`) against direct calls: plain and streamed, 1 and 64
 /// clients, and requests per second with 64.
-pub(crate) async fn measure(direct: &Target, via: &Target, sizes: Sizes) -> Result<Value> {
+pub(crate) async fn measure(
+    name: &str,
+    direct: &Target,
+    via: &Target,
+    sizes: Sizes,
+) -> Result<Value> {
+    let proxy = name;
     let mut out = json!({});
     for (stream, name) in [(false, "non_streaming"), (true, "time_to_first_token")] {
-        eprintln!("bench: gateway: {name}, 1 client");
+        eprintln!("bench: {proxy}: {name}, 1 client");
         let (d, v) = interleaved(direct, via, 1, sizes.one, sizes.warmup, stream).await?;
         out[name]["1_client"] = figure(&d, &v);
-        eprintln!("bench: gateway: {name}, 64 clients");
+        eprintln!("bench: {proxy}: {name}, 64 clients");
         let (d, v) = interleaved(
             direct,
             via,
@@ -341,7 +347,7 @@ pub(crate) async fn measure(direct: &Target, via: &Target, sizes: Sizes) -> Resu
         .await?;
         out[name]["64_clients"] = figure(&d, &v);
     }
-    eprintln!("bench: gateway: requests/s, 64 clients");
+    eprintln!("bench: {proxy}: requests/s, 64 clients");
     out["requests_per_s_64_clients"] = round(requests_per_s(via, 64, sizes.rps_secs).await?).into();
     Ok(out)
 }
@@ -420,8 +426,8 @@ pub(crate) async fn bench() -> Result<Value> {
         served.key.clone(),
         true,
     )?;
-    let mut gateway = measure(&direct, &via, GATEWAY).await?;
-    eprintln!("bench: gateway: direct requests/s, 64 clients");
+    let mut gateway = measure("gateway", &direct, &via, GATEWAY).await?;
+    eprintln!("bench: direct: requests/s, 64 clients");
     let direct_rps = requests_per_s(&direct, 64, GATEWAY.rps_secs).await?;
     let _ = served.stop.send(());
     served.task.await.context("the gateway stopped")??;
@@ -460,7 +466,7 @@ pub(crate) async fn bench() -> Result<Value> {
                 proxy.key.clone(),
                 false,
             )?;
-            let figures = measure(&direct, &via, crate::litellm::SIZES).await;
+            let figures = measure("litellm", &direct, &via, crate::litellm::SIZES).await;
             let mut v = match figures {
                 Ok(v) => v,
                 Err(e) => json!({ "error": format!("{e:#}") }),
