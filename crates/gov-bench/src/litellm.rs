@@ -267,8 +267,8 @@ pub(crate) async fn start(mock: &str) -> Result<Proxy> {
         Ok(()) => {
             // A virtual key with a budget to call with, and one with none left to check.
             proxy.key = generate_key(&http, &url, 1000.0).await?;
-            let spent = generate_key(&http, &url, 0.0).await?;
-            let checked = refused_within(&http, &url, &spent, MODEL, 1).await?;
+            let tiny = generate_key(&http, &url, 0.000_000_1).await?;
+            let checked = refused_within(&http, &url, &tiny, MODEL, 50).await?;
             (
                 json!(
                     "a virtual key with max_budget $1000 (LiteLLM's database: an empty Postgres test database of its own)"
