@@ -12,7 +12,10 @@
 //! throughput with and without the tree; `gov-bench tlog` runs it alone), and the offline
 //! evidence bundle's (`evidence_bundle`, `evidence.rs`: exporting and verifying a bundle of
 //! those 100,000 events; `gov-bench evidence` runs it alone), and the time the MCP gateway adds to
-//! a tool call (`mcp_gateway`, `mcp.rs`; `gov-bench mcp` runs it alone).
+//! a tool call (`mcp_gateway`, `mcp.rs`; `gov-bench mcp` runs it alone), and the LLM gateway's
+//! added latency and requests/s, plain and streamed, with 1 and 64 clients, side by side with
+//! LiteLLM's proxy on the same mock provider (`gateway`, `gateway.rs` and `litellm.rs`;
+//! `gov-bench gateway` runs it alone).
 //! Every hot path is also reported next to the physical limit it is compared against, measured
 //! in the same run (`hot_paths` and `limits`, `limits.rs`), and logging through a database outage
 //! next to logging without one (`spooling`, `spooling.rs`; `gov-bench spooling` runs it alone).
@@ -31,7 +34,9 @@ mod backends;
 mod checks;
 mod console;
 mod evidence;
+mod gateway;
 mod limits;
+mod litellm;
 mod llm;
 mod mcp;
 mod policies;
@@ -249,6 +254,16 @@ fn main() -> Result<()> {
             .build()
             .context("could not start the async runtime")?
             .block_on(mcp::bench())?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    // `gov-bench gateway`: the LLM gateway next to LiteLLM's proxy, alone.
+    if args.first().map(String::as_str) == Some("gateway") {
+        let figures = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?
+            .block_on(gateway::bench())?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -642,7 +657,10 @@ async fn bench(quick: bool) -> Result<()> {
     let policies = policies::bench().await?;
     eprintln!("bench: an MCP tool call through the gateway over a direct one");
     let mcp = mcp::bench().await?;
+    eprintln!("bench: the LLM gateway over direct calls, and LiteLLM's proxy");
+    let gateway = gateway::bench().await?;
     let more = serde_json::json!({
+        "gateway": gateway,
         "cedar_policies": policies["policies"],
         "mcp_gateway": mcp,
         "llm_guarded_path": llm,

@@ -667,14 +667,29 @@ async fn handle(gw: Arc<Gateway>, api: Api, headers: HeaderMap, body: Bytes) -> 
     }
     drop(request_value);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let max_tokens = match api {
+    let declared = match api {
         Api::OpenAi => req
             .get("max_completion_tokens")
-            .or_else(|| req.get("max_tokens")),
-        Api::Anthropic => req.get("max_tokens"),
+            .and_then(Value::as_u64)
+            .or_else(|| req.get("max_tokens").and_then(Value::as_u64)),
+        Api::Anthropic => req.get("max_tokens").and_then(Value::as_u64),
+    };
+    // A request that declares no limit is reserved for the default (the gateway's, else the
+    // handle's `CostConfig`), and the default goes upstream with it, so the provider cannot
+    // generate more than was reserved: `max_completion_tokens` for OpenAI (the field of its
+    // current API, and the only one its reasoning models take), `max_tokens` for Anthropic.
+    if declared.is_none()
+        && let Some(n) = gw
+            .config
+            .default_max_tokens
+            .or(gw.gov.config().cost.default_max_tokens)
+    {
+        let field = match api {
+            Api::OpenAi => "max_completion_tokens",
+            Api::Anthropic => "max_tokens",
+        };
+        req.insert(field.into(), Value::from(n));
     }
-    .and_then(Value::as_u64)
-    .or(gw.config.default_max_tokens);
     let removed = match filter_tools(&gw, api, &agent, &mut req).await {
         Ok(r) => r,
         Err(e) => return refuse_error(api, &e),
@@ -698,8 +713,10 @@ async fn handle(gw: Arc<Gateway>, api: Api, headers: HeaderMap, body: Bytes) -> 
     }
     let mut call = LlmCall::new(agent.clone(), session, model)
         .input_tokens(gov_sdk::llm::estimate_tokens(body.len()));
-    if let Some(m) = max_tokens {
+    if let Some(m) = declared {
         call = call.max_tokens(m);
+    } else if let Some(m) = gw.config.default_max_tokens {
+        call = call.default_max_tokens(m);
     }
     let out = match serde_json::to_vec(&req) {
         Ok(b) => b,

@@ -183,6 +183,82 @@ async fn the_budget_refuses_at_the_cap_with_nothing_sent_upstream() {
 }
 
 #[tokio::test]
+async fn the_default_max_tokens_is_reserved_for_and_sent_upstream() {
+    let (up, seen) = mock_provider().await;
+    let world = World::new(MicroUsd(1_000_000)).await;
+    let gw = Served::start(&world, &up, "default_max_tokens = 64").await;
+    let client = reqwest::Client::new();
+    let undeclared =
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "Hello"}]});
+
+    // OpenAI, plain and streamed: the default goes up as `max_completion_tokens`.
+    assert_eq!(post(&gw.url, &world.key, &undeclared).await.status(), 200);
+    let sent = seen.last_body();
+    assert_eq!(sent["max_completion_tokens"], 64, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+    let mut streamed = undeclared.clone();
+    streamed["stream"] = json!(true);
+    let resp = post(&gw.url, &world.key, &streamed).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("text");
+    assert_eq!(seen.last_body()["max_completion_tokens"], 64);
+
+    // A declared limit, in either field, goes up as it was, with nothing added.
+    assert_eq!(
+        post(&gw.url, &world.key, &chat("gpt-test")).await.status(),
+        200
+    );
+    let sent = seen.last_body();
+    assert_eq!(sent["max_tokens"], 100);
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+    let mut declared = undeclared.clone();
+    declared["max_completion_tokens"] = json!(30);
+    assert_eq!(post(&gw.url, &world.key, &declared).await.status(), 200);
+    let sent = seen.last_body();
+    assert_eq!(sent["max_completion_tokens"], 30);
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+
+    // Anthropic: the default goes up as `max_tokens` (which its API requires).
+    let resp = client
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &world.key)
+        .header("x-governance-session", "s-1")
+        .json(&json!({"model": "claude-test", "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(seen.last_body()["max_tokens"], 64);
+
+    // The reservations were for the default, and say it was not declared.
+    gw.gov.llm().settled().await;
+    let requests: Vec<(u64, bool)> = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "llm.request")
+        .map(|(_, p)| {
+            (
+                p["max_tokens"].as_u64().expect("max_tokens"),
+                p["max_tokens_declared"].as_bool().expect("declared"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            (64, false),
+            (64, false),
+            (100, true),
+            (30, true),
+            (64, false)
+        ]
+    );
+    gw.shutdown().await;
+    world.assert_chain_clean().await;
+}
+
+#[tokio::test]
 async fn a_stream_passes_through_and_settles_from_the_streams_usage() {
     let (up, seen) = mock_provider().await;
     let world = World::new(MicroUsd(1_000_000)).await;

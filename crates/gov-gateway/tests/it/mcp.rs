@@ -2,8 +2,8 @@
 //! it receives), the gateway in front of it, and MCP clients: rmcp's own and the official Python
 //! `mcp` package (installed from PyPI into a cached virtual environment). Hidden and
 //! out-of-scope tools are absent, a gated tool waits for an operator's approval of that exact
-//! call, a denied call never reaches the upstream, a halted agent is refused, and the chain
-//! verifies clean.
+//! call (approved through the SDK, and through the console's approve form over HTTP), a denied
+//! call never reaches the upstream, a halted agent is refused, and the chain verifies clean.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -312,6 +312,124 @@ async fn the_mcp_gateway_filters_gates_and_audits_tool_calls() {
     assert_eq!(started[1]["args_sha256"], hex.as_str());
 
     agent.cancel().await.expect("close");
+    gw.shutdown().await;
+    world.assert_chain_clean().await;
+}
+
+/// The text between `start` and the next `end` in `body`.
+fn between<'b>(body: &'b str, start: &str, end: &str) -> Option<&'b str> {
+    body.split(start).nth(1)?.split(end).next()
+}
+
+#[tokio::test]
+async fn a_gated_call_waits_for_an_approval_made_in_the_consoles_form() {
+    let (up, calls) = upstream().await;
+    let world = World::new(MicroUsd(1_000_000)).await;
+    scope(&world).await;
+    operator(&world.gov).await;
+    let gw = Served::start(&world, "http://127.0.0.1:9", &mcp_config(&up, 60)).await;
+    let agent = client(&gw.url, &world.key).await;
+
+    // The console, served on a port of its own, as `governance console serve` runs it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the console");
+    let console = format!("http://{}", listener.local_addr().expect("addr"));
+    let console_task = tokio::spawn(gov_console::serve_on(
+        world.gov.clone(),
+        gov_console::ConsoleConfig::default(),
+        listener,
+    ));
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+
+    let args = json!({"table": "users"});
+    let (r, ()) = tokio::join!(call(&agent, "up__delete_db", args.clone()), async {
+        // alice signs in with her password.
+        let resp = browser
+            .post(format!("{console}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("username=alice&password=correct+horse+battery")
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(resp.status(), 303);
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        // The pending call shows on the approvals page with its form.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let page = loop {
+            let resp = browser
+                .get(format!("{console}/approvals"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("approvals page");
+            assert_eq!(resp.status(), 200);
+            let page = resp.text().await.expect("page");
+            if page.contains("/approve\"") {
+                break page;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the call never showed on the approvals page"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(page.contains("up/delete_db"), "{page}");
+        assert_eq!(calls.lock().expect("lock").len(), 0, "not before approval");
+        let action = page
+            .split("action=\"")
+            .filter_map(|s| s.split('"').next())
+            .find(|a| a.starts_with("/approvals/") && a.ends_with("/approve"))
+            .expect("the approve form")
+            .to_owned();
+        let csrf = between(&page, "name=\"csrf\" value=\"", "\"")
+            .expect("a CSRF token")
+            .to_owned();
+        // She approves it with the form, as her browser would post it.
+        let resp = browser
+            .post(format!("{console}{action}"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}&reason=users+may+go"))
+            .send()
+            .await
+            .expect("approve");
+        assert_eq!(resp.status(), 303, "{:?}", resp.text().await);
+    });
+    let r = r.expect("the approved call");
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert_eq!(text(&r), "deleted users");
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+
+    // The approval is alice's, with her reason, and was spent by this call.
+    let events = world.events().await;
+    let approved: Vec<&Value> = events
+        .iter()
+        .filter(|(k, _)| k == "gate.approved")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(approved.len(), 1, "{events:?}");
+    assert_eq!(approved[0]["reason"], "users may go");
+    assert_eq!(approved[0]["tool"], "up/delete_db");
+    let id: uuid::Uuid = approved[0]["request_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("request id");
+    let decided = world.gov.gates().get(id).await.expect("the request");
+    assert_eq!(decided.decided_by.as_deref(), Some("alice"));
+    assert!(events.iter().any(|(k, _)| k == "gate.consumed"));
+
+    agent.cancel().await.expect("close");
+    console_task.abort();
     gw.shutdown().await;
     world.assert_chain_clean().await;
 }

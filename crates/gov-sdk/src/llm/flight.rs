@@ -148,10 +148,9 @@ impl Flight {
             governance.usage.estimated = Empty,
             error.type = Empty,
         );
-        let max_tokens = call
-            .max_tokens
-            .or(gov.config().cost.default_max_tokens)
-            .unwrap_or(0);
+        // Declared, else the call's own default (a gateway's); `CostConfig`'s comes last.
+        let limit = call.max_tokens.or(call.default_max_tokens);
+        let max_tokens = limit.or(gov.config().cost.default_max_tokens).unwrap_or(0);
         // The reservation and `llm.request` commit in one transaction: the event is durable
         // before anything reaches the provider, and a refused reservation logs none.
         let request = |reserved: MicroUsd| {
@@ -184,7 +183,7 @@ impl Flight {
                     &call.session,
                     &call.model,
                     call.input_tokens,
-                    call.max_tokens,
+                    limit,
                     request,
                 ),
             )

@@ -162,9 +162,13 @@ pub struct LlmCall {
     pub session: String,
     /// The model asked for (priced by `CostConfig::prices`; scope checks `provider:model`).
     pub model: String,
-    /// The most output tokens the call may produce; `None` uses
-    /// `CostConfig::default_max_tokens`, and with neither the call is refused.
+    /// The most output tokens the call may produce; `None` uses `default_max_tokens`, else
+    /// `CostConfig::default_max_tokens`, and with none of them the call is refused.
     pub max_tokens: Option<u64>,
+    /// The limit reserved for when the call declares no `max_tokens`, in place of
+    /// `CostConfig::default_max_tokens` (a gateway's own default); `llm.request` still says
+    /// the limit was not declared.
+    pub default_max_tokens: Option<u64>,
     /// Input tokens expected (an estimate: the reservation is projected from it; settlement
     /// uses the real count).
     pub input_tokens: u64,
@@ -186,6 +190,7 @@ impl LlmCall {
             session: session.into(),
             model: model.into(),
             max_tokens: None,
+            default_max_tokens: None,
             input_tokens: 0,
             stream: false,
             operation: "chat".to_owned(),
@@ -196,6 +201,14 @@ impl LlmCall {
     #[must_use]
     pub fn max_tokens(mut self, n: u64) -> Self {
         self.max_tokens = Some(n);
+        self
+    }
+
+    /// Sets the limit reserved for when the call declares no `max_tokens` (the field
+    /// `default_max_tokens`).
+    #[must_use]
+    pub fn default_max_tokens(mut self, n: u64) -> Self {
+        self.default_max_tokens = Some(n);
         self
     }
 
