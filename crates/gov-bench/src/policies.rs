@@ -1,6 +1,7 @@
 //! `gov-bench policies`: Cedar decision latency (p50, p99) with 10, 100 and 1,000 policies,
-//! and the guarded path (a scope check through the SDK) with no policy set against one of 100
-//! policies enforced, on an in-memory SQLite database so that nothing but the check is measured.
+//! and the guarded path with no policy set against one of 100 policies enforced: the scope
+//! check through the SDK alone (in-memory SQLite, so that nothing but the check is measured),
+//! and a guarded tool call with its durable record on Postgres (the overhead a service sees).
 
 use std::time::Instant;
 
@@ -85,6 +86,79 @@ async fn guarded(gov: &Governance, n: usize) -> Result<(f64, f64)> {
     Ok((percentile(&samples, 0.50), percentile(&samples, 0.99)))
 }
 
+/// The guarded tool path as a service runs it, on Postgres: the scope check (with the Cedar
+/// decision when a set is enforced) and the durable `tool.call` record, with no set on one
+/// database and 100 policies enforced on another, calls interleaved; microseconds.
+async fn guarded_tool_call(n: usize) -> Result<Value> {
+    let (off_db, on_db) = (
+        gov_testdb::TestDb::new().await,
+        gov_testdb::TestDb::new().await,
+    );
+    let connect = |url: String| async move {
+        Governance::builder()
+            .database_url(url)
+            .audit_secret(SECRET)
+            .connect()
+            .await
+    };
+    let off = connect(off_db.url().to_owned()).await?;
+    let on = connect(on_db.url().to_owned()).await?;
+    let set = PolicySet::parse(&policies(100), SETTINGS)?;
+    on.policies()
+        .apply(Slot::Enforced, Some(&set), "bench")
+        .await?;
+    for gov in [&off, &on] {
+        gov.scope()
+            .register(ScopePolicy::new("agent-0".parse()?).allow_tools(["tool_7"]))
+            .await?;
+    }
+    let call = |gov: &Governance, i: usize| {
+        let gov = gov.clone();
+        async move {
+            let t = Instant::now();
+            gov.scope().check("agent-0", "tool_7").await?;
+            let ev = gov_sdk::AuditEvent::builder("agent-0", "tool.call")
+                .payload(json!({ "tool": "tool_7", "i": i }))
+                .build()?;
+            anyhow::ensure!(
+                matches!(gov.audit().log(ev).await?, gov_sdk::Logged::Durable(_)),
+                "not durable"
+            );
+            anyhow::Ok(t.elapsed().as_nanos() as f64 / 1_000.0)
+        }
+    };
+    for i in 0..200 {
+        call(&off, i).await?;
+        call(&on, i).await?;
+    }
+    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // Alternate which goes first, so that neither gains from following the other.
+    for i in 0..n {
+        if i % 2 == 0 {
+            a.push(call(&off, i).await?);
+            b.push(call(&on, i).await?);
+        } else {
+            b.push(call(&on, i).await?);
+            a.push(call(&off, i).await?);
+        }
+    }
+    off.close().await;
+    on.close().await;
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (off50, on50) = (percentile(&a, 0.5), percentile(&b, 0.5));
+    Ok(json!({
+        "calls": n,
+        "no_set_p50_us": round(off50),
+        "no_set_p99_us": round(percentile(&a, 0.99)),
+        "with_100_policies_p50_us": round(on50),
+        "with_100_policies_p99_us": round(percentile(&b, 0.99)),
+        "overhead_p50_pct": round((on50 / off50 - 1.0) * 100.0),
+        "aim_overhead_pct": 5,
+        "note": "scope check (+ Cedar decision) + one durable tool.call append, Postgres on this host; no set and 100 policies on two databases, calls interleaved (alternating which goes first)",
+    }))
+}
+
 /// The figures.
 pub(crate) async fn bench() -> Result<Value> {
     let mut sizes = Vec::new();
@@ -109,6 +183,7 @@ pub(crate) async fn bench() -> Result<Value> {
     gov.scope().check("agent-0", "tool_7").await?;
     let (on_p50, on_p99) = guarded(&gov, 20_000).await?;
     gov.close().await;
+    let tool_call = guarded_tool_call(2_000).await?;
     Ok(json!({
         "policies": {
             "decision_latency": sizes,
@@ -117,6 +192,7 @@ pub(crate) async fn bench() -> Result<Value> {
             "guarded_scope_check_no_set_p99_us": (off_p99 * 1000.0).round() / 1000.0,
             "guarded_scope_check_100_policies_p50_us": round(on_p50),
             "guarded_scope_check_100_policies_p99_us": round(on_p99),
+            "guarded_tool_call": tool_call,
         }
     }))
 }
