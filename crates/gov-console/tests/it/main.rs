@@ -8,6 +8,7 @@ mod dashboard;
 mod health;
 mod http;
 mod insight;
+mod keys;
 mod live;
 mod openapi;
 mod revocation;

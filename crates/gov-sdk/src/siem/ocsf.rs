@@ -69,7 +69,9 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
             | EventKind::ChainKeyRotated
             | EventKind::SubjectErased
             | EventKind::PolicyApplied
-            | EventKind::PolicyShadowDiff,
+            | EventKind::PolicyShadowDiff
+            | EventKind::GatewayKeyAdded
+            | EventKind::GatewayKeyRevoked,
         ) => (2, "Low"),
         Some(
             EventKind::GateRequested
