@@ -182,6 +182,7 @@ async fn the_catalog_holds_the_boundary() {
             ("budget_policies", "DELETE, INSERT, SELECT, UPDATE"),
             ("budget_reservations", "INSERT, SELECT, UPDATE"),
             ("budget_usage", "INSERT, SELECT, UPDATE"),
+            ("budget_usage_hourly", "INSERT, SELECT, UPDATE"),
             ("chain_heads", "INSERT, SELECT, UPDATE"),
             ("checkpoints", "INSERT, SELECT"),
             // Tombstones of erased data subjects: the owner's `governance erase` writes them.
@@ -244,6 +245,7 @@ async fn the_catalog_holds_the_boundary() {
             "governance_gateway_key",
             "governance_heartbeat",
             "governance_lock_counters",
+            "governance_record_hourly_spend",
             "governance_record_spend",
             "governance_reserve",
             "governance_reserve_logged",
