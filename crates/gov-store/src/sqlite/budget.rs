@@ -756,7 +756,7 @@ impl BudgetStore for SqliteStore {
     ) -> Result<Vec<(time::OffsetDateTime, String, ModelUsage)>> {
         let start = super::to_us(from.midnight().assume_utc());
         let end = super::to_us(to.next_day().unwrap_or(to).midnight().assume_utc());
-        let rows: Vec<(i64, String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<HourUsageRow> = sqlx::query_as(
             "SELECT hour, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, \
                  micros FROM budget_usage_hourly WHERE hour >= ? AND hour < ? \
              ORDER BY hour, agent_id, micros DESC, model",
@@ -780,3 +780,7 @@ impl BudgetStore for SqliteStore {
 /// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
 /// tokens, micro-USD.
 type DayUsageRow = (String, String, String, i64, i64, i64, i64, i64);
+
+/// A `budget_usage_hourly` row: hour (microseconds), agent, model, calls, input, output and
+/// cached tokens, micro-USD.
+type HourUsageRow = (i64, String, String, i64, i64, i64, i64, i64);
