@@ -437,6 +437,22 @@ BEGIN
 END;
 $function$
 
+-- governance_record_hourly_spend(text,timestamp with time zone,text,bigint,bigint,bigint,bigint)
+CREATE OR REPLACE FUNCTION public.governance_record_hourly_spend(p_agent text, p_at timestamp with time zone, p_model text, p_micros bigint, p_input bigint, p_output bigint, p_cached bigint)
+ RETURNS void
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+AS $function$
+    INSERT INTO budget_usage_hourly AS u (hour, agent_id, model, calls, input_tokens,
+        output_tokens, cached_tokens, micros)
+    VALUES (date_trunc('hour', p_at, 'UTC'), p_agent, p_model, 1, p_input, p_output, p_cached,
+        p_micros)
+    ON CONFLICT (hour, agent_id, model) DO UPDATE SET
+        calls = u.calls + 1, input_tokens = u.input_tokens + p_input,
+        output_tokens = u.output_tokens + p_output, cached_tokens = u.cached_tokens + p_cached,
+        micros = u.micros + p_micros;
+$function$
+
 -- governance_record_spend(text,date,text,text,bigint,bigint,bigint,bigint)
 CREATE OR REPLACE FUNCTION public.governance_record_spend(p_agent text, p_day date, p_session text, p_model text, p_micros bigint, p_input bigint, p_output bigint, p_cached bigint)
  RETURNS void
@@ -633,6 +649,7 @@ BEGIN
     END IF;
     IF NOT p_release THEN
         PERFORM governance_record_spend(r.agent_id, r.day, r.session_id, r.model, p_micros, p_input, p_output, p_cached);
+        PERFORM governance_record_hourly_spend(r.agent_id, r.created_at, r.model, p_micros, p_input, p_output, p_cached);
     END IF;
     RETURN outcome_now;
 END;
@@ -725,6 +742,7 @@ BEGIN
     ON CONFLICT DO NOTHING;
     PERFORM governance_lock_counters(p_agent, today, p_session);
     PERFORM governance_record_spend(p_agent, today, p_session, p_model, p_micros, p_input, p_output, p_cached);
+    PERFORM governance_record_hourly_spend(p_agent, p_now, p_model, p_micros, p_input, p_output, p_cached);
 END;
 $function$
 

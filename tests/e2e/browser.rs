@@ -718,6 +718,7 @@ async fn an_operator_runs_an_incident_at_laptop_and_phone_width() {
             ("/agents/rogue-bot/sessions/s-7", "session-trace"),
             ("/chain", "chain"),
             ("/users", "users"),
+            ("/gateway-keys", "gateway-keys"),
         ] {
             c.goto(&format!("{base}{path}")).await.expect("page");
             wait_for(&c, "main h1", 10).await;

@@ -108,6 +108,10 @@ kinds! {
     /// The shadow (candidate) policy set decided differently from the enforced one; logged,
     /// never enforced.
     PolicyShadowDiff = "policy.shadow_diff",
+    /// An admin made a gateway key for an agent (its id is recorded, never the key).
+    GatewayKeyAdded = "agent.key_added",
+    /// An admin revoked an agent's gateway key.
+    GatewayKeyRevoked = "agent.key_revoked",
 }
 
 /// Namespaces (first segment of a kind) that belong to governance: a host may not log any kind
@@ -356,6 +360,30 @@ system_event!(AgentHalted => AgentHalted);
 #[serde(transparent)]
 pub struct AgentResumed(pub HaltChange);
 system_event!(AgentResumed => AgentResumed);
+
+/// A gateway key made or revoked by an admin (`agent.key_added` and `agent.key_revoked` share
+/// it). Never the key or its hash: only its public id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayKeyChange {
+    /// The key's public id.
+    pub key_id: String,
+    /// The operator's note on the key.
+    pub label: String,
+    /// Who made or revoked it.
+    pub operator: String,
+}
+
+/// `agent.key_added`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GatewayKeyAdded(pub GatewayKeyChange);
+system_event!(GatewayKeyAdded => GatewayKeyAdded);
+
+/// `agent.key_revoked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GatewayKeyRevoked(pub GatewayKeyChange);
+system_event!(GatewayKeyRevoked => GatewayKeyRevoked);
 
 /// `scope.denied`: exactly one of `tool` and `api` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

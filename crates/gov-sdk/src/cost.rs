@@ -651,6 +651,28 @@ impl<'g> Cost<'g> {
         Ok(self.gov.inner.store.usage_between(from, to).await?)
     }
 
+    /// Spend by UTC hour, agent and model over the hours of the days `from..=to` (at most 31
+    /// days), ordered by hour, agent, then cost (highest first). Written with the rows of
+    /// [`Self::usage_between`] in the same statement, so an hour's rows add up to its day's;
+    /// spend settled before hourly rows existed (migration 20261203000600) is only in the days.
+    pub async fn usage_by_hour(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::OffsetDateTime, String, gov_core::ModelUsage)>> {
+        if from > to {
+            return Err(Error::Config(format!(
+                "the range of days is empty: {from} is after {to}; give the earlier day first"
+            )));
+        }
+        if (to - from).whole_days() >= 31 {
+            return Err(Error::Config(format!(
+                "{from} to {to} is more than 31 days of hours; ask for a shorter range or days"
+            )));
+        }
+        Ok(self.gov.inner.store.usage_by_hour(from, to).await?)
+    }
+
     /// Every agent's budget policy with today's (UTC) counter, by agent (a hold that expired but
     /// was not closed yet still counts as reserved here).
     pub async fn day_budgets(

@@ -264,6 +264,14 @@ pub trait BudgetStore {
         from: time::Date,
         to: time::Date,
     ) -> Result<Vec<(time::Date, String, ModelUsage)>>;
+    /// Spend by UTC hour, agent and model for the hours of the days `from..=to`, ordered by
+    /// hour, agent, then cost (highest first) and model (written with `usage_between`'s rows,
+    /// so an hour's rows add up to its day's for spend settled since hourly rows exist).
+    async fn usage_by_hour(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::OffsetDateTime, String, ModelUsage)>>;
     /// Every budget policy with today's counter (UTC), by agent; holds that expired but were
     /// not closed yet still count as reserved.
     async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, gov_core::BudgetCounter)>>;

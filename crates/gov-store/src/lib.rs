@@ -889,6 +889,15 @@ impl Store {
         dispatch!(self, s => s.usage_between(from, to).await)
     }
 
+    /// Spend by UTC hour, agent and model for the hours of the days `from..=to`.
+    pub async fn usage_by_hour(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::OffsetDateTime, String, ModelUsage)>> {
+        dispatch!(self, s => s.usage_by_hour(from, to).await)
+    }
+
     /// Every budget policy with today's counter (UTC), by agent.
     pub async fn day_budgets(&self) -> Result<Vec<(BudgetPolicy, gov_core::BudgetCounter)>> {
         dispatch!(self, s => s.day_budgets().await)

@@ -2,9 +2,11 @@
 //! (governed) rather than being reported after the fact (observed), and the registry of wrapped
 //! LLM clients: the Article 12 report's coverage section for a chosen period, computed by the
 //! same function (`gov_report::coverage_between`). The dashboard's coverage pill shows the last
-//! 24 hours of it, cached for a minute ([`CoverageCache`]), since counting reads the period's
-//! rows.
+//! 24 hours of it, cached for a minute and recounted in the background ([`CoverageCache`]),
+//! since counting reads the period's rows (seconds at a million rows): only the first dashboard
+//! waits for a count.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -93,23 +95,31 @@ async fn coverage(
     }))
 }
 
-/// The dashboard's coverage of the last 24 hours, computed at most once a minute.
+/// The dashboard's coverage of the last 24 hours, counted at most once a minute. A count older
+/// than that is still answered while one background task counts again (stale while
+/// revalidating); only when there is no count yet does a request wait, and requests that
+/// arrive meanwhile wait for that same count.
 #[derive(Debug, Default)]
 pub(crate) struct CoverageCache {
     last: Mutex<Option<(Instant, Arc<gov_report::Coverage>)>>,
+    /// Whether a background recount runs.
+    refreshing: AtomicBool,
+    /// Held while the first count runs.
+    first: tokio::sync::Mutex<()>,
 }
 
 impl CoverageCache {
-    /// The coverage of the 24 hours before now, or the one computed less than a minute ago.
-    pub(crate) async fn last_day(
+    fn cached(&self) -> Option<(Instant, Arc<gov_report::Coverage>)> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn count(
         &self,
         gov: &gov_sdk::Governance,
     ) -> Result<Arc<gov_report::Coverage>, AppError> {
-        if let Some((at, c)) = &*self.last.lock().unwrap_or_else(PoisonError::into_inner)
-            && at.elapsed() < PILL_TTL
-        {
-            return Ok(Arc::clone(c));
-        }
         let now = OffsetDateTime::now_utc();
         let c = Arc::new(
             gov_report::coverage_between(gov, Some(now - DEFAULT_PERIOD), now)
@@ -119,5 +129,31 @@ impl CoverageCache {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Instant::now(), Arc::clone(&c)));
         Ok(c)
+    }
+
+    /// The coverage of the 24 hours before now as last counted: counted now when there is no
+    /// count yet, else the last count, which starts a recount in the background when it is a
+    /// minute old.
+    pub(crate) async fn last_day(
+        self: &Arc<Self>,
+        gov: &gov_sdk::Governance,
+    ) -> Result<Arc<gov_report::Coverage>, AppError> {
+        if let Some((at, c)) = self.cached() {
+            if at.elapsed() >= PILL_TTL && !self.refreshing.swap(true, Ordering::AcqRel) {
+                let (this, gov) = (Arc::clone(self), gov.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = this.count(&gov).await {
+                        tracing::warn!(error = %e, "console: recounting coverage failed");
+                    }
+                    this.refreshing.store(false, Ordering::Release);
+                });
+            }
+            return Ok(c);
+        }
+        let _first = self.first.lock().await;
+        if let Some((_, c)) = self.cached() {
+            return Ok(c);
+        }
+        self.count(gov).await
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod chain;
 pub(crate) mod coverage;
 mod events;
 pub(crate) mod health;
+mod keys;
 
 use std::sync::LazyLock;
 
@@ -41,6 +42,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(events::routes())
         .merge(chain::routes())
         .merge(coverage::routes())
+        .merge(keys::routes())
 }
 
 /// The OpenAPI 3.1 document of the console's JSON API, generated from its routes and types

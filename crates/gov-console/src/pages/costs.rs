@@ -1,5 +1,6 @@
-//! `GET /costs?from=&to=&agent=&session=`: spend over a range of UTC days (by day, by agent, by
-//! model, as bar charts drawn as SVG on the server, and as a table), today's spend per agent and
+//! `GET /costs?from=&to=&bucket=&agent=&session=`: spend over a range of UTC days (by day, or by
+//! hour with `bucket=hour`; by agent, by model, as bar charts drawn as SVG on the server, and as
+//! a table), today's spend per agent and
 //! model, every day cap's use, and for one agent (and session) its caps exactly as
 //! `governance budget AGENT --session S` shows them. Every number comes from the SDK calls the
 //! CLI makes (`Cost::usage_between` reads the rows `usage_today_all` and `governance budget`
@@ -91,11 +92,16 @@ impl Chart {
 /// The range shown when none is asked for: the last 7 days, today included.
 const DEFAULT_DAYS: i64 = 7;
 
-/// `?from=YYYY-MM-DD&to=YYYY-MM-DD&agent=&session=`.
+/// The range shown by hour when none is asked for: today.
+const DEFAULT_HOUR_DAYS: i64 = 1;
+
+/// `?from=YYYY-MM-DD&to=YYYY-MM-DD&bucket=day|hour&agent=&session=`.
 #[derive(Debug, Default, Deserialize)]
 struct CostsQuery {
     from: Option<String>,
     to: Option<String>,
+    /// `day` (the default) or `hour`.
+    bucket: Option<String>,
     agent: Option<String>,
     session: Option<String>,
 }
@@ -114,8 +120,9 @@ struct CapRow {
     over: bool,
 }
 
-/// A day's, agent's or model's spend over the range.
+/// A day's (or an hour's), agent's or model's spend over the range.
 struct SpendRow {
+    /// The day, or the hour (`YYYY-MM-DDTHH:00Z`).
     day: String,
     agent: String,
     model: String,
@@ -132,9 +139,14 @@ struct Costs {
     flash: Option<String>,
     from: String,
     to: String,
+    /// `day` or `hour`.
+    bucket: &'static str,
     agent: String,
     session: String,
     total: String,
+    /// With hour buckets, what the days of the range hold that no hour does (spend settled
+    /// before hourly rows existed), else empty.
+    hour_gap: String,
     by_day: Chart,
     by_agent: Chart,
     by_model: Chart,
@@ -205,6 +217,23 @@ fn cap_rows(
     out
 }
 
+/// An hour as shown: `YYYY-MM-DDTHH:00Z`.
+fn hour_label(t: time::OffsetDateTime) -> String {
+    format!("{}T{:02}:00Z", t.date(), t.hour())
+}
+
+fn spend_row(when: String, agent: &str, u: &gov_sdk::ModelUsage) -> SpendRow {
+    SpendRow {
+        day: when,
+        agent: agent.to_owned(),
+        model: u.model.clone(),
+        calls: u.calls,
+        input: u.input_tokens,
+        output: u.output_tokens,
+        cost: u.cost.to_string(),
+    }
+}
+
 /// Sums `(key, micros)` pairs by key, the largest first.
 fn totals(items: impl Iterator<Item = (String, i64)>) -> Vec<(String, i64)> {
     let mut map: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
@@ -223,10 +252,29 @@ async fn costs(
 ) -> Result<Html<String>, AppError> {
     let gov = &state.gov;
     let today = time::OffsetDateTime::now_utc().date();
+    let bucket = match q.bucket.as_deref().map(str::trim) {
+        None | Some("" | "day") => "day",
+        Some("hour") => "hour",
+        Some(other) => {
+            return Err(AppError::BadRequest(format!(
+                "bucket: {other:?} is not a bucket; use day or hour"
+            )));
+        }
+    };
     let to = day("to", q.to.as_deref())?.unwrap_or(today);
+    let default_days = if bucket == "hour" {
+        DEFAULT_HOUR_DAYS
+    } else {
+        DEFAULT_DAYS
+    };
     let from =
-        day("from", q.from.as_deref())?.unwrap_or(to - time::Duration::days(DEFAULT_DAYS - 1));
+        day("from", q.from.as_deref())?.unwrap_or(to - time::Duration::days(default_days - 1));
     let range = gov.cost().usage_between(from, to).await?;
+    let hours = if bucket == "hour" {
+        Some(gov.cost().usage_by_hour(from, to).await?)
+    } else {
+        None
+    };
     let usage = gov.cost().usage_today_all().await?;
     let mut by_agent: Vec<(String, i64)> = Vec::new();
     for (agent, u) in &usage {
@@ -235,17 +283,40 @@ async fn costs(
             _ => by_agent.push((agent.clone(), u.cost.0)),
         }
     }
-    // Every day of the range, those without spend too.
+    // Every day (or hour) of the range, those without spend too.
     let mut days: Vec<(String, i64)> = Vec::new();
     let mut d = from;
     while d <= to {
-        let spent = range.iter().filter(|r| r.0 == d).map(|r| r.2.cost.0).sum();
-        days.push((d.to_string(), spent));
+        match &hours {
+            None => {
+                let spent = range.iter().filter(|r| r.0 == d).map(|r| r.2.cost.0).sum();
+                days.push((d.to_string(), spent));
+            }
+            Some(hours) => {
+                for h in 0..24u8 {
+                    let at = d.with_hms(h, 0, 0).map_or(d.midnight(), |t| t).assume_utc();
+                    let spent = hours.iter().filter(|r| r.0 == at).map(|r| r.2.cost.0).sum();
+                    days.push((hour_label(at), spent));
+                }
+            }
+        }
         match d.next_day() {
             Some(n) => d = n,
             None => break,
         }
     }
+    let day_total: i64 = range.iter().map(|r| r.2.cost.0).sum();
+    let hour_gap = match &hours {
+        Some(hours) => {
+            let gap = day_total - hours.iter().map(|r| r.2.cost.0).sum::<i64>();
+            if gap == 0 {
+                String::new()
+            } else {
+                gov_sdk::MicroUsd(gap).to_string()
+            }
+        }
+        None => String::new(),
+    };
     let mut day_caps = Vec::new();
     for (p, c) in gov.cost().day_budgets().await? {
         day_caps.extend(cap_rows(
@@ -316,24 +387,24 @@ async fn costs(
         flash: None,
         from: from.to_string(),
         to: to.to_string(),
-        total: gov_sdk::MicroUsd(range.iter().map(|r| r.2.cost.0).sum()).to_string(),
+        total: gov_sdk::MicroUsd(day_total).to_string(),
+        hour_gap,
+        bucket,
         by_day: Chart::of(&days),
         by_agent: Chart::of(&totals(range.iter().map(|r| (r.1.clone(), r.2.cost.0)))),
         by_model: Chart::of(&totals(
             range.iter().map(|r| (r.2.model.clone(), r.2.cost.0)),
         )),
-        range_rows: range
-            .iter()
-            .map(|(d, a, u)| SpendRow {
-                day: d.to_string(),
-                agent: a.clone(),
-                model: u.model.clone(),
-                calls: u.calls,
-                input: u.input_tokens,
-                output: u.output_tokens,
-                cost: u.cost.to_string(),
-            })
-            .collect(),
+        range_rows: match &hours {
+            None => range
+                .iter()
+                .map(|(d, a, u)| spend_row(d.to_string(), a, u))
+                .collect(),
+            Some(hours) => hours
+                .iter()
+                .map(|(h, a, u)| spend_row(hour_label(*h), a, u))
+                .collect(),
+        },
         chart: Chart::of(&by_agent),
         rows: usage
             .iter()
@@ -431,6 +502,8 @@ mod tests {
             chart: Chart::of(&[("<script>&".into(), 5)]),
             from: "2026-12-01".into(),
             to: "2026-12-03".into(),
+            bucket: "day",
+            hour_gap: String::new(),
             agent: String::new(),
             session: String::new(),
             total: "$1".into(),

@@ -10,6 +10,7 @@ mod chain;
 mod costs;
 mod dashboard;
 pub(crate) mod events;
+mod keys;
 mod report;
 mod session;
 mod topology;
@@ -39,6 +40,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(costs::routes())
         .merge(chain::routes())
         .merge(users::routes())
+        .merge(keys::routes())
         .merge(report::routes())
         .merge(session::routes())
         .merge(topology::routes())
@@ -65,7 +67,7 @@ pub(crate) fn role_name(r: OperatorRole) -> &'static str {
 
 impl Nav {
     pub(crate) fn of(u: &CurrentUser) -> Option<Self> {
-        const SECTIONS: [&str; 7] = [
+        const SECTIONS: [&str; 8] = [
             "/agents",
             "/approvals",
             "/events",
@@ -73,6 +75,7 @@ impl Nav {
             "/costs",
             "/chain",
             "/users",
+            "/gateway-keys",
         ];
         let current = SECTIONS
             .into_iter()
@@ -332,6 +335,9 @@ impl FlashQuery {
             ["halted" | "resumed" | "added" | "disabled" | "enabled", who] => id(who),
             [who, "is", "now", "viewer" | "operator" | "admin"] => id(who),
             ["password", "of", who, "reset"] => id(who),
+            ["revoked", "key", key] => {
+                key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit())
+            }
             _ => false,
         };
         ok.then_some(done)

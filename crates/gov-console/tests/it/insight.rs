@@ -393,7 +393,7 @@ async fn the_users_page_shows_each_users_last_sign_in() {
 }
 
 /// A console over `db` with one viewer, `vera`.
-async fn restartable(db: &TestStore) -> (Governance, axum::Router) {
+pub(crate) async fn restartable(db: &TestStore) -> (Governance, axum::Router) {
     let gov = Governance::builder()
         .database_url(db.url())
         .audit_secret(SECRET)
@@ -409,7 +409,7 @@ async fn restartable(db: &TestStore) -> (Governance, axum::Router) {
     (gov, app)
 }
 
-async fn page(app: &axum::Router, path: &str, cookie: &str) -> String {
+pub(crate) async fn page(app: &axum::Router, path: &str, cookie: &str) -> String {
     use tower::ServiceExt as _;
     let res = app
         .clone()
@@ -428,7 +428,7 @@ async fn page(app: &axum::Router, path: &str, cookie: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-async fn sign_in(app: &axum::Router) -> String {
+pub(crate) async fn sign_in(app: &axum::Router) -> String {
     use tower::ServiceExt as _;
     let res = app
         .clone()

@@ -6,8 +6,11 @@
 mod approvals;
 mod dashboard;
 mod health;
+mod hourly;
 mod http;
 mod insight;
+mod keys;
+mod links;
 mod live;
 mod openapi;
 mod revocation;

@@ -27,6 +27,9 @@ const API_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/chain/verification"),
     ("post", "/api/chain/verification"),
     ("get", "/api/coverage"),
+    ("get", "/api/gateway-keys"),
+    ("post", "/api/gateway-keys"),
+    ("post", "/api/gateway-keys/{id}/revoke"),
     ("get", "/health/governance"),
     ("get", "/events/stream"),
 ];

@@ -71,7 +71,9 @@ fn severity(k: Option<EventKind>) -> (u32, &'static str) {
             | EventKind::SubjectErased
             | EventKind::ChainArchived
             | EventKind::PolicyApplied
-            | EventKind::PolicyShadowDiff,
+            | EventKind::PolicyShadowDiff
+            | EventKind::GatewayKeyAdded
+            | EventKind::GatewayKeyRevoked,
         ) => (2, "Low"),
         Some(
             EventKind::GateRequested

@@ -734,8 +734,57 @@ impl BudgetStore for PgStore {
             )
             .collect())
     }
+
+    async fn usage_by_hour(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::OffsetDateTime, String, ModelUsage)>> {
+        let start = from.midnight().assume_utc();
+        let end = to.next_day().unwrap_or(to).midnight().assume_utc();
+        // language=PostgreSQL
+        let rows: Vec<HourUsageRow> = sqlx::query_as(
+            "SELECT hour, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, \
+                 micros FROM budget_usage_hourly WHERE hour >= $1 AND hour < $2 \
+             ORDER BY hour, agent_id, micros DESC, model",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(hour, agent, model, calls, i, o, c, m)| {
+                (
+                    hour.to_offset(time::UtcOffset::UTC),
+                    agent,
+                    ModelUsage {
+                        model,
+                        calls,
+                        input_tokens: i,
+                        output_tokens: o,
+                        cached_tokens: c,
+                        cost: MicroUsd(m),
+                    },
+                )
+            })
+            .collect())
+    }
 }
 
 /// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
 /// tokens, micro-USD.
 type DayUsageRow = (time::Date, String, String, i64, i64, i64, i64, i64);
+
+/// A `budget_usage_hourly` row: hour, agent, model, calls, input, output and cached tokens,
+/// micro-USD.
+type HourUsageRow = (
+    time::OffsetDateTime,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);

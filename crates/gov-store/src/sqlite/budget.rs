@@ -84,6 +84,8 @@ struct Reservation {
     agent_id: String,
     session_id: String,
     day: String,
+    /// When it was made (microseconds; its UTC day is `day`).
+    created_at: i64,
     model: String,
     micros: i64,
     tokens: i64,
@@ -176,12 +178,14 @@ async fn expire(conn: &mut SqliteConnection, agent: &str, now: i64) -> Result<()
     Ok(())
 }
 
-/// Records spend on both counters and in the usage by model.
+/// Records spend on both counters and in the usage by model, per day and per hour (`at`'s,
+/// whose UTC day is `day`).
 #[allow(clippy::too_many_arguments)]
 async fn record_spend(
     conn: &mut SqliteConnection,
     agent: &str,
     day: &str,
+    at: i64,
     session: &str,
     model: &str,
     micros: i64,
@@ -220,8 +224,27 @@ async fn record_spend(
     .bind(micros)
     .execute(&mut *conn)
     .await?;
+    sqlx::query(
+        "INSERT INTO budget_usage_hourly (hour, agent_id, model, calls, input_tokens, \
+             output_tokens, cached_tokens, micros) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (hour, agent_id, model) DO UPDATE SET calls = calls + 1, \
+             input_tokens = input_tokens + ?4, output_tokens = output_tokens + ?5, \
+             cached_tokens = cached_tokens + ?6, micros = micros + ?7",
+    )
+    .bind(at - at.rem_euclid(HOUR_US))
+    .bind(agent)
+    .bind(model)
+    .bind(input)
+    .bind(output)
+    .bind(cached)
+    .bind(micros)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
+
+/// An hour in microseconds.
+const HOUR_US: i64 = 3_600_000_000;
 
 /// A reservation at `now` ([`rules::admit`], [`rules::check_caps`]).
 async fn reserve_in(
@@ -282,7 +305,7 @@ async fn settle_in(
     now: i64,
 ) -> Result<String> {
     let r: Option<Reservation> = sqlx::query_as(
-        "SELECT agent_id, session_id, day, model, micros, tokens, outcome \
+        "SELECT agent_id, session_id, day, created_at, model, micros, tokens, outcome \
          FROM budget_reservations WHERE id = ?",
     )
     .bind(id)
@@ -327,6 +350,7 @@ async fn settle_in(
             conn,
             &r.agent_id,
             &r.day,
+            r.created_at,
             &r.session_id,
             &r.model,
             micros,
@@ -361,7 +385,7 @@ async fn track_in(
     if fresh {
         let day = day_of(now);
         ensure_counters(conn, agent, &day, session, now).await?;
-        record_spend(conn, agent, &day, session, model, micros, usage).await?;
+        record_spend(conn, agent, &day, now, session, model, micros, usage).await?;
     }
     Ok(fresh)
 }
@@ -724,8 +748,39 @@ impl BudgetStore for SqliteStore {
             })
             .collect()
     }
+
+    async fn usage_by_hour(
+        &self,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<(time::OffsetDateTime, String, ModelUsage)>> {
+        let start = super::to_us(from.midnight().assume_utc());
+        let end = super::to_us(to.next_day().unwrap_or(to).midnight().assume_utc());
+        let rows: Vec<HourUsageRow> = sqlx::query_as(
+            "SELECT hour, agent_id, model, calls, input_tokens, output_tokens, cached_tokens, \
+                 micros FROM budget_usage_hourly WHERE hour >= ? AND hour < ? \
+             ORDER BY hour, agent_id, micros DESC, model",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(hour, agent, model, calls, i, o, c, m)| {
+                Ok((
+                    super::from_us(hour)?,
+                    agent,
+                    usage_of((model, calls, i, o, c, m)),
+                ))
+            })
+            .collect()
+    }
 }
 
 /// A `budget_usage` row with its day: day, agent, model, calls, input, output and cached
 /// tokens, micro-USD.
 type DayUsageRow = (String, String, String, i64, i64, i64, i64, i64);
+
+/// A `budget_usage_hourly` row: hour (microseconds), agent, model, calls, input, output and
+/// cached tokens, micro-USD.
+type HourUsageRow = (i64, String, String, i64, i64, i64, i64, i64);
